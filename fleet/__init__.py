@@ -1,0 +1,1 @@
+"""The fleet server: Django project package and fleet domain apps."""

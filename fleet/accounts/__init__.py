@@ -1,0 +1,1 @@
+"""Users and roles: the Django groups viewer, operator and admin."""

@@ -1,0 +1,15 @@
+"""Filters for the audit log list."""
+
+import django_filters
+
+from fleet.audit.models import AuditLog
+
+
+class AuditLogFilterSet(django_filters.FilterSet):
+    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    action = django_filters.CharFilter(lookup_expr="startswith")
+
+    class Meta:
+        model = AuditLog
+        fields = ["action", "actor_label", "object_type", "object_id"]

@@ -1,0 +1,379 @@
+"""Run a local Mosquitto 2 broker with dynamic security and a TLS listener.
+
+`MosquittoInstance` owns one work directory: the rendered config, the dynamic security
+JSON, the CA and server certificate, the persistence database, the log and a pid file.
+It takes plain parameters (no Django), so the settings, the demo scripts and the tests
+can all start the same broker.
+
+Who the broker runs as: started as root, Mosquitto drops to the `mosquitto` user unless
+the config says otherwise, and that user cannot reach a work directory inside a 0700
+parent (pytest's temporary directories, a home directory). The broker therefore runs as
+the user that starts it (``user <current user>`` in the config); the work directory is
+0700 and the broker runs with umask 077, so keys, password hashes and the persistence
+database stay readable only by that user. A packaged deployment runs it under its own
+service account instead (deploy/, systemd).
+
+Command line, for the project's scripts::
+
+    python -m fleet.broker.mosquitto start --dir var/broker --port 1883 --tls-port 8883
+    python -m fleet.broker.mosquitto stop --dir var/broker
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import shutil
+import signal
+import socket
+import ssl
+import string
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from fleet.broker.tls import TlsFiles, ensure_tls_files, tls_files
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto.conf.template"
+DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
+# 256 KiB of payload: room for an OTA chunk and its CBOR framing, not for abuse.
+MESSAGE_SIZE_LIMIT = 256 * 1024
+# Topic, properties and fixed header on top of the largest allowed payload.
+PACKET_OVERHEAD = 4 * 1024
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be prepared, started or stopped."""
+
+
+class MosquittoInstance:
+    """One Mosquitto process with its own work directory on loopback ports."""
+
+    def __init__(
+        self,
+        workdir: str | os.PathLike[str],
+        port: int,
+        tls_port: int,
+        admin_password: str,
+        *,
+        admin_username: str = "admin",
+        host: str = "127.0.0.1",
+        user: str | None = None,
+        mosquitto_bin: str | None = None,
+        ctrl_bin: str | None = None,
+        dynsec_plugin: str = DYNSEC_PLUGIN,
+        template: str | os.PathLike[str] = DEFAULT_TEMPLATE,
+        autosave_interval: int = 10,
+        max_queued_messages: int = 100_000,
+        max_inflight_messages: int = 100,
+        message_size_limit: int = MESSAGE_SIZE_LIMIT,
+    ) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.port = port
+        self.tls_port = tls_port
+        self.host = host
+        self.admin_username = admin_username
+        self.admin_password = admin_password
+        self.user = user or getpass.getuser()
+        self.mosquitto_bin = mosquitto_bin or find_executable("mosquitto")
+        self.ctrl_bin = ctrl_bin or find_executable("mosquitto_ctrl")
+        self.dynsec_plugin = dynsec_plugin
+        self.template = Path(template)
+        self.autosave_interval = autosave_interval
+        self.max_queued_messages = max_queued_messages
+        self.max_inflight_messages = max_inflight_messages
+        self.message_size_limit = message_size_limit
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # Paths -------------------------------------------------------------------------------
+
+    @property
+    def config_file(self) -> Path:
+        return self.workdir / "mosquitto.conf"
+
+    @property
+    def dynsec_file(self) -> Path:
+        return self.workdir / "dynamic-security.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "mosquitto.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.workdir / "mosquitto.pid"
+
+    @property
+    def tls(self) -> TlsFiles:
+        return tls_files(self.workdir)
+
+    @property
+    def ca_cert(self) -> Path:
+        """Return the CA certificate that devices use to verify the TLS listener."""
+        return self.tls.ca_cert
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        return f"mqtts://{self.host}:{self.tls_port}"
+
+    # Preparation -------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create the work directory, TLS files, dynamic security JSON and config."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o700)
+        (self.workdir / "data").mkdir(mode=0o700, exist_ok=True)
+        tls = ensure_tls_files(self.workdir)
+        if not self.dynsec_file.exists():
+            self._init_dynsec()
+        self.config_file.write_text(self.render_config(tls))
+        self._chown_for_user()
+
+    def render_config(self, tls: TlsFiles) -> str:
+        """Return the broker config rendered from the template."""
+        values = {
+            "user": self.user,
+            "host": self.host,
+            "port": self.port,
+            "tls_port": self.tls_port,
+            "server_cert": tls.server_cert,
+            "server_key": tls.server_key,
+            "dynsec_plugin": self.dynsec_plugin,
+            "dynsec_file": self.dynsec_file,
+            "persistence_dir": self.workdir / "data",
+            "autosave_interval": self.autosave_interval,
+            "max_queued_messages": self.max_queued_messages,
+            "max_inflight_messages": self.max_inflight_messages,
+            "message_size_limit": self.message_size_limit,
+            "max_packet_size": self.message_size_limit + PACKET_OVERHEAD,
+            "log_file": self.log_file,
+        }
+        return string.Template(self.template.read_text()).substitute(values)
+
+    def _init_dynsec(self) -> None:
+        # The admin password is on mosquitto_ctrl's command line for a moment; the broker
+        # listens on loopback only and this runs once per work directory.
+        cmd = [self.ctrl_bin, "dynsec", "init", str(self.dynsec_file), self.admin_username]
+        result = subprocess.run(
+            [*cmd, self.admin_password], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0 or not self.dynsec_file.exists():
+            raise BrokerError(f"{' '.join(cmd)} failed: {result.stderr.strip()}")
+        os.chmod(self.dynsec_file, 0o600)
+        log.info("initialised dynamic security in %s (admin %r)", self.dynsec_file,
+                 self.admin_username)
+
+    def _chown_for_user(self) -> None:
+        """Hand the work directory to the configured user when root starts it for another."""
+        if os.geteuid() != 0 or self.user == "root":
+            return
+        import pwd  # Unix only, like Mosquitto's privilege drop itself.
+
+        entry = pwd.getpwnam(self.user)
+        for path in [self.workdir, *self.workdir.rglob("*")]:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    # Process -----------------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the broker and wait until both listeners accept connections."""
+        if self.is_running():
+            raise BrokerError(f"broker already running with pid {self.pid}")
+        self.prepare()
+        stderr_path = self.workdir / "mosquitto.stderr"
+        with open(stderr_path, "wb") as stderr:
+            # umask 077: the plugin rewrites the JSON of password hashes on every change.
+            self._process = subprocess.Popen(
+                [self.mosquitto_bin, "-c", str(self.config_file)],
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=subprocess.STDOUT,
+                umask=0o077,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(f"{self._process.pid}\n")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise BrokerError(
+                    f"mosquitto exited with {self._process.returncode} at start: "
+                    f"{self._tail(stderr_path)} {self._tail(self.log_file)}"
+                )
+            if _port_open(self.host, self.port) and _tls_ready(
+                self.host, self.tls_port, self.tls.ca_cert
+            ):
+                log.info("mosquitto pid %d listening on %s and %s", self._process.pid,
+                         self.url, self.tls_url)
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise BrokerError(f"mosquitto did not listen on {self.url} within {timeout:.0f} s")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the broker: SIGTERM (it saves its database), then SIGKILL after ``timeout``."""
+        pid = self.pid
+        if pid is None:
+            return
+        _terminate(pid, timeout, self._process)
+        self._process = None
+        self.pid_file.unlink(missing_ok=True)
+        log.info("mosquitto pid %d stopped", pid)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Stop and start again; needed for settings a HUP does not reload."""
+        self.stop()
+        self.start(timeout)
+
+    @property
+    def pid(self) -> int | None:
+        """Return the pid of this work directory's broker, if one is running."""
+        if self._process is not None:
+            return self._process.pid if self._process.poll() is None else None
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        # A stale pid file may name a recycled pid: only trust it if it runs our config.
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if str(self.config_file).encode() in cmdline else None
+
+    def is_running(self) -> bool:
+        return self.pid is not None
+
+    def __enter__(self) -> MosquittoInstance:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @staticmethod
+    def _tail(path: Path, lines: int = 5) -> str:
+        try:
+            return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+def find_executable(name: str) -> str:
+    """Return the path of a Mosquitto executable, looking in /usr/sbin too."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise BrokerError(f"{name} not found: install the mosquitto package (scripts/bootstrap.sh)")
+    return found
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _tls_ready(host: str, port: int, ca_cert: Path) -> bool:
+    # A full handshake, not a bare TCP connect: that would log an SSL error at every start,
+    # and this also proves the listener serves a certificate our CA signed.
+    context = ssl.create_default_context(cafile=str(ca_cert))
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as sock:
+            with context.wrap_socket(sock, server_hostname=host) as tls:
+                tls.unwrap()  # close_notify, so the broker does not log an EOF error
+                return True
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def _terminate(pid: int, timeout: float, process: subprocess.Popen[bytes] | None) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None:
+            if process.poll() is not None:
+                return
+        elif not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
+            return
+        time.sleep(0.05)
+    log.warning("mosquitto pid %d ignored SIGTERM for %.0f s, killing it", pid, timeout)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    if process is not None:
+        process.wait(timeout=5)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start or stop a broker from the command line; return the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m fleet.broker.mosquitto")
+    parser.add_argument("action", choices=["start", "stop", "status"])
+    parser.add_argument("--dir", required=True, help="work directory (config, keys, data, log)")
+    parser.add_argument("--port", type=int, default=1883, help="plain MQTT port on loopback")
+    parser.add_argument("--tls-port", type=int, default=8883, help="MQTT over TLS port")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--admin-username", default="admin")
+    parser.add_argument(
+        "--admin-password-env",
+        default="FLEET_BROKER_ADMIN_PASSWORD",
+        help="environment variable holding the dynamic security admin password",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    password = os.environ.get(args.admin_password_env, "")
+    if args.action == "start" and not password:
+        parser.error(f"set {args.admin_password_env} to the admin password")
+    broker = MosquittoInstance(
+        args.dir, args.port, args.tls_port, password,
+        admin_username=args.admin_username, host=args.host,
+    )
+    try:
+        if args.action == "start":
+            broker.start()
+            # Our Popen object dies with this process; the broker lives on in its own session.
+            broker._process = None
+            print(f"mosquitto pid {broker.pid} on {broker.url} and {broker.tls_url}, "
+                  f"CA {broker.ca_cert}")
+        elif args.action == "stop":
+            broker.stop()
+        else:
+            print("running" if broker.is_running() else "stopped")
+            return 0 if broker.is_running() else 3
+    except BrokerError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pieces shared by every app: the API base classes and error shape."""

@@ -1,0 +1,1 @@
+"""Devices, hardware profiles, groups and tags, enrollment tokens and device credentials."""

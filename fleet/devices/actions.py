@@ -1,0 +1,302 @@
+"""Every write of the devices app: atomic, audited, broker changes tied to the commit."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from fleet.audit.actions import record_audit
+from fleet.broker.configured import broker_access
+from fleet.devices.choices import DeviceState, TokenState
+from fleet.devices.credentials import (
+    InvalidPublicKey,
+    default_uid,
+    hash_secret,
+    new_claim_token,
+    new_mqtt_password,
+    parse_public_key,
+)
+from fleet.devices.models import Device, DeviceGroup, EnrollmentToken, HardwareProfile, Tag
+
+log = logging.getLogger(__name__)
+
+
+class EnrollmentError(Exception):
+    """Enrollment refused; ``reason`` is a stable code, ``status`` the HTTP status to answer."""
+
+    def __init__(self, reason: str, detail: str, status: int) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.status = status
+
+
+@dataclass(frozen=True)
+class EnrollmentResult:
+    """What an enrolled device is told once: its id and its MQTT credential."""
+
+    device: Device
+    mqtt_username: str
+    mqtt_password: str
+    created: bool
+
+
+@transaction.atomic
+def do_create_enrollment_token(
+    *,
+    actor: AbstractBaseUser | None,
+    expires_at: datetime,
+    max_uses: int = 1,
+    name: str = "",
+    group: DeviceGroup | None = None,
+    hardware_profile: HardwareProfile | None = None,
+) -> tuple[EnrollmentToken, str]:
+    """Create a claim token; return the row and the plain token (which is never stored)."""
+    plain = new_claim_token()
+    token = EnrollmentToken.objects.create(
+        name=name,
+        token_hash=hash_secret(plain),
+        prefix=plain[:8],
+        max_uses=max_uses,
+        expires_at=expires_at,
+        group=group,
+        hardware_profile=hardware_profile,
+        created_by=actor if actor is not None and actor.is_authenticated else None,
+    )
+    record_audit(
+        actor=actor,
+        action="enrollment_token.create",
+        obj=token,
+        after={
+            "name": name, "prefix": token.prefix, "max_uses": max_uses,
+            "expires_at": expires_at.isoformat(), "group": group and group.name,
+            "hardware_profile": hardware_profile and hardware_profile.name,
+        },
+    )
+    return token, plain
+
+
+@transaction.atomic
+def do_revoke_enrollment_token(token: EnrollmentToken, *, actor: AbstractBaseUser | None) -> None:
+    """Revoke a claim token: it enrolls no further device. Devices it enrolled stay."""
+    if token.revoked_at is not None:
+        return
+    token.revoked_at = timezone.now()
+    token.save(update_fields=["revoked_at"])
+    record_audit(actor=actor, action="enrollment_token.revoke", obj=token,
+                 after={"revoked_at": token.revoked_at.isoformat()})
+
+
+_TOKEN_REFUSALS = {
+    TokenState.REVOKED: ("token_revoked", "This enrollment token has been revoked."),
+    TokenState.EXPIRED: ("token_expired", "This enrollment token has expired."),
+    TokenState.USED_UP: ("token_used_up", "This enrollment token has no uses left."),
+}
+
+
+@transaction.atomic
+def do_enroll_device(
+    *,
+    token: str,
+    public_key_pem: str,
+    hardware: str,
+    capabilities: dict[str, Any],
+    uid: str | None = None,
+    name: str = "",
+    remote_addr: str | None = None,
+) -> EnrollmentResult:
+    """Enroll a device that presents a claim token and its public key.
+
+    Re-enrolling with the key a device already enrolled with is idempotent: the same device,
+    no token use consumed, a fresh MQTT credential (the device may have lost the first answer).
+    A different key for an existing uid is refused. Any refusal writes nothing.
+    """
+    try:
+        key = parse_public_key(public_key_pem)
+    except InvalidPublicKey as exc:
+        raise EnrollmentError("invalid_public_key", str(exc), 400) from None
+
+    claim = (
+        EnrollmentToken.objects.select_for_update()
+        .filter(token_hash=hash_secret(token))
+        .first()
+    )
+    if claim is None:
+        raise EnrollmentError("token_unknown", "No such enrollment token.", 403)
+    if claim.revoked_at is not None:
+        raise EnrollmentError(*_TOKEN_REFUSALS[TokenState.REVOKED], 403)
+
+    profile = HardwareProfile.objects.filter(name=hardware).first()
+    if profile is None:
+        raise EnrollmentError("unknown_hardware", f"No hardware profile named {hardware!r}.", 400)
+    if claim.hardware_profile_id is not None and claim.hardware_profile_id != profile.id:
+        raise EnrollmentError(
+            "token_hardware_mismatch",
+            f"This token is for {claim.hardware_profile.name} devices, not {hardware}.",
+            403,
+        )
+
+    existing = Device.objects.select_for_update().filter(
+        public_key_fingerprint=key.fingerprint
+    ).first()
+    if existing is not None:
+        return _re_enroll(existing, claim, uid, profile, capabilities, remote_addr)
+
+    uid = uid or default_uid(key.fingerprint)
+    if Device.objects.filter(uid=uid).exists():
+        raise EnrollmentError(
+            "uid_key_conflict", f"Device {uid} is enrolled with a different key.", 409
+        )
+    state = claim.state
+    if state != TokenState.ACTIVE:
+        raise EnrollmentError(*_TOKEN_REFUSALS[state], 403)
+
+    device = Device.objects.create(
+        uid=uid,
+        name=name,
+        hardware_profile=profile,
+        group=claim.group,
+        public_key_pem=key.pem,
+        public_key_fingerprint=key.fingerprint,
+        key_algorithm=key.algorithm,
+        enrolled_with=claim,
+        **_capability_fields(capabilities),
+    )
+    claim.uses += 1
+    claim.save(update_fields=["uses"])
+    password = _provision(device)
+    record_audit(
+        actor=None, actor_label=f"device:{uid}", action="device.enroll", obj=device,
+        after={"hardware": profile.name, "group": claim.group and claim.group.name,
+               "token": claim.prefix, "key": key.fingerprint[:16]},
+        remote_addr=remote_addr,
+    )
+    log.info("device %s enrolled (%s, token %s…)", uid, profile.name, claim.prefix)
+    return EnrollmentResult(device, uid, password, created=True)
+
+
+def _re_enroll(
+    device: Device,
+    claim: EnrollmentToken,
+    uid: str | None,
+    profile: HardwareProfile,
+    capabilities: dict[str, Any],
+    remote_addr: str | None,
+) -> EnrollmentResult:
+    if device.revoked:
+        raise EnrollmentError("device_revoked", f"Device {device.uid} has been revoked.", 403)
+    if uid and uid != device.uid:
+        raise EnrollmentError(
+            "key_bound_to_other_device",
+            f"This key is already enrolled as device {device.uid}.", 409,
+        )
+    # The same token may always repeat its own enrollment; another token must still be valid.
+    if claim.id != device.enrolled_with_id and claim.state != TokenState.ACTIVE:
+        raise EnrollmentError(*_TOKEN_REFUSALS[claim.state], 403)
+    if device.hardware_profile_id != profile.id:
+        raise EnrollmentError(
+            "hardware_changed",
+            f"Device {device.uid} enrolled as {device.hardware_profile.name}, not {profile.name}.",
+            409,
+        )
+    for field, value in _capability_fields(capabilities).items():
+        setattr(device, field, value)
+    device.save()
+    password = _provision(device)
+    record_audit(actor=None, actor_label=f"device:{device.uid}", action="device.re_enroll",
+                 obj=device, remote_addr=remote_addr)
+    return EnrollmentResult(device, device.uid, password, created=False)
+
+
+def _capability_fields(capabilities: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "capabilities": capabilities,
+        "firmware_version": capabilities.get("firmware_version", ""),
+        "tflm_version": capabilities.get("tflm_version", ""),
+    }
+
+
+def _provision(device: Device) -> str:
+    """Issue a fresh MQTT password and give it to the broker, inside the enrollment transaction.
+
+    A broker failure raises and rolls the enrollment back, so a device is never told a
+    credential the broker does not know.
+    """
+    password = new_mqtt_password()
+    access = broker_access()
+    if access is not None:
+        try:
+            access.provision_device(device.uid, password)
+        except Exception as exc:  # any broker failure: refuse cleanly, write nothing
+            log.error("broker refused to provision %s: %s", device.uid, exc)
+            raise EnrollmentError(
+                "broker_unavailable", "The message broker is unavailable; retry later.", 503
+            ) from exc
+    return password
+
+
+@transaction.atomic
+def do_revoke_device(device: Device, *, actor: AbstractBaseUser | None) -> Device:
+    """Revoke a device: mark it, and remove its broker access once the change is committed.
+
+    The broker also disconnects it; its telemetry and history stay.
+    """
+    if device.revoked:
+        return device
+    before = {"state": device.state}
+    device.revoked_at = timezone.now()
+    device.state = DeviceState.REVOKED
+    device.save(update_fields=["revoked_at", "state"])
+    record_audit(actor=actor, action="device.revoke", obj=device, before=before,
+                 after={"state": device.state, "revoked_at": device.revoked_at.isoformat()})
+    uid = device.uid
+    transaction.on_commit(lambda: _remove_broker_access(uid))
+    return device
+
+
+def _remove_broker_access(uid: str) -> None:
+    access = broker_access()
+    if access is None:
+        return
+    try:
+        access.revoke_device(uid)
+        log.info("device %s revoked at the broker", uid)
+    except Exception:  # the DB says revoked; re-running the revoke retries the broker
+        log.exception("broker revoke of %s failed; run `manage.py revoke_device %s` again", uid, uid)
+
+
+@transaction.atomic
+def do_update_device(
+    device: Device,
+    *,
+    actor: AbstractBaseUser | None,
+    name: str | None = None,
+    group: DeviceGroup | None | bool = False,
+    tags: list[str] | None = None,
+) -> Device:
+    """Edit what an operator may edit on a device: name, group, tags (``group=False``: keep)."""
+    before = _device_snapshot(device)
+    if name is not None:
+        device.name = name
+    if group is not False:
+        device.group = group
+    device.save()
+    if tags is not None:
+        device.tags.set([Tag.objects.get_or_create(name=t)[0] for t in tags])
+    record_audit(actor=actor, action="device.update", obj=device, before=before,
+                 after=_device_snapshot(device))
+    return device
+
+
+def _device_snapshot(device: Device) -> dict[str, Any]:
+    return {
+        "name": device.name,
+        "group": device.group.name if device.group else None,
+        "tags": sorted(device.tags.values_list("name", flat=True)) if device.pk else [],
+    }

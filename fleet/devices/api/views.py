@@ -1,0 +1,176 @@
+"""Viewsets of the devices API: they declare; the actions module does the writing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Count, QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+
+from fleet.accounts.roles import Role
+from fleet.core.api import ApiError, AuditedModelViewSet, client_address
+from fleet.devices import actions
+from fleet.devices.api import serializers as s
+from fleet.devices.filtersets import (
+    DeviceFilterSet,
+    EnrollmentTokenFilterSet,
+    HardwareProfileFilterSet,
+)
+from fleet.devices.models import Device, DeviceGroup, EnrollmentToken, HardwareProfile
+from fleet.devices.signing_keys import published_signing_keys
+
+
+class HardwareProfileViewSet(AuditedModelViewSet):
+    """MCU classes: arena RAM, model slot flash, kernel set, registered ops. Admins edit."""
+
+    queryset = HardwareProfile.objects.all()
+    serializer_class = s.HardwareProfileSerializer
+    filterset_class = HardwareProfileFilterSet
+    search_fields = ["name", "mcu", "display_name"]
+    ordering_fields = ["name", "arena_ram_bytes", "model_slot_bytes"]
+    audit_noun = "hardware_profile"
+    write_role = Role.ADMIN
+
+
+class DeviceGroupViewSet(AuditedModelViewSet):
+    """Device groups. Operators create and edit them."""
+
+    queryset = DeviceGroup.objects.annotate(device_count=Count("device"))
+    serializer_class = s.DeviceGroupSerializer
+    search_fields = ["name", "description"]
+    ordering_fields = ["name", "created_at"]
+    filterset_fields = ["name"]
+    audit_noun = "device_group"
+    write_role = Role.OPERATOR
+
+
+class DeviceViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Enrolled devices. Devices are created only by enrollment; operators edit and revoke."""
+
+    queryset = Device.objects.select_related("hardware_profile", "group").prefetch_related("tags")
+    serializer_class = s.DeviceSerializer
+    filterset_class = DeviceFilterSet
+    search_fields = ["uid", "name"]
+    ordering_fields = ["uid", "name", "last_seen", "created_at", "state"]
+    lookup_field = "uid"
+    read_role = Role.VIEWER
+    write_role = Role.OPERATOR
+
+    def perform_update(self, serializer: s.DeviceSerializer) -> None:
+        data = serializer.validated_data
+        actions.do_update_device(
+            serializer.instance,
+            actor=self.request.user,
+            name=data.get("name"),
+            group=data["group"] if "group" in data else False,
+            tags=data.get("tag_names"),
+        )
+
+    @extend_schema(request=None, responses=s.DeviceSerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, uid: str | None = None) -> Response:
+        """Revoke a device: it loses broker access at once and cannot enroll again."""
+        device = actions.do_revoke_device(self.get_object(), actor=request.user)
+        return Response(self.get_serializer(device).data)
+
+
+class EnrollmentTokenViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Claim tokens. The plain token is in the create response only; it is stored hashed."""
+
+    queryset = EnrollmentToken.objects.select_related("group", "hardware_profile", "created_by")
+    serializer_class = s.EnrollmentTokenSerializer
+    filterset_class = EnrollmentTokenFilterSet
+    search_fields = ["name", "prefix"]
+    ordering_fields = ["created_at", "expires_at"]
+    read_role = Role.VIEWER
+    write_role = Role.OPERATOR
+
+    @extend_schema(responses={201: s.EnrollmentTokenCreatedSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        token, plain = actions.do_create_enrollment_token(
+            actor=request.user,
+            expires_at=serializer.validated_expiry(),
+            max_uses=data["max_uses"],
+            name=data.get("name", ""),
+            group=data.get("group"),
+            hardware_profile=data.get("hardware_profile"),
+        )
+        token.token = plain
+        body = s.EnrollmentTokenCreatedSerializer(token, context={"request": request}).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=s.EnrollmentTokenSerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: str | None = None) -> Response:
+        """Revoke a token: it enrolls no further device."""
+        token = self.get_object()
+        actions.do_revoke_enrollment_token(token, actor=request.user)
+        return Response(self.get_serializer(token).data)
+
+
+class EnrollViewSet(viewsets.GenericViewSet):
+    """Device enrollment: no user auth; the claim token is the credential. Rate-limited."""
+
+    serializer_class = s.EnrollRequestSerializer
+    authentication_classes: list[Any] = []
+    public_actions = ("create",)
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "enroll"
+
+    def get_queryset(self) -> QuerySet[Device]:
+        return Device.objects.none()
+
+    @extend_schema(
+        request=s.EnrollRequestSerializer,
+        responses={201: s.EnrollResponseSerializer, 200: s.EnrollResponseSerializer},
+    )
+    def create(self, request: Request) -> Response:
+        """Enroll a device: token, public key, hardware profile and capabilities in; id and
+        MQTT credential out (201 when created, 200 when the same key enrolls again)."""
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+        if length > settings.ENROLL_MAX_BODY_BYTES or len(request.body) > settings.ENROLL_MAX_BODY_BYTES:
+            raise ApiError("payload_too_large",
+                           f"Enrollment bodies are limited to {settings.ENROLL_MAX_BODY_BYTES} bytes.",
+                           status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            result = actions.do_enroll_device(
+                token=data["token"],
+                public_key_pem=data["public_key"],
+                hardware=data["hardware"],
+                capabilities=dict(data["capabilities"]),
+                uid=data.get("uid"),
+                name=data.get("name", ""),
+                remote_addr=client_address(request),
+            )
+        except actions.EnrollmentError as exc:
+            raise ApiError(exc.reason, exc.detail, exc.status) from None
+        body = {
+            "device_id": result.device.uid,
+            "created": result.created,
+            "mqtt": {
+                "url": settings.MQTT_DEVICE_URL,
+                "username": result.mqtt_username,
+                "credential": result.mqtt_password,
+            },
+            "signing_keys": published_signing_keys(),
+            "topics_prefix": f"fleet/v1/{result.device.uid}/",
+        }
+        return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)

@@ -1,0 +1,39 @@
+"""Filters for the devices app's lists, one class per listable model."""
+
+import django_filters
+
+from fleet.devices.choices import DeviceState, KernelSet
+from fleet.devices.models import Device, EnrollmentToken, HardwareProfile
+
+
+class DeviceFilterSet(django_filters.FilterSet):
+    hardware_profile = django_filters.CharFilter(field_name="hardware_profile__name")
+    group = django_filters.CharFilter(field_name="group__name")
+    tag = django_filters.CharFilter(field_name="tags__name")
+    state = django_filters.MultipleChoiceFilter(choices=DeviceState.choices)
+    revoked = django_filters.BooleanFilter(field_name="revoked_at", lookup_expr="isnull",
+                                           exclude=True)
+    last_seen_after = django_filters.IsoDateTimeFilter(field_name="last_seen", lookup_expr="gte")
+    last_seen_before = django_filters.IsoDateTimeFilter(field_name="last_seen", lookup_expr="lt")
+
+    class Meta:
+        model = Device
+        fields = ["hardware_profile", "group", "tag", "state", "firmware_version", "tflm_version"]
+
+
+class HardwareProfileFilterSet(django_filters.FilterSet):
+    kernel_set = django_filters.ChoiceFilter(choices=KernelSet.choices)
+
+    class Meta:
+        model = HardwareProfile
+        fields = ["name", "kernel_set", "pointer_bits"]
+
+
+class EnrollmentTokenFilterSet(django_filters.FilterSet):
+    group = django_filters.CharFilter(field_name="group__name")
+    revoked = django_filters.BooleanFilter(field_name="revoked_at", lookup_expr="isnull",
+                                           exclude=True)
+
+    class Meta:
+        model = EnrollmentToken
+        fields = ["group", "revoked"]

@@ -1,0 +1,44 @@
+"""Create a claim token: manage.py create_enrollment_token --max-uses 50 --group lab."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
+
+from fleet.devices.actions import do_create_enrollment_token
+from fleet.devices.models import DeviceGroup, HardwareProfile
+
+
+class Command(BaseCommand):
+    help = "Create an enrollment (claim) token and print it once."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--name", default="")
+        parser.add_argument("--max-uses", type=int, default=1)
+        parser.add_argument("--days", type=float, default=7.0, help="validity in days")
+        parser.add_argument("--group", help="group name; created if missing")
+        parser.add_argument("--hardware", help="restrict to one hardware profile")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        group = None
+        if opts["group"]:
+            group, _ = DeviceGroup.objects.get_or_create(name=opts["group"])
+        profile = None
+        if opts["hardware"]:
+            profile = HardwareProfile.objects.filter(name=opts["hardware"]).first()
+            if profile is None:
+                raise CommandError(f"no hardware profile named {opts['hardware']!r}")
+        if opts["max_uses"] < 1:
+            raise CommandError("--max-uses must be at least 1")
+        _, plain = do_create_enrollment_token(
+            actor=None,
+            expires_at=timezone.now() + timedelta(days=opts["days"]),
+            max_uses=opts["max_uses"],
+            name=opts["name"],
+            group=group,
+            hardware_profile=profile,
+        )
+        self.stdout.write(plain)

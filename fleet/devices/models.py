@@ -1,0 +1,141 @@
+"""Nouns of the devices app: HardwareProfile, DeviceGroup, Tag, Device, EnrollmentToken."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from fleet.devices.choices import DeviceState, KernelSet, KeyAlgorithm, TokenState
+
+
+class HardwareProfile(models.Model):
+    """A class of MCU board that a firmware build targets.
+
+    The budgets here (arena RAM, model slot flash, registered ops) are what the admission check
+    compares a model against before it may be packaged for this class.
+    """
+
+    name = models.SlugField(max_length=64, unique=True, help_text="wire name, e.g. stm32f746")
+    display_name = models.CharField(max_length=100, blank=True)
+    mcu = models.CharField(max_length=100, help_text="e.g. nRF52840 (Cortex-M4F, 64 MHz)")
+    ram_bytes = models.PositiveIntegerField(help_text="total SRAM of the MCU")
+    flash_bytes = models.PositiveIntegerField(help_text="total flash of the MCU")
+    arena_ram_bytes = models.PositiveIntegerField(help_text="RAM available for the tensor arena")
+    model_slot_bytes = models.PositiveIntegerField(help_text="flash of one model slot (A/B)")
+    kernel_set = models.CharField(max_length=16, choices=KernelSet.choices)
+    pointer_bits = models.PositiveSmallIntegerField(default=32, choices=[(32, "32"), (64, "64")])
+    supported_ops = models.JSONField(default=list, help_text="TFLite op names the firmware registers")
+    ota_chunk_bytes = models.PositiveIntegerField(
+        default=1024, help_text="suggested OTA chunk size for this class's RAM"
+    )
+    description = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DeviceGroup(models.Model):
+    """A named set of devices, the usual target of enrollment tokens and rollouts."""
+
+    name = models.SlugField(max_length=64, unique=True)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Tag(models.Model):
+    """A free label on devices (site, customer, batch...), used for filtering and targeting."""
+
+    name = models.SlugField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Device(models.Model):
+    """One enrolled device, bound to the public key it enrolled with."""
+
+    uid = models.SlugField(max_length=64, unique=True, help_text="device id used in MQTT topics")
+    name = models.CharField(max_length=100, blank=True)
+    hardware_profile = models.ForeignKey(HardwareProfile, on_delete=models.PROTECT)
+    group = models.ForeignKey(DeviceGroup, null=True, blank=True, on_delete=models.SET_NULL)
+    tags = models.ManyToManyField(Tag, blank=True, related_name="devices")
+    state = models.CharField(
+        max_length=16, choices=DeviceState.choices, default=DeviceState.ENROLLED, db_index=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    first_seen = models.DateTimeField(null=True, blank=True)
+    last_seen = models.DateTimeField(null=True, blank=True, db_index=True)
+    firmware_version = models.CharField(max_length=64, blank=True)
+    tflm_version = models.CharField(max_length=64, blank=True)
+    capabilities = models.JSONField(default=dict, blank=True)
+    public_key_pem = models.TextField()
+    public_key_fingerprint = models.CharField(max_length=64, unique=True, help_text="SHA-256 of SPKI")
+    key_algorithm = models.CharField(max_length=16, choices=KeyAlgorithm.choices)
+    enrolled_with = models.ForeignKey(
+        "EnrollmentToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="devices"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["uid"]
+
+    def __str__(self) -> str:
+        return self.uid
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+class EnrollmentToken(models.Model):
+    """A claim token devices present to enroll: single use or a batch with a limit.
+
+    Only the SHA-256 of the token is stored; the plain token is shown once, at creation.
+    """
+
+    name = models.CharField(max_length=100, blank=True)
+    token_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=12, help_text="first characters, to recognise a token")
+    max_uses = models.PositiveIntegerField(default=1)
+    uses = models.PositiveIntegerField(default=0)
+    expires_at = models.DateTimeField()
+    group = models.ForeignKey(DeviceGroup, null=True, blank=True, on_delete=models.SET_NULL)
+    hardware_profile = models.ForeignKey(
+        HardwareProfile, null=True, blank=True, on_delete=models.SET_NULL,
+        help_text="when set, only devices of this class may use the token",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.name or 'token'})"
+
+    @property
+    def state(self) -> TokenState:
+        """Return why the token can or cannot enroll a new device now."""
+        if self.revoked_at is not None:
+            return TokenState.REVOKED
+        if self.expires_at <= timezone.now():
+            return TokenState.EXPIRED
+        if self.uses >= self.max_uses:
+            return TokenState.USED_UP
+        return TokenState.ACTIVE

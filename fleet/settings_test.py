@@ -1,0 +1,14 @@
+"""Test settings: the real settings with only what makes tests fast or isolated changed."""
+
+import os
+
+os.environ.setdefault("FLEET_DEBUG", "1")
+
+from fleet.settings import *  # noqa: E402,F403
+from fleet.settings import DATABASES  # noqa: E402
+
+# Fast hashing: tests create many users; the production hasher is deliberately slow.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["TEST"] = {"NAME": None}  # in-memory

@@ -1,0 +1,24 @@
+"""URL map: the REST API under /api/v1/, its schema and docs, Django's admin."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.permissions import AllowAny
+
+api_v1 = [
+    path("", include("fleet.devices.api.urls")),
+    path("", include("fleet.audit.api.urls")),
+    path("", include("fleet.accounts.api.urls")),
+]
+
+urlpatterns = [
+    path("api/v1/", include(api_v1)),
+    # The schema holds no fleet data; it is public so tools can read it before logging in.
+    path("api/schema/", SpectacularAPIView.as_view(permission_classes=[AllowAny]), name="schema"),
+    path(
+        "api/docs/",
+        SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[AllowAny]),
+        name="swagger-ui",
+    ),
+    path("admin/", admin.site.urls),
+]

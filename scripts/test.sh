@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Run every test: installs what is missing, then the suite on SQLite, then the database
+# tests again on a real PostgreSQL started on a loopback port. Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FLEET_EXTRAS=test,convert bash scripts/bootstrap.sh
+
+export CI=${CI:-}
+run_dir=$(mktemp -d /tmp/fleet-test.XXXXXX)
+chmod 755 "$run_dir"  # the postgres user must reach its data folder
+pg_port=${FLEET_TEST_PG_PORT:-55432}
+cleanup() { bash scripts/postgres.sh stop "$run_dir/pg" "$pg_port"; rm -rf "$run_dir"; }
+trap cleanup EXIT
+
+mkdir -p test-artifacts
+echo "== tests on SQLite"
+.venv/bin/python -m pytest "$@"
+
+echo "== database tests on PostgreSQL"
+pg_url=$(bash scripts/postgres.sh start "$run_dir/pg" "$pg_port")
+DATABASE_URL=$pg_url FLEET_EXPECT_DB=postgresql .venv/bin/python -m pytest -m "not browser" \
+  tests/fleet "$@"

@@ -1,0 +1,161 @@
+"""Every API endpoint x anonymous/viewer/operator/admin: who may do what.
+
+The matrix must name every route under /api/v1/; a new endpoint without a row fails
+``test_matrix_covers_every_route``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.urls import get_resolver
+from rest_framework.test import APIClient
+
+from fleet.devices.models import Device, EnrollmentToken
+
+pytestmark = pytest.mark.django_db
+
+RANK = {"anonymous": 0, "viewer": 1, "operator": 2, "admin": 3}
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    path: str  # {device} and {token} are filled from seeded rows
+    minimum: str  # lowest role allowed; "anonymous" = public
+    body: Callable[[], dict[str, Any]] | None = None
+    ok: int = 200
+
+
+def _profile_body() -> dict[str, Any]:
+    return {"name": "test-board", "mcu": "M0+", "ram_bytes": 32768, "flash_bytes": 262144,
+            "arena_ram_bytes": 16384, "model_slot_bytes": 65536, "kernel_set": "reference",
+            "pointer_bits": 32, "supported_ops": ["FULLY_CONNECTED"]}
+
+
+MATRIX = [
+    Row("get", "/api/v1/hardware-profiles/", "viewer"),
+    Row("get", "/api/v1/hardware-profiles/1/", "viewer"),
+    Row("post", "/api/v1/hardware-profiles/", "admin", _profile_body, 201),
+    Row("patch", "/api/v1/hardware-profiles/1/", "admin", lambda: {"description": "x"}),
+    Row("delete", "/api/v1/hardware-profiles/{spare_profile}/", "admin", None, 204),
+    Row("get", "/api/v1/groups/", "viewer"),
+    Row("post", "/api/v1/groups/", "operator", lambda: {"name": "new-group"}, 201),
+    Row("get", "/api/v1/groups/{group}/", "viewer"),
+    Row("patch", "/api/v1/groups/{group}/", "operator", lambda: {"description": "x"}),
+    Row("delete", "/api/v1/groups/{group}/", "operator", None, 204),
+    Row("get", "/api/v1/devices/", "viewer"),
+    Row("get", "/api/v1/devices/{device}/", "viewer"),
+    Row("patch", "/api/v1/devices/{device}/", "operator", lambda: {"name": "renamed", "tags": ["a"]}),
+    Row("post", "/api/v1/devices/{device}/revoke/", "operator"),
+    Row("get", "/api/v1/enrollment-tokens/", "viewer"),
+    Row("get", "/api/v1/enrollment-tokens/{token}/", "viewer"),
+    Row("post", "/api/v1/enrollment-tokens/", "operator", lambda: {"max_uses": 5}, 201),
+    Row("post", "/api/v1/enrollment-tokens/{token}/revoke/", "operator"),
+    Row("get", "/api/v1/audit-log/", "viewer"),
+    Row("get", "/api/v1/audit-log/{audit}/", "viewer"),
+    Row("get", "/api/v1/users/", "admin"),
+    Row("get", "/api/v1/users/{user}/", "admin"),
+    Row("post", "/api/v1/users/", "admin",
+        lambda: {"username": "newbie", "password": "long-enough-pw", "role": "viewer"}, 201),
+]
+
+
+@pytest.fixture
+def seeded(enroll_body: dict[str, Any], device_group: Any, user_factory: Any) -> dict[str, str]:
+    """Rows the parametrized paths point at."""
+    from fleet.accounts.roles import Role
+    from fleet.audit.models import AuditLog
+    from fleet.devices.models import HardwareProfile
+
+    assert APIClient().post("/api/v1/enroll/", {**enroll_body, "uid": "dev-a"},
+                            format="json").status_code == 201
+    spare = HardwareProfile.objects.create(**{**_profile_body(), "name": "spare"})
+    return {
+        "device": Device.objects.get().uid,
+        "token": str(EnrollmentToken.objects.get().pk),
+        "group": str(device_group.pk),
+        "audit": str(AuditLog.objects.first().pk),
+        "user": str(user_factory(Role.VIEWER).pk),
+        "spare_profile": str(spare.pk),
+    }
+
+
+@pytest.mark.parametrize("role", list(RANK))
+@pytest.mark.parametrize("row", MATRIX, ids=[f"{r.method} {r.path}" for r in MATRIX])
+def test_role_matrix(row: Row, role: str, api_client_for: Callable[[str], APIClient],
+                     seeded: dict[str, str]) -> None:
+    client = api_client_for(role)
+    path = row.path.format(**seeded)
+    response = getattr(client, row.method)(path, row.body() if row.body else None, format="json")
+    if RANK[role] >= RANK[row.minimum]:
+        assert response.status_code == row.ok, response.content
+    elif role == "anonymous":
+        assert response.status_code == 401
+        assert response.json()["reason"] == "not_authenticated"
+    else:
+        assert response.status_code == 403
+        assert response.json()["reason"] == "permission_denied"
+
+
+@pytest.mark.parametrize("path", ["/api/schema/", "/api/docs/"])
+def test_schema_and_docs_are_public(path: str) -> None:
+    assert APIClient().get(path).status_code == 200
+
+
+def test_docs_use_local_assets() -> None:
+    html = APIClient().get("/api/docs/").content.decode()
+    assert "swagger-ui" in html
+    assert not re.search(r"https?://(cdn|unpkg|cdnjs)", html)
+
+
+def test_session_auth_works_for_the_console(user_factory: Any) -> None:
+    from fleet.accounts.roles import Role
+
+    user = user_factory(Role.VIEWER)
+    client = APIClient()
+    assert client.login(username=user.username, password="correct-horse-battery")
+    assert client.get("/api/v1/devices/").status_code == 200
+
+
+def test_token_auth_works_for_scripts(user_factory: Any) -> None:
+    from rest_framework.authtoken.models import Token
+
+    from fleet.accounts.roles import Role
+
+    token = Token.objects.create(user=user_factory(Role.VIEWER))
+    client = APIClient(HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert client.get("/api/v1/devices/").status_code == 200
+    assert APIClient(HTTP_AUTHORIZATION="Token nope").get("/api/v1/devices/").status_code == 401
+
+
+def _api_routes() -> set[str]:
+    routes: set[str] = set()
+
+    def walk(patterns: list[Any], prefix: str) -> None:
+        for p in patterns:
+            if hasattr(p, "url_patterns"):
+                walk(p.url_patterns, prefix + str(p.pattern))
+            else:
+                routes.add(prefix + str(p.pattern))
+
+    walk(get_resolver().url_patterns, "")
+    return {r for r in routes if r.startswith("api/v1/") and "format" not in r}
+
+
+def _normalise(path: str) -> str:
+    """Reduce a path or route pattern to its shape: every id segment becomes X."""
+    path = re.sub(r"\(\?P<[^>]+>[^)]+\)", "X", path.replace("^", "").replace("$", ""))
+    segments = path.strip("/").split("/")
+    return "/".join("X" if re.fullmatch(r"\{\w+\}|\d+|X", s) else s for s in segments)
+
+
+def test_matrix_covers_every_route() -> None:
+    covered = {_normalise(r.path) for r in MATRIX} | {"api/v1/enroll"}
+    routes = {_normalise(r) for r in _api_routes()}
+    missing = sorted(r for r in routes if r not in covered)
+    assert not missing, f"endpoints with no row in the authorization matrix: {missing}"
