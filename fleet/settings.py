@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "fleet.accounts",
     "fleet.audit",
     "fleet.devices",
+    "ota",
 ]
 
 MIDDLEWARE = [
@@ -158,3 +159,16 @@ LOGGING = {
 MQTT_ADMIN_USERNAME = os.environ.get("MQTT_ADMIN_USERNAME", "fleet-admin")
 MQTT_ADMIN_PASSWORD = os.environ.get("MQTT_ADMIN_PASSWORD", "")
 BROKER_ACCESS = os.environ.get("BROKER_ACCESS", "dynsec" if MQTT_ADMIN_PASSWORD else "none")
+
+# Model artifacts and package transfers (content-addressed files).
+ARTIFACT_ROOT = Path(os.environ.get("ARTIFACT_ROOT", VAR_DIR / "artifacts"))
+# Key-encryption key for OTA signing keys at rest; required to create or use signing keys.
+FLEET_KEK = os.environ.get("FLEET_KEK", "")
+# How long a signed manifest stays valid (manifest key 13).
+PACKAGE_VALIDITY_DAYS = int(os.environ.get("PACKAGE_VALIDITY_DAYS", "30"))
+# Largest model upload accepted (bytes).
+MAX_MODEL_UPLOAD_BYTES = int(os.environ.get("MAX_MODEL_UPLOAD_BYTES", str(16 * 1024 * 1024)))
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_MODEL_UPLOAD_BYTES + 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
+# CA certificate devices use to verify the broker's TLS listener (handed out at enrollment).
+MQTT_CA_FILE = os.environ.get("MQTT_CA_FILE", "")

@@ -2,7 +2,12 @@
 
 import os
 
+import tempfile
+
 os.environ.setdefault("FLEET_DEBUG", "1")
+# A per-run key-encryption key and artifact folder: nothing a test writes outlives the run.
+os.environ.setdefault("FLEET_KEK", "test-kek-" + os.urandom(16).hex())
+os.environ.setdefault("ARTIFACT_ROOT", tempfile.mkdtemp(prefix="fleet-artifacts-"))
 
 from fleet.settings import *  # noqa: E402,F403
 from fleet.settings import DATABASES  # noqa: E402

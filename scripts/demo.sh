@@ -34,7 +34,8 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 .venv/bin/python -m fleet.broker.mosquitto start --dir "$FLEET_VAR_DIR/broker" \
-  --port "$MQTT_PORT" --tls-port "$MQTT_TLS_PORT" --admin-password "$MQTT_ADMIN_PASSWORD"
+  --port "$MQTT_PORT" --tls-port "$MQTT_TLS_PORT"
+export MQTT_CA_FILE=$FLEET_VAR_DIR/broker/ca.pem
 .venv/bin/python manage.py migrate --noinput -v0
 .venv/bin/python manage.py create_user admin --role admin --password "$DEMO_ADMIN_PASSWORD" >/dev/null
 

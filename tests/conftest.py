@@ -17,7 +17,8 @@ from fleet.accounts.roles import Role
 from fleet.devices.actions import do_create_enrollment_token
 from fleet.devices.models import DeviceGroup, HardwareProfile
 
-ROLE_NAMES = ("anonymous", "viewer", "operator", "admin")
+# Integration fixtures (real Mosquitto) live in a plugin so every test folder can use them.
+pytest_plugins = ["tests.support.broker"]
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from fleet.broker.tls import TlsFiles, ensure_tls_files, tls_files
 
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "mosquitto.conf.template"
 DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 # 256 KiB of payload: room for an OTA chunk and its CBOR framing, not for abuse.
-MESSAGE_SIZE_LIMIT = 256 * 1024
+MAX_PAYLOAD = 256 * 1024
 # Topic, properties and fixed header on top of the largest allowed payload.
 PACKET_OVERHEAD = 4 * 1024
 
@@ -62,7 +63,7 @@ class MosquittoInstance:
         tls_port: int,
         admin_password: str,
         *,
-        admin_username: str = "admin",
+        admin_username: str = "fleet-admin",
         host: str = "127.0.0.1",
         user: str | None = None,
         mosquitto_bin: str | None = None,
@@ -72,7 +73,7 @@ class MosquittoInstance:
         autosave_interval: int = 10,
         max_queued_messages: int = 100_000,
         max_inflight_messages: int = 100,
-        message_size_limit: int = MESSAGE_SIZE_LIMIT,
+        max_payload: int = MAX_PAYLOAD,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.port = port
@@ -88,7 +89,7 @@ class MosquittoInstance:
         self.autosave_interval = autosave_interval
         self.max_queued_messages = max_queued_messages
         self.max_inflight_messages = max_inflight_messages
-        self.message_size_limit = message_size_limit
+        self.max_payload = max_payload
         self._process: subprocess.Popen[bytes] | None = None
 
     # Paths -------------------------------------------------------------------------------
@@ -117,6 +118,11 @@ class MosquittoInstance:
     def ca_cert(self) -> Path:
         """Return the CA certificate that devices use to verify the TLS listener."""
         return self.tls.ca_cert
+
+    @property
+    def max_packet_size(self) -> int:
+        """Return the largest MQTT packet the broker accepts: payload cap plus headers."""
+        return self.max_payload + PACKET_OVERHEAD
 
     @property
     def url(self) -> str:
@@ -154,8 +160,7 @@ class MosquittoInstance:
             "autosave_interval": self.autosave_interval,
             "max_queued_messages": self.max_queued_messages,
             "max_inflight_messages": self.max_inflight_messages,
-            "message_size_limit": self.message_size_limit,
-            "max_packet_size": self.message_size_limit + PACKET_OVERHEAD,
+            "max_packet_size": self.max_packet_size,
             "log_file": self.log_file,
         }
         return string.Template(self.template.read_text()).substitute(values)
@@ -170,8 +175,9 @@ class MosquittoInstance:
         if result.returncode != 0 or not self.dynsec_file.exists():
             raise BrokerError(f"{' '.join(cmd)} failed: {result.stderr.strip()}")
         os.chmod(self.dynsec_file, 0o600)
-        log.info("initialised dynamic security in %s (admin %r)", self.dynsec_file,
-                 self.admin_username)
+        log.info(
+            "initialised dynamic security in %s (admin %r)", self.dynsec_file, self.admin_username
+        )
 
     def _chown_for_user(self) -> None:
         """Hand the work directory to the configured user when root starts it for another."""
@@ -213,8 +219,12 @@ class MosquittoInstance:
             if _port_open(self.host, self.port) and _tls_ready(
                 self.host, self.tls_port, self.tls.ca_cert
             ):
-                log.info("mosquitto pid %d listening on %s and %s", self._process.pid,
-                         self.url, self.tls_url)
+                log.info(
+                    "mosquitto pid %d listening on %s and %s",
+                    self._process.pid,
+                    self.url,
+                    self.tls_url,
+                )
                 return
             time.sleep(0.05)
         self.stop()
@@ -251,10 +261,14 @@ class MosquittoInstance:
             return None
         return pid if str(self.config_file).encode() in cmdline else None
 
+    def detach(self) -> None:
+        """Let the broker outlive this process; later calls find it through the pid file."""
+        self._process = None
+
     def is_running(self) -> bool:
         return self.pid is not None
 
-    def __enter__(self) -> MosquittoInstance:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -295,10 +309,12 @@ def _tls_ready(host: str, port: int, ca_cert: Path) -> bool:
     # and this also proves the listener serves a certificate our CA signed.
     context = ssl.create_default_context(cafile=str(ca_cert))
     try:
-        with socket.create_connection((host, port), timeout=0.5) as sock:
-            with context.wrap_socket(sock, server_hostname=host) as tls:
-                tls.unwrap()  # close_notify, so the broker does not log an EOF error
-                return True
+        with (
+            socket.create_connection((host, port), timeout=0.5) as sock,
+            context.wrap_socket(sock, server_hostname=host) as tls,
+        ):
+            tls.unwrap()  # close_notify, so the broker does not log an EOF error
+            return True
     except (OSError, ssl.SSLError):
         return False
 
@@ -341,11 +357,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=1883, help="plain MQTT port on loopback")
     parser.add_argument("--tls-port", type=int, default=8883, help="MQTT over TLS port")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--admin-username", default="admin")
+    parser.add_argument(
+        "--admin-username",
+        default=os.environ.get("MQTT_ADMIN_USERNAME", "fleet-admin"),
+        help="dynamic security admin, created with the work directory (env MQTT_ADMIN_USERNAME)",
+    )
     parser.add_argument(
         "--admin-password-env",
-        default="FLEET_BROKER_ADMIN_PASSWORD",
-        help="environment variable holding the dynamic security admin password",
+        default="MQTT_ADMIN_PASSWORD",
+        help="environment variable holding the admin password (kept off the command line)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -354,16 +374,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "start" and not password:
         parser.error(f"set {args.admin_password_env} to the admin password")
     broker = MosquittoInstance(
-        args.dir, args.port, args.tls_port, password,
-        admin_username=args.admin_username, host=args.host,
+        args.dir,
+        args.port,
+        args.tls_port,
+        password,
+        admin_username=args.admin_username,
+        host=args.host,
     )
     try:
         if args.action == "start":
+            if broker.is_running():
+                print(f"mosquitto already running with pid {broker.pid} on {broker.url}")
+                return 0
             broker.start()
-            # Our Popen object dies with this process; the broker lives on in its own session.
-            broker._process = None
-            print(f"mosquitto pid {broker.pid} on {broker.url} and {broker.tls_url}, "
-                  f"CA {broker.ca_cert}")
+            broker.detach()
+            print(
+                f"mosquitto pid {broker.pid} on {broker.url} and {broker.tls_url}, "
+                f"CA {broker.ca_cert}"
+            )
         elif args.action == "stop":
             broker.stop()
         else:

@@ -101,6 +101,7 @@ class MqttCredentialSerializer(serializers.Serializer):
     url = serializers.CharField()
     username = serializers.CharField()
     credential = serializers.CharField()
+    ca_cert = serializers.CharField(help_text="PEM of the CA the broker's TLS certificate chains to")
 
 
 class SigningKeyRefSerializer(serializers.Serializer):

@@ -23,7 +23,7 @@ from fleet.devices.filtersets import (
     HardwareProfileFilterSet,
 )
 from fleet.devices.models import Device, DeviceGroup, EnrollmentToken, HardwareProfile
-from fleet.devices.signing_keys import published_signing_keys
+from fleet.devices.trust import broker_ca_pem, published_signing_keys
 
 
 class HardwareProfileViewSet(AuditedModelViewSet):
@@ -169,6 +169,7 @@ class EnrollViewSet(viewsets.GenericViewSet):
                 "url": settings.MQTT_DEVICE_URL,
                 "username": result.mqtt_username,
                 "credential": result.mqtt_password,
+                "ca_cert": broker_ca_pem(),
             },
             "signing_keys": published_signing_keys(),
             "topics_prefix": f"fleet/v1/{result.device.uid}/",

@@ -1,0 +1,353 @@
+"""Encode and decode what devices publish on ``fleet/v1/{uid}/events``: batches and summaries.
+
+Two wire forms share the topic, told apart by their first element (CDDL in ``CDDL.md``)::
+
+    batch   = [0, seq, t0, model, n, deltas, labels, scores, latencies]
+    summary = [1, seq, t0, model, window_s, counts, mean_scores, mean_latency]
+
+A batch stores its events as four columns. Each column is a byte string packed by frame of
+reference: one byte of bit width ``w``, the column's minimum as an unsigned LEB128 varint, then
+each value minus that minimum in ``w`` bits, least significant bit first, the last byte padded
+with zero bits. ``deltas`` has ``n - 1`` values (the first event is at ``t0``); the other
+columns have ``n``. On a realistic stream this costs about 4.6 bytes per event at 32 events
+per batch, against 6.5 for LEB128 columns and 9.2 for plain CBOR arrays (see ``CDDL.md``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from itertools import accumulate, pairwise
+
+import cbor2
+
+from device_sdk.protocol.limits import (
+    MAX_COUNT,
+    MAX_DELTA_MS,
+    MAX_EVENTS_BYTES,
+    MAX_EVENTS_PER_BATCH,
+    MAX_LABELS,
+    MAX_LATENCY_100US,
+    MAX_MODEL_ID,
+    MAX_PACKED_WIDTH,
+    MAX_SCORE,
+    MAX_T0_MS,
+    MAX_UINT63,
+    MAX_WINDOW_S,
+    MIN_T0_MS,
+    coerce_uint,
+    loads_bounded,
+    wire_array,
+    wire_bytes,
+    wire_uint,
+)
+from device_sdk.protocol.reasons import ProtocolError, Reason
+
+__all__ = [
+    "Event",
+    "EventBatch",
+    "MessageKind",
+    "Summary",
+    "decode_batch",
+    "decode_message",
+    "decode_summary",
+    "encode_batch",
+    "encode_summary",
+    "summarize",
+]
+
+_BATCH_ITEMS = 9
+_SUMMARY_ITEMS = 8
+_MAX_VARINT_BYTES = 5  # a column minimum never exceeds 32 bits
+
+
+class MessageKind(IntEnum):
+    """Say what a message on the events topic is. Wire values: never renumber."""
+
+    BATCH = 0
+    SUMMARY = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One inference result: when, which class, how sure, and how long it took."""
+
+    t_ms: int  # unix time in milliseconds
+    label: int  # class index, < MAX_LABELS
+    score: int  # top-1 confidence quantized to 0..255
+    latency_100us: int  # inference time in units of 100 µs
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    """Consecutive events of one device running one model; ``seq`` is the dedupe key.
+
+    ``t0_ms`` is the time of the first event; the encoder refuses a batch where they differ.
+    """
+
+    seq: int
+    t0_ms: int
+    model: int
+    events: list[Event]
+
+    @classmethod
+    def of(cls, seq: int, model: int, events: Sequence[Event]) -> EventBatch:
+        """Build a batch whose ``t0_ms`` is its first event's time."""
+        if not events:
+            raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, "a batch holds at least one event")
+        return cls(seq, events[0].t_ms, model, list(events))
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Per-label counts and mean scores over one window, sent instead of the events."""
+
+    seq: int
+    t0_ms: int  # start of the window, unix ms
+    model: int
+    window_s: int
+    counts: list[int]  # index = label
+    mean_scores: list[int]  # index = label; 0 where the count is 0
+    mean_latency_100us: int  # over every event of the window; 0 when there were none
+
+    @property
+    def total(self) -> int:
+        """Return how many events the window held."""
+        return sum(self.counts)
+
+
+# -- encoding -------------------------------------------------------------------------------
+
+
+def encode_batch(batch: EventBatch) -> bytes:
+    """Encode a batch of 1..MAX_EVENTS_PER_BATCH events, refusing what a decoder would refuse."""
+    seq = coerce_uint(batch.seq, "seq", MAX_UINT63)
+    t0 = coerce_uint(batch.t0_ms, "t0", MAX_T0_MS, minimum=MIN_T0_MS)
+    model = coerce_uint(batch.model, "model", MAX_MODEL_ID)
+    count = len(batch.events)
+    if not 1 <= count <= MAX_EVENTS_PER_BATCH:
+        raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"n: {count} events")
+    times = [coerce_uint(e.t_ms, "t_ms", MAX_T0_MS, minimum=MIN_T0_MS) for e in batch.events]
+    if times[0] != t0:
+        raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, "t0 differs from the first event's time")
+    # A negative delta (events out of order) fails the range check as a "minimum 0" violation.
+    deltas = [coerce_uint(b - a, "delta", MAX_DELTA_MS) for a, b in pairwise(times)]
+    labels = [coerce_uint(e.label, "label", MAX_LABELS - 1) for e in batch.events]
+    scores = [coerce_uint(e.score, "score", MAX_SCORE) for e in batch.events]
+    latencies = [coerce_uint(e.latency_100us, "latency", MAX_LATENCY_100US) for e in batch.events]
+    items = [MessageKind.BATCH.value, seq, t0, model, count]
+    items += [_pack(deltas), _pack(labels), _pack(scores), _pack(latencies)]
+    return cbor2.dumps(items)
+
+
+def encode_summary(summary: Summary) -> bytes:
+    """Encode a window summary, refusing what a decoder would refuse."""
+    seq = coerce_uint(summary.seq, "seq", MAX_UINT63)
+    t0 = coerce_uint(summary.t0_ms, "t0", MAX_T0_MS, minimum=MIN_T0_MS)
+    model = coerce_uint(summary.model, "model", MAX_MODEL_ID)
+    window = coerce_uint(summary.window_s, "window_s", MAX_WINDOW_S, minimum=1)
+    if len(summary.counts) != len(summary.mean_scores):
+        raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, "counts and mean_scores differ in length")
+    if len(summary.counts) > MAX_LABELS:
+        raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"{len(summary.counts)} labels")
+    counts = [coerce_uint(c, "count", MAX_COUNT) for c in summary.counts]
+    means = [coerce_uint(s, "mean_score", MAX_SCORE) for s in summary.mean_scores]
+    latency = coerce_uint(summary.mean_latency_100us, "mean_latency", MAX_LATENCY_100US)
+    items = [MessageKind.SUMMARY.value, seq, t0, model, window, counts, means, latency]
+    return cbor2.dumps(items)
+
+
+def summarize(
+    events: Iterable[Event],
+    *,
+    seq: int,
+    t0_ms: int,
+    model: int,
+    window_s: int,
+    num_labels: int | None = None,
+) -> Summary:
+    """Summarize the events of the window ``[t0_ms, t0_ms + window_s * 1000)``.
+
+    The per-label lists have ``num_labels`` entries, or max label + 1 when it is None. An
+    event outside the window, or a label at or past ``num_labels``, is refused rather than
+    dropped: the caller chose the window and would otherwise lose events without noticing.
+    Means round half up to whole units.
+    """
+    end = t0_ms + window_s * 1000
+    label_cap = MAX_LABELS if num_labels is None else min(num_labels, MAX_LABELS)
+    size = 0 if num_labels is None else label_cap
+    counts = [0] * size
+    score_sums = [0] * size
+    latency_sum = 0
+    for event in events:
+        t_ms = coerce_uint(event.t_ms, "t_ms", MAX_T0_MS)
+        if not t0_ms <= t_ms < end:
+            raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"event at {t_ms} is outside the window")
+        label = coerce_uint(event.label, "label", label_cap - 1)
+        if label >= len(counts):
+            grow = label + 1 - len(counts)
+            counts += [0] * grow
+            score_sums += [0] * grow
+        counts[label] += 1
+        score_sums[label] += coerce_uint(event.score, "score", MAX_SCORE)
+        latency_sum += coerce_uint(event.latency_100us, "latency", MAX_LATENCY_100US)
+    means = [_mean(s, c) for s, c in zip(score_sums, counts, strict=True)]
+    summary = Summary(seq, t0_ms, model, window_s, counts, means, _mean(latency_sum, sum(counts)))
+    encode_summary(summary)  # validate every field now, not when the device publishes
+    return summary
+
+
+def _mean(total: int, count: int) -> int:
+    return (2 * total + count) // (2 * count) if count else 0
+
+
+def _pack(values: Sequence[int]) -> bytes:
+    """Pack non-negative ints as width byte, LEB128 minimum, then LSB-first bit fields."""
+    if not values:
+        return b"\x00\x00"
+    base = min(values)
+    width = (max(values) - base).bit_length()
+    out = bytearray([width])
+    out += _varint(base)
+    acc = bits = 0
+    for value in values:
+        acc |= (value - base) << bits
+        bits += width
+        while bits >= 8:
+            out.append(acc & 0xFF)
+            acc >>= 8
+            bits -= 8
+    if bits:
+        out.append(acc)
+    return bytes(out)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# -- decoding -------------------------------------------------------------------------------
+
+
+def decode_message(payload: bytes) -> EventBatch | Summary:
+    """Decode a payload of the events topic; raise ProtocolError and nothing else on refusal."""
+    items = _load(payload)
+    if items[0] == MessageKind.BATCH:
+        return _batch_from(items)
+    return _summary_from(items)
+
+
+def decode_batch(payload: bytes) -> EventBatch:
+    """Decode an event batch, refusing a summary or anything else with ProtocolError."""
+    items = _load(payload)
+    if items[0] != MessageKind.BATCH:
+        raise ProtocolError(Reason.SCHEMA_MISMATCH, "not an event batch")
+    return _batch_from(items)
+
+
+def decode_summary(payload: bytes) -> Summary:
+    """Decode a window summary, refusing a batch or anything else with ProtocolError."""
+    items = _load(payload)
+    if items[0] != MessageKind.SUMMARY:
+        raise ProtocolError(Reason.SCHEMA_MISMATCH, "not a summary")
+    return _summary_from(items)
+
+
+def _load(payload: bytes) -> Sequence[object]:
+    value = loads_bounded(payload, cap=MAX_EVENTS_BYTES)
+    items = wire_array(value, "message")
+    if not items:
+        raise ProtocolError(Reason.SCHEMA_MISMATCH, "message: empty array")
+    kind = wire_uint(items[0], "kind", MAX_UINT63)
+    if kind not in tuple(MessageKind):
+        raise ProtocolError(Reason.SCHEMA_MISMATCH, f"kind: unknown message kind {kind}")
+    return items
+
+
+def _batch_from(items: Sequence[object]) -> EventBatch:
+    wire_array(items, "batch", length=_BATCH_ITEMS)
+    seq = wire_uint(items[1], "seq", MAX_UINT63)
+    t0 = wire_uint(items[2], "t0", MAX_T0_MS, minimum=MIN_T0_MS)
+    model = wire_uint(items[3], "model", MAX_MODEL_ID)
+    count = wire_uint(items[4], "n", MAX_EVENTS_PER_BATCH, minimum=1)
+    deltas = _unpack(items[5], count - 1, "deltas", MAX_DELTA_MS)
+    labels = _unpack(items[6], count, "labels", MAX_LABELS - 1)
+    scores = _unpack(items[7], count, "scores", MAX_SCORE)
+    latencies = _unpack(items[8], count, "latencies", MAX_LATENCY_100US)
+    times = list(accumulate(deltas, initial=t0))
+    if times[-1] > MAX_T0_MS:
+        raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, "last event is past the time range")
+    events = [Event(*fields) for fields in zip(times, labels, scores, latencies, strict=True)]
+    return EventBatch(seq, t0, model, events)
+
+
+def _summary_from(items: Sequence[object]) -> Summary:
+    wire_array(items, "summary", length=_SUMMARY_ITEMS)
+    seq = wire_uint(items[1], "seq", MAX_UINT63)
+    t0 = wire_uint(items[2], "t0", MAX_T0_MS, minimum=MIN_T0_MS)
+    model = wire_uint(items[3], "model", MAX_MODEL_ID)
+    window = wire_uint(items[4], "window_s", MAX_WINDOW_S, minimum=1)
+    raw_counts = wire_array(items[5], "counts", max_length=MAX_LABELS)
+    raw_means = wire_array(items[6], "mean_scores", max_length=MAX_LABELS)
+    counts = [wire_uint(c, "count", MAX_COUNT) for c in raw_counts]
+    means = [wire_uint(s, "mean_score", MAX_SCORE) for s in raw_means]
+    if len(counts) != len(means):
+        raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, "counts and mean_scores differ in length")
+    latency = wire_uint(items[7], "mean_latency", MAX_LATENCY_100US)
+    return Summary(seq, t0, model, window, counts, means, latency)
+
+
+def _unpack(column: object, count: int, field: str, maximum: int) -> list[int]:
+    """Unpack ``count`` values of a packed column, each at most ``maximum``.
+
+    Every inconsistency inside a column (a width past 32 bits, a varint running off the end, a
+    byte count that does not match ``count``, stray padding bits) is VALUE_OUT_OF_RANGE: it is
+    how columns of unequal length show up once they are packed.
+    """
+    data = wire_bytes(column, field, MAX_EVENTS_BYTES)
+    if not data:
+        raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"{field}: empty column")
+    width = data[0]
+    if width > MAX_PACKED_WIDTH:
+        raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"{field}: width {width} bits")
+    base, start = _read_varint(data, 1, field)
+    if base > maximum:
+        raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"{field}: minimum {base} > {maximum}")
+    bits = count * width
+    packed = data[start:]
+    if len(packed) != (bits + 7) // 8:
+        raise ProtocolError(
+            Reason.VALUE_OUT_OF_RANGE, f"{field}: {len(packed)} bytes for {count} values"
+        )
+    if bits % 8 and packed[-1] >> (bits % 8):
+        raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"{field}: padding bits are not zero")
+    if not width:
+        return [base] * count
+    mask = (1 << width) - 1
+    values = []
+    for offset in range(0, bits, width):
+        # Five bytes always cover a field of at most 32 bits, wherever in a byte it starts.
+        window = int.from_bytes(packed[offset >> 3 : (offset >> 3) + 5], "little")
+        values.append(base + (window >> (offset & 7) & mask))
+    if values and max(values) > maximum:
+        raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"{field}: value > {maximum}")
+    return values
+
+
+def _read_varint(data: bytes, pos: int, field: str) -> tuple[int, int]:
+    """Read an unsigned LEB128 varint of at most five bytes at ``pos``; return it and the end."""
+    value = 0
+    for index in range(_MAX_VARINT_BYTES):
+        if pos + index >= len(data):
+            raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"{field}: truncated varint")
+        byte = data[pos + index]
+        value |= (byte & 0x7F) << (7 * index)
+        if byte < 0x80:
+            return value, pos + index + 1
+    raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"{field}: varint longer than 5 bytes")

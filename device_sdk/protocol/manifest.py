@@ -1,0 +1,433 @@
+"""Encode, sign and verify OTA manifests and signing-key rotation records.
+
+Both travel as COSE_Sign1 (see :mod:`device_sdk.protocol.cose`) whose payload is a
+deterministically encoded CBOR map (RFC 8949 section 4.2.1: shortest integer heads,
+definite lengths, keys ascending) with integer keys. Wire values: never renumber. CDDL::
+
+    manifest = {
+        1 => 1,            ; format version
+        2 => uint,         ; sequence: a device accepts only a higher one (anti-rollback)
+        3 => tstr,         ; model name, 1..64 UTF-8 bytes (as are 4 and 5)
+        4 => tstr,         ; model version
+        5 => tstr,         ; hardware profile name
+        6 => bstr .size 32,  ; SHA-256 of the installed model bytes
+        7 => uint,         ; installed model size (< 2^32, as are 10 and 12)
+        8 => 0 / 1 / 2,    ; encoding: raw, compressed, delta (TRANSFER.md)
+        9 => bstr .size 32,  ; SHA-256 of the transferred bytes
+        10 => uint,        ; transfer size
+        ? 11 => bstr .size 32,  ; SHA-256 of the delta's base model: present iff encoding 2
+        12 => uint,        ; tensor arena bytes the model needs
+        13 => uint,        ; expiry, unix seconds: refused from this second on
+        14 => uint,        ; package id, named in chunk requests
+    }
+    rotation = {
+        1 => 1,            ; format version
+        2 => uint,         ; rotation sequence, a counter of its own (not the manifests')
+        20 => bstr .size 8,   ; key id of the new key (cose.key_id of key 21)
+        21 => bstr .size 32,  ; the new Ed25519 public key, raw
+        ? 22 => bstr,      ; key id of a key to stop trusting (often the signer's own)
+    }
+
+The two key sets overlap only in 1 and 2, so no payload decodes as both. A raw (encoding 0)
+manifest must repeat the model's size and digest as its transfer size and digest.
+
+Checks run in the order of :func:`verify_manifest`'s docstring. The COSE envelope is checked
+before the signature and the payload only after it, so a tampered payload is always
+MANIFEST_BAD_SIGNATURE and no unauthenticated field is ever interpreted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+import cbor2
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from device_sdk.protocol.cose import (
+    KEY_ID_BYTES,
+    check_algorithm,
+    key_id,
+    loads_strict,
+    parse_sign1,
+    raw_public_key,
+    sign1,
+    verify_sign1,
+    verify_signature,
+)
+from device_sdk.protocol.reasons import ProtocolError, Reason
+
+FORMAT_VERSION = 1
+MAX_TEXT_BYTES = 64
+DIGEST_BYTES = 32
+U32 = 0xFFFFFFFF
+U64 = 0xFFFFFFFFFFFFFFFF
+
+
+class Encoding(IntEnum):
+    """How a package's model bytes travel. Wire values: never renumber."""
+
+    RAW = 0
+    COMPRESSED = 1
+    DELTA = 2
+
+
+# Manifest keys. Wire values: never renumber.
+(
+    K_VERSION,
+    K_SEQUENCE,
+    K_MODEL_NAME,
+    K_MODEL_VERSION,
+    K_HARDWARE,
+    K_MODEL_SHA256,
+    K_MODEL_SIZE,
+    K_ENCODING,
+    K_TRANSFER_SHA256,
+    K_TRANSFER_SIZE,
+    K_BASE_SHA256,
+    K_ARENA_BYTES,
+    K_EXPIRES_AT,
+    K_PACKAGE_ID,
+) = range(1, 15)
+# Rotation keys beyond 1 and 2. Wire values: never renumber.
+K_NEW_KID, K_NEW_PUBLIC_KEY, K_RETIRE_KID = 20, 21, 22
+
+_TEXT, _DIGEST, _U32, _U64, _ENCODING = "text", "digest", "u32", "u64", "encoding"
+_MANIFEST_FIELDS: dict[int, tuple[str, str]] = {
+    K_SEQUENCE: ("sequence", _U64),
+    K_MODEL_NAME: ("model_name", _TEXT),
+    K_MODEL_VERSION: ("model_version", _TEXT),
+    K_HARDWARE: ("hardware_profile", _TEXT),
+    K_MODEL_SHA256: ("model_sha256", _DIGEST),
+    K_MODEL_SIZE: ("model_size", _U32),
+    K_ENCODING: ("encoding", _ENCODING),
+    K_TRANSFER_SHA256: ("transfer_sha256", _DIGEST),
+    K_TRANSFER_SIZE: ("transfer_size", _U32),
+    K_BASE_SHA256: ("base_sha256", _DIGEST),
+    K_ARENA_BYTES: ("arena_bytes", _U32),
+    K_EXPIRES_AT: ("expires_at", _U64),
+    K_PACKAGE_ID: ("package_id", _U64),
+}
+
+
+def _problem(kind: str, value: object) -> str | None:
+    """Return why ``value`` is not of wire type ``kind``, or None if it is."""
+    if kind == _TEXT:
+        if not isinstance(value, str):
+            return "not a tstr"
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            return "not valid UTF-8"
+        return None if 1 <= size <= MAX_TEXT_BYTES else f"not 1..{MAX_TEXT_BYTES} UTF-8 bytes"
+    if kind == _ENCODING:
+        known = isinstance(value, int) and not isinstance(value, bool) and value in set(Encoding)
+        return None if known else "not a known encoding"
+    if kind == _DIGEST:
+        ok = isinstance(value, bytes) and len(value) == DIGEST_BYTES
+        return None if ok else f"not a bstr of {DIGEST_BYTES} bytes"
+    limit = U32 if kind == _U32 else U64
+    # type() rather than isinstance(): bool is an int subclass and must not pass.
+    ok = type(value) is int and 0 <= value <= limit
+    return None if ok else f"not a uint below 2^{32 if kind == _U32 else 64}"
+
+
+def _decode_map(payload: bytes, allowed: set[int]) -> dict[int, Any]:
+    """Decode a deterministically encoded CBOR map with integer keys from ``allowed``.
+
+    Raises MANIFEST_MALFORMED, or MANIFEST_UNSUPPORTED_VERSION when key 1 is not 1.
+    """
+    try:
+        item = loads_strict(payload)
+    except (ValueError, cbor2.CBORError, RecursionError) as exc:
+        raise ProtocolError(Reason.MANIFEST_MALFORMED, f"payload not CBOR: {exc}") from None
+    if not isinstance(item, Mapping) or not all(type(k) is int for k in item):
+        raise ProtocolError(Reason.MANIFEST_MALFORMED, "payload is not a map with integer keys")
+    version = item.get(K_VERSION)
+    if type(version) is not int:
+        raise ProtocolError(Reason.MANIFEST_MALFORMED, "format version missing or not a uint")
+    if version != FORMAT_VERSION:
+        raise ProtocolError(Reason.MANIFEST_UNSUPPORTED_VERSION, f"format version {version}")
+    try:
+        canonical = cbor2.dumps(item, canonical=True)
+    except (ValueError, TypeError, cbor2.CBORError):
+        canonical = b""
+    if canonical != payload:
+        raise ProtocolError(Reason.MANIFEST_MALFORMED, "payload is not deterministically encoded")
+    unknown = set(item) - allowed - {K_VERSION}
+    if unknown:
+        raise ProtocolError(Reason.MANIFEST_MALFORMED, f"unknown keys {sorted(unknown)}")
+    return item
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The signed description of one OTA package (the payload of the COSE_Sign1)."""
+
+    sequence: int
+    model_name: str
+    model_version: str
+    hardware_profile: str
+    model_sha256: bytes
+    model_size: int
+    encoding: Encoding
+    transfer_sha256: bytes
+    transfer_size: int
+    arena_bytes: int
+    expires_at: int
+    package_id: int
+    base_sha256: bytes | None = None
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        problem = self.problem()
+        if problem:
+            raise ValueError(problem)
+        object.__setattr__(self, "encoding", Encoding(self.encoding))
+
+    def problem(self) -> str | None:
+        """Return what makes this manifest unfit for the wire, or None."""
+        if self.format_version != FORMAT_VERSION:
+            return f"format version {self.format_version}"
+        for name, kind in _MANIFEST_FIELDS.values():
+            value = getattr(self, name)
+            if name == "base_sha256" and value is None:
+                continue
+            problem = _problem(kind, value)
+            if problem:
+                return f"{name}: {problem}"
+        if (self.encoding == Encoding.DELTA) != (self.base_sha256 is not None):
+            return "base_sha256 is required for a delta and only for a delta"
+        if self.encoding == Encoding.RAW and (
+            self.transfer_size != self.model_size or self.transfer_sha256 != self.model_sha256
+        ):
+            return "a raw transfer must be the model itself"
+        return None
+
+    def encode(self) -> bytes:
+        """Return the deterministic CBOR payload."""
+        item: dict[int, Any] = {K_VERSION: self.format_version}
+        for key, (name, _kind) in _MANIFEST_FIELDS.items():
+            value = getattr(self, name)
+            if value is not None:
+                item[key] = int(value) if name == "encoding" else value
+        return cbor2.dumps(item, canonical=True)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Manifest:
+        """Parse a payload, raising MANIFEST_MALFORMED or MANIFEST_UNSUPPORTED_VERSION."""
+        item = _decode_map(payload, set(_MANIFEST_FIELDS))
+        values: dict[str, Any] = {}
+        for key, (name, kind) in _MANIFEST_FIELDS.items():
+            if key not in item:
+                if key == K_BASE_SHA256:
+                    continue
+                raise ProtocolError(Reason.MANIFEST_MALFORMED, f"key {key} ({name}) missing")
+            problem = _problem(kind, item[key])
+            if problem:
+                raise ProtocolError(Reason.MANIFEST_MALFORMED, f"key {key} ({name}): {problem}")
+            values[name] = item[key]
+        try:
+            return cls(**values)
+        except ValueError as exc:
+            raise ProtocolError(Reason.MANIFEST_MALFORMED, str(exc)) from None
+
+
+def sign_manifest(manifest: Manifest, private_key: Ed25519PrivateKey) -> bytes:
+    """Return ``manifest`` as a COSE_Sign1 message signed by ``private_key``."""
+    return sign1(manifest.encode(), private_key, key_id(private_key.public_key()))
+
+
+def verify_manifest(
+    cose_bytes: bytes,
+    *,
+    trusted_keys: Mapping[bytes, Ed25519PublicKey],
+    current_sequence: int,
+    hardware_profile: str,
+    now: int,
+    slot_bytes: int | None = None,
+    arena_bytes: int | None = None,
+    running_model_sha256: bytes | None = None,
+) -> Manifest:
+    """Check a signed manifest as a device does and return it, or raise ``ProtocolError``.
+
+    In order: envelope structure (MANIFEST_MALFORMED), algorithm (MANIFEST_BAD_ALGORITHM),
+    key id (MANIFEST_UNKNOWN_KEY), signature (MANIFEST_BAD_SIGNATURE), format version
+    (MANIFEST_UNSUPPORTED_VERSION), payload fields (MANIFEST_MALFORMED), sequence above
+    ``current_sequence`` (MANIFEST_SEQUENCE_REPLAY), ``now`` before expiry (MANIFEST_EXPIRED),
+    hardware profile (MANIFEST_WRONG_HARDWARE), model size within ``slot_bytes``
+    (MANIFEST_TOO_LARGE), arena within ``arena_bytes`` (MANIFEST_ARENA_TOO_SMALL), and for a
+    delta, base digest equal to ``running_model_sha256`` (DELTA_BASE_MISMATCH). A limit given
+    as None is not checked; the transfer decoder checks a delta's base again as it reads it.
+    """
+    _kid, payload = verify_sign1(cose_bytes, trusted_keys)
+    manifest = Manifest.decode(payload)
+    if manifest.sequence <= current_sequence:
+        raise ProtocolError(
+            Reason.MANIFEST_SEQUENCE_REPLAY,
+            f"sequence {manifest.sequence}, device is at {current_sequence}",
+        )
+    if now >= manifest.expires_at:
+        raise ProtocolError(Reason.MANIFEST_EXPIRED, f"expired at {manifest.expires_at}")
+    if manifest.hardware_profile != hardware_profile:
+        raise ProtocolError(
+            Reason.MANIFEST_WRONG_HARDWARE,
+            f"for {manifest.hardware_profile!r}, device is {hardware_profile!r}",
+        )
+    if slot_bytes is not None and manifest.model_size > slot_bytes:
+        raise ProtocolError(
+            Reason.MANIFEST_TOO_LARGE, f"{manifest.model_size} bytes, slot is {slot_bytes}"
+        )
+    if arena_bytes is not None and manifest.arena_bytes > arena_bytes:
+        raise ProtocolError(
+            Reason.MANIFEST_ARENA_TOO_SMALL,
+            f"needs {manifest.arena_bytes} arena bytes, firmware has {arena_bytes}",
+        )
+    if (
+        manifest.encoding == Encoding.DELTA
+        and running_model_sha256 is not None
+        and manifest.base_sha256 != running_model_sha256
+    ):
+        raise ProtocolError(Reason.DELTA_BASE_MISMATCH, "delta is not against the running model")
+    return manifest
+
+
+_ROTATION_FIELDS = {K_SEQUENCE, K_NEW_KID, K_NEW_PUBLIC_KEY, K_RETIRE_KID}
+
+
+@dataclass(frozen=True)
+class KeyRotation:
+    """A record, signed by a trusted key, that makes devices trust ``new_public_key``."""
+
+    sequence: int
+    new_public_key: bytes  # raw 32 bytes
+    retire_kid: bytes | None = None
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def new_kid(self) -> bytes:
+        """Return the key id of the introduced key."""
+        return key_id(self.public_key())
+
+    def public_key(self) -> Ed25519PublicKey:
+        """Return the introduced key, raising MANIFEST_BAD_ROTATION if it is not a valid one."""
+        try:
+            return Ed25519PublicKey.from_public_bytes(self.new_public_key)
+        except ValueError:
+            raise ProtocolError(Reason.MANIFEST_BAD_ROTATION, "not an Ed25519 key") from None
+
+    def encode(self) -> bytes:
+        """Return the deterministic CBOR payload."""
+        item: dict[int, Any] = {
+            K_VERSION: self.format_version,
+            K_SEQUENCE: self.sequence,
+            K_NEW_KID: self.new_kid,
+            K_NEW_PUBLIC_KEY: self.new_public_key,
+        }
+        if self.retire_kid is not None:
+            item[K_RETIRE_KID] = self.retire_kid
+        return cbor2.dumps(item, canonical=True)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> KeyRotation:
+        """Parse a payload, raising MANIFEST_MALFORMED, _UNSUPPORTED_VERSION or _BAD_ROTATION."""
+        item = _decode_map(payload, _ROTATION_FIELDS)
+        if set(item) < {K_VERSION, K_SEQUENCE, K_NEW_KID, K_NEW_PUBLIC_KEY}:
+            raise ProtocolError(Reason.MANIFEST_MALFORMED, "rotation keys 2, 20 or 21 missing")
+        sequence, new_kid, new_key = item[K_SEQUENCE], item[K_NEW_KID], item[K_NEW_PUBLIC_KEY]
+        retire = item.get(K_RETIRE_KID)
+        if _problem(_U64, sequence):
+            raise ProtocolError(Reason.MANIFEST_MALFORMED, "rotation sequence not a uint")
+        if not isinstance(new_kid, bytes) or len(new_kid) != KEY_ID_BYTES:
+            raise ProtocolError(Reason.MANIFEST_MALFORMED, "new kid not a bstr of 8 bytes")
+        if not isinstance(new_key, bytes) or len(new_key) != 32:
+            raise ProtocolError(Reason.MANIFEST_MALFORMED, "new key not a bstr of 32 bytes")
+        if retire is not None and (not isinstance(retire, bytes) or not 1 <= len(retire) <= 32):
+            raise ProtocolError(Reason.MANIFEST_MALFORMED, "retired kid not a bstr of 1..32")
+        rotation = cls(sequence=sequence, new_public_key=new_key, retire_kid=retire)
+        if rotation.new_kid != new_kid:
+            raise ProtocolError(Reason.MANIFEST_BAD_ROTATION, "new kid is not the new key's id")
+        return rotation
+
+    def apply(
+        self, trusted_keys: Mapping[bytes, Ed25519PublicKey]
+    ) -> dict[bytes, Ed25519PublicKey]:
+        """Return the key set after this rotation, refusing one that makes no sense for it."""
+        new_kid = self.new_kid
+        if new_kid in trusted_keys:
+            raise ProtocolError(Reason.MANIFEST_BAD_ROTATION, "the new key is already trusted")
+        if self.retire_kid is not None and self.retire_kid not in trusted_keys:
+            raise ProtocolError(Reason.MANIFEST_BAD_ROTATION, "the retired key is not trusted")
+        keys = dict(trusted_keys)
+        keys[new_kid] = self.public_key()
+        if self.retire_kid is not None:
+            del keys[self.retire_kid]
+        return keys
+
+
+def sign_rotation(rotation: KeyRotation, private_key: Ed25519PrivateKey) -> bytes:
+    """Return ``rotation`` as a COSE_Sign1 message signed by ``private_key`` (an old key)."""
+    return sign1(rotation.encode(), private_key, key_id(private_key.public_key()))
+
+
+def verify_rotation(
+    cose_bytes: bytes,
+    *,
+    trusted_keys: Mapping[bytes, Ed25519PublicKey],
+    current_sequence: int,
+) -> KeyRotation:
+    """Check a signed rotation record against the keys a device trusts and return it.
+
+    In order: structure (MANIFEST_MALFORMED), algorithm (MANIFEST_BAD_ALGORITHM), signer among
+    ``trusted_keys`` (MANIFEST_BAD_ROTATION: a new or unknown key cannot vouch for itself),
+    signature (MANIFEST_BAD_SIGNATURE), payload (MANIFEST_MALFORMED, _UNSUPPORTED_VERSION),
+    sequence above ``current_sequence`` (MANIFEST_SEQUENCE_REPLAY), then consistency of the new
+    and retired key ids with ``trusted_keys`` (MANIFEST_BAD_ROTATION).
+    """
+    message = parse_sign1(cose_bytes)
+    check_algorithm(message.protected)
+    signer = trusted_keys.get(message.kid)
+    if signer is None:
+        raise ProtocolError(
+            Reason.MANIFEST_BAD_ROTATION, f"signed by kid {message.kid.hex()}, which is not trusted"
+        )
+    verify_signature(message, signer)
+    rotation = KeyRotation.decode(message.payload)
+    if rotation.sequence <= current_sequence:
+        raise ProtocolError(
+            Reason.MANIFEST_SEQUENCE_REPLAY,
+            f"rotation sequence {rotation.sequence}, device is at {current_sequence}",
+        )
+    rotation.apply(trusted_keys)  # raises if the record does not fit these keys
+    return rotation
+
+
+def apply_rotation(
+    cose_bytes: bytes,
+    trusted_keys: Mapping[bytes, Ed25519PublicKey],
+    *,
+    current_sequence: int,
+) -> dict[bytes, Ed25519PublicKey]:
+    """Verify a rotation record and return the new trusted key set (the input is not changed).
+
+    A device persists the returned keys together with the record's sequence, which
+    :func:`verify_rotation` returns when the caller needs it.
+    """
+    rotation = verify_rotation(
+        cose_bytes, trusted_keys=trusted_keys, current_sequence=current_sequence
+    )
+    return rotation.apply(trusted_keys)
+
+
+def trusted_key_set(*public_keys: Ed25519PublicKey) -> dict[bytes, Ed25519PublicKey]:
+    """Return ``{key_id: key}`` for the given keys, as devices store them."""
+    return {key_id(k): k for k in public_keys}
+
+
+def rotation_for(
+    new_key: Ed25519PublicKey, *, sequence: int, retire_kid: bytes | None = None
+) -> KeyRotation:
+    """Return a rotation record introducing ``new_key``."""
+    return KeyRotation(sequence, raw_public_key(new_key), retire_kid)

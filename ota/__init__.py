@@ -1,0 +1,1 @@
+"""Model registry, validation, packaging, signing and rollouts."""

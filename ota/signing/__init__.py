@@ -1,0 +1,1 @@
+"""OTA signing keys: Ed25519, encrypted at rest, with rotation records."""

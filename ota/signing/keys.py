@@ -1,0 +1,69 @@
+"""Load, create and encrypt OTA signing keys.
+
+Private keys are stored as PKCS#8 encrypted with the key-encryption key ``FLEET_KEK`` from the
+environment (cryptography's best available scheme: AES-256-CBC under a PBKDF2-derived key), so
+a copy of the database alone cannot sign. The KEK never touches the database or the repo.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db.models import QuerySet
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from device_sdk.protocol.cose import key_id, raw_public_key
+from ota.choices import KeyState
+from ota.models import SigningKey
+
+
+def _kek() -> bytes:
+    kek = settings.FLEET_KEK
+    if not kek:
+        raise ImproperlyConfigured(
+            "FLEET_KEK is not set: it encrypts OTA signing keys at rest (scripts/demo.sh makes one)"
+        )
+    return kek.encode()
+
+
+def encrypt_private_key(private_key: Ed25519PrivateKey) -> bytes:
+    """Serialize a private key as PKCS#8 PEM encrypted with the KEK."""
+    return private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(_kek()),
+    )
+
+
+def load_private_key(key: SigningKey) -> Ed25519PrivateKey:
+    """Decrypt a stored signing key with the KEK."""
+    private = serialization.load_pem_private_key(bytes(key.encrypted_private_key), password=_kek())
+    if not isinstance(private, Ed25519PrivateKey):
+        raise ValueError(f"signing key {key.kid} is not Ed25519")
+    return private
+
+
+def public_key_of(key: SigningKey) -> Ed25519PublicKey:
+    """Return the public half of a stored key."""
+    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(key.public_key))
+
+
+def new_signing_key_row(private_key: Ed25519PrivateKey) -> SigningKey:
+    """Build (unsaved) the row for a freshly generated key."""
+    public = private_key.public_key()
+    return SigningKey(
+        kid=key_id(public).hex(),
+        public_key=raw_public_key(public).hex(),
+        encrypted_private_key=encrypt_private_key(private_key),
+    )
+
+
+def active_public_keys() -> QuerySet[SigningKey]:
+    """Return the keys devices should trust now, oldest first."""
+    return SigningKey.objects.filter(state=KeyState.ACTIVE).order_by("created_at", "id")
+
+
+def current_signing_key() -> SigningKey | None:
+    """Return the key that signs new packages: the newest active one."""
+    return active_public_keys().order_by("-created_at", "-id").first()

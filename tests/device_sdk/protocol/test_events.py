@@ -1,0 +1,413 @@
+"""Event batches and summaries: wire layout, validation both ways, size on the wire."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import random
+from dataclasses import replace
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from device_sdk.protocol.events import (
+    Event,
+    EventBatch,
+    MessageKind,
+    Summary,
+    decode_batch,
+    decode_message,
+    decode_summary,
+    encode_batch,
+    encode_summary,
+    summarize,
+)
+from device_sdk.protocol.limits import (
+    MAX_COUNT,
+    MAX_DELTA_MS,
+    MAX_EVENTS_BYTES,
+    MAX_EVENTS_PER_BATCH,
+    MAX_LABELS,
+    MAX_LATENCY_100US,
+    MAX_MODEL_ID,
+    MAX_T0_MS,
+    MAX_UINT63,
+    MIN_T0_MS,
+)
+from device_sdk.protocol.reasons import ProtocolError, Reason
+
+T0 = 1_717_000_000_000  # 2024-05-29T16:26:40Z
+MQTT_FRAMING = 30  # bytes of PUBLISH header, topic and packet id the brief budgets per message
+
+# Three events, worked out by hand in CDDL.md: pins the packed-column layout.
+GOLDEN_BATCH = EventBatch(
+    seq=1,
+    t0_ms=T0,
+    model=3,
+    events=[
+        Event(T0, 2, 200, 120),
+        Event(T0 + 1000, 5, 180, 130),
+        Event(T0 + 2010, 2, 255, 115),
+    ],
+)
+GOLDEN_BATCH_HEX = (
+    "89 00 01 1b0000018fc52cd200 03 03"
+    " 44 04e807a0"  # deltas 1000, 1010: width 4, min 1000, fields 0 and 10
+    " 43 02020c"  # labels 2, 5, 2: width 2, min 2, fields 0, 3, 0
+    " 46 07b40114c012"  # scores 200, 180, 255: width 7, min 180, fields 20, 0, 75
+    " 44 0473f500"  # latencies 120, 130, 115: width 4, min 115, fields 5, 15, 0
+)
+GOLDEN_SUMMARY = Summary(2, T0, 3, 60, [3, 0, 1], [200, 0, 100], 120)
+GOLDEN_SUMMARY_HEX = "88 01 02 1b0000018fc52cd200 03 183c 83030001 8318c8001864 1878"
+
+
+def _hex(spaced: str) -> bytes:
+    return bytes.fromhex(spaced.replace(" ", ""))
+
+
+def _reason(payload: bytes) -> Reason:
+    with pytest.raises(ProtocolError) as caught:
+        decode_message(payload)
+    return caught.value.reason
+
+
+def _batch_items(**changes: object) -> list[object]:
+    items: list[object] = list(cbor2.loads(encode_batch(GOLDEN_BATCH)))
+    names = ["kind", "seq", "t0", "model", "n", "deltas", "labels", "scores", "latencies"]
+    for name, value in changes.items():
+        items[names.index(name)] = value
+    return items
+
+
+def _summary_items(**changes: object) -> list[object]:
+    items: list[object] = list(cbor2.loads(encode_summary(GOLDEN_SUMMARY)))
+    names = ["kind", "seq", "t0", "model", "window_s", "counts", "mean_scores", "latency"]
+    for name, value in changes.items():
+        items[names.index(name)] = value
+    return items
+
+
+# -- wire layout ----------------------------------------------------------------------------
+
+
+def test_batch_encodes_to_the_golden_bytes() -> None:
+    """The packed-column layout is pinned byte for byte (the C firmware shares these vectors)."""
+    assert encode_batch(GOLDEN_BATCH) == _hex(GOLDEN_BATCH_HEX)
+    assert decode_message(_hex(GOLDEN_BATCH_HEX)) == GOLDEN_BATCH
+
+
+def test_summary_encodes_to_the_golden_bytes() -> None:
+    """A summary is a plain CBOR array with per-label arrays."""
+    assert encode_summary(GOLDEN_SUMMARY) == _hex(GOLDEN_SUMMARY_HEX)
+    assert decode_message(_hex(GOLDEN_SUMMARY_HEX)) == GOLDEN_SUMMARY
+
+
+def test_constant_column_costs_three_bytes() -> None:
+    """A column whose values are all equal packs to width 0: header and minimum only."""
+    events = [Event(T0 + i * 1000, 4, 99, 250) for i in range(64)]
+    items = cbor2.loads(encode_batch(EventBatch.of(9, 1, events)))
+    assert items[5:] == [b"\x00\xe8\x07", b"\x00\x04", b"\x00\x63", b"\x00\xfa\x01"]
+
+
+def test_single_event_batch_has_an_empty_delta_column() -> None:
+    """The first event sits at t0, so one event leaves no delta to send."""
+    batch = EventBatch.of(5, 2, [Event(T0, 1, 2, 3)])
+    items = cbor2.loads(encode_batch(batch))
+    assert items[4:6] == [1, b"\x00\x00"]
+    assert decode_batch(encode_batch(batch)) == batch
+
+
+def test_kind_selects_the_decoder() -> None:
+    """decode_message dispatches on the kind; the typed decoders refuse the other kind."""
+    batch, summary = encode_batch(GOLDEN_BATCH), encode_summary(GOLDEN_SUMMARY)
+    assert isinstance(decode_message(batch), EventBatch)
+    assert isinstance(decode_message(summary), Summary)
+    assert decode_batch(batch) == GOLDEN_BATCH
+    assert decode_summary(summary) == GOLDEN_SUMMARY
+    with pytest.raises(ProtocolError) as caught:
+        decode_batch(summary)
+    assert caught.value.reason is Reason.SCHEMA_MISMATCH
+    with pytest.raises(ProtocolError) as caught:
+        decode_summary(batch)
+    assert caught.value.reason is Reason.SCHEMA_MISMATCH
+    assert MessageKind.BATCH == 0 and MessageKind.SUMMARY == 1  # wire values
+
+
+# -- round trips ----------------------------------------------------------------------------
+
+_events = st.lists(
+    st.tuples(
+        st.integers(0, MAX_DELTA_MS),
+        st.integers(0, MAX_LABELS - 1),
+        st.integers(0, 255),
+        st.integers(0, MAX_LATENCY_100US),
+    ),
+    min_size=1,
+    max_size=80,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seq=st.integers(0, MAX_UINT63),
+    t0=st.integers(MIN_T0_MS, MIN_T0_MS + 10**12),
+    model=st.integers(0, MAX_MODEL_ID),
+    rows=_events,
+)
+def test_any_valid_batch_round_trips(
+    seq: int, t0: int, model: int, rows: list[tuple[int, int, int, int]]
+) -> None:
+    """Every batch the encoder accepts decodes to an equal batch."""
+    t, events = t0, []
+    for index, (delta, label, score, latency) in enumerate(rows):
+        t += delta if index else 0
+        events.append(Event(t, label, score, latency))
+    batch = EventBatch(seq, t0, model, events)
+    assert decode_message(encode_batch(batch)) == batch
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    counts=st.lists(st.tuples(st.integers(0, MAX_COUNT), st.integers(0, 255)), max_size=40),
+    window=st.integers(1, 86_400),
+    latency=st.integers(0, MAX_LATENCY_100US),
+)
+def test_any_valid_summary_round_trips(
+    counts: list[tuple[int, int]], window: int, latency: int
+) -> None:
+    """Every summary the encoder accepts decodes to an equal summary."""
+    summary = Summary(7, T0, 1, window, [c for c, _ in counts], [s for _, s in counts], latency)
+    assert decode_message(encode_summary(summary)) == summary
+
+
+def test_encoder_accepts_integer_like_values() -> None:
+    """Scores straight from a numpy output tensor (anything with __index__) encode as ints."""
+
+    class Index:
+        def __init__(self, value: int) -> None:
+            self.value = value
+
+        def __index__(self) -> int:
+            return self.value
+
+    batch = EventBatch.of(1, 2, [Event(T0, Index(3), Index(200), Index(90))])  # type: ignore[arg-type]
+    assert decode_batch(encode_batch(batch)).events == [Event(T0, 3, 200, 90)]
+
+
+# -- the encoder refuses what the decoder would refuse --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("batch", "reason"),
+    [
+        (replace(GOLDEN_BATCH, events=[]), Reason.VALUE_OUT_OF_RANGE),
+        (replace(GOLDEN_BATCH, t0_ms=T0 + 1), Reason.VALUE_OUT_OF_RANGE),
+        (replace(GOLDEN_BATCH, seq=-1), Reason.VALUE_OUT_OF_RANGE),
+        (replace(GOLDEN_BATCH, model=MAX_MODEL_ID + 1), Reason.VALUE_OUT_OF_RANGE),
+        (replace(GOLDEN_BATCH, model=True), Reason.SCHEMA_MISMATCH),
+        (replace(GOLDEN_BATCH, seq=1.0), Reason.SCHEMA_MISMATCH),
+        (EventBatch.of(1, 1, [Event(1_000, 0, 0, 0)]), Reason.VALUE_OUT_OF_RANGE),
+        (EventBatch.of(1, 1, [Event(T0, 0, 0, 0), Event(T0 - 1, 0, 0, 0)]), Reason.VALUE_OUT_OF_RANGE),
+        (EventBatch.of(1, 1, [Event(T0, 0, 0, 0), Event(T0 + MAX_DELTA_MS + 1, 0, 0, 0)]),
+         Reason.VALUE_OUT_OF_RANGE),
+        (EventBatch.of(1, 1, [Event(T0, MAX_LABELS, 0, 0)]), Reason.VALUE_OUT_OF_RANGE),
+        (EventBatch.of(1, 1, [Event(T0, 0, 256, 0)]), Reason.VALUE_OUT_OF_RANGE),
+        (EventBatch.of(1, 1, [Event(T0, 0, -1, 0)]), Reason.VALUE_OUT_OF_RANGE),
+        (EventBatch.of(1, 1, [Event(T0, 0, 0, MAX_LATENCY_100US + 1)]), Reason.VALUE_OUT_OF_RANGE),
+        (EventBatch.of(1, 1, [Event(T0, 0, 0.5, 0)]), Reason.SCHEMA_MISMATCH),  # type: ignore[arg-type]
+        (EventBatch.of(1, 1, [Event(T0, 0, 0, 0)] * (MAX_EVENTS_PER_BATCH + 1)),
+         Reason.VALUE_OUT_OF_RANGE),
+    ],
+)
+def test_encoder_refuses_invalid_batches(batch: EventBatch, reason: Reason) -> None:
+    """The encoder checks what the decoder checks, so a device never sends what we refuse."""
+    with pytest.raises(ProtocolError) as caught:
+        encode_batch(batch)
+    assert caught.value.reason is reason
+
+
+@pytest.mark.parametrize(
+    ("summary", "reason"),
+    [
+        (replace(GOLDEN_SUMMARY, window_s=0), Reason.VALUE_OUT_OF_RANGE),
+        (replace(GOLDEN_SUMMARY, counts=[1, 2]), Reason.VALUE_OUT_OF_RANGE),
+        (replace(GOLDEN_SUMMARY, counts=[-1, 0, 0]), Reason.VALUE_OUT_OF_RANGE),
+        (replace(GOLDEN_SUMMARY, mean_scores=[300, 0, 0]), Reason.VALUE_OUT_OF_RANGE),
+        (replace(GOLDEN_SUMMARY, counts=[0] * (MAX_LABELS + 1), mean_scores=[0] * (MAX_LABELS + 1)),
+         Reason.VALUE_OUT_OF_RANGE),
+        (replace(GOLDEN_SUMMARY, t0_ms=MAX_T0_MS + 1), Reason.VALUE_OUT_OF_RANGE),
+    ],
+)
+def test_encoder_refuses_invalid_summaries(summary: Summary, reason: Reason) -> None:
+    """Unequal per-label lists, negative counts and out-of-range means never leave a device."""
+    with pytest.raises(ProtocolError) as caught:
+        encode_summary(summary)
+    assert caught.value.reason is reason
+
+
+# -- every refusal of the decoder -----------------------------------------------------------
+
+_golden = encode_batch(GOLDEN_BATCH)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        # Size first: even garbage is refused for its size, before any parsing.
+        (b"\xff" * (MAX_EVENTS_BYTES + 1), Reason.PAYLOAD_TOO_LARGE),
+        (b"", Reason.CBOR_MALFORMED),
+        (b"\xff", Reason.CBOR_MALFORMED),
+        (_golden[:-1], Reason.CBOR_MALFORMED),  # truncated
+        (_golden + b"\x00", Reason.CBOR_MALFORMED),  # trailing bytes
+        (b"\x9f\x00\xff", Reason.CBOR_MALFORMED),  # indefinite length
+        (b"\x81" * 50 + b"\x00", Reason.CBOR_MALFORMED),  # nesting deeper than the form
+        (b"\x5b" + b"\xff" * 8, Reason.CBOR_MALFORMED),  # declares 2**64 - 1 bytes
+        (cbor2.dumps({"seq": 1}), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps([]), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps([2, 1, T0]), Reason.SCHEMA_MISMATCH),  # unknown kind
+        (cbor2.dumps(["batch"]), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_items()[:8]), Reason.SCHEMA_MISMATCH),  # arity
+        (cbor2.dumps(_batch_items(seq="1")), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_items(model=3.0)), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_items(model=True)), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_items(model=None)), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_items(labels=[2, 5, 2])), Reason.SCHEMA_MISMATCH),  # not packed
+        (cbor2.dumps(_batch_items(seq=cbor2.CBORTag(2, b"\x01"))), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_items(seq=-1)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(seq=2**64 - 1)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(t0=0)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(t0=MAX_T0_MS + 1)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(n=0)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(n=MAX_EVENTS_PER_BATCH + 1)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(n=4)), Reason.VALUE_OUT_OF_RANGE),  # columns hold 3
+        (cbor2.dumps(_batch_items(labels=b"")), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(labels=b"\x02\x02\x0c\x00")), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(labels=b"\x21\x00" + b"\x00" * 13)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(labels=b"\x02\x02\x4c")), Reason.VALUE_OUT_OF_RANGE),  # padding
+        (cbor2.dumps(_batch_items(labels=b"\x00\x80")), Reason.VALUE_OUT_OF_RANGE),  # cut varint
+        (cbor2.dumps(_batch_items(labels=b"\x00\x80\x80\x80\x80\x01")), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(labels=b"\x00\x80\x08")), Reason.VALUE_OUT_OF_RANGE),  # 1024
+        (cbor2.dumps(_batch_items(labels=b"\x0b\x00\x00\x04\x00\x00\x00")), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(scores=b"\x00\x80\x02")), Reason.VALUE_OUT_OF_RANGE),  # 256
+        (cbor2.dumps(_batch_items(deltas=b"\x00\x81\xb0\xd9\x29")), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(t0=MAX_T0_MS, deltas=b"\x00\x01")), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_summary_items(window_s=0)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_summary_items(counts=[1, 2])), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_summary_items(counts=[-1, 0, 0])), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_summary_items(counts=[0] * (MAX_LABELS + 1))), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_summary_items(mean_scores=[256, 0, 0])), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_summary_items(counts=3)), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_summary_items(counts=[1, "2", 3])), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_summary_items(latency=[1])), Reason.SCHEMA_MISMATCH),
+    ],
+)
+def test_decoder_refuses_with_a_reason(payload: bytes, reason: Reason) -> None:
+    """Each way a payload can be wrong maps to one reason code, never to another exception."""
+    assert _reason(payload) is reason
+
+
+def test_size_is_checked_before_parsing() -> None:
+    """An oversize payload of valid CBOR is still refused as too large, not parsed."""
+    payload = cbor2.dumps([0, b"\x00" * MAX_EVENTS_BYTES])
+    assert _reason(payload) is Reason.PAYLOAD_TOO_LARGE
+
+
+def test_largest_valid_messages_fit_the_cap() -> None:
+    """The payload cap never refuses a valid message: worst-case batch and summary fit."""
+    spread = [Event(MIN_T0_MS + i * MAX_DELTA_MS * (i % 2), i % MAX_LABELS, i % 256,
+                    MAX_LATENCY_100US * (i % 2)) for i in range(MAX_EVENTS_PER_BATCH)]
+    times = [MIN_T0_MS]
+    for i in range(1, MAX_EVENTS_PER_BATCH):
+        times.append(times[-1] + (MAX_DELTA_MS if i % 2 else 0))
+    events = [replace(e, t_ms=t) for e, t in zip(spread, times, strict=True)]
+    batch = encode_batch(EventBatch.of(MAX_UINT63, MAX_MODEL_ID, events))
+    summary = encode_summary(
+        Summary(MAX_UINT63, MAX_T0_MS, MAX_MODEL_ID, 86_400, [MAX_COUNT] * MAX_LABELS,
+                [255] * MAX_LABELS, MAX_LATENCY_100US)
+    )
+    assert len(batch) <= MAX_EVENTS_BYTES and len(summary) <= MAX_EVENTS_BYTES
+    assert decode_message(batch).seq == MAX_UINT63  # type: ignore[union-attr]
+
+
+# -- summaries from events ------------------------------------------------------------------
+
+
+def test_summarize_counts_and_rounds_means_half_up() -> None:
+    """Counts per label, mean score per label and mean latency, rounded half up."""
+    events = [Event(T0, 0, 10, 100), Event(T0 + 10, 0, 11, 101), Event(T0 + 20, 2, 255, 50)]
+    summary = summarize(events, seq=4, t0_ms=T0, model=3, window_s=60)
+    assert summary == Summary(4, T0, 3, 60, [2, 0, 1], [11, 0, 255], 84)
+    assert summary.total == 3
+    assert decode_summary(encode_summary(summary)) == summary
+
+
+def test_summarize_sizes_lists_to_num_labels() -> None:
+    """With num_labels, every label has an entry, even when the window saw none of it."""
+    summary = summarize([], seq=1, t0_ms=T0, model=1, window_s=10, num_labels=4)
+    assert summary.counts == [0, 0, 0, 0] and summary.mean_latency_100us == 0
+    with pytest.raises(ProtocolError):
+        summarize([Event(T0, 4, 0, 0)], seq=1, t0_ms=T0, model=1, window_s=10, num_labels=4)
+
+
+@pytest.mark.parametrize("t_ms", [T0 - 1, T0 + 10_000])
+def test_summarize_refuses_events_outside_the_window(t_ms: int) -> None:
+    """The window is [t0, t0 + window_s): events outside it are refused, not dropped."""
+    with pytest.raises(ProtocolError) as caught:
+        summarize([Event(t_ms, 0, 0, 0)], seq=1, t0_ms=T0, model=1, window_s=10)
+    assert caught.value.reason is Reason.VALUE_OUT_OF_RANGE
+
+
+# -- size on the wire -----------------------------------------------------------------------
+
+
+def realistic_stream(count: int, seed: int) -> list[Event]:
+    """Make ~1 event/s with jitter, 4-10 skewed classes, varied scores, 5-50 ms latencies."""
+    rng = random.Random(seed)
+    classes = rng.randint(4, 10)
+    weights = [rng.random() + 0.2 for _ in range(classes)]
+    t_ms = T0 + rng.randrange(10**9)
+    events = []
+    for index in range(count):
+        t_ms += max(1, round(rng.gauss(1000, 100))) if index else 0
+        label = rng.choices(range(classes), weights)[0]
+        score = rng.randint(-(-256 // classes), 255)  # a top-1 softmax is at least 1/classes
+        events.append(Event(t_ms, label, score, rng.randint(50, 500)))
+    return events
+
+
+def naive_json(batch: EventBatch) -> bytes:
+    """Encode a batch as the JSON a device would send without this protocol."""
+    return json.dumps([
+        {
+            "ts": datetime.datetime.fromtimestamp(e.t_ms / 1000, datetime.UTC)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "model": batch.model,
+            "label": e.label,
+            "score": round(e.score / 255, 4),
+            "latency_ms": e.latency_100us / 10,
+        }
+        for e in batch.events
+    ]).encode()
+
+
+def test_bytes_per_event_on_the_wire() -> None:
+    """At 32 events per batch, payload plus ~30 bytes of MQTT framing stays within 6 B/event.
+
+    Prints the figures at 1, 8, 32 and 128 events per batch (run with ``-s`` to see them).
+    """
+    seeds = range(20)
+    for size in (1, 8, 32, 128):
+        payloads = [encode_batch(EventBatch.of(s + 1, 17, realistic_stream(size, s))) for s in seeds]
+        jsons = [naive_json(decode_batch(p)) for p in payloads]  # type: ignore[arg-type]
+        worst = max(len(p) for p in payloads)
+        mean = sum(len(p) for p in payloads) / len(payloads)
+        ratio = sum(map(len, jsons)) / sum(map(len, payloads))
+        print(
+            f"batch {size:>3}: payload {mean / size:6.2f} B/event, with framing "
+            f"{(mean + MQTT_FRAMING) / size:6.2f} B/event, JSON/CBOR payload {ratio:5.1f}x"
+        )
+        if size == 32:
+            assert (worst + MQTT_FRAMING) / size <= 6.0
+            assert ratio >= 20

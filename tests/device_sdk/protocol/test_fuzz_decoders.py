@@ -1,0 +1,211 @@
+"""Fuzz every decoder: whatever the bytes, the result is a valid object or a ProtocolError.
+
+Devices are untrusted and the worker must keep going, so no input may raise TypeError, a cbor2
+error, RecursionError or MemoryError, and no input may be refused with a code outside the four
+a decoder is allowed to use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cbor2
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from device_sdk.protocol.events import (
+    Event,
+    EventBatch,
+    Summary,
+    decode_batch,
+    decode_message,
+    decode_summary,
+    encode_batch,
+    encode_summary,
+)
+from device_sdk.protocol.ota_messages import (
+    Chunk,
+    ChunkRequest,
+    DeploymentState,
+    Report,
+    decode_chunk,
+    decode_chunk_request,
+    decode_report,
+    encode_chunk,
+    encode_chunk_request,
+    encode_report,
+)
+from device_sdk.protocol.reasons import ProtocolError, Reason
+from device_sdk.protocol.status import (
+    Capabilities,
+    LinkState,
+    Status,
+    decode_status,
+    encode_status,
+)
+from device_sdk.protocol.topics import DeviceTopic, PackageTopic, parse_topic
+
+T0 = 1_717_000_000_000
+DECODE_REASONS = {
+    Reason.PAYLOAD_TOO_LARGE,
+    Reason.CBOR_MALFORMED,
+    Reason.SCHEMA_MISMATCH,
+    Reason.VALUE_OUT_OF_RANGE,
+}
+DECODERS: dict[str, tuple[Callable[[bytes], object], tuple[type, ...]]] = {
+    "message": (decode_message, (EventBatch, Summary)),
+    "batch": (decode_batch, (EventBatch,)),
+    "summary": (decode_summary, (Summary,)),
+    "status": (decode_status, (Status,)),
+    "chunk_request": (decode_chunk_request, (ChunkRequest,)),
+    "chunk": (decode_chunk, (Chunk,)),
+    "report": (decode_report, (Report,)),
+}
+# One valid payload per decoder: mutations of these reach past the first type check.
+VALID: dict[str, bytes] = {
+    "message": encode_batch(
+        EventBatch.of(3, 2, [Event(T0, 1, 200, 90), Event(T0 + 999, 4, 30, 400)])
+    ),
+    "batch": encode_batch(EventBatch.of(1, 1, [Event(T0 + i, i % 7, i, i) for i in range(40)])),
+    "summary": encode_summary(Summary(9, T0, 2, 60, [5, 0, 7], [200, 0, 180], 120)),
+    "status": encode_status(
+        Status(LinkState.ONLINE, 4, 0, 10, 2048, 3,
+               Capabilities("fw", "tflm", ["ADD", "CONV_2D"], 4096, 65536, 32))
+    ),
+    "chunk_request": encode_chunk_request(ChunkRequest(7, 1024, 512)),
+    "chunk": encode_chunk(Chunk(7, 1024, b"\x00\x01\x02" * 20)),
+    "report": encode_report(Report(7, DeploymentState.FAILED, Reason.MODEL_DIGEST_MISMATCH)),
+}
+FUZZ = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+def check_decoder(name: str, payload: bytes) -> None:
+    """Assert ``payload`` decodes to the decoder's type or is refused with a decode reason."""
+    decoder, types = DECODERS[name]
+    try:
+        result = decoder(payload)
+    except ProtocolError as exc:
+        assert exc.reason in DECODE_REASONS, exc
+    else:
+        assert isinstance(result, types)
+
+
+def _scalars() -> st.SearchStrategy[object]:
+    return st.one_of(
+        st.integers(min_value=-(2**64), max_value=2**64 - 1),
+        st.integers(min_value=-300, max_value=300),
+        st.booleans(),
+        st.none(),
+        st.floats(allow_nan=True),
+        st.binary(max_size=40),
+        st.text(max_size=20),
+        st.sampled_from([cbor2.undefined, cbor2.CBORSimpleValue(99)]),
+    )
+
+
+cbor_values = st.recursive(
+    _scalars(),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=10),
+        st.dictionaries(st.one_of(st.text(max_size=12), st.integers(-5, 30)), inner, max_size=6),
+        st.builds(cbor2.CBORTag, st.sampled_from([0, 1, 2, 3, 4, 5, 24, 28, 29, 30, 258, 99]),
+                  inner),
+    ),
+    max_leaves=30,
+)
+decoder_names = st.sampled_from(sorted(DECODERS))
+
+
+@FUZZ
+@given(name=decoder_names, payload=st.binary(max_size=300))
+def test_random_bytes(name: str, payload: bytes) -> None:
+    """Random bytes are refused or decode; nothing else happens."""
+    check_decoder(name, payload)
+
+
+@FUZZ
+@given(name=decoder_names, value=cbor_values)
+def test_random_cbor(name: str, value: object) -> None:
+    """Well-formed CBOR of any shape (wrong types, negatives, tags, floats) is refused cleanly."""
+    check_decoder(name, cbor2.dumps(value))
+
+
+@FUZZ
+@given(name=decoder_names, data=st.data())
+def test_valid_messages_with_one_item_replaced(name: str, data: st.DataObject) -> None:
+    """A valid message with one element or value swapped for random CBOR is refused cleanly."""
+    message = cbor2.loads(VALID[name])
+    value = data.draw(cbor_values)
+    if isinstance(message, dict):
+        key = data.draw(st.sampled_from([*message, "extra"]))
+        message = {**message, key: value}
+    else:
+        index = data.draw(st.integers(0, len(message)))
+        message = [*message[:index], value, *message[index + 1 :]]
+    check_decoder(name, cbor2.dumps(message))
+
+
+@FUZZ
+@given(name=decoder_names, data=st.data())
+def test_valid_messages_with_bytes_flipped_or_cut(name: str, data: st.DataObject) -> None:
+    """Corrupting or truncating the bytes of a valid message never escapes as another error."""
+    payload = bytearray(VALID[name])
+    for _ in range(data.draw(st.integers(1, 4))):
+        index = data.draw(st.integers(0, len(payload) - 1))
+        payload[index] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(payload)))
+    check_decoder(name, bytes(payload[:cut]) if data.draw(st.booleans()) else bytes(payload))
+
+
+@FUZZ
+@given(
+    name=decoder_names,
+    major=st.integers(0, 7),
+    length=st.one_of(st.integers(24, 2**64 - 1), st.sampled_from([2**32, 2**63, 2**64 - 1])),
+    tail=st.binary(max_size=16),
+)
+def test_huge_declared_lengths(name: str, major: int, length: int, tail: bytes) -> None:
+    """A header declaring a huge string, array or map is refused without allocating it."""
+    header = bytes([major << 5 | 27]) + length.to_bytes(8, "big")
+    check_decoder(name, header + tail)
+    check_decoder(name, b"\x83\x01\x02" + header + tail)
+
+
+@FUZZ
+@given(name=decoder_names, count=st.integers(0, 5000), items=st.binary(min_size=1, max_size=3))
+def test_huge_arrays(name: str, count: int, items: bytes) -> None:
+    """Long arrays of small items are refused by size or schema, at any length."""
+    header = bytes([0x9A]) + count.to_bytes(4, "big")
+    check_decoder(name, header + items * count)
+
+
+@pytest.mark.parametrize("name", sorted(DECODERS))
+@pytest.mark.parametrize(
+    "opener", [b"\x81", b"\xa1\x00", b"\xa1\x61k", b"\xc1", b"\xd8\x18", b"\x9f", b"\x5f"]
+)
+def test_deep_nesting(name: str, opener: bytes) -> None:
+    """Nesting 100,000 deep (arrays, maps, tags, indefinite items) is refused, not recursed."""
+    check_decoder(name, opener * 100_000 + b"\x00")
+
+
+@FUZZ
+@given(
+    topic=st.one_of(
+        st.text(max_size=80),
+        st.text(alphabet="fleet/v1pkg+#$ -_0123456789chunkotaeventsstatus", max_size=40),
+        st.builds("fleet/v1/{}/{}".format, st.text(max_size=70), st.text(max_size=12)),
+        st.builds("fleet/v1/pkg/{}/{}".format, st.text(max_size=12), st.text(max_size=8)),
+    )
+)
+def test_random_topics(topic: str) -> None:
+    """Any string parses to a topic or is refused with SCHEMA_MISMATCH."""
+    try:
+        parsed = parse_topic(topic)
+    except ProtocolError as exc:
+        assert exc.reason is Reason.SCHEMA_MISMATCH
+    else:
+        assert isinstance(parsed, DeviceTopic | PackageTopic)
+        assert "+" not in topic and "#" not in topic
