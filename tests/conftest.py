@@ -59,7 +59,11 @@ def operator_client(api_client_for: Callable[[str], APIClient]) -> APIClient:
 
 @pytest.fixture
 def hardware_profile(db: Any) -> HardwareProfile:
-    """A stock profile (loaded by migration)."""
+    """A stock profile (loaded by migration; re-made after a transactional test's flush)."""
+    from fleet.devices.stock_profiles import STOCK_PROFILES
+
+    for spec in STOCK_PROFILES:
+        HardwareProfile.objects.get_or_create(name=spec["name"], defaults=spec)
     return HardwareProfile.objects.get(name="stm32f746")
 
 
