@@ -9,6 +9,7 @@ api_v1 = [
     path("", include("fleet.devices.api.urls")),
     path("", include("fleet.audit.api.urls")),
     path("", include("fleet.accounts.api.urls")),
+    path("", include("ota.api.urls")),
 ]
 
 urlpatterns = [

@@ -2,6 +2,8 @@
 
 from django.db import models
 
+from device_sdk.protocol.manifest import Encoding as WireEncoding
+
 
 class VersionSource(models.TextChoices):
     UPLOADED = "uploaded", "uploaded .tflite"
@@ -28,9 +30,7 @@ class KeyState(models.TextChoices):
     RETIRED = "retired", "retired"
 
 
-class Encoding(models.IntegerChoices):
-    """Manifest key 8 (wire values: never renumber)."""
-
-    RAW = 0, "raw"
-    COMPRESSED = 1, "compressed"
-    DELTA = 2, "delta"
+# Manifest key 8, as Django choices made from the wire enum so the values live in one place.
+Encoding = models.IntegerChoices(
+    "Encoding", [(e.name, (e.value, e.name.lower())) for e in WireEncoding]
+)

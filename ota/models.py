@@ -45,6 +45,9 @@ class ModelVersion(models.Model):
     status = models.CharField(max_length=16, choices=VersionStatus.choices, db_index=True)
     notes = models.TextField(blank=True)
     metrics = models.JSONField(default=dict, blank=True, help_text="float vs int8 accuracy etc.")
+    dataset_sha256 = models.CharField(
+        max_length=64, blank=True, help_text="artifact of the representative/sample data, if any"
+    )
     validation = models.JSONField(null=True, blank=True, help_text="admission check report")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
+from django.db.models import ProtectedError
 from rest_framework import exceptions, status, viewsets
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -95,4 +96,10 @@ class AuditedModelViewSet(viewsets.ModelViewSet):
             actor=self.request.user, action=f"{self.audit_noun}.delete", obj=instance,
             before=self._snapshot(instance), remote_addr=client_address(self.request),
         )
-        instance.delete()
+        try:
+            with transaction.atomic():
+                instance.delete()
+        except ProtectedError as exc:
+            users = sorted({str(o) for o in exc.protected_objects})[:5]
+            raise ApiError("in_use", f"{instance} is still used by: {', '.join(users)}",
+                           status.HTTP_409_CONFLICT) from None

@@ -102,7 +102,9 @@ def load_dataset(
     x = np.asarray(data["x"])
     y = np.asarray(data["y"]) if data.get("y") is not None else None
     if x.ndim < 2 or len(x) == 0 or x.dtype.kind not in "fiub":
-        raise ConversionError("bad_data", f"x must be a non-empty numeric batch, got {x.shape} {x.dtype}")
+        raise ConversionError(
+            "bad_data", f"x must be a non-empty numeric batch, got {x.shape} {x.dtype}"
+        )
     if y is not None and len(y) != len(x):
         raise ConversionError("bad_data", f"{len(x)} samples but {len(y)} labels")
     return x.astype(np.float32), y

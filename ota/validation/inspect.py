@@ -163,7 +163,14 @@ def inspect_model(data: bytes | bytearray | memoryview) -> ModelInspection:
     except ModelFormatError:
         raise
     # Out-of-range offsets surface as these from flatbuffers' struct/numpy reads.
-    except (IndexError, struct.error, ValueError, TypeError, OverflowError, UnicodeDecodeError) as e:
+    except (
+        IndexError,
+        struct.error,
+        ValueError,
+        TypeError,
+        OverflowError,
+        UnicodeDecodeError,
+    ) as e:
         raise ModelFormatError("corrupt", f"flatbuffer offsets point outside the file ({e})") from e
     return inspection
 
@@ -262,7 +269,9 @@ def _subgraph(
     outputs = _int_list(sg.OutputsAsNumpy())
     for t in inputs + outputs:
         if not 0 <= t < len(tensors):
-            raise ModelFormatError("bad_index", f"subgraph {index} names tensor {t} of {len(tensors)}")
+            raise ModelFormatError(
+                "bad_index", f"subgraph {index} names tensor {t} of {len(tensors)}"
+            )
     operators = []
     for i in range(_checked_len(buf, sg.OperatorsLength(), "operators")):
         op = sg.Operators(i)
@@ -277,9 +286,7 @@ def _subgraph(
         for t in op_inputs + op_outputs:
             if not -1 <= t < len(tensors):
                 raise ModelFormatError("bad_index", f"operator {i} ({name}) names tensor {t}")
-        operators.append(
-            OperatorInfo(i, name, builtin, custom, version, op_inputs, op_outputs)
-        )
+        operators.append(OperatorInfo(i, name, builtin, custom, version, op_inputs, op_outputs))
     return SubgraphInfo(index, _text(sg.Name()), inputs, outputs, tensors, operators)
 
 

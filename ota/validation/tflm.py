@@ -108,7 +108,7 @@ class ProbeResult:
     """What the probe measured; ``failure`` is set when the model could not run."""
 
     arena_bytes: int | None  # smallest arena that worked (to ARENA_ALIGN), host build
-    largest_failing_arena: int | None  # the answer lies in (this, arena_bytes]
+    largest_failing_arena: int | None  # tried or inferred from TFLM's figures to fail
     pointer_bits: int  # of the build the arena figures come from
     allocations: TflmAllocations | None
     inputs: list[TensorDetails]
@@ -194,8 +194,9 @@ def probe_model(
                                attempts, launch, elapsed, log, known_ok)  # fmt: skip
             # The child died trying one arena size: take it as too small and search on.
             known_fail = max([known_fail, crashed, *(e["arena"] for e in tried if not e["ok"])])
-        return _failed(FailureKind.CRASH, f"TFLM {died} on {MAX_LAUNCHES} launches in a row",
-                       attempts, MAX_LAUNCHES, time.monotonic() - started, log, known_ok)  # fmt: skip
+        elapsed = time.monotonic() - started
+        message = f"TFLM {died} on {MAX_LAUNCHES} launches in a row"
+        return _failed(FailureKind.CRASH, message, attempts, MAX_LAUNCHES, elapsed, log, known_ok)
 
 
 def _launch(args: list[str], deadline: float) -> tuple[list[dict[str, Any]], int | None]:
@@ -328,4 +329,3 @@ def _tflm_version() -> str:
         return version("tflite-micro")
     except PackageNotFoundError:
         return "unknown"
-

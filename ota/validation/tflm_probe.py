@@ -88,7 +88,8 @@ class _Probe:
         self.log = open(log_path, "a+b", buffering=0)  # noqa: SIM115 - lives as long as we do
         os.dup2(self.log.fileno(), 1)
         os.dup2(self.log.fileno(), 2)
-        self.read_pos = 0
+        # The parent reuses the log across relaunches: read only what this process prints.
+        self.read_pos = self.log.seek(0, os.SEEK_END)
         self.attempts = 0
 
     def emit(self, **event: Any) -> None:
@@ -222,7 +223,9 @@ def load_samples(path: str | None, input_details: list[dict[str, Any]]) -> list[
             shape = tuple(int(s) for s in d["shape"])
             if dtype.kind in "iu":
                 info = np.iinfo(dtype)
-                arrays.append(rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype))
+                arrays.append(
+                    rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
+                )
             else:
                 arrays.append(rng.standard_normal(shape).astype(dtype))
         return arrays
@@ -235,7 +238,9 @@ def load_samples(path: str | None, input_details: list[dict[str, Any]]) -> list[
         keys = sorted(loaded.files, key=lambda k: int(re.sub(r"\D", "", k) or 0))
         arrays = [loaded[k] for k in keys]
     if len(arrays) != len(input_details):
-        raise ValueError(f"{len(arrays)} sample arrays for a model with {len(input_details)} inputs")
+        raise ValueError(
+            f"{len(arrays)} sample arrays for a model with {len(input_details)} inputs"
+        )
     return [_as_batch(a, d, i) for i, (a, d) in enumerate(zip(arrays, input_details, strict=True))]
 
 

@@ -10,7 +10,7 @@ import pytest
 # Tests run with --import-mode=importlib and no __init__.py: make the factory importable.
 sys.path.insert(0, str(Path(__file__).parent))
 
-import model_factory  # noqa: E402
+import model_factory
 
 
 @pytest.fixture(scope="session")

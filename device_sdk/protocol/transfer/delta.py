@@ -105,25 +105,31 @@ def _score(target: bytes, base: bytes, start: int, end: int, diag: int) -> np.nd
 def _fill_gap(
     ops: list[Op], target: bytes, base: bytes, a: int, b: int, before: int | None, after: int | None
 ) -> None:
-    """Cover ``target[a:b]``: extend the neighbouring alignments as ADDs, INSERT the rest."""
+    """Cover ``target[a:b]``: extend the neighbouring alignments as ADDs, INSERT the rest.
+
+    As in bsdiff, the ADD from the left covers ``[a, a + lf)`` and the one from the right
+    ``[a + ls, b)``, with ``lf <= ls`` chosen to maximise close bytes minus distant ones.
+    """
     n = b - a
     fwd = _score(target, base, a, b, before) if before is not None else None
     bwd = _score(target, base, a, b, after) if after is not None else None
-    # gain_f[k]: worth of ADDing the first k bytes on `before`; gain_b[k]: the last n-k on `after`.
-    zeros = np.zeros(n + 1, dtype=np.int64)
-    gain_f = zeros.copy() if fwd is None else np.concatenate(([0], np.cumsum(fwd)))
-    gain_b = zeros.copy() if bwd is None else np.concatenate((np.cumsum(bwd[::-1])[::-1], [0]))
-    best_f = np.maximum.accumulate(gain_f)
-    best_b = np.maximum.accumulate(gain_b[::-1])[::-1]
-    split = int(np.argmax(best_f + best_b))
-    lf = int(np.argmax(gain_f[: split + 1]))
-    lb_start = split + int(np.argmax(gain_b[split:]))
-    if lf and before is not None:
+    gain_f = np.zeros(n + 1, dtype=np.int64)
+    gain_b = np.zeros(n + 1, dtype=np.int64)
+    if fwd is not None:
+        gain_f[1:] = np.cumsum(fwd)
+    if bwd is not None:
+        gain_b[:-1] = np.cumsum(bwd[::-1])[::-1]
+    total = np.maximum.accumulate(gain_f) + gain_b
+    ls = n - int(np.argmax(total[::-1]))  # the last best split: no ADD where nothing is gained
+    lf = int(np.argmax(gain_f[: ls + 1]))
+    if lf:
+        assert before is not None
         ops.append((ADD, a, lf, a + before))
-    if lb_start > lf:
-        ops.append((INSERT, a + lf, lb_start - lf, -1))
-    if lb_start < n and after is not None:
-        ops.append((ADD, a + lb_start, n - lb_start, a + lb_start + after))
+    if ls > lf:
+        ops.append((INSERT, a + lf, ls - lf, -1))
+    if ls < n:
+        assert after is not None
+        ops.append((ADD, a + ls, n - ls, a + ls + after))
 
 
 def _merge(ops: list[Op]) -> list[Op]:

@@ -21,6 +21,7 @@ from device_sdk.protocol.transfer.rangecoder import (
     MOVE_BITS,
     PROB_BITS,
     PROB_INIT,
+    PROB_ONE,
     TOP,
     RangeEncoder,
 )
@@ -156,7 +157,9 @@ def _parse(data: bytes, window: int) -> list[tuple[int, int]]:
 
     while i < n:
         limit = min(MAX_MATCH, n - i)
-        rep_len = _common_length(data, i, i - rep, limit) if rep <= i else 0
+        rep_len = 0
+        if rep <= i and data[i : i + 2] == data[i - rep : i - rep + 2]:
+            rep_len = _common_length(data, i, i - rep, limit)
         length, dist = best_match(i)
         # A new distance costs about 11 bits more than a repeat: prefer the repeat unless
         # the new match is clearly longer, and do not spend a match on fewer than 3 bytes.
@@ -320,70 +323,136 @@ class LzDecoder:
         params = self.params
         window = self._window
         wmask = len(window) - 1
-        wsize = len(window)
         pmask = (1 << params.lp) - 1
         lp, lc = params.lp, params.lc
         lc_shift = 8 - lc
-        high_bits = params.window_log - DIST_LOW_BITS
         size = self.size
         pos, kind, rep, prev = self.produced, self._kind, self._rep, self._prev
         rng, code = self._range, self._code
         out = bytearray()
         stop = len(buf) if final else len(buf) - TOKEN_LOOKAHEAD
-
-        def bit(probs: list[int], i: int) -> int:
-            nonlocal rng, code, ip
+        is_match, literal = m.is_match, m.literal
+        # Literals dominate and run on plain locals; the rarer matches go through _Bits.
+        while pos < size and ip <= stop:
+            v = (kind << lp) | (pos & pmask)
             if rng < TOP:
                 rng <<= 8
                 code = ((code << 8) | buf[ip]) & MASK32
                 ip += 1
-            p = probs[i]
+            p = is_match[v]
             bound = (rng >> PROB_BITS) * p
             if code < bound:
                 rng = bound
-                probs[i] = p + (((1 << PROB_BITS) - p) >> MOVE_BITS)
-                return 0
+                is_match[v] = p + ((PROB_ONE - p) >> MOVE_BITS)
+                probs = literal[((pos & pmask) << lc) | (prev >> lc_shift)]
+                v = 1
+                while v < 256:
+                    if rng < TOP:
+                        rng <<= 8
+                        code = ((code << 8) | buf[ip]) & MASK32
+                        ip += 1
+                    p = probs[v]
+                    bound = (rng >> PROB_BITS) * p
+                    if code < bound:
+                        rng = bound
+                        probs[v] = p + ((PROB_ONE - p) >> MOVE_BITS)
+                        v <<= 1
+                    else:
+                        rng -= bound
+                        code -= bound
+                        probs[v] = p - (p >> MOVE_BITS)
+                        v = (v << 1) | 1
+                prev = v - 256
+                window[pos & wmask] = prev
+                out.append(prev)
+                pos += 1
+                kind = 0
+                continue
             rng -= bound
             code -= bound
-            probs[i] = p - (p >> MOVE_BITS)
-            return 1
-
-        def tree(probs: list[int], nbits: int) -> int:
-            v = 1
-            for _ in range(nbits):
-                v = (v << 1) | bit(probs, v)
-            return v - (1 << nbits)
-
-        while pos < size and ip <= stop:
-            if not bit(m.is_match, (kind << lp) | (pos & pmask)):
-                b = tree(m.literal[((pos & pmask) << lc) | (prev >> lc_shift)], 8)
-                window[pos & wmask] = b
-                out.append(b)
-                pos += 1
-                prev, kind = b, 0
-                continue
-            if not bit(m.is_rep, kind):
-                rep = (tree(m.dist_high, high_bits) << DIST_LOW_BITS) + tree(m.dist_low, 6) + 1
-            if not bit(m.len_choice, 0):
-                length = MIN_MATCH + tree(m.len_low, 3)
-            elif not bit(m.len_choice, 1):
-                length = MIN_MATCH + 8 + tree(m.len_mid, 3)
-            else:
-                length = MIN_MATCH + 16 + tree(m.len_high, 8)
-            if rep > pos or rep > wsize:
+            is_match[v] = p - (p >> MOVE_BITS)
+            bits = _Bits(buf, ip, rng, code)
+            rep, length = bits.match(m, params, kind, rep)
+            ip, rng, code = bits.ip, bits.rng, bits.code
+            if rep > pos:
                 raise ProtocolError(Reason.DECODE_ERROR, "match distance before the start")
             if length > size - pos:
                 raise ProtocolError(Reason.DECODE_ERROR, "match runs past the decoded size")
-            src = pos - rep
-            for k in range(length):
-                b = window[(src + k) & wmask]
-                window[(pos + k) & wmask] = b
-                out.append(b)
+            piece = _ring_read(window, pos - rep, min(rep, length))
+            if rep < length:  # overlapping copy: the last `rep` bytes repeat
+                piece = (piece * (length // rep + 1))[:length]
+            _ring_write(window, pos, piece)
+            out += piece
             pos += length
-            prev, kind = out[-1], 1
+            prev, kind = piece[-1], 1
         self.produced, self._kind, self._rep, self._prev = pos, kind, rep, prev
         self._range, self._code = rng, code
         return out, ip
+
+
+class _Bits:
+    """Range decoder registers for the match path (the literal path inlines its own copy)."""
+
+    __slots__ = ("buf", "code", "ip", "rng")
+
+    def __init__(self, buf: bytes, ip: int, rng: int, code: int) -> None:
+        self.buf, self.ip, self.rng, self.code = buf, ip, rng, code
+
+    def bit(self, probs: list[int], i: int) -> int:
+        """Decode one bit with the adaptive probability ``probs[i]`` and update it."""
+        if self.rng < TOP:
+            self.rng <<= 8
+            self.code = ((self.code << 8) | self.buf[self.ip]) & MASK32
+            self.ip += 1
+        p = probs[i]
+        bound = (self.rng >> PROB_BITS) * p
+        if self.code < bound:
+            self.rng = bound
+            probs[i] = p + ((PROB_ONE - p) >> MOVE_BITS)
+            return 0
+        self.rng -= bound
+        self.code -= bound
+        probs[i] = p - (p >> MOVE_BITS)
+        return 1
+
+    def tree(self, probs: list[int], nbits: int) -> int:
+        """Decode an ``nbits``-bit value, most significant bit first, through a bit tree."""
+        v = 1
+        for _ in range(nbits):
+            v = (v << 1) | self.bit(probs, v)
+        return v - (1 << nbits)
+
+    def match(self, m: _Models, params: LzParams, kind: int, rep: int) -> tuple[int, int]:
+        """Decode the rest of a match token; return its distance and length."""
+        if not self.bit(m.is_rep, kind):
+            high = self.tree(m.dist_high, params.window_log - DIST_LOW_BITS)
+            rep = (high << DIST_LOW_BITS) + self.tree(m.dist_low, DIST_LOW_BITS) + 1
+        if not self.bit(m.len_choice, 0):
+            return rep, MIN_MATCH + self.tree(m.len_low, 3)
+        if not self.bit(m.len_choice, 1):
+            return rep, MIN_MATCH + 8 + self.tree(m.len_mid, 3)
+        return rep, MIN_MATCH + 16 + self.tree(m.len_high, 8)
+
+
+def _ring_read(window: bytearray, start: int, length: int) -> bytes:
+    """Return ``length`` bytes of the ring buffer from absolute position ``start``."""
+    i = start & (len(window) - 1)
+    if i + length <= len(window):
+        return bytes(window[i : i + length])
+    return bytes(window[i:] + window[: i + length - len(window)])
+
+
+def _ring_write(window: bytearray, start: int, piece: bytes) -> None:
+    """Store ``piece`` in the ring buffer from absolute position ``start``, keeping the last
+    ``len(window)`` bytes when the piece is longer."""
+    size = len(window)
+    if len(piece) > size:
+        start += len(piece) - size
+        piece = piece[-size:]
+    i = start & (size - 1)
+    first = min(len(piece), size - i)
+    window[i : i + first] = piece[:first]
+    window[: len(piece) - first] = piece[first:]
 
 
 def decompress(data: bytes) -> bytes:

@@ -10,7 +10,8 @@ cost in Python.
 from __future__ import annotations
 
 PROB_BITS = 11
-PROB_INIT = 1 << (PROB_BITS - 1)  # probability 0.5
+PROB_ONE = 1 << PROB_BITS
+PROB_INIT = PROB_ONE >> 1  # probability 0.5
 MOVE_BITS = 5
 TOP = 1 << 24
 MASK32 = 0xFFFFFFFF
@@ -54,18 +55,34 @@ class RangeEncoder:
             probs[index] = p - (p >> MOVE_BITS)
         else:
             self._range = bound
-            probs[index] = p + (((1 << PROB_BITS) - p) >> MOVE_BITS)
+            probs[index] = p + ((PROB_ONE - p) >> MOVE_BITS)
         while self._range < TOP:
             self._range <<= 8
             self._shift_low()
 
     def tree(self, probs: list[int], nbits: int, value: int) -> None:
         """Encode ``value`` most significant bit first through a bit tree of ``nbits`` levels."""
+        # Same arithmetic as bit(), on locals: literals make this the encoder's hot loop.
+        low, rng = self._low, self._range
         m = 1
         for shift in range(nbits - 1, -1, -1):
             b = (value >> shift) & 1
-            self.bit(probs, m, b)
+            p = probs[m]
+            bound = (rng >> PROB_BITS) * p
+            if b:
+                low += bound
+                rng -= bound
+                probs[m] = p - (p >> MOVE_BITS)
+            else:
+                rng = bound
+                probs[m] = p + ((PROB_ONE - p) >> MOVE_BITS)
+            while rng < TOP:
+                rng <<= 8
+                self._low = low
+                self._shift_low()
+                low = self._low
             m = (m << 1) | b
+        self._low, self._range = low, rng
 
     def finish(self) -> bytes:
         """Flush the coder state and return the complete byte stream."""

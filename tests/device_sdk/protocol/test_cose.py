@@ -84,8 +84,11 @@ def test_layout_is_tag_18_protected_alg_eddsa_unprotected_kid(
 def test_signature_covers_rfc9052_sig_structure(signed_message: bytes, signing_key) -> None:
     """The signature is over ["Signature1", protected, h'', payload] (RFC 9052 section 4.4)."""
     expected = (
-        bytes.fromhex("84" "6a") + b"Signature1" + bytes.fromhex("43a10127" "40")
-        + bytes([0x40 + len(PAYLOAD)]) + PAYLOAD
+        bytes.fromhex("846a")
+        + b"Signature1"
+        + bytes.fromhex("43a1012740")
+        + bytes([0x40 + len(PAYLOAD)])
+        + PAYLOAD
     )
     assert sig_structure(bytes.fromhex("a10127"), PAYLOAD) == expected
     signature = cbor2.loads(signed_message).value[3]
@@ -129,9 +132,7 @@ def test_every_flipped_signature_bit_is_a_bad_signature(
         assert reason_of(flip(signed_message, bit), trusted_keys) == Reason.MANIFEST_BAD_SIGNATURE
 
 
-def test_flipped_protected_header_bit_is_refused(
-    signed_message: bytes, trusted_keys: dict
-) -> None:
+def test_flipped_protected_header_bit_is_refused(signed_message: bytes, trusted_keys: dict) -> None:
     """Turning alg -8 into -7 (ES256) is MANIFEST_BAD_ALGORITHM; any other flip is refused."""
     at = signed_message.index(bytes.fromhex("43a10127")) + 1
     assert reason_of(flip(signed_message, (at + 2) * 8), trusted_keys) == (
@@ -159,8 +160,12 @@ def test_trusted_kid_with_another_keys_signature_is_bad_signature(
 
 def _rebuild(signed_message: bytes, **changes: object) -> bytes:
     protected, unprotected, payload, signature = cbor2.loads(signed_message).value
-    parts = {"protected": protected, "unprotected": dict(unprotected), "payload": payload,
-             "signature": signature}
+    parts = {
+        "protected": protected,
+        "unprotected": dict(unprotected),
+        "payload": payload,
+        "signature": signature,
+    }
     parts.update(changes)
     return cbor2.dumps(cbor2.CBORTag(18, list(parts.values())))
 

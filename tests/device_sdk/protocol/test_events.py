@@ -192,7 +192,8 @@ def test_encoder_accepts_integer_like_values() -> None:
         def __index__(self) -> int:
             return self.value
 
-    batch = EventBatch.of(1, 2, [Event(T0, Index(3), Index(200), Index(90))])  # type: ignore[arg-type]
+    event = Event(T0, Index(3), Index(200), Index(90))  # type: ignore[arg-type]
+    batch = EventBatch.of(1, 2, [event])
     assert decode_batch(encode_batch(batch)).events == [Event(T0, 3, 200, 90)]
 
 
@@ -209,16 +210,23 @@ def test_encoder_accepts_integer_like_values() -> None:
         (replace(GOLDEN_BATCH, model=True), Reason.SCHEMA_MISMATCH),
         (replace(GOLDEN_BATCH, seq=1.0), Reason.SCHEMA_MISMATCH),
         (EventBatch.of(1, 1, [Event(1_000, 0, 0, 0)]), Reason.VALUE_OUT_OF_RANGE),
-        (EventBatch.of(1, 1, [Event(T0, 0, 0, 0), Event(T0 - 1, 0, 0, 0)]), Reason.VALUE_OUT_OF_RANGE),
-        (EventBatch.of(1, 1, [Event(T0, 0, 0, 0), Event(T0 + MAX_DELTA_MS + 1, 0, 0, 0)]),
-         Reason.VALUE_OUT_OF_RANGE),
+        (
+            EventBatch.of(1, 1, [Event(T0, 0, 0, 0), Event(T0 - 1, 0, 0, 0)]),
+            Reason.VALUE_OUT_OF_RANGE,
+        ),
+        (
+            EventBatch.of(1, 1, [Event(T0, 0, 0, 0), Event(T0 + MAX_DELTA_MS + 1, 0, 0, 0)]),
+            Reason.VALUE_OUT_OF_RANGE,
+        ),
         (EventBatch.of(1, 1, [Event(T0, MAX_LABELS, 0, 0)]), Reason.VALUE_OUT_OF_RANGE),
         (EventBatch.of(1, 1, [Event(T0, 0, 256, 0)]), Reason.VALUE_OUT_OF_RANGE),
         (EventBatch.of(1, 1, [Event(T0, 0, -1, 0)]), Reason.VALUE_OUT_OF_RANGE),
         (EventBatch.of(1, 1, [Event(T0, 0, 0, MAX_LATENCY_100US + 1)]), Reason.VALUE_OUT_OF_RANGE),
-        (EventBatch.of(1, 1, [Event(T0, 0, 0.5, 0)]), Reason.SCHEMA_MISMATCH),  # type: ignore[arg-type]
-        (EventBatch.of(1, 1, [Event(T0, 0, 0, 0)] * (MAX_EVENTS_PER_BATCH + 1)),
-         Reason.VALUE_OUT_OF_RANGE),
+        (EventBatch.of(1, 1, [Event(T0, 0, 0.5, 0)]), Reason.SCHEMA_MISMATCH),  # type: ignore
+        (
+            EventBatch.of(1, 1, [Event(T0, 0, 0, 0)] * (MAX_EVENTS_PER_BATCH + 1)),
+            Reason.VALUE_OUT_OF_RANGE,
+        ),
     ],
 )
 def test_encoder_refuses_invalid_batches(batch: EventBatch, reason: Reason) -> None:
@@ -235,8 +243,12 @@ def test_encoder_refuses_invalid_batches(batch: EventBatch, reason: Reason) -> N
         (replace(GOLDEN_SUMMARY, counts=[1, 2]), Reason.VALUE_OUT_OF_RANGE),
         (replace(GOLDEN_SUMMARY, counts=[-1, 0, 0]), Reason.VALUE_OUT_OF_RANGE),
         (replace(GOLDEN_SUMMARY, mean_scores=[300, 0, 0]), Reason.VALUE_OUT_OF_RANGE),
-        (replace(GOLDEN_SUMMARY, counts=[0] * (MAX_LABELS + 1), mean_scores=[0] * (MAX_LABELS + 1)),
-         Reason.VALUE_OUT_OF_RANGE),
+        (
+            replace(
+                GOLDEN_SUMMARY, counts=[0] * (MAX_LABELS + 1), mean_scores=[0] * (MAX_LABELS + 1)
+            ),
+            Reason.VALUE_OUT_OF_RANGE,
+        ),
         (replace(GOLDEN_SUMMARY, t0_ms=MAX_T0_MS + 1), Reason.VALUE_OUT_OF_RANGE),
     ],
 )
@@ -289,7 +301,10 @@ _golden = encode_batch(GOLDEN_BATCH)
         (cbor2.dumps(_batch_items(labels=b"\x00\x80")), Reason.VALUE_OUT_OF_RANGE),  # cut varint
         (cbor2.dumps(_batch_items(labels=b"\x00\x80\x80\x80\x80\x01")), Reason.VALUE_OUT_OF_RANGE),
         (cbor2.dumps(_batch_items(labels=b"\x00\x80\x08")), Reason.VALUE_OUT_OF_RANGE),  # 1024
-        (cbor2.dumps(_batch_items(labels=b"\x0b\x00\x00\x04\x00\x00\x00")), Reason.VALUE_OUT_OF_RANGE),
+        (
+            cbor2.dumps(_batch_items(labels=b"\x0b\x00\x00\x04\x00\x00\x00")),
+            Reason.VALUE_OUT_OF_RANGE,
+        ),
         (cbor2.dumps(_batch_items(scores=b"\x00\x80\x02")), Reason.VALUE_OUT_OF_RANGE),  # 256
         (cbor2.dumps(_batch_items(deltas=b"\x00\x81\xb0\xd9\x29")), Reason.VALUE_OUT_OF_RANGE),
         (cbor2.dumps(_batch_items(t0=MAX_T0_MS, deltas=b"\x00\x01")), Reason.VALUE_OUT_OF_RANGE),
@@ -316,16 +331,30 @@ def test_size_is_checked_before_parsing() -> None:
 
 def test_largest_valid_messages_fit_the_cap() -> None:
     """The payload cap never refuses a valid message: worst-case batch and summary fit."""
-    spread = [Event(MIN_T0_MS + i * MAX_DELTA_MS * (i % 2), i % MAX_LABELS, i % 256,
-                    MAX_LATENCY_100US * (i % 2)) for i in range(MAX_EVENTS_PER_BATCH)]
+    spread = [
+        Event(
+            MIN_T0_MS + i * MAX_DELTA_MS * (i % 2),
+            i % MAX_LABELS,
+            i % 256,
+            MAX_LATENCY_100US * (i % 2),
+        )
+        for i in range(MAX_EVENTS_PER_BATCH)
+    ]
     times = [MIN_T0_MS]
     for i in range(1, MAX_EVENTS_PER_BATCH):
         times.append(times[-1] + (MAX_DELTA_MS if i % 2 else 0))
     events = [replace(e, t_ms=t) for e, t in zip(spread, times, strict=True)]
     batch = encode_batch(EventBatch.of(MAX_UINT63, MAX_MODEL_ID, events))
     summary = encode_summary(
-        Summary(MAX_UINT63, MAX_T0_MS, MAX_MODEL_ID, 86_400, [MAX_COUNT] * MAX_LABELS,
-                [255] * MAX_LABELS, MAX_LATENCY_100US)
+        Summary(
+            MAX_UINT63,
+            MAX_T0_MS,
+            MAX_MODEL_ID,
+            86_400,
+            [MAX_COUNT] * MAX_LABELS,
+            [255] * MAX_LABELS,
+            MAX_LATENCY_100US,
+        )
     )
     assert len(batch) <= MAX_EVENTS_BYTES and len(summary) <= MAX_EVENTS_BYTES
     assert decode_message(batch).seq == MAX_UINT63  # type: ignore[union-attr]
@@ -379,17 +408,20 @@ def realistic_stream(count: int, seed: int) -> list[Event]:
 
 def naive_json(batch: EventBatch) -> bytes:
     """Encode a batch as the JSON a device would send without this protocol."""
-    return json.dumps([
-        {
-            "ts": datetime.datetime.fromtimestamp(e.t_ms / 1000, datetime.UTC)
-            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "model": batch.model,
-            "label": e.label,
-            "score": round(e.score / 255, 4),
-            "latency_ms": e.latency_100us / 10,
-        }
-        for e in batch.events
-    ]).encode()
+    return json.dumps(
+        [
+            {
+                "ts": datetime.datetime.fromtimestamp(e.t_ms / 1000, datetime.UTC)
+                .isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z"),
+                "model": batch.model,
+                "label": e.label,
+                "score": round(e.score / 255, 4),
+                "latency_ms": e.latency_100us / 10,
+            }
+            for e in batch.events
+        ]
+    ).encode()
 
 
 def test_bytes_per_event_on_the_wire() -> None:
@@ -399,7 +431,9 @@ def test_bytes_per_event_on_the_wire() -> None:
     """
     seeds = range(20)
     for size in (1, 8, 32, 128):
-        payloads = [encode_batch(EventBatch.of(s + 1, 17, realistic_stream(size, s))) for s in seeds]
+        payloads = [
+            encode_batch(EventBatch.of(s + 1, 17, realistic_stream(size, s))) for s in seeds
+        ]
         jsons = [naive_json(decode_batch(p)) for p in payloads]  # type: ignore[arg-type]
         worst = max(len(p) for p in payloads)
         mean = sum(len(p) for p in payloads) / len(payloads)

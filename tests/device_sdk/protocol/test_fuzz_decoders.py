@@ -70,16 +70,21 @@ VALID: dict[str, bytes] = {
     "batch": encode_batch(EventBatch.of(1, 1, [Event(T0 + i, i % 7, i, i) for i in range(40)])),
     "summary": encode_summary(Summary(9, T0, 2, 60, [5, 0, 7], [200, 0, 180], 120)),
     "status": encode_status(
-        Status(LinkState.ONLINE, 4, 0, 10, 2048, 3,
-               Capabilities("fw", "tflm", ["ADD", "CONV_2D"], 4096, 65536, 32))
+        Status(
+            LinkState.ONLINE,
+            4,
+            0,
+            10,
+            2048,
+            3,
+            Capabilities("fw", "tflm", ["ADD", "CONV_2D"], 4096, 65536, 32),
+        )
     ),
     "chunk_request": encode_chunk_request(ChunkRequest(7, 1024, 512)),
     "chunk": encode_chunk(Chunk(7, 1024, b"\x00\x01\x02" * 20)),
     "report": encode_report(Report(7, DeploymentState.FAILED, Reason.MODEL_DIGEST_MISMATCH)),
 }
-FUZZ = settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def check_decoder(name: str, payload: bytes) -> None:
@@ -111,8 +116,9 @@ cbor_values = st.recursive(
     lambda inner: st.one_of(
         st.lists(inner, max_size=10),
         st.dictionaries(st.one_of(st.text(max_size=12), st.integers(-5, 30)), inner, max_size=6),
-        st.builds(cbor2.CBORTag, st.sampled_from([0, 1, 2, 3, 4, 5, 24, 28, 29, 30, 258, 99]),
-                  inner),
+        st.builds(
+            cbor2.CBORTag, st.sampled_from([0, 1, 2, 3, 4, 5, 24, 28, 29, 30, 258, 99]), inner
+        ),
     ),
     max_leaves=30,
 )

@@ -74,7 +74,9 @@ def manifest() -> Manifest:
 def delta_manifest() -> Manifest:
     """Make a valid delta manifest against BASE."""
     return make_manifest(
-        encoding=Encoding.DELTA, transfer_sha256=sha(b"delta"), transfer_size=5,
+        encoding=Encoding.DELTA,
+        transfer_sha256=sha(b"delta"),
+        transfer_size=5,
         base_sha256=sha(BASE),
     )
 
@@ -106,9 +108,20 @@ def test_wire_keys_are_fixed(delta_manifest: Manifest) -> None:
     m = delta_manifest
     payload = m.encode()
     assert list(cbor2.loads(payload).items()) == [
-        (1, 1), (2, 10), (3, "kws"), (4, "1.2.0"), (5, "cortex-m4"), (6, sha(MODEL)),
-        (7, len(MODEL)), (8, 2), (9, sha(b"delta")), (10, 5), (11, sha(BASE)), (12, 20_000),
-        (13, NOW + 3600), (14, 77),
+        (1, 1),
+        (2, 10),
+        (3, "kws"),
+        (4, "1.2.0"),
+        (5, "cortex-m4"),
+        (6, sha(MODEL)),
+        (7, len(MODEL)),
+        (8, 2),
+        (9, sha(b"delta")),
+        (10, 5),
+        (11, sha(BASE)),
+        (12, 20_000),
+        (13, NOW + 3600),
+        (14, 77),
     ]
     assert payload == cbor2.dumps(cbor2.loads(payload), canonical=True)
 
@@ -139,8 +152,10 @@ def test_verify_returns_the_manifest(manifest, signing_key, trusted_keys) -> Non
 def test_limits_given_as_none_are_not_checked(delta_manifest, signing_key, trusted_keys) -> None:
     """Slot, arena and running model are optional for callers that do not know them."""
     cose = sign_manifest(delta_manifest, signing_key)
-    assert check(cose, trusted_keys, slot_bytes=None, arena_bytes=None,
-                 running_model_sha256=None) == delta_manifest
+    assert (
+        check(cose, trusted_keys, slot_bytes=None, arena_bytes=None, running_model_sha256=None)
+        == delta_manifest
+    )
 
 
 @pytest.mark.parametrize("current", [10, 11, 2**40])
@@ -326,24 +341,40 @@ def test_corrupted_manifests_only_raise_protocol_errors(m, position, value, cut)
     else:
         cose[position] = value
     with pytest.raises(ProtocolError):
-        verify_manifest(bytes(cose), trusted_keys=trusted_key_set(key.public_key()),
-                        current_sequence=0, hardware_profile="cortex-m4", now=0)
+        verify_manifest(
+            bytes(cose),
+            trusted_keys=trusted_key_set(key.public_key()),
+            current_sequence=0,
+            hardware_profile="cortex-m4",
+            now=0,
+        )
 
 
 @settings(max_examples=300, deadline=None)
-@given(payload=st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.binary(max_size=40)
-    | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.integers(0, 30), inner,
-                                                                 max_size=16),
-    max_leaves=30,
-))
+@given(
+    payload=st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**64), 2**64)
+        | st.binary(max_size=40)
+        | st.text(max_size=10),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.integers(0, 30), inner, max_size=16)
+        ),
+        max_leaves=30,
+    )
+)
 def test_arbitrary_signed_payloads_only_raise_protocol_errors(payload: Any) -> None:
     """Even a trusted signer's garbage is refused with a reason, never a crash."""
     key = Ed25519PrivateKey.from_private_bytes(b"\x07" * 32)
     cose = sign1(cbor2.dumps(payload), key, key_id(key.public_key()))
     try:
-        verify_manifest(cose, trusted_keys=trusted_key_set(key.public_key()),
-                        current_sequence=0, hardware_profile="cortex-m4", now=0)
+        verify_manifest(
+            cose,
+            trusted_keys=trusted_key_set(key.public_key()),
+            current_sequence=0,
+            hardware_profile="cortex-m4",
+            now=0,
+        )
     except ProtocolError:
         pass

@@ -35,8 +35,15 @@ Decoder = Callable[[bytes], object]
 def test_deployment_state_wire_values() -> None:
     """Wire values follow DESIGN.md's order of states: never renumber."""
     assert [s.name.lower() for s in sorted(DeploymentState)] == [
-        "pending", "offered", "downloading", "verified", "installed", "trial", "confirmed",
-        "failed", "rolled_back",
+        "pending",
+        "offered",
+        "downloading",
+        "verified",
+        "installed",
+        "trial",
+        "confirmed",
+        "failed",
+        "rolled_back",
     ]
     assert [int(s) for s in sorted(DeploymentState)] == list(range(9))
 
@@ -81,8 +88,8 @@ def test_largest_chunk_fits_its_cap() -> None:
 
 def test_chunk_accepts_any_bytes_like() -> None:
     """A chunk may be built from a bytearray or a memoryview of the package file."""
-    assert decode_chunk(encode_chunk(Chunk(1, 0, bytearray(b"ab")))).data == b"ab"  # type: ignore[arg-type]
-    assert decode_chunk(encode_chunk(Chunk(1, 0, memoryview(b"ab")))).data == b"ab"  # type: ignore[arg-type]
+    for data in (bytearray(b"ab"), memoryview(b"ab")):
+        assert decode_chunk(encode_chunk(Chunk(1, 0, data))).data == b"ab"  # type: ignore[arg-type]
 
 
 def test_report_keeps_unknown_reason_codes() -> None:
@@ -119,8 +126,11 @@ def test_report_keeps_unknown_reason_codes() -> None:
         (decode_chunk, cbor2.dumps([1, 0, "text"]), Reason.SCHEMA_MISMATCH),
         (decode_chunk, cbor2.dumps([1, 0, [1, 2]]), Reason.SCHEMA_MISMATCH),
         (decode_chunk, cbor2.dumps([1, 0, cbor2.CBORTag(24, b"")]), Reason.SCHEMA_MISMATCH),
-        (decode_chunk, cbor2.dumps([1, 0, b"x" * (MAX_CHUNK_BYTES + 1)]),
-         Reason.VALUE_OUT_OF_RANGE),
+        (
+            decode_chunk,
+            cbor2.dumps([1, 0, b"x" * (MAX_CHUNK_BYTES + 1)]),
+            Reason.VALUE_OUT_OF_RANGE,
+        ),
         (decode_chunk, cbor2.dumps([1, MAX_TRANSFER_BYTES, b"x"]), Reason.VALUE_OUT_OF_RANGE),
     ],
 )
@@ -142,7 +152,9 @@ def test_decoders_refuse_with_a_reason(decoder: Decoder, payload: bytes, reason:
         (encode_report, Report(1, DeploymentState.FAILED, -3)),
     ],
 )
-def test_encoders_refuse_invalid_messages(encode: Callable[[object], bytes], message: object) -> None:
+def test_encoders_refuse_invalid_messages(
+    encode: Callable[[object], bytes], message: object
+) -> None:
     """The encoders refuse what the decoders would refuse."""
     with pytest.raises(ProtocolError) as caught:
         encode(message)

@@ -47,9 +47,18 @@ def some_manifest(sequence: int) -> Manifest:
     """Make a valid raw manifest with ``sequence``."""
     digest = hashlib.sha256(b"model").digest()
     return Manifest(
-        sequence=sequence, model_name="m", model_version="1", hardware_profile="hw",
-        model_sha256=digest, model_size=5, encoding=Encoding.RAW, transfer_sha256=digest,
-        transfer_size=5, arena_bytes=1, expires_at=2**40, package_id=1,
+        sequence=sequence,
+        model_name="m",
+        model_version="1",
+        hardware_profile="hw",
+        model_sha256=digest,
+        model_size=5,
+        encoding=Encoding.RAW,
+        transfer_sha256=digest,
+        transfer_size=5,
+        arena_bytes=1,
+        expires_at=2**40,
+        package_id=1,
     )
 
 
@@ -89,8 +98,13 @@ def test_retiring_the_old_key_refuses_its_manifests(old_key, new_key, trusted_ke
     keys = apply_rotation(sign_rotation(record, old_key), trusted_keys, current_sequence=0)
     assert set(keys) == {key_id(new_key.public_key())}
     with pytest.raises(ProtocolError) as info:
-        verify_manifest(sign_manifest(some_manifest(5), old_key), trusted_keys=keys,
-                        current_sequence=0, hardware_profile="hw", now=0)
+        verify_manifest(
+            sign_manifest(some_manifest(5), old_key),
+            trusted_keys=keys,
+            current_sequence=0,
+            hardware_profile="hw",
+            now=0,
+        )
     assert info.value.reason == Reason.MANIFEST_UNKNOWN_KEY
 
 
@@ -112,8 +126,9 @@ def test_rotation_signed_only_by_the_new_key_is_refused(new_key, trusted_keys) -
 
 def test_rotation_signed_by_an_unknown_key_is_refused(new_key, trusted_keys) -> None:
     """A record signed by any untrusted key is MANIFEST_BAD_ROTATION."""
-    cose = sign_rotation(rotation_for(new_key.public_key(), sequence=1),
-                         Ed25519PrivateKey.generate())
+    cose = sign_rotation(
+        rotation_for(new_key.public_key(), sequence=1), Ed25519PrivateKey.generate()
+    )
     assert rotation_refusal(cose, trusted_keys) == Reason.MANIFEST_BAD_ROTATION
 
 
@@ -171,8 +186,9 @@ def test_rotation_and_manifest_cannot_be_mistaken(old_key, new_key, trusted_keys
     """A rotation record offered as a manifest, and the reverse, are MANIFEST_MALFORMED."""
     rotation = sign_rotation(rotation_for(new_key.public_key(), sequence=3), old_key)
     with pytest.raises(ProtocolError) as info:
-        verify_manifest(rotation, trusted_keys=trusted_keys, current_sequence=0,
-                        hardware_profile="hw", now=0)
+        verify_manifest(
+            rotation, trusted_keys=trusted_keys, current_sequence=0, hardware_profile="hw", now=0
+        )
     assert info.value.reason == Reason.MANIFEST_MALFORMED
     manifest = sign_manifest(some_manifest(3), old_key)
     assert rotation_refusal(manifest, trusted_keys) == Reason.MANIFEST_MALFORMED
@@ -182,7 +198,10 @@ def test_rotation_payload_wire_keys(new_key) -> None:
     """The rotation payload uses keys 1, 2, 20, 21, 22, deterministically encoded."""
     record = KeyRotation(7, raw_public_key(new_key.public_key()), b"\x01" * 8)
     assert list(cbor2.loads(record.encode()).items()) == [
-        (1, 1), (2, 7), (20, key_id(new_key.public_key())),
-        (21, raw_public_key(new_key.public_key())), (22, b"\x01" * 8),
+        (1, 1),
+        (2, 7),
+        (20, key_id(new_key.public_key())),
+        (21, raw_public_key(new_key.public_key())),
+        (22, b"\x01" * 8),
     ]
     assert KeyRotation.decode(record.encode()) == record

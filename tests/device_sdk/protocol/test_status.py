@@ -21,8 +21,9 @@ from device_sdk.protocol.status import (
 )
 
 CAPS = Capabilities("1.2.0", "2.16", ["CONV_2D", "FULLY_CONNECTED", "SOFTMAX"], 20480, 262144, 32)
-ONLINE = Status(LinkState.ONLINE, model=12, slot=1, uptime_s=3600, free_ram=51200, seq=5,
-                capabilities=CAPS)
+ONLINE = Status(
+    LinkState.ONLINE, model=12, slot=1, uptime_s=3600, free_ram=51200, seq=5, capabilities=CAPS
+)
 # Canonical CBOR: keys sorted shortest first, then bytewise.
 ONLINE_HEX = (
     "ac"
@@ -106,8 +107,15 @@ def test_model_may_be_null() -> None:
 
 def test_capabilities_parse_from_enrollment_json() -> None:
     """The same checks serve the enrollment JSON, whose field names are the same."""
-    json_like = {"firmware_version": "1.2.0", "tflm_version": "2.16", "ops": CAPS.ops,
-                 "arena_bytes": 20480, "slot_bytes": 262144, "pointer_bits": 32, "other": 1}
+    json_like = {
+        "firmware_version": "1.2.0",
+        "tflm_version": "2.16",
+        "ops": CAPS.ops,
+        "arena_bytes": 20480,
+        "slot_bytes": 262144,
+        "pointer_bits": 32,
+        "other": 1,
+    }
     assert parse_capabilities(json_like) == CAPS
     assert set(CAPABILITY_KEYS) <= set(json_like)
 
@@ -131,8 +139,10 @@ def test_capabilities_parse_from_enrollment_json() -> None:
         (cbor2.dumps({f"k{i}": 0 for i in range(40)} | {"state": 0}), Reason.VALUE_OUT_OF_RANGE),
         (cbor2.dumps(_fields(slot=_DROP)), Reason.SCHEMA_MISMATCH),  # online needs all
         (cbor2.dumps(_fields(ops=_DROP)), Reason.SCHEMA_MISMATCH),  # capabilities: all or none
-        (cbor2.dumps({k: v for k, v in _fields().items() if k not in CAPABILITY_KEYS}),
-         Reason.SCHEMA_MISMATCH),
+        (
+            cbor2.dumps({k: v for k, v in _fields().items() if k not in CAPABILITY_KEYS}),
+            Reason.SCHEMA_MISMATCH,
+        ),
         (cbor2.dumps(_fields(slot=None)), Reason.SCHEMA_MISMATCH),
         (cbor2.dumps(_fields(uptime_s=1.5)), Reason.SCHEMA_MISMATCH),
         (cbor2.dumps(_fields(free_ram=True)), Reason.SCHEMA_MISMATCH),

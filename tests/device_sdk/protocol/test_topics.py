@@ -83,8 +83,25 @@ def test_valid_device_ids(uid: str) -> None:
 
 @pytest.mark.parametrize(
     "uid",
-    ["", "x" * 65, "a/b", "+", "#", "dev+1", "dev#", "$SYS", "a b", "dev.1", "é", "dev\n",
-     "dev\x00", "pkg", 12, None, b"dev"],
+    [
+        "",
+        "x" * 65,
+        "a/b",
+        "+",
+        "#",
+        "dev+1",
+        "dev#",
+        "$SYS",
+        "a b",
+        "dev.1",
+        "é",
+        "dev\n",
+        "dev\x00",
+        "pkg",
+        12,
+        None,
+        b"dev",
+    ],
 )
 def test_invalid_device_ids(uid: object) -> None:
     """Wildcards, separators, '$', non-ASCII, empty, overlong and the reserved 'pkg' refused."""

@@ -62,6 +62,21 @@ MATRIX = [
     Row("get", "/api/v1/users/{user}/", "admin"),
     Row("post", "/api/v1/users/", "admin",
         lambda: {"username": "newbie", "password": "long-enough-pw", "role": "viewer"}, 201),
+    Row("get", "/api/v1/models/", "viewer"),
+    Row("get", "/api/v1/models/{model}/", "viewer"),
+    Row("post", "/api/v1/models/", "operator", lambda: {"name": "new-model"}, 201),
+    Row("get", "/api/v1/model-versions/", "viewer"),
+    Row("get", "/api/v1/model-versions/{model_version}/", "viewer"),
+    # allowed roles get past the permission check to validation: 400 (no file given)
+    Row("post", "/api/v1/model-versions/", "operator", lambda: {"version": "1.0.0"}, 400),
+    Row("get", "/api/v1/packages/", "viewer"),
+    Row("get", "/api/v1/packages/{package}/", "viewer"),
+    Row("get", "/api/v1/packages/{package}/manifest/", "viewer"),
+    Row("post", "/api/v1/packages/", "operator", lambda: {}, 400),
+    Row("get", "/api/v1/signing-keys/", "viewer"),
+    Row("get", "/api/v1/signing-keys/{kid}/", "viewer"),
+    Row("post", "/api/v1/signing-keys/rotate/", "admin", None, 201),
+    Row("post", "/api/v1/signing-keys/{kid}/retire/", "admin", None, 409),  # the only key
 ]
 
 
@@ -75,7 +90,22 @@ def seeded(enroll_body: dict[str, Any], device_group: Any, user_factory: Any) ->
     assert APIClient().post("/api/v1/enroll/", {**enroll_body, "uid": "dev-a"},
                             format="json").status_code == 201
     spare = HardwareProfile.objects.create(**{**_profile_body(), "name": "spare"})
+    from ota.models import Model, ModelVersion, Package
+    from ota.signing.actions import ensure_signing_key
+
+    key = ensure_signing_key()
+    model = Model.objects.create(name="seeded")
+    mv = ModelVersion.objects.create(model=model, version="1.0.0", source="uploaded",
+                                     status="ready", sha256="0" * 64, size_bytes=1)
+    package = Package.objects.create(
+        model_version=mv, hardware_profile=HardwareProfile.objects.get(name="esp32-s3"), encoding=0, manifest=b"\xd2", signing_key=key,
+        transfer_sha256="0" * 64, transfer_size=1, installed_size=1, expires_at=key.created_at,
+    )
     return {
+        "model": str(model.pk),
+        "model_version": str(mv.pk),
+        "package": str(package.pk),
+        "kid": key.kid,
         "device": Device.objects.get().uid,
         "token": str(EnrollmentToken.objects.get().pk),
         "group": str(device_group.pk),
@@ -159,3 +189,13 @@ def test_matrix_covers_every_route() -> None:
     routes = {_normalise(r) for r in _api_routes()}
     missing = sorted(r for r in routes if r not in covered)
     assert not missing, f"endpoints with no row in the authorization matrix: {missing}"
+
+
+def test_deleting_a_profile_in_use_is_a_conflict_not_a_crash(admin_client: APIClient,
+                                                             seeded: dict[str, str]) -> None:
+    from fleet.devices.models import HardwareProfile
+
+    in_use = HardwareProfile.objects.get(name="stm32f746")  # the seeded device's profile
+    response = admin_client.delete(f"/api/v1/hardware-profiles/{in_use.pk}/")
+    assert (response.status_code, response.json()["reason"]) == (409, "in_use")
+    assert HardwareProfile.objects.filter(pk=in_use.pk).exists()

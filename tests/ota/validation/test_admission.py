@@ -81,7 +81,9 @@ def test_slot_too_small_says_how_many_bytes_are_missing(
     (reason,) = verdict.reasons
     assert reason.code == AdmissionCode.MODEL_TOO_LARGE
     assert reason.bytes_missing == 100
-    assert reason.message == f"model is {size} bytes, the model slot {size - 100}: 100 bytes missing"
+    assert (
+        reason.message == f"model is {size} bytes, the model slot {size - 100}: 100 bytes missing"
+    )
     assert check_against_profile(*dense, profile(model_slot_bytes=size)).ok
 
 
@@ -97,7 +99,10 @@ def test_arena_estimate_for_32_bit_pointers(big_arena: tuple[ModelInspection, Pr
 
     estimate = estimate_arena(probe, 32)
     assert estimate is not None
-    assert (estimate.pointer_adjustment_bytes, estimate.target_arena_bytes) == (pointer // 2, target)
+    assert (estimate.pointer_adjustment_bytes, estimate.target_arena_bytes) == (
+        pointer // 2,
+        target,
+    )
     assert (estimate.margin_bytes, estimate.required_bytes) == (margin, target + margin)
     host = estimate_arena(probe, 64)
     assert host is not None and host.target_arena_bytes == probe.arena_bytes

@@ -1,0 +1,159 @@
+"""Viewsets of the registry, packaging and signing-key API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Count
+from django.http import HttpResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from fleet.accounts.roles import Role
+from fleet.core.api import ApiError
+from ota.api import serializers as s
+from ota.choices import Encoding
+from ota.errors import OtaError
+from ota.models import Model, ModelVersion, Package, SigningKey
+from ota.packaging.actions import do_build_package
+from ota.registry import actions as registry
+from ota.signing.actions import do_retire_signing_key, do_rotate_signing_key
+
+
+def _api_error(exc: OtaError) -> ApiError:
+    return ApiError(exc.reason, exc.detail, exc.status)
+
+
+class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                   viewsets.GenericViewSet):
+    """ML models; their versions are under /api/v1/model-versions/."""
+
+    queryset = Model.objects.annotate(version_count=Count("versions"))
+    serializer_class = s.ModelSerializer
+    search_fields = ["name", "description"]
+    ordering_fields = ["name", "created_at"]
+    filterset_fields = ["name"]
+    write_role = Role.OPERATOR
+
+    def perform_create(self, serializer: s.ModelSerializer) -> None:
+        try:
+            serializer.instance = registry.do_create_model(actor=self.request.user,
+                                                           **serializer.validated_data)
+        except OtaError as exc:
+            raise _api_error(exc) from None
+        serializer.instance.version_count = 0
+
+
+class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                          viewsets.GenericViewSet):
+    """Immutable model versions with their admission report. Upload is multipart."""
+
+    queryset = (ModelVersion.objects.select_related("model", "conversion_job")
+                .prefetch_related("compatibility__hardware_profile"))
+    filterset_fields = ["model__name", "status", "source", "version"]
+    search_fields = ["model__name", "version", "notes"]
+    ordering_fields = ["created_at", "version"]
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    write_role = Role.OPERATOR
+
+    def get_serializer_class(self) -> type:
+        if self.action == "create":
+            return s.ModelVersionUploadSerializer
+        if self.action == "retrieve":
+            return s.ModelVersionDetailSerializer
+        return s.ModelVersionSerializer
+
+    @extend_schema(request={"multipart/form-data": s.ModelVersionUploadSerializer},
+                   responses={201: s.ModelVersionDetailSerializer,
+                              202: s.ModelVersionDetailSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Upload a .tflite (validated now: 201) or a Keras model to convert (queued: 202)."""
+        upload = s.ModelVersionUploadSerializer(data=request.data)
+        upload.is_valid(raise_exception=True)
+        data = upload.validated_data
+        try:
+            if "file" in data:
+                mv = registry.do_upload_version(
+                    data["model"], version=data["version"], data=data["file"].read(),
+                    notes=data["notes"], actor=request.user,
+                    samples=data["samples"].read() if "samples" in data else None,
+                )
+                code = status.HTTP_201_CREATED
+            else:
+                mv = registry.do_request_conversion(
+                    data["model"], version=data["version"], keras=data["keras"].read(),
+                    dataset=data["dataset"].read(), notes=data["notes"], actor=request.user,
+                )
+                code = status.HTTP_202_ACCEPTED
+        except OtaError as exc:
+            raise _api_error(exc) from None
+        mv = self.get_queryset().get(pk=mv.pk)
+        return Response(s.ModelVersionDetailSerializer(mv).data, status=code)
+
+
+class PackageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                     viewsets.GenericViewSet):
+    """Signed OTA packages; ``manifest/`` returns the raw COSE_Sign1 bytes."""
+
+    queryset = Package.objects.select_related("model_version__model", "hardware_profile",
+                                              "signing_key")
+    serializer_class = s.PackageSerializer
+    filterset_fields = ["model_version", "hardware_profile__name", "encoding"]
+    ordering_fields = ["created_at", "sequence"]
+    write_role = Role.OPERATOR
+
+    def perform_create(self, serializer: s.PackageSerializer) -> None:
+        data = serializer.validated_data
+        encoding = data.get("encoding")
+        try:
+            serializer.instance = do_build_package(
+                data["model_version"], data["hardware_profile"], actor=self.request.user,
+                base=data.get("base_version"),
+                encoding=Encoding[encoding.upper()] if encoding else None,
+            )
+        except OtaError as exc:
+            raise _api_error(exc) from None
+
+    @extend_schema(responses={(200, "application/cose"): OpenApiResponse(description="COSE_Sign1")})
+    @action(detail=True, methods=["get"])
+    def manifest(self, request: Request, pk: str | None = None) -> HttpResponse:
+        """Return the signed manifest exactly as devices receive it."""
+        package = self.get_object()
+        response = HttpResponse(bytes(package.manifest), content_type="application/cose")
+        response["Content-Disposition"] = f'attachment; filename="package-{package.pk}.cose"'
+        return response
+
+
+class SigningKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                        viewsets.GenericViewSet):
+    """OTA signing public keys (private halves never leave the server). Admins rotate."""
+
+    queryset = SigningKey.objects.select_related("introduced_by")
+    serializer_class = s.SigningKeySerializer
+    lookup_field = "kid"
+    filterset_fields = ["state"]
+    write_role = Role.ADMIN
+
+    @extend_schema(request=None, responses={201: s.SigningKeySerializer})
+    @action(detail=False, methods=["post"])
+    def rotate(self, request: Request) -> Response:
+        """Create a new key introduced by a rotation record signed with the current key."""
+        try:
+            key = do_rotate_signing_key(actor=request.user)
+        except OtaError as exc:
+            raise _api_error(exc) from None
+        return Response(self.get_serializer(key).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=s.SigningKeySerializer)
+    @action(detail=True, methods=["post"])
+    def retire(self, request: Request, kid: str | None = None) -> Response:
+        """Stop trusting and using a key (never the last active one)."""
+        try:
+            key = do_retire_signing_key(self.get_object(), actor=request.user)
+        except OtaError as exc:
+            raise _api_error(exc) from None
+        return Response(self.get_serializer(key).data)

@@ -1,0 +1,1 @@
+"""Signed OTA packages: transfer encoding and manifest."""
