@@ -9,6 +9,7 @@ the same model, measured in the same run. Ends with one JSON object per figure p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -97,7 +98,8 @@ def main() -> int:
     repeats = 3 if args.quick else 10
 
     log("building the model (TensorFlow)...")
-    model = build_model(representative=10 if args.quick else 100)
+    with contextlib.redirect_stdout(sys.stderr):  # TF prints its export summary on stdout
+        model = build_model(representative=10 if args.quick else 100)
     log(f"model: {len(model)} bytes")
 
     baselines = [plain_load_and_invoke(model) for _ in range(repeats + 1)][1:]  # drop warm-up

@@ -46,6 +46,8 @@ INSTALLED_APPS = [
     "fleet.accounts",
     "fleet.audit",
     "fleet.devices",
+    "fleet.telemetry",
+    "fleet.broker",
     "ota",
 ]
 
@@ -172,3 +174,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_MODEL_UPLOAD_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
 # CA certificate devices use to verify the broker's TLS listener (handed out at enrollment).
 MQTT_CA_FILE = os.environ.get("MQTT_CA_FILE", "")
+
+# The worker's own broker identity (provisioned by `manage.py provision_broker_services`).
+MQTT_WORKER_USERNAME = os.environ.get("MQTT_WORKER_USERNAME", "fleet-worker")
+MQTT_WORKER_PASSWORD = os.environ.get("MQTT_WORKER_PASSWORD", "")
+# Shared-subscription group of the workers: every worker of one fleet uses the same.
+MQTT_WORKER_GROUP = os.environ.get("MQTT_WORKER_GROUP", "fleet")

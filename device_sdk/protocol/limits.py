@@ -59,7 +59,7 @@ MAX_CHUNK_MSG_BYTES: Final = MAX_CHUNK_BYTES + 32  # [pkg, offset, bytes]: 3 uin
 MAX_CHUNK_REQUEST_BYTES: Final = 32  # [pkg, offset, length]
 MAX_REPORT_BYTES: Final = 32  # [pkg, state, detail]
 MAX_REASON_CODE: Final = 0xFFFF  # detail: unknown codes from newer firmware are kept, not refused
-MAX_OFFER_BYTES: Final = 4_096  # the COSE_Sign1 manifest (decoded elsewhere)
+MAX_OFFER_BYTES: Final = 16_384  # the COSE_Sign1 manifest: cose.MAX_MESSAGE_BYTES, the same
 
 # -- topics ----------------------------------------------------------------------------------
 
@@ -204,9 +204,16 @@ def wire_bytes(value: object, field: str, max_length: int) -> bytes:
 
 
 def wire_text(value: object, field: str, max_length: int, *, min_length: int = 0) -> str:
-    """Return a decoded CBOR text string of ``min_length``..``max_length`` printable characters."""
+    """Return a decoded CBOR text string of printable characters, ``min_length``..``max_length``
+    UTF-8 bytes long (bytes, as the firmware counts them).
+    """
     if not isinstance(value, str):
         raise ProtocolError(Reason.SCHEMA_MISMATCH, f"{field}: expected tstr")
-    if not min_length <= len(value) <= max_length or not value.isprintable():
-        raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"{field}: bad length or characters")
+    # isprintable() first: it refuses lone surrogates, which UTF-8 cannot encode.
+    if not value.isprintable():
+        raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"{field}: control characters")
+    if not min_length <= len(value.encode()) <= max_length:
+        raise ProtocolError(
+            Reason.VALUE_OUT_OF_RANGE, f"{field}: not {min_length}..{max_length} bytes"
+        )
     return value

@@ -74,23 +74,21 @@ class Encoding(IntEnum):
     DELTA = 2
 
 
-# Manifest keys. Wire values: never renumber.
-(
-    K_VERSION,
-    K_SEQUENCE,
-    K_MODEL_NAME,
-    K_MODEL_VERSION,
-    K_HARDWARE,
-    K_MODEL_SHA256,
-    K_MODEL_SIZE,
-    K_ENCODING,
-    K_TRANSFER_SHA256,
-    K_TRANSFER_SIZE,
-    K_BASE_SHA256,
-    K_ARENA_BYTES,
-    K_EXPIRES_AT,
-    K_PACKAGE_ID,
-) = range(1, 15)
+# Payload keys. Wire values: never renumber.
+K_VERSION = 1
+K_SEQUENCE = 2
+K_MODEL_NAME = 3
+K_MODEL_VERSION = 4
+K_HARDWARE = 5
+K_MODEL_SHA256 = 6
+K_MODEL_SIZE = 7
+K_ENCODING = 8
+K_TRANSFER_SHA256 = 9
+K_TRANSFER_SIZE = 10
+K_BASE_SHA256 = 11
+K_ARENA_BYTES = 12
+K_EXPIRES_AT = 13
+K_PACKAGE_ID = 14
 # Rotation keys beyond 1 and 2. Wire values: never renumber.
 K_NEW_KID, K_NEW_PUBLIC_KEY, K_RETIRE_KID = 20, 21, 22
 
@@ -219,18 +217,11 @@ class Manifest:
     def decode(cls, payload: bytes) -> Manifest:
         """Parse a payload, raising MANIFEST_MALFORMED or MANIFEST_UNSUPPORTED_VERSION."""
         item = _decode_map(payload, set(_MANIFEST_FIELDS))
-        values: dict[str, Any] = {}
-        for key, (name, kind) in _MANIFEST_FIELDS.items():
-            if key not in item:
-                if key == K_BASE_SHA256:
-                    continue
-                raise ProtocolError(Reason.MANIFEST_MALFORMED, f"key {key} ({name}) missing")
-            problem = _problem(kind, item[key])
-            if problem:
-                raise ProtocolError(Reason.MANIFEST_MALFORMED, f"key {key} ({name}): {problem}")
-            values[name] = item[key]
+        missing = set(_MANIFEST_FIELDS) - {K_BASE_SHA256} - set(item)
+        if missing:
+            raise ProtocolError(Reason.MANIFEST_MALFORMED, f"keys {sorted(missing)} missing")
         try:
-            return cls(**values)
+            return cls(**{name: item[k] for k, (name, _) in _MANIFEST_FIELDS.items() if k in item})
         except ValueError as exc:
             raise ProtocolError(Reason.MANIFEST_MALFORMED, str(exc)) from None
 

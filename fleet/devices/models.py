@@ -88,6 +88,9 @@ class Device(models.Model):
         "EnrollmentToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="devices"
     )
     revoked_at = models.DateTimeField(null=True, blank=True)
+    running_package_id = models.IntegerField(
+        null=True, blank=True, help_text="OTA package the device last said it runs"
+    )
 
     class Meta:
         ordering = ["uid"]

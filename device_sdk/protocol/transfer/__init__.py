@@ -10,7 +10,8 @@ from __future__ import annotations
 from device_sdk.protocol.manifest import Encoding
 from device_sdk.protocol.transfer.decoder import RAM_BUDGET, TransferDecoder, bytes_reader
 from device_sdk.protocol.transfer.delta import BaseReader, DeltaApplier, encode_delta
-from device_sdk.protocol.transfer.lz import LzDecoder, LzParams, compress, decompress
+from device_sdk.protocol.transfer.lz import LzParams, compress
+from device_sdk.protocol.transfer.lz_decoder import LzDecoder, decompress
 
 __all__ = [
     "RAM_BUDGET",

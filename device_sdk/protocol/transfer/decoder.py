@@ -7,7 +7,7 @@ import hashlib
 from device_sdk.protocol.manifest import Encoding, Manifest
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.transfer.delta import BaseReader, DeltaApplier
-from device_sdk.protocol.transfer.lz import LzDecoder
+from device_sdk.protocol.transfer.lz_decoder import LzDecoder
 
 SHA256_STATE_BYTES = 112  # a typical C SHA-256 context: state, length, one block
 RAM_BUDGET = 4096  # all decoder state on the device, independent of the model's size

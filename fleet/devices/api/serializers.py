@@ -9,6 +9,8 @@ from typing import Any
 from django.utils import timezone
 from rest_framework import serializers
 
+from device_sdk.protocol.topics import is_valid_uid
+
 from fleet.devices.models import Device, DeviceGroup, EnrollmentToken, HardwareProfile, Tag
 
 OP_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
@@ -95,6 +97,11 @@ class EnrollRequestSerializer(serializers.Serializer):
     capabilities = CapabilitiesSerializer()
     uid = serializers.SlugField(max_length=64, required=False)
     name = serializers.CharField(max_length=100, required=False, default="")
+
+    def validate_uid(self, uid: str) -> str:
+        if not is_valid_uid(uid):  # the wire rules: no MQTT wildcards, "pkg" is reserved
+            raise serializers.ValidationError("not a valid device id for MQTT topics")
+        return uid
 
 
 class MqttCredentialSerializer(serializers.Serializer):

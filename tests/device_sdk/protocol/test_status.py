@@ -161,6 +161,7 @@ def test_capabilities_parse_from_enrollment_json() -> None:
         (cbor2.dumps(_fields(firmware_version="")), Reason.VALUE_OUT_OF_RANGE),
         (cbor2.dumps(_fields(firmware_version="v" * 65)), Reason.VALUE_OUT_OF_RANGE),
         (cbor2.dumps(_fields(tflm_version="2.16\n")), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_fields(tflm_version="é" * 33)), Reason.VALUE_OUT_OF_RANGE),  # 66 bytes
     ],
 )
 def test_decoder_refuses_with_a_reason(payload: bytes, reason: Reason) -> None:
@@ -179,6 +180,10 @@ def test_decoder_refuses_with_a_reason(payload: bytes, reason: Reason) -> None:
         (replace(ONLINE, capabilities=replace(CAPS, ops=[1])), Reason.SCHEMA_MISMATCH),
         (replace(ONLINE, capabilities=replace(CAPS, pointer_bits=48)), Reason.VALUE_OUT_OF_RANGE),
         (replace(ONLINE, state=7), Reason.VALUE_OUT_OF_RANGE),  # type: ignore[arg-type]
+        (
+            replace(ONLINE, capabilities=replace(CAPS, firmware_version="\ud800")),
+            Reason.VALUE_OUT_OF_RANGE,
+        ),
     ],
 )
 def test_encoder_refuses_what_the_decoder_refuses(status: Status, reason: Reason) -> None:

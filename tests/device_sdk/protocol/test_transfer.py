@@ -25,7 +25,8 @@ from device_sdk.protocol.transfer import (
     encode_transfer,
 )
 from device_sdk.protocol.transfer.delta import BASE_PIECE, DeltaApplier
-from device_sdk.protocol.transfer.lz import TOKEN_LOOKAHEAD, LzDecoder, LzParams
+from device_sdk.protocol.transfer.lz import TOKEN_LOOKAHEAD, LzParams
+from device_sdk.protocol.transfer.lz_decoder import LzDecoder
 
 
 def synthetic_model(size: int, seed: int = 0) -> bytes:

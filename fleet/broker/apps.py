@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class BrokerConfig(AppConfig):
+    name = "fleet.broker"
+    label = "broker"
+    verbose_name = "MQTT broker and worker"

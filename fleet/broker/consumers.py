@@ -1,0 +1,95 @@
+"""What the worker does with each kind of device message: one ``consume`` per channel.
+
+Every consumer is idempotent: a redelivered message changes nothing the first copy did not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+
+from django.db import close_old_connections
+
+from device_sdk.protocol.reasons import ProtocolError, Reason
+from device_sdk.protocol.status import decode_status
+from device_sdk.protocol.topics import Channel, parse_device_topic
+from fleet.broker.worker import Received
+from fleet.devices.presence import apply_status
+from fleet.telemetry.directory import DeviceDirectory
+from fleet.telemetry.ingest import Accepted, Rejected, decode_event_message, record_rejections, store_batches
+
+log = logging.getLogger(__name__)
+
+
+class Consumers:
+    """Route a batch of received messages to the consumer of their channel; count outcomes."""
+
+    def __init__(self) -> None:
+        self.directory = DeviceDirectory()
+        self.counters: Counter[str] = Counter()
+        self._by_channel: dict[Channel, Callable[[list[tuple[str, Received]]], list[Rejected]]] = {
+            Channel.EVENTS: self.consume_events,
+            Channel.STATUS: self.consume_status,
+        }
+
+    def register(self, channel: Channel,
+                 consumer: Callable[[list[tuple[str, Received]]], list[Rejected]]) -> None:
+        """Add the consumer of another channel (the OTA service registers its own)."""
+        self._by_channel[channel] = consumer
+
+    def __call__(self, batch: list[Received]) -> None:
+        close_old_connections()  # a long-running process must not keep a dead connection
+        grouped: dict[Channel, list[tuple[str, Received]]] = {}
+        rejected: list[Rejected] = []
+        for msg in batch:
+            try:
+                topic = parse_device_topic(msg.topic)
+            except ProtocolError as exc:
+                rejected.append(Rejected(msg.topic, "", exc.reason, exc.detail, msg.payload))
+                continue
+            grouped.setdefault(topic.channel, []).append((topic.uid, msg))
+        for channel, items in grouped.items():
+            consumer = self._by_channel.get(channel)
+            if consumer is None:
+                rejected += [Rejected(m.topic, uid, Reason.SCHEMA_MISMATCH,
+                                      f"no consumer for {channel}", m.payload) for uid, m in items]
+                continue
+            rejected += consumer(items)
+        if rejected:
+            record_rejections(rejected)
+            for r in rejected:
+                self.counters[f"rejected_{r.reason.name.lower()}"] += 1
+            log.warning("refused %d messages (first: %s from %r: %s)", len(rejected),
+                        rejected[0].reason.name, rejected[0].uid, rejected[0].detail)
+
+    def consume_events(self, items: list[tuple[str, Received]]) -> list[Rejected]:
+        """Decode event batches and summaries and store the new ones in one transaction."""
+        accepted: list[Accepted] = []
+        rejected: list[Rejected] = []
+        for uid, msg in items:
+            outcome = decode_event_message(msg.topic, uid, msg.payload, self.directory)
+            (accepted if isinstance(outcome, Accepted) else rejected).append(outcome)
+        result = store_batches(accepted, items[-1][1].received_at)
+        self.counters["batches_stored"] += result.batches
+        self.counters["events_stored"] += result.events
+        self.counters["batches_duplicate"] += result.duplicates
+        return rejected
+
+    def consume_status(self, items: list[tuple[str, Received]]) -> list[Rejected]:
+        """Apply presence and capabilities, one status at a time (they are rare)."""
+        rejected: list[Rejected] = []
+        for uid, msg in items:
+            try:
+                status = decode_status(msg.payload)
+            except ProtocolError as exc:
+                rejected.append(Rejected(msg.topic, uid, exc.reason, exc.detail, msg.payload))
+                continue
+            device = self.directory.device(uid)
+            if device is None or device.revoked:
+                rejected.append(Rejected(msg.topic, uid, Reason.UNKNOWN_DEVICE,
+                                         f"device {uid} unknown or revoked", msg.payload))
+                continue
+            apply_status(device.id, status, msg.received_at)
+            self.counters["status_applied"] += 1
+        return rejected

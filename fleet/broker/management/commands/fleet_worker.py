@@ -1,0 +1,78 @@
+"""Run a fleet worker: MQTT ingest, background jobs; several may run side by side."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import close_old_connections
+from django.utils import timezone
+
+from fleet.broker.consumers import Consumers
+from fleet.broker.stats import save_worker_stats
+from fleet.broker.worker import MqttWorker, WorkerConfig
+
+log = logging.getLogger("fleet.worker")
+STATS_EVERY_S = 5.0
+JOBS_EVERY_S = 2.0
+
+
+class Command(BaseCommand):
+    help = "Consume device messages (shared subscriptions) and run background jobs."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--name", default=f"worker-{socket.gethostname()}",
+                            help="stable client id: a restarted worker resumes its session")
+        parser.add_argument("--no-jobs", action="store_true", help="ingest only")
+
+    def handle(self, *args: Any, **opts: Any) -> None:
+        name = opts["name"]
+        consumers = Consumers()
+        worker = MqttWorker(
+            WorkerConfig(
+                mqtt_url=settings.MQTT_URL, username=settings.MQTT_WORKER_USERNAME,
+                password=settings.MQTT_WORKER_PASSWORD, name=name,
+                group=settings.MQTT_WORKER_GROUP,
+                ca_certs=settings.MQTT_CA_FILE or None,
+            ),
+            consumers,
+        )
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        if not opts["no_jobs"]:
+            threading.Thread(target=_jobs_loop, args=(name, stop), daemon=True,
+                             name="jobs").start()
+        started = timezone.now()
+        worker.start()
+        log.info("worker %s started (ingest%s)", name, "" if opts["no_jobs"] else " + jobs")
+        last_stats = 0.0
+        while not stop.is_set():
+            worker.run_once(timeout_s=0.5)
+            if time.monotonic() - last_stats > STATS_EVERY_S:
+                last_stats = time.monotonic()
+                try:
+                    save_worker_stats(name, started, consumers.counters)
+                except Exception:
+                    log.exception("could not save worker stats")
+        worker.stop()
+        log.info("worker %s stopped", name)
+
+
+def _jobs_loop(name: str, stop: threading.Event) -> None:
+    """Conversion jobs and stuck validations, off the ingest thread (they take seconds)."""
+    from ota.jobs.conversion import revalidate_stuck_versions, run_pending_jobs
+
+    while not stop.wait(JOBS_EVERY_S):
+        try:
+            close_old_connections()
+            run_pending_jobs(name)
+            revalidate_stuck_versions()
+        except Exception:
+            log.exception("background jobs failed; retrying")

@@ -1,0 +1,19 @@
+"""Publish a worker's counters to the database so /metrics and the console can read them."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+
+from django.utils import timezone
+
+from fleet.telemetry.models import WorkerStats
+
+
+def save_worker_stats(worker: str, started_at: datetime, counters: Counter[str]) -> None:
+    """Write this worker's counters (totals since it started) and a heartbeat."""
+    WorkerStats.objects.update_or_create(
+        worker=worker,
+        defaults={"started_at": started_at, "heartbeat_at": timezone.now(),
+                  "counters": dict(counters)},
+    )

@@ -1,0 +1,172 @@
+"""The fleet worker's MQTT side: shared subscriptions in, batched handling, ack after commit.
+
+Threading: paho's network thread only appends received messages to a queue (an exception
+inside a paho callback would kill that thread). The main thread drains the queue in batches,
+hands each batch to the consumers (which write the database in one transaction per kind),
+and only then acknowledges the messages (``manual_ack``). A crash before the ack makes the
+broker redeliver; the consumers are idempotent, so nothing is stored twice.
+
+Several workers may run: they share ``$share/<group>/...`` subscriptions and each keeps a
+persistent session under its own stable client id, so a restarted worker gets back what it
+had not acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from device_sdk.protocol.topics import Channel, shared_filter
+
+log = logging.getLogger(__name__)
+
+SESSION_EXPIRY_S = 24 * 3600
+
+
+@dataclass
+class Received:
+    """A message waiting to be handled and acknowledged."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    received_at: datetime
+
+
+@dataclass
+class WorkerConfig:
+    """Where and who the worker is."""
+
+    mqtt_url: str
+    username: str
+    password: str
+    name: str = field(default_factory=lambda: f"worker-{socket.gethostname()}")
+    group: str = "fleet"
+    channels: tuple[Channel, ...] = (Channel.EVENTS, Channel.STATUS)
+    batch_max: int = 2000
+    batch_wait_s: float = 0.05
+    ca_certs: str | None = None
+
+
+Handler = Callable[[list[Received]], None]
+
+
+class MqttWorker:
+    """Consume device messages from shared subscriptions and ack them after ``handle`` returns."""
+
+    def __init__(self, config: WorkerConfig, handle: Handler) -> None:
+        self.config = config
+        self.handle = handle
+        self.inbox: queue.Queue[Received] = queue.Queue()
+        self.connected = threading.Event()
+        self.stopping = threading.Event()
+        parts = urlsplit(config.mqtt_url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=config.name, protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        self.client.username_pw_set(config.username, config.password)
+        if parts.scheme == "mqtts":
+            self.client.tls_set(ca_certs=config.ca_certs)
+        # Many messages in flight: the consumer batches, and acks arrive after the commit.
+        self.client.max_inflight_messages_set(1000)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+
+    # paho callbacks: never raise ---------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
+                    reason: object, properties: object) -> None:
+        try:
+            if getattr(reason, "is_failure", False):
+                log.error("broker refused the worker %s: %s", self.config.name, reason)
+                return
+            subs = [(shared_filter(self.config.group, ch), 1) for ch in self.config.channels]
+            client.subscribe(subs)
+            self.connected.set()
+            log.info("worker %s connected to %s:%s, subscribed to %s", self.config.name,
+                     self.host, self.port, ", ".join(s for s, _ in subs))
+        except Exception:
+            log.exception("on_connect failed")
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
+                       reason: object, properties: object) -> None:
+        self.connected.clear()
+        if not self.stopping.is_set():
+            log.warning("worker %s lost the broker (%s); reconnecting", self.config.name, reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self.inbox.put(Received(msg.topic, bytes(msg.payload), msg.mid, msg.qos,
+                                    datetime.now(UTC)))
+        except Exception:
+            log.exception("could not queue a message on %s", getattr(msg, "topic", "?"))
+
+    # main thread ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect (persistent session) and start paho's network thread."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False,
+                                  properties=props)
+        self.client.loop_start()
+
+    def run_once(self, timeout_s: float = 1.0) -> int:
+        """Handle one batch (waiting up to ``timeout_s`` for the first message); return its size."""
+        try:
+            first = self.inbox.get(timeout=timeout_s)
+        except queue.Empty:
+            return 0
+        batch = [first]
+        deadline = time.monotonic() + self.config.batch_wait_s
+        while len(batch) < self.config.batch_max:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self.inbox.get(timeout=remaining))
+            except queue.Empty:
+                break
+        self._handle_until_done(batch)
+        for msg in batch:
+            if msg.qos > 0:
+                self.client.ack(msg.mid, msg.qos)
+        return len(batch)
+
+    def _handle_until_done(self, batch: list[Received]) -> None:
+        """Retry a failing batch (database down or locked) rather than ack what is not stored."""
+        delay = 0.5
+        while True:
+            try:
+                self.handle(batch)
+                return
+            except Exception:
+                if self.stopping.is_set():
+                    raise
+                log.exception("handling %d messages failed; retrying in %.1f s", len(batch), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def stop(self) -> None:
+        """Disconnect cleanly (unacked messages stay with the broker for the next start)."""
+        self.stopping.set()
+        self.client.disconnect()
+        self.client.loop_stop()

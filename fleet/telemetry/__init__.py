@@ -1,0 +1,1 @@
+"""Compact inference telemetry: ingest with dedupe, raw events, rollups, queries."""

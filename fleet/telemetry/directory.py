@@ -1,0 +1,58 @@
+"""Look up device ids and package → model version mappings, cached for the ingest hot path."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from fleet.devices.models import Device
+
+
+@dataclass(frozen=True)
+class KnownDevice:
+    """What ingest needs to know of a device."""
+
+    id: int
+    revoked: bool
+
+
+class DeviceDirectory:
+    """Caches uid → device and package id → model version id for ``ttl_s`` seconds.
+
+    A revoked device is refused at the broker already; the cache only delays the second line
+    of defence by at most ``ttl_s``.
+    """
+
+    def __init__(self, ttl_s: float = 30.0) -> None:
+        self.ttl_s = ttl_s
+        self._devices: dict[str, tuple[float, KnownDevice | None]] = {}
+        self._packages: dict[int, int] = {}
+
+    def device(self, uid: str) -> KnownDevice | None:
+        """Return the device with this uid, or None when the server does not know it."""
+        now = time.monotonic()
+        hit = self._devices.get(uid)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            return hit[1]
+        row = Device.objects.filter(uid=uid).values_list("id", "revoked_at").first()
+        known = KnownDevice(row[0], row[1] is not None) if row else None
+        self._devices[uid] = (now, known)
+        return known
+
+    def model_version_of(self, package_id: int) -> int:
+        """Return the model version a package installs (0 when unknown or ``package_id`` is 0)."""
+        if package_id <= 0:
+            return 0
+        if package_id not in self._packages:
+            from ota.models import Package
+
+            mv = Package.objects.filter(pk=package_id).values_list("model_version_id", flat=True)
+            found = mv.first()
+            if found is None:
+                return 0  # not cached: the package may appear later
+            self._packages[package_id] = found
+        return self._packages[package_id]
+
+    def forget(self, uid: str) -> None:
+        """Drop a cached device (after a revoke seen by this process)."""
+        self._devices.pop(uid, None)

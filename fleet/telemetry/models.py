@@ -1,0 +1,99 @@
+"""Nouns of telemetry: raw events, ingested batches (the dedupe key), rollups, dead letters,
+worker statistics.
+
+Raw rows reference devices and model versions by plain integer ids (no foreign-key checks):
+ingest writes them in bulk (COPY on PostgreSQL) and retention drops them by time.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class IngestedBatch(models.Model):
+    """One accepted event batch or summary; (device, seq) unique makes ingest exactly-once."""
+
+    device_id = models.BigIntegerField()
+    seq = models.BigIntegerField()
+    kind = models.PositiveSmallIntegerField(help_text="0 batch, 1 summary (wire MessageKind)")
+    model_version_id = models.IntegerField(default=0, help_text="0: unknown model")
+    package_id = models.IntegerField(default=0)
+    t0 = models.DateTimeField()
+    event_count = models.PositiveIntegerField()
+    received_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["device_id", "seq"], name="unique_device_seq")
+        ]
+
+
+class Event(models.Model):
+    """One inference result as the device reported it."""
+
+    device_id = models.BigIntegerField()
+    model_version_id = models.IntegerField(default=0)
+    seq = models.BigIntegerField(help_text="the batch it came in")
+    ts = models.DateTimeField()
+    label = models.SmallIntegerField()
+    score = models.SmallIntegerField(help_text="top-1 confidence, 0..255")
+    latency_100us = models.IntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["device_id", "ts"]), models.Index(fields=["ts"])]
+
+
+# Latency histogram bucket upper bounds in 100 µs units (1, 5, 20, 100 ms; last is open).
+LATENCY_BOUNDS_100US = (10, 50, 200, 1000)
+
+
+class Rollup(models.Model):
+    """Counts per (device, model version, minute, label), kept up to date at ingest.
+
+    Queries read these, never the raw events; retention keeps them when raw events go.
+    """
+
+    device_id = models.BigIntegerField()
+    model_version_id = models.IntegerField(default=0)
+    bucket = models.DateTimeField(help_text="start of the minute")
+    label = models.SmallIntegerField()
+    count = models.BigIntegerField(default=0)
+    score_sum = models.BigIntegerField(default=0)
+    latency_sum = models.BigIntegerField(default=0, help_text="100 µs units")
+    lat_le_1ms = models.BigIntegerField(default=0)
+    lat_le_5ms = models.BigIntegerField(default=0)
+    lat_le_20ms = models.BigIntegerField(default=0)
+    lat_le_100ms = models.BigIntegerField(default=0)
+    lat_gt_100ms = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["device_id", "model_version_id", "bucket", "label"],
+                                    name="unique_rollup_key")
+        ]
+        indexes = [models.Index(fields=["bucket"]),
+                   models.Index(fields=["model_version_id", "bucket"])]
+
+
+class DeadLetter(models.Model):
+    """A device message refused at ingest, kept (truncated) with the reason, for diagnosis."""
+
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    topic = models.CharField(max_length=200)
+    device_uid = models.CharField(max_length=64, blank=True, db_index=True)
+    reason = models.CharField(max_length=40, db_index=True, help_text="wire Reason name")
+    detail = models.CharField(max_length=300, blank=True)
+    size = models.PositiveIntegerField()
+    payload = models.BinaryField(help_text="first bytes of the payload")
+
+    class Meta:
+        ordering = ["-received_at"]
+
+
+class WorkerStats(models.Model):
+    """Counters one worker process reports every few seconds (for /metrics and the console)."""
+
+    worker = models.CharField(max_length=100, unique=True)
+    started_at = models.DateTimeField()
+    heartbeat_at = models.DateTimeField()
+    counters = models.JSONField(default=dict)
