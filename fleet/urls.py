@@ -10,6 +10,7 @@ api_v1 = [
     path("", include("fleet.audit.api.urls")),
     path("", include("fleet.accounts.api.urls")),
     path("", include("ota.api.urls")),
+    path("", include("fleet.telemetry.api.urls")),
 ]
 
 urlpatterns = [

@@ -52,10 +52,10 @@ def raw_public_key(public_key: Ed25519PublicKey) -> bytes:
 
 
 def loads_strict(data: bytes) -> Any:
-    """Decode one CBOR item that spans all of ``data``, refusing indefinite lengths and
-    duplicate map keys.
+    """Decode the one CBOR item that ``data`` must consist of, with definite lengths only.
 
-    Raises ``ValueError`` (including ``cbor2.CBORDecodeError``) on anything else.
+    Raises ``ValueError`` for bytes after the item, ``cbor2.CBORError`` for malformed CBOR,
+    indefinite lengths, duplicate map keys or nesting deeper than 8.
     """
     fp = io.BytesIO(data)
     decoder = cbor2.CBORDecoder(fp, allow_indefinite=False, allow_duplicate_keys=False, max_depth=8)

@@ -46,15 +46,15 @@ class TransferDecoder:
         self._finished = False
         self._lz: LzDecoder | None = None
         self._delta: DeltaApplier | None = None
-        self._sizes_checked = manifest.encoding == Encoding.RAW
-        if manifest.encoding != Encoding.RAW:
-            self._lz = LzDecoder()
-        if manifest.encoding == Encoding.DELTA:
+        if manifest.encoding == Encoding.COMPRESSED:
+            self._lz = LzDecoder(expected_size=manifest.model_size)
+        elif manifest.encoding == Encoding.DELTA:
             if base_reader is None:
                 raise ProtocolError(Reason.DELTA_BASE_MISMATCH, "a delta needs the base model")
             if isinstance(base_reader, bytes | bytearray | memoryview):
                 base_reader = bytes_reader(bytes(base_reader))
-            self._delta = DeltaApplier(base_reader, manifest.base_sha256)
+            self._lz = LzDecoder()  # its output is the instruction stream, of any length
+            self._delta = DeltaApplier(base_reader, manifest.base_sha256, manifest.model_size)
 
     def state_bytes(self) -> int:
         """Return the RAM a C decoder needs for this transfer's state (see TRANSFER.md)."""
@@ -105,22 +105,11 @@ class TransferDecoder:
             out = self._lz.feed(chunk, final)
             if self._delta is not None:
                 out = self._delta.feed(out)
-            declared = self._lz.size if self._delta is None else self._delta.target_size
-            if not self._sizes_checked and declared >= 0:
-                self._check_declared_size(declared)
         if self.produced + len(out) > m.model_size:
             raise ProtocolError(Reason.TRANSFER_OVERFLOW, "output beyond the model size")
         self.produced += len(out)
         self._model_hash.update(out)
         return out
-
-    def _check_declared_size(self, size: int) -> None:
-        """Compare the size a stream header declares with the manifest's model size."""
-        if size > self.manifest.model_size:
-            raise ProtocolError(Reason.TRANSFER_OVERFLOW, "stream declares a larger model")
-        if size < self.manifest.model_size:
-            raise ProtocolError(Reason.DECODE_ERROR, "stream declares a smaller model")
-        self._sizes_checked = True
 
     def _finish(self) -> bytes:
         m = self.manifest

@@ -1,6 +1,6 @@
 """Encode and stream-apply the instruction stream of transfer encoding 2 (delta).
 
-The instruction stream (TRANSFER.md, "Delta instructions") is a 12-byte header
+The instruction stream (TRANSFER.md, "Encoding 2: delta") is a 12-byte header
 (``b"TD"``, version, flags, base size, target size) followed by operations, each an
 unsigned LEB128 head ``(length - 1) << 2 | kind`` and, for the kinds that read the base,
 a zigzag LEB128 offset relative to the end of the previous base read:
@@ -23,12 +23,13 @@ from collections.abc import Callable
 import numpy as np
 
 from device_sdk.protocol.reasons import ProtocolError, Reason
+from device_sdk.protocol.transfer.lz import check_declared_size
 
 MAGIC = b"TD"
 VERSION = 1
 HEADER = struct.Struct("<2sBBII")  # magic, version, flags, base size, target size
 COPY, ADD, INSERT = 0, 1, 2
-BASE_PIECE = 128  # bytes of base read at a time: the interpreter's only buffer
+BASE_PIECE = 128  # bytes of base read at a time: the size of the C scratch buffer
 MAX_OP_HEAD = 10  # two LEB128 values of at most 5 bytes each
 _KEY = 8  # bytes per hashed block when looking for matches
 _MERGE_COPY = 24  # a shorter copy between two differences of one alignment joins the ADD
@@ -212,10 +213,20 @@ def _read_uvarint(buf: bytes | bytearray, i: int) -> tuple[int, int] | None:
 
 
 class DeltaApplier:
-    """Turn an instruction stream, pushed in pieces, into the target model's bytes."""
+    """Turn an instruction stream, pushed in pieces, into the target model's bytes.
 
-    def __init__(self, base_reader: BaseReader, base_sha256: bytes | None = None) -> None:
+    With ``base_sha256`` the base is hashed as soon as the header arrives (DELTA_BASE_MISMATCH
+    before any output); with ``expected_size`` the header's target size must equal it.
+    """
+
+    def __init__(
+        self,
+        base_reader: BaseReader,
+        base_sha256: bytes | None = None,
+        expected_size: int | None = None,
+    ) -> None:
         self._read = base_reader
+        self._expected_size = expected_size
         self._base_sha256 = base_sha256
         self.base_size = -1
         self.target_size = -1  # from the header, -1 until it arrived
@@ -265,6 +276,7 @@ class DeltaApplier:
                     if magic != MAGIC or version != VERSION or flags:
                         raise ProtocolError(Reason.DECODE_ERROR, "not a version 1 delta stream")
                     self._head.clear()
+                    check_declared_size(self.target_size, self._expected_size)
                     self._check_base()
                 continue
             if self._kind < 0:

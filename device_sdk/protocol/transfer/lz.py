@@ -79,6 +79,19 @@ class LzParams:
         return (1 << self.window_log) + 2 * self.prob_count() + TOKEN_LOOKAHEAD + REGISTER_BYTES
 
 
+def check_declared_size(declared: int, expected: int | None) -> None:
+    """Compare the model size a stream header declares with the manifest's.
+
+    Larger is TRANSFER_OVERFLOW (it would write past the declared model), smaller is
+    DECODE_ERROR; ``expected`` None skips the check.
+    """
+    if expected is None or declared == expected:
+        return
+    if declared > expected:
+        raise ProtocolError(Reason.TRANSFER_OVERFLOW, f"stream declares {declared} bytes")
+    raise ProtocolError(Reason.DECODE_ERROR, f"stream declares {declared} of {expected} bytes")
+
+
 STATE_BUDGET = 3584  # leaves room in the 4 KB device budget for the delta interpreter
 
 

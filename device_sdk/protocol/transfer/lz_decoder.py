@@ -17,6 +17,7 @@ from device_sdk.protocol.transfer.lz import (
     VERSION,
     LzParams,
     Models,
+    check_declared_size,
 )
 from device_sdk.protocol.transfer.rangecoder import MASK32, MOVE_BITS, PROB_BITS, PROB_ONE, TOP
 
@@ -25,12 +26,14 @@ class LzDecoder:
     """Decompress a stream pushed in chunks of any size, in bounded memory.
 
     ``feed`` returns the bytes decoded so far; pass ``final=True`` with the last chunk
-    (the caller knows the stream's length from the manifest). A token is decoded only
+    (the caller knows the stream's length from the manifest). With ``expected_size`` a header
+    declaring another decoded size is refused at once (see ``check_declared_size``). A token is decoded only
     when :data:`TOKEN_LOOKAHEAD` input bytes are buffered or the input is final, so the
     decoder never stops mid-token and keeps fewer than that many input bytes between calls.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, expected_size: int | None = None) -> None:
+        self.expected_size = expected_size  # refuse a header declaring another size
         self.params: LzParams | None = None
         self.size = -1  # decoded size from the header, -1 until the header arrived
         self.produced = 0
@@ -63,6 +66,7 @@ class LzDecoder:
             magic, version, packed, size = HEADER.unpack_from(buf)
             if magic != MAGIC or version != VERSION:
                 raise ProtocolError(Reason.DECODE_ERROR, "not a version 1 compressed stream")
+            check_declared_size(size, self.expected_size)
             self.params = LzParams.unpack(packed)
             self.size = size
             self._window = bytearray(1 << self.params.window_log)

@@ -415,3 +415,51 @@ def test_corrupted_valid_streams_never_install_wrong_bytes(encoding, flips, cut,
     except ProtocolError:
         return
     assert bytes(out) == model
+
+
+def test_compressed_header_bytes_follow_the_spec() -> None:
+    """'TZ', version 1, parameters 0x03 (2 KB window), u32 size, then the range coder."""
+    assert compress(b"") == b"TZ\x01\x03" + bytes(4) + bytes(5)
+    assert compress(b"abc")[:8] == b"TZ\x01\x03\x03\x00\x00\x00"
+    assert compress(b"abc", LzParams(window_log=9, lc=1, lp=1))[3] == 0b0010_1001
+
+
+def test_delta_instruction_bytes_follow_the_spec() -> None:
+    """A hand-assembled instruction stream decodes as TRANSFER.md describes."""
+    base = bytes(range(100, 120))
+    stream = (
+        b"TD\x01\x00"
+        + struct.pack("<II", len(base), 9)
+        + bytes([(4 - 1) << 2 | 0, 2 * 2])  # COPY 4 from cursor + 2: base[2:6]
+        + bytes([(2 - 1) << 2 | 2])
+        + b"xy"  # INSERT "xy"
+        + bytes([(3 - 1) << 2 | 1, 2 * 3 - 1])
+        + bytes([1, 0, 255])  # ADD 3 from cursor - 3
+    )
+    applier = DeltaApplier(lambda o, n: base[o : o + n], sha(base))
+    expected = base[2:6] + b"xy" + bytes([base[3] + 1, base[4], base[5] - 1])
+    assert applier.feed(stream) == expected and applier.done
+    manifest = manifest_for(expected, compress(stream), Encoding.DELTA, base)
+    decoder = TransferDecoder(manifest, base)
+    assert decoder.feed(compress(stream)) + decoder.finish() == expected
+
+
+@pytest.mark.parametrize(
+    ("tail", "target", "reason"),
+    [
+        (bytes([3]), 1, Reason.DECODE_ERROR),  # reserved operation kind 3
+        (bytes([0, 2 * 20]), 1, Reason.DECODE_ERROR),  # COPY starting past the base
+        (bytes([(2 - 1) << 2 | 0, 1]), 1, Reason.DECODE_ERROR),  # longer than the target
+        (bytes([2]) + b"x" + bytes([2]) + b"y", 1, Reason.DECODE_ERROR),  # after the end
+        (bytes([2]) + b"x", 2, Reason.DECODE_ERROR),  # ends before the target is complete
+        (bytes([0x80] * 6), 1, Reason.DECODE_ERROR),  # LEB128 longer than 5 bytes
+        (bytes([2]) + b"x", 1_000, Reason.TRANSFER_OVERFLOW),  # header says more than manifest
+    ],
+)
+def test_corrupt_signed_delta_streams_are_refused(tail: bytes, target: int, reason) -> None:
+    """A signed but invalid instruction stream is refused with its reason."""
+    base = bytes(range(20))
+    stream = b"TD\x01\x00" + struct.pack("<II", len(base), target) + tail
+    transfer = compress(stream)
+    manifest = manifest_for(b"x" if target != 2 else b"xx", transfer, Encoding.DELTA, base)
+    assert refusal(manifest, transfer, base) == reason

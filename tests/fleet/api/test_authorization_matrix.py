@@ -77,6 +77,12 @@ MATRIX = [
     Row("get", "/api/v1/signing-keys/{kid}/", "viewer"),
     Row("post", "/api/v1/signing-keys/rotate/", "admin", None, 201),
     Row("post", "/api/v1/signing-keys/{kid}/retire/", "admin", None, 409),  # the only key
+    Row("get", "/api/v1/telemetry/series/", "viewer"),
+    Row("get", "/api/v1/telemetry/labels/", "viewer"),
+    Row("get", "/api/v1/telemetry/summary/", "viewer"),
+    Row("get", "/api/v1/telemetry/compare/", "viewer", None, 400),  # a and b are required
+    Row("get", "/api/v1/dead-letters/", "viewer"),
+    Row("get", "/api/v1/dead-letters/{dead_letter}/", "viewer"),
 ]
 
 
@@ -101,7 +107,12 @@ def seeded(enroll_body: dict[str, Any], device_group: Any, user_factory: Any) ->
         model_version=mv, hardware_profile=HardwareProfile.objects.get(name="esp32-s3"), encoding=0, manifest=b"\xd2", signing_key=key,
         transfer_sha256="0" * 64, transfer_size=1, installed_size=1, expires_at=key.created_at,
     )
+    from fleet.telemetry.models import DeadLetter
+
+    dead = DeadLetter.objects.create(topic="fleet/v1/x/events", reason="CBOR_MALFORMED", size=1,
+                                     payload=b"\xff")
     return {
+        "dead_letter": str(dead.pk),
         "model": str(model.pk),
         "model_version": str(mv.pk),
         "package": str(package.pk),

@@ -1,0 +1,142 @@
+"""Telemetry queries over the per-minute rollups (never the raw events).
+
+Filters select devices (one device, a group, a hardware profile, a tag) and model versions;
+every query takes a time range.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db.models import QuerySet, Sum
+
+from fleet.devices.models import Device
+from fleet.telemetry.models import Rollup
+
+LATENCY_FIELDS = ("lat_le_1ms", "lat_le_5ms", "lat_le_20ms", "lat_le_100ms", "lat_gt_100ms")
+
+
+@dataclass
+class TelemetryFilter:
+    """Which rollups a query reads."""
+
+    since: datetime
+    until: datetime
+    device_uid: str | None = None
+    group: str | None = None
+    hardware_profile: str | None = None
+    tag: str | None = None
+    model_version_ids: list[int] = field(default_factory=list)
+
+    def rollups(self) -> QuerySet[Rollup]:
+        """Return the rollup rows the filter selects."""
+        qs = Rollup.objects.filter(bucket__gte=self.since, bucket__lt=self.until)
+        devices = Device.objects.all()
+        narrowed = False
+        if self.device_uid:
+            devices, narrowed = devices.filter(uid=self.device_uid), True
+        if self.group:
+            devices, narrowed = devices.filter(group__name=self.group), True
+        if self.hardware_profile:
+            devices, narrowed = devices.filter(hardware_profile__name=self.hardware_profile), True
+        if self.tag:
+            devices, narrowed = devices.filter(tags__name=self.tag), True
+        if narrowed:
+            qs = qs.filter(device_id__in=devices.values("id"))
+        if self.model_version_ids:
+            qs = qs.filter(model_version_id__in=self.model_version_ids)
+        return qs
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def series(flt: TelemetryFilter, bucket_s: int = 60) -> list[dict[str, Any]]:
+    """Return event count, rate, mean score and mean latency per time bucket."""
+    rows = (flt.rollups().values("bucket")
+            .annotate(n=Sum("count"), s=Sum("score_sum"), lat=Sum("latency_sum"))
+            .order_by("bucket"))
+    folded: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for row in rows:
+        t = int(_aware(row["bucket"]).timestamp()) // bucket_s * bucket_s
+        acc = folded[t]
+        acc[0] += row["n"]
+        acc[1] += row["s"]
+        acc[2] += row["lat"]
+    return [
+        {
+            "t": datetime.fromtimestamp(t, tz=UTC).isoformat(),
+            "events": n,
+            "events_per_s": n / bucket_s,
+            "mean_score": s / n if n else None,
+            "mean_latency_ms": lat / n / 10 if n else None,
+        }
+        for t, (n, s, lat) in sorted(folded.items())
+    ]
+
+
+def label_distribution(flt: TelemetryFilter) -> list[dict[str, Any]]:
+    """Return per-label counts, shares and mean scores."""
+    rows = list(flt.rollups().values("label").annotate(n=Sum("count"), s=Sum("score_sum"))
+                .order_by("label"))
+    total = sum(r["n"] for r in rows) or 1
+    return [{"label": r["label"], "count": r["n"], "share": r["n"] / total,
+             "mean_score": r["s"] / r["n"] if r["n"] else None} for r in rows]
+
+
+def summary(flt: TelemetryFilter) -> dict[str, Any]:
+    """Return totals: events, devices reporting, mean score and latency, latency histogram."""
+    sums = {f: Sum(f) for f in ("count", "score_sum", "latency_sum", *LATENCY_FIELDS)}
+    agg = flt.rollups().aggregate(**sums)
+    n = agg["count"] or 0
+    seconds = max((flt.until - flt.since).total_seconds(), 1.0)
+    return {
+        "events": n,
+        "devices": flt.rollups().values("device_id").distinct().count(),
+        "events_per_s": n / seconds,
+        "mean_score": (agg["score_sum"] or 0) / n if n else None,
+        "mean_latency_ms": (agg["latency_sum"] or 0) / n / 10 if n else None,
+        "latency_histogram": {f.removeprefix("lat_"): agg[f] or 0 for f in LATENCY_FIELDS},
+    }
+
+
+def compare_versions(flt: TelemetryFilter, a: int, b: int) -> dict[str, Any]:
+    """Compare two model versions on the filtered devices: health figures and label drift.
+
+    Drift is the total variation distance between the label distributions (0: identical,
+    1: disjoint) and the population stability index (PSI; above 0.2 is usually a shift).
+    """
+    sides = {}
+    for name, mv in (("a", a), ("b", b)):
+        side = TelemetryFilter(**{**flt.__dict__, "model_version_ids": [mv]})
+        sides[name] = {"model_version": mv, **summary(side),
+                       "labels": label_distribution(side)}
+    pa = {r["label"]: r["share"] for r in sides["a"]["labels"]}
+    pb = {r["label"]: r["share"] for r in sides["b"]["labels"]}
+    labels = sorted(set(pa) | set(pb))
+    tvd = sum(abs(pa.get(k, 0) - pb.get(k, 0)) for k in labels) / 2
+    eps = 1e-4  # PSI is undefined for empty bins
+    psi = sum((pb.get(k, 0) - pa.get(k, 0)) * math.log((pb.get(k, 0) + eps) / (pa.get(k, 0) + eps))
+              for k in labels)
+    ms_a, ms_b = sides["a"]["mean_score"], sides["b"]["mean_score"]
+    lat_a, lat_b = sides["a"]["mean_latency_ms"], sides["b"]["mean_latency_ms"]
+    return {
+        **sides,
+        "drift": {"total_variation": tvd, "psi": psi},
+        "delta": {
+            "mean_score": ms_b - ms_a if ms_a is not None and ms_b is not None else None,
+            "mean_latency_ms": lat_b - lat_a if lat_a is not None and lat_b is not None else None,
+            "events_per_s": sides["b"]["events_per_s"] - sides["a"]["events_per_s"],
+        },
+    }
+
+
+def default_range(hours: float = 24) -> tuple[datetime, datetime]:
+    """Return the last ``hours`` hours, ending now (rounded up to the next minute)."""
+    until = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    return until - timedelta(hours=hours), until
