@@ -1,7 +1,8 @@
 """Test settings: the real settings with only what makes tests fast or isolated changed."""
 
+import atexit
 import os
-
+import shutil
 import tempfile
 
 os.environ.setdefault("FLEET_DEBUG", "1")
@@ -16,4 +17,9 @@ from fleet.settings import DATABASES  # noqa: E402
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"]["TEST"] = {"NAME": None}  # in-memory
+    # A file (WAL, synchronous=NORMAL from the real settings), not an in-memory database:
+    # integration tests run the real worker as a subprocess, which must see the same data.
+    # One folder per run, so parallel runs never share a database.
+    _test_db_dir = tempfile.mkdtemp(prefix="fleet-test-db-")
+    atexit.register(shutil.rmtree, _test_db_dir, ignore_errors=True)
+    DATABASES["default"]["TEST"] = {"NAME": os.path.join(_test_db_dir, "test.sqlite3")}

@@ -171,3 +171,6 @@ class Package(models.Model):
 
     def __str__(self) -> str:
         return f"pkg {self.pk}: {self.model_version} for {self.hardware_profile}"
+
+
+from ota.rollouts.models import Deployment, Rollout  # noqa: E402,F401  (models of this app)

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -55,7 +56,8 @@ class WorkerConfig:
     password: str
     name: str = field(default_factory=lambda: f"worker-{socket.gethostname()}")
     group: str = "fleet"
-    channels: tuple[Channel, ...] = (Channel.EVENTS, Channel.STATUS)
+    channels: tuple[Channel, ...] = (Channel.EVENTS, Channel.STATUS, Channel.OTA_GET,
+                                     Channel.OTA_REPORT)
     batch_max: int = 2000
     batch_wait_s: float = 0.05
     ca_certs: str | None = None
@@ -88,6 +90,7 @@ class MqttWorker:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
 
     # paho callbacks: never raise ---------------------------------------------------------
@@ -105,6 +108,19 @@ class MqttWorker:
                      self.host, self.port, ", ".join(s for s, _ in subs))
         except Exception:
             log.exception("on_connect failed")
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
+                      reasons: list[Any], properties: object) -> None:
+        try:
+            refused = [str(r) for r in reasons if getattr(r, "is_failure", False)]
+            if refused:
+                # An ACL without the full $share/<group>/<filter> refuses it: nothing arrives.
+                log.error("broker refused subscriptions of worker %s: %s", self.config.name,
+                          ", ".join(refused))
+            else:
+                log.info("worker %s: subscriptions granted", self.config.name)
+        except Exception:
+            log.exception("on_subscribe failed")
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
                        reason: object, properties: object) -> None:
@@ -164,6 +180,10 @@ class MqttWorker:
                 log.exception("handling %d messages failed; retrying in %.1f s", len(batch), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Publish to devices (thread-safe; paho queues while the broker is away)."""
+        self.client.publish(topic, payload, qos=qos)
 
     def stop(self) -> None:
         """Disconnect cleanly (unacked messages stay with the broker for the next start)."""

@@ -83,6 +83,14 @@ MATRIX = [
     Row("get", "/api/v1/telemetry/compare/", "viewer", None, 400),  # a and b are required
     Row("get", "/api/v1/dead-letters/", "viewer"),
     Row("get", "/api/v1/dead-letters/{dead_letter}/", "viewer"),
+    Row("get", "/api/v1/rollouts/", "viewer"),
+    Row("get", "/api/v1/rollouts/{rollout}/", "viewer"),
+    Row("post", "/api/v1/rollouts/", "operator", lambda: {"name": "x"}, 400),
+    Row("post", "/api/v1/rollouts/{rollout}/start/", "operator"),
+    Row("post", "/api/v1/rollouts/{rollout}/pause/", "operator", None, 409),  # a draft
+    Row("post", "/api/v1/rollouts/{rollout}/resume/", "operator", None, 409),
+    Row("post", "/api/v1/rollouts/{rollout}/abort/", "operator"),
+    Row("post", "/api/v1/rollouts/{rollout}/rollback/", "operator", None, 409),
 ]
 
 
@@ -111,7 +119,11 @@ def seeded(enroll_body: dict[str, Any], device_group: Any, user_factory: Any) ->
 
     dead = DeadLetter.objects.create(topic="fleet/v1/x/events", reason="CBOR_MALFORMED", size=1,
                                      payload=b"\xff")
+    from ota.rollouts.models import Rollout
+
+    rollout = Rollout.objects.create(name="seeded", model_version=mv, waves=[100])
     return {
+        "rollout": str(rollout.pk),
         "dead_letter": str(dead.pk),
         "model": str(model.pk),
         "model_version": str(mv.pk),

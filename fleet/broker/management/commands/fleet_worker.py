@@ -16,11 +16,15 @@ from django.utils import timezone
 
 from fleet.broker.consumers import Consumers
 from fleet.broker.stats import save_worker_stats
+from device_sdk.protocol.topics import Channel
 from fleet.broker.worker import MqttWorker, WorkerConfig
+from ota.rollouts.delivery import OtaDelivery
 
 log = logging.getLogger("fleet.worker")
 STATS_EVERY_S = 5.0
 JOBS_EVERY_S = 2.0
+CONTROLLER_EVERY_S = 1.0
+CAROUSEL_EVERY_S = 0.2
 
 
 class Command(BaseCommand):
@@ -29,7 +33,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--name", default=f"worker-{socket.gethostname()}",
                             help="stable client id: a restarted worker resumes its session")
-        parser.add_argument("--no-jobs", action="store_true", help="ingest only")
+        parser.add_argument("--no-jobs", action="store_true", help="no conversion jobs")
+        parser.add_argument("--no-rollouts", action="store_true", help="no rollout controller")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         name = opts["name"]
@@ -46,12 +51,19 @@ class Command(BaseCommand):
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+        delivery = OtaDelivery(worker, consumers.directory, consumers.counters)
+        consumers.register(Channel.OTA_GET, delivery.consume_chunk_requests)
+        consumers.register(Channel.OTA_REPORT, delivery.consume_reports)
         if not opts["no_jobs"]:
             threading.Thread(target=_jobs_loop, args=(name, stop), daemon=True,
                              name="jobs").start()
+        if not opts["no_rollouts"]:
+            threading.Thread(target=_rollouts_loop, args=(name, worker, delivery, stop),
+                             daemon=True, name="rollouts").start()
         started = timezone.now()
         worker.start()
-        log.info("worker %s started (ingest%s)", name, "" if opts["no_jobs"] else " + jobs")
+        log.info("worker %s started (ingest, OTA%s%s)", name,
+                 "" if opts["no_jobs"] else ", jobs", "" if opts["no_rollouts"] else ", rollouts")
         last_stats = 0.0
         while not stop.is_set():
             worker.run_once(timeout_s=0.5)
@@ -76,3 +88,20 @@ def _jobs_loop(name: str, stop: threading.Event) -> None:
             revalidate_stuck_versions()
         except Exception:
             log.exception("background jobs failed; retrying")
+
+
+def _rollouts_loop(name: str, worker: MqttWorker, delivery: OtaDelivery,
+                   stop: threading.Event) -> None:
+    """Controller ticks each second; the package carousel several times a second."""
+    from ota.rollouts.controller import tick
+
+    last_tick = 0.0
+    while not stop.wait(CAROUSEL_EVERY_S):
+        try:
+            close_old_connections()
+            if time.monotonic() - last_tick >= CONTROLLER_EVERY_S:
+                last_tick = time.monotonic()
+                tick(name, worker)
+            delivery.carousel_tick()
+        except Exception:
+            log.exception("rollout controller failed; retrying")

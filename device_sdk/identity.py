@@ -1,0 +1,287 @@
+"""A device's identity: its key pair, and what enrollment gave it, kept in a state directory.
+
+Layout of the state directory (0700)::
+
+    device.key       Ed25519 private key, PKCS#8 PEM, mode 0600. Made once, never sent.
+    identity.json    device id, MQTT url/username/credential, signing keys (0600: a secret)
+    broker-ca.pem    the CA the broker's TLS certificate chains to
+
+Enrollment (:func:`enroll`) posts the claim token, the public key, the hardware profile name
+and the capabilities to ``POST /api/v1/enroll/`` with the standard library's urllib. The
+server binds the device id to the key, so enrolling again with the same key is idempotent: the
+same device id, no token use consumed, and a fresh MQTT credential (which is why the answer is
+persisted before anything else happens).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import ssl
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from device_sdk.protocol.status import Capabilities
+
+__all__ = [
+    "DeviceIdentity",
+    "EnrollmentError",
+    "MqttCredential",
+    "SigningKey",
+    "enroll",
+    "ensure_enrolled",
+    "load_or_create_key",
+    "public_key_pem",
+]
+
+log = logging.getLogger(__name__)
+
+KEY_FILE = "device.key"
+IDENTITY_FILE = "identity.json"
+CA_FILE = "broker-ca.pem"
+ENROLL_PATH = "/api/v1/enroll/"
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})  # throttled or briefly unavailable
+
+
+class EnrollmentError(Exception):
+    """The server refused the enrollment (``reason`` is its code) or could not be reached."""
+
+    def __init__(self, reason: str, detail: str, status: int | None = None) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.status = status
+        super().__init__(f"{reason}: {detail}" + (f" (HTTP {status})" if status else ""))
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """An OTA signing public key the device trusts: key id and raw Ed25519 key, both hex."""
+
+    kid: str
+    public_key: str
+
+
+@dataclass(frozen=True)
+class MqttCredential:
+    """How the device reaches the broker."""
+
+    url: str  # mqtts://host:port
+    username: str
+    credential: str
+    ca_file: str | None  # absolute path of the broker CA; None: the system trust store
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    """Everything a device learnt at enrollment, as persisted in its state directory."""
+
+    device_id: str
+    hardware: str
+    server: str
+    mqtt: MqttCredential
+    signing_keys: tuple[SigningKey, ...] = ()
+    topics_prefix: str = ""
+    capabilities: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, state_dir: str | Path) -> DeviceIdentity:
+        """Read the identity of the device whose state lives in ``state_dir``."""
+        data = json.loads((Path(state_dir) / IDENTITY_FILE).read_text())
+        return cls(
+            device_id=data["device_id"],
+            hardware=data["hardware"],
+            server=data["server"],
+            mqtt=MqttCredential(**data["mqtt"]),
+            signing_keys=tuple(SigningKey(**k) for k in data.get("signing_keys", ())),
+            topics_prefix=data.get("topics_prefix", ""),
+            capabilities=data.get("capabilities", {}),
+        )
+
+    @staticmethod
+    def exists(state_dir: str | Path) -> bool:
+        """Say whether ``state_dir`` holds an enrolled identity."""
+        return (Path(state_dir) / IDENTITY_FILE).is_file()
+
+    def save(self, state_dir: str | Path) -> None:
+        """Write the identity atomically, readable by the owner only (it holds a credential)."""
+        _write_private(Path(state_dir) / IDENTITY_FILE, json.dumps(asdict(self), indent=2))
+
+
+def load_or_create_key(state_dir: str | Path) -> ed25519.Ed25519PrivateKey:
+    """Return the device's private key, generating and storing it (0600) on first use."""
+    path = _state_dir(state_dir) / KEY_FILE
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise ValueError(f"{path}: not an Ed25519 private key")
+        return key
+    key = ed25519.Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _write_private(path, pem.decode())
+    log.info("generated a new device key in %s", path)
+    return key
+
+
+def public_key_pem(key: ed25519.Ed25519PrivateKey) -> str:
+    """Return the public half of ``key`` as SubjectPublicKeyInfo PEM, as enrollment expects."""
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def enroll(
+    server: str,
+    token: str,
+    *,
+    state_dir: str | Path,
+    hardware: str,
+    capabilities: Capabilities,
+    uid: str | None = None,
+    name: str = "",
+    timeout: float = 15.0,
+    attempts: int = 5,
+    ssl_context: ssl.SSLContext | None = None,
+) -> DeviceIdentity:
+    """Enroll the device of ``state_dir`` with ``server`` and persist what it answers.
+
+    Makes the key pair first if the directory has none. Retries (with jittered back-off) when
+    the server is unreachable, throttles (429, honouring Retry-After) or is briefly unavailable;
+    raises :class:`EnrollmentError` on a refusal, carrying the server's reason code.
+    """
+    state = _state_dir(state_dir)
+    key = load_or_create_key(state)
+    body: dict[str, Any] = {
+        "token": token,
+        "public_key": public_key_pem(key),
+        "hardware": hardware,
+        "capabilities": capabilities_json(capabilities),
+    }
+    if uid:
+        body["uid"] = uid
+    if name:
+        body["name"] = name
+    url = server.rstrip("/") + ENROLL_PATH
+    answer = _post_json(url, body, timeout=timeout, attempts=attempts, ssl_context=ssl_context)
+    try:
+        mqtt = answer["mqtt"]
+        ca_pem = mqtt.get("ca_cert") or ""
+        ca_file: str | None = None
+        if ca_pem:
+            _write_private(state / CA_FILE, ca_pem)
+            ca_file = str((state / CA_FILE).resolve())
+        identity = DeviceIdentity(
+            device_id=answer["device_id"],
+            hardware=hardware,
+            server=server,
+            mqtt=MqttCredential(mqtt["url"], mqtt["username"], mqtt["credential"], ca_file),
+            signing_keys=tuple(
+                SigningKey(k["kid"], k["public_key"]) for k in answer.get("signing_keys", [])
+            ),
+            topics_prefix=answer.get("topics_prefix", ""),
+            capabilities=body["capabilities"],
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise EnrollmentError("bad_answer", f"unexpected enrollment answer: {exc!r}") from None
+    identity.save(state)
+    log.info(
+        "enrolled as %s (%s) at %s", identity.device_id,
+        "new device" if answer.get("created") else "same key, enrolled again", server,
+    )
+    return identity
+
+
+def ensure_enrolled(
+    server: str, token: str, *, state_dir: str | Path, hardware: str,
+    capabilities: Capabilities, uid: str | None = None, **kwargs: Any,
+) -> DeviceIdentity:
+    """Return the identity stored in ``state_dir``, enrolling first if there is none."""
+    if DeviceIdentity.exists(state_dir):
+        return DeviceIdentity.load(state_dir)
+    return enroll(
+        server, token, state_dir=state_dir, hardware=hardware, capabilities=capabilities,
+        uid=uid, **kwargs,
+    )
+
+
+def capabilities_json(caps: Capabilities) -> dict[str, Any]:
+    """Return capabilities with the enrollment JSON's field names (the status map's too)."""
+    return {
+        "firmware_version": caps.firmware_version,
+        "tflm_version": caps.tflm_version,
+        "ops": list(caps.ops),
+        "arena_bytes": caps.arena_bytes,
+        "slot_bytes": caps.slot_bytes,
+        "pointer_bits": caps.pointer_bits,
+    }
+
+
+def _post_json(
+    url: str, body: dict[str, Any], *, timeout: float, attempts: int,
+    ssl_context: ssl.SSLContext | None,
+) -> dict[str, Any]:
+    data = json.dumps(body).encode()
+    delay = 1.0
+    for attempt in range(1, attempts + 1):
+        request = urllib.request.Request(
+            url, data=data, method="POST",
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
+        wait = delay * random.uniform(0.5, 1.0)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout, context=ssl_context) as response:
+                return dict(json.loads(response.read()))
+        except urllib.error.HTTPError as exc:
+            answer = _error_body(exc)
+            reason = str(answer.get("reason") or f"http_{exc.code}")
+            detail = str(answer.get("detail") or exc.reason)
+            if exc.code not in _RETRY_STATUSES or attempt == attempts:
+                raise EnrollmentError(reason, detail, exc.code) from None
+            retry_after = exc.headers.get("Retry-After", "")
+            if retry_after.isdigit():
+                wait = max(wait, float(retry_after))
+            log.warning("enrollment: %s (HTTP %d); retrying in %.1f s", reason, exc.code, wait)
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            if attempt == attempts:
+                raise EnrollmentError("unreachable", f"{url}: {exc}") from None
+            log.warning("enrollment: %s unreachable (%s); retrying in %.1f s", url, exc, wait)
+        time.sleep(wait)
+        delay = min(delay * 2, 60.0)
+    raise AssertionError("unreachable")  # the loop always returns or raises
+
+
+def _error_body(exc: urllib.error.HTTPError) -> dict[str, Any]:
+    try:
+        value = json.loads(exc.read() or b"{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _state_dir(state_dir: str | Path) -> Path:
+    path = Path(state_dir)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, created 0600 (never briefly world-readable)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,448 @@
+"""One MQTT 5 connection driven by a :class:`~device_sdk.reactor.Reactor`, reconnecting forever.
+
+A :class:`Link` owns the paho client of one identity. It connects over TLS with
+``clean_start=False`` and a session expiry, so the broker keeps the device's subscriptions
+and queued QoS 1 messages (OTA offers) while it is away; it registers a last will; and after
+any drop it reconnects after a :class:`~device_sdk.backoff.Backoff` delay.
+
+Each attempt uses a fresh paho client. paho keeps unacknowledged publishes in memory and would
+resend them itself on reconnect; the device's outbox already does that, durably, so a fresh
+client leaves exactly one owner of retransmission (and one code path, the same after a
+process restart as after a network drop).
+
+Threading: the connect (TCP and TLS handshake, blocking) runs in the reactor's connector pool;
+everything else, including every paho call and every :class:`LinkListener` method, runs on the
+reactor thread. :meth:`Link.start`, :meth:`Link.stop` and :meth:`Link.abort` are safe from any
+thread; :meth:`Link.publish` must be called on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from device_sdk.backoff import Backoff
+from device_sdk.reactor import Reactor, Timer
+
+__all__ = ["BrokerEndpoint", "Link", "LinkConfig", "LinkListener", "LinkState", "Will"]
+
+log = logging.getLogger(__name__)
+_paho_log = logging.getLogger("device_sdk.paho")
+_MISC_INTERVAL_S = 1.0  # how often keepalive and timeouts are checked
+_STOP_GRACE_S = 2.0  # how long a graceful DISCONNECT may take before the socket is closed
+# MQTT 5 DISCONNECT reason 4: "Disconnect with Will Message" - a clean stop still announces
+# "offline" through the will, so an operator sees the same status for both ways to go away.
+_DISCONNECT_WITH_WILL = 4
+
+
+@dataclass(frozen=True)
+class BrokerEndpoint:
+    """Where the broker listens: ``mqtt://host:port`` (plain) or ``mqtts://host:port`` (TLS)."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerEndpoint:
+        """Parse a broker URL; the port defaults to 1883, or 8883 for ``mqtts``."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+            raise ValueError(f"not a broker URL (mqtt://host:port or mqtts://host:port): {url!r}")
+        tls = parts.scheme in ("mqtts", "ssl")
+        return cls(parts.hostname, parts.port or (8883 if tls else 1883), tls)
+
+
+@dataclass(frozen=True)
+class Will:
+    """The message the broker publishes for the device when it goes away."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """Everything one connection needs; immutable, shared freely between threads."""
+
+    endpoint: BrokerEndpoint
+    client_id: str  # the broker binds it to the username: it must be the device id
+    username: str | None = None
+    password: str | None = None
+    ssl_context: ssl.SSLContext | None = None  # required when the endpoint uses TLS
+    will: Will | None = None
+    subscriptions: tuple[str, ...] = ()  # QoS 1 filters, (re)made when the session is new
+    keepalive: int = 60
+    session_expiry_s: int = 7 * 86_400  # the broker keeps queued offers this long
+    connect_timeout: float = 10.0  # TCP + TLS handshake, and then again for the CONNACK
+    max_inflight: int = 20
+
+
+class LinkState(enum.Enum):
+    """Where the link is in its life."""
+
+    IDLE = "idle"  # not started
+    CONNECTING = "connecting"  # handshake or CONNACK pending
+    CONNECTED = "connected"
+    WAITING = "waiting"  # back-off delay before the next attempt
+    STOPPED = "stopped"
+
+
+class LinkListener(Protocol):
+    """What a link tells its owner; every method runs on the reactor thread and must not block."""
+
+    def link_up(self, session_present: bool) -> None:
+        """The broker accepted the connection."""
+
+    def link_down(self, reason: str) -> None:
+        """The connection ended (or an attempt failed); the link retries unless stopped."""
+
+    def link_message(self, topic: str, payload: bytes) -> None:
+        """A message arrived on a subscribed topic."""
+
+    def link_published(self, mid: int, reason_code: int) -> None:
+        """The broker acknowledged publish ``mid`` (PUBACK ``reason_code``; >= 0x80 refused)."""
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Return a client TLS context that trusts ``ca_file`` (or the system store) and checks names."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+class Link:
+    """Keep one MQTT 5 connection up on a reactor, reconnecting with back-off until stopped."""
+
+    def __init__(
+        self,
+        config: LinkConfig,
+        reactor: Reactor,
+        listener: LinkListener,
+        *,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if config.endpoint.tls and config.ssl_context is None:
+            raise ValueError("a TLS endpoint needs an ssl_context")
+        self.config = config
+        self.reactor = reactor
+        self.listener = listener
+        self.backoff = backoff or Backoff()
+        self.state = LinkState.IDLE
+        self.connects = 0  # successful CONNACKs, for statistics
+        self.last_error = ""
+        self.stopped = threading.Event()
+        self._client: mqtt.Client | None = None
+        self._sock: Any = None  # the socket the reactor watches, None when detached
+        self._connected_at = 0.0
+        self._attempt_timer: Timer | None = None
+        self._misc_timer: Timer | None = None
+        self._stopping = False
+
+    # -- public API ------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Say whether the broker has accepted the current connection."""
+        return self.state is LinkState.CONNECTED
+
+    def start(self) -> None:
+        """Begin connecting (from any thread)."""
+        self.reactor.call_soon(self._start)
+
+    def stop(self) -> None:
+        """Disconnect (the broker publishes the will) and stop retrying; see :attr:`stopped`."""
+        self.reactor.call_soon(self._stop)
+
+    def abort(self) -> None:
+        """Drop the TCP connection without DISCONNECT, as a power cut would; the link retries."""
+        self.reactor.call_soon(self._abort, "aborted by the application")
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int | None:
+        """Publish on the reactor thread; return the message id, or None when not connected."""
+        client = self._client
+        if client is None or self.state is not LinkState.CONNECTED:
+            return None
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        self._sync_write_interest()
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            log.warning("%s: publish to %s failed: %s", self.config.client_id, topic, info.rc)
+            return None
+        return info.mid
+
+    # -- connecting -----------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self.state is not LinkState.IDLE:
+            return
+        self._stopping = False
+        self._misc_timer = self.reactor.call_later(_MISC_INTERVAL_S, self._misc)
+        self._attempt()
+
+    def _new_client(self) -> mqtt.Client:
+        cfg = self.config
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=cfg.client_id,
+            protocol=mqtt.MQTTv5,
+            reconnect_on_failure=False,
+        )
+        client.suppress_exceptions = True  # our callbacks catch everything; this is a backstop
+        client.enable_logger(_paho_log)
+        client.max_inflight_messages_set(cfg.max_inflight)
+        client.connect_timeout = cfg.connect_timeout
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, cfg.password)
+        if cfg.endpoint.tls:
+            assert cfg.ssl_context is not None
+            client.tls_set_context(cfg.ssl_context)
+        if cfg.will is not None:
+            w = cfg.will
+            client.will_set(w.topic, w.payload, qos=w.qos, retain=w.retain)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_socket_close = self._on_socket_close
+        return client
+
+    def _attempt(self) -> None:
+        self._attempt_timer = None
+        if self._stopping:
+            return
+        self.state = LinkState.CONNECTING
+        client = self._new_client()
+        self._client = client
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.config.session_expiry_s
+        endpoint = self.config.endpoint
+
+        def connect() -> mqtt.Client:
+            client.connect(
+                endpoint.host, endpoint.port, self.config.keepalive,
+                clean_start=False, properties=props,
+            )
+            return client
+
+        self.reactor.run_blocking(connect, self._connect_done)
+
+    def _connect_done(self, client: mqtt.Client | None, error: BaseException | None) -> None:
+        if error is not None or client is None:
+            self._attempt_failed(f"connect failed: {error}")
+            return
+        sock = client.socket()
+        if self._stopping or client is not self._client or sock is None:
+            self._close_socket(sock)
+            if self._stopping:
+                self._finish_stop()
+            return
+        self._sock = sock
+        self.reactor.watch(sock, self._readable, self._writable, writable=client.want_write())
+        # The CONNACK must come within the connect timeout too, or the attempt is abandoned.
+        self._attempt_timer = self.reactor.call_later(
+            self.config.connect_timeout, self._connack_timeout, client
+        )
+
+    def _connack_timeout(self, client: mqtt.Client) -> None:
+        if client is self._client and self.state is LinkState.CONNECTING:
+            self._abort("no CONNACK within the connect timeout")
+
+    def _attempt_failed(self, reason: str) -> None:
+        self._detach()
+        self.last_error = reason
+        self._safe_listener("link_down", reason)
+        if self._stopping:
+            self._finish_stop()
+            return
+        delay = self.backoff.next_delay()
+        self.state = LinkState.WAITING
+        log.info("%s: %s; retrying in %.1f s", self.config.client_id, reason, delay)
+        self._attempt_timer = self.reactor.call_later(delay, self._attempt)
+
+    # -- I/O (reactor thread) -------------------------------------------------------------
+
+    def _readable(self) -> None:
+        client = self._client
+        if client is None or self._sock is None:
+            return
+        client.loop_read()
+        # TLS decrypts whole records: bytes of a second packet may wait inside the SSL object,
+        # where the selector cannot see them.
+        while self._sock is not None and getattr(self._sock, "pending", lambda: 0)() > 0:
+            client.loop_read()
+        self._sync_write_interest()
+
+    def _writable(self) -> None:
+        client = self._client
+        if client is not None and self._sock is not None:
+            client.loop_write()
+            self._sync_write_interest()
+
+    def _misc(self) -> None:
+        if self.state is LinkState.STOPPED:
+            return
+        self._misc_timer = self.reactor.call_later(_MISC_INTERVAL_S, self._misc)
+        client = self._client
+        if client is not None and self._sock is not None:
+            client.loop_misc()  # keepalive PINGREQ, and a drop when PINGRESP is overdue
+            self._sync_write_interest()
+
+    def _sync_write_interest(self) -> None:
+        client, sock = self._client, self._sock
+        if client is not None and sock is not None:
+            self.reactor.set_writable(sock, client.want_write())
+
+    # -- paho callbacks: never raise (an exception would kill the connection's processing) --
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
+    ) -> None:
+        try:
+            if client is not self._client:
+                return
+            if rc.is_failure:
+                # The broker closes the socket next; _on_disconnect schedules the retry.
+                self.last_error = f"broker refused the connection: {rc}"
+                level = logging.ERROR if rc.value in (0x86, 0x87) else logging.WARNING
+                log.log(level, "%s: %s", self.config.client_id, self.last_error)
+                return
+            if self._attempt_timer is not None:
+                self._attempt_timer.cancel()
+                self._attempt_timer = None
+            self.state = LinkState.CONNECTED
+            self.connects += 1
+            self._connected_at = time.monotonic()
+            session_present = bool(flags.session_present)
+            if self.config.subscriptions and not session_present:
+                client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.config.subscriptions])
+            log.debug("%s: connected (session present: %s)", self.config.client_id, session_present)
+            self.listener.link_up(session_present)
+        except Exception:  # noqa: BLE001 - never let an exception into paho's loop
+            log.exception("%s: error handling CONNACK", self.config.client_id)
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: ReasonCode, props: Any
+    ) -> None:
+        try:
+            if client is not self._client:
+                return
+            was_up = self.state is LinkState.CONNECTED
+            if was_up:
+                self.backoff.connection_ended(time.monotonic() - self._connected_at)
+            if self._attempt_timer is not None:
+                self._attempt_timer.cancel()
+                self._attempt_timer = None
+            reason = self.last_error if not was_up and self.last_error else f"disconnected: {rc}"
+            if was_up and not self._stopping:
+                log.warning("%s: connection lost (%s)", self.config.client_id, rc)
+            self.last_error = ""
+            self._attempt_failed(reason)
+        except Exception:  # noqa: BLE001
+            log.exception("%s: error handling a disconnect", self.config.client_id)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            if client is self._client:
+                self.listener.link_message(message.topic, bytes(message.payload))
+        except Exception:  # noqa: BLE001
+            log.exception("%s: error handling a message on %s", self.config.client_id, message.topic)
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode, props: Any
+    ) -> None:
+        try:
+            if client is self._client:
+                self.listener.link_published(mid, rc.value)
+        except Exception:  # noqa: BLE001
+            log.exception("%s: error handling PUBACK %d", self.config.client_id, mid)
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        try:
+            if sock is self._sock:
+                # Unwatch before paho closes it: a new connection may get the same descriptor.
+                self.reactor.unwatch(sock)
+                self._sock = None
+        except Exception:  # noqa: BLE001
+            log.exception("%s: error closing the socket", self.config.client_id)
+
+    # -- stopping and aborting ------------------------------------------------------------
+
+    def _stop(self) -> None:
+        if self.state in (LinkState.STOPPED, LinkState.IDLE):
+            self.state = LinkState.STOPPED
+            self.stopped.set()
+            return
+        self._stopping = True
+        if self._attempt_timer is not None and self.state is LinkState.WAITING:
+            self._attempt_timer.cancel()
+            self._finish_stop()
+            return
+        client = self._client
+        if client is not None and self.state is LinkState.CONNECTED:
+            code = _DISCONNECT_WITH_WILL if self.config.will else 0
+            client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=code))
+            self._sync_write_interest()
+        # Whatever happens to the DISCONNECT (or a connect still in the pool), stop in time.
+        self.reactor.call_later(_STOP_GRACE_S, self._force_stop)
+
+    def _force_stop(self) -> None:
+        if self.state is not LinkState.STOPPED:
+            self._detach()
+            self._finish_stop()
+
+    def _finish_stop(self) -> None:
+        if self.state is LinkState.STOPPED:
+            return
+        self._detach()
+        self.state = LinkState.STOPPED
+        if self._misc_timer is not None:
+            self._misc_timer.cancel()
+        self.stopped.set()
+        log.debug("%s: stopped", self.config.client_id)
+
+    def _abort(self, reason: str) -> None:
+        if self._sock is None:
+            return
+        self.last_error = reason
+        try:
+            # shutdown, not close: paho still owns the socket and notices EOF on its next read,
+            # which runs its normal disconnect path. No DISCONNECT is sent: the will fires.
+            socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _detach(self) -> None:
+        sock, self._sock = self._sock, None
+        self._close_socket(sock)
+        self._client = None
+
+    def _close_socket(self, sock: Any) -> None:
+        if sock is None:
+            return
+        self.reactor.unwatch(sock)
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+    def _safe_listener(self, method: str, *args: Any) -> None:
+        try:
+            getattr(self.listener, method)(*args)
+        except Exception:  # noqa: BLE001
+            log.exception("%s: error in listener.%s", self.config.client_id, method)

@@ -1,0 +1,1 @@
+"""Console pages, one module per page; each view reads, or calls one action to write."""

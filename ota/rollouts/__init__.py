@@ -1,0 +1,1 @@
+"""Staged rollouts: waves, gates on failures and ML health, pause/resume/abort/rollback."""

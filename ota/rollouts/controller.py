@@ -1,0 +1,234 @@
+"""The rollout controller: one ``tick`` advances every running rollout a step.
+
+Runs inside ``fleet_worker`` on a timer. Several workers may tick at once: a rollout is
+stepped only by the worker holding its lease (a conditional UPDATE), and every step is
+idempotent — re-running it after a crash changes nothing already done.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from device_sdk.protocol.ota_messages import DeploymentState
+from device_sdk.protocol.reasons import Reason
+from device_sdk.protocol.topics import Channel, device_topic
+from fleet.audit.actions import record_audit
+from ota.rollouts.actions import do_pause_rollout
+from ota.rollouts.health import BEFORE_WINDOW, cohort, tripped_gates
+from ota.rollouts.models import ACTIVE_STATES, Deployment, Rollout, RolloutState
+
+log = logging.getLogger(__name__)
+LEASE = timedelta(seconds=15)
+
+
+class Publisher(Protocol):
+    """Something that can publish to the broker (the worker's MQTT client)."""
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Publish ``payload`` on ``topic``."""
+
+
+def claim(rollout_id: int, owner: str, now: datetime) -> bool:
+    """Take or renew the lease on a rollout; False when another worker holds it."""
+    return bool(Rollout.objects.filter(
+        Q(lease_owner=owner) | Q(lease_until__isnull=True) | Q(lease_until__lt=now),
+        pk=rollout_id,
+    ).update(lease_owner=owner, lease_until=now + LEASE))
+
+
+def tick(owner: str, publisher: Publisher) -> list[int]:
+    """Step every running rollout this worker can lease; return the ids stepped."""
+    stepped = []
+    now = timezone.now()
+    for rollout_id in Rollout.objects.filter(state=RolloutState.RUNNING).values_list("id",
+                                                                                      flat=True):
+        if claim(rollout_id, owner, now):
+            step(rollout_id, publisher, now)
+            stepped.append(rollout_id)
+    return stepped
+
+
+def step(rollout_id: int, publisher: Publisher, now: datetime | None = None) -> None:
+    """Expire stuck devices, judge the current wave, then send the offers that are due."""
+    now = now or timezone.now()
+    _expire(rollout_id, now)
+    rollout = Rollout.objects.get(pk=rollout_id)
+    if rollout.state != RolloutState.RUNNING:
+        return
+    if not _judge_wave(rollout, now):
+        return
+    _offer(rollout, publisher, now)
+
+
+def _expire(rollout_id: int, now: datetime) -> None:
+    """Give devices stuck in a step another offer, or fail them after the last attempt."""
+    rollout = Rollout.objects.only("step_timeout_s", "max_attempts").get(pk=rollout_id)
+    stuck = Deployment.objects.filter(
+        rollout_id=rollout_id, state__in=ACTIVE_STATES,
+        state_changed_at__lt=now - timedelta(seconds=rollout.step_timeout_s),
+    )
+    stuck.filter(attempts__lt=rollout.max_attempts).update(
+        state=DeploymentState.PENDING, offer_after=None, state_changed_at=now)
+    stuck.filter(attempts__gte=rollout.max_attempts).update(
+        state=DeploymentState.FAILED, reason=int(Reason.TIMEOUT), state_changed_at=now)
+
+
+def wave_counts(rollout: Rollout, wave: int | None = None) -> Counter[int]:
+    """Count the deployments of waves 0..``wave`` (default: the current one) by state."""
+    wave = rollout.current_wave if wave is None else wave
+    rows = (Deployment.objects.filter(rollout=rollout, wave__lte=wave)
+            .values("state").annotate(n=Count("id")))
+    return Counter({row["state"]: row["n"] for row in rows})
+
+
+def _judge_wave(rollout: Rollout, now: datetime) -> bool:
+    """Pause on failures or a tripped health gate; advance on success. True: keep offering."""
+    counts = wave_counts(rollout)
+    members = sum(counts.values())
+    if members == 0:
+        return _advance(rollout, now)
+    failed = counts[DeploymentState.FAILED]
+    if failed / members > rollout.failure_threshold:
+        reasons = Counter(Deployment.objects.filter(
+            rollout=rollout, wave__lte=rollout.current_wave, state=DeploymentState.FAILED,
+        ).values_list("reason", flat=True)).most_common(3)
+        top = ", ".join(f"{Reason(r).name if r in Reason._value2member_map_ else r} x{n}"
+                        for r, n in reasons)
+        do_pause_rollout(rollout, actor=None, reason=(
+            f"wave {rollout.current_wave + 1}: {failed} of {members} devices failed "
+            f"({failed / members:.0%} > {rollout.failure_threshold:.0%}); {top}"))
+        log.warning("rollout %s paused: %d/%d failed", rollout.pk, failed, members)
+        return False
+    if counts[DeploymentState.CONFIRMED] / members < rollout.success_threshold:
+        return True
+    if rollout.wave_succeeded_at is None:
+        Rollout.objects.filter(pk=rollout.pk).update(wave_succeeded_at=now)
+        rollout.wave_succeeded_at = now
+    verdict = _health(rollout, now)
+    if verdict is not None:
+        do_pause_rollout(rollout, actor=None, reason=f"health gate: {verdict}")
+        log.warning("rollout %s paused by a health gate: %s", rollout.pk, verdict)
+        return False
+    if _gates_configured(rollout) and not _health_judged(rollout, now):
+        return True  # not enough telemetry yet to judge; hold the wave
+    if now - rollout.wave_succeeded_at >= timedelta(seconds=rollout.soak_s):
+        return _advance(rollout, now)
+    return True
+
+
+def _gates_configured(rollout: Rollout) -> bool:
+    return any(v is not None for v in (rollout.max_score_drop, rollout.max_label_shift,
+                                       rollout.max_latency_rise, rollout.max_rate_drop))
+
+
+def _cohorts(rollout: Rollout, now: datetime):  # noqa: ANN202  (pair of Cohort)
+    confirmed = Deployment.objects.filter(rollout=rollout, state=DeploymentState.CONFIRMED)
+    device_ids = list(confirmed.values_list("device_id", flat=True))
+    from ota.models import Package
+
+    old_versions = list(Package.objects.filter(
+        pk__in=confirmed.exclude(previous_package_id=None).values("previous_package_id"),
+    ).values_list("model_version_id", flat=True).distinct())
+    start = rollout.wave_started_at or rollout.started_at or now
+    old = cohort(device_ids, old_versions, start - BEFORE_WINDOW, start)
+    new = cohort(device_ids, [rollout.model_version_id], start, now + timedelta(minutes=1))
+    return old, new
+
+
+def _health_judged(rollout: Rollout, now: datetime) -> bool:
+    old, new = _cohorts(rollout, now)
+    return min(old.events, new.events) >= rollout.health_min_events
+
+
+def _health(rollout: Rollout, now: datetime) -> str | None:
+    """Return why the new version looks unhealthy on the canary devices, or None."""
+    if not _gates_configured(rollout):
+        return None
+    old, new = _cohorts(rollout, now)
+    if min(old.events, new.events) < rollout.health_min_events:
+        return None
+    tripped = tripped_gates(rollout, old, new)
+    return "; ".join(tripped) if tripped else None
+
+
+@transaction.atomic
+def _advance(rollout: Rollout, now: datetime) -> bool:
+    """Move to the next wave, or complete after the last. True: keep offering."""
+    locked = Rollout.objects.select_for_update().get(pk=rollout.pk)
+    if locked.state != RolloutState.RUNNING or locked.current_wave != rollout.current_wave:
+        return False
+    if locked.current_wave + 1 >= len(locked.waves):
+        locked.state = RolloutState.COMPLETED
+        locked.finished_at = now
+        locked.save(update_fields=["state", "finished_at"])
+        record_audit(actor=None, actor_label="controller", action="rollout.complete", obj=locked,
+                     after={"counts": {DeploymentState(k).name.lower(): v
+                                       for k, v in wave_counts(locked).items()}})
+        log.info("rollout %s completed", locked.pk)
+        return False
+    locked.current_wave += 1
+    locked.wave_started_at = now
+    locked.wave_succeeded_at = None
+    locked.save(update_fields=["current_wave", "wave_started_at", "wave_succeeded_at"])
+    record_audit(actor=None, actor_label="controller", action="rollout.advance", obj=locked,
+                 after={"wave": locked.current_wave + 1,
+                        "percent": locked.waves[locked.current_wave]})
+    log.info("rollout %s advanced to wave %d (%s%%)", locked.pk, locked.current_wave + 1,
+             locked.waves[locked.current_wave])
+    rollout.current_wave = locked.current_wave
+    return True
+
+
+def _in_window(rollout: Rollout, now: datetime) -> bool:
+    start, end = rollout.window_start_hour, rollout.window_end_hour
+    if start is None or end is None:
+        return True
+    hour = now.hour
+    return start <= hour < end if start < end else hour >= start or hour < end
+
+
+def offer_allowance(rollout: Rollout, now: datetime) -> int:
+    """How many offers may go out now: the rate limit (maybe ramping) and the download cap."""
+    minutes = max((now - (rollout.wave_started_at or now)).total_seconds() / 60, 0.0)
+    rate = rollout.offers_per_minute * (rollout.rate_growth ** minutes)
+    recent = Deployment.objects.filter(rollout=rollout,
+                                       offered_at__gte=now - timedelta(minutes=1)).count()
+    active = Deployment.objects.filter(rollout=rollout, state__in=ACTIVE_STATES).count()
+    return max(0, min(int(rate) - recent, rollout.max_concurrent - active))
+
+
+def _offer(rollout: Rollout, publisher: Publisher, now: datetime) -> None:
+    if not _in_window(rollout, now):
+        return
+    allowance = offer_allowance(rollout, now)
+    if allowance <= 0:
+        return
+    pending = Deployment.objects.filter(rollout=rollout, wave__lte=rollout.current_wave,
+                                        state=DeploymentState.PENDING)
+    if rollout.jitter_s > 0:
+        unscheduled = list(pending.filter(offer_after=None).values_list("id", flat=True)[:5000])
+        for dep_id in unscheduled:  # spread offers: no thundering herd on the broker
+            Deployment.objects.filter(id=dep_id).update(
+                offer_after=now + timedelta(seconds=random.uniform(0, rollout.jitter_s)))
+    due = list(pending.filter(Q(offer_after=None) | Q(offer_after__lte=now))
+               .select_related("device", "package").order_by("id")[:allowance])
+    if not due:
+        return
+    with transaction.atomic():
+        for dep in due:
+            Deployment.objects.filter(id=dep.id, state=DeploymentState.PENDING).update(
+                state=DeploymentState.OFFERED, offered_at=now, state_changed_at=now,
+                attempts=dep.attempts + 1)
+        offers = [(device_topic(d.device.uid, Channel.OTA_OFFER), bytes(d.package.manifest))
+                  for d in due]
+        # Publish only what is committed: a rolled-back step sends nothing.
+        transaction.on_commit(lambda: [publisher.publish(t, m, 1) for t, m in offers])
+    log.info("rollout %s: offered %d devices", rollout.pk, len(due))

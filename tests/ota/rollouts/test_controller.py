@@ -1,0 +1,269 @@
+"""The rollout state machine: waves, offers, gates, pause/resume/abort/rollback.
+
+The controller publishes through the worker's MQTT client; here a recording publisher
+stands in so each step's output can be asserted. The real broker path is covered by the
+end-to-end rollout tests.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from device_sdk.protocol.ota_messages import ChunkRequest, DeploymentState, decode_chunk, encode_chunk_request
+from device_sdk.protocol.reasons import Reason
+from fleet.broker.worker import Received
+from fleet.devices.models import Device, HardwareProfile
+from fleet.telemetry.models import Rollup
+from ota.models import ModelVersion, Package
+from ota.rollouts import actions
+from ota.rollouts.controller import step, tick
+from ota.rollouts.delivery import OtaDelivery, apply_report
+from ota.rollouts.models import Deployment, Rollout, RolloutState
+from ota.rollouts.targeting import wave_of
+
+pytestmark = pytest.mark.django_db
+
+
+class RecordingPublisher:
+    """Keeps what the controller would send to the broker."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        self.sent.append((topic, payload))
+
+    def topics(self, suffix: str) -> list[str]:
+        return [t for t, _ in self.sent if t.endswith(suffix)]
+
+
+@pytest.fixture
+def versions(operator_client: APIClient, hardware_profile: Any, dense_tflite: bytes
+             ) -> tuple[ModelVersion, ModelVersion]:
+    """Two validated versions of one model (1.0.0, then 1.1.0 with one weight changed)."""
+    operator_client.post("/api/v1/models/", {"name": "kws"}, format="json")
+    changed = bytearray(dense_tflite)
+    changed[-200] ^= 1
+    out = []
+    for version, data in (("1.0.0", dense_tflite), ("1.1.0", bytes(changed))):
+        body = {"model": "kws", "version": version, "file": SimpleUploadedFile("m.tflite", data)}
+        response = operator_client.post("/api/v1/model-versions/", body, format="multipart")
+        assert response.status_code == 201
+        out.append(ModelVersion.objects.get(pk=response.json()["id"]))
+    return out[0], out[1]
+
+
+@pytest.fixture
+def fleet_on_v1(versions: tuple[ModelVersion, ModelVersion]) -> list[Device]:
+    """40 esp32-s3 devices running a package of version 1.0.0."""
+    from ota.packaging.actions import do_build_package
+
+    profile = HardwareProfile.objects.get(name="esp32-s3")
+    v1_package = do_build_package(versions[0], profile, actor=None)
+    return [Device.objects.create(
+        uid=f"esp-{i:03d}", hardware_profile=profile, public_key_pem="-", key_algorithm="ed25519",
+        public_key_fingerprint=f"{i:064x}", running_package_id=v1_package.pk,
+    ) for i in range(40)]
+
+
+@pytest.fixture(autouse=True)
+def _run_on_commit(django_capture_on_commit_callbacks: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the controller's after-commit publishes, as a real (committing) worker would."""
+    import ota.rollouts.controller as controller
+
+    real_step = controller.step
+
+    def committing_step(*args: Any, **kwargs: Any) -> None:
+        with django_capture_on_commit_callbacks(execute=True):
+            real_step(*args, **kwargs)
+
+    monkeypatch.setattr(controller, "step", committing_step)
+    monkeypatch.setitem(globals(), "step", committing_step)
+
+
+def new_rollout(versions: Any, devices: list[Device], **kwargs: Any) -> Rollout:
+    rollout = actions.do_create_rollout(actor=None, name="r", model_version=versions[1],
+                                        devices=devices, **{"waves": [10, 50, 100], **kwargs})
+    return actions.do_start_rollout(rollout, actor=None)
+
+
+def report_all(rollout: Rollout, state: DeploymentState, *, share: float = 1.0,
+               detail: int = 0) -> int:
+    offered = list(Deployment.objects.filter(rollout=rollout, state=DeploymentState.OFFERED))
+    chosen = offered[: round(len(offered) * share)]
+    for dep in chosen:
+        assert apply_report(dep.device_id, dep.package_id, state, detail)
+    return len(chosen)
+
+
+def test_wave_membership_is_deterministic_and_proportional() -> None:
+    waves = [1, 10, 50, 100]
+    a = [wave_of(7, f"d{i}", waves) for i in range(5000)]
+    assert a == [wave_of(7, f"d{i}", waves) for i in range(5000)]
+    share = Counter(a)
+    assert 20 <= share[0] <= 80  # ~1 %
+    assert 2200 <= share[0] + share[1] + share[2] <= 2800  # ~50 %
+    assert a != [wave_of(8, f"d{i}", waves) for i in range(5000)]  # another rollout, other mix
+
+
+def test_rollout_runs_wave_by_wave_to_completion(versions: Any, fleet_on_v1: list[Device]) -> None:
+    rollout = new_rollout(versions, fleet_on_v1)
+    publisher = RecordingPublisher()
+    step(rollout.pk, publisher)
+    first_wave = Deployment.objects.filter(rollout=rollout, wave=0).count()
+    assert len(publisher.topics("/ota/offer")) == first_wave
+    assert Deployment.objects.filter(rollout=rollout, state=DeploymentState.OFFERED).count() == first_wave
+    package = Package.objects.get(rollouts=rollout)
+    assert all(p == bytes(package.manifest) for t, p in publisher.sent)
+    for _ in range(10):
+        report_all(rollout, DeploymentState.CONFIRMED)
+        step(rollout.pk, publisher)
+        rollout.refresh_from_db()
+        if rollout.state == RolloutState.COMPLETED:
+            break
+    assert rollout.state == RolloutState.COMPLETED
+    assert Deployment.objects.filter(rollout=rollout, state=DeploymentState.CONFIRMED).count() == 40
+    assert set(Device.objects.values_list("running_package_id", flat=True)) == {package.pk}
+    assert len(publisher.topics("/ota/offer")) == 40  # each device offered exactly once
+
+
+def test_failing_canary_pauses_with_reason_and_resume_continues(
+    versions: Any, fleet_on_v1: list[Device]
+) -> None:
+    rollout = new_rollout(versions, fleet_on_v1, waves=[50, 100], failure_threshold=0.2)
+    publisher = RecordingPublisher()
+    step(rollout.pk, publisher)
+    offered = Deployment.objects.filter(rollout=rollout, state=DeploymentState.OFFERED).count()
+    failed = report_all(rollout, DeploymentState.FAILED, share=0.3, detail=Reason.TRIAL_FAILED)
+    report_all(rollout, DeploymentState.CONFIRMED)
+    step(rollout.pk, publisher)
+    rollout.refresh_from_db()
+    assert rollout.state == RolloutState.PAUSED
+    assert f"{failed} of {offered}" in rollout.paused_reason
+    assert "TRIAL_FAILED" in rollout.paused_reason
+    sent_while_paused = len(publisher.sent)
+    tick("w", publisher)
+    assert len(publisher.sent) == sent_while_paused  # paused: no offers
+    actions.do_resume_rollout(rollout, actor=None)
+    step(rollout.pk, publisher)
+    assert len(publisher.topics("/ota/offer")) == offered + failed  # the failed get a new offer
+
+
+def test_abort_stops_offers(versions: Any, fleet_on_v1: list[Device]) -> None:
+    rollout = new_rollout(versions, fleet_on_v1, waves=[100], offers_per_minute=5)
+    publisher = RecordingPublisher()
+    step(rollout.pk, publisher)
+    assert len(publisher.sent) == 5  # the rate limit
+    actions.do_abort_rollout(rollout, actor=None)
+    tick("w", publisher)
+    assert len(publisher.sent) == 5
+    failed = Deployment.objects.filter(rollout=rollout, state=DeploymentState.FAILED)
+    assert failed.count() == 40
+    assert set(failed.values_list("reason", flat=True)) == {Reason.ABORTED}
+
+
+def test_rollback_offers_the_previous_version_to_devices_that_took_the_new(
+    versions: Any, fleet_on_v1: list[Device]
+) -> None:
+    rollout = new_rollout(versions, fleet_on_v1, waves=[100])
+    publisher = RecordingPublisher()
+    step(rollout.pk, publisher)
+    took = report_all(rollout, DeploymentState.CONFIRMED, share=0.5)
+    back = actions.do_rollback_rollout(rollout, actor=None)
+    rollout.refresh_from_db()
+    assert rollout.state == RolloutState.ABORTED
+    assert back.rollback_of_id == rollout.pk
+    assert back.model_version == versions[0]
+    assert back.state == RolloutState.RUNNING
+    assert Deployment.objects.filter(rollout=back).count() == took
+
+
+def test_health_gate_trips_when_mean_score_drops_on_the_canary(
+    versions: Any, fleet_on_v1: list[Device]
+) -> None:
+    rollout = new_rollout(versions, fleet_on_v1, waves=[50, 100], max_score_drop=20,
+                          health_min_events=50)
+    publisher = RecordingPublisher()
+    step(rollout.pk, publisher)
+    report_all(rollout, DeploymentState.CONFIRMED)
+    canary = Deployment.objects.filter(rollout=rollout, state=DeploymentState.CONFIRMED)
+    start = rollout.wave_started_at.replace(second=0, microsecond=0)
+    rows = []
+    for dep in canary:
+        rows.append(Rollup(device_id=dep.device_id, model_version_id=versions[0].pk,
+                           bucket=start - timedelta(minutes=5), label=1, count=20,
+                           score_sum=20 * 220))
+        rows.append(Rollup(device_id=dep.device_id, model_version_id=versions[1].pk,
+                           bucket=start + timedelta(minutes=1), label=1, count=20,
+                           score_sum=20 * 150))
+    Rollup.objects.bulk_create(rows)
+    step(rollout.pk, publisher, now=timezone.now() + timedelta(minutes=2))
+    rollout.refresh_from_db()
+    assert rollout.state == RolloutState.PAUSED
+    assert "health gate: mean score fell 220.0 -> 150.0" in rollout.paused_reason
+
+
+def test_chunks_only_for_offered_packages(versions: Any, fleet_on_v1: list[Device]) -> None:
+    from ota.registry.storage import artifact_storage
+
+    rollout = new_rollout(versions, fleet_on_v1, waves=[10, 100])
+    publisher = RecordingPublisher()
+    step(rollout.pk, publisher)
+    package = Package.objects.get(rollouts=rollout)
+    offered = Deployment.objects.filter(rollout=rollout, state=DeploymentState.OFFERED).first()
+    waiting = Deployment.objects.filter(rollout=rollout, state=DeploymentState.PENDING).first()
+    delivery = OtaDelivery(publisher)
+
+    def request(uid: str, pkg: int) -> list[Any]:
+        payload = encode_chunk_request(ChunkRequest(pkg, 0, 512))
+        msg = Received(f"fleet/v1/{uid}/ota/get", payload, 1, 1, timezone.now())
+        return delivery.consume_chunk_requests([(uid, msg)])
+
+    assert request(offered.device.uid, package.pk) == []
+    chunk = decode_chunk(publisher.sent[-1][1])
+    assert chunk.data == artifact_storage().get(package.transfer_sha256)[:512]
+    assert publisher.sent[-1][0] == f"fleet/v1/{offered.device.uid}/ota/chunk"
+    offered.refresh_from_db()
+    assert offered.state == DeploymentState.DOWNLOADING
+    refused = request(waiting.device.uid, package.pk)
+    assert [r.reason for r in refused] == [Reason.PACKAGE_NOT_OFFERED]
+
+
+def test_incompatible_profile_refuses_the_rollout(versions: Any, big_arena_tflite: bytes,
+                                                  operator_client: APIClient) -> None:
+    body = {"model": "kws", "version": "9.0.0",
+            "file": SimpleUploadedFile("m.tflite", big_arena_tflite)}
+    big = operator_client.post("/api/v1/model-versions/", body, format="multipart").json()
+    nano = HardwareProfile.objects.get(name="arduino-nano-33-ble-sense")
+    Device.objects.create(uid="nano-1", hardware_profile=nano, public_key_pem="-",
+                          key_algorithm="ed25519", public_key_fingerprint="f" * 64)
+    response = operator_client.post("/api/v1/rollouts/", {
+        "name": "big", "model_version": big["id"], "target_devices": ["nano-1"]}, format="json")
+    assert (response.status_code, response.json()["reason"]) == (409, "incompatible")
+    assert "arduino-nano-33-ble-sense" in response.json()["detail"]
+    assert not Rollout.objects.exists()
+
+
+def test_rollout_api_creates_starts_and_controls(versions: Any, fleet_on_v1: list[Device],
+                                                 operator_client: APIClient) -> None:
+    response = operator_client.post("/api/v1/rollouts/", {
+        "name": "api", "model_version": versions[1].pk, "target_profile": "esp32-s3",
+        "waves": [25, 100]}, format="json")
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert body["state"] == "running"
+    assert [w["devices"] for w in body["progress"]][-1] + sum(
+        w["devices"] for w in body["progress"][:-1]) == 40
+    rid = body["id"]
+    assert operator_client.post(f"/api/v1/rollouts/{rid}/pause/").json()["state"] == "paused"
+    again = operator_client.post(f"/api/v1/rollouts/{rid}/pause/")
+    assert (again.status_code, again.json()["reason"]) == (409, "bad_state")
+    assert operator_client.post(f"/api/v1/rollouts/{rid}/resume/").json()["state"] == "running"
+    assert operator_client.post(f"/api/v1/rollouts/{rid}/abort/").json()["state"] == "aborted"
