@@ -44,7 +44,7 @@ from device_sdk.batching import EventBatcher, Message, SequenceCounter
 from device_sdk.identity import DeviceIdentity
 from device_sdk.link import BrokerEndpoint, Link, LinkConfig, Will, tls_context
 from device_sdk.outbox import Outbox, OutboxEntry
-from device_sdk.protocol.events import Event
+from device_sdk.protocol.events import Event, EventBatch
 from device_sdk.protocol.reasons import ProtocolError
 from device_sdk.protocol.status import OFFLINE_PAYLOAD, Capabilities, LinkState, Status, encode_status
 from device_sdk.protocol.topics import (
@@ -63,23 +63,27 @@ log = logging.getLogger(__name__)
 OUTBOX_FILE = "outbox.sqlite3"
 SEQUENCE_FILE = "sequence"
 _TICK_S = 1.0  # batch age resolution
-_tls_cache: dict[str | None, ssl.SSLContext] = {}
+_tls_cache: dict[bytes | None, ssl.SSLContext] = {}
 _tls_lock = threading.Lock()
 
 
 def shared_tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """Return one TLS context per CA file: thousands of simulated devices share it."""
+    """Return one TLS context per CA certificate: thousands of simulated devices share it.
+
+    Keyed by the file's content, not its path: each simulated device keeps its own copy.
+    """
+    key = Path(ca_file).read_bytes() if ca_file else None
     with _tls_lock:
-        if ca_file not in _tls_cache:
-            _tls_cache[ca_file] = tls_context(ca_file)
-        return _tls_cache[ca_file]
+        if key not in _tls_cache:
+            _tls_cache[key] = tls_context(ca_file)
+        return _tls_cache[key]
 
 
 @dataclass
 class ClientStats:
     """Counters of one client since it was created (``pending``/``dropped``: the outbox's)."""
 
-    events: int = 0  # events recorded
+    events: int = 0  # events put in the outbox (in batches or summaries)
     messages: int = 0  # batches or summaries put in the outbox
     published: int = 0  # publishes sent, retransmissions included
     acked: int = 0  # messages the broker acknowledged
@@ -218,7 +222,6 @@ class DeviceClient:
         """Add one inference event; it is sent once its batch closes. Raises ProtocolError
         for an event the wire format cannot carry (a clock before 2020, a label >= 1024)."""
         self.batcher.add(event)
-        self.stats.events += 1
 
     def flush(self) -> None:
         """Close the open batch (or summary window) now, so it is queued for sending."""
@@ -267,7 +270,9 @@ class DeviceClient:
     def _enqueue(self, message: Message, payload: bytes) -> None:
         """Batcher sink: persist first, then ask the network thread to send."""
         self.outbox.put(message.seq, payload)
+        # The batcher calls its sink under its lock: these counters have one writer at a time.
         self.stats.messages += 1
+        self.stats.events += len(message.events) if isinstance(message, EventBatch) else message.total
         if self.reactor.in_reactor_thread():
             self._pump()
         else:

@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "fleet.devices",
     "fleet.telemetry",
     "fleet.broker",
+    "fleet.console",
     "ota",
 ]
 
@@ -180,3 +181,5 @@ MQTT_WORKER_USERNAME = os.environ.get("MQTT_WORKER_USERNAME", "fleet-worker")
 MQTT_WORKER_PASSWORD = os.environ.get("MQTT_WORKER_PASSWORD", "")
 # Shared-subscription group of the workers: every worker of one fleet uses the same.
 MQTT_WORKER_GROUP = os.environ.get("MQTT_WORKER_GROUP", "fleet")
+# Bearer token for /metrics from other hosts (loopback needs none).
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")

@@ -2,8 +2,11 @@
 
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
+
+from fleet.core.metrics import metrics
 
 api_v1 = [
     path("", include("fleet.devices.api.urls")),
@@ -23,4 +26,7 @@ urlpatterns = [
         name="swagger-ui",
     ),
     path("admin/", admin.site.urls),
+    path("metrics", metrics, name="metrics"),
+    path("console/", include("fleet.console.urls")),
+    path("", RedirectView.as_view(url="/console/", permanent=False)),
 ]

@@ -1,0 +1,282 @@
+"""Simulate a fleet in one process: many enrolled devices, each a real MQTT client, all running
+real TFLM inference on synthetic sensor data.
+
+Every simulated device has its own key pair, enrollment, MQTT credential, TLS connection
+(client id = its device id), outbox and sequence file, under ``STATE_DIR/devices/NNNNN/``; a
+restart reuses them. Devices share what a real fleet would not need twice: one loaded
+interpreter per model (behind its lock), one TLS context, and a few threads.
+
+Threads: ``threads`` reactors (each one thread: selector, timers, inference ticks) serve the
+devices round-robin, plus a small pool for TCP/TLS handshakes and one for enrollment. paho's
+``loop_start`` would need a thread per device; a reactor drives hundreds of clients with
+``loop_read``/``loop_write``/``loop_misc``. The main thread only watches the clock (duration,
+drift) and logs progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from device_sdk.backoff import Backoff
+from device_sdk.client import ClientStats, DeviceClient
+from device_sdk.identity import DeviceIdentity, EnrollmentError, ensure_enrolled
+from device_sdk.inference import SensorStream, TflmModel, host_capabilities
+from device_sdk.protocol.status import Capabilities
+from device_sdk.reactor import Reactor, Timer
+
+__all__ = ["SimulatedDevice", "SimulationConfig", "Simulator"]
+
+log = logging.getLogger(__name__)
+_DEVICES_PER_THREAD = 500
+
+
+@dataclass
+class SimulationConfig:
+    """What to simulate; the ``simulate`` command's options, one to one."""
+
+    server: str
+    token: str
+    devices: int
+    model_path: Path
+    hardware: str
+    state_dir: Path = Path("var/simulator")
+    rate_hz: float = 1.0  # inferences per second per device
+    batch: int = 32  # events per batch
+    batch_age_s: float = 30.0  # a batch closes at the latest this long after its first event
+    summary_window_s: int | None = None  # send per-window summaries instead of batches
+    mix: str | None = None  # initial label mix, e.g. "0.4,0.3,0.2,0.1"; None: uniform
+    drift_after_s: float | None = None
+    drift_mix: str | None = None
+    drift_fraction: float = 1.0  # share of the devices that drift
+    package_id: int = 0  # package id of the factory model (0: none)
+    duration_s: float | None = None  # None: until stopped
+    threads: int | None = None  # reactor threads; None: one per 500 devices
+    connectors: int = 4  # threads doing TCP/TLS handshakes
+    enroll_workers: int = 8
+    uid_prefix: str | None = None  # device ids PREFIX-00000...; None: the server derives them
+    broker_url: str | None = None  # override the URL enrollment hands out
+    arena_bytes: int | None = None
+    slot_bytes: int = 1024 * 1024
+    latency_scale: float = 1.0
+    seed: int = 0
+    report_every_s: float = 10.0
+
+
+class SimulatedDevice:
+    """One simulated device: a client, a sensor stream, and an inference timer on its reactor."""
+
+    def __init__(
+        self, index: int, client: DeviceClient, stream: SensorStream, rate_hz: float
+    ) -> None:
+        self.index = index
+        self.client = client
+        self.stream = stream
+        self.period = 1.0 / rate_hz
+        self.inferences = 0
+        self._next = 0.0
+        self._timer: Timer | None = None
+        self._running = False
+
+    def start(self, phase: float) -> None:
+        """Start inferring ``phase`` seconds from now, then every period (on the reactor)."""
+        self._running = True
+        self._next = time.monotonic() + phase
+        self._timer = self.client.reactor.call_later(phase, self._tick)
+
+    def stop(self) -> None:
+        """Stop inferring (from any thread)."""
+        self._running = False
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _tick(self) -> None:
+        if not self._running:
+            return
+        now = time.monotonic()
+        # Fixed rate, not fixed delay; after a stall skip the missed ticks rather than burst.
+        self._next = self._next + self.period if self._next + self.period > now else now + self.period
+        self._timer = self.client.reactor.call_later(self._next - now, self._tick)
+        self.client.record(self.stream.infer())
+        self.inferences += 1
+
+
+class Simulator:
+    """Enroll, connect and run ``config.devices`` simulated devices."""
+
+    def __init__(self, config: SimulationConfig) -> None:
+        self.config = config
+        self.model = TflmModel.from_file(
+            config.model_path, arena_bytes=config.arena_bytes, package_id=config.package_id,
+            latency_scale=config.latency_scale,
+        )
+        self.model.prototypes()  # search once, before hundreds of streams need them
+        self.capabilities: Capabilities = host_capabilities(self.model, slot_bytes=config.slot_bytes)
+        threads = config.threads or max(1, math.ceil(config.devices / _DEVICES_PER_THREAD))
+        self._connector_pool = ThreadPoolExecutor(config.connectors, thread_name_prefix="sim-conn")
+        self.reactors = [
+            Reactor(f"sim-net-{i}", executor=self._connector_pool) for i in range(threads)
+        ]
+        self.devices: list[SimulatedDevice] = []
+        self.failed_enrollments: list[tuple[int, str]] = []
+        self._stop = threading.Event()
+        self._drifted = False
+        self._started_at = 0.0
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def device_dir(self, index: int) -> Path:
+        """Return the state directory of device ``index``."""
+        return self.config.state_dir / "devices" / f"{index:05d}"
+
+    def enroll_all(self) -> list[tuple[int, DeviceIdentity]]:
+        """Enroll every device not enrolled yet (in parallel); reuse the others' identities."""
+        cfg = self.config
+
+        def one(index: int) -> tuple[int, DeviceIdentity]:
+            uid = f"{cfg.uid_prefix}-{index:05d}" if cfg.uid_prefix else None
+            return index, ensure_enrolled(
+                cfg.server, cfg.token, state_dir=self.device_dir(index), hardware=cfg.hardware,
+                capabilities=self.capabilities, uid=uid,
+            )
+
+        started = time.monotonic()
+        enrolled: list[tuple[int, DeviceIdentity]] = []
+        with ThreadPoolExecutor(cfg.enroll_workers, thread_name_prefix="sim-enroll") as pool:
+            futures = [pool.submit(one, i) for i in range(cfg.devices)]
+            for i, future in enumerate(futures):
+                try:
+                    enrolled.append(future.result())
+                except (EnrollmentError, OSError, ValueError) as exc:
+                    self.failed_enrollments.append((i, str(exc)))
+        if self.failed_enrollments:
+            first = self.failed_enrollments[0][1]
+            log.error("%d of %d devices failed to enroll; first error: %s",
+                      len(self.failed_enrollments), cfg.devices, first)
+            if not enrolled:
+                raise EnrollmentError("no_devices", f"no device could enroll: {first}")
+        log.info("%d devices enrolled or loaded in %.1f s", len(enrolled),
+                 time.monotonic() - started)
+        return enrolled
+
+    def start(self) -> None:
+        """Enroll, then connect every device and start its inference timer."""
+        cfg = self.config
+        enrolled = self.enroll_all()
+        for reactor in self.reactors:
+            reactor.start()
+        rng = random.Random(cfg.seed)
+        for n, (index, identity) in enumerate(enrolled):
+            client = DeviceClient(
+                identity,
+                state_dir=self.device_dir(index),
+                capabilities=self.capabilities,
+                model=cfg.package_id,
+                reactor=self.reactors[n % len(self.reactors)],
+                broker_url=cfg.broker_url,
+                batch_events=cfg.batch,
+                batch_age_s=cfg.batch_age_s,
+                summary_window_s=cfg.summary_window_s,
+                num_labels=self.model.num_classes,
+                durable=False,  # a simulator survives its own crash, not a power cut
+                backoff=Backoff(rng=random.Random(rng.random())),
+            )
+            stream = SensorStream(self.model, mix=cfg.mix, seed=cfg.seed * 1_000_003 + index)
+            self.devices.append(SimulatedDevice(index, client, stream, cfg.rate_hz))
+        for device in self.devices:
+            device.client.start()
+            # Spread the first inferences over one period so the fleet does not tick in step.
+            device.start(phase=rng.uniform(0, device.period))
+        self._started_at = time.monotonic()
+        log.info("%d devices started on %d network threads", len(self.devices), len(self.reactors))
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(self) -> ClientStats:
+        """Start, run for the configured duration (or until :meth:`request_stop`), stop."""
+        self.start()
+        try:
+            self.wait()
+        finally:
+            self.stop()
+        return self.totals()
+
+    def wait(self) -> None:
+        """Block until the duration is over or a stop was requested; apply drift on time."""
+        cfg = self.config
+        last_report = time.monotonic()
+        while not self._stop.is_set():
+            elapsed = time.monotonic() - self._started_at
+            if cfg.duration_s is not None and elapsed >= cfg.duration_s:
+                return
+            if cfg.drift_after_s is not None and not self._drifted and elapsed >= cfg.drift_after_s:
+                self.drift(cfg.drift_mix, cfg.drift_fraction)
+            if time.monotonic() - last_report >= cfg.report_every_s:
+                last_report = time.monotonic()
+                self.report()
+            self._stop.wait(0.2)
+
+    def request_stop(self) -> None:
+        """Ask :meth:`wait` to return (from any thread or a signal handler)."""
+        self._stop.set()
+
+    def drift(self, mix: str | None, fraction: float = 1.0) -> None:
+        """Change the label mix of the first ``fraction`` of the devices."""
+        self._drifted = True
+        count = round(len(self.devices) * fraction)
+        for device in self.devices[:count]:
+            device.stream.set_mix(mix)
+        log.info("drift: %d devices now draw labels from mix %s", count, mix or "uniform")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop inferring, flush every batch, wait for the outboxes to drain, disconnect."""
+        deadline = time.monotonic() + timeout
+        for device in self.devices:
+            device.stop()
+        for device in self.devices:
+            device.client.flush()
+        for device in self.devices:
+            if device.client.connected:
+                device.client.wait_drained(max(0.0, deadline - time.monotonic()))
+        for device in self.devices:
+            device.client.link.stop()  # all at once: the DISCONNECTs go out in parallel
+        for device in self.devices:
+            device.client.close(max(0.1, deadline - time.monotonic()))
+        for reactor in self.reactors:
+            reactor.stop()
+            reactor.close()
+        self._connector_pool.shutdown(wait=False, cancel_futures=True)
+        self.report()
+
+    # -- figures --------------------------------------------------------------------------
+
+    def totals(self) -> ClientStats:
+        """Return the sum of every device's counters."""
+        total = ClientStats()
+        for device in self.devices:
+            s = device.client.snapshot()
+            for name in vars(total):
+                setattr(total, name, getattr(total, name) + getattr(s, name))
+        return total
+
+    def connected(self) -> int:
+        """Return how many devices are connected now."""
+        return sum(d.client.connected for d in self.devices)
+
+    def report(self) -> None:
+        """Log one line of fleet figures for the operator."""
+        t = self.totals()
+        elapsed = max(1e-9, time.monotonic() - self._started_at)
+        inferences = sum(d.inferences for d in self.devices)
+        log.info(
+            "%d/%d connected | %d inferences (%.0f/s) | %d messages, %d acked, %d queued, "
+            "%d dropped, %d refused | %d connects",
+            self.connected(), len(self.devices), inferences, inferences / elapsed,
+            t.messages, t.acked, t.pending, t.dropped, t.rejected, t.connects,
+        )

@@ -1,0 +1,37 @@
+"""URL map of the console (the page paths are fixed: outside checks rely on them)."""
+
+from django.urls import path
+
+from fleet.console.views import (
+    audit,
+    auth,
+    devices,
+    enrollment,
+    models,
+    overview,
+    rollouts,
+    telemetry,
+    versions,
+)
+
+app_name = "console"
+
+urlpatterns = [
+    path("login/", auth.ConsoleLoginView.as_view(), name="login"),
+    path("logout/", auth.ConsoleLogoutView.as_view(), name="logout"),
+    path("", overview.overview, name="overview"),
+    path("devices/", devices.device_list, name="devices"),
+    path("devices/<slug:uid>/", devices.device_detail, name="device-detail"),
+    path("devices/<slug:uid>/edit/", devices.device_edit, name="device-edit"),
+    path("devices/<slug:uid>/revoke/", devices.device_revoke, name="device-revoke"),
+    path("enrollment/", enrollment.enrollment, name="enrollment"),
+    path("enrollment/<int:pk>/revoke/", enrollment.token_revoke, name="token-revoke"),
+    path("models/", models.model_list, name="models"),
+    path("models/new/", models.model_create, name="model-create"),
+    path("models/upload/", models.version_upload, name="version-upload"),
+    path("models/versions/<int:pk>/", versions.version_detail, name="version-detail"),
+    path("models/versions/<int:pk>/packages/", versions.package_build, name="package-build"),
+    path("rollouts/", rollouts.rollouts, name="rollouts"),
+    path("telemetry/", telemetry.telemetry, name="telemetry"),
+    path("audit/", audit.audit, name="audit"),
+]

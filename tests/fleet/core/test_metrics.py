@@ -1,0 +1,33 @@
+"""/metrics speaks Prometheus text and is closed to strangers."""
+
+from typing import Any
+
+import pytest
+from django.test import Client, override_settings
+from django.utils import timezone
+
+from fleet.telemetry.models import DeadLetter, WorkerStats
+
+pytestmark = pytest.mark.django_db
+
+
+def test_metrics_expose_devices_dead_letters_and_workers(enroll_body: dict[str, Any]) -> None:
+    from rest_framework.test import APIClient
+
+    assert APIClient().post("/api/v1/enroll/", enroll_body, format="json").status_code == 201
+    DeadLetter.objects.create(topic="t", reason="CBOR_MALFORMED", size=1, payload=b"x")
+    WorkerStats.objects.create(worker="w1", started_at=timezone.now(),
+                               heartbeat_at=timezone.now(), counters={"events_stored": 42})
+    body = Client(REMOTE_ADDR="127.0.0.1").get("/metrics").content.decode()
+    assert 'fleet_devices{profile="stm32f746",state="enrolled"} 1' in body
+    assert 'fleet_dead_letters_total{reason="CBOR_MALFORMED"} 1' in body
+    assert 'fleet_worker_up{worker="w1"} 1' in body
+    assert 'fleet_worker_counter{counter="events_stored",worker="w1"} 42' in body
+
+
+def test_metrics_refuse_remote_callers_without_the_token() -> None:
+    assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 403
+    with override_settings(METRICS_TOKEN="s3cret"):
+        client = Client(REMOTE_ADDR="10.1.2.3")
+        assert client.get("/metrics").status_code == 403
+        assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").status_code == 200
