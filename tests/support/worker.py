@@ -86,7 +86,8 @@ class WorkerProcess:
             log.write(f"---- start #{self.starts} of {self.name}\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "fleet_worker", "--name", self.name, "--no-jobs"],
+                [sys.executable, "manage.py", "fleet_worker", "--name", self.name, "--no-jobs",
+                 "--no-rollouts"],
                 cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
