@@ -17,7 +17,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -63,6 +64,7 @@ def _enroll(args: argparse.Namespace) -> int:
     except EnrollmentError as exc:
         log.error("enrollment refused: %s", exc)
         return 1
+    log.info("enrolled as %s; state in %s", identity.device_id, args.state_dir)
     print(identity.device_id)
     return 0
 
@@ -112,21 +114,21 @@ def _run(args: argparse.Namespace) -> int:
         num_labels=model.num_classes,
     )
     stream = SensorStream(model, mix=args.mix)
-    stop = _stop_on_signals()
     client.start()
     log.info("device %s running %s at %.2f inferences/s", identity.device_id, args.model, args.rate)
-    # The application thread: infer on a fixed schedule, hand events to the client.
+    # This is the application thread: infer on a fixed schedule, hand events to the client.
     started = time.monotonic()
     next_at = started
-    try:
-        while not stop.is_set():
-            if args.duration is not None and time.monotonic() - started >= args.duration:
-                break
-            client.record(stream.infer())
-            next_at += 1.0 / args.rate
-            stop.wait(max(0.0, next_at - time.monotonic()))
-    finally:
-        client.stop()
+    with _stop_on_signals() as stop:
+        try:
+            while not stop.is_set():
+                if args.duration is not None and time.monotonic() - started >= args.duration:
+                    break
+                client.record(stream.infer())
+                next_at += 1.0 / args.rate
+                stop.wait(max(0.0, next_at - time.monotonic()))
+        finally:
+            client.stop()
     stats = client.snapshot()
     log.info("stopped: %d events in %d messages, %d acknowledged, %d still queued",
              stats.events, stats.messages, stats.acked, stats.pending)
@@ -169,14 +171,13 @@ def _simulate(args: argparse.Namespace) -> int:
         broker_url=args.broker_url, arena_bytes=args.arena_bytes,
         latency_scale=args.latency_scale, seed=args.seed,
     )
-    simulator = Simulator(config)
-    stop = _stop_on_signals()
-    threading.Thread(target=lambda: (stop.wait(), simulator.request_stop()), daemon=True).start()
-    try:
-        totals = simulator.run()
-    except EnrollmentError as exc:
-        log.error("%s", exc)
-        return 1
+    with _stop_on_signals() as stop:
+        try:
+            simulator = Simulator(config, stop=stop)
+            totals = simulator.run()
+        except EnrollmentError as exc:
+            log.error("%s", exc)
+            return 1
     print(f"devices={len(simulator.devices)} events={totals.events} messages={totals.messages} "
           f"acked={totals.acked} queued={totals.pending} dropped={totals.dropped}")
     return 0
@@ -192,16 +193,24 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-def _stop_on_signals() -> threading.Event:
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """Yield an event SIGINT or SIGTERM sets; restore the previous handlers afterwards."""
     stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # only the main thread may install signal handlers
+        return
 
     def handler(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
         stop.set()
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
-    return stop
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def build_parser() -> argparse.ArgumentParser:

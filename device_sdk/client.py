@@ -42,11 +42,18 @@ from pathlib import Path
 from device_sdk.backoff import Backoff
 from device_sdk.batching import EventBatcher, Message, SequenceCounter
 from device_sdk.identity import DeviceIdentity
-from device_sdk.link import BrokerEndpoint, Link, LinkConfig, Will, tls_context
+from device_sdk.link import Link
+from device_sdk.link_config import BrokerEndpoint, LinkConfig, Will, shared_tls_context
 from device_sdk.outbox import Outbox, OutboxEntry
 from device_sdk.protocol.events import Event, EventBatch
 from device_sdk.protocol.reasons import ProtocolError
-from device_sdk.protocol.status import OFFLINE_PAYLOAD, Capabilities, LinkState, Status, encode_status
+from device_sdk.protocol.status import (
+    OFFLINE_PAYLOAD,
+    Capabilities,
+    LinkState,
+    Status,
+    encode_status,
+)
 from device_sdk.protocol.topics import (
     DEVICE_SUBSCRIBES,
     PAYLOAD_CAPS,
@@ -56,29 +63,13 @@ from device_sdk.protocol.topics import (
 )
 from device_sdk.reactor import Reactor, Timer
 
-__all__ = ["ClientStats", "DeviceClient", "shared_tls_context"]
+__all__ = ["ClientStats", "DeviceClient"]
 
 log = logging.getLogger(__name__)
 
 OUTBOX_FILE = "outbox.sqlite3"
 SEQUENCE_FILE = "sequence"
 _TICK_S = 1.0  # batch age resolution
-_tls_cache: dict[bytes | None, ssl.SSLContext] = {}
-_tls_lock = threading.Lock()
-
-
-def shared_tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """Return one TLS context per CA certificate: thousands of simulated devices share it.
-
-    Keyed by the file's content, not its path: each simulated device keeps its own copy.
-    """
-    key = Path(ca_file).read_bytes() if ca_file else None
-    with _tls_lock:
-        if key not in _tls_cache:
-            _tls_cache[key] = tls_context(ca_file)
-        return _tls_cache[key]
-
-
 @dataclass
 class ClientStats:
     """Counters of one client since it was created (``pending``/``dropped``: the outbox's)."""
@@ -138,6 +129,8 @@ class DeviceClient:
         self.stats = ClientStats()
         self._started_at = time.monotonic()
         self._owns_reactor = reactor is None
+        # One device's connects are news; a simulated fleet's thousand are noise.
+        self._chatter = logging.INFO if self._owns_reactor else logging.DEBUG
         self.reactor = reactor or Reactor(f"device-{self.uid}")
         self.outbox = Outbox(
             self.state_dir / OUTBOX_FILE, max_entries=outbox_entries, max_bytes=outbox_bytes,
@@ -165,6 +158,7 @@ class DeviceClient:
             keepalive=keepalive,
             session_expiry_s=session_expiry_s,
             max_inflight=max(inflight, 1) + 2,  # room for the status and a subscribe
+            log_transitions=self._owns_reactor,
         )
         self.link = Link(config, self.reactor, self, backoff=backoff)
         self._window = max(inflight, 1)
@@ -311,7 +305,7 @@ class DeviceClient:
         self._cursor = 0
         self._publish_status()
         self._up.set()
-        log.info("%s: online (%d queued messages)", self.uid, len(self.outbox))
+        log.log(self._chatter, "%s: online (%d queued messages)", self.uid, len(self.outbox))
         self._callback(self.on_connect, session_present)
         self._pump()
 
@@ -321,7 +315,8 @@ class DeviceClient:
         self._inflight.clear()  # unacknowledged entries are still in the outbox
         self._cursor = 0
         if was_up:
-            log.info("%s: offline (%s); %d messages queued", self.uid, reason, len(self.outbox))
+            log.log(self._chatter, "%s: offline (%s); %d messages queued",
+                    self.uid, reason, len(self.outbox))
         self._callback(self.on_disconnect, reason)
 
     def link_message(self, topic: str, payload: bytes) -> None:
@@ -361,7 +356,7 @@ class DeviceClient:
             return
         try:
             fn(self, *args)
-        except Exception:  # noqa: BLE001 - an application bug must not break the connection
+        except Exception:  # an application bug must not break the connection
             log.exception("%s: error in application callback %r", self.uid, fn)
 
 

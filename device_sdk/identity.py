@@ -131,7 +131,7 @@ def load_or_create_key(state_dir: str | Path) -> ed25519.Ed25519PrivateKey:
         serialization.NoEncryption(),
     )
     _write_private(path, pem.decode())
-    log.info("generated a new device key in %s", path)
+    log.debug("generated a new device key in %s", path)
     return key
 
 
@@ -196,7 +196,7 @@ def enroll(
     except (KeyError, TypeError, AttributeError) as exc:
         raise EnrollmentError("bad_answer", f"unexpected enrollment answer: {exc!r}") from None
     identity.save(state)
-    log.info(
+    log.debug(
         "enrolled as %s (%s) at %s", identity.device_id,
         "new device" if answer.get("created") else "same key, enrolled again", server,
     )

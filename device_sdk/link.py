@@ -24,9 +24,7 @@ import socket
 import ssl
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -36,6 +34,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from device_sdk.backoff import Backoff
+from device_sdk.link_config import BrokerEndpoint, LinkConfig, Will
 from device_sdk.reactor import Reactor, Timer
 
 __all__ = ["BrokerEndpoint", "Link", "LinkConfig", "LinkListener", "LinkState", "Will"]
@@ -47,51 +46,6 @@ _STOP_GRACE_S = 2.0  # how long a graceful DISCONNECT may take before the socket
 # MQTT 5 DISCONNECT reason 4: "Disconnect with Will Message" - a clean stop still announces
 # "offline" through the will, so an operator sees the same status for both ways to go away.
 _DISCONNECT_WITH_WILL = 4
-
-
-@dataclass(frozen=True)
-class BrokerEndpoint:
-    """Where the broker listens: ``mqtt://host:port`` (plain) or ``mqtts://host:port`` (TLS)."""
-
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerEndpoint:
-        """Parse a broker URL; the port defaults to 1883, or 8883 for ``mqtts``."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
-            raise ValueError(f"not a broker URL (mqtt://host:port or mqtts://host:port): {url!r}")
-        tls = parts.scheme in ("mqtts", "ssl")
-        return cls(parts.hostname, parts.port or (8883 if tls else 1883), tls)
-
-
-@dataclass(frozen=True)
-class Will:
-    """The message the broker publishes for the device when it goes away."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
-
-
-@dataclass(frozen=True)
-class LinkConfig:
-    """Everything one connection needs; immutable, shared freely between threads."""
-
-    endpoint: BrokerEndpoint
-    client_id: str  # the broker binds it to the username: it must be the device id
-    username: str | None = None
-    password: str | None = None
-    ssl_context: ssl.SSLContext | None = None  # required when the endpoint uses TLS
-    will: Will | None = None
-    subscriptions: tuple[str, ...] = ()  # QoS 1 filters, (re)made when the session is new
-    keepalive: int = 60
-    session_expiry_s: int = 7 * 86_400  # the broker keeps queued offers this long
-    connect_timeout: float = 10.0  # TCP + TLS handshake, and then again for the CONNACK
-    max_inflight: int = 20
 
 
 class LinkState(enum.Enum):
@@ -118,13 +72,6 @@ class LinkListener(Protocol):
 
     def link_published(self, mid: int, reason_code: int) -> None:
         """The broker acknowledged publish ``mid`` (PUBACK ``reason_code``; >= 0x80 refused)."""
-
-
-def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """Return a client TLS context that trusts ``ca_file`` (or the system store) and checks names."""
-    context = ssl.create_default_context(cafile=ca_file)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
 
 
 class Link:
@@ -154,6 +101,8 @@ class Link:
         self._attempt_timer: Timer | None = None
         self._misc_timer: Timer | None = None
         self._stopping = False
+        self._info = logging.INFO if config.log_transitions else logging.DEBUG
+        self._warning = logging.WARNING if config.log_transitions else logging.DEBUG
 
     # -- public API ------------------------------------------------------------------------
 
@@ -244,7 +193,9 @@ class Link:
 
     def _connect_done(self, client: mqtt.Client | None, error: BaseException | None) -> None:
         if error is not None or client is None:
-            self._attempt_failed(f"connect failed: {error}")
+            # A certificate the CA does not vouch for will not fix itself: say so loudly.
+            loud = isinstance(error, ssl.SSLCertVerificationError)
+            self._attempt_failed(f"connect failed: {error}", loud=loud)
             return
         sock = client.socket()
         if self._stopping or client is not self._client or sock is None:
@@ -263,7 +214,7 @@ class Link:
         if client is self._client and self.state is LinkState.CONNECTING:
             self._abort("no CONNACK within the connect timeout")
 
-    def _attempt_failed(self, reason: str) -> None:
+    def _attempt_failed(self, reason: str, *, loud: bool = False) -> None:
         self._detach()
         self.last_error = reason
         self._safe_listener("link_down", reason)
@@ -272,7 +223,8 @@ class Link:
             return
         delay = self.backoff.next_delay()
         self.state = LinkState.WAITING
-        log.info("%s: %s; retrying in %.1f s", self.config.client_id, reason, delay)
+        level = logging.ERROR if loud else self._info
+        log.log(level, "%s: %s; retrying in %.1f s", self.config.client_id, reason, delay)
         self._attempt_timer = self.reactor.call_later(delay, self._attempt)
 
     # -- I/O (reactor thread) -------------------------------------------------------------
@@ -333,7 +285,7 @@ class Link:
                 client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.config.subscriptions])
             log.debug("%s: connected (session present: %s)", self.config.client_id, session_present)
             self.listener.link_up(session_present)
-        except Exception:  # noqa: BLE001 - never let an exception into paho's loop
+        except Exception:  # never let an exception into paho's loop
             log.exception("%s: error handling CONNACK", self.config.client_id)
 
     def _on_disconnect(
@@ -348,19 +300,26 @@ class Link:
             if self._attempt_timer is not None:
                 self._attempt_timer.cancel()
                 self._attempt_timer = None
-            reason = self.last_error if not was_up and self.last_error else f"disconnected: {rc}"
+            if self._stopping:
+                reason = "stopped by the application"
+            elif self.last_error:
+                reason = self.last_error
+            elif getattr(flags, "is_disconnect_packet_from_server", False):
+                reason = f"the broker disconnected the device: {rc}"
+            else:
+                reason = "connection closed without DISCONNECT (network or broker gone)"
             if was_up and not self._stopping:
-                log.warning("%s: connection lost (%s)", self.config.client_id, rc)
+                log.log(self._warning, "%s: connection lost: %s", self.config.client_id, reason)
             self.last_error = ""
             self._attempt_failed(reason)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("%s: error handling a disconnect", self.config.client_id)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
             if client is self._client:
                 self.listener.link_message(message.topic, bytes(message.payload))
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("%s: error handling a message on %s", self.config.client_id, message.topic)
 
     def _on_publish(
@@ -369,7 +328,7 @@ class Link:
         try:
             if client is self._client:
                 self.listener.link_published(mid, rc.value)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("%s: error handling PUBACK %d", self.config.client_id, mid)
 
     def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -378,7 +337,7 @@ class Link:
                 # Unwatch before paho closes it: a new connection may get the same descriptor.
                 self.reactor.unwatch(sock)
                 self._sock = None
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("%s: error closing the socket", self.config.client_id)
 
     # -- stopping and aborting ------------------------------------------------------------
@@ -398,6 +357,9 @@ class Link:
             code = _DISCONNECT_WITH_WILL if self.config.will else 0
             client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=code))
             self._sync_write_interest()
+        elif self._sock is not None:  # still waiting for the CONNACK: nothing to say goodbye to
+            self._finish_stop()
+            return
         # Whatever happens to the DISCONNECT (or a connect still in the pool), stop in time.
         self.reactor.call_later(_STOP_GRACE_S, self._force_stop)
 
@@ -444,5 +406,5 @@ class Link:
     def _safe_listener(self, method: str, *args: Any) -> None:
         try:
             getattr(self.listener, method)(*args)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("%s: error in listener.%s", self.config.client_id, method)

@@ -8,8 +8,8 @@ comes back to the reactor thread through :meth:`Reactor.call_soon`.
 
 Threading contract:
 
-* :meth:`call_soon`, :meth:`call_later`, :meth:`start`, :meth:`stop` and :meth:`run_blocking`
-  are safe from any thread.
+* :meth:`call_soon`, :meth:`call_later`, :meth:`start`, :meth:`stop`, :meth:`sync` and
+  :meth:`run_blocking` are safe from any thread (``sync`` from any but the reactor's own).
 * :meth:`watch`, :meth:`set_writable` and :meth:`unwatch` must run on the reactor thread.
 * Everything the reactor calls (socket handlers, timers, ``call_soon`` callables) runs on the
   reactor thread, must not block, and must not raise: an exception is logged and swallowed so
@@ -41,7 +41,7 @@ _MAX_WAIT_S = 1.0
 class Timer:
     """A scheduled call; :meth:`cancel` it to skip it."""
 
-    __slots__ = ("when", "fn", "args", "cancelled")
+    __slots__ = ("args", "cancelled", "fn", "when")
 
     def __init__(self, when: float, fn: Callable[..., object], args: tuple[Any, ...]) -> None:
         self.when = when
@@ -137,6 +137,14 @@ class Reactor:
             self._wake()
         return timer
 
+    def sync(self, timeout: float = 5.0) -> bool:
+        """Wait until what the reactor is running or has queued now is done (not from itself)."""
+        if self.in_reactor_thread():
+            raise RuntimeError("sync() from the reactor thread would wait for itself")
+        done = threading.Event()
+        self.call_soon(done.set)
+        return done.wait(timeout)
+
     def run_blocking(
         self, fn: Callable[[], T], done: Callable[[T | None, BaseException | None], None]
     ) -> None:
@@ -201,7 +209,7 @@ class Reactor:
         while not self._stopping.is_set():
             try:
                 self._step()
-            except Exception:  # noqa: BLE001 - the loop serves many devices: keep it alive
+            except Exception:  # the loop serves many devices: keep it alive
                 log.exception("reactor %s: unexpected error in the loop", self.name)
         log.debug("reactor %s stopped", self.name)
 
@@ -242,5 +250,5 @@ class Reactor:
     def _safely(self, fn: Callable[..., object], *args: Any) -> None:
         try:
             fn(*args)
-        except Exception:  # noqa: BLE001 - a handler's bug must not stop other devices
+        except Exception:  # a handler's bug must not stop other devices
             log.exception("reactor %s: error in %r", self.name, fn)

@@ -110,7 +110,8 @@ class SimulatedDevice:
 class Simulator:
     """Enroll, connect and run ``config.devices`` simulated devices."""
 
-    def __init__(self, config: SimulationConfig) -> None:
+    def __init__(self, config: SimulationConfig, *, stop: threading.Event | None = None) -> None:
+        """Load the model and prepare the threads; ``stop``, once set, ends :meth:`wait`."""
         self.config = config
         self.model = TflmModel.from_file(
             config.model_path, arena_bytes=config.arena_bytes, package_id=config.package_id,
@@ -125,7 +126,7 @@ class Simulator:
         ]
         self.devices: list[SimulatedDevice] = []
         self.failed_enrollments: list[tuple[int, str]] = []
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._drifted = False
         self._started_at = 0.0
 
@@ -150,11 +151,14 @@ class Simulator:
         enrolled: list[tuple[int, DeviceIdentity]] = []
         with ThreadPoolExecutor(cfg.enroll_workers, thread_name_prefix="sim-enroll") as pool:
             futures = [pool.submit(one, i) for i in range(cfg.devices)]
+            step = max(1, cfg.devices // 10)
             for i, future in enumerate(futures):
                 try:
                     enrolled.append(future.result())
                 except (EnrollmentError, OSError, ValueError) as exc:
                     self.failed_enrollments.append((i, str(exc)))
+                if (i + 1) % step == 0 and i + 1 < cfg.devices:
+                    log.info("enrollment: %d of %d devices done", i + 1, cfg.devices)
         if self.failed_enrollments:
             first = self.failed_enrollments[0][1]
             log.error("%d of %d devices failed to enroll; first error: %s",
@@ -239,6 +243,9 @@ class Simulator:
         deadline = time.monotonic() + timeout
         for device in self.devices:
             device.stop()
+        for reactor in self.reactors:
+            if reactor.running:
+                reactor.sync()  # an inference tick already running finishes before the flush
         for device in self.devices:
             device.client.flush()
         for device in self.devices:

@@ -8,6 +8,7 @@ import django_filters
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from fleet.devices.choices import DeviceState
 from fleet.devices.filtersets import DeviceFilterSet
 from fleet.devices.models import Device
 from ota.models import Package
@@ -21,6 +22,8 @@ _SEEN_WITHIN = {"5m": timedelta(minutes=5), "1h": timedelta(hours=1), "24h": tim
 class ConsoleDeviceFilterSet(DeviceFilterSet):
     """The API's device filters plus search, running model version and a last-seen window."""
 
+    # The API's state filter adds DISTINCT (a full sort of every match); a plain column needs none.
+    state = django_filters.MultipleChoiceFilter(choices=DeviceState.choices, distinct=False)
     q = django_filters.CharFilter(method="search")
     model_version = django_filters.NumberFilter(method="running_version")
     seen = django_filters.ChoiceFilter(choices=SEEN_CHOICES, method="seen_within")

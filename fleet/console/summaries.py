@@ -18,7 +18,7 @@ from fleet.devices.choices import DeviceState
 from fleet.devices.models import Device
 from fleet.telemetry.models import WorkerStats
 from fleet.telemetry.queries import TelemetryFilter, summary
-from ota.models import ModelVersion, Package
+from ota.models import Model, ModelVersion, Package
 
 # A worker writes its counters every few seconds; silence for this long means it is gone.
 WORKER_ALIVE_WITHIN = timedelta(seconds=60)
@@ -133,3 +133,26 @@ def version_choices() -> list[tuple[int, str]]:
     versions = ModelVersion.objects.select_related("model").only(
         "id", "version", "model__name").order_by("model__name", "-created_at")
     return [(mv.id, str(mv)) for mv in versions]
+
+
+def label_names_for(flt: TelemetryFilter, version_id: int | None = None) -> list[str]:
+    """Return class names for a telemetry selection (empty when they cannot be known).
+
+    The chosen version's model decides; without one, the names are known when every version
+    in the selection belongs to one model (labels are per model, by output index).
+    """
+    if version_id is not None:
+        ids = [version_id]
+    else:
+        ids = list(flt.rollups().order_by().values_list("model_version_id", flat=True)
+                   .distinct()[:50])
+    models = list(Model.objects.filter(versions__id__in=ids).distinct()[:2])
+    return list(models[0].labels) if len(models) == 1 else []
+
+
+def name_labels(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """Add each label row's class name ("class 3" when the model does not name it)."""
+    for row in rows:
+        index = row["label"]
+        row["name"] = names[index] if 0 <= index < len(names) else f"class {index}"
+    return rows

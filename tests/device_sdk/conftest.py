@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import secrets
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from django.test import override_settings
+
+from fleet.broker.access import ServiceRole
+from fleet.broker.configured import reset_broker_access
+from fleet.broker.dynsec import DynsecAccess
+from fleet.broker.mosquitto import MosquittoInstance
+from tests.support.broker import Probe, ProbeFactory
 
 # The ota tests' model factory builds small real models with TensorFlow (imported lazily).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ota"))
 
-import model_factory  # noqa: E402
+import model_factory
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +42,67 @@ def dense_model_path(dense_model: bytes, tmp_path_factory: pytest.TempPathFactor
 def conv_model() -> bytes:
     """A small int8 CNN on 32x32x1 inputs with 4 classes (untrained)."""
     return model_factory.conv_model()
+
+
+# -- integration: the real server (live_server) enrolling on the real broker ---------------------
+
+
+@pytest.fixture
+def fleet_server(
+    broker: MosquittoInstance, live_server: Any, hardware_profile: Any
+) -> Iterator[str]:
+    """Return the URL of a live Django server whose enrollment provisions the session broker.
+
+    Tests using it need ``@pytest.mark.django_db(transaction=True)``.
+    """
+    reset_broker_access()
+    with override_settings(
+        BROKER_ACCESS="dynsec",
+        MQTT_URL=broker.url,
+        MQTT_DEVICE_URL=broker.tls_url,
+        MQTT_ADMIN_USERNAME=broker.admin_username,
+        MQTT_ADMIN_PASSWORD=broker.admin_password,
+        MQTT_CA_FILE=str(broker.ca_cert),
+    ):
+        yield str(live_server.url)
+    reset_broker_access()
+
+
+class Monitor:
+    """A read-only MQTT client (the monitor service role) that collects what it receives."""
+
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+        self.messages: list[Any] = []  # everything received so far, in order
+
+    def collect(self, until: Callable[[list[Any]], bool], timeout: float = 15.0) -> list[Any]:
+        """Receive until ``until(all messages so far)`` holds; fail after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while not until(self.messages):
+            left = deadline - time.monotonic()
+            message = self.probe.receive(timeout=left) if left > 0 else None
+            if message is None:
+                raise AssertionError(f"gave up after {timeout} s: {len(self.messages)} messages")
+            self.messages.append(message)
+        return self.messages
+
+    def on(self, topic: str) -> list[bytes]:
+        """Return the payloads received on ``topic`` so far."""
+        return [bytes(m.payload) for m in self.messages if m.topic == topic]
+
+
+@pytest.fixture
+def monitor(broker_access: DynsecAccess, probe: ProbeFactory) -> Callable[..., Monitor]:
+    """Return a maker of monitors subscribed (QoS 1) to ``topics`` on the plain listener."""
+
+    def make(*topics: str) -> Monitor:
+        name = f"sdk-monitor-{secrets.token_hex(4)}"
+        password = secrets.token_urlsafe(16)
+        broker_access.provision_service(name, password, ServiceRole.MONITOR)
+        watcher = probe(name, password)
+        assert watcher.connect().value == 0
+        for topic in topics:
+            assert watcher.subscribe(topic).value == 1, f"SUBACK for {topic}"
+        return Monitor(watcher)
+
+    return make

@@ -22,6 +22,11 @@ from device_sdk.protocol.events import Event, EventBatch, Summary, encode_batch,
 Message = EventBatch | Summary
 EventRow = tuple[int, int, int, int, int, int]  # device id, seq, t_ms, label, score, latency
 RollupKey = tuple[int, int, int, int]  # device id, model version id, minute (s), label
+# PUBACK reason 16: the broker took the message but no subscription matched, so no worker has
+# it. Mosquitto 2.0 does not persist shared subscriptions: right after a broker restart, until
+# the workers have subscribed again, every event batch gets this answer.
+NO_MATCHING_SUBSCRIBERS = 0x10
+UNROUTED_RETRY_S = 0.5
 
 
 def make_stream(uid: str, *, batches: int, per_batch: int, package: int, start_ms: int,
@@ -113,10 +118,12 @@ class DeviceLink:
     Like a real device, it keeps each message until the broker's PUBACK and publishes it again
     (same payload, so the same seq) when none came within ``resend_after_s``: across a broker
     restart or a lost acknowledgement the server may see a message twice, never zero times.
+    With ``retry_unrouted`` a PUBACK saying no subscriber matched (reason 16) does not count as
+    delivered either: the message is sent again after ``UNROUTED_RETRY_S``.
     """
 
     def __init__(self, uid: str, password: str, host: str, port: int, *, window: int = 4,
-                 resend_after_s: float = 4.0) -> None:
+                 resend_after_s: float = 4.0, retry_unrouted: bool = True) -> None:
         self.uid = uid
         self.topic = f"fleet/v1/{uid}/events"
         self.window = window
@@ -124,9 +131,12 @@ class DeviceLink:
         self.outbox: list[tuple[int, bytes]] = []  # (seq, payload), next first
         self.pending: dict[int, _Pending] = {}  # seq -> in flight
         self.mid_seq: dict[int, int] = {}
-        self.acked: list[int] = []  # mids, appended by paho's thread
+        self.retry_unrouted = retry_unrouted
+        self.unrouted = 0
+        self.acked: list[tuple[int, int]] = []  # (mid, reason code), from paho's thread
         self.refused: list[tuple[int, int]] = []  # (seq, reason code)
         self.publishes = self.resends = 0
+        self.history: dict[int, list[tuple[float, str]]] = defaultdict(list)  # seq -> events
         self.lock = threading.Lock()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=uid,
                                   protocol=mqtt.MQTTv5)
@@ -137,11 +147,8 @@ class DeviceLink:
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason: object,
                     properties: object) -> None:
-        code = getattr(reason, "value", 0)
         with self.lock:
-            self.acked.append(mid if code < 0x80 else -mid - 1)
-            if code >= 0x80:
-                self.refused.append((self.mid_seq.get(mid, -1), code))
+            self.acked.append((mid, int(getattr(reason, "value", 0))))
 
     def connect(self) -> None:
         """Connect and start paho's network thread (it reconnects by itself)."""
@@ -158,6 +165,7 @@ class DeviceLink:
             self.mid_seq[info.mid] = seq
         self.pending.setdefault(seq, _Pending(payload, 0.0)).mids.add(info.mid)
         self.pending[seq].sent_at = time.monotonic()
+        self.history[seq].append((time.monotonic(), f"pub mid {info.mid} rc {info.rc}"))
         self.publishes += 1
 
     def pump(self, budget: int, *, send_twice: int = 0) -> int:
@@ -168,12 +176,21 @@ class DeviceLink:
         """
         with self.lock:
             acked, self.acked = self.acked, []
-        for mid in acked:
-            seq = self.mid_seq.pop(mid if mid >= 0 else -mid - 1, None)
-            if seq is not None:
-                self.pending.pop(seq, None)
-        sent = 0
         now = time.monotonic()
+        for mid, code in acked:
+            seq = self.mid_seq.pop(mid, None)
+            if seq is None or seq not in self.pending:
+                continue
+            self.history[seq].append((now, f"puback mid {mid} reason {code}"))
+            if code == NO_MATCHING_SUBSCRIBERS and self.retry_unrouted:
+                # Nobody took it (no worker subscribed yet): keep it, try again shortly.
+                self.pending[seq].sent_at = now - self.resend_after_s + UNROUTED_RETRY_S
+                self.unrouted += 1
+                continue
+            if code >= 0x80:
+                self.refused.append((seq, code))
+            self.pending.pop(seq)
+        sent = 0
         for seq, p in list(self.pending.items()):
             if sent < budget and now - p.sent_at > self.resend_after_s:
                 self._publish(seq, p.payload)
@@ -228,7 +245,7 @@ class FleetPublisher:
                     link.pump(max(0, min(8, allowed - self.sent_new)), send_twice=self.send_twice)
                     self.sent_new += before - len(link.outbox)
                 time.sleep(0.005)
-        except BaseException as exc:  # surfaced by wait()
+        except Exception as exc:  # noqa: BLE001 - surfaced by wait_progress() and wait()
             self.error = exc
 
     @property
@@ -264,6 +281,11 @@ class FleetPublisher:
     def resends(self) -> int:
         """Return how many messages were published more than once."""
         return sum(link.resends for link in self.links)
+
+    @property
+    def unrouted(self) -> int:
+        """Return how many PUBACKs said that no subscriber took the message."""
+        return sum(link.unrouted for link in self.links)
 
     @property
     def refused(self) -> list[tuple[str, int, int]]:

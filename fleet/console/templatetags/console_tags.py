@@ -10,7 +10,6 @@ from django import template
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
-from django.utils.timesince import timesince
 
 register = template.Library()
 
@@ -31,10 +30,16 @@ def tone(value: Any) -> str:
     return TONES.get(str(value), "muted")
 
 
+# Short words for badges where the stored value or its display label reads badly in a table.
+SHORT_LABELS = {"enrolled": "never seen", "used_up": "used up", "ready": "validated",
+                "invalid": "refused"}
+
+
 @register.simple_tag
 def badge(value: Any, label: Any = None) -> SafeString:
-    """Render a coloured status badge (the label defaults to the value)."""
-    text = label if label not in (None, "") else str(value).replace("_", " ")
+    """Render a coloured status badge (the label defaults to a short word for the value)."""
+    text = label if label not in (None, "") else SHORT_LABELS.get(
+        str(value), str(value).replace("_", " "))
     return format_html('<span class="badge badge-{}">{}</span>', tone(value), text)
 
 
@@ -67,18 +72,33 @@ def pct(value: Any, digits: int = 0) -> str:
     return f"{float(value) * 100:.{int(digits)}f}%"
 
 
+def _span(seconds: float) -> str:
+    """Say a duration in the largest unit that fits: "4 min", "3 h", "2 days"."""
+    # Round to the nearest unit: a token made "for 7 days" should read "in 7 days", not 6.
+    for size, unit in ((86400 * 365, "year"), (86400, "day")):
+        if seconds >= size:
+            n = round(seconds / size)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    if seconds >= 3600:
+        return f"{round(seconds / 3600)} h"
+    return f"{max(round(seconds / 60), 1)} min"
+
+
 @register.filter
 def ago(value: datetime | None) -> SafeString:
-    """Render a time as "5 minutes ago" with the exact UTC time as a tooltip."""
+    """Render a time as "5 min ago" / "in 3 days", with the exact UTC time as a tooltip."""
     if value is None:
         return mark_safe('<span class="dim">never</span>')
     exact = timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S %Z")
-    if value > timezone.now():
-        text = f"in {timesince(timezone.now(), value).split(',')[0]}"
+    delta = (timezone.now() - value).total_seconds()
+    if -60 < delta < 60:
+        text = "just now"
+    elif delta > 0:
+        text = f"{_span(delta)} ago"
     else:
-        text = f"{timesince(value).split(',')[0]} ago"
-    return format_html('<time datetime="{}" title="{}">{}</time>', value.isoformat(), exact,
-                       text.replace("\xa0", " "))
+        text = f"in {_span(-delta)}"
+    return format_html('<time class="nowrap" datetime="{}" title="{}">{}</time>',
+                       value.isoformat(), exact, text)
 
 
 @register.filter
@@ -130,3 +150,28 @@ def icon(name: str) -> SafeString:
         'stroke-width="1.8" stroke-linecap="round" stroke-linejoin="round" aria-hidden="true">'
         f"{_ICONS[name]}</svg>"
     )
+
+
+@register.filter
+def confidence(score: Any) -> str:
+    """Format a mean top-1 score (0..255 on the wire) as a confidence percentage."""
+    if score is None:
+        return "—"
+    return f"{float(score) / 255 * 100:.1f}%"
+
+
+@register.filter
+def signed(value: Any, digits: int = 2) -> str:
+    """Format a difference with its sign (+0.12, −0.30; 0.00 when it rounds to nothing)."""
+    if value is None:
+        return "—"
+    text = f"{abs(float(value)):,.{int(digits)}f}"
+    if float(text.replace(",", "")) == 0:
+        return text
+    return f"{'+' if float(value) > 0 else '−'}{text}"
+
+
+@register.filter
+def score_points(value: Any) -> Any:
+    """Convert a score difference (0..255 scale) to confidence percentage points."""
+    return None if value is None else float(value) / 255 * 100

@@ -15,12 +15,17 @@ from fleet.console.access import console_view, render_page
 from fleet.console.filters import SEEN_CHOICES, ConsoleDeviceFilterSet
 from fleet.console.forms import DeviceEditForm
 from fleet.console.paging import keyset_page
-from fleet.console.summaries import package_versions, version_choices
+from fleet.console.summaries import (
+    label_names_for,
+    name_labels,
+    package_versions,
+    version_choices,
+)
 from fleet.devices.actions import do_revoke_device, do_update_device
 from fleet.devices.choices import DeviceState
 from fleet.devices.models import Device, DeviceGroup, HardwareProfile, Tag
 from fleet.telemetry.queries import TelemetryFilter, label_distribution, series
-from ota.models import Model, Package
+from ota.models import Package
 
 PAGE_SIZE = 50
 DETAIL_RANGE = timedelta(hours=24)
@@ -64,11 +69,7 @@ def device_detail(request: HttpRequest, uid: str) -> HttpResponse:
                if device.running_package_id else None)
     now = timezone.now()
     flt = TelemetryFilter(since=now - DETAIL_RANGE, until=now, device_uid=device.uid)
-    labels = label_distribution(flt)
-    model = package.model_version.model if package else None
-    names = list(model.labels) if isinstance(model, Model) else []
-    for row in labels:
-        row["name"] = names[row["label"]] if 0 <= row["label"] < len(names) else f"class {row['label']}"
+    labels = name_labels(label_distribution(flt), label_names_for(flt))
     tag_names = list(device.tags.values_list("name", flat=True))
     form = DeviceEditForm(initial={"name": device.name, "group": device.group,
                                    "tags": ", ".join(tag_names)})

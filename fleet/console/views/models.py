@@ -75,7 +75,8 @@ def version_upload(request: HttpRequest) -> HttpResponse:
                     data["model"], version=data["version"], data=data["file"].read(),
                     actor=request.user, notes=data["notes"],
                     samples=data["samples"].read() if data["samples"] else None)
-                messages.success(request, f"{mv} uploaded and validated: {mv.get_status_display()}.")
+                messages.success(request,
+                                 f"{mv} uploaded and validated: {mv.get_status_display()}.")
             else:
                 mv = do_request_conversion(
                     data["model"], version=data["version"], keras=data["keras"].read(),

@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from fleet.console.access import console_view, render_page
 from fleet.console.forms import TelemetryForm
-from fleet.console.summaries import version_choices
+from fleet.console.summaries import label_names_for, version_choices
 from fleet.telemetry.queries import (
     TelemetryFilter,
     compare_versions,
@@ -18,17 +18,8 @@ from fleet.telemetry.queries import (
     series,
     summary,
 )
-from ota.models import ModelVersion
 
 LIVE_REFRESH_S = 30
-
-
-def label_names(version_id: int | None) -> list[str]:
-    """Return the class names of the model a version belongs to (empty when unknown)."""
-    if version_id is None:
-        return []
-    mv = ModelVersion.objects.select_related("model").filter(pk=version_id).first()
-    return list(mv.model.labels) if mv else []
 
 
 def _api_params(form: TelemetryForm) -> dict[str, Any]:
@@ -65,8 +56,8 @@ def telemetry(request: HttpRequest) -> HttpResponse:
     compare = None
     if data["a"] is not None and data["b"] is not None:
         compare = compare_versions(flt, data["a"], data["b"])
-    names = label_names(data["model_version"] if data["model_version"] is not None
-                        else data["a"])
+    names = label_names_for(flt, data["model_version"] if data["model_version"] is not None
+                            else data["a"])
     window = {"since": since.isoformat(), "until": until.isoformat(), "bucket": bucket}
     csv_query = urlencode({**selection, **window, "format": "csv"})
     context.update({

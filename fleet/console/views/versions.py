@@ -53,6 +53,7 @@ def _render(request: HttpRequest, mv: ModelVersion, form: BuildPackageForm | Non
     inspection = report.get("inspection") or {}
     subgraphs = inspection.get("subgraphs") or []
     job = getattr(mv, "conversion_job", None)
+    form = form or BuildPackageForm(version=mv)
     return render_page(request, "console/models/version.html", {
         "nav": "models",
         "mv": mv,
@@ -65,8 +66,9 @@ def _render(request: HttpRequest, mv: ModelVersion, form: BuildPackageForm | Non
         "converting": mv.status == VersionStatus.CONVERTING,
         "packages": mv.packages.select_related("hardware_profile", "base_version__model",
                                                "signing_key").order_by("-id"),
-        "build_form": form or BuildPackageForm(version=mv),
+        "build_form": form,
         "ready": mv.status == VersionStatus.READY,
+        "buildable": form.fields["hardware_profile"].queryset.exists(),
         "labels": list(mv.model.labels),
     }, status=status)
 

@@ -1,0 +1,421 @@
+"""Measure end-to-end telemetry ingest: device publishers -> Mosquitto -> fleet worker -> database.
+
+Starts its own Mosquitto (dynamic security, free loopback ports), its own PostgreSQL
+(scripts/postgres.sh, needs root) and a SQLite file database, all in one temporary folder, and
+migrates both databases with ``manage.py migrate``. For each database: devices are created (rows
+and broker credentials), the real worker (``manage.py fleet_worker``) is started and subscribed,
+then publisher processes (plain paho, client id = username = device uid, QoS 1) send every
+pre-encoded batch as fast as the broker takes them. The rate is all events over the time from
+the first publish to the commit of the last batch; the stored rows are then checked for loss and
+duplicates. The baseline is the raw insert rate of the same rows into an equivalent table
+(telemetry_event's columns and indexes) of the same database: COPY on PostgreSQL, executemany
+on SQLite, in transactions as large as the worker's.
+
+Prints one JSON object per figure at the end: ``{"metric", "value", "unit", "baseline",
+"ratio"}``. Run: ``.venv/bin/python bench/ingest.py [--quick] [--profile]``; ``--profile``
+runs the worker under cProfile and prints its top functions to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+READY_LINE = "subscriptions granted"
+
+
+def log(msg: str) -> None:
+    """Report progress on stderr (stdout carries only the figures)."""
+    print(f"[ingest] {msg}", file=sys.stderr, flush=True)
+
+
+# -- device traffic (publisher processes) --------------------------------------------------
+
+
+def device_batches(uid: str, batches: int, per_batch: int, seed: int) -> list[bytes]:
+    """Return one device's encoded batches: ~1 inference a second, 8 classes, skewed."""
+    from device_sdk.protocol.events import Event, EventBatch, encode_batch
+
+    rng = random.Random(f"{uid}/{seed}")
+    weights = [1.0, 0.5, 0.3, 0.2, 0.1, 0.1, 0.05, 0.05]
+    t = START_MS + rng.randrange(1000)
+    out = []
+    for seq in range(1, batches + 1):
+        events = []
+        for _ in range(per_batch):
+            label = rng.choices(range(8), weights)[0]
+            events.append(Event(t, label, rng.randrange(120, 256), rng.randrange(40, 400)))
+            t += rng.randrange(900, 1100)
+        out.append(encode_batch(EventBatch.of(seq, 0, events)))
+    return out
+
+
+def run_publisher(spec_path: str) -> None:
+    """Publisher process: connect its devices, say ready, publish everything on 'go'."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    spec = json.loads(Path(spec_path).read_text())
+    payloads = {uid: device_batches(uid, spec["batches"], spec["per_batch"], spec["seed"])
+                for uid, _ in spec["devices"]}
+    acked = {"n": 0, "refused": 0}
+    clients = []
+    for uid, password in spec["devices"]:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=uid, protocol=mqtt.MQTTv5)
+        c.username_pw_set(uid, password)
+        c.max_inflight_messages_set(50)  # below the broker's receive maximum (100)
+        c.max_queued_messages_set(0)
+
+        def on_publish(client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+            acked["n"] += 1
+            if getattr(reason, "value", 0) >= 0x80:
+                acked["refused"] += 1
+
+        c.on_publish = on_publish
+        c.connect(spec["host"], spec["port"], keepalive=60)
+        c.loop_start()
+        clients.append((uid, c))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    started = time.monotonic()
+    total = 0
+    for uid, c in clients:
+        topic = f"fleet/v1/{uid}/events"
+        for payload in payloads[uid]:
+            c.publish(topic, payload, qos=1)
+            total += 1
+    while acked["n"] < total:
+        time.sleep(0.01)
+    print(json.dumps({"messages": total, "refused": acked["refused"],
+                      "seconds": time.monotonic() - started}), flush=True)
+    for _, c in clients:
+        c.disconnect()
+        c.loop_stop()
+
+
+# -- databases ------------------------------------------------------------------------------
+
+
+def django_env(db_url: str, **extra: str) -> dict[str, str]:
+    """Return the environment of a manage.py subprocess on ``db_url``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MQTT_", "DATABASE_"))}
+    env.update({"DJANGO_SETTINGS_MODULE": "fleet.settings", "FLEET_DEBUG": "1",
+                "DATABASE_URL": db_url, "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+def run_setup_db(count: int) -> None:
+    """Create ``count`` devices in the database of DATABASE_URL; print uid -> id as JSON."""
+    import django
+
+    django.setup()
+    from fleet.devices.models import Device, HardwareProfile
+
+    profile = HardwareProfile.objects.order_by("name").first()
+    assert profile is not None, "stock hardware profiles missing (migrate first)"
+    tag = secrets.token_hex(3)
+    uids = [f"tinyml-{tag}-{i:05d}" for i in range(count)]  # 19 characters
+    Device.objects.bulk_create([
+        Device(uid=u, hardware_profile=profile, public_key_pem="-", public_key_fingerprint=u,
+               key_algorithm="ed25519") for u in uids])
+    print(json.dumps(dict(Device.objects.filter(uid__in=uids).values_list("uid", "id"))))
+
+
+class Database:
+    """A bench database: its URL, a raw DB-API connection, and its vendor's quirks."""
+
+    def __init__(self, vendor: str, url: str, sqlite_path: Path | None = None) -> None:
+        self.vendor, self.url, self.sqlite_path = vendor, url, sqlite_path
+
+    def connect(self) -> Any:
+        """Return a raw autocommit connection."""
+        if self.vendor == "sqlite":
+            conn = sqlite3.connect(str(self.sqlite_path), isolation_level=None, timeout=20)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            return conn
+        import psycopg
+
+        return psycopg.connect(self.url, autocommit=True)
+
+    def scalar(self, sql: str) -> int:
+        """Return the first column of the first row of ``sql``."""
+        conn = self.connect()
+        try:
+            return int(conn.execute(sql).fetchone()[0] or 0)
+        finally:
+            conn.close()
+
+    def migrate(self) -> None:
+        """Create the schema with the project's migrations."""
+        subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT,
+                       env=django_env(self.url), check=True)
+
+    def devices(self, count: int) -> dict[str, int]:
+        """Create devices; return uid -> id."""
+        out = subprocess.run([sys.executable, __file__, "--role", "setup-db", "--devices",
+                              str(count)], cwd=ROOT, env=django_env(self.url), check=True,
+                             capture_output=True, text=True)
+        return json.loads(out.stdout)
+
+    def reset(self) -> None:
+        """Empty the telemetry tables between runs."""
+        conn = self.connect()
+        try:
+            for table in ("telemetry_event", "telemetry_ingestedbatch", "telemetry_rollup",
+                          "telemetry_deadletter"):
+                conn.execute(f"DELETE FROM {table}")
+        finally:
+            conn.close()
+
+
+def baseline_rows_per_s(db: Database, rows: int, txn_rows: int) -> float:
+    """Insert ``rows`` event rows into a copy of telemetry_event; return rows per second."""
+    conn = db.connect()
+    try:
+        if db.vendor == "postgresql":
+            conn.execute("DROP TABLE IF EXISTS bench_raw_event")
+            conn.execute("CREATE TABLE bench_raw_event (LIKE telemetry_event INCLUDING ALL)")
+        else:
+            conn.execute("DROP TABLE IF EXISTS bench_raw_event")
+            for (sql,) in conn.execute("SELECT sql FROM sqlite_master WHERE tbl_name ="
+                                       " 'telemetry_event' AND sql IS NOT NULL").fetchall():
+                sql = sql.replace('"telemetry_event"', '"bench_raw_event"')
+                conn.execute(sql.replace("INDEX \"", "INDEX \"bench_"))
+        rng = random.Random(7)
+        data = [(i % 97, 0, i // 32, datetime.fromtimestamp(START_MS / 1000 + i, tz=UTC),
+                 rng.randrange(8), rng.randrange(256), rng.randrange(400)) for i in range(rows)]
+        columns = "device_id, model_version_id, seq, ts, label, score, latency_100us"
+        if db.vendor == "sqlite":  # stored as text, like Django does
+            data = [(*r[:3], r[3].strftime("%Y-%m-%d %H:%M:%S.%f"), *r[4:]) for r in data]
+        started = time.perf_counter()
+        for start in range(0, rows, txn_rows):
+            chunk = data[start:start + txn_rows]
+            if db.vendor == "postgresql":
+                with conn.transaction(), conn.cursor() as cur, \
+                        cur.copy(f"COPY bench_raw_event ({columns}) FROM STDIN") as copy:
+                    for row in chunk:
+                        copy.write_row(row)
+            else:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(f"INSERT INTO bench_raw_event ({columns}) VALUES"
+                                 " (?,?,?,?,?,?,?)", chunk)
+                conn.execute("COMMIT")
+        elapsed = time.perf_counter() - started
+        conn.execute("DROP TABLE bench_raw_event")
+        return rows / elapsed
+    finally:
+        conn.close()
+
+
+# -- the end-to-end run ---------------------------------------------------------------------
+
+
+class Run:
+    """One end-to-end measurement against one database."""
+
+    def __init__(self, args: argparse.Namespace, broker: Any, db: Database, workdir: Path,
+                 worker_identity: tuple[str, str]) -> None:
+        self.args, self.broker, self.db, self.workdir = args, broker, db, workdir
+        self.worker_identity = worker_identity
+
+    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+        """Start the worker and wait until its subscriptions are granted."""
+        log_path = self.workdir / f"worker-{self.db.vendor}.log"
+        env = django_env(self.db.url, MQTT_URL=self.broker.url,
+                         MQTT_WORKER_USERNAME=self.worker_identity[0],
+                         MQTT_WORKER_PASSWORD=self.worker_identity[1],
+                         MQTT_WORKER_GROUP="bench", FLEET_VAR_DIR=str(self.workdir / "var"),
+                         FLEET_LOG_LEVEL="WARNING" if not self.args.profile else "INFO")
+        env["FLEET_LOG_LEVEL"] = "INFO"
+        cmd = [sys.executable]
+        if self.args.profile:
+            cmd += ["-m", "cProfile", "-o", str(self.workdir / f"worker-{self.db.vendor}.prof")]
+        cmd += ["manage.py", "fleet_worker", "--name", name, "--no-jobs", "--no-rollouts"]
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while READY_LINE not in log_path.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.05)
+        return proc
+
+    def measure(self) -> dict[str, float]:
+        """Publish everything, wait until stored; return rate, loss and duplicates."""
+        a = self.args
+        ids = self.db.devices(a.devices)
+        passwords = {uid: secrets.token_urlsafe(12) for uid in ids}
+        from fleet.broker.dynsec import DynsecAccess
+
+        with DynsecAccess(self.broker.host, self.broker.port, self.broker.admin_username,
+                          self.broker.admin_password) as access:
+            for uid, password in passwords.items():
+                access.provision_device(uid, password)
+        batches = a.events // a.per_batch // a.devices
+        expected_events = batches * a.per_batch * a.devices
+        worker = self.start_worker(f"bench-{self.db.vendor}")
+        publishers = []
+        uids = sorted(ids)
+        for i in range(a.publishers):
+            spec = self.workdir / f"publisher-{self.db.vendor}-{i}.json"
+            spec.write_text(json.dumps({
+                "host": self.broker.host, "port": self.broker.port, "batches": batches,
+                "per_batch": a.per_batch, "seed": i,
+                "devices": [(u, passwords[u]) for u in uids[i::a.publishers]]}))
+            publishers.append(subprocess.Popen(
+                [sys.executable, __file__, "--role", "publisher", "--spec", str(spec)],
+                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        for p in publishers:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        log(f"{self.db.vendor}: {expected_events} events from {a.devices} devices in "
+            f"{batches * a.devices} batches of {a.per_batch}, {a.publishers} publishers")
+        started = time.monotonic()
+        for p in publishers:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        want = batches * a.devices
+        conn = self.db.connect()
+        try:
+            while True:
+                have = int(conn.execute(
+                    "SELECT count(*) FROM telemetry_ingestedbatch").fetchone()[0])
+                if have >= want:
+                    break
+                if time.monotonic() - started > a.timeout:
+                    log(f"timed out with {have} of {want} batches stored")
+                    break
+                time.sleep(0.02)
+        finally:
+            conn.close()
+        elapsed = time.monotonic() - started
+        published = [json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1])
+                     for p in publishers]
+        time.sleep(0.5)  # anything redelivered late would land now
+        worker.terminate()
+        worker.wait(timeout=30)
+        rows = self.db.scalar("SELECT count(*) FROM telemetry_event")
+        distinct = self.db.scalar("SELECT count(*) FROM (SELECT DISTINCT device_id, seq"
+                                  " FROM telemetry_event) AS b")
+        rolled = self.db.scalar("SELECT sum(count) FROM telemetry_rollup")
+        publish_s = max(p["seconds"] for p in published)
+        log(f"{self.db.vendor}: stored in {elapsed:.2f} s (publishers done in {publish_s:.2f} s,"
+            f" {sum(p['refused'] for p in published)} refused); rows {rows}, rollup sum {rolled}")
+        if self.args.profile:
+            import pstats
+
+            stats = pstats.Stats(str(self.workdir / f"worker-{self.db.vendor}.prof"),
+                                 stream=sys.stderr)
+            stats.sort_stats("tottime").print_stats(25)
+        return {"rate": expected_events / elapsed,
+                "lost": expected_events - distinct * a.per_batch,
+                "duplicated": rows - distinct * a.per_batch + abs(rolled - rows),
+                "events": expected_events}
+
+
+def start_postgres(workdir: Path) -> tuple[str, Path, int]:
+    """Start a throwaway PostgreSQL with scripts/postgres.sh; return URL, folder and port."""
+    from tests.support.broker import free_port
+
+    port = free_port()
+    folder = workdir / "pg"
+    url = subprocess.run(["bash", "scripts/postgres.sh", "start", str(folder), str(port)],
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+    return url, folder, port
+
+
+def main() -> None:
+    """Run the benchmark and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, same code path")
+    parser.add_argument("--profile", action="store_true", help="run the worker under cProfile")
+    parser.add_argument("--events", type=int, help="events per database")
+    parser.add_argument("--per-batch", type=int, default=32)
+    parser.add_argument("--devices", type=int, default=100)
+    parser.add_argument("--publishers", type=int, default=2)
+    parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--role", choices=["publisher", "setup-db"], help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "publisher":
+        return run_publisher(args.spec)
+    if args.role == "setup-db":
+        return run_setup_db(args.devices)
+    args.events = args.events or (32_000 if args.quick else 480_000)
+    if args.quick:
+        args.devices = min(args.devices, 20)
+
+    from fleet.broker.access import ServiceRole
+    from fleet.broker.dynsec import DynsecAccess
+    from fleet.broker.mosquitto import MosquittoInstance
+    from tests.support.broker import free_port
+
+    workdir = Path(tempfile.mkdtemp(prefix="fleet-bench-ingest-"))
+    os.chmod(workdir, 0o755)  # the postgres user must reach its data folder
+    broker = MosquittoInstance(workdir / "broker", free_port(), free_port(),
+                               secrets.token_urlsafe(16))
+    pg: tuple[str, Path, int] | None = None
+    results: list[dict[str, Any]] = []
+    try:
+        broker.start()
+        identity = ("bench-worker", secrets.token_urlsafe(16))
+        with DynsecAccess(broker.host, broker.port, broker.admin_username,
+                          broker.admin_password) as access:
+            access.provision_service(*identity, ServiceRole.WORKER)
+        vendors = ["sqlite", "postgresql"] if args.db == "both" else [args.db]
+        lost = duplicated = 0
+        for vendor in vendors:
+            if vendor == "sqlite":
+                path = workdir / "bench.sqlite3"
+                db = Database("sqlite", f"sqlite:///{path}", path)
+            else:
+                pg = start_postgres(workdir)
+                db = Database("postgresql", pg[0])
+            db.migrate()
+            baseline = baseline_rows_per_s(db, min(args.events, 200_000), 64_000)
+            log(f"{vendor}: baseline {baseline:,.0f} rows/s")
+            figures = Run(args, broker, db, workdir, identity).measure()
+            lost += figures["lost"]
+            duplicated += figures["duplicated"]
+            metric = "events_per_s_postgres" if vendor == "postgresql" else "events_per_s_sqlite"
+            results.append({"metric": metric, "value": round(figures["rate"]),
+                            "unit": "events/s", "baseline": round(baseline),
+                            "ratio": round(figures["rate"] / baseline, 3)})
+        results.append({"metric": "lost_events", "value": lost, "unit": "events",
+                        "baseline": 0, "ratio": None})
+        results.append({"metric": "duplicated_events", "value": duplicated, "unit": "events",
+                        "baseline": 0, "ratio": None})
+    finally:
+        broker.stop()
+        if pg is not None:
+            subprocess.run(["bash", "scripts/postgres.sh", "stop", str(pg[1]), str(pg[2])],
+                           cwd=ROOT, check=False)
+        if not os.environ.get("FLEET_BENCH_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            log(f"kept {workdir}")
+    for item in results:
+        print(json.dumps(item))
+
+
+if __name__ == "__main__":
+    main()

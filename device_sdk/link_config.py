@@ -1,0 +1,85 @@
+"""What one MQTT connection needs: the broker's address, the identity, the will, the limits.
+
+Plain immutable data, shared freely between threads (the simulator shares one TLS context
+between thousands of links).
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+__all__ = ["BrokerEndpoint", "LinkConfig", "Will", "shared_tls_context", "tls_context"]
+
+
+@dataclass(frozen=True)
+class BrokerEndpoint:
+    """Where the broker listens: ``mqtt://host:port`` (plain) or ``mqtts://host:port`` (TLS)."""
+
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerEndpoint:
+        """Parse a broker URL; the port defaults to 1883, or 8883 for ``mqtts``."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+            raise ValueError(f"not a broker URL (mqtt://host:port or mqtts://host:port): {url!r}")
+        tls = parts.scheme in ("mqtts", "ssl")
+        return cls(parts.hostname, parts.port or (8883 if tls else 1883), tls)
+
+
+@dataclass(frozen=True)
+class Will:
+    """The message the broker publishes for the device when it goes away."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """Everything one connection needs; immutable, shared freely between threads."""
+
+    endpoint: BrokerEndpoint
+    client_id: str  # the broker binds it to the username: it must be the device id
+    username: str | None = None
+    password: str | None = None
+    ssl_context: ssl.SSLContext | None = None  # required when the endpoint uses TLS
+    will: Will | None = None
+    subscriptions: tuple[str, ...] = ()  # QoS 1 filters, (re)made when the session is new
+    keepalive: int = 60
+    session_expiry_s: int = 7 * 86_400  # the broker keeps queued offers this long
+    connect_timeout: float = 10.0  # TCP + TLS handshake, and then again for the CONNACK
+    max_inflight: int = 20
+    # Log drops and retries at INFO/WARNING (one device) or DEBUG (one of a simulated thousand).
+    log_transitions: bool = True
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Return a client TLS context that trusts ``ca_file`` (or the system store) and checks names."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+_tls_cache: dict[bytes | None, ssl.SSLContext] = {}
+_tls_lock = threading.Lock()
+
+
+def shared_tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Return one TLS context per CA certificate: thousands of simulated devices share it.
+
+    Keyed by the file's content, not its path: each simulated device keeps its own copy.
+    """
+    key = Path(ca_file).read_bytes() if ca_file else None
+    with _tls_lock:
+        if key not in _tls_cache:
+            _tls_cache[key] = tls_context(ca_file)
+        return _tls_cache[key]

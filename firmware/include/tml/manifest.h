@@ -1,0 +1,109 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/**
+ * @file manifest.h
+ * @brief Check a COSE_Sign1 OTA manifest or key rotation record as manifest.py does.
+ *
+ * Checks run in manifest.py's order and refuse with its reason codes: envelope
+ * (MANIFEST_MALFORMED), algorithm, key id, Ed25519 signature over the RFC 9052 Sig_structure,
+ * format version, payload fields, sequence, expiry, hardware profile, sizes, delta base.
+ * Nothing of the payload is interpreted before the signature verified. Not for interrupts
+ * (Ed25519 needs 2-3 KB of stack).
+ */
+#ifndef TML_MANIFEST_H
+#define TML_MANIFEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tml/protocol.h"
+#include "tml/reasons.h"
+
+/** @brief One trusted Ed25519 public key and its id (SHA-256 of the key, first 8 bytes). */
+typedef struct {
+    uint8_t kid[TML_KEY_ID_BYTES];
+    uint8_t public_key[32];
+} tml_key_t;
+
+/** @brief The keys a device trusts (caller-owned array). */
+typedef struct {
+    const tml_key_t *keys;
+    size_t count;
+} tml_keyring_t;
+
+/** @brief What the device knows about itself, to check a manifest against. */
+typedef struct {
+    const tml_keyring_t *keyring;
+    uint64_t current_sequence;         /**< refuse a sequence <= this */
+    const char *hardware_profile;      /**< NUL-terminated */
+    uint64_t now;                      /**< unix seconds */
+    uint32_t slot_bytes;               /**< 0: not checked */
+    uint32_t arena_bytes;              /**< 0: not checked */
+    const uint8_t *running_model_sha256; /**< 32 bytes, NULL: not checked */
+} tml_manifest_policy_t;
+
+/** @brief The fields of a verified manifest that the device acts on (texts are not kept). */
+typedef struct {
+    uint64_t sequence;
+    uint64_t expires_at;
+    uint64_t package_id;
+    uint32_t model_size;
+    uint32_t transfer_size;
+    uint32_t arena_bytes;
+    uint8_t encoding; /**< tml_encoding_t */
+    bool has_base;
+    uint8_t model_sha256[32];
+    uint8_t transfer_sha256[32];
+    uint8_t base_sha256[32];
+} tml_manifest_t;
+
+/**
+ * @brief Verify a signed manifest and fill out.
+ * @param cose the COSE_Sign1 bytes (owned by the caller)
+ * @param len their length
+ * @param policy the device's keys, sequence, profile, clock and limits
+ * @param out receives the manifest when accepted; unspecified otherwise
+ * @return TML_REASON_OK or the reason of the first check that failed
+ */
+tml_reason_t tml_manifest_check(const uint8_t *cose, size_t len,
+                                const tml_manifest_policy_t *policy, tml_manifest_t *out);
+
+/**
+ * @brief Read the package id (key 14) from a manifest without verifying it, for a failure
+ *        report only. Never act on it otherwise.
+ * @param cose the COSE_Sign1 bytes
+ * @param len their length
+ * @return the package id if one can be read and is < 2^31, else 0
+ */
+uint32_t tml_manifest_peek_package(const uint8_t *cose, size_t len);
+
+/** @brief A verified key rotation record. */
+typedef struct {
+    uint64_t sequence;
+    uint8_t new_kid[TML_KEY_ID_BYTES];
+    uint8_t new_public_key[32];
+    bool has_retire;
+    uint8_t retire_kid_len;
+    uint8_t retire_kid[TML_MAX_KID_BYTES];
+} tml_rotation_t;
+
+/**
+ * @brief Verify a key rotation record signed by a trusted key (manifest.py verify_rotation).
+ * @param cose the COSE_Sign1 bytes
+ * @param len their length
+ * @param keyring the keys trusted now
+ * @param current_sequence the last rotation sequence applied
+ * @param out receives the record when accepted
+ * @return TML_REASON_OK or the reason of the first failed check
+ */
+tml_reason_t tml_rotation_check(const uint8_t *cose, size_t len, const tml_keyring_t *keyring,
+                                uint64_t current_sequence, tml_rotation_t *out);
+
+/**
+ * @brief Compute a key id: SHA-256 of the raw 32-byte public key, first 8 bytes.
+ * @param public_key 32 bytes
+ * @param kid receives 8 bytes
+ */
+void tml_key_id(const uint8_t public_key[32], uint8_t kid[TML_KEY_ID_BYTES]);
+
+#endif /* TML_MANIFEST_H */

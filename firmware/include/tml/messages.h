@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/**
+ * @file messages.h
+ * @brief The small messages the device exchanges: status, hello, chunk request, chunk,
+ *        report, time. Byte-identical to status.py and ota_messages.py. Reentrant.
+ */
+#ifndef TML_MESSAGES_H
+#define TML_MESSAGES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tml/status.h"
+
+/** @brief The device's status (status.py Status, online, with capabilities). */
+typedef struct {
+    bool has_model;
+    uint32_t model; /**< package id of the running model */
+    uint8_t slot;
+    uint64_t uptime_s;
+    uint64_t free_ram;
+    uint64_t seq; /**< installed manifest sequence (anti-rollback floor) */
+    const char *firmware_version;
+    const char *tflm_version;
+    const char *const *ops;
+    size_t op_count;
+    uint32_t arena_bytes;
+    uint32_t slot_bytes;
+    uint8_t pointer_bits;
+} tml_status_msg_t;
+
+/**
+ * @brief Encode an online status as status.py encode_status() does (canonical key order).
+ * @param s the status
+ * @param out destination
+ * @param cap its size
+ * @param out_len receives the length
+ * @return TML_OK, TML_ERR_NOSPACE, TML_ERR_RANGE
+ */
+tml_status_t tml_status_encode(const tml_status_msg_t *s, uint8_t *out, size_t cap,
+                               size_t *out_len);
+
+/**
+ * @brief Encode the HELLO payload {"uid": uid, "link": 1, "mtu": mtu} (canonical order).
+ * @param uid device id
+ * @param mtu largest payload the device accepts
+ * @param out destination
+ * @param cap its size
+ * @param out_len receives the length
+ * @return TML_OK or TML_ERR_NOSPACE
+ */
+tml_status_t tml_hello_encode(const char *uid, uint32_t mtu, uint8_t *out, size_t cap,
+                              size_t *out_len);
+
+/**
+ * @brief Encode [pkg, offset, length] (ota_messages.py encode_chunk_request).
+ * @param pkg package id
+ * @param offset first byte
+ * @param length 1..32768
+ * @param out destination
+ * @param cap its size
+ * @param out_len receives the length
+ * @return TML_OK, TML_ERR_RANGE, TML_ERR_NOSPACE
+ */
+tml_status_t tml_chunk_request_encode(uint32_t pkg, uint32_t offset, uint32_t length,
+                                      uint8_t *out, size_t cap, size_t *out_len);
+
+/**
+ * @brief Encode [pkg, state, detail] (ota_messages.py encode_report).
+ * @param pkg package id
+ * @param state tml_deployment_state_t
+ * @param detail reason code
+ * @param out destination
+ * @param cap its size
+ * @param out_len receives the length
+ * @return TML_OK, TML_ERR_RANGE, TML_ERR_NOSPACE
+ */
+tml_status_t tml_report_encode(uint32_t pkg, uint8_t state, uint16_t detail, uint8_t *out,
+                               size_t cap, size_t *out_len);
+
+/**
+ * @brief Decode [pkg, offset, data] (ota_messages.py decode_chunk).
+ * @param msg the payload
+ * @param len its length
+ * @param pkg receives the package id
+ * @param offset receives the offset
+ * @param data receives a pointer into msg
+ * @param data_len receives the data length
+ * @return TML_OK, TML_ERR_MALFORMED, TML_ERR_RANGE
+ */
+tml_status_t tml_chunk_decode(const uint8_t *msg, size_t len, uint32_t *pkg, uint32_t *offset,
+                              const uint8_t **data, size_t *data_len);
+
+/**
+ * @brief Decode the TIME payload: one uint, unix milliseconds.
+ * @param msg the payload
+ * @param len its length
+ * @param unix_ms receives the time
+ * @return TML_OK or TML_ERR_MALFORMED
+ */
+tml_status_t tml_time_decode(const uint8_t *msg, size_t len, uint64_t *unix_ms);
+
+#endif /* TML_MESSAGES_H */

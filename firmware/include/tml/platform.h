@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/**
+ * @file platform.h
+ * @brief What a port implements: UART bytes, flash areas, clocks, reboot.
+ *
+ * Modelled on MCUboot's flash_area_* contract. Flash follows NOR rules: erase sets bytes to
+ * 0xFF, a write can only clear bits. Areas are numbered; every offset is relative to its
+ * area. The core calls these from thread context only, never from an interrupt.
+ */
+#ifndef TML_PLATFORM_H
+#define TML_PLATFORM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tml/status.h"
+
+/** @brief Flash areas the core uses. */
+typedef enum {
+    TML_AREA_META = 0,  /**< two erase sectors: the metadata record's two copies */
+    TML_AREA_SLOT0 = 1, /**< model slot A */
+    TML_AREA_SLOT1 = 2  /**< model slot B */
+} tml_area_t;
+
+/**
+ * @brief Send bytes on the UART, blocking until the driver took them all.
+ * @param data bytes to send (owned by the caller)
+ * @param len number of bytes
+ */
+void tml_platform_uart_write(const uint8_t *data, size_t len);
+
+/**
+ * @brief Take the bytes received so far, without blocking.
+ * @param buf where to copy them (owned by the caller)
+ * @param cap size of buf
+ * @return number of bytes copied, 0 when none is waiting
+ */
+size_t tml_platform_uart_read(uint8_t *buf, size_t cap);
+
+/**
+ * @brief Sleep until a UART byte arrives or timeout_ms passes (wfi on an MCU).
+ * @param timeout_ms upper bound of the sleep; 0 returns at once
+ */
+void tml_platform_wait(uint32_t timeout_ms);
+
+/**
+ * @brief Return a monotonic millisecond clock (wraps after 49 days; the core handles it).
+ * @return milliseconds since an arbitrary start
+ */
+uint32_t tml_platform_millis(void);
+
+/**
+ * @brief Return the size of a flash area.
+ * @param area a tml_area_t
+ * @return bytes, 0 for an area the port does not have
+ */
+uint32_t tml_platform_flash_size(int area);
+
+/**
+ * @brief Return the erase unit of a flash area.
+ * @param area a tml_area_t
+ * @return bytes per erase sector (a power of two that divides the area size)
+ */
+uint32_t tml_platform_flash_sector(int area);
+
+/**
+ * @brief Read bytes of a flash area.
+ * @param area a tml_area_t
+ * @param offset first byte, relative to the area
+ * @param buf destination (owned by the caller)
+ * @param len number of bytes
+ * @return TML_OK, TML_ERR_ARG past the area's end, TML_ERR_FLASH on a driver error
+ */
+tml_status_t tml_platform_flash_read(int area, uint32_t offset, void *buf, size_t len);
+
+/**
+ * @brief Program bytes into erased flash (NOR: bits can only go from 1 to 0).
+ * @param area a tml_area_t
+ * @param offset first byte, relative to the area
+ * @param data bytes to program (owned by the caller)
+ * @param len number of bytes
+ * @return TML_OK, TML_ERR_ARG past the area's end, TML_ERR_FLASH on a driver error
+ */
+tml_status_t tml_platform_flash_write(int area, uint32_t offset, const void *data, size_t len);
+
+/**
+ * @brief Erase whole sectors of a flash area to 0xFF.
+ * @param area a tml_area_t
+ * @param offset first byte, a multiple of the sector size
+ * @param len a multiple of the sector size
+ * @return TML_OK, TML_ERR_ARG when misaligned or past the end, TML_ERR_FLASH on a driver error
+ */
+tml_status_t tml_platform_flash_erase(int area, uint32_t offset, size_t len);
+
+/**
+ * @brief Return the flash area as memory, for the interpreter to run a model in place.
+ * @param area a tml_area_t
+ * @return a pointer valid until the next write or erase, or NULL if the port cannot map it
+ */
+const uint8_t *tml_platform_flash_map(int area);
+
+/**
+ * @brief Restart the device. Does not return on hardware; a host port may return.
+ */
+void tml_platform_reboot(void);
+
+/**
+ * @brief Return an estimate of the RAM the application has left (reported in the status).
+ * @return bytes
+ */
+uint32_t tml_platform_free_ram(void);
+
+#endif /* TML_PLATFORM_H */

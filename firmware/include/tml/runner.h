@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/**
+ * @file runner.h
+ * @brief The model-runner interface the device loop drives, and the two runners.
+ *
+ * tml_runner_tflm() (src/tflm_adapter.cc) wraps tflite::MicroInterpreter and exists only in
+ * builds given TFLM_DIR. tml_runner_test_source() (src/runner_test_source.c) is a TEST SOURCE:
+ * it runs no model and produces deterministic synthetic inferences, for builds without TFLM.
+ * Both report the op list of ops.h. Not for interrupts.
+ */
+#ifndef TML_RUNNER_H
+#define TML_RUNNER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tml/status.h"
+
+/** @brief One inference's result. */
+typedef struct {
+    uint16_t label;         /**< top-1 class index */
+    uint8_t score;          /**< top-1 confidence, 0..255 */
+    uint32_t latency_100us; /**< how long it took */
+} tml_inference_t;
+
+/** @brief A model runner: a table of functions over one model at a time. */
+typedef struct tml_model_runner {
+    const char *name;         /**< "tflm" or "test-source" */
+    const char *tflm_version; /**< reported in the capabilities */
+    uint32_t arena_bytes;     /**< tensor arena compiled in */
+    const char *const *ops;   /**< registered op names */
+    size_t op_count;
+    /**
+     * @brief Load a model that stays mapped (in flash) while loaded.
+     * @return TML_OK, or TML_ERR_MALFORMED when the interpreter refuses it
+     */
+    tml_status_t (*load)(struct tml_model_runner *r, const uint8_t *model, size_t len);
+    /**
+     * @brief Run one inference on the runner's next input.
+     * @return TML_OK, or an error (a trial counts it as a failure)
+     */
+    tml_status_t (*infer)(struct tml_model_runner *r, tml_inference_t *out);
+    /** @brief Forget the loaded model. */
+    void (*unload)(struct tml_model_runner *r);
+    void *ctx;
+} tml_model_runner_t;
+
+/** @brief The op names of ops.h, for either runner. */
+extern const char *const tml_registered_ops[];
+/** @brief How many entries tml_registered_ops has. */
+extern const size_t tml_registered_op_count;
+
+/**
+ * @brief Return the test source runner (deterministic synthetic inferences, no TFLM).
+ * @return a static runner
+ */
+tml_model_runner_t *tml_runner_test_source(void);
+
+/**
+ * @brief Return the TFLM runner (only linked in builds with TFLM_DIR).
+ * @return a static runner
+ */
+tml_model_runner_t *tml_runner_tflm(void);
+
+#endif /* TML_RUNNER_H */

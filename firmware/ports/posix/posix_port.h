@@ -1,0 +1,48 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/**
+ * @file posix_port.h
+ * @brief Host port extras: flash kept in a file, power-cut injection, a settable clock.
+ */
+#ifndef TML_POSIX_PORT_H
+#define TML_POSIX_PORT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "tml/status.h"
+
+/**
+ * @brief Open (or create, erased) the flash image file and load it.
+ * @param path image file
+ * @param slot_bytes size of each model slot (a multiple of sector)
+ * @param sector erase unit of every area
+ * @return TML_OK, TML_ERR_ARG (sizes), TML_ERR_FLASH (file)
+ */
+tml_status_t tml_posix_flash_open(const char *path, uint32_t slot_bytes, uint32_t sector);
+
+/** @brief Close the image file (a "power off"; reopen to "boot"). */
+void tml_posix_flash_close(void);
+
+/**
+ * @brief Cut the power at the n-th flash write or erase from now: that operation is torn
+ *        (only its first half lands) and every later one fails. n < 0 disables.
+ * @param n operations to let through before the cut
+ */
+void tml_posix_flash_cut_after(long n);
+
+/** @brief Return how many writes and erases ran since open. @return count */
+long tml_posix_flash_ops(void);
+
+/** @brief Return whether the simulated power is off. @return true after a cut */
+bool tml_posix_flash_dead(void);
+
+/** @brief Use a manual clock for tests. @param on true: millis only moves by advance */
+void tml_posix_clock_manual(bool on);
+
+/** @brief Advance the manual clock. @param ms milliseconds */
+void tml_posix_clock_advance(uint32_t ms);
+
+/** @brief Set the file descriptors the UART uses. @param in read side @param out write side */
+void tml_posix_uart_fds(int in, int out);
+
+#endif /* TML_POSIX_PORT_H */

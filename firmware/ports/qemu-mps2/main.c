@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The device on an emulated Cortex-M3: the core loop over UART0, sleeping in wfi. */
+#include "mps2.h"
+#include "tml/device.h"
+#include "tml/platform.h"
+#include "trusted_keys.h"
+
+static tml_device_t device;
+
+static void uart_write(void *ctx, const uint8_t *data, size_t len)
+{
+    (void)ctx;
+    tml_platform_uart_write(data, len);
+}
+
+int main(void)
+{
+    static tml_key_t keys[TML_MAX_BUILTIN_KEYS];
+    tml_mps2_init();
+    size_t nkeys = tml_trusted_keys(keys, TML_MAX_BUILTIN_KEYS);
+    tml_device_config_t cfg = {TML_DEVICE_UID, TML_HARDWARE_PROFILE, tml_runner_test_source(),
+                               keys, nkeys, 32};
+    if (tml_device_init(&device, &cfg, uart_write, NULL) != TML_OK) {
+        tml_mps2_exit(2);
+    }
+    for (;;) {
+        uint8_t buf[64];
+        size_t n;
+        while ((n = tml_platform_uart_read(buf, sizeof(buf))) > 0) {
+            tml_device_input(&device, buf, n);
+        }
+        tml_device_poll(&device);
+        tml_platform_wait(tml_device_next_ms(&device));
+    }
+}

@@ -1,0 +1,199 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Event batches and summaries, byte-identical to device_sdk/protocol/events.py. */
+#include "tml/events.h"
+
+#include "tml/cbor.h"
+#include "tml/protocol.h"
+
+enum { COL_DELTA, COL_LABEL, COL_SCORE, COL_LATENCY };
+
+typedef uint32_t (*getter_fn)(const void *src, size_t i);
+
+static uint32_t get_u32(const void *src, size_t i)
+{
+    return ((const uint32_t *)src)[i];
+}
+
+static uint32_t get_delta(const void *src, size_t i)
+{
+    const tml_event_t *e = src;
+    return (uint32_t)(e[i + 1].t_ms - e[i].t_ms);
+}
+
+static uint32_t get_label(const void *src, size_t i)
+{
+    return ((const tml_event_t *)src)[i].label;
+}
+
+static uint32_t get_score(const void *src, size_t i)
+{
+    return ((const tml_event_t *)src)[i].score;
+}
+
+static uint32_t get_latency(const void *src, size_t i)
+{
+    return ((const tml_event_t *)src)[i].latency_100us;
+}
+
+/* Write the column as a CBOR byte string: width, LEB128 minimum, LSB-first fields. */
+static void put_column(tml_cbor_writer_t *w, getter_fn get, const void *src, size_t n)
+{
+    uint32_t lo = 0, hi = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t v = get(src, i);
+        if (i == 0 || v < lo) {
+            lo = v;
+        }
+        if (i == 0 || v > hi) {
+            hi = v;
+        }
+    }
+    uint8_t width = 0;
+    for (uint32_t span = hi - lo; span; span >>= 1) {
+        width++;
+    }
+    uint8_t head[6];
+    size_t hn = 0;
+    head[hn++] = width;
+    uint32_t m = lo;
+    while (m >= 0x80) {
+        head[hn++] = (uint8_t)(m | 0x80);
+        m >>= 7;
+    }
+    head[hn++] = (uint8_t)m;
+    size_t body = (n * width + 7) / 8;
+    tml_cbor_put_head(w, TML_CBOR_BYTES, hn + body);
+    tml_cbor_put_raw(w, head, hn);
+    uint64_t acc = 0;
+    unsigned bits = 0;
+    for (size_t i = 0; i < n; i++) {
+        acc |= (uint64_t)(get(src, i) - lo) << bits;
+        bits += width;
+        while (bits >= 8) {
+            uint8_t b = (uint8_t)acc;
+            tml_cbor_put_raw(w, &b, 1);
+            acc >>= 8;
+            bits -= 8;
+        }
+    }
+    if (bits) {
+        uint8_t b = (uint8_t)acc;
+        tml_cbor_put_raw(w, &b, 1);
+    }
+}
+
+tml_status_t tml_events_pack(const uint32_t *values, size_t n, uint8_t *out, size_t cap,
+                             size_t *out_len)
+{
+    tml_cbor_writer_t w;
+    tml_cbor_writer_init(&w, out, cap);
+    put_column(&w, get_u32, values, n);
+    /* Strip the CBOR byte-string head: callers want the column alone. */
+    tml_cbor_reader_t r;
+    tml_cbor_item_t it;
+    size_t len;
+    tml_status_t st = tml_cbor_finish(&w, &len);
+    if (st != TML_OK) {
+        return st;
+    }
+    tml_cbor_reader_init(&r, out, len);
+    if (tml_cbor_read(&r, &it) != TML_OK) {
+        return TML_ERR_NOSPACE;
+    }
+    size_t head = (size_t)(it.data - out);
+    for (size_t i = 0; i < (size_t)it.arg; i++) {
+        out[i] = out[i + head];
+    }
+    *out_len = (size_t)it.arg;
+    return TML_OK;
+}
+
+tml_status_t tml_events_encode_batch(uint64_t seq, uint32_t model, const tml_event_t *ev,
+                                     size_t n, uint8_t *out, size_t cap, size_t *out_len)
+{
+    if (n < 1 || n > TML_MAX_EVENTS_PER_BATCH || seq > (uint64_t)INT64_MAX ||
+        model > TML_MAX_MODEL_ID) {
+        return TML_ERR_RANGE;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (ev[i].t_ms < TML_MIN_T0_MS || ev[i].t_ms > TML_MAX_T0_MS ||
+            ev[i].label >= TML_MAX_LABELS || ev[i].latency_100us > TML_MAX_LATENCY_100US) {
+            return TML_ERR_RANGE;
+        }
+        if (i && (ev[i].t_ms < ev[i - 1].t_ms || ev[i].t_ms - ev[i - 1].t_ms > TML_MAX_DELTA_MS)) {
+            return TML_ERR_RANGE;
+        }
+    }
+    tml_cbor_writer_t w;
+    tml_cbor_writer_init(&w, out, cap);
+    tml_cbor_put_head(&w, TML_CBOR_ARRAY, 9);
+    tml_cbor_put_uint(&w, TML_EVENTS_KIND_BATCH);
+    tml_cbor_put_uint(&w, seq);
+    tml_cbor_put_uint(&w, ev[0].t_ms);
+    tml_cbor_put_uint(&w, model);
+    tml_cbor_put_uint(&w, n);
+    put_column(&w, get_delta, ev, n - 1);
+    put_column(&w, get_label, ev, n);
+    put_column(&w, get_score, ev, n);
+    put_column(&w, get_latency, ev, n);
+    return tml_cbor_finish(&w, out_len);
+}
+
+tml_status_t tml_summary_init(tml_summary_t *s, uint64_t seq, uint64_t t0_ms, uint32_t model,
+                              uint32_t window_s, uint16_t num_labels)
+{
+    if (seq > (uint64_t)INT64_MAX || t0_ms < TML_MIN_T0_MS || t0_ms > TML_MAX_T0_MS ||
+        model > TML_MAX_MODEL_ID || window_s < 1 || window_s > TML_MAX_WINDOW_S ||
+        num_labels > TML_SUMMARY_MAX_LABELS) {
+        return TML_ERR_RANGE;
+    }
+    *s = (tml_summary_t){.seq = seq, .t0_ms = t0_ms, .model = model, .window_s = window_s,
+                         .num_labels = num_labels};
+    s->fixed_labels = num_labels != 0;
+    return TML_OK;
+}
+
+tml_status_t tml_summary_add(tml_summary_t *s, const tml_event_t *e)
+{
+    uint16_t cap = s->fixed_labels ? s->num_labels : TML_SUMMARY_MAX_LABELS;
+    if (e->t_ms < s->t0_ms || e->t_ms >= s->t0_ms + (uint64_t)s->window_s * 1000 ||
+        e->label >= cap || e->latency_100us > TML_MAX_LATENCY_100US ||
+        s->counts[e->label] == UINT32_MAX) {
+        return TML_ERR_RANGE;
+    }
+    if (e->label >= s->num_labels) {
+        s->num_labels = (uint16_t)(e->label + 1);
+    }
+    s->counts[e->label]++;
+    s->score_sums[e->label] += e->score;
+    s->latency_sum += e->latency_100us;
+    s->total++;
+    return TML_OK;
+}
+
+static uint64_t mean(uint64_t total, uint64_t count)
+{
+    return count ? (2 * total + count) / (2 * count) : 0;
+}
+
+tml_status_t tml_summary_encode(const tml_summary_t *s, uint8_t *out, size_t cap, size_t *out_len)
+{
+    tml_cbor_writer_t w;
+    tml_cbor_writer_init(&w, out, cap);
+    tml_cbor_put_head(&w, TML_CBOR_ARRAY, 8);
+    tml_cbor_put_uint(&w, TML_EVENTS_KIND_SUMMARY);
+    tml_cbor_put_uint(&w, s->seq);
+    tml_cbor_put_uint(&w, s->t0_ms);
+    tml_cbor_put_uint(&w, s->model);
+    tml_cbor_put_uint(&w, s->window_s);
+    tml_cbor_put_head(&w, TML_CBOR_ARRAY, s->num_labels);
+    for (uint16_t i = 0; i < s->num_labels; i++) {
+        tml_cbor_put_uint(&w, s->counts[i]);
+    }
+    tml_cbor_put_head(&w, TML_CBOR_ARRAY, s->num_labels);
+    for (uint16_t i = 0; i < s->num_labels; i++) {
+        tml_cbor_put_uint(&w, mean(s->score_sums[i], s->counts[i]));
+    }
+    tml_cbor_put_uint(&w, mean(s->latency_sum, s->total));
+    return tml_cbor_finish(&w, out_len);
+}

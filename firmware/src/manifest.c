@@ -1,0 +1,477 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * COSE_Sign1 manifests and key rotation records, checked in manifest.py's order with its
+ * reason codes. The Sig_structure is hashed in pieces straight from the message, so checking
+ * needs no copy of it.
+ */
+#include "tml/manifest.h"
+
+#include <string.h>
+
+#include "tml/cbor.h"
+#include "tml/ed25519.h"
+#include "tml/sha.h"
+
+#define MAX_KEY 23 /* every payload key of v1 is a one-byte uint */
+#define DEPTH 8    /* cbor2's max_depth in cose.loads_strict */
+
+typedef struct {
+    const uint8_t *protected_hdr, *kid, *payload, *sig;
+    size_t protected_len, kid_len, payload_len, sig_len;
+} sign1_t;
+
+/* Values of a decoded payload map, by key (NULL: absent). */
+typedef struct {
+    const uint8_t *val[MAX_KEY + 1];
+    const uint8_t *end;
+} fields_t;
+
+/* Split the envelope (cose.parse_sign1): any deviation is MANIFEST_MALFORMED. */
+static tml_reason_t parse_sign1(const uint8_t *cose, size_t len, sign1_t *m)
+{
+    tml_cbor_reader_t r, check;
+    tml_cbor_item_t it, k, v;
+    if (len > TML_MAX_OFFER_BYTES) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    tml_cbor_reader_init(&check, cose, len);
+    if (tml_cbor_skip(&check, DEPTH) != TML_OK || check.p != check.end) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    tml_cbor_reader_init(&r, cose, len);
+    if (tml_cbor_read(&r, &it) != TML_OK) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    if (it.major == TML_CBOR_TAG) {
+        if (it.arg != TML_COSE_SIGN1_TAG || tml_cbor_read(&r, &it) != TML_OK) {
+            return TML_REASON_MANIFEST_MALFORMED;
+        }
+    }
+    if (it.major != TML_CBOR_ARRAY || it.arg != 4) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    if (tml_cbor_expect(&r, TML_CBOR_BYTES, &it) != TML_OK || it.arg == 0) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    m->protected_hdr = it.data;
+    m->protected_len = (size_t)it.arg;
+    /* unprotected = exactly {4: kid}, kid a bstr of 1..32 bytes */
+    if (tml_cbor_expect(&r, TML_CBOR_MAP, &it) != TML_OK || it.arg != 1 ||
+        tml_cbor_expect(&r, TML_CBOR_UINT, &k) != TML_OK || k.arg != TML_COSE_HEADER_KID ||
+        tml_cbor_expect(&r, TML_CBOR_BYTES, &v) != TML_OK || v.arg < 1 ||
+        v.arg > TML_MAX_KID_BYTES) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    m->kid = v.data;
+    m->kid_len = (size_t)v.arg;
+    if (tml_cbor_expect(&r, TML_CBOR_BYTES, &it) != TML_OK) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    m->payload = it.data;
+    m->payload_len = (size_t)it.arg;
+    if (tml_cbor_expect(&r, TML_CBOR_BYTES, &it) != TML_OK) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    m->sig = it.data;
+    m->sig_len = (size_t)it.arg;
+    return TML_REASON_OK;
+}
+
+static bool is_int(const tml_cbor_item_t *it)
+{
+    return it->major == TML_CBOR_UINT || it->major == TML_CBOR_NINT;
+}
+
+/* Return whether the n map entries at r hold two equal integer keys (cbor2 refuses them). */
+static bool duplicate_int_keys(tml_cbor_reader_t r, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        tml_cbor_item_t a, b;
+        (void)tml_cbor_read(&r, &a);
+        tml_cbor_reader_t rest = r;
+        (void)tml_cbor_skip(&rest, DEPTH);
+        tml_cbor_reader_t scan = rest;
+        for (uint64_t j = i + 1; j < n; j++) {
+            (void)tml_cbor_read(&scan, &b);
+            if (is_int(&a) && a.major == b.major && a.arg == b.arg) {
+                return true;
+            }
+            if (!is_int(&a) && (size_t)(scan.p - b.start) == (size_t)(r.p - a.start) &&
+                memcmp(a.start, b.start, (size_t)(r.p - a.start)) == 0) {
+                return true;
+            }
+            (void)tml_cbor_skip(&scan, DEPTH);
+        }
+        r = rest;
+    }
+    return false;
+}
+
+/* cose.check_algorithm: the protected header must decode as exactly {1: -8}. */
+static tml_reason_t check_algorithm(const sign1_t *m)
+{
+    tml_cbor_reader_t r;
+    tml_cbor_item_t map, k, v;
+    tml_cbor_reader_init(&r, m->protected_hdr, m->protected_len);
+    tml_cbor_reader_t check = r;
+    if (tml_cbor_skip(&check, DEPTH) != TML_OK || check.p != check.end) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    if (tml_cbor_read(&r, &map) != TML_OK || map.major != TML_CBOR_MAP) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    if (duplicate_int_keys(r, map.arg)) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    if (map.arg != 1 || tml_cbor_read(&r, &k) != TML_OK || k.major != TML_CBOR_UINT ||
+        k.arg != TML_COSE_HEADER_ALG || tml_cbor_read(&r, &v) != TML_OK ||
+        v.major != TML_CBOR_NINT || v.arg != (uint64_t)(-1 - TML_COSE_ALG_EDDSA)) {
+        return TML_REASON_MANIFEST_BAD_ALGORITHM;
+    }
+    return TML_REASON_OK;
+}
+
+static const tml_key_t *find_key(const tml_keyring_t *ring, const uint8_t *kid, size_t len)
+{
+    if (len != TML_KEY_ID_BYTES) {
+        return NULL;
+    }
+    for (size_t i = 0; i < ring->count; i++) {
+        if (memcmp(ring->keys[i].kid, kid, TML_KEY_ID_BYTES) == 0) {
+            return &ring->keys[i];
+        }
+    }
+    return NULL;
+}
+
+static void hash_bstr_head(tml_ed25519_verify_t *v, size_t len)
+{
+    uint8_t head[9];
+    tml_cbor_writer_t w;
+    size_t n = 0;
+    tml_cbor_writer_init(&w, head, sizeof(head));
+    tml_cbor_put_head(&w, TML_CBOR_BYTES, len);
+    (void)tml_cbor_finish(&w, &n);
+    tml_ed25519_verify_update(v, head, n);
+}
+
+/* Verify the signature over Sig_structure = ["Signature1", protected, h'', payload]. */
+static tml_reason_t verify_signature(const sign1_t *m, const tml_key_t *key)
+{
+    static const uint8_t context[] = {0x84, 0x6A, 'S', 'i', 'g', 'n', 'a', 't', 'u', 'r', 'e', '1'};
+    static const uint8_t empty_bstr = 0x40;
+    tml_ed25519_verify_t v;
+    if (m->sig_len != TML_SIGNATURE_BYTES) {
+        return TML_REASON_MANIFEST_BAD_SIGNATURE;
+    }
+    tml_ed25519_verify_start(&v, m->sig, key->public_key);
+    tml_ed25519_verify_update(&v, context, sizeof(context));
+    hash_bstr_head(&v, m->protected_len);
+    tml_ed25519_verify_update(&v, m->protected_hdr, m->protected_len);
+    tml_ed25519_verify_update(&v, &empty_bstr, 1);
+    hash_bstr_head(&v, m->payload_len);
+    tml_ed25519_verify_update(&v, m->payload, m->payload_len);
+    return tml_ed25519_verify_finish(&v) ? TML_REASON_OK : TML_REASON_MANIFEST_BAD_SIGNATURE;
+}
+
+/*
+ * manifest._decode_map: strict CBOR, a map with integer keys, key 1 == 1 (else
+ * UNSUPPORTED_VERSION), then deterministic encoding and only keys in `allowed` (a bit mask).
+ */
+static tml_reason_t decode_map(const uint8_t *payload, size_t len, uint32_t allowed, fields_t *f)
+{
+    tml_cbor_reader_t r, check;
+    tml_cbor_item_t map, k, v;
+    memset(f, 0, sizeof(*f));
+    f->end = payload + len;
+    tml_cbor_reader_init(&check, payload, len);
+    if (tml_cbor_skip(&check, DEPTH) != TML_OK || check.p != check.end) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    tml_cbor_reader_init(&r, payload, len);
+    if (tml_cbor_read(&r, &map) != TML_OK || map.major != TML_CBOR_MAP) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    if (duplicate_int_keys(r, map.arg)) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    /* First pass: integer keys only; find the version. */
+    tml_cbor_reader_t scan = r;
+    bool have_version = false, version_ok = false;
+    for (uint64_t i = 0; i < map.arg; i++) {
+        (void)tml_cbor_read(&scan, &k);
+        if (!is_int(&k)) {
+            return TML_REASON_MANIFEST_MALFORMED;
+        }
+        tml_cbor_reader_t val = scan;
+        (void)tml_cbor_read(&val, &v);
+        if (k.major == TML_CBOR_UINT && k.arg == TML_K_VERSION) {
+            if (!is_int(&v)) {
+                return TML_REASON_MANIFEST_MALFORMED;
+            }
+            have_version = true;
+            version_ok = v.major == TML_CBOR_UINT && v.arg == TML_MANIFEST_FORMAT_VERSION;
+        }
+        (void)tml_cbor_skip(&scan, DEPTH);
+    }
+    if (!have_version) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    if (!version_ok) {
+        return TML_REASON_MANIFEST_UNSUPPORTED_VERSION;
+    }
+    /* Second pass: deterministic encoding, known keys, ascending. */
+    if (!map.shortest) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    int last = -1;
+    for (uint64_t i = 0; i < map.arg; i++) {
+        (void)tml_cbor_read(&r, &k);
+        if (k.major != TML_CBOR_UINT || k.arg > MAX_KEY || !k.shortest || (int)k.arg <= last ||
+            !(allowed & (1UL << k.arg))) {
+            return TML_REASON_MANIFEST_MALFORMED;
+        }
+        last = (int)k.arg;
+        f->val[k.arg] = r.p;
+        tml_cbor_item_t val;
+        (void)tml_cbor_read(&r, &val);
+        if (!val.shortest || (val.major != TML_CBOR_UINT && val.major != TML_CBOR_BYTES &&
+                              val.major != TML_CBOR_TEXT)) {
+            return TML_REASON_MANIFEST_MALFORMED; /* no v1 field has another type */
+        }
+    }
+    return TML_REASON_OK;
+}
+
+/* Read field `key` as a given major type; false when absent or of another type. */
+static bool field(const fields_t *f, int key, int major, tml_cbor_item_t *it)
+{
+    tml_cbor_reader_t r;
+    if (!f->val[key]) {
+        return false;
+    }
+    tml_cbor_reader_init(&r, f->val[key], (size_t)(f->end - f->val[key]));
+    return tml_cbor_expect(&r, major, it) == TML_OK;
+}
+
+static bool uint_field(const fields_t *f, int key, uint64_t max, uint64_t *out)
+{
+    tml_cbor_item_t it;
+    if (!field(f, key, TML_CBOR_UINT, &it) || it.arg > max) {
+        return false;
+    }
+    *out = it.arg;
+    return true;
+}
+
+static bool bytes_field(const fields_t *f, int key, size_t size, uint8_t *out)
+{
+    tml_cbor_item_t it;
+    if (!field(f, key, TML_CBOR_BYTES, &it) || it.arg != size) {
+        return false;
+    }
+    memcpy(out, it.data, size);
+    return true;
+}
+
+static bool text_field(const fields_t *f, int key, tml_cbor_item_t *it)
+{
+    return field(f, key, TML_CBOR_TEXT, it) && it->arg >= 1 &&
+           it->arg <= TML_MANIFEST_MAX_TEXT_BYTES;
+}
+
+/* Manifest.decode: every required field present and of its wire type. */
+static tml_reason_t decode_manifest(const fields_t *f, tml_manifest_t *m, tml_cbor_item_t *hw)
+{
+    uint64_t v;
+    tml_cbor_item_t text;
+    memset(m, 0, sizeof(*m));
+    if (!uint_field(f, TML_K_SEQUENCE, UINT64_MAX, &m->sequence) ||
+        !text_field(f, TML_K_MODEL_NAME, &text) || !text_field(f, TML_K_MODEL_VERSION, &text) ||
+        !text_field(f, TML_K_HARDWARE, hw) ||
+        !bytes_field(f, TML_K_MODEL_SHA256, 32, m->model_sha256) ||
+        !uint_field(f, TML_K_MODEL_SIZE, UINT32_MAX, &v)) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    m->model_size = (uint32_t)v;
+    if (!uint_field(f, TML_K_ENCODING, TML_ENCODING_DELTA, &v)) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    m->encoding = (uint8_t)v;
+    if (!bytes_field(f, TML_K_TRANSFER_SHA256, 32, m->transfer_sha256) ||
+        !uint_field(f, TML_K_TRANSFER_SIZE, UINT32_MAX, &v)) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    m->transfer_size = (uint32_t)v;
+    if (f->val[TML_K_BASE_SHA256]) {
+        if (!bytes_field(f, TML_K_BASE_SHA256, 32, m->base_sha256)) {
+            return TML_REASON_MANIFEST_MALFORMED;
+        }
+        m->has_base = true;
+    }
+    if (!uint_field(f, TML_K_ARENA_BYTES, UINT32_MAX, &v)) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    m->arena_bytes = (uint32_t)v;
+    if (!uint_field(f, TML_K_EXPIRES_AT, UINT64_MAX, &m->expires_at) ||
+        !uint_field(f, TML_K_PACKAGE_ID, UINT64_MAX, &m->package_id)) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    if ((m->encoding == TML_ENCODING_DELTA) != m->has_base) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    if (m->encoding == TML_ENCODING_RAW &&
+        (m->transfer_size != m->model_size ||
+         memcmp(m->transfer_sha256, m->model_sha256, 32) != 0)) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    return TML_REASON_OK;
+}
+
+#define MANIFEST_KEYS 0x7FFEUL /* keys 1..14 */
+#define ROTATION_KEYS ((1UL << 1) | (1UL << 2) | (1UL << 20) | (1UL << 21) | (1UL << 22))
+
+tml_reason_t tml_manifest_check(const uint8_t *cose, size_t len,
+                                const tml_manifest_policy_t *policy, tml_manifest_t *out)
+{
+    sign1_t msg;
+    fields_t f;
+    tml_cbor_item_t hw;
+    tml_reason_t why = parse_sign1(cose, len, &msg);
+    if (why == TML_REASON_OK) {
+        why = check_algorithm(&msg);
+    }
+    if (why != TML_REASON_OK) {
+        return why;
+    }
+    const tml_key_t *key = find_key(policy->keyring, msg.kid, msg.kid_len);
+    if (!key) {
+        return TML_REASON_MANIFEST_UNKNOWN_KEY;
+    }
+    why = verify_signature(&msg, key);
+    if (why == TML_REASON_OK) {
+        why = decode_map(msg.payload, msg.payload_len, MANIFEST_KEYS, &f);
+    }
+    if (why == TML_REASON_OK) {
+        why = decode_manifest(&f, out, &hw);
+    }
+    if (why != TML_REASON_OK) {
+        return why;
+    }
+    if (out->sequence <= policy->current_sequence) {
+        return TML_REASON_MANIFEST_SEQUENCE_REPLAY;
+    }
+    if (policy->now >= out->expires_at) {
+        return TML_REASON_MANIFEST_EXPIRED;
+    }
+    if (hw.arg != strlen(policy->hardware_profile) ||
+        memcmp(hw.data, policy->hardware_profile, (size_t)hw.arg) != 0) {
+        return TML_REASON_MANIFEST_WRONG_HARDWARE;
+    }
+    if (policy->slot_bytes && out->model_size > policy->slot_bytes) {
+        return TML_REASON_MANIFEST_TOO_LARGE;
+    }
+    if (policy->arena_bytes && out->arena_bytes > policy->arena_bytes) {
+        return TML_REASON_MANIFEST_ARENA_TOO_SMALL;
+    }
+    if (out->encoding == TML_ENCODING_DELTA && policy->running_model_sha256 &&
+        memcmp(out->base_sha256, policy->running_model_sha256, 32) != 0) {
+        return TML_REASON_DELTA_BASE_MISMATCH;
+    }
+    return TML_REASON_OK;
+}
+
+uint32_t tml_manifest_peek_package(const uint8_t *cose, size_t len)
+{
+    sign1_t msg;
+    tml_cbor_reader_t r;
+    tml_cbor_item_t map, k, v;
+    if (parse_sign1(cose, len, &msg) != TML_REASON_OK) {
+        return 0;
+    }
+    tml_cbor_reader_init(&r, msg.payload, msg.payload_len);
+    tml_cbor_reader_t check = r;
+    if (tml_cbor_skip(&check, DEPTH) != TML_OK || tml_cbor_read(&r, &map) != TML_OK ||
+        map.major != TML_CBOR_MAP) {
+        return 0;
+    }
+    for (uint64_t i = 0; i < map.arg; i++) {
+        if (tml_cbor_read(&r, &k) != TML_OK) {
+            return 0;
+        }
+        tml_cbor_reader_t val = r;
+        if (k.major == TML_CBOR_UINT && k.arg == TML_K_PACKAGE_ID &&
+            tml_cbor_read(&val, &v) == TML_OK && v.major == TML_CBOR_UINT &&
+            v.arg <= TML_MAX_PACKAGE_ID) {
+            return (uint32_t)v.arg;
+        }
+        if (tml_cbor_skip(&r, DEPTH) != TML_OK) {
+            return 0;
+        }
+    }
+    return 0;
+}
+
+void tml_key_id(const uint8_t public_key[32], uint8_t kid[TML_KEY_ID_BYTES])
+{
+    uint8_t digest[32];
+    tml_sha256(public_key, 32, digest);
+    memcpy(kid, digest, TML_KEY_ID_BYTES);
+}
+
+tml_reason_t tml_rotation_check(const uint8_t *cose, size_t len, const tml_keyring_t *keyring,
+                                uint64_t current_sequence, tml_rotation_t *out)
+{
+    sign1_t msg;
+    fields_t f;
+    tml_cbor_item_t it;
+    tml_reason_t why = parse_sign1(cose, len, &msg);
+    if (why == TML_REASON_OK) {
+        why = check_algorithm(&msg);
+    }
+    if (why != TML_REASON_OK) {
+        return why;
+    }
+    const tml_key_t *signer = find_key(keyring, msg.kid, msg.kid_len);
+    if (!signer) {
+        return TML_REASON_MANIFEST_BAD_ROTATION; /* a new or unknown key cannot vouch for itself */
+    }
+    why = verify_signature(&msg, signer);
+    if (why == TML_REASON_OK) {
+        why = decode_map(msg.payload, msg.payload_len, ROTATION_KEYS, &f);
+    }
+    if (why != TML_REASON_OK) {
+        return why;
+    }
+    memset(out, 0, sizeof(*out));
+    if (!f.val[TML_K_SEQUENCE] || !f.val[TML_K_NEW_KID] || !f.val[TML_K_NEW_PUBLIC_KEY] ||
+        !uint_field(&f, TML_K_SEQUENCE, UINT64_MAX, &out->sequence) ||
+        !bytes_field(&f, TML_K_NEW_KID, TML_KEY_ID_BYTES, out->new_kid) ||
+        !bytes_field(&f, TML_K_NEW_PUBLIC_KEY, 32, out->new_public_key)) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    if (f.val[TML_K_RETIRE_KID]) {
+        if (!field(&f, TML_K_RETIRE_KID, TML_CBOR_BYTES, &it) || it.arg < 1 ||
+            it.arg > TML_MAX_KID_BYTES) {
+            return TML_REASON_MANIFEST_MALFORMED;
+        }
+        out->has_retire = true;
+        out->retire_kid_len = (uint8_t)it.arg;
+        memcpy(out->retire_kid, it.data, (size_t)it.arg);
+    }
+    uint8_t kid[TML_KEY_ID_BYTES];
+    tml_key_id(out->new_public_key, kid);
+    if (memcmp(kid, out->new_kid, TML_KEY_ID_BYTES) != 0) {
+        return TML_REASON_MANIFEST_BAD_ROTATION;
+    }
+    if (out->sequence <= current_sequence) {
+        return TML_REASON_MANIFEST_SEQUENCE_REPLAY;
+    }
+    if (find_key(keyring, out->new_kid, TML_KEY_ID_BYTES)) {
+        return TML_REASON_MANIFEST_BAD_ROTATION; /* already trusted */
+    }
+    if (out->has_retire && !find_key(keyring, out->retire_kid, out->retire_kid_len)) {
+        return TML_REASON_MANIFEST_BAD_ROTATION; /* retiring a key that is not trusted */
+    }
+    return TML_REASON_OK;
+}

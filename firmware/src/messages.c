@@ -1,0 +1,134 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Status, hello, chunk request/chunk, report and time messages (status.py, ota_messages.py). */
+#include "tml/messages.h"
+
+#include <string.h>
+
+#include "tml/cbor.h"
+#include "tml/protocol.h"
+
+tml_status_t tml_status_encode(const tml_status_msg_t *s, uint8_t *out, size_t cap,
+                               size_t *out_len)
+{
+    if (s->slot > 1 || (s->has_model && s->model > TML_MAX_MODEL_ID) ||
+        s->op_count > TML_MAX_OPS || (s->pointer_bits != 32 && s->pointer_bits != 64) ||
+        s->uptime_s > (uint64_t)INT64_MAX || s->free_ram > (uint64_t)INT64_MAX ||
+        s->seq > (uint64_t)INT64_MAX) {
+        return TML_ERR_RANGE;
+    }
+    tml_cbor_writer_t w;
+    tml_cbor_writer_init(&w, out, cap);
+    /* RFC 8949 canonical order (shorter encoded key first, then bytewise), as cbor2 writes. */
+    tml_cbor_put_head(&w, TML_CBOR_MAP, s->has_model ? 12 : 11);
+    tml_cbor_put_text(&w, "ops");
+    tml_cbor_put_head(&w, TML_CBOR_ARRAY, s->op_count);
+    for (size_t i = 0; i < s->op_count; i++) {
+        tml_cbor_put_text(&w, s->ops[i]);
+    }
+    tml_cbor_put_text(&w, "seq");
+    tml_cbor_put_uint(&w, s->seq);
+    tml_cbor_put_text(&w, "slot");
+    tml_cbor_put_uint(&w, s->slot);
+    if (s->has_model) {
+        tml_cbor_put_text(&w, "model");
+        tml_cbor_put_uint(&w, s->model);
+    }
+    tml_cbor_put_text(&w, "state");
+    tml_cbor_put_uint(&w, TML_LINK_STATE_ONLINE);
+    tml_cbor_put_text(&w, "free_ram");
+    tml_cbor_put_uint(&w, s->free_ram);
+    tml_cbor_put_text(&w, "uptime_s");
+    tml_cbor_put_uint(&w, s->uptime_s);
+    tml_cbor_put_text(&w, "slot_bytes");
+    tml_cbor_put_uint(&w, s->slot_bytes);
+    tml_cbor_put_text(&w, "arena_bytes");
+    tml_cbor_put_uint(&w, s->arena_bytes);
+    tml_cbor_put_text(&w, "pointer_bits");
+    tml_cbor_put_uint(&w, s->pointer_bits);
+    tml_cbor_put_text(&w, "tflm_version");
+    tml_cbor_put_text(&w, s->tflm_version);
+    tml_cbor_put_text(&w, "firmware_version");
+    tml_cbor_put_text(&w, s->firmware_version);
+    return tml_cbor_finish(&w, out_len);
+}
+
+tml_status_t tml_hello_encode(const char *uid, uint32_t mtu, uint8_t *out, size_t cap,
+                              size_t *out_len)
+{
+    tml_cbor_writer_t w;
+    tml_cbor_writer_init(&w, out, cap);
+    tml_cbor_put_head(&w, TML_CBOR_MAP, 3);
+    tml_cbor_put_text(&w, "mtu");
+    tml_cbor_put_uint(&w, mtu);
+    tml_cbor_put_text(&w, "uid");
+    tml_cbor_put_text(&w, uid);
+    tml_cbor_put_text(&w, "link");
+    tml_cbor_put_uint(&w, 1);
+    return tml_cbor_finish(&w, out_len);
+}
+
+tml_status_t tml_chunk_request_encode(uint32_t pkg, uint32_t offset, uint32_t length,
+                                      uint8_t *out, size_t cap, size_t *out_len)
+{
+    if (pkg > TML_MAX_PACKAGE_ID || length < 1 || length > TML_MAX_CHUNK_BYTES ||
+        (uint64_t)offset + length > TML_MAX_TRANSFER_BYTES) {
+        return TML_ERR_RANGE;
+    }
+    tml_cbor_writer_t w;
+    tml_cbor_writer_init(&w, out, cap);
+    tml_cbor_put_head(&w, TML_CBOR_ARRAY, 3);
+    tml_cbor_put_uint(&w, pkg);
+    tml_cbor_put_uint(&w, offset);
+    tml_cbor_put_uint(&w, length);
+    return tml_cbor_finish(&w, out_len);
+}
+
+tml_status_t tml_report_encode(uint32_t pkg, uint8_t state, uint16_t detail, uint8_t *out,
+                               size_t cap, size_t *out_len)
+{
+    if (pkg > TML_MAX_PACKAGE_ID || state > TML_STATE_ROLLED_BACK) {
+        return TML_ERR_RANGE;
+    }
+    tml_cbor_writer_t w;
+    tml_cbor_writer_init(&w, out, cap);
+    tml_cbor_put_head(&w, TML_CBOR_ARRAY, 3);
+    tml_cbor_put_uint(&w, pkg);
+    tml_cbor_put_uint(&w, state);
+    tml_cbor_put_uint(&w, detail);
+    return tml_cbor_finish(&w, out_len);
+}
+
+tml_status_t tml_chunk_decode(const uint8_t *msg, size_t len, uint32_t *pkg, uint32_t *offset,
+                              const uint8_t **data, size_t *data_len)
+{
+    tml_cbor_reader_t r;
+    tml_cbor_item_t a, p, o, d;
+    tml_cbor_reader_init(&r, msg, len);
+    if (tml_cbor_expect(&r, TML_CBOR_ARRAY, &a) != TML_OK || a.arg != 3 ||
+        tml_cbor_expect(&r, TML_CBOR_UINT, &p) != TML_OK ||
+        tml_cbor_expect(&r, TML_CBOR_UINT, &o) != TML_OK ||
+        tml_cbor_expect(&r, TML_CBOR_BYTES, &d) != TML_OK || r.p != r.end) {
+        return TML_ERR_MALFORMED;
+    }
+    if (p.arg > TML_MAX_PACKAGE_ID || d.arg > TML_MAX_CHUNK_BYTES ||
+        o.arg + d.arg > TML_MAX_TRANSFER_BYTES) {
+        return TML_ERR_RANGE;
+    }
+    *pkg = (uint32_t)p.arg;
+    *offset = (uint32_t)o.arg;
+    *data = d.data;
+    *data_len = (size_t)d.arg;
+    return TML_OK;
+}
+
+tml_status_t tml_time_decode(const uint8_t *msg, size_t len, uint64_t *unix_ms)
+{
+    tml_cbor_reader_t r;
+    tml_cbor_item_t t;
+    tml_cbor_reader_init(&r, msg, len);
+    if (tml_cbor_expect(&r, TML_CBOR_UINT, &t) != TML_OK || r.p != r.end) {
+        return TML_ERR_MALFORMED;
+    }
+    *unix_ms = t.arg;
+    return TML_OK;
+}

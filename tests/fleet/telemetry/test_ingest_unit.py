@@ -1,0 +1,237 @@
+"""Ingest without MQTT: decoding into accepted or refused messages, and exactly-once storage.
+
+``decode_event_message`` and ``store_batches`` are called directly (the worker's consumers do
+the same with what the broker delivers), so each rule is pinned on its own: the dedupe key,
+summaries in rollups, the unknown-package version, refusal reasons, last seen.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import cbor2
+import pytest
+
+from device_sdk.protocol.events import Event, EventBatch, encode_batch, encode_summary, summarize
+from device_sdk.protocol.limits import MAX_EVENTS_BYTES
+from device_sdk.protocol.reasons import Reason
+from fleet.broker.consumers import Consumers
+from fleet.broker.worker import Received
+from fleet.devices.models import Device, HardwareProfile
+from fleet.telemetry.directory import DeviceDirectory
+from fleet.telemetry.ingest import (
+    Accepted,
+    Rejected,
+    decode_event_message,
+    record_rejections,
+    store_batches,
+)
+from fleet.telemetry.models import DeadLetter, IngestedBatch, Rollup
+from fleet.telemetry.models import Event as EventRow
+
+pytestmark = pytest.mark.django_db
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a minute boundary
+NOW = datetime(2026, 1, 2, tzinfo=UTC)
+
+
+@pytest.fixture
+def device(hardware_profile: HardwareProfile) -> Device:
+    """A device known to the server."""
+    uid = f"unit-{secrets.token_hex(4)}"
+    return Device.objects.create(uid=uid, hardware_profile=hardware_profile, public_key_pem="-",
+                                 public_key_fingerprint=uid, key_algorithm="ed25519")
+
+
+def batch(seq: int, *events: tuple[int, int, int, int], model: int = 0) -> EventBatch:
+    """Return a batch of (t_ms offset from T0, label, score, latency) events."""
+    return EventBatch.of(seq, model, [Event(T0 + dt, lab, s, lat) for dt, lab, s, lat in events])
+
+
+def accept(device: Device, message: Any, model_version: int = 0) -> Accepted:
+    """Return ``message`` as the decoder would accept it from ``device``."""
+    return Accepted(device.id, model_version, message)
+
+
+def rollups(device: Device) -> dict[tuple[int, int, int], tuple[int, ...]]:
+    """Return (version, minute offset, label) -> (count, score sum, latency sum, histogram)."""
+    rows = Rollup.objects.filter(device_id=device.id).values_list(
+        "model_version_id", "bucket", "label", "count", "score_sum", "latency_sum",
+        "lat_le_1ms", "lat_le_5ms", "lat_le_20ms", "lat_le_100ms", "lat_gt_100ms")
+    base = datetime.fromtimestamp(T0 / 1000, tz=UTC)
+    return {(mv, int((b - base).total_seconds()) // 60, label): tuple(sums)
+            for mv, b, label, *sums in rows}
+
+
+def test_a_batch_is_stored_with_its_events_rollups_and_last_seen(device: Device) -> None:
+    """Every event becomes a row; rollups sum per minute and label; last_seen is the last event."""
+    b = batch(7, (0, 1, 200, 5), (1500, 1, 100, 50), (61_000, 2, 10, 1500))
+    result = store_batches([accept(device, b, model_version=3)], NOW)
+    assert (result.batches, result.events, result.duplicates) == (1, 3, 0)
+    rows = sorted(EventRow.objects.filter(device_id=device.id).values_list(
+        "model_version_id", "seq", "ts", "label", "score", "latency_100us"))
+    assert rows == [(3, 7, datetime.fromtimestamp((T0 + dt) / 1000, tz=UTC), lab, s, lat)
+                    for dt, lab, s, lat in ((0, 1, 200, 5), (1500, 1, 100, 50),
+                                            (61_000, 2, 10, 1500))]
+    # Latency buckets: <= 1 ms, <= 5 ms (50 is exactly 5 ms), <= 20, <= 100, > 100 ms.
+    assert rollups(device) == {(3, 0, 1): (2, 300, 55, 1, 1, 0, 0, 0),
+                               (3, 1, 2): (1, 10, 1500, 0, 0, 0, 0, 1)}
+    key = IngestedBatch.objects.get(device_id=device.id)
+    assert (key.seq, key.kind, key.event_count, key.model_version_id) == (7, 0, 3, 3)
+    device.refresh_from_db()
+    assert device.last_seen == datetime.fromtimestamp((T0 + 61_000) / 1000, tz=UTC)
+    assert device.first_seen == device.last_seen
+
+
+def test_the_same_seq_twice_in_one_call_is_stored_once(device: Device) -> None:
+    """Two copies in one worker batch (a resend next to the original) count once."""
+    b = batch(1, (0, 0, 100, 20), (10, 0, 50, 20))
+    result = store_batches([accept(device, b), accept(device, b)], NOW)
+    assert (result.batches, result.events, result.duplicates) == (1, 2, 1)
+    assert EventRow.objects.filter(device_id=device.id).count() == 2
+    assert rollups(device)[(0, 0, 0)][:3] == (2, 150, 40)
+
+
+def test_a_redelivered_seq_changes_nothing(device: Device) -> None:
+    """A copy arriving in a later call (worker killed before its ack) is a duplicate."""
+    first = batch(1, (0, 0, 100, 20))
+    store_batches([accept(device, first)], NOW)
+    before = rollups(device)
+    result = store_batches([accept(device, first), accept(device, batch(2, (5, 0, 80, 20)))],
+                           NOW)
+    assert (result.batches, result.events, result.duplicates) == (1, 1, 1)
+    assert EventRow.objects.filter(device_id=device.id).count() == 2
+    assert rollups(device)[(0, 0, 0)][:3] == (before[(0, 0, 0)][0] + 1, 180, 40)
+    assert sorted(IngestedBatch.objects.values_list("seq", flat=True)) == [1, 2]
+
+
+def test_the_dedupe_key_is_per_device(device: Device, hardware_profile: HardwareProfile) -> None:
+    """Another device may use the same seq."""
+    other = Device.objects.create(uid="unit-other", hardware_profile=hardware_profile,
+                                  public_key_pem="-", public_key_fingerprint="unit-other",
+                                  key_algorithm="ed25519")
+    b = batch(1, (0, 0, 100, 20))
+    result = store_batches([accept(device, b), accept(other, b)], NOW)
+    assert (result.batches, result.duplicates) == (2, 0)
+
+
+def test_a_summary_folds_into_the_rollup_of_its_first_minute(device: Device) -> None:
+    """Counts and means of a summary become rollup sums; no raw events are written."""
+    events = [Event(T0 + 1000 * k, k % 3, 100 + k, 40) for k in range(90)]
+    summary = summarize(events, seq=9, t0_ms=T0, model=0, window_s=120)
+    result = store_batches([accept(device, summary, model_version=4)], NOW)
+    assert (result.batches, result.events) == (1, 90)
+    assert not EventRow.objects.filter(device_id=device.id).exists()
+    cells = rollups(device)
+    assert set(cells) == {(4, 0, 0), (4, 0, 1), (4, 0, 2)}  # all at the window's start
+    for label in range(3):
+        n = summary.counts[label]
+        assert cells[(4, 0, label)] == (n, n * summary.mean_scores[label], n * 40, 0, n, 0, 0, 0)
+    key = IngestedBatch.objects.get(device_id=device.id)
+    assert (key.kind, key.event_count) == (1, 90)
+    device.refresh_from_db()
+    assert device.last_seen == datetime.fromtimestamp(T0 / 1000 + 120, tz=UTC)
+
+
+def test_last_seen_never_moves_back(device: Device) -> None:
+    """An old batch delivered late leaves last_seen at the newest event seen."""
+    store_batches([accept(device, batch(2, (60_000, 0, 1, 1)))], NOW)
+    store_batches([accept(device, batch(1, (0, 0, 1, 1)))], NOW)
+    device.refresh_from_db()
+    assert device.last_seen == datetime.fromtimestamp(T0 / 1000 + 60, tz=UTC)
+
+
+def test_an_unknown_package_maps_to_model_version_0(device: Device) -> None:
+    """A package id the server never built decodes as version 0 (unknown), not a refusal."""
+    directory = DeviceDirectory()
+    payload = encode_batch(batch(1, (0, 1, 1, 1), model=424_242))
+    outcome = decode_event_message("fleet/v1/x/events", device.uid, payload, directory)
+    assert isinstance(outcome, Accepted)
+    assert (outcome.device_id, outcome.model_version_id) == (device.id, 0)
+    assert directory.model_version_of(0) == 0
+
+
+def test_a_known_package_maps_to_its_model_version(device: Device,
+                                                   hardware_profile: HardwareProfile) -> None:
+    """The batch's model field is the package id; rows carry that package's model version."""
+    from ota.models import Model, ModelVersion, Package, SigningKey
+
+    mv = ModelVersion.objects.create(model=Model.objects.create(name="kws"), version="1.0.0",
+                                     source="uploaded", status="ready")
+    key = SigningKey.objects.create(kid="00" * 8, public_key="00" * 32,
+                                    encrypted_private_key=b"-")
+    pkg = Package.objects.create(model_version=mv, hardware_profile=hardware_profile,
+                                 encoding=0, manifest=b"-", transfer_sha256="0" * 64,
+                                 transfer_size=1, installed_size=1, signing_key=key,
+                                 expires_at=NOW + timedelta(days=1))
+    payload = encode_batch(batch(1, (0, 1, 1, 1), model=pkg.id))
+    outcome = decode_event_message("t", device.uid, payload, DeviceDirectory())
+    assert isinstance(outcome, Accepted) and outcome.model_version_id == mv.id
+
+
+def _items(seq: int) -> list[Any]:
+    return list(cbor2.loads(encode_batch(batch(seq, (0, 1, 2, 3), (10, 2, 3, 4)))))
+
+
+@pytest.mark.parametrize(("payload", "reason"), [
+    (b"\xff\x00", Reason.CBOR_MALFORMED),
+    (encode_batch(batch(1, (0, 1, 1, 1))) + b"\x00", Reason.CBOR_MALFORMED),  # trailing byte
+    (bytes(MAX_EVENTS_BYTES + 1), Reason.PAYLOAD_TOO_LARGE),
+    (cbor2.dumps({"seq": 1}), Reason.SCHEMA_MISMATCH),
+    (cbor2.dumps([9, *_items(1)[1:]]), Reason.SCHEMA_MISMATCH),  # unknown message kind
+    (cbor2.dumps(_items(1)[:5]), Reason.SCHEMA_MISMATCH),  # too few items
+    (cbor2.dumps([*_items(1)[:2], 1_000, *_items(1)[3:]]), Reason.VALUE_OUT_OF_RANGE),  # 1970
+    (cbor2.dumps([*_items(1)[:4], 20, *_items(1)[5:]]), Reason.VALUE_OUT_OF_RANGE),  # n: 20
+    (cbor2.dumps(cbor2.CBORTag(1, 0)), Reason.SCHEMA_MISMATCH),  # tags are refused
+])
+def test_bad_payloads_are_refused_with_their_reason(device: Device, payload: bytes,
+                                                    reason: Reason) -> None:
+    """Each malformed payload yields a Rejected with the wire reason, never an exception."""
+    outcome = decode_event_message("fleet/v1/d/events", device.uid, payload, DeviceDirectory())
+    assert isinstance(outcome, Rejected)
+    assert outcome.reason == reason, outcome.detail
+    assert outcome.payload == payload
+
+
+def test_unknown_and_revoked_devices_are_refused(device: Device) -> None:
+    """A valid batch for a uid the server does not know, or has revoked, is UNKNOWN_DEVICE."""
+    payload = encode_batch(batch(1, (0, 1, 1, 1)))
+    unknown = decode_event_message("t", "nobody-here", payload, DeviceDirectory())
+    assert isinstance(unknown, Rejected) and unknown.reason == Reason.UNKNOWN_DEVICE
+    Device.objects.filter(pk=device.pk).update(revoked_at=NOW)
+    revoked = decode_event_message("t", device.uid, payload, DeviceDirectory())
+    assert isinstance(revoked, Rejected) and revoked.reason == Reason.UNKNOWN_DEVICE
+    assert "revoked" in revoked.detail
+
+
+def test_rejections_are_dead_lettered_truncated() -> None:
+    """Dead letters keep the reason, the full size and the first 1 KiB of the payload."""
+    record_rejections([Rejected("fleet/v1/d/events", "d", Reason.PAYLOAD_TOO_LARGE, "big",
+                                bytes(range(256)) * 80)])
+    letter = DeadLetter.objects.get()
+    assert (letter.reason, letter.device_uid, letter.size) == ("PAYLOAD_TOO_LARGE", "d", 20_480)
+    assert bytes(letter.payload) == (bytes(range(256)) * 4)
+
+
+@pytest.mark.django_db(transaction=True)  # the consumers close stale connections first
+def test_consumers_store_good_messages_and_dead_letter_the_rest(device: Device) -> None:
+    """One worker batch mixing good, duplicate, malformed and misrouted messages."""
+    topic = f"fleet/v1/{device.uid}/events"
+    good = encode_batch(batch(1, (0, 1, 1, 1)))
+    summary = encode_summary(summarize([Event(T0, 0, 9, 9)], seq=2, t0_ms=T0, model=0,
+                                       window_s=60))
+    received = [Received(t, p, mid, 1, NOW) for mid, (t, p) in enumerate([
+        (topic, good), (topic, good), (topic, summary), (topic, b"\x00\xff"),
+        ("fleet/v1/not a uid/events", good), (f"fleet/v1/{device.uid}/nonsense", good)])]
+    consumers = Consumers()
+    consumers(received)
+    assert sorted(IngestedBatch.objects.values_list("seq", flat=True)) == [1, 2]
+    assert sorted(DeadLetter.objects.values_list("reason", flat=True)) == [
+        "CBOR_MALFORMED", "SCHEMA_MISMATCH", "SCHEMA_MISMATCH"]
+    assert consumers.counters["batches_stored"] == 2
+    assert consumers.counters["batches_duplicate"] == 1
+    consumers(received[:1])  # redelivered later: nothing new
+    assert IngestedBatch.objects.count() == 2
+    assert consumers.counters["batches_duplicate"] == 2
