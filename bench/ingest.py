@@ -312,6 +312,9 @@ class Run:
         time.sleep(0.5)  # anything redelivered late would land now
         worker.terminate()
         worker.wait(timeout=30)
+        # A stopped worker's session keeps its share of the shared subscription: end it, or
+        # the broker would go on queueing for it during the next run.
+        end_session(self.broker, f"bench-{self.db.vendor}", *self.worker_identity)
         rows = self.db.scalar("SELECT count(*) FROM telemetry_event")
         distinct = self.db.scalar("SELECT count(*) FROM (SELECT DISTINCT device_id, seq"
                                   " FROM telemetry_event) AS b")
@@ -329,6 +332,20 @@ class Run:
                 "lost": expected_events - distinct * a.per_batch,
                 "duplicated": rows - distinct * a.per_batch + abs(rolled - rows),
                 "events": expected_events}
+
+
+def end_session(broker: Any, client_id: str, username: str, password: str) -> None:
+    """Discard a client's persistent session (subscriptions and queue) on the broker."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    c.username_pw_set(username, password)
+    c.connect(broker.host, broker.port, clean_start=True)  # session expiry 0: gone at close
+    c.loop_start()
+    time.sleep(0.2)
+    c.disconnect()
+    c.loop_stop()
 
 
 def start_postgres(workdir: Path) -> tuple[str, Path, int]:

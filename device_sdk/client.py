@@ -21,6 +21,9 @@ quickly, and any exception it raises is logged and swallowed)::
     on_disconnect(client, reason)          the connection dropped or an attempt failed
     on_message(client, topic, payload)     an OTA offer or chunk arrived (size-checked)
     on_acked(client, seq)                  the broker acknowledged the message with this seq
+    on_refused(client, reason_code)        the broker refused the credential (CONNACK 0x86/0x87):
+                                           re-enroll (elsewhere: it blocks) and call
+                                           :meth:`DeviceClient.use_identity`
 
 Delivery: a message is in the outbox before it is published and leaves it on PUBACK; after a
 reconnect, or a restart, the outbox is sent again in order from its oldest entry. A message may
@@ -91,6 +94,7 @@ class DeviceClient:
     on_disconnect: Callable[[DeviceClient, str], None] | None = None
     on_message: Callable[[DeviceClient, str, bytes], None] | None = None
     on_acked: Callable[[DeviceClient, int], None] | None = None
+    on_refused: Callable[[DeviceClient, int], None] | None = None
 
     def __init__(
         self,
@@ -232,6 +236,30 @@ class DeviceClient:
         """Publish the retained status again (after a model change, say) if connected."""
         self.reactor.call_soon(self._publish_status)
 
+    def publish(self, channel: Channel, payload: bytes) -> None:
+        """Publish an OTA chunk request or report (QoS 1) if connected, else drop it.
+
+        Not telemetry: these skip the outbox, because the OTA state machine asks again for
+        what it still needs after a reconnect, and a stale request is worse than none.
+        """
+        topic = device_topic(self.uid, channel)
+        self.reactor.call_soon(lambda: self.link.publish(topic, payload, qos=1))
+
+    def subscribe(self, topic_filter: str) -> None:
+        """Also receive ``topic_filter`` (a package's fan-out, say) on :attr:`on_message`."""
+        self.link.subscribe(topic_filter)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Stop receiving a filter added with :meth:`subscribe`."""
+        self.link.unsubscribe(topic_filter)
+
+    def use_identity(self, identity: DeviceIdentity) -> None:
+        """Take a re-enrolled identity's credential for the next connection attempt."""
+        if identity.device_id != self.uid:
+            raise ValueError(f"identity of {identity.device_id}, not {self.uid}")
+        self.identity = identity
+        self.link.set_credentials(identity.mqtt.username, identity.mqtt.credential)
+
     def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until the broker accepted the connection; return whether it did in time."""
         return self._up.wait(timeout)
@@ -350,6 +378,13 @@ class DeviceClient:
                 self._drained.notify_all()
         self._callback(self.on_acked, entry.seq)
         self._pump()
+
+    def link_refused(self, reason_code: int) -> None:
+        if self.on_refused is None:
+            log.error("%s: the broker refuses this device's credential (reason %d): enroll it "
+                      "again (python -m device_sdk enroll) or check it was not revoked",
+                      self.uid, reason_code)
+        self._callback(self.on_refused, reason_code)
 
     def _callback(self, fn: Callable[..., None] | None, *args: object) -> None:
         if fn is None:

@@ -151,7 +151,7 @@ def enroll(
     capabilities: Capabilities,
     uid: str | None = None,
     name: str = "",
-    timeout: float = 15.0,
+    timeout: float = 30.0,
     attempts: int = 5,
     ssl_context: ssl.SSLContext | None = None,
 ) -> DeviceIdentity:
@@ -160,6 +160,11 @@ def enroll(
     Makes the key pair first if the directory has none. Retries (with jittered back-off) when
     the server is unreachable, throttles (429, honouring Retry-After) or is briefly unavailable;
     raises :class:`EnrollmentError` on a refusal, carrying the server's reason code.
+
+    Each enrollment issues a fresh credential. A retry after a timeout can therefore lose a
+    race with its own first attempt finishing late on the server, leaving the broker with a
+    credential the device never saw; the broker then refuses the device (CONNACK 0x86/0x87),
+    and enrolling again (``DeviceClient.on_refused``) repairs it.
     """
     state = _state_dir(state_dir)
     key = load_or_create_key(state)

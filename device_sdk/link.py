@@ -18,13 +18,13 @@ thread; :meth:`Link.publish` must be called on the reactor thread.
 
 from __future__ import annotations
 
-import enum
 import logging
 import socket
 import ssl
 import threading
 import time
-from typing import Any, Protocol
+from dataclasses import replace
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -34,10 +34,20 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from device_sdk.backoff import Backoff
-from device_sdk.link_config import BrokerEndpoint, LinkConfig, Will
+from device_sdk.link_config import (
+    CREDENTIAL_REFUSED,
+    BrokerEndpoint,
+    LinkConfig,
+    LinkListener,
+    LinkState,
+    Will,
+)
 from device_sdk.reactor import Reactor, Timer
 
-__all__ = ["BrokerEndpoint", "Link", "LinkConfig", "LinkListener", "LinkState", "Will"]
+__all__ = [
+    "CREDENTIAL_REFUSED", "BrokerEndpoint", "Link", "LinkConfig", "LinkListener", "LinkState",
+    "Will",
+]
 
 log = logging.getLogger(__name__)
 _paho_log = logging.getLogger("device_sdk.paho")
@@ -46,32 +56,6 @@ _STOP_GRACE_S = 2.0  # how long a graceful DISCONNECT may take before the socket
 # MQTT 5 DISCONNECT reason 4: "Disconnect with Will Message" - a clean stop still announces
 # "offline" through the will, so an operator sees the same status for both ways to go away.
 _DISCONNECT_WITH_WILL = 4
-
-
-class LinkState(enum.Enum):
-    """Where the link is in its life."""
-
-    IDLE = "idle"  # not started
-    CONNECTING = "connecting"  # handshake or CONNACK pending
-    CONNECTED = "connected"
-    WAITING = "waiting"  # back-off delay before the next attempt
-    STOPPED = "stopped"
-
-
-class LinkListener(Protocol):
-    """What a link tells its owner; every method runs on the reactor thread and must not block."""
-
-    def link_up(self, session_present: bool) -> None:
-        """The broker accepted the connection."""
-
-    def link_down(self, reason: str) -> None:
-        """The connection ended (or an attempt failed); the link retries unless stopped."""
-
-    def link_message(self, topic: str, payload: bytes) -> None:
-        """A message arrived on a subscribed topic."""
-
-    def link_published(self, mid: int, reason_code: int) -> None:
-        """The broker acknowledged publish ``mid`` (PUBACK ``reason_code``; >= 0x80 refused)."""
 
 
 class Link:
@@ -101,6 +85,7 @@ class Link:
         self._attempt_timer: Timer | None = None
         self._misc_timer: Timer | None = None
         self._stopping = False
+        self._extra: list[str] = []  # filters added by subscribe(), on top of the config's
         self._info = logging.INFO if config.log_transitions else logging.DEBUG
         self._warning = logging.WARNING if config.log_transitions else logging.DEBUG
 
@@ -122,6 +107,38 @@ class Link:
     def abort(self) -> None:
         """Drop the TCP connection without DISCONNECT, as a power cut would; the link retries."""
         self.reactor.call_soon(self._abort, "aborted by the application")
+
+    def set_credentials(self, username: str | None, password: str | None) -> None:
+        """Use a new credential from the next connection attempt on (from any thread)."""
+
+        def apply() -> None:
+            self.config = replace(self.config, username=username, password=password)
+
+        self.reactor.call_soon(apply)
+
+    def subscribe(self, topic_filter: str) -> None:
+        """Subscribe (QoS 1) now if connected and after every new session (from any thread)."""
+
+        def apply() -> None:
+            if topic_filter not in self._extra:
+                self._extra.append(topic_filter)
+                if self.connected and self._client is not None:
+                    self._client.subscribe(topic_filter, qos=1)
+                    self._sync_write_interest()
+
+        self.reactor.call_soon(apply)
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Undo :meth:`subscribe` (from any thread)."""
+
+        def apply() -> None:
+            if topic_filter in self._extra:
+                self._extra.remove(topic_filter)
+                if self.connected and self._client is not None:
+                    self._client.unsubscribe(topic_filter)
+                    self._sync_write_interest()
+
+        self.reactor.call_soon(apply)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int | None:
         """Publish on the reactor thread; return the message id, or None when not connected."""
@@ -271,8 +288,11 @@ class Link:
             if rc.is_failure:
                 # The broker closes the socket next; _on_disconnect schedules the retry.
                 self.last_error = f"broker refused the connection: {rc}"
-                level = logging.ERROR if rc.value in (0x86, 0x87) else logging.WARNING
-                log.log(level, "%s: %s", self.config.client_id, self.last_error)
+                refused = rc.value in CREDENTIAL_REFUSED
+                log.log(logging.ERROR if refused else logging.WARNING, "%s: %s",
+                        self.config.client_id, self.last_error)
+                if refused:
+                    self.listener.link_refused(rc.value)
                 return
             if self._attempt_timer is not None:
                 self._attempt_timer.cancel()
@@ -281,8 +301,9 @@ class Link:
             self.connects += 1
             self._connected_at = time.monotonic()
             session_present = bool(flags.session_present)
-            if self.config.subscriptions and not session_present:
-                client.subscribe([(f, SubscribeOptions(qos=1)) for f in self.config.subscriptions])
+            filters = [*self.config.subscriptions, *self._extra]
+            if filters and not session_present:
+                client.subscribe([(f, SubscribeOptions(qos=1)) for f in filters])
             log.debug("%s: connected (session present: %s)", self.config.client_id, session_present)
             self.listener.link_up(session_present)
         except Exception:  # never let an exception into paho's loop

@@ -1,18 +1,30 @@
-"""What one MQTT connection needs: the broker's address, the identity, the will, the limits.
+"""The types around a :class:`~device_sdk.link.Link`: what one MQTT connection needs (the
+broker's address, the identity, the will, the limits), its states, and its listener interface.
 
-Plain immutable data, shared freely between threads (the simulator shares one TLS context
-between thousands of links).
+The configuration is plain immutable data, shared freely between threads (the simulator shares
+one TLS context between thousands of links).
 """
 
 from __future__ import annotations
 
+import enum
 import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
-__all__ = ["BrokerEndpoint", "LinkConfig", "Will", "shared_tls_context", "tls_context"]
+__all__ = [
+    "CREDENTIAL_REFUSED",
+    "BrokerEndpoint",
+    "LinkConfig",
+    "LinkListener",
+    "LinkState",
+    "Will",
+    "shared_tls_context",
+    "tls_context",
+]
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,39 @@ class LinkConfig:
     max_inflight: int = 20
     # Log drops and retries at INFO/WARNING (one device) or DEBUG (one of a simulated thousand).
     log_transitions: bool = True
+
+
+class LinkState(enum.Enum):
+    """Where the link is in its life."""
+
+    IDLE = "idle"  # not started
+    CONNECTING = "connecting"  # handshake or CONNACK pending
+    CONNECTED = "connected"
+    WAITING = "waiting"  # back-off delay before the next attempt
+    STOPPED = "stopped"
+
+
+class LinkListener(Protocol):
+    """What a link tells its owner; every method runs on the reactor thread and must not block."""
+
+    def link_up(self, session_present: bool) -> None:
+        """The broker accepted the connection."""
+
+    def link_down(self, reason: str) -> None:
+        """The connection ended (or an attempt failed); the link retries unless stopped."""
+
+    def link_message(self, topic: str, payload: bytes) -> None:
+        """A message arrived on a subscribed topic."""
+
+    def link_published(self, mid: int, reason_code: int) -> None:
+        """The broker acknowledged publish ``mid`` (PUBACK ``reason_code``; >= 0x80 refused)."""
+
+    def link_refused(self, reason_code: int) -> None:
+        """The broker refused the credential (CONNACK 0x86 or 0x87); the link keeps retrying."""
+
+
+# CONNACK reasons that mean the credential itself is wrong (or revoked), not the broker busy.
+CREDENTIAL_REFUSED = frozenset({0x86, 0x87})  # bad user name or password, not authorized
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext:

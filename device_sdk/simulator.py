@@ -26,7 +26,7 @@ from pathlib import Path
 
 from device_sdk.backoff import Backoff
 from device_sdk.client import ClientStats, DeviceClient
-from device_sdk.identity import DeviceIdentity, EnrollmentError, ensure_enrolled
+from device_sdk.identity import DeviceIdentity, EnrollmentError, enroll, ensure_enrolled
 from device_sdk.inference import SensorStream, TflmModel, host_capabilities
 from device_sdk.protocol.status import Capabilities
 from device_sdk.reactor import Reactor, Timer
@@ -35,6 +35,8 @@ __all__ = ["SimulatedDevice", "SimulationConfig", "Simulator"]
 
 log = logging.getLogger(__name__)
 _DEVICES_PER_THREAD = 500
+# A device whose credential the broker refuses enrolls again, at most this often.
+_REENROLL_INTERVAL_S = 60.0
 
 
 @dataclass
@@ -121,6 +123,8 @@ class Simulator:
         self.capabilities: Capabilities = host_capabilities(self.model, slot_bytes=config.slot_bytes)
         threads = config.threads or max(1, math.ceil(config.devices / _DEVICES_PER_THREAD))
         self._connector_pool = ThreadPoolExecutor(config.connectors, thread_name_prefix="sim-conn")
+        self._reenroll_pool = ThreadPoolExecutor(2, thread_name_prefix="sim-reenroll")
+        self._reenrolled_at: dict[int, float] = {}
         self.reactors = [
             Reactor(f"sim-net-{i}", executor=self._connector_pool) for i in range(threads)
         ]
@@ -191,6 +195,7 @@ class Simulator:
                 durable=False,  # a simulator survives its own crash, not a power cut
                 backoff=Backoff(rng=random.Random(rng.random())),
             )
+            client.on_refused = self._on_refused
             stream = SensorStream(self.model, mix=cfg.mix, seed=cfg.seed * 1_000_003 + index)
             self.devices.append(SimulatedDevice(index, client, stream, cfg.rate_hz))
         for device in self.devices:
@@ -199,6 +204,27 @@ class Simulator:
             device.start(phase=rng.uniform(0, device.period))
         self._started_at = time.monotonic()
         log.info("%d devices started on %d network threads", len(self.devices), len(self.reactors))
+
+    def _on_refused(self, client: DeviceClient, reason_code: int) -> None:
+        """Re-enroll a device the broker refuses (network thread: hand the HTTP to a pool)."""
+        index = next(d.index for d in self.devices if d.client is client)
+        now = time.monotonic()
+        if now - self._reenrolled_at.get(index, -_REENROLL_INTERVAL_S) < _REENROLL_INTERVAL_S:
+            return
+        self._reenrolled_at[index] = now
+        log.warning("%s: credential refused (reason %d): enrolling again", client.uid, reason_code)
+
+        def reenroll() -> None:
+            cfg = self.config
+            try:
+                identity = enroll(cfg.server, cfg.token, state_dir=self.device_dir(index),
+                                  hardware=cfg.hardware, capabilities=self.capabilities)
+            except (EnrollmentError, OSError) as exc:
+                log.error("%s: enrolling again failed: %s", client.uid, exc)
+                return
+            client.use_identity(identity)
+
+        self._reenroll_pool.submit(reenroll)
 
     # -- running --------------------------------------------------------------------------
 
@@ -259,6 +285,7 @@ class Simulator:
             reactor.stop()
             reactor.close()
         self._connector_pool.shutdown(wait=False, cancel_futures=True)
+        self._reenroll_pool.shutdown(wait=False, cancel_futures=True)
         self.report()
 
     # -- figures --------------------------------------------------------------------------

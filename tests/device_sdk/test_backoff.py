@@ -93,6 +93,9 @@ class _Recorder:
     def link_published(self, mid: int, reason_code: int) -> None:
         pass
 
+    def link_refused(self, reason_code: int) -> None:
+        pass
+
 
 def test_link_retries_a_dead_broker_on_the_backoff_schedule(unused_port: int) -> None:
     """Connection refused five times: the gaps between attempts follow 0.1, 0.2, 0.4, 0.8 s."""

@@ -5,6 +5,7 @@ outbox (queued, kept across a restart, drained in order without duplicates)."""
 from __future__ import annotations
 
 import os
+import queue
 import random
 import socket
 import stat
@@ -20,6 +21,7 @@ from device_sdk.client import DeviceClient
 from device_sdk.identity import DeviceIdentity, EnrollmentError, MqttCredential, enroll
 from device_sdk.protocol.events import Event, EventBatch, decode_batch
 from device_sdk.protocol.status import Capabilities, LinkState, decode_status
+from device_sdk.protocol.topics import Channel
 from fleet.broker.mosquitto import MosquittoInstance
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -310,10 +312,11 @@ def test_an_abrupt_drop_publishes_the_last_will_and_the_device_comes_back(
 
 
 def test_an_offer_sent_while_the_device_is_away_waits_in_its_session(
-    fleet_server: str, token: str, tmp_path: Path, broker_access: Any, probe: Any,
+    fleet_server: str, token: str, tmp_path: Path, broker_access: Any, probe: Any, monitor: Any,
     uid: Callable[[str], str], make_client: Callable[..., DeviceClient],
 ) -> None:
-    """clean_start=False with a session expiry: the broker queues QoS 1 offers for the device."""
+    """clean_start=False with a session expiry: the broker queues QoS 1 offers for the device.
+    Then the OTA paths: a package fan-out subscription, and a report published by the device."""
     identity = enroll(fleet_server, token, state_dir=tmp_path, hardware="stm32f746",
                       capabilities=CAPS, uid=uid("offer"))
     first = make_client(identity, tmp_path)
@@ -328,14 +331,25 @@ def test_an_offer_sent_while_the_device_is_away_waits_in_its_session(
     offer_topic = f"fleet/v1/{identity.device_id}/ota/offer"
     assert publisher.publish(offer_topic, b"\x84signed-manifest").value == 0  # a subscriber
 
-    received: list[tuple[str, bytes]] = []
-    got = threading.Event()
+    received: queue.Queue[tuple[str, bytes]] = queue.Queue()
     second = make_client(identity, tmp_path)
-    second.on_message = lambda c, topic, payload: (received.append((topic, payload)), got.set())
+    second.on_message = lambda c, topic, payload: received.put((topic, payload))
     sessions: list[bool] = []
     second.on_connect = lambda c, session_present: sessions.append(session_present)
     second.start()
-    assert got.wait(10), "the queued offer was not delivered"
-    assert received == [(offer_topic, b"\x84signed-manifest")]
+    assert received.get(timeout=10) == (offer_topic, b"\x84signed-manifest")
     assert sessions == [True]
+
+    fanout = "fleet/v1/pkg/7/chunk"
+    second.subscribe("fleet/v1/pkg/7/#")
+    # PUBACK 0 (not 16, "no matching subscribers") once the subscription is in place.
+    codes = [publisher.publish(fanout, b"\x83\x07\x00\x40").value for _ in range(50)]
+    assert 0 in codes, codes
+    assert received.get(timeout=10)[0] == fanout
+
+    report_topic = f"fleet/v1/{identity.device_id}/ota/report"
+    watcher = monitor(report_topic)
+    second.publish(Channel.OTA_REPORT, b"\x83\x07\x02\x00")
+    watcher.collect(lambda ms: bool(watcher.on(report_topic)))
+    assert watcher.on(report_topic) == [b"\x83\x07\x02\x00"]
     second.stop()

@@ -13,30 +13,33 @@ from fleet.console.forms import EnrollmentTokenForm
 from fleet.devices.actions import do_create_enrollment_token, do_revoke_enrollment_token
 from fleet.devices.models import EnrollmentToken
 
-# The plain token travels to the next GET in the session and is popped there: a reload or the
-# back button never shows it again, and the POST is never re-submitted.
-NEW_TOKEN_KEY = "console_new_token"
-
-
 @console_view()
 def enrollment(request: HttpRequest) -> HttpResponse:
-    """List tokens; operators create one (POST) and see its plain text once."""
+    """List tokens; operators create one (POST) and see its plain text once.
+
+    The plain token goes out in the answer to the POST and is never stored, not even in the
+    session; the page then turns its history entry into a GET so a reload cannot repost.
+    """
     form = EnrollmentTokenForm(request.POST or None)
+    new_token = None
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         token, plain = do_create_enrollment_token(
             actor=request.user, expires_at=form.expires_at(), max_uses=data["max_uses"],
             name=data["name"], group=data["group"], hardware_profile=data["hardware_profile"],
         )
-        request.session[NEW_TOKEN_KEY] = {"id": token.pk, "plain": plain}
-        return redirect("console:enrollment")
+        new_token = {"id": token.pk, "prefix": token.prefix, "plain": plain}
+        form = EnrollmentTokenForm()
     tokens = EnrollmentToken.objects.select_related("group", "hardware_profile", "created_by")
-    return render_page(request, "console/enrollment.html", {
+    response = render_page(request, "console/enrollment.html", {
         "nav": "enrollment",
         "form": form,
-        "new_token": request.session.pop(NEW_TOKEN_KEY, None),
+        "new_token": new_token,
         "tokens": Paginator(tokens, 25).get_page(request.GET.get("page")),
     }, status=400 if form.errors else 200)
+    if new_token is not None:
+        response["Cache-Control"] = "no-store"  # keep the secret out of the browser cache
+    return response
 
 
 @require_POST

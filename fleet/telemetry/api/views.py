@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import io
 
-from django.http import HttpResponse
+from typing import Any
+
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -16,6 +18,29 @@ from fleet.accounts.roles import Role
 from fleet.telemetry import queries
 from fleet.telemetry.api import serializers as s
 from fleet.telemetry.models import DeadLetter
+
+
+class SeriesCsvRenderer(BaseRenderer):
+    """Render a series response as CSV (``?format=csv``), one row per bucket."""
+
+    media_type = "text/csv"
+    format = "csv"
+    charset = "utf-8"
+    fields = ["t", "events", "events_per_s", "mean_score", "mean_latency_ms"]
+
+    def render(self, data: Any, accepted_media_type: str | None = None,
+               renderer_context: dict | None = None) -> bytes:
+        out = io.StringIO()
+        if isinstance(data, dict) and "points" in data:
+            writer = csv.DictWriter(out, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(data["points"])
+        else:  # an error body
+            out.write(f"error,{data.get('reason', '') if isinstance(data, dict) else ''}\n")
+        if renderer_context and renderer_context.get("response") is not None:
+            renderer_context["response"]["Content-Disposition"] = (
+                'attachment; filename="telemetry-series.csv"')
+        return out.getvalue().encode()
 
 
 class TelemetryViewSet(viewsets.ViewSet):
@@ -26,7 +51,7 @@ class TelemetryViewSet(viewsets.ViewSet):
 
     def _filter(self, request: Request, cls: type = s.TelemetryQuerySerializer) -> s.TelemetryQuerySerializer:
         params = request.query_params.copy()
-        data = {k: v for k, v in params.items() if k != "model_version"}
+        data = {k: v for k, v in params.items() if k not in ("model_version", "format")}
         if "model_version" in params:
             data["model_version"] = params.getlist("model_version")
         query = cls(data=data)
@@ -34,20 +59,11 @@ class TelemetryViewSet(viewsets.ViewSet):
         return query
 
     @extend_schema(parameters=[s.TelemetryQuerySerializer])
-    @action(detail=False, methods=["get"])
-    def series(self, request: Request) -> Response | HttpResponse:
+    @action(detail=False, methods=["get"], renderer_classes=[JSONRenderer, SeriesCsvRenderer])
+    def series(self, request: Request) -> Response:
         """Events, rate, mean score, mean latency per bucket; ``?format=csv`` for a CSV file."""
         query = self._filter(request)
         points = queries.series(query.to_filter(), query.validated_data["bucket"])
-        if request.query_params.get("format") == "csv":
-            out = io.StringIO()
-            writer = csv.DictWriter(out, fieldnames=["t", "events", "events_per_s",
-                                                     "mean_score", "mean_latency_ms"])
-            writer.writeheader()
-            writer.writerows(points)
-            response = HttpResponse(out.getvalue(), content_type="text/csv")
-            response["Content-Disposition"] = 'attachment; filename="telemetry-series.csv"'
-            return response
         return Response({"bucket_s": query.validated_data["bucket"], "points": points})
 
     @extend_schema(parameters=[s.TelemetryQuerySerializer])

@@ -223,14 +223,21 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def browse(browser: Any, live_server: Any, user_factory: Callable[[Role], Any]) -> Iterator[
         Callable[..., Any]]:
-    """Open a page on the live server, logged in through the form as a user of ``role``."""
+    """Open a page on the live server, logged in through the form as a user of ``role``.
+
+    Any script error or failed request the pages cause fails the test at teardown.
+    """
     contexts: list[Any] = []
+    problems: list[str] = []
 
     def open_page(role: str | None = "operator", viewport: dict[str, int] = DESKTOP) -> Any:
         context = browser.new_context(base_url=live_server.url, viewport=viewport)
         context.set_default_timeout(15_000)
         contexts.append(context)
         page = context.new_page()
+        page.on("pageerror", lambda exc: problems.append(f"script error: {exc}"))
+        page.on("console", lambda msg: problems.append(f"console: {msg.text}")
+                if msg.type == "error" else None)
         if role is not None:
             user = user_factory(Role[role.upper()])
             login(page, user.username, "correct-horse-battery")
@@ -239,6 +246,9 @@ def browse(browser: Any, live_server: Any, user_factory: Callable[[Role], Any]) 
     yield open_page
     for context in contexts:
         context.close()
+    # A 403 on purpose (the viewer test) logs a console error too; only count real failures.
+    problems = [p for p in problems if "403" not in p]
+    assert problems == [], problems
 
 
 def login(page: Any, username: str, password: str) -> None:

@@ -140,14 +140,15 @@ def test_operator_creates_a_token_and_sees_it_once(client_for: Callable[[str], C
     response = client.post("/console/enrollment/", {
         "name": "batch 7", "max_uses": 25, "expires_in": "7d", "group": "field",
         "hardware_profile": "stm32f746"})
-    assert response.status_code == 302
-    first = client.get("/console/enrollment/").content.decode()
+    assert response.status_code == 200 and response["Cache-Control"] == "no-store"
+    first = response.content.decode()
     plain = re.search(r'<code id="new-token" data-token>([^<]+)</code>', first).group(1)
     token = EnrollmentToken.objects.get(name="batch 7")
     assert token.token_hash == hash_secret(plain)
     assert (token.max_uses, token.group.name, token.hardware_profile.name) == (
         25, "field", "stm32f746")
     assert "data-copy" in first and "will not be shown again" in first
+    assert plain not in str(dict(client.session.items()))  # never stored, not even there
     again = client.get("/console/enrollment/").content.decode()
     assert plain not in again and token.prefix in again
     assert AuditLog.objects.filter(action="enrollment_token.create",

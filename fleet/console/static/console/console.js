@@ -138,7 +138,16 @@
     });
   }
 
+  /* A page answering a POST with a one-time secret becomes a plain GET entry in the history,
+     so reloading it or coming back to it never reposts the form (nor shows the secret). */
+  function initShownOnce() {
+    if (document.querySelector("[data-shown-once]") && window.history.replaceState) {
+      window.history.replaceState(null, "", window.location.href);
+    }
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    initShownOnce();
     initNav();
     initConfirm();
     initCopy();

@@ -1,0 +1,161 @@
+"""A/B model slots on disk with an atomic switch, a trial flag and the anti-rollback sequence.
+
+Layout of a slot directory::
+
+    slot-0.bin, slot-1.bin   the two model slots
+    meta.json                which slot is active, trial state, sequence, trusted keys
+
+``meta.json`` is replaced atomically (write a temp file, fsync, rename, fsync the folder),
+so after a power cut it is either the old or the new version, never a mix. The active slot
+is only ever a slot whose every byte was verified; downloads write the other one. A device
+that restarts while a new model is on trial goes back to the previous slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+# A hook called before every write that changes the disk: the power-cut simulation raises
+# from it to stop the process at exactly that point.
+WriteHook = Callable[[str], None]
+
+
+def _no_hook(point: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class SlotMeta:
+    """What ``meta.json`` holds."""
+
+    active: int = 0  # slot the device boots from
+    previous: int | None = None  # slot to go back to while the active one is on trial
+    trial: bool = False  # the active slot is new and not yet confirmed
+    sequence: int = 0  # highest manifest sequence accepted (anti-rollback; never decreases)
+    rotation_sequence: int = 0  # highest key-rotation record applied
+    package: int = 0  # package id of the active model (0: factory model)
+    previous_package: int = 0
+    sha256: dict[str, str] = field(default_factory=dict)  # slot index -> digest of its bytes
+    sizes: dict[str, int] = field(default_factory=dict)
+    trusted_keys: dict[str, str] = field(default_factory=dict)  # kid hex -> raw key hex
+
+
+class SlotStore:
+    """The two slots and their metadata in one folder."""
+
+    def __init__(self, directory: Path, *, hook: WriteHook = _no_hook) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.hook = hook
+        self.meta = self._load()
+
+    # -- metadata ------------------------------------------------------------------------
+
+    def _load(self) -> SlotMeta:
+        path = self.dir / "meta.json"
+        if not path.exists():
+            return SlotMeta()
+        data = json.loads(path.read_text())
+        return SlotMeta(**data)
+
+    def save(self, meta: SlotMeta) -> None:
+        """Replace the metadata atomically."""
+        self.hook("meta")
+        tmp = self.dir / "meta.json.tmp"
+        with open(tmp, "w") as f:
+            json.dump(asdict(meta), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.dir / "meta.json")
+        dir_fd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self.meta = meta
+
+    # -- slots ---------------------------------------------------------------------------
+
+    def slot_path(self, index: int) -> Path:
+        return self.dir / f"slot-{index}.bin"
+
+    @property
+    def inactive(self) -> int:
+        """The slot a download may write: never the active one, nor the trial's fallback."""
+        return 1 - self.meta.active
+
+    def read_active(self) -> bytes:
+        """Return the active model's bytes."""
+        return self.slot_path(self.meta.active).read_bytes()
+
+    def install_factory(self, model: bytes, package: int = 0) -> None:
+        """Put a model in slot 0 as the active one (first boot of a new device)."""
+        self.slot_path(0).write_bytes(model)
+        digest = hashlib.sha256(model).hexdigest()
+        self.save(replace(self.meta, active=0, previous=None, trial=False, package=package,
+                          sha256={"0": digest}, sizes={"0": len(model)}))
+
+    def open_inactive(self) -> SlotWriter:
+        """Start writing the inactive slot from its beginning."""
+        return SlotWriter(self.slot_path(self.inactive), self.hook)
+
+    def activate_for_trial(self, package: int, sequence: int, sha256: str, size: int) -> None:
+        """Boot from the freshly written slot next, on trial; remember the way back."""
+        meta = self.meta
+        new = self.inactive
+        self.save(replace(
+            meta, active=new, previous=meta.active, trial=True, package=package,
+            previous_package=meta.package, sequence=max(meta.sequence, sequence),
+            sha256={**meta.sha256, str(new): sha256}, sizes={**meta.sizes, str(new): size},
+        ))
+
+    def confirm(self) -> None:
+        """Keep the trial model: it becomes the plain active one."""
+        self.save(replace(self.meta, trial=False, previous=None))
+
+    def revert(self) -> None:
+        """Go back to the previous slot (trial failed or interrupted)."""
+        meta = self.meta
+        if meta.previous is None:
+            return
+        self.save(replace(meta, active=meta.previous, previous=None, trial=False,
+                          package=meta.previous_package))
+
+    def boot(self) -> bool:
+        """Start up: a model still on trial was never confirmed, so revert. True if reverted."""
+        if self.meta.trial:
+            self.revert()
+            return True
+        return False
+
+    def verify_active(self) -> bool:
+        """Tell whether the active slot holds exactly the bytes its metadata names."""
+        path = self.slot_path(self.meta.active)
+        want = self.meta.sha256.get(str(self.meta.active))
+        return path.exists() and want == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class SlotWriter:
+    """Sequential writer of one slot file (each write passes the power-cut hook)."""
+
+    def __init__(self, path: Path, hook: WriteHook) -> None:
+        self.hook = hook
+        self.hook("slot-open")
+        self._file = open(path, "wb")  # noqa: SIM115  (closed by close())
+
+    def write(self, data: bytes) -> None:
+        self.hook("slot-write")
+        self._file.write(data)
+
+    def close(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def abort(self) -> None:
+        self._file.close()

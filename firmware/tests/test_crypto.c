@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* SHA-256/512 against FIPS 180-4 examples; Ed25519 against RFC 8032 section 7.1. */
+#include <string.h>
+
+#include "tml/ed25519.h"
+#include "tml/sha.h"
+#include "tml_test.h"
+
+static const char *const sha256_msgs[] = {"abc", "",
+                                          "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"};
+static const char *const sha256_out[] = {
+    "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+    "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+    "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"};
+static const char *const sha512_msgs[] = {
+    "abc", "",
+    "abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopqklmnopqrlmn"
+    "opqrsmnopqrstnopqrstu"};
+static const char *const sha512_out[] = {
+    "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3fe"
+    "ebbd454d4423643ce80e2a9ac94fa54ca49f",
+    "cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5d85f2b0ff8318d2877e"
+    "ec2f63b931bd47417a81a538327af927da3e",
+    "8e959b75dae313da8cf4f72814fc143f8f7779c6eb9f7fa17299aeadb6889018501d289e4900f7e4331b99dec4b5"
+    "433ac7d329eeb6dd26545e96e55b874be909",
+    "e718483d0ce769644e2e42c7bc15b4638e1f98b13b2044285632a803afa973ebde0ff244877ea60a4cb0432ce577"
+    "c31beb009c5c2c49aa2e4eadb217ad8cc09b"};
+
+/* RFC 8032 7.1: TEST 1, 2, 3 and TEST SHA(abc): public key, message, signature. */
+static const char *const ed[][3] = {
+    {"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a", "",
+     "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701c"
+     "f9b46bd25bf5f0595bbe24655141438e7a100b"},
+    {"3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c", "72",
+     "92a009a9f0d4cab8720e820b5f642540a2b27b5416503f8fb3762223ebdb69da085ac1e43e15996e458f3613d0"
+     "f11d8c387b2eaeb4302aeeb00d291612bb0c00"},
+    {"fc51cd8e6218a1a38da47ed00230f0580816ed13ba3303ac5deb911548908025", "af82",
+     "6291d657deec24024827e69c3abe01a30ce548a284743a445e3680d7db5ac3ac18ff9b538d16f290ae67f76098"
+     "4dc6594a7c15e9716ed28dc027beceea1ec40a"},
+    {"ec172b93ad5e563bf4932c70e1245034c35467ef2efd4d64ebf819683467e2bf",
+     "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3fe"
+     "ebbd454d4423643ce80e2a9ac94fa54ca49f",
+     "dc2a4459e7369633a52b1bf277839a00201009a3efbf3ecb69bea2186c26b58909351fc9ac90b3ecfdfbc7c664"
+     "31e0303dca179c138ac17ad9bef1177331a704"},
+};
+
+static void hex_eq(const uint8_t *got, const char *hex, size_t n)
+{
+    uint8_t want[64];
+    CHECK_EQ(vec_parse_hex(hex, want, sizeof(want)), n);
+    CHECK(memcmp(got, want, n) == 0);
+}
+
+void suite_crypto(void)
+{
+    static uint8_t million[1000000];
+    uint8_t d[64];
+    memset(million, 'a', sizeof(million));
+    for (int i = 0; i < 4; i++) {
+        tml_case("crypto", "sha256_fips180");
+        if (i < 3) {
+            tml_sha256(sha256_msgs[i], strlen(sha256_msgs[i]), d);
+        } else {
+            tml_sha256_t c; /* in uneven pieces, to cross block boundaries */
+            tml_sha256_init(&c);
+            for (size_t off = 0; off < sizeof(million); off += 997) {
+                size_t n = sizeof(million) - off < 997 ? sizeof(million) - off : 997;
+                tml_sha256_update(&c, million + off, n);
+            }
+            tml_sha256_final(&c, d);
+        }
+        hex_eq(d, sha256_out[i], 32);
+        tml_case("crypto", "sha512_fips180");
+        if (i < 3) {
+            tml_sha512(sha512_msgs[i], strlen(sha512_msgs[i]), d);
+        } else {
+            tml_sha512_t c;
+            tml_sha512_init(&c);
+            for (size_t off = 0; off < sizeof(million); off += 1013) {
+                size_t n = sizeof(million) - off < 1013 ? sizeof(million) - off : 1013;
+                tml_sha512_update(&c, million + off, n);
+            }
+            tml_sha512_final(&c, d);
+        }
+        hex_eq(d, sha512_out[i], 64);
+    }
+    for (size_t i = 0; i < sizeof(ed) / sizeof(ed[0]); i++) {
+        uint8_t pk[32], sig[64], msg[64];
+        size_t n;
+        vec_parse_hex(ed[i][0], pk, 32);
+        n = vec_parse_hex(ed[i][1], msg, 64);
+        vec_parse_hex(ed[i][2], sig, 64);
+        tml_case("crypto", "ed25519_rfc8032_valid");
+        CHECK(tml_ed25519_verify(sig, pk, msg, n));
+        tml_case("crypto", "ed25519_rfc8032_tampered_message_refused");
+        msg[0] ^= 1;
+        CHECK(!tml_ed25519_verify(sig, pk, msg, n ? n : 1));
+        msg[0] ^= 1;
+        tml_case("crypto", "ed25519_rfc8032_tampered_signature_refused");
+        sig[63] ^= 0x10;
+        CHECK(!tml_ed25519_verify(sig, pk, msg, n));
+        sig[63] ^= 0x10;
+        tml_case("crypto", "ed25519_s_not_reduced_refused");
+        uint8_t bad[64];
+        memcpy(bad, sig, 64);
+        bad[63] |= 0xF0; /* S >= L: malleable, must be refused */
+        CHECK(!tml_ed25519_verify(bad, pk, msg, n));
+    }
+}

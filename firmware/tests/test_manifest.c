@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Every manifest and rotation vector gets manifest.py's verdict (manifests.vec, rotations.vec). */
+#include <string.h>
+
+#include "tml/manifest.h"
+#include "tml/reasons.h"
+#include "tml_test.h"
+
+static size_t load_keys(tml_key_t *keys, size_t cap)
+{
+    uint8_t text[512];
+    size_t n = vec_file("keys/trusted_public.hex", text, sizeof(text) - 1), count = 0;
+    text[n] = 0;
+    for (char *line = (char *)text; *line && count < cap;) {
+        if (vec_parse_hex(line, keys[count].public_key, 32) == 32) {
+            tml_key_id(keys[count].public_key, keys[count].kid);
+            count++;
+        }
+        char *nl = strchr(line, '\n');
+        if (!nl) {
+            break;
+        }
+        line = nl + 1;
+    }
+    return count;
+}
+
+static void expect_reason(int got, const vec_record_t *r)
+{
+    int want = (int)vec_u64(r, "reason");
+    if (got != want) {
+        char m[128];
+        snprintf(m, sizeof(m), "reason %s, expected %s", tml_reason_str(got),
+                 tml_reason_str(want));
+        tml_fail(__FILE__, __LINE__, m);
+    }
+}
+
+void suite_manifest(void)
+{
+    static uint8_t cose[20000];
+    tml_key_t keys[4];
+    tml_keyring_t ring = {keys, load_keys(keys, 4)};
+    vec_file_t f;
+    vec_record_t r;
+    tml_case("manifest", "trusted_keys_loaded");
+    CHECK_EQ(ring.count, 2);
+    if (!vec_open(&f, "manifests.vec")) {
+        return;
+    }
+    while (vec_next(&f, &r)) {
+        uint8_t running[32], digest[32];
+        tml_manifest_t m;
+        size_t n = vec_hex(&r, "cose", cose, sizeof(cose));
+        vec_hex(&r, "running_sha256", running, 32);
+        tml_manifest_policy_t p = {
+            .keyring = &ring,
+            .current_sequence = vec_u64(&r, "current_sequence"),
+            .hardware_profile = vec_get(&r, "hardware_profile"),
+            .now = vec_u64(&r, "now"),
+            .slot_bytes = (uint32_t)vec_u64(&r, "slot_bytes"),
+            .arena_bytes = (uint32_t)vec_u64(&r, "arena_bytes"),
+            .running_model_sha256 = running,
+        };
+        tml_case("manifest", vec_get(&r, "name"));
+        tml_reason_t why = tml_manifest_check(cose, n, &p, &m);
+        expect_reason(why, &r);
+        if (why == TML_REASON_OK && vec_u64(&r, "reason") == 0) {
+            CHECK_EQ(m.sequence, vec_u64(&r, "sequence"));
+            CHECK_EQ(m.package_id, vec_u64(&r, "package_id"));
+            CHECK_EQ(m.model_size, vec_u64(&r, "model_size"));
+            CHECK_EQ(m.transfer_size, vec_u64(&r, "transfer_size"));
+            CHECK_EQ(m.encoding, vec_u64(&r, "encoding"));
+            CHECK_EQ(m.arena_bytes, vec_u64(&r, "arena"));
+            CHECK_EQ(m.expires_at, vec_u64(&r, "expires_at"));
+            vec_hex(&r, "model_sha256", digest, 32);
+            CHECK(memcmp(digest, m.model_sha256, 32) == 0);
+            vec_hex(&r, "transfer_sha256", digest, 32);
+            CHECK(memcmp(digest, m.transfer_sha256, 32) == 0);
+            CHECK_EQ(tml_manifest_peek_package(cose, n), m.package_id);
+        }
+    }
+    vec_close(&f);
+    if (!vec_open(&f, "rotations.vec")) {
+        return;
+    }
+    while (vec_next(&f, &r)) {
+        tml_rotation_t rot;
+        size_t n = vec_hex(&r, "cose", cose, sizeof(cose));
+        tml_case("rotation", vec_get(&r, "name"));
+        tml_reason_t why = tml_rotation_check(cose, n, &ring, vec_u64(&r, "current_sequence"), &rot);
+        expect_reason(why, &r);
+        if (why == TML_REASON_OK) {
+            uint8_t key[32], kid[8];
+            vec_hex(&r, "new_public_key", key, 32);
+            vec_hex(&r, "new_kid", kid, 8);
+            CHECK(memcmp(key, rot.new_public_key, 32) == 0);
+            CHECK(memcmp(kid, rot.new_kid, 8) == 0);
+            CHECK_EQ(rot.sequence, vec_u64(&r, "sequence"));
+        }
+    }
+    vec_close(&f);
+}

@@ -1,0 +1,581 @@
+"""Write the test vectors the C firmware tests read, using the Python codecs as the reference.
+
+Run ``python tests/vectors/generate.py [OUT_DIR]`` (default: this folder) after changing a
+codec, and commit the result; ``test_vectors_fresh.py`` fails while the committed files differ
+from a fresh run. Everything is deterministic: fixed keys, seeded data, Ed25519 (deterministic
+signatures).
+
+Format of the ``*.vec`` files (read by ``firmware/tests/vectors.c``): records separated by a
+blank line, one ``key: value`` per line; values are decimal integers, lowercase hex for bytes,
+comma-separated lists, or plain text. ``#`` starts a comment line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from device_sdk.protocol import link
+from device_sdk.protocol.cose import PROTECTED_EDDSA, key_id, raw_public_key, sign1
+from device_sdk.protocol.events import Event, EventBatch, encode_batch, encode_summary, summarize
+from device_sdk.protocol.manifest import (
+    Encoding,
+    Manifest,
+    rotation_for,
+    sign_manifest,
+    sign_rotation,
+    trusted_key_set,
+    verify_manifest,
+    verify_rotation,
+)
+from device_sdk.protocol.ota_messages import (
+    Chunk,
+    ChunkRequest,
+    DeploymentState,
+    Report,
+    encode_chunk,
+    encode_chunk_request,
+    encode_report,
+)
+from device_sdk.protocol.reasons import ProtocolError, Reason
+from device_sdk.protocol.status import Capabilities, LinkState, Status, encode_status
+from device_sdk.protocol.transfer import TransferDecoder, compress, encode_delta, encode_transfer
+
+HERE = Path(__file__).resolve().parent
+T0 = 1_717_000_000_000
+NOW = 1_800_000_000  # unix seconds the manifest vectors are checked at
+PROFILE = "mps2-an385"
+SLOT_BYTES = 128 * 1024
+ARENA_BYTES = 16_384
+OPS = ["ADD", "CONV_2D", "FULLY_CONNECTED", "SOFTMAX"]
+
+
+def private_key(label: str) -> Ed25519PrivateKey:
+    """Return a fixed Ed25519 key derived from ``label`` (test keys only, never a fleet's)."""
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(label.encode()).digest())
+
+
+SIGNER = private_key("tml test signing key 1")
+OTHER = private_key("tml test signing key 2")
+STRANGER = private_key("tml untrusted key")
+
+
+def sha(data: bytes) -> bytes:
+    """Return SHA-256 of ``data``."""
+    return hashlib.sha256(data).digest()
+
+
+def record(fields: Mapping[str, Any]) -> str:
+    """Return one record: ``key: value`` lines (bytes as hex, lists comma-separated)."""
+    lines = []
+    for key, value in fields.items():
+        if isinstance(value, bytes | bytearray):
+            text = bytes(value).hex()
+        elif isinstance(value, list | tuple):
+            text = ",".join(str(int(v)) if not isinstance(v, str) else v for v in value)
+        elif isinstance(value, bool):
+            text = str(int(value))
+        else:
+            text = str(value)
+        lines.append(f"{key}: {text}")
+    return "\n".join(lines) + "\n"
+
+
+def write_vec(out: Path, name: str, header: str, records: Iterable[Mapping[str, Any]]) -> None:
+    """Write a ``.vec`` file with a comment header."""
+    body = "\n".join(record(r) for r in records)
+    comment = "".join(f"# {line}\n" for line in header.strip().splitlines())
+    (out / name).write_text(comment + "\n" + body)
+
+
+def synthetic_model(size: int, seed: int, tag: bytes = b"\x14\x00\x20\x00") -> bytes:
+    """Make bytes shaped like an int8 .tflite: header, tables, int8 weights, int32 biases."""
+    rng = random.Random(seed)
+    out = bytearray(b"\x1c\x00\x00\x00TFL3" + tag)
+    layer = 0
+    while len(out) < size:
+        name = f"sequential/dense_{layer}/MatMul;".encode()
+        out += layer.to_bytes(4, "little") + name + bytes(-len(name) % 4)
+        out += bytes(max(-128, min(127, int(rng.gauss(0, 30)))) & 0xFF for _ in range(700))
+        out += b"".join(rng.randrange(-5000, 5000).to_bytes(4, "little", signed=True)
+                        for _ in range(16))
+        layer += 1
+    return bytes(out[:size])
+
+
+def fine_tune(model: bytes, seed: int) -> bytes:
+    """Return ``model`` with a few weights nudged, as a head-only fine-tune would."""
+    rng = random.Random(seed)
+    out = bytearray(model)
+    start = len(out) * 3 // 4
+    for i in range(start, start + 400):
+        if rng.random() < 0.3:
+            out[i] = (out[i] + rng.choice((-2, -1, 1, 2))) & 0xFF
+    return bytes(out)
+
+
+# -- events -------------------------------------------------------------------------------------
+
+
+def event_vectors() -> list[dict[str, Any]]:
+    """Return batches and summaries with their Python encodings."""
+    rng = random.Random(1)
+    batches: list[tuple[str, int, int, list[Event]]] = [
+        ("golden", 1, 3, [Event(T0, 2, 200, 120), Event(T0 + 1000, 5, 180, 130),
+                          Event(T0 + 2010, 2, 255, 115)]),
+        ("single", 7, 0, [Event(T0, 0, 0, 0)]),
+        ("equal_values", 2**40, 2**31 - 1, [Event(T0 + 5 * i, 9, 77, 400) for i in range(5)]),
+        ("extremes", 2**63 - 1, 42, [Event(T0, 1023, 255, 600_000),
+                                      Event(T0 + 86_400_000, 0, 0, 0),
+                                      Event(T0 + 86_400_000, 512, 128, 1)]),
+    ]
+    for n in (2, 8, 32, 100, 1024):
+        t, events = T0 + rng.randrange(10**9), []
+        classes = rng.randrange(4, 11)
+        for _ in range(n):
+            events.append(Event(t, rng.randrange(classes), rng.randrange(256 // classes, 256),
+                                rng.randrange(50, 500)))
+            t += max(0, int(rng.gauss(1000, 100)))
+        batches.append((f"realistic_{n}", rng.randrange(2**40), rng.randrange(1, 1000), events))
+    out: list[dict[str, Any]] = []
+    for name, seq, model, events in batches:
+        payload = encode_batch(EventBatch.of(seq, model, events))
+        out.append({"name": name, "kind": "batch", "seq": seq, "model": model,
+                    "t_ms": [e.t_ms for e in events], "labels": [e.label for e in events],
+                    "scores": [e.score for e in events],
+                    "latencies": [e.latency_100us for e in events], "expect": payload})
+    for name, num_labels, n in (("summary_fixed", 6, 50), ("summary_grow", None, 40),
+                                ("summary_empty", 4, 0), ("summary_one", None, 1)):
+        events = [Event(T0 + rng.randrange(60_000), rng.randrange(6 if num_labels else 9),
+                        rng.randrange(256), rng.randrange(600_001)) for _ in range(n)]
+        summary = summarize(events, seq=rng.randrange(2**32), t0_ms=T0, model=5, window_s=60,
+                            num_labels=num_labels)
+        out.append({"name": name, "kind": "summary", "seq": summary.seq, "model": 5,
+                    "t0": T0, "window_s": 60, "num_labels": num_labels or 0,
+                    "t_ms": [e.t_ms for e in events], "labels": [e.label for e in events],
+                    "scores": [e.score for e in events],
+                    "latencies": [e.latency_100us for e in events],
+                    "expect": encode_summary(summary)})
+    return out
+
+
+# -- status and OTA messages --------------------------------------------------------------------
+
+
+def message_vectors() -> list[dict[str, Any]]:
+    """Return status, hello, chunk request, report and chunk encodings."""
+    out: list[dict[str, Any]] = []
+    caps = Capabilities("tml-fw 0.1.0", "test-source", OPS, ARENA_BYTES, SLOT_BYTES, 32)
+    for name, model, slot, uptime, free, seq in (("status_model", 77, 1, 3600, 20_000, 12),
+                                                 ("status_no_model", None, 0, 0, 0, 0),
+                                                 ("status_big", 2**31 - 1, 0, 2**40, 2**33,
+                                                  2**62)):
+        status = Status(LinkState.ONLINE, model, slot, uptime, free, seq, caps)
+        out.append({"name": name, "kind": "status", "model": -1 if model is None else model,
+                    "slot": slot, "uptime_s": uptime, "free_ram": free, "seq": seq,
+                    "firmware_version": caps.firmware_version, "tflm_version": caps.tflm_version,
+                    "ops": OPS, "arena_bytes": ARENA_BYTES, "slot_bytes": SLOT_BYTES,
+                    "pointer_bits": 32, "expect": encode_status(status)})
+    for uid, mtu in (("mcu-0001", 544), ("dev-0123456789abcdef", 33_000)):
+        out.append({"name": f"hello_{uid}", "kind": "hello", "uid": uid, "mtu": mtu,
+                    "expect": link.encode_hello(link.Hello(uid, mtu))})
+    for pkg, offset, length in ((1, 0, 512), (2**31 - 1, 67_108_864 - 1, 1), (300, 70_000, 24)):
+        out.append({"name": f"request_{pkg}_{offset}", "kind": "chunk_request", "pkg": pkg,
+                    "offset": offset, "length": length,
+                    "expect": encode_chunk_request(ChunkRequest(pkg, offset, length))})
+    for state in DeploymentState:
+        for detail in (0, int(Reason.TRIAL_INTERRUPTED), 65_535):
+            out.append({"name": f"report_{state.name.lower()}_{detail}", "kind": "report",
+                        "pkg": 77, "state": int(state), "detail": detail,
+                        "expect": encode_report(Report(77, state, detail))})
+    rng = random.Random(2)
+    for pkg, offset, size in ((5, 0, 0), (5, 512, 512), (2**31 - 1, 1_000_000, 23)):
+        data = bytes(rng.randrange(256) for _ in range(size))
+        out.append({"name": f"chunk_{offset}_{size}", "kind": "chunk", "pkg": pkg,
+                    "offset": offset, "data": data,
+                    "expect": encode_chunk(Chunk(pkg, offset, data))})
+    return out
+
+
+# -- manifests and rotations ---------------------------------------------------------------------
+
+RUNNING = synthetic_model(6000, seed=3)  # the model the checked device runs
+
+
+def base_manifest(**changes: Any) -> Manifest:
+    """Return a valid raw manifest for the vectors' device, with ``changes`` applied."""
+    model = synthetic_model(5000, seed=4)
+    fields: dict[str, Any] = {
+        "sequence": 10, "model_name": "kws", "model_version": "1.2.0",
+        "hardware_profile": PROFILE, "model_sha256": sha(model), "model_size": len(model),
+        "encoding": Encoding.RAW, "transfer_sha256": sha(model), "transfer_size": len(model),
+        "arena_bytes": 12_000, "expires_at": NOW + 3600, "package_id": 77,
+    }
+    fields.update(changes)
+    return Manifest(**fields)
+
+
+def canonical(item: Any) -> bytes:
+    """Return ``item`` as deterministic CBOR."""
+    return cbor2.dumps(item, canonical=True)
+
+
+def raw_payload(m: Manifest) -> dict[int, Any]:
+    """Return the manifest's payload as a mutable dict."""
+    return dict(cbor2.loads(m.encode()))
+
+
+def cose_with(protected: bytes = PROTECTED_EDDSA, unprotected: Any = None, payload: bytes = b"",
+              signature: bytes | None = None, *, tag: int | None = 18) -> bytes:
+    """Assemble a COSE_Sign1 by hand (for envelopes the signer would never make)."""
+    kid = key_id(SIGNER.public_key())
+    unprotected = {4: kid} if unprotected is None else unprotected
+    if signature is None:
+        signature = SIGNER.sign(cbor2.dumps(["Signature1", protected, b"", payload]))
+    item: Any = [protected, unprotected, payload, signature]
+    return cbor2.dumps(cbor2.CBORTag(tag, item) if tag is not None else item)
+
+
+def manifest_cases() -> list[tuple[str, bytes, dict[str, Any]]]:
+    """Return (name, COSE bytes, policy overrides) for every manifest vector."""
+    good = base_manifest()
+    signed = sign_manifest(good, SIGNER)
+    model = synthetic_model(5000, seed=4)
+    compressed = compress(model)
+    delta = encode_transfer(model, Encoding.DELTA, RUNNING)
+    bad_payload = raw_payload(good)
+    cases: list[tuple[str, bytes, dict[str, Any]]] = [
+        ("valid_raw", signed, {}),
+        ("valid_untagged", cose_with(payload=good.encode(), tag=None), {}),
+        ("valid_compressed", sign_manifest(base_manifest(
+            encoding=Encoding.COMPRESSED, transfer_sha256=sha(compressed),
+            transfer_size=len(compressed), package_id=78, sequence=11), SIGNER), {}),
+        ("valid_delta", sign_manifest(base_manifest(
+            encoding=Encoding.DELTA, transfer_sha256=sha(delta), transfer_size=len(delta),
+            base_sha256=sha(RUNNING), package_id=79, sequence=12), SIGNER), {}),
+        ("valid_second_key", sign_manifest(base_manifest(package_id=80), OTHER), {}),
+        ("valid_limits_unchecked", sign_manifest(base_manifest(
+            model_size=1 << 30, transfer_size=1 << 30, arena_bytes=1 << 30), SIGNER),
+         {"slot_bytes": 0,
+                                                                "arena_bytes": 0}),
+        ("malformed_not_cbor", b"\xff\x00garbage", {}),
+        ("malformed_empty", b"", {}),
+        ("malformed_truncated", signed[:-10], {}),
+        ("malformed_trailing", signed + b"\x00", {}),
+        ("malformed_other_tag", cose_with(payload=good.encode(), tag=98), {}),
+        ("malformed_three_items", cbor2.dumps([PROTECTED_EDDSA, {}, good.encode()]), {}),
+        ("malformed_kid_missing", cose_with(unprotected={}, payload=good.encode()), {}),
+        ("malformed_kid_too_long", cose_with(unprotected={4: bytes(33)}, payload=good.encode()),
+         {}),
+        ("malformed_extra_header", cose_with(unprotected={4: key_id(SIGNER.public_key()),
+                                                          5: b"x"}, payload=good.encode()), {}),
+        ("malformed_payload_not_bstr", cbor2.dumps(cbor2.CBORTag(18, [
+            PROTECTED_EDDSA, {4: key_id(SIGNER.public_key())}, "text", bytes(64)])), {}),
+        ("malformed_empty_protected", cose_with(protected=b"", payload=good.encode()), {}),
+        ("malformed_indefinite", b"\xd2\x9f" + signed[2:] + b"\xff", {}),
+        ("bad_algorithm_es256", cose_with(protected=canonical({1: -7}),
+                                          payload=good.encode()), {}),
+        ("bad_algorithm_extra_param", cose_with(protected=canonical({1: -8, 3: 0}),
+                                                payload=good.encode()), {}),
+        ("malformed_protected_not_map", cose_with(protected=cbor2.dumps([1, -8]),
+                                                  payload=good.encode()), {}),
+        ("unknown_key", sign_manifest(good, STRANGER), {}),
+        ("bad_signature_flipped_payload", cose_with(
+            payload=good.encode()[:-1] + bytes([good.encode()[-1] ^ 1]),
+            signature=SIGNER.sign(cbor2.dumps(["Signature1", PROTECTED_EDDSA, b"",
+                                               good.encode()]))), {}),
+        ("bad_signature_short", cose_with(payload=good.encode(), signature=bytes(63)), {}),
+        ("bad_signature_zero", cose_with(payload=good.encode(), signature=bytes(64)), {}),
+        ("unsupported_version", cose_with(payload=canonical({**bad_payload, 1: 2})), {}),
+        ("unsupported_version_negative", cose_with(payload=canonical({**bad_payload, 1: -1})),
+         {}),
+        ("malformed_version_missing", cose_with(payload=canonical(
+            {k: v for k, v in bad_payload.items() if k != 1})), {}),
+        ("malformed_not_deterministic", cose_with(payload=cbor2.dumps(
+            dict(reversed(list(bad_payload.items()))))), {}),
+        ("malformed_unknown_key", cose_with(payload=canonical({**bad_payload, 15: 0})), {}),
+        ("malformed_missing_key", cose_with(payload=canonical(
+            {k: v for k, v in bad_payload.items() if k != 12})), {}),
+        ("malformed_text_too_long", cose_with(payload=canonical({**bad_payload, 3: "x" * 65})),
+         {}),
+        ("malformed_digest_short", cose_with(payload=canonical({**bad_payload, 6: bytes(31)})),
+         {}),
+        ("malformed_size_not_u32", cose_with(payload=canonical({**bad_payload, 12: 2**32})), {}),
+        ("malformed_encoding_unknown", cose_with(payload=canonical({**bad_payload, 8: 3})), {}),
+        ("malformed_raw_sizes_differ", cose_with(payload=canonical(
+            {**bad_payload, 10: bad_payload[10] + 1})), {}),
+        ("malformed_base_without_delta", cose_with(payload=canonical(
+            {**bad_payload, 11: bytes(32)})), {}),
+        ("malformed_bool_sequence", cose_with(payload=canonical({**bad_payload, 2: True})), {}),
+        ("malformed_payload_not_map", cose_with(payload=canonical([1, 2])), {}),
+        ("malformed_payload_text_keys", cose_with(payload=canonical({"1": 1})), {}),
+        ("sequence_replay_equal", signed, {"current_sequence": 10}),
+        ("sequence_replay_lower", signed, {"current_sequence": 2**40}),
+        ("expired", signed, {"now": NOW + 3600}),
+        ("expired_later", signed, {"now": NOW + 10**6}),
+        ("wrong_hardware", sign_manifest(base_manifest(hardware_profile="cortex-m4"), SIGNER),
+         {}),
+        ("too_large", sign_manifest(base_manifest(), SIGNER), {"slot_bytes": 4999}),
+        ("arena_too_small", sign_manifest(base_manifest(arena_bytes=16_385), SIGNER), {}),
+        ("delta_base_mismatch", sign_manifest(base_manifest(
+            encoding=Encoding.DELTA, transfer_sha256=sha(delta), transfer_size=len(delta),
+            base_sha256=sha(b"another model"), sequence=13), SIGNER), {}),
+    ]
+    return cases
+
+
+def manifest_vectors() -> list[dict[str, Any]]:
+    """Run every manifest case through verify_manifest and record what it says."""
+    keys = trusted_key_set(SIGNER.public_key(), OTHER.public_key())
+    out = []
+    for name, cose, overrides in manifest_cases():
+        policy = {"current_sequence": 5, "hardware_profile": PROFILE, "now": NOW,
+                  "slot_bytes": SLOT_BYTES, "arena_bytes": ARENA_BYTES,
+                  "running_sha256": sha(RUNNING)}
+        policy.update(overrides)
+        fields: dict[str, Any] = {"name": name, "cose": cose, **policy}
+        try:
+            m = verify_manifest(
+                cose, trusted_keys=keys, current_sequence=policy["current_sequence"],
+                hardware_profile=policy["hardware_profile"], now=policy["now"],
+                slot_bytes=policy["slot_bytes"] or None,
+                arena_bytes=policy["arena_bytes"] or None,
+                running_model_sha256=policy["running_sha256"])
+        except ProtocolError as exc:
+            fields["reason"] = int(exc.reason)
+            fields["reason_name"] = exc.reason.name
+        else:
+            fields.update(reason=0, reason_name="OK", sequence=m.sequence,
+                          package_id=m.package_id, model_size=m.model_size,
+                          encoding=int(m.encoding), transfer_size=m.transfer_size,
+                          arena=m.arena_bytes, expires_at=m.expires_at,
+                          model_sha256=m.model_sha256, transfer_sha256=m.transfer_sha256)
+        expected_valid = name.startswith("valid")
+        assert (fields["reason"] == 0) == expected_valid, (name, fields["reason_name"])
+        out.append(fields)
+    return out
+
+
+def rotation_vectors() -> list[dict[str, Any]]:
+    """Return rotation records with what verify_rotation says about each."""
+    keys = trusted_key_set(SIGNER.public_key(), OTHER.public_key())
+    new = private_key("tml test signing key 3").public_key()
+    good = rotation_for(new, sequence=1)
+    retire = rotation_for(new, sequence=2, retire_kid=key_id(SIGNER.public_key()))
+    payload = dict(cbor2.loads(good.encode()))
+    cases: list[tuple[str, bytes, int]] = [
+        ("valid", sign_rotation(good, SIGNER), 0),
+        ("valid_retire_signer", sign_rotation(retire, SIGNER), 0),
+        ("replay", sign_rotation(good, SIGNER), 1),
+        ("signed_by_stranger", sign_rotation(good, STRANGER), 0),
+        ("signed_by_new_key", sign_rotation(good, private_key("tml test signing key 3")), 0),
+        ("already_trusted", sign_rotation(rotation_for(OTHER.public_key(), sequence=1),
+                                          SIGNER), 0),
+        ("retire_unknown", sign_rotation(rotation_for(new, sequence=1, retire_kid=bytes(8)),
+                                         SIGNER), 0),
+        ("kid_mismatch", sign1(canonical({**payload, 20: bytes(8)}), SIGNER,
+                               key_id(SIGNER.public_key())), 0),
+        ("malformed_key_short", sign1(canonical({**payload, 21: bytes(31)}), SIGNER,
+                                      key_id(SIGNER.public_key())), 0),
+        ("malformed_missing_sequence", sign1(canonical(
+            {k: v for k, v in payload.items() if k != 2}), SIGNER, key_id(SIGNER.public_key())),
+         0),
+        ("bad_signature", cose_with(payload=good.encode(), signature=bytes(64)), 0),
+    ]
+    out = []
+    for name, cose, current in cases:
+        fields: dict[str, Any] = {"name": name, "cose": cose, "current_sequence": current}
+        try:
+            r = verify_rotation(cose, trusted_keys=keys, current_sequence=current)
+        except ProtocolError as exc:
+            fields.update(reason=int(exc.reason), reason_name=exc.reason.name)
+        else:
+            fields.update(reason=0, reason_name="OK", sequence=r.sequence, new_kid=r.new_kid,
+                          new_public_key=r.new_public_key)
+        out.append(fields)
+    return out
+
+
+# -- transfers ----------------------------------------------------------------------------------
+
+
+def run_decoder(m: Manifest, transfer: bytes, base: bytes | None, chunk: int) -> tuple[int, bytes]:
+    """Feed ``transfer`` in chunks as the device does; return (reason, model bytes)."""
+    out = bytearray()
+    try:
+        decoder = TransferDecoder(m, base)
+        for i in range(0, len(transfer), chunk):
+            out += decoder.feed(transfer[i : i + chunk])
+        out += decoder.finish()
+    except ProtocolError as exc:
+        return int(exc.reason), bytes(out)
+    return 0, bytes(out)
+
+
+def transfer_vectors(out_dir: Path) -> list[dict[str, Any]]:
+    """Write transfer streams and bases as .bin files; return their records."""
+    bins = out_dir / "transfers"
+    bins.mkdir(exist_ok=True)
+    base = synthetic_model(9000, seed=5)
+    target = fine_tune(base, seed=6)
+    other = synthetic_model(7000, seed=7)
+    small = synthetic_model(300, seed=8)
+    cases: list[tuple[str, bytes, Encoding, bytes | None, Callable[[bytes], bytes] | None,
+                      dict[str, Any]]] = [
+        ("raw", other, Encoding.RAW, None, None, {}),
+        ("compressed", other, Encoding.COMPRESSED, None, None, {}),
+        ("compressed_small", small, Encoding.COMPRESSED, None, None, {}),
+        ("compressed_empty", b"", Encoding.COMPRESSED, None, None, {}),
+        ("delta", target, Encoding.DELTA, base, None, {}),
+        ("delta_unrelated", other, Encoding.DELTA, base, None, {}),
+        ("raw_truncated", other, Encoding.RAW, None, lambda t: t[:-100], {"claim_full": 1}),
+        ("raw_overflow", other, Encoding.RAW, None, lambda t: t + b"\x00", {"claim_full": 1}),
+        ("raw_digest_mismatch", other, Encoding.RAW, None,
+         lambda t: t[:50] + bytes([t[50] ^ 1]) + t[51:], {"claim_full": 1}),
+        ("compressed_corrupt", other, Encoding.COMPRESSED, None,
+         lambda t: t[:400] + bytes([t[400] ^ 0x40]) + t[401:], {}),
+        ("compressed_bad_magic", other, Encoding.COMPRESSED, None, lambda t: b"TX" + t[2:], {}),
+        ("compressed_size_larger", other, Encoding.COMPRESSED, None,
+         lambda t: t[:4] + (len(other) + 1).to_bytes(4, "little") + t[8:], {}),
+        ("compressed_size_smaller", other, Encoding.COMPRESSED, None,
+         lambda t: t[:4] + (len(other) - 1).to_bytes(4, "little") + t[8:], {}),
+        ("compressed_trailing", other, Encoding.COMPRESSED, None, lambda t: t + b"\x00", {}),
+        ("compressed_params", other, Encoding.COMPRESSED, None,
+         lambda t: t[:3] + b"\x07" + t[4:], {}),
+        ("delta_wrong_base", target, Encoding.DELTA, base, None, {"use_base": "other"}),
+    ]
+    out = []
+    for name, model, encoding, base_model, mutate, extra in cases:
+        transfer = encode_transfer(model, encoding, base_model)
+        claimed = transfer
+        if mutate is not None:
+            transfer = mutate(transfer)
+            if not extra.get("claim_full"):
+                claimed = transfer  # the manifest describes the corrupted stream exactly
+        device_base = other if extra.get("use_base") == "other" else base_model
+        manifest = Manifest(
+            sequence=1, model_name="m", model_version="1", hardware_profile=PROFILE,
+            model_sha256=sha(model), model_size=len(model), encoding=encoding,
+            transfer_sha256=sha(claimed), transfer_size=len(claimed), arena_bytes=0,
+            expires_at=NOW, package_id=1,
+            base_sha256=sha(base_model) if encoding == Encoding.DELTA and base_model else None)
+        if encoding == Encoding.RAW and claimed != model:
+            manifest = replace(manifest, transfer_sha256=sha(model), transfer_size=len(model))
+        for chunk in (1, 97, 512):
+            reason, produced = run_decoder(manifest, transfer, device_base, chunk)
+            if chunk == 512:
+                assert reason != 0 or produced == model, name
+            fields: dict[str, Any] = {
+                "name": f"{name}_chunk{chunk}", "encoding": int(encoding),
+                "model_size": manifest.model_size, "model_sha256": manifest.model_sha256,
+                "transfer_size": manifest.transfer_size,
+                "transfer_sha256": manifest.transfer_sha256,
+                "base_sha256": manifest.base_sha256 or b"", "chunk": chunk,
+                "transfer_file": f"transfers/{name}.bin",
+                "base_file": f"transfers/{name}.base.bin" if device_base is not None else "",
+                "reason": reason, "reason_name": Reason(reason).name,
+            }
+            out.append(fields)
+        (bins / f"{name}.bin").write_bytes(transfer)
+        if device_base is not None:
+            (bins / f"{name}.base.bin").write_bytes(device_base)
+    return out
+
+
+def ota_vectors(out_dir: Path) -> list[dict[str, Any]]:
+    """Return a chain of signed updates for one device: raw, compressed, delta, a failing trial.
+
+    Each record has the offer (COSE), the transfer stream file and what the device must end
+    in (CONFIRMED or ROLLED_BACK with a reason). The device trusts keys/trusted_public.hex and
+    has profile mps2-an385.
+    """
+    bins = out_dir / "ota"
+    bins.mkdir(exist_ok=True)
+    a = synthetic_model(7000, seed=10)
+    b = synthetic_model(7500, seed=11)
+    c = fine_tune(b, seed=12)
+    failing = synthetic_model(3000, seed=13, tag=b"FAIL")
+    steps = [("a_raw", a, Encoding.RAW, None, "CONFIRMED", 0),
+             ("b_compressed", b, Encoding.COMPRESSED, None, "CONFIRMED", 0),
+             ("c_delta", c, Encoding.DELTA, b, "CONFIRMED", 0),
+             ("d_failing_trial", failing, Encoding.COMPRESSED, None, "ROLLED_BACK",
+              int(Reason.TRIAL_FAILED))]
+    out = []
+    for number, (name, model, encoding, base, state, reason) in enumerate(steps, start=1):
+        transfer = encode_transfer(model, encoding, base)
+        manifest = Manifest(
+            sequence=100 + number, model_name="kws", model_version=f"1.{number}",
+            hardware_profile=PROFILE, model_sha256=sha(model), model_size=len(model),
+            encoding=encoding, transfer_sha256=sha(transfer), transfer_size=len(transfer),
+            arena_bytes=8000, expires_at=4_000_000_000, package_id=number,
+            base_sha256=sha(base) if base is not None else None)
+        (bins / f"{name}.bin").write_bytes(transfer)
+        out.append({"name": name, "cose": sign_manifest(manifest, SIGNER),
+                    "transfer_file": f"ota/{name}.bin", "package_id": number,
+                    "sequence": manifest.sequence, "model_size": len(model),
+                    "model_sha256": sha(model), "state": state,
+                    "state_value": int(DeploymentState[state]), "reason": reason})
+    return out
+
+
+# -- link frames --------------------------------------------------------------------------------
+
+
+def link_vectors() -> list[dict[str, Any]]:
+    """Return frames and their wire bytes."""
+    rng = random.Random(9)
+    frames = [
+        ("ack", link.Frame(link.Kind.ACK, 0)),
+        ("ack_255", link.Frame(link.Kind.ACK, 255)),
+        ("hello_rst", link.Frame(link.Kind.HELLO, 0, link.FLAG_RST,
+                                 link.encode_hello(link.Hello("mcu-0001", 544)))),
+        ("report", link.Frame(link.Kind.REPORT, 17, 0,
+                              encode_report(Report(77, DeploymentState.CONFIRMED, 0)))),
+        ("zeros", link.Frame(link.Kind.EVENTS, 3, 0, bytes(10))),
+        ("trailing_zero", link.Frame(link.Kind.TIME, 4, 0, b"\x01\x00")),
+    ]
+    for size in (253, 254, 255, 508, 530):
+        payload = bytes(rng.randrange(1, 256) for _ in range(size))
+        frames.append((f"nonzero_{size}", link.Frame(link.Kind.CHUNK, size & 0xFF, 0, payload)))
+    frames.append(("chunk_mixed", link.Frame(link.Kind.CHUNK, 9, 0, encode_chunk(
+        Chunk(5, 1024, bytes(rng.randrange(256) for _ in range(512)))))))
+    return [{"name": name, "kind": int(f.kind), "seq": f.seq, "flags": f.flags,
+             "payload": f.payload, "wire": link.encode_frame(f)} for name, f in frames]
+
+
+# -- everything ----------------------------------------------------------------------------------
+
+
+def generate(out_dir: Path) -> None:
+    """Write every vector file into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "keys").mkdir(exist_ok=True)
+    trusted = [raw_public_key(k.public_key()) for k in (SIGNER, OTHER)]
+    (out_dir / "keys" / "trusted_public.hex").write_text("".join(k.hex() + "\n" for k in trusted))
+    write_vec(out_dir, "events.vec", "Event batches and summaries (events.py).", event_vectors())
+    write_vec(out_dir, "messages.vec", "Status, hello, chunk request/chunk, report.",
+              message_vectors())
+    write_vec(out_dir, "manifests.vec",
+              "COSE_Sign1 manifests, the device policy, and verify_manifest's verdict.\n"
+              "Trusted keys: keys/trusted_public.hex.", manifest_vectors())
+    write_vec(out_dir, "rotations.vec", "Key rotation records and verify_rotation's verdict.",
+              rotation_vectors())
+    write_vec(out_dir, "transfers.vec",
+              "Transfer streams (transfers/*.bin), fed in chunks, and TransferDecoder's verdict.",
+              transfer_vectors(out_dir))
+    write_vec(out_dir, "ota.vec",
+              "An update chain for one device (profile mps2-an385): offers, streams, outcomes.",
+              ota_vectors(out_dir))
+    write_vec(out_dir, "link.vec", "Link frames (link.py) and their wire bytes.", link_vectors())
+
+
+if __name__ == "__main__":
+    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
