@@ -310,6 +310,7 @@ class Run:
         published = [json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1])
                      for p in publishers]
         time.sleep(0.5)  # anything redelivered late would land now
+        worker_cpu, broker_cpu = cpu_seconds(worker.pid), cpu_seconds(self.broker.pid)
         worker.terminate()
         worker.wait(timeout=30)
         # A stopped worker's session keeps its share of the shared subscription: end it, or
@@ -321,7 +322,9 @@ class Run:
         rolled = self.db.scalar("SELECT sum(count) FROM telemetry_rollup")
         publish_s = max(p["seconds"] for p in published)
         log(f"{self.db.vendor}: stored in {elapsed:.2f} s (publishers done in {publish_s:.2f} s,"
-            f" {sum(p['refused'] for p in published)} refused); rows {rows}, rollup sum {rolled}")
+            f" {sum(p['refused'] for p in published)} refused); rows {rows}, rollup sum {rolled};"
+            f" CPU per event: worker {worker_cpu / expected_events * 1e6:.1f} us, broker (whole"
+            f" run) {broker_cpu / expected_events * 1e6:.1f} us")
         if self.args.profile:
             import pstats
 
@@ -332,6 +335,14 @@ class Run:
                 "lost": expected_events - distinct * a.per_batch,
                 "duplicated": rows - distinct * a.per_batch + abs(rolled - rows),
                 "events": expected_events}
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """Return the CPU time (user + system) a process has used so far."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def end_session(broker: Any, client_id: str, username: str, password: str) -> None:

@@ -148,18 +148,32 @@ class TflmModel:
         self.output_dtype = np.dtype(out["dtype"])
         self.output_scale, self.output_zero_point = _quantization(out)
         self.num_classes = int(np.prod(out["shape"][1:])) if len(out["shape"]) > 1 else 1
-        self._output_is_softmax = (
+        # An int8 SOFTMAX output always has scale 1/256 and zero point -128 (TFLite's spec);
+        # anything else is taken for logits and gets a softmax here.
+        int8_softmax = (
             self.output_dtype == np.int8
             and abs(self.output_scale - _SOFTMAX_SCALE) < 1e-9
             and self.output_zero_point == _SOFTMAX_ZERO_POINT
-        ) or "SOFTMAX" in self.ops and self.output_dtype == np.float32
+        )
+        float_softmax = self.output_dtype == np.float32 and "SOFTMAX" in self.ops
+        self._output_is_softmax = int8_softmax or float_softmax
         self._prototypes: tuple[np.ndarray, np.ndarray] | None = None
         self._proto_lock = threading.Lock()
 
     @classmethod
-    def from_file(cls, path: str | Path, **kwargs: float | None) -> TflmModel:
+    def from_file(
+        cls,
+        path: str | Path,
+        *,
+        arena_bytes: int | None = None,
+        package_id: int = 0,
+        latency_scale: float = 1.0,
+    ) -> TflmModel:
         """Load a .tflite file."""
-        return cls(Path(path).read_bytes(), **kwargs)  # type: ignore[arg-type]
+        return cls(
+            Path(path).read_bytes(), arena_bytes=arena_bytes, package_id=package_id,
+            latency_scale=latency_scale,
+        )
 
     # -- running --------------------------------------------------------------------------
 

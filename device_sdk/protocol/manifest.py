@@ -325,7 +325,7 @@ class KeyRotation:
     def decode(cls, payload: bytes) -> KeyRotation:
         """Parse a payload, raising MANIFEST_MALFORMED, _UNSUPPORTED_VERSION or _BAD_ROTATION."""
         item = _decode_map(payload, _ROTATION_FIELDS)
-        if set(item) < {K_VERSION, K_SEQUENCE, K_NEW_KID, K_NEW_PUBLIC_KEY}:
+        if not {K_VERSION, K_SEQUENCE, K_NEW_KID, K_NEW_PUBLIC_KEY} <= set(item):
             raise ProtocolError(Reason.MANIFEST_MALFORMED, "rotation keys 2, 20 or 21 missing")
         sequence, new_kid, new_key = item[K_SEQUENCE], item[K_NEW_KID], item[K_NEW_PUBLIC_KEY]
         retire = item.get(K_RETIRE_KID)

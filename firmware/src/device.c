@@ -12,6 +12,19 @@
 #include "tml/messages.h"
 #include "tml/platform.h"
 
+/* x / 1000 in 16-bit steps: no 64-bit division routine gets linked in (700 bytes on an M3). */
+static uint64_t div1000(uint64_t x)
+{
+    uint64_t q = 0;
+    uint32_t r = 0;
+    for (int shift = 48; shift >= 0; shift -= 16) {
+        uint32_t cur = (r << 16) | (uint32_t)((x >> shift) & 0xFFFF);
+        q = (q << 16) | (cur / 1000);
+        r = cur % 1000;
+    }
+    return q;
+}
+
 static uint32_t running_pkg(const tml_device_t *d)
 {
     return d->running == TML_SLOT_NONE ? 0 : d->slots.meta.slot[d->running].package_id;
@@ -145,7 +158,7 @@ static void finish_download(tml_device_t *d)
 
 static void handle_offer(tml_device_t *d, const uint8_t *cose, size_t len)
 {
-    uint64_t unix_s = tml_device_unix_ms(d) / 1000;
+    uint64_t unix_s = div1000(tml_device_unix_ms(d));
     tml_manifest_policy_t policy = {
         .keyring = &d->keyring,
         .hardware_profile = d->cfg.hardware_profile,
@@ -314,7 +327,7 @@ static void send_status(tml_device_t *d, uint32_t now)
         .has_model = d->running != TML_SLOT_NONE,
         .model = running_pkg(d),
         .slot = d->running == TML_SLOT_NONE ? 0 : d->running,
-        .uptime_s = d->uptime_ms / 1000,
+        .uptime_s = div1000(d->uptime_ms),
         .free_ram = tml_platform_free_ram(),
         .seq = tml_slots_floor(&d->slots),
         .firmware_version = TML_FIRMWARE_VERSION,
@@ -334,31 +347,31 @@ static void send_due(tml_device_t *d, uint32_t now)
 {
     uint8_t *p = tml_link_payload(&d->link);
     size_t cap = TML_LINK_TX_MAX_PAYLOAD, len = 0;
+    tml_status_t st;
     if (d->hello_due) {
         d->hello_due = false;
-        send(d, TML_LINK_HELLO, tml_hello_encode(d->cfg.uid, TML_LINK_MAX_PAYLOAD, p, cap, &len),
-             len, now);
+        st = tml_hello_encode(d->cfg.uid, TML_LINK_MAX_PAYLOAD, p, cap, &len);
+        send(d, TML_LINK_HELLO, st, len, now);
     } else if (d->report_count) {
         tml_report_t r = d->reports[0];
         memmove(d->reports, d->reports + 1, sizeof(r) * (size_t)(--d->report_count));
-        send(d, TML_LINK_REPORT, tml_report_encode(r.pkg, r.state, r.detail, p, cap, &len), len,
-             now);
+        st = tml_report_encode(r.pkg, r.state, r.detail, p, cap, &len);
+        send(d, TML_LINK_REPORT, st, len, now);
     } else if (d->request_due && d->ota.state == TML_OTA_DOWNLOADING) {
         uint32_t offset, length;
         d->request_due = false;
         d->request_at = now;
         tml_ota_next_request(&d->ota, &offset, &length);
-        send(d, TML_LINK_CHUNK_REQUEST,
-             tml_chunk_request_encode((uint32_t)d->ota.manifest.package_id, offset, length, p,
-                                      cap, &len),
-             len, now);
+        st = tml_chunk_request_encode((uint32_t)d->ota.manifest.package_id, offset, length, p,
+                                      cap, &len);
+        send(d, TML_LINK_CHUNK_REQUEST, st, len, now);
     } else if (d->status_due) {
         d->status_due = false;
         send_status(d, now);
     } else if (batch_due(d, now)) {
         uint64_t seq = d->events[0].t_ms > d->last_seq ? d->events[0].t_ms : d->last_seq + 1;
-        tml_status_t st = tml_events_encode_batch(seq, d->batch_model, d->events,
-                                                  d->event_count, p, cap, &len);
+        st = tml_events_encode_batch(seq, d->batch_model, d->events, d->event_count, p, cap,
+                                     &len);
         d->last_seq = seq;
         d->event_count = 0;
         send(d, TML_LINK_EVENTS, st, len, now);

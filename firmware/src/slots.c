@@ -158,9 +158,10 @@ tml_status_t tml_slots_begin_write(tml_slots_t *s, uint8_t slot, uint32_t size)
             return TML_ERR_FLASH;
         }
     }
-    uint32_t span = (size + sector - 1) / sector * sector;
-    if (span && tml_platform_flash_erase(area, 0, span) != TML_OK) {
-        return TML_ERR_FLASH;
+    for (uint32_t off = 0; off < size; off += sector) { /* sector by sector, as drivers do */
+        if (tml_platform_flash_erase(area, off, sector) != TML_OK) {
+            return TML_ERR_FLASH;
+        }
     }
     return TML_OK;
 }

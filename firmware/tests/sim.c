@@ -3,10 +3,12 @@
 #include "sim.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "posix_port.h"
+#include "tml/cbor.h"
 #include "tml/messages.h"
 #include "tml/platform.h"
 #include "tml_test.h"
@@ -137,6 +139,7 @@ static void gateway(const sim_update_t *u)
         tml_link_frame_t f;
         if (tml_link_receive(&gw, copy + off, n - off, &used, &f, 0)) {
             sim_seen.frames++;
+            if (getenv("SIM_DEBUG")) printf("gw got kind %d seq %d len %zu\n", f.kind, f.seq, f.len);
             switch (f.kind) {
             case TML_LINK_HELLO: sim_seen.hellos++; break;
             case TML_LINK_EVENTS: sim_seen.events++; break;

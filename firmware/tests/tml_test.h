@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /**
  * @file tml_test.h
- * @brief A tiny test runner and the reader of tests/vectors/*.vec (see generate.py).
+ * @brief A tiny test runner and the reader of the .vec files in tests/vectors (see generate.py).
  *
  * Every test case (a function, or one vector record) counts once; the runner ends with the
  * line "N passed, N failed".

@@ -141,6 +141,10 @@ class MqttWorker:
         """Connect (persistent session) and start paho's network thread."""
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
+        # Unacknowledged deliveries the broker may have out to us. Acks wait for the commit, so
+        # the broker's default (Mosquitto's max_inflight_messages, 100) would stall the stream
+        # at every batch; two batches' worth lets the next batch arrive while one is stored.
+        props.ReceiveMaximum = min(2 * self.config.batch_max, 65_535)
         self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False,
                                   properties=props)
         self.client.loop_start()

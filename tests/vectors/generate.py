@@ -47,7 +47,7 @@ from device_sdk.protocol.ota_messages import (
 )
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.status import Capabilities, LinkState, Status, encode_status
-from device_sdk.protocol.transfer import TransferDecoder, compress, encode_delta, encode_transfer
+from device_sdk.protocol.transfer import TransferDecoder, compress, encode_transfer
 
 HERE = Path(__file__).resolve().parent
 T0 = 1_717_000_000_000

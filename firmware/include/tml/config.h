@@ -117,22 +117,29 @@
 #define TML_BUILD_UNIX_TIME 1767225600ULL /* 2026-01-01 */
 #endif
 
-_Static_assert(TML_LINK_MAX_PAYLOAD >= TML_OTA_CHUNK_BYTES + 16,
+/* C11's _Static_assert (a GCC/Clang extension in C99 mode); static_assert for the C++ adapter. */
+#ifdef __cplusplus
+#define TML_STATIC_ASSERT(cond, why) static_assert(cond, why)
+#else
+#define TML_STATIC_ASSERT(cond, why) _Static_assert(cond, why)
+#endif
+
+TML_STATIC_ASSERT(TML_LINK_MAX_PAYLOAD >= TML_OTA_CHUNK_BYTES + 16,
                "a chunk message ([pkg, offset, data]) must fit one link frame");
-_Static_assert(TML_LINK_MAX_PAYLOAD <= 4096, "the link length field and RAM budget");
-_Static_assert(TML_LINK_TX_MAX_PAYLOAD >= 64, "requests and reports need 32 bytes");
-_Static_assert(TML_OTA_CHUNK_BYTES >= 16 && TML_OTA_CHUNK_BYTES <= TML_MAX_CHUNK_BYTES,
+TML_STATIC_ASSERT(TML_LINK_MAX_PAYLOAD <= 4096, "the link length field and RAM budget");
+TML_STATIC_ASSERT(TML_LINK_TX_MAX_PAYLOAD >= 64, "requests and reports need 32 bytes");
+TML_STATIC_ASSERT(TML_OTA_CHUNK_BYTES >= 16 && TML_OTA_CHUNK_BYTES <= TML_MAX_CHUNK_BYTES,
                "chunk requests ask for 1..32768 bytes");
-_Static_assert(TML_OTA_WRITE_BUF >= 16 && (TML_OTA_WRITE_BUF & (TML_OTA_WRITE_BUF - 1)) == 0,
+TML_STATIC_ASSERT(TML_OTA_WRITE_BUF >= 16 && (TML_OTA_WRITE_BUF & (TML_OTA_WRITE_BUF - 1)) == 0,
                "the flash staging buffer is a power of two");
-_Static_assert(TML_LZ_MAX_WINDOW_LOG >= 8 && TML_LZ_MAX_WINDOW_LOG <= 11,
+TML_STATIC_ASSERT(TML_LZ_MAX_WINDOW_LOG >= 8 && TML_LZ_MAX_WINDOW_LOG <= 11,
                "TRANSFER.md: this decoder accepts window_log 8..11");
-_Static_assert(TML_LZ_INBUF > 32 && TML_LZ_INBUF <= 255, "a token reads at most 27 bytes");
-_Static_assert(TML_EVENTS_PER_BATCH >= 1 && TML_EVENTS_PER_BATCH <= TML_MAX_EVENTS_PER_BATCH,
+TML_STATIC_ASSERT(TML_LZ_INBUF > 32 && TML_LZ_INBUF <= 255, "a token reads at most 27 bytes");
+TML_STATIC_ASSERT(TML_EVENTS_PER_BATCH >= 1 && TML_EVENTS_PER_BATCH <= TML_MAX_EVENTS_PER_BATCH,
                "limits.py MAX_EVENTS_PER_BATCH");
-_Static_assert(TML_SUMMARY_MAX_LABELS >= 1 && TML_SUMMARY_MAX_LABELS <= TML_MAX_LABELS,
+TML_STATIC_ASSERT(TML_SUMMARY_MAX_LABELS >= 1 && TML_SUMMARY_MAX_LABELS <= TML_MAX_LABELS,
                "limits.py MAX_LABELS");
-_Static_assert(TML_MAX_ROTATED_KEYS >= 1 && TML_MAX_BUILTIN_KEYS <= 8, "metadata layout");
-_Static_assert(TML_TRIAL_INFERENCES >= 1, "a trial runs the model at least once");
+TML_STATIC_ASSERT(TML_MAX_ROTATED_KEYS >= 1 && TML_MAX_BUILTIN_KEYS <= 8, "metadata layout");
+TML_STATIC_ASSERT(TML_TRIAL_INFERENCES >= 1, "a trial runs the model at least once");
 
 #endif /* TML_CONFIG_H */

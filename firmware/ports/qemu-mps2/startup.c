@@ -42,8 +42,9 @@ void reset_handler(void)
         *dst = 0;
     }
     /* Paint the stack below the current frame so its high-water mark can be measured. */
-    uint32_t here;
-    for (dst = &__stack_bottom; dst < &here - 64; dst++) {
+    uintptr_t sp;
+    __asm__ volatile("mov %0, sp" : "=r"(sp));
+    for (dst = &__stack_bottom; (uintptr_t)dst < sp - 256; dst++) {
         *dst = STACK_PAINT;
     }
     (void)main();

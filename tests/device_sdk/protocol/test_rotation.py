@@ -205,3 +205,26 @@ def test_rotation_payload_wire_keys(new_key) -> None:
         (22, b"\x01" * 8),
     ]
     assert KeyRotation.decode(record.encode()) == record
+
+
+def test_rotation_record_missing_the_new_key_is_malformed_not_a_crash() -> None:
+    """A signed record with keys {1, 2, 20, 22} but no 21 is refused with a reason."""
+    import cbor2
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey as _Key
+
+    from device_sdk.protocol.cose import key_id as _kid
+    from device_sdk.protocol.cose import sign1 as _sign1
+    from device_sdk.protocol.manifest import verify_rotation as _verify
+    from device_sdk.protocol.reasons import ProtocolError as _Err
+    from device_sdk.protocol.reasons import Reason as _Reason
+
+    signer = _Key.generate()
+    payload = cbor2.dumps({1: 1, 2: 5, 20: b"\x01" * 8, 22: b"\x02" * 8}, canonical=True)
+    record = _sign1(payload, signer, _kid(signer.public_key()))
+    try:
+        _verify(record, trusted_keys={_kid(signer.public_key()): signer.public_key()},
+                current_sequence=0)
+    except _Err as exc:
+        assert exc.reason == _Reason.MANIFEST_MALFORMED
+    else:
+        raise AssertionError("accepted a rotation record without its key")
