@@ -237,16 +237,15 @@ class Run:
 
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
         """Start the worker and wait until its subscriptions are granted."""
-        log_path = self.workdir / f"worker-{self.db.vendor}.log"
+        log_path = self.workdir / f"worker-{name}.log"
         env = django_env(self.db.url, MQTT_URL=self.broker.url,
                          MQTT_WORKER_USERNAME=self.worker_identity[0],
                          MQTT_WORKER_PASSWORD=self.worker_identity[1],
                          MQTT_WORKER_GROUP="bench", FLEET_VAR_DIR=str(self.workdir / "var"),
-                         FLEET_LOG_LEVEL="WARNING" if not self.args.profile else "INFO")
-        env["FLEET_LOG_LEVEL"] = "INFO"
+                         FLEET_LOG_LEVEL="INFO")  # the ready line is an INFO record
         cmd = [sys.executable]
         if self.args.profile:
-            cmd += ["-m", "cProfile", "-o", str(self.workdir / f"worker-{self.db.vendor}.prof")]
+            cmd += ["-m", "cProfile", "-o", str(self.workdir / f"worker-{name}.prof")]
         cmd += ["manage.py", "fleet_worker", "--name", name, "--no-jobs", "--no-rollouts"]
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out,
@@ -271,7 +270,8 @@ class Run:
                 access.provision_device(uid, password)
         batches = a.events // a.per_batch // a.devices
         expected_events = batches * a.per_batch * a.devices
-        worker = self.start_worker(f"bench-{self.db.vendor}")
+        names = [f"bench-{self.db.vendor}-{i}" for i in range(a.workers)]
+        workers = [self.start_worker(name) for name in names]
         publishers = []
         uids = sorted(ids)
         for i in range(a.publishers):
@@ -287,6 +287,8 @@ class Run:
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         log(f"{self.db.vendor}: {expected_events} events from {a.devices} devices in "
             f"{batches * a.devices} batches of {a.per_batch}, {a.publishers} publishers")
+        worker_cpu0 = sum(cpu_seconds(w.pid) for w in workers)
+        broker_cpu0 = cpu_seconds(self.broker.pid)
         started = time.monotonic()
         for p in publishers:
             assert p.stdin is not None
@@ -310,12 +312,14 @@ class Run:
         published = [json.loads(p.communicate(timeout=60)[0].strip().splitlines()[-1])
                      for p in publishers]
         time.sleep(0.5)  # anything redelivered late would land now
-        worker_cpu, broker_cpu = cpu_seconds(worker.pid), cpu_seconds(self.broker.pid)
-        worker.terminate()
-        worker.wait(timeout=30)
-        # A stopped worker's session keeps its share of the shared subscription: end it, or
-        # the broker would go on queueing for it during the next run.
-        end_session(self.broker, f"bench-{self.db.vendor}", *self.worker_identity)
+        worker_cpu = sum(cpu_seconds(w.pid) for w in workers) - worker_cpu0
+        broker_cpu = cpu_seconds(self.broker.pid) - broker_cpu0
+        for worker, name in zip(workers, names, strict=True):
+            worker.terminate()
+            worker.wait(timeout=30)
+            # A stopped worker's session keeps its share of the shared subscription: end it,
+            # or the broker would go on queueing for it during the next run.
+            end_session(self.broker, name, *self.worker_identity)
         rows = self.db.scalar("SELECT count(*) FROM telemetry_event")
         distinct = self.db.scalar("SELECT count(*) FROM (SELECT DISTINCT device_id, seq"
                                   " FROM telemetry_event) AS b")
@@ -323,12 +327,12 @@ class Run:
         publish_s = max(p["seconds"] for p in published)
         log(f"{self.db.vendor}: stored in {elapsed:.2f} s (publishers done in {publish_s:.2f} s,"
             f" {sum(p['refused'] for p in published)} refused); rows {rows}, rollup sum {rolled};"
-            f" CPU per event: worker {worker_cpu / expected_events * 1e6:.1f} us, broker (whole"
-            f" run) {broker_cpu / expected_events * 1e6:.1f} us")
+            f" CPU per event: worker {worker_cpu / expected_events * 1e6:.1f} us, broker"
+            f" {broker_cpu / expected_events * 1e6:.1f} us")
         if self.args.profile:
             import pstats
 
-            stats = pstats.Stats(str(self.workdir / f"worker-{self.db.vendor}.prof"),
+            stats = pstats.Stats(str(self.workdir / f"worker-{names[0]}.prof"),
                                  stream=sys.stderr)
             stats.sort_stats("tottime").print_stats(25)
         return {"rate": expected_events / elapsed,
@@ -379,6 +383,7 @@ def main() -> None:
     parser.add_argument("--per-batch", type=int, default=32)
     parser.add_argument("--devices", type=int, default=100)
     parser.add_argument("--publishers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (shared sub)")
     parser.add_argument("--db", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--role", choices=["publisher", "setup-db"], help=argparse.SUPPRESS)

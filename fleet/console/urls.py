@@ -32,6 +32,9 @@ urlpatterns = [
     path("models/versions/<int:pk>/", versions.version_detail, name="version-detail"),
     path("models/versions/<int:pk>/packages/", versions.package_build, name="package-build"),
     path("rollouts/", rollouts.rollouts, name="rollouts"),
+    path("rollouts/new/", rollouts.rollout_create, name="rollout-create"),
+    path("rollouts/<int:pk>/", rollouts.rollout_detail, name="rollout-detail"),
+    path("rollouts/<int:pk>/<slug:verb>/", rollouts.rollout_control, name="rollout-control"),
     path("telemetry/", telemetry.telemetry, name="telemetry"),
     path("audit/", audit.audit, name="audit"),
 ]
