@@ -114,6 +114,7 @@ def _run(args: argparse.Namespace) -> int:
         num_labels=model.num_classes,
     )
     stream = SensorStream(model, mix=args.mix)
+    _attach_ota(client, identity, model, args)
     client.start()
     log.info("device %s running %s at %.2f inferences/s", identity.device_id, args.model, args.rate)
     # This is the application thread: infer on a fixed schedule, hand events to the client.
@@ -135,6 +136,26 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attach_ota(client: object, identity: object, model: object, args: argparse.Namespace) -> None:
+    """Give a single device A/B slots under its state dir and the OTA agent."""
+    from device_sdk.ota.agent import OtaAgent
+    from device_sdk.ota.slots import SlotStore
+    from device_sdk.ota.trial import run_trial
+    from device_sdk.ota.updater import OtaUpdater
+
+    store = SlotStore(Path(args.state_dir) / "slots")
+    if not (store.dir / "meta.json").exists():
+        store.install_factory(model.model_bytes, package=args.package_id)  # type: ignore[attr-defined]
+    updater = OtaUpdater(store, hardware=identity.hardware,  # type: ignore[attr-defined]
+                         arena_bytes=model.arena_bytes)  # type: ignore[attr-defined]
+    if not store.meta.trusted_keys:
+        updater.trust({k.kid: k.public_key for k in identity.signing_keys})  # type: ignore[attr-defined]
+    agent = OtaAgent(client, updater,  # type: ignore[arg-type]
+                     lambda m: run_trial(m, arena_bytes=model.arena_bytes))  # type: ignore[attr-defined]
+    agent.boot()
+    updater.resume()
+
+
 # -- simulate ---------------------------------------------------------------------------------
 
 
@@ -150,12 +171,21 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drift-mix", help="the label mix after the drift, e.g. 0.7,0.1,0.1,0.1")
     p.add_argument("--drift-fraction", type=float, default=1.0, help="share of devices drifting")
     p.add_argument("--threads", type=int, help="network threads (default: one per 500 devices)")
+    p.add_argument("--no-ota", action="store_true", help="do not take OTA updates")
+    faults = p.add_argument_group("failure injection (probability per update)")
+    faults.add_argument("--crash-download", type=float, default=0.0,
+                        help="power cut half-way through a download (device reboots)")
+    faults.add_argument("--corrupt-chunk", type=float, default=0.0, help="flip a received byte")
+    faults.add_argument("--fail-trial", type=float, default=0.0, help="the new model's trial fails")
+    faults.add_argument("--degrade-scores", type=float, default=0.0,
+                        help="confirm, then report lower confidence (trips health gates)")
     p.add_argument("--uid-prefix", help="name devices PREFIX-00000... (default: from their keys)")
     p.add_argument("--seed", type=int, default=0)
 
 
 def _simulate(args: argparse.Namespace) -> int:
     from device_sdk.identity import EnrollmentError
+    from device_sdk.ota.agent import Faults
     from device_sdk.simulator import SimulationConfig, Simulator
 
     if args.drift_after is not None and not args.drift_mix:
@@ -169,7 +199,9 @@ def _simulate(args: argparse.Namespace) -> int:
         drift_fraction=args.drift_fraction, package_id=args.package_id,
         duration_s=args.duration, threads=args.threads, uid_prefix=args.uid_prefix,
         broker_url=args.broker_url, arena_bytes=args.arena_bytes,
-        latency_scale=args.latency_scale, seed=args.seed,
+        latency_scale=args.latency_scale, seed=args.seed, ota=not args.no_ota,
+        faults=Faults(crash_download=args.crash_download, corrupt_chunk=args.corrupt_chunk,
+                      fail_trial=args.fail_trial, degrade_scores=args.degrade_scores),
     )
     with _stop_on_signals() as stop:
         try:
@@ -189,8 +221,17 @@ COMMANDS: dict[str, Command] = {
     "enroll": Command("enroll one device and store its identity", _enroll_args, _enroll),
     "run": Command("run one enrolled device", _run_args, _run),
     "simulate": Command("run a simulated fleet of N devices", _simulate_args, _simulate),
-    # "gateway": the serial gateway for MCUs registers itself here (device_sdk/gateway.py).
+    "gateway": Command("bridge MCUs on serial ports to the broker",
+                       lambda p: p.add_argument("args", nargs=argparse.REMAINDER,
+                                                help="see python -m device_sdk.gateway --help"),
+                       lambda a: _gateway(a.args)),
 }
+
+
+def _gateway(argv: list[str]) -> int:
+    from device_sdk.gateway.cli import main as gateway_main
+
+    return gateway_main(argv)
 
 
 @contextmanager

@@ -313,9 +313,12 @@ class SensorStream:
         *,
         mix: str | Sequence[float] | None = None,
         seed: int | None = None,
+        noise_scale: float = 1.0,
     ) -> None:
+        """``noise_scale`` > 1 blurs the readings: lower confidence, as a degraded model shows."""
         self.model = model
-        self._protos, self._sigmas = model.prototypes()
+        self._protos, sigmas = model.prototypes()
+        self._sigmas = sigmas * noise_scale
         self._rng = np.random.default_rng(seed)
         self._mix = self._as_mix(mix)
         self._cdf = np.cumsum(self._mix)

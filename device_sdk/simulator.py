@@ -21,13 +21,19 @@ import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from device_sdk.backoff import Backoff
 from device_sdk.client import ClientStats, DeviceClient
 from device_sdk.identity import DeviceIdentity, EnrollmentError, enroll, ensure_enrolled
 from device_sdk.inference import SensorStream, TflmModel, host_capabilities
+from device_sdk.ota.agent import Faults, OtaAgent
+from device_sdk.ota.slots import SlotStore
+from device_sdk.ota.trial import TrialResult, run_trial
+from device_sdk.ota.updater import OtaUpdater
+from device_sdk.protocol.ota_messages import DeploymentState
+from device_sdk.protocol.reasons import Reason
 from device_sdk.protocol.status import Capabilities
 from device_sdk.reactor import Reactor, Timer
 
@@ -69,6 +75,10 @@ class SimulationConfig:
     latency_scale: float = 1.0
     seed: int = 0
     report_every_s: float = 10.0
+    ota: bool = True  # take OTA updates (A/B slots under each device's state dir)
+    faults: Faults = field(default_factory=Faults)  # failure injection for rollout tests
+    repair_after_s: float = 2.0  # ask for missing package bytes after this long without any
+    reboot_after_s: float = 1.0  # a "crashed" device comes back after this long
 
 
 class SimulatedDevice:
@@ -80,6 +90,7 @@ class SimulatedDevice:
         self.index = index
         self.client = client
         self.stream = stream
+        self.agent: OtaAgent | None = None
         self.period = 1.0 / rate_hz
         self.inferences = 0
         self._next = 0.0
@@ -131,6 +142,10 @@ class Simulator:
         self.devices: list[SimulatedDevice] = []
         self.failed_enrollments: list[tuple[int, str]] = []
         self._stop = stop or threading.Event()
+        self._models: dict[str, TflmModel] = {}
+        self._trials: dict[str, TrialResult] = {}
+        self._models_lock = threading.Lock()
+        self.crashes = 0
         self._drifted = False
         self._started_at = 0.0
 
@@ -181,29 +196,114 @@ class Simulator:
             reactor.start()
         rng = random.Random(cfg.seed)
         for n, (index, identity) in enumerate(enrolled):
-            client = DeviceClient(
-                identity,
-                state_dir=self.device_dir(index),
-                capabilities=self.capabilities,
-                model=cfg.package_id,
-                reactor=self.reactors[n % len(self.reactors)],
-                broker_url=cfg.broker_url,
-                batch_events=cfg.batch,
-                batch_age_s=cfg.batch_age_s,
-                summary_window_s=cfg.summary_window_s,
-                num_labels=self.model.num_classes,
-                durable=False,  # a simulator survives its own crash, not a power cut
-                backoff=Backoff(rng=random.Random(rng.random())),
-            )
-            client.on_refused = self._on_refused
-            stream = SensorStream(self.model, mix=cfg.mix, seed=cfg.seed * 1_000_003 + index)
-            self.devices.append(SimulatedDevice(index, client, stream, cfg.rate_hz))
+            self.devices.append(self._make_device(n, index, identity, rng))
         for device in self.devices:
             device.client.start()
             # Spread the first inferences over one period so the fleet does not tick in step.
             device.start(phase=rng.uniform(0, device.period))
         self._started_at = time.monotonic()
         log.info("%d devices started on %d network threads", len(self.devices), len(self.reactors))
+
+    def _make_device(self, n: int, index: int, identity: DeviceIdentity,
+                     rng: random.Random) -> SimulatedDevice:
+        """Build one device from its state directory (also after a simulated power cut)."""
+        cfg = self.config
+        model, package = self.model, cfg.package_id
+        store, interrupted = None, None
+        if cfg.ota:
+            store = SlotStore(self.device_dir(index) / "slots")
+            if not (store.dir / "meta.json").exists():
+                store.install_factory(self.model.model_bytes, package=cfg.package_id)
+            interrupted = store.meta.package if store.meta.trial else None
+            store.boot()  # a model left on trial by the "power cut" goes back to the old one
+            if store.meta.package != cfg.package_id:
+                model, package = self._shared_model(store.read_active()), store.meta.package
+        client = DeviceClient(
+            identity,
+            state_dir=self.device_dir(index),
+            capabilities=self.capabilities,
+            model=package,
+            reactor=self.reactors[n % len(self.reactors)],
+            broker_url=cfg.broker_url,
+            batch_events=cfg.batch,
+            batch_age_s=cfg.batch_age_s,
+            summary_window_s=cfg.summary_window_s,
+            num_labels=self.model.num_classes,
+            durable=False,  # a simulator survives its own crash, not a power cut
+            backoff=Backoff(rng=random.Random(rng.random())),
+        )
+        client.on_refused = self._on_refused
+        stream = SensorStream(model, mix=cfg.mix, seed=cfg.seed * 1_000_003 + index)
+        device = SimulatedDevice(index, client, stream, cfg.rate_hz)
+        if store is not None:
+            self._attach_ota(device, n, identity, store, rng)
+            if interrupted is not None:
+                device.agent.report_later(interrupted, DeploymentState.ROLLED_BACK,
+                                          Reason.TRIAL_INTERRUPTED)
+        return device
+
+    def _attach_ota(self, device: SimulatedDevice, n: int, identity: DeviceIdentity,
+                    store: SlotStore, rng: random.Random) -> None:
+        cfg = self.config
+        updater = OtaUpdater(store, hardware=cfg.hardware, slot_bytes=cfg.slot_bytes,
+                             arena_bytes=self.capabilities.arena_bytes)
+        if not store.meta.trusted_keys:
+            updater.trust({k.kid: k.public_key for k in identity.signing_keys})
+
+        def installed(package: int, model: bytes) -> None:
+            noise = 4.0 if device.agent is not None and device.agent.degraded else 1.0
+            device.stream = SensorStream(self._shared_model(model), mix=device.stream.mix,
+                                         seed=rng.randrange(2**31), noise_scale=noise)
+
+        agent = OtaAgent(
+            device.client, updater, self._trial, faults=cfg.faults,
+            repair_after_s=cfg.repair_after_s, rng=random.Random(rng.random()),
+            on_installed=installed, on_crash=lambda: self._crash(device, n, identity),
+        )
+        device.agent = agent
+        updater.resume()
+
+    def _shared_model(self, model_bytes: bytes) -> TflmModel:
+        """Return the one interpreter of these model bytes, loading it on first use."""
+        import hashlib
+
+        key = hashlib.sha256(model_bytes).hexdigest()
+        with self._models_lock:
+            if key not in self._models:
+                loaded = TflmModel(model_bytes, arena_bytes=self.config.arena_bytes,
+                                   latency_scale=self.config.latency_scale)
+                loaded.prototypes()
+                self._models[key] = loaded
+            return self._models[key]
+
+    def _trial(self, model_bytes: bytes) -> TrialResult:
+        """Run the OTA trial once per distinct model (the outcome is deterministic)."""
+        import hashlib
+
+        key = hashlib.sha256(model_bytes).hexdigest()
+        with self._models_lock:
+            cached = self._trials.get(key)
+        if cached is None:
+            cached = run_trial(model_bytes, arena_bytes=self.capabilities.arena_bytes)
+            with self._models_lock:
+                self._trials[key] = cached
+        return cached
+
+    def _crash(self, device: SimulatedDevice, n: int, identity: DeviceIdentity) -> None:
+        """Cut a device's power: drop its connection without goodbye, bring it back later."""
+        self.crashes += 1
+        device.stop()
+        device.client.link.stop()
+
+        def reboot() -> None:
+            time.sleep(self.config.reboot_after_s)
+            device.client.close(1.0)
+            fresh = self._make_device(n, device.index, identity, random.Random())
+            self.devices[self.devices.index(device)] = fresh
+            fresh.client.start()
+            fresh.start(phase=fresh.period)
+
+        self._reenroll_pool.submit(reboot)
 
     def _on_refused(self, client: DeviceClient, reason_code: int) -> None:
         """Re-enroll a device the broker refuses (network thread: hand the HTTP to a pool)."""

@@ -3,39 +3,72 @@
 Pure logic over a :class:`SlotStore`; the client feeds it MQTT messages and publishes what
 it asks for. Every refusal is a ``ProtocolError`` whose reason the device reports.
 
-Chunks may come from the package's fan-out topic (shared by every device of a wave) or as
-answers to this device's own requests; the updater takes them strictly in order, so one
-small decoder state suffices, and asks for the next offset itself when the fan-out does not
-bring it (a repair).
+Chunks may come from the package's fan-out topic (shared by every device of a wave, which
+may join it mid-pass) or as answers to this device's own requests (repairs). They are kept at
+their offsets in a download file, so a device that joins the fan-out half-way keeps the
+second half and takes the first from the next pass: every byte crosses the link once. When
+the transfer is complete it is streamed through the decoder into the inactive slot.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from device_sdk.ota.slots import SlotStore, SlotWriter
+from device_sdk.ota.slots import SlotStore
 from device_sdk.protocol.manifest import Encoding, Manifest, verify_manifest
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.transfer import TransferDecoder
 
 log = logging.getLogger(__name__)
 
+# Files of an accepted download, beside the slots: it survives a restart.
+OFFER_FILE = "offer.cose"
+PART_FILE = "download.part"
+RANGES_FILE = "download.json"
+
 
 @dataclass
 class Download:
-    """A package being received into the inactive slot."""
+    """A package being received: transfer bytes land in ``part`` at their offsets."""
 
     manifest: Manifest
-    decoder: TransferDecoder
-    writer: SlotWriter
-    offset: int = 0  # next transfer byte expected
+    part: Path
+    ranges: list[list[int]] = field(default_factory=list)  # received [start, end), merged
     done: bool = False
+
+    def missing(self) -> tuple[int, int] | None:
+        """Return the first gap (offset, length), or None when every byte is here."""
+        size = self.manifest.transfer_size
+        at = 0
+        for start, end in self.ranges:
+            if start > at:
+                return at, start - at
+            at = max(at, end)
+        return (at, size - at) if at < size else None
+
+    def add(self, start: int, end: int) -> bool:
+        """Merge [start, end) into the received ranges; True if it brought new bytes."""
+        before = sum(e - s for s, e in self.ranges)
+        merged: list[list[int]] = []
+        for s, e in sorted([*self.ranges, [start, end]]):
+            if merged and s <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], e)
+            else:
+                merged.append([s, e])
+        self.ranges = merged
+        return sum(e - s for s, e in merged) > before
+
+    @property
+    def received(self) -> int:
+        return sum(e - s for s, e in self.ranges)
 
 
 class OtaUpdater:
@@ -94,43 +127,102 @@ class OtaUpdater:
         current = self.download
         if current is not None and current.manifest.package_id == manifest.package_id:
             return manifest  # a repeated offer: carry on from where the download is
-        if current is not None:
-            current.writer.abort()
-        base = active if manifest.encoding == Encoding.DELTA else None
-        self.download = Download(manifest, TransferDecoder(manifest, base),
-                                 self.store.open_inactive())
+        if current is None and self._resumable(manifest, cose):
+            return manifest
+        part = self.store.dir / PART_FILE
+        self.store.hook("part-open")
+        part.write_bytes(b"")
+        (self.store.dir / OFFER_FILE).write_bytes(cose)
+        self.download = Download(manifest, part)
+        self._save_ranges(self.download)
         log.info("accepted package %d (%s@%s, %d bytes %s)", manifest.package_id,
                  manifest.model_name, manifest.model_version, manifest.transfer_size,
                  Encoding(manifest.encoding).name.lower())
         return manifest
 
-    def wanted(self) -> tuple[int, int] | None:
-        """Return (package id, next offset) while a download is incomplete."""
+    def wanted(self) -> tuple[int, int, int] | None:
+        """Return (package id, offset, length) of the first missing transfer bytes."""
         d = self.download
         if d is None or d.done:
             return None
-        return d.manifest.package_id, d.offset
+        gap = d.missing()
+        return None if gap is None else (d.manifest.package_id, *gap)
 
     def on_chunk(self, package_id: int, offset: int, data: bytes) -> bool:
-        """Take a chunk if it is the next one of the current download; True when taken.
+        """Keep a chunk of the current download; True when it brought bytes not yet here.
 
-        Raises ProtocolError (the download is dropped) when the bytes are refused.
+        Raises ProtocolError (the download is dropped) for bytes beyond the declared size or,
+        once complete, a transfer that does not decode to the signed model.
         """
         d = self.download
-        if d is None or d.done or package_id != d.manifest.package_id or offset != d.offset:
+        if d is None or d.done or package_id != d.manifest.package_id or not data:
             return False
-        try:
-            d.writer.write(d.decoder.feed(data))
-            d.offset += len(data)
-            if d.offset >= d.manifest.transfer_size:
-                d.writer.write(d.decoder.finish())
-                d.writer.close()
-                d.done = True
-        except ProtocolError:
-            d.writer.abort()
-            self.download = None
-            raise
+        end = offset + len(data)
+        if end > d.manifest.transfer_size:
+            self._forget_download()
+            raise ProtocolError(Reason.TRANSFER_OVERFLOW,
+                                f"bytes up to {end}, transfer is {d.manifest.transfer_size}")
+        if not d.add(offset, end):
+            return False
+        self.store.hook("part-write")
+        with open(d.part, "r+b") as f:
+            f.seek(offset)
+            f.write(data)
+        self._save_ranges(d)  # after the data: a cut between the two loses bytes, never lies
+        if d.missing() is None:
+            self._decode(d)
         return True
+
+    def resume(self) -> Manifest | None:
+        """After a restart, pick up a download the device had accepted (None if there is none
+        or its offer no longer passes the checks)."""
+        offer = self.store.dir / OFFER_FILE
+        if not offer.exists():
+            return None
+        try:
+            return self.offer(offer.read_bytes())
+        except ProtocolError:
+            self._forget_download()
+            return None
+
+    def _resumable(self, manifest: Manifest, cose: bytes) -> bool:
+        """Take over a download an earlier run left on disk for the same offer."""
+        offer, part = self.store.dir / OFFER_FILE, self.store.dir / PART_FILE
+        ranges = self.store.dir / RANGES_FILE
+        if not (offer.exists() and part.exists() and ranges.exists()):
+            return False
+        if offer.read_bytes() != cose:
+            return False
+        self.download = Download(manifest, part, json.loads(ranges.read_text()))
+        return True
+
+    def _save_ranges(self, d: Download) -> None:
+        self.store.hook("ranges")
+        tmp = self.store.dir / (RANGES_FILE + ".tmp")
+        tmp.write_text(json.dumps(d.ranges))
+        tmp.replace(self.store.dir / RANGES_FILE)
+
+    def _forget_download(self) -> None:
+        for name in (PART_FILE, OFFER_FILE, RANGES_FILE):
+            (self.store.dir / name).unlink(missing_ok=True)
+        self.download = None
+
+    def _decode(self, d: Download) -> None:
+        """Stream the complete transfer through the decoder into the inactive slot."""
+        base = self.store.read_active() if d.manifest.encoding == Encoding.DELTA else None
+        decoder = TransferDecoder(d.manifest, base)
+        writer = self.store.open_inactive()
+        try:
+            with open(d.part, "rb") as f:
+                while block := f.read(16384):
+                    writer.write(decoder.feed(block))
+            writer.write(decoder.finish())
+            writer.close()
+        except ProtocolError:
+            writer.abort()
+            self._forget_download()
+            raise
+        d.done = True
 
     @property
     def verified(self) -> bool:
@@ -145,7 +237,7 @@ class OtaUpdater:
         m = d.manifest
         self.store.activate_for_trial(m.package_id, m.sequence, m.model_sha256.hex(),
                                       m.model_size)
-        self.download = None
+        self._forget_download()
         return m
 
     def finish_trial(self, passed: bool) -> None:

@@ -94,6 +94,10 @@ class BrokerAccess(Protocol):
         """Let serial gateway ``uid`` use exactly its ``children``'s device topics."""
         ...
 
+    def add_gateway_children(self, uid: str, children: list[str]) -> None:
+        """Let existing gateway ``uid`` also use ``children``'s topics; keep its password."""
+        ...
+
     def ping(self) -> float:
         """Check the broker answers admin commands; return the round trip in seconds."""
         ...

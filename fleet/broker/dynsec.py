@@ -10,10 +10,10 @@ Services share one role per `ServiceRole`, ``service-<role>``.
 
 Facts checked against 2.0.11:
 
-- ``deleteClient``, ``disableClient``, ``setClientPassword`` and ``modifyClient``
-  disconnect the user's live connections at once (DISCONNECT reason 0x98, administrative
-  action, no will message); changing a role's ACLs or deleting it disconnects every
-  client holding it. Clients reconnect and are checked against the new state.
+- ``deleteClient``, ``disableClient``, ``setClientPassword``, ``modifyClient`` and
+  ``addClientRole`` disconnect the user's live connections at once (DISCONNECT reason
+  0x98, administrative action, no will message); changing a role's ACLs or deleting it
+  disconnects every client holding it. Clients reconnect and are checked against the new state.
 - Deleting a role that a client still holds crashes the broker (segfault, mosquitto
   issue #2660): a role is only deleted after every holder has let go of it.
 - ``addClientRole`` for a role the client already has answers "Internal error";
@@ -185,6 +185,37 @@ class DynsecAccess:
             ", ".join(children) or "none",
         )
 
+    def add_gateway_children(self, uid: str, children: list[str]) -> None:
+        """Let existing gateway ``uid`` also use ``children``'s device topics; keep its password.
+
+        Adding a role makes the broker drop the gateway's connection once (administrative
+        action); it logs in again with the same password and the new grants. Children it
+        already has are left alone, so repeating the call changes nothing.
+        """
+        check_uid(uid)
+        children = sorted({check_uid(child) for child in children})
+        if uid in children:
+            raise ValueError(f"gateway {uid} cannot be its own child")
+        held = self._gateway_roles(uid)
+        wanted = [device_role(child) for child in children]
+        missing = [role for role in wanted if role not in held]
+        if not missing:
+            return
+        self._ensure_defaults()
+        self._ensure_roles({device_role(c): device_grants(c) for c in children
+                            if device_role(c) in missing})
+        # 2.0.11 answers "Internal error" for a role the client already holds: a concurrent
+        # call may have added it meanwhile, so such an answer is checked, not trusted.
+        self._run(
+            [{"command": "addClientRole", "username": uid, "rolename": role} for role in missing],
+            benign=("Internal error",),
+        )
+        absent = set(wanted) - self._gateway_roles(uid)
+        if absent:
+            raise BrokerCommandError(f"gateway {uid} still lacks {', '.join(sorted(absent))}")
+        log.info("broker: gateway %s now also speaks for %s", uid,
+                 ", ".join(r.removeprefix("device-") for r in missing))
+
     def ping(self) -> float:
         """Check the plugin answers commands; return the round trip in seconds."""
         start = time.monotonic()
@@ -309,6 +340,19 @@ class DynsecAccess:
             if not response_error(client)
             and any(r.get("rolename") == role for r in client["data"]["client"].get("roles", []))
         ]
+
+    def _gateway_roles(self, uid: str) -> set[str]:
+        """Return the roles gateway ``uid`` holds; refuse a missing or non-gateway client."""
+        [response] = self._run([{"command": "getClient", "username": uid}], benign=("not found",))
+        if response_error(response):
+            raise BrokerCommandError(f"no gateway {uid!r} at the broker: provision it first")
+        client = response["data"]["client"]
+        if client.get("textname") != KIND_GATEWAY:
+            raise BrokerCommandError(
+                f"broker user {uid!r} is a {client.get('textname') or 'non-fleet'} identity, "
+                "not a gateway: refusing to change it"
+            )
+        return {r["rolename"] for r in client.get("roles", []) if "rolename" in r}
 
     def _client_kind(self, username: str, allowed: tuple[str, ...]) -> str | None:
         """Return the kind of an existing client (None if absent); refuse foreign ones."""

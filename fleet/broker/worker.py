@@ -157,7 +157,13 @@ class MqttWorker:
             return 0
         batch = [first]
         deadline = time.monotonic() + self.config.batch_wait_s
+        get_nowait = self.inbox.get_nowait
         while len(batch) < self.config.batch_max:
+            try:  # what is already queued, without a timed wait per message
+                batch.append(get_nowait())
+                continue
+            except queue.Empty:
+                pass
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break

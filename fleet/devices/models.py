@@ -142,3 +142,32 @@ class EnrollmentToken(models.Model):
         if self.uses >= self.max_uses:
             return TokenState.USED_UP
         return TokenState.ACTIVE
+
+
+class Gateway(models.Model):
+    """A serial gateway: one broker identity that speaks for the MCUs wired to it.
+
+    Its credential may touch its children's device topics and nothing else (DESIGN.md). The
+    MQTT password is never stored: it is issued once, when the gateway is (re)provisioned.
+    """
+
+    uid = models.SlugField(max_length=64, unique=True, help_text="the gateway's MQTT username")
+    name = models.CharField(max_length=100, blank=True)
+    children = models.ManyToManyField(Device, blank=True, related_name="gateways",
+                                      help_text="devices whose topics the gateway may use")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    credential_issued_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["uid"]
+
+    def __str__(self) -> str:
+        return self.uid
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None

@@ -94,7 +94,8 @@ def active_rollouts() -> list[dict[str, Any]]:
 def rollouts(request: HttpRequest) -> HttpResponse:
     """List rollouts (newest first, optionally of one state) and the signed packages."""
     state = request.GET.get("state")
-    qs = _with_counts(Rollout.objects.select_related("model_version__model", "rollback_of"))
+    qs = _with_counts(Rollout.objects.select_related("model_version__model", "rollback_of")
+                      .order_by("-created_at", "-id"))
     if state in RolloutState.values:
         qs = qs.filter(state=state)
     rollout_page = Paginator(qs, 25).get_page(request.GET.get("rpage"))
@@ -226,6 +227,10 @@ def _failures(rollout: Rollout) -> list[dict[str, Any]]:
     return rows
 
 
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, int | float) else str(value)
+
+
 def _history(rollout: Rollout) -> list[dict[str, Any]]:
     entries = AuditLog.objects.filter(object_type=Rollout._meta.label_lower,
                                       object_id=str(rollout.pk))[:30]
@@ -234,7 +239,7 @@ def _history(rollout: Rollout) -> list[dict[str, Any]]:
         after = e.after or {}
         what = HISTORY_WORDS.get(e.action, e.action)
         if e.action == "rollout.advance":
-            what = f"advanced to wave {after.get('wave')} ({after.get('percent')}%)"
+            what = f"advanced to wave {after.get('wave')} ({_num(after.get('percent'))}%)"
         elif e.action == "rollout.start":
             what = f"started with {after.get('devices')} devices"
         elif e.action == "rollout.pause" and after.get("paused_reason"):
@@ -257,6 +262,19 @@ def _gates(rollout: Rollout) -> list[tuple[str, str | None]]:
     ]
 
 
+def _duration(seconds: int) -> str:
+    if seconds % 3600 == 0 and seconds:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 60} min" if seconds % 60 == 0 else f"{seconds} s"
+
+
+def _window(rollout: Rollout) -> str:
+    start, end = rollout.window_start_hour, rollout.window_end_hour
+    if start is None or end is None:
+        return "any time"
+    return f"{start:02d}:00–{end:02d}:00 UTC"
+
+
 @console_view()
 def rollout_detail(request: HttpRequest, pk: int) -> HttpResponse:
     """Show one rollout's waves, failures and settings; the page follows it live."""
@@ -267,6 +285,7 @@ def rollout_detail(request: HttpRequest, pk: int) -> HttpResponse:
     pause = (AuditLog.objects.filter(object_type=Rollout._meta.label_lower,
                                      object_id=str(rollout.pk), action="rollout.pause").first()
              if rollout.state == RolloutState.PAUSED else None)
+    gates = _gates(rollout)
     return render_page(request, "console/rollouts/detail.html", {
         "nav": "rollouts",
         "rollout": rollout,
@@ -280,7 +299,11 @@ def rollout_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "reason_text": {r.name: text for r, text in REASON_TEXT.items()},
         "history": _history(rollout),
         "pause": pause,
-        "gates": _gates(rollout),
+        "gates": gates,
+        "gated": any(value is not None for _, value in gates),
+        "soak": _duration(rollout.soak_s) if rollout.soak_s else "",
+        "window": _window(rollout),
+        "wave_percent": rollout.waves[min(rollout.current_wave, len(rollout.waves) - 1)],
         "packages": rollout.packages.select_related("hardware_profile").order_by("id"),
         "explicit_devices": rollout.target_devices.count(),
         "rollbacks": rollout.rollbacks.order_by("-created_at"),

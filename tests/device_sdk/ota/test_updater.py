@@ -55,7 +55,7 @@ def device(tmp: Path, factory: bytes, **kwargs: object) -> OtaUpdater:
 
 def feed_all(updater: OtaUpdater, transfer: bytes, chunk: int = 1000) -> None:
     while updater.wanted() is not None:
-        pkg, offset = updater.wanted()
+        pkg, offset, _ = updater.wanted()
         assert updater.on_chunk(pkg, offset, transfer[offset:offset + chunk])
 
 
@@ -77,18 +77,46 @@ def test_update_installs_confirms_and_keeps_bytes(tmp_path: Path, encoding: Enco
     assert updater.store.verify_active()
 
 
-def test_out_of_order_chunks_are_ignored_and_resume_continues(tmp_path: Path) -> None:
-    """A gap (missed fan-out chunk) is not taken; the device asks for the next offset."""
+def test_chunks_in_any_order_and_the_first_gap_is_asked_for(tmp_path: Path) -> None:
+    """Joining a fan-out mid-pass keeps what comes; a repeated chunk brings nothing new."""
     updater = device(tmp_path, model_bytes(1))
     cose, transfer = package(model_bytes(2), 3)
     updater.offer(cose)
+    size = len(transfer)
+    assert updater.on_chunk(3, 2000, transfer[2000:3000])  # mid-pass first
+    assert updater.wanted() == (3, 0, 2000)
     assert updater.on_chunk(3, 0, transfer[:1000])
-    assert not updater.on_chunk(3, 2000, transfer[2000:3000])  # a gap: ignored
-    assert updater.wanted() == (3, 1000)
+    assert not updater.on_chunk(3, 0, transfer[:1000])  # again: nothing new
+    assert updater.wanted() == (3, 1000, 1000)
     updater.offer(cose)  # the same offer again (after a reconnect): the download carries on
-    assert updater.wanted() == (3, 1000)
-    feed_all(updater, transfer)
+    assert updater.wanted() == (3, 1000, 1000)
+    assert updater.on_chunk(3, 3000, transfer[3000:])
+    assert updater.wanted() == (3, 1000, 1000) and size > 3000
+    assert updater.on_chunk(3, 1000, transfer[1000:2000])
     assert updater.verified
+
+
+def test_download_resumes_after_a_restart_without_fetching_again(tmp_path: Path) -> None:
+    updater = device(tmp_path, model_bytes(1))
+    cose, transfer = package(model_bytes(2), 3)
+    updater.offer(cose)
+    half = len(transfer) // 2
+    assert updater.on_chunk(3, 0, transfer[:half])
+    again = device(tmp_path, model_bytes(1))  # power comes back
+    assert again.resume() is not None
+    assert again.wanted() == (3, half, len(transfer) - half)
+    assert again.on_chunk(3, half, transfer[half:])
+    assert again.verified
+
+
+def test_bytes_beyond_the_declared_size_are_refused_at_once(tmp_path: Path) -> None:
+    updater = device(tmp_path, model_bytes(1))
+    cose, transfer = package(model_bytes(2), 3)
+    updater.offer(cose)
+    with pytest.raises(ProtocolError) as refused:
+        updater.on_chunk(3, len(transfer) - 10, transfer[-10:] + b"endless")
+    assert refused.value.reason == Reason.TRANSFER_OVERFLOW
+    assert updater.wanted() is None and not updater.verified
 
 
 @pytest.mark.parametrize(
@@ -180,7 +208,7 @@ def test_power_cut_at_every_write_always_boots_a_valid_model(tmp_path: Path) -> 
         updater.finish_trial(True)
 
     points = []
-    for chunk in (64, 256, 1000, 4096):
+    for chunk in (256, 1000, 4096):
         counted = {"n": 0}
         device(tmp_path / f"count{chunk}", old)
         update(tmp_path / f"count{chunk}", chunk,
@@ -221,4 +249,5 @@ def test_disk_stays_bounded(tmp_path: Path) -> None:
         updater.install()
         updater.finish_trial(True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "slot-0.bin", "slot-1.bin"]
+    assert updater.resume() is None
     assert os.path.getsize(tmp_path / "slot-0.bin") < 30_000

@@ -1,0 +1,241 @@
+"""Connect the OTA state machine to a DeviceClient: offers in, chunk requests and reports out.
+
+Callbacks arrive on the client's network thread; the agent's work there is short (writing a
+chunk, decoding a model of a few hundred KB once, a trial of a few inferences).
+
+Flow: an offer is verified → the device subscribes to the package's fan-out topic and reports
+DOWNLOADING → chunks arrive from the fan-out and, for whatever is still missing after
+``repair_after_s`` without progress, from its own ``ota/get`` requests → VERIFIED → INSTALLED
+(the new slot is active, on trial) → TRIAL → CONFIRMED, or FAILED with a reason (the old slot
+stays or comes back). A device that restarts during a trial reverts and reports ROLLED_BACK.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from device_sdk.client import DeviceClient
+from device_sdk.ota.trial import TrialResult
+from device_sdk.ota.updater import OtaUpdater
+from device_sdk.protocol.cose import parse_sign1
+from device_sdk.protocol.manifest import Manifest
+from device_sdk.protocol.ota_messages import (
+    ChunkRequest,
+    DeploymentState,
+    Report,
+    decode_chunk,
+    encode_chunk_request,
+    encode_report,
+)
+from device_sdk.protocol.reasons import ProtocolError, Reason
+from device_sdk.protocol.topics import Channel, DeviceTopic, PackageTopic, package_filter, parse_topic
+
+log = logging.getLogger(__name__)
+Trial = Callable[[bytes], TrialResult]
+
+
+@dataclass
+class Faults:
+    """Failure injection for the simulator (each a probability per update)."""
+
+    crash_download: float = 0.0  # "power cut" half-way through the download
+    corrupt_chunk: float = 0.0  # flip a byte of one received chunk
+    fail_trial: float = 0.0  # the trial says no
+    degrade_scores: float = 0.0  # confirm, but report worse scores afterwards (health gates)
+
+
+class OtaAgent:
+    """Run OTA updates for one device."""
+
+    def __init__(self, client: DeviceClient, updater: OtaUpdater, trial: Trial, *,
+                 chunk_bytes: int = 4096, repair_after_s: float = 2.0,
+                 faults: Faults | None = None, rng: random.Random | None = None,
+                 on_installed: Callable[[int, bytes], None] | None = None,
+                 on_crash: Callable[[], None] | None = None) -> None:
+        self.client = client
+        self.updater = updater
+        self.trial = trial
+        self.chunk_bytes = chunk_bytes
+        self.repair_after_s = repair_after_s
+        self.faults = faults or Faults()
+        self.rng = rng or random.Random()
+        self.on_installed = on_installed
+        self.on_crash = on_crash
+        self.degraded = False
+        self._last_progress = time.monotonic()
+        self._fanout: str | None = None
+        self._corrupt_at: int | None = None
+        self._pending: list[tuple[int, DeploymentState, int]] = []
+        self._watching: int | None = None
+        self._crash_at: int | None = None
+        client.on_message = self._chain(client.on_message, self._on_message)
+        client.on_connect = self._chain(client.on_connect, self._on_connect)
+
+    @staticmethod
+    def _chain(first: Callable[..., None] | None,
+               second: Callable[..., None]) -> Callable[..., None]:
+        if first is None:
+            return second
+
+        def both(*args: object) -> None:
+            first(*args)
+            second(*args)
+
+        return both
+
+    # -- start-up ------------------------------------------------------------------------
+
+    def boot(self) -> None:
+        """Revert a model whose trial a restart interrupted; tell the server once connected."""
+        meta = self.updater.store.meta
+        if meta.trial:
+            interrupted = meta.package
+            self.updater.store.boot()
+            self.report_later(interrupted, DeploymentState.ROLLED_BACK, Reason.TRIAL_INTERRUPTED)
+
+    def report_later(self, pkg: int, state: DeploymentState, reason: Reason | int = 0) -> None:
+        """Send a report at the next connection (reports are not queued while offline)."""
+        self._pending.append((pkg, state, int(reason)))
+
+    def _on_connect(self, client: DeviceClient, session_present: bool) -> None:
+        pending, self._pending = self._pending, []
+        for pkg, state, reason in pending:
+            self._report(pkg, state, reason)
+        wanted = self.updater.wanted()
+        if wanted is not None and self._fanout is None:
+            self._fanout = package_filter(wanted[0])
+        if self._fanout:
+            client.subscribe(self._fanout)
+        self._repair()  # resume a download the disconnect (or a restart) interrupted
+        if wanted is not None:
+            self._watch(wanted[0])
+
+    # -- messages ------------------------------------------------------------------------
+
+    def _on_message(self, client: DeviceClient, topic: str, payload: bytes) -> None:
+        parsed = parse_topic(topic)
+        if isinstance(parsed, DeviceTopic) and parsed.channel == Channel.OTA_OFFER:
+            self._offer(payload)
+        elif (isinstance(parsed, PackageTopic)
+              or (isinstance(parsed, DeviceTopic) and parsed.channel == Channel.OTA_CHUNK)):
+            self._chunk(payload, unicast=isinstance(parsed, DeviceTopic))
+
+    def _offer(self, cose: bytes) -> None:
+        try:
+            manifest = self.updater.offer(cose)
+        except ProtocolError as exc:
+            log.warning("%s: offer refused: %s", self.client.uid, exc)
+            self._report(_unverified_package_id(cose), DeploymentState.FAILED, exc.reason)
+            return
+        pkg = manifest.package_id
+        self._fanout = package_filter(pkg)
+        self.client.subscribe(self._fanout)
+        size = manifest.transfer_size
+        self._corrupt_at = self.rng.randrange(size) if self.rng.random() < self.faults.corrupt_chunk else None
+        self._crash_at = self.rng.randrange(size) if self.rng.random() < self.faults.crash_download else None
+        self._report(pkg, DeploymentState.DOWNLOADING)
+        self._last_progress = time.monotonic()
+        self._watch(pkg)
+
+    def _chunk(self, payload: bytes, *, unicast: bool) -> None:
+        try:
+            chunk = decode_chunk(payload)
+        except ProtocolError as exc:
+            log.warning("%s: bad chunk: %s", self.client.uid, exc)
+            return
+        data = chunk.data
+        if self._corrupt_at is not None and chunk.offset <= self._corrupt_at < chunk.offset + len(data):
+            flipped = bytearray(data)
+            flipped[self._corrupt_at - chunk.offset] ^= 0x40
+            data, self._corrupt_at = bytes(flipped), None
+        try:
+            fresh = self.updater.on_chunk(chunk.pkg, chunk.offset, data)
+        except ProtocolError as exc:
+            self._give_up(chunk.pkg, exc.reason, str(exc))
+            return
+        if not fresh:
+            return
+        self._last_progress = time.monotonic()
+        download = self.updater.download
+        if (self._crash_at is not None and download is not None
+                and download.received >= self._crash_at and self.on_crash is not None):
+            self._crash_at = None
+            self.on_crash()  # the simulator throws this device away mid-download
+            return
+        if self.updater.verified:
+            self._install(chunk.pkg)
+        elif unicast:
+            self._repair()  # repairing: ask for the next gap at once
+
+    def _watch(self, pkg: int) -> None:
+        if self._watching != pkg:
+            self._watching = pkg
+            self.client.reactor.call_later(self.repair_after_s, self._watchdog, pkg)
+
+    def _watchdog(self, pkg: int) -> None:
+        """Ask for missing bytes when the fan-out has brought nothing for a while."""
+        wanted = self.updater.wanted()
+        if wanted is None or wanted[0] != pkg:
+            self._watching = None
+            return
+        if time.monotonic() - self._last_progress >= self.repair_after_s:
+            self._repair()
+        self.client.reactor.call_later(self.repair_after_s, self._watchdog, pkg)
+
+    def _repair(self) -> None:
+        wanted = self.updater.wanted()
+        if wanted is None:
+            return
+        pkg, offset, length = wanted
+        request = ChunkRequest(pkg, offset, min(length, self.chunk_bytes))
+        self.client.publish(Channel.OTA_GET, encode_chunk_request(request))
+
+    # -- install and trial ---------------------------------------------------------------
+
+    def _install(self, pkg: int) -> None:
+        self._leave_fanout()
+        self._report(pkg, DeploymentState.VERIFIED)
+        manifest: Manifest = self.updater.install()
+        self._report(pkg, DeploymentState.INSTALLED)
+        self._report(pkg, DeploymentState.TRIAL)
+        model = self.updater.store.read_active()
+        result = self.trial(model)
+        if result.passed and self.rng.random() < self.faults.fail_trial:
+            result = TrialResult(False, Reason.TRIAL_FAILED, "injected fault")
+        self.updater.finish_trial(result.passed)
+        if not result.passed:
+            log.warning("%s: trial of package %d failed: %s", self.client.uid, pkg, result.detail)
+            self._report(pkg, DeploymentState.FAILED, result.reason)
+            return
+        self.degraded = self.rng.random() < self.faults.degrade_scores
+        if self.on_installed is not None:
+            self.on_installed(pkg, model)
+        self.client.set_model(pkg, manifest_seq=manifest.sequence)
+        self._report(pkg, DeploymentState.CONFIRMED)
+        log.info("%s: confirmed package %d (%s@%s)", self.client.uid, pkg, manifest.model_name,
+                 manifest.model_version)
+
+    def _give_up(self, pkg: int, reason: Reason, detail: str) -> None:
+        log.warning("%s: download of package %d refused: %s", self.client.uid, pkg, detail)
+        self._leave_fanout()
+        self._report(pkg, DeploymentState.FAILED, reason)
+
+    def _leave_fanout(self) -> None:
+        if self._fanout:
+            self.client.unsubscribe(self._fanout)
+            self._fanout = None
+
+    def _report(self, pkg: int, state: DeploymentState, reason: Reason | int = 0) -> None:
+        self.client.publish(Channel.OTA_REPORT, encode_report(Report(pkg, state, int(reason))))
+
+
+def _unverified_package_id(cose: bytes) -> int:
+    """Best-effort package id of a refused offer, so the report can name it (0 if unreadable)."""
+    try:
+        return Manifest.decode(parse_sign1(cose).payload).package_id
+    except Exception:
+        return 0

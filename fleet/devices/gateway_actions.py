@@ -1,0 +1,180 @@
+"""Every write on serial gateways: provision, add children, revoke. Atomic and audited.
+
+A gateway is one broker identity that speaks for the MCUs wired to it (its children) and may
+touch their topic subtrees and nothing else. The broker is changed inside the transaction, as
+enrollment does: a broker failure raises, the transaction rolls back, and the caller answers
+503 with nothing written, so the database never claims access the broker did not grant.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from device_sdk.protocol.topics import is_valid_uid
+from fleet.audit.actions import record_audit
+from fleet.broker.access import BrokerAccess
+from fleet.broker.configured import broker_access
+from fleet.devices.credentials import new_mqtt_password
+from fleet.devices.models import Device, Gateway
+
+log = logging.getLogger(__name__)
+
+MAX_CHILDREN = 1000
+
+
+class GatewayError(Exception):
+    """A gateway write refused; ``reason`` is a stable code, ``status`` the HTTP status."""
+
+    def __init__(self, reason: str, detail: str, status: int) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.status = status
+
+
+@dataclass(frozen=True)
+class GatewayCredential:
+    """What a provisioned gateway is told once: its MQTT password."""
+
+    gateway: Gateway
+    password: str
+    created: bool
+
+
+@transaction.atomic
+def do_provision_gateway(
+    *,
+    uid: str,
+    children: Iterable[str],
+    actor: AbstractBaseUser | None,
+    name: str | None = None,
+    remote_addr: str | None = None,
+) -> GatewayCredential:
+    """Create a gateway, or update one, with exactly ``children`` and a fresh MQTT password.
+
+    Updating replaces the children and the password (the broker drops the old connection), and
+    brings a revoked gateway back. The password is returned once and never stored.
+    """
+    if not is_valid_uid(uid):
+        raise GatewayError("invalid_uid", f"{uid!r} cannot name a broker identity.", 400)
+    if Device.objects.filter(uid=uid).exists():
+        raise GatewayError("uid_taken", f"{uid} is a device's id; a gateway needs its own.", 409)
+    devices = _children(children)
+    gateway = Gateway.objects.select_for_update().filter(uid=uid).first()
+    created = gateway is None
+    before = None if gateway is None else _snapshot(gateway)
+    if gateway is None:
+        gateway = Gateway(uid=uid, created_by=_user(actor))
+    if name is not None:
+        gateway.name = name
+    gateway.revoked_at = None
+    gateway.credential_issued_at = timezone.now()
+    gateway.save()
+    gateway.children.set(devices)
+    password = new_mqtt_password()
+    child_uids = sorted(d.uid for d in devices)
+    _broker_call(uid, lambda access: access.provision_gateway(uid, password, child_uids))
+    record_audit(
+        actor=actor, action="gateway.create" if created else "gateway.reprovision", obj=gateway,
+        before=before, after=_snapshot(gateway), remote_addr=remote_addr,
+    )
+    log.info("gateway %s provisioned for %d children", uid, len(child_uids))
+    return GatewayCredential(gateway, password, created)
+
+
+@transaction.atomic
+def do_add_gateway_children(
+    gateway: Gateway,
+    children: Iterable[str],
+    *,
+    actor: AbstractBaseUser | None,
+    remote_addr: str | None = None,
+) -> Gateway:
+    """Let a gateway also speak for ``children``; its password stays (a gateway that just
+    enrolled an MCU calls this). Children it already has are no-ops."""
+    gateway = Gateway.objects.select_for_update().get(pk=gateway.pk)
+    if gateway.revoked:
+        raise GatewayError("gateway_revoked", f"Gateway {gateway.uid} has been revoked.", 409)
+    devices = _children(children)
+    have = set(gateway.children.values_list("pk", flat=True))
+    new = [d for d in devices if d.pk not in have]
+    if not new:
+        return gateway
+    before = _snapshot(gateway)
+    gateway.children.add(*new)
+    new_uids = sorted(d.uid for d in new)
+    _broker_call(gateway.uid, lambda access: access.add_gateway_children(gateway.uid, new_uids))
+    record_audit(actor=actor, action="gateway.add_children", obj=gateway, before=before,
+                 after=_snapshot(gateway), remote_addr=remote_addr)
+    log.info("gateway %s now speaks for %s too", gateway.uid, ", ".join(new_uids))
+    return gateway
+
+
+@transaction.atomic
+def do_revoke_gateway(
+    gateway: Gateway, *, actor: AbstractBaseUser | None, remote_addr: str | None = None
+) -> Gateway:
+    """Revoke a gateway: its broker identity is deleted and its connection closed at once.
+
+    Its children stay enrolled; another gateway (or a new credential) can speak for them.
+    """
+    gateway = Gateway.objects.select_for_update().get(pk=gateway.pk)
+    if gateway.revoked:
+        return gateway
+    gateway.revoked_at = timezone.now()
+    gateway.save(update_fields=["revoked_at"])
+    _broker_call(gateway.uid, lambda access: access.revoke_device(gateway.uid))
+    record_audit(actor=actor, action="gateway.revoke", obj=gateway,
+                 after={"revoked_at": gateway.revoked_at.isoformat()}, remote_addr=remote_addr)
+    log.info("gateway %s revoked", gateway.uid)
+    return gateway
+
+
+def _children(uids: Iterable[str]) -> list[Device]:
+    """Resolve child uids to enrolled, unrevoked devices; refuse unknown ones by name."""
+    wanted = sorted(set(uids))
+    if len(wanted) > MAX_CHILDREN:
+        raise GatewayError("too_many_children", f"At most {MAX_CHILDREN} children.", 400)
+    devices = list(Device.objects.filter(uid__in=wanted, revoked_at__isnull=True))
+    missing = sorted(set(wanted) - {d.uid for d in devices})
+    if missing:
+        raise GatewayError(
+            "unknown_children",
+            f"Not enrolled (or revoked): {', '.join(missing[:10])}"
+            + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""),
+            400,
+        )
+    return devices
+
+
+def _broker_call(uid: str, call: Callable[[BrokerAccess], None]) -> None:
+    """Apply a change at the broker; any failure becomes a 503 that rolls the write back."""
+    access = broker_access()
+    if access is None:
+        return  # no broker configured: the database alone records the intent
+    try:
+        call(access)
+    except Exception as exc:  # any broker failure: refuse cleanly, write nothing
+        log.error("broker refused a change to gateway %s: %s", uid, exc)
+        raise GatewayError(
+            "broker_unavailable", "The message broker is unavailable; retry later.", 503
+        ) from exc
+
+
+def _snapshot(gateway: Gateway) -> dict[str, Any]:
+    return {
+        "name": gateway.name,
+        "children": sorted(gateway.children.values_list("uid", flat=True)),
+        "revoked": gateway.revoked,
+    }
+
+
+def _user(actor: AbstractBaseUser | None) -> AbstractBaseUser | None:
+    return actor if actor is not None and actor.is_authenticated else None
