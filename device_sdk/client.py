@@ -245,9 +245,9 @@ class DeviceClient:
         topic = device_topic(self.uid, channel)
         self.reactor.call_soon(lambda: self.link.publish(topic, payload, qos=1))
 
-    def subscribe(self, topic_filter: str) -> None:
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Also receive ``topic_filter`` (a package's fan-out, say) on :attr:`on_message`."""
-        self.link.subscribe(topic_filter)
+        self.link.subscribe(topic_filter, qos)
 
     def unsubscribe(self, topic_filter: str) -> None:
         """Stop receiving a filter added with :meth:`subscribe`."""

@@ -85,7 +85,8 @@ class Link:
         self._attempt_timer: Timer | None = None
         self._misc_timer: Timer | None = None
         self._stopping = False
-        self._extra: list[str] = []  # filters added by subscribe(), on top of the config's
+        # Filters added by subscribe(), on top of the config's, with their QoS.
+        self._extra: dict[str, int] = {}
         self._info = logging.INFO if config.log_transitions else logging.DEBUG
         self._warning = logging.WARNING if config.log_transitions else logging.DEBUG
 
@@ -116,14 +117,18 @@ class Link:
 
         self.reactor.call_soon(apply)
 
-    def subscribe(self, topic_filter: str) -> None:
-        """Subscribe (QoS 1) now if connected and after every new session (from any thread)."""
+    def subscribe(self, topic_filter: str, qos: int = 1) -> None:
+        """Subscribe now if connected and after every new session (from any thread).
+
+        QoS 0 suits the package fan-out: the broker queues nothing for an offline device, so a
+        reconnect brings no stale chunks (the device repairs gaps by request).
+        """
 
         def apply() -> None:
             if topic_filter not in self._extra:
-                self._extra.append(topic_filter)
+                self._extra[topic_filter] = qos
                 if self.connected and self._client is not None:
-                    self._client.subscribe(topic_filter, qos=1)
+                    self._client.subscribe(topic_filter, qos=qos)
                     self._sync_write_interest()
 
         self.reactor.call_soon(apply)
@@ -133,7 +138,7 @@ class Link:
 
         def apply() -> None:
             if topic_filter in self._extra:
-                self._extra.remove(topic_filter)
+                del self._extra[topic_filter]
                 if self.connected and self._client is not None:
                     self._client.unsubscribe(topic_filter)
                     self._sync_write_interest()
@@ -301,9 +306,9 @@ class Link:
             self.connects += 1
             self._connected_at = time.monotonic()
             session_present = bool(flags.session_present)
-            filters = [*self.config.subscriptions, *self._extra]
+            filters = [(f, 1) for f in self.config.subscriptions] + list(self._extra.items())
             if filters and not session_present:
-                client.subscribe([(f, SubscribeOptions(qos=1)) for f in filters])
+                client.subscribe([(f, SubscribeOptions(qos=q)) for f, q in filters])
             log.debug("%s: connected (session present: %s)", self.config.client_id, session_present)
             self.listener.link_up(session_present)
         except Exception:  # never let an exception into paho's loop

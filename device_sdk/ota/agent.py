@@ -106,10 +106,17 @@ class OtaAgent:
         for pkg, state, reason in pending:
             self._report(pkg, state, reason)
         wanted = self.updater.wanted()
-        if wanted is not None and self._fanout is None:
-            self._fanout = package_filter(wanted[0])
-        if self._fanout:
-            client.subscribe(self._fanout)
+        download = self.updater.download
+        if wanted is not None and download is not None and download.received > 0:
+            # Resuming a partial download: fetch only the gaps by request. The fan-out would
+            # bring whole passes again, most of them bytes this device already holds.
+            client.unsubscribe(package_filter(wanted[0]))
+            self._fanout = None
+        else:
+            if wanted is not None and self._fanout is None:
+                self._fanout = package_filter(wanted[0])
+            if self._fanout:
+                client.subscribe(self._fanout, qos=0)
         self._repair()  # resume a download the disconnect (or a restart) interrupted
         if wanted is not None:
             self._watch(wanted[0])
@@ -133,7 +140,7 @@ class OtaAgent:
             return
         pkg = manifest.package_id
         self._fanout = package_filter(pkg)
-        self.client.subscribe(self._fanout)
+        self.client.subscribe(self._fanout, qos=0)
         size = manifest.transfer_size
         self._corrupt_at = self.rng.randrange(size) if self.rng.random() < self.faults.corrupt_chunk else None
         self._crash_at = self.rng.randrange(size) if self.rng.random() < self.faults.crash_download else None

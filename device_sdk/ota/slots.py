@@ -40,6 +40,7 @@ class SlotMeta:
     rotation_sequence: int = 0  # highest key-rotation record applied
     package: int = 0  # package id of the active model (0: factory model)
     previous_package: int = 0
+    reverted_package: int = 0  # the package whose trial failed or was interrupted (may retry)
     sha256: dict[str, str] = field(default_factory=dict)  # slot index -> digest of its bytes
     sizes: dict[str, int] = field(default_factory=dict)
     trusted_keys: dict[str, str] = field(default_factory=dict)  # kid hex -> raw key hex
@@ -124,7 +125,7 @@ class SlotStore:
         if meta.previous is None:
             return
         self.save(replace(meta, active=meta.previous, previous=None, trial=False,
-                          package=meta.previous_package))
+                          package=meta.previous_package, reverted_package=meta.package))
 
     def boot(self) -> bool:
         """Start up: a model still on trial was never confirmed, so revert. True if reverted."""

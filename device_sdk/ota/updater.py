@@ -118,12 +118,27 @@ class OtaUpdater:
         """Check a signed manifest and start (or keep) downloading its package."""
         meta = self.store.meta
         active = self.store.read_active()
-        manifest = verify_manifest(
-            cose, trusted_keys=self.trusted_keys(), current_sequence=meta.sequence,
-            hardware_profile=self.hardware, now=int(self.clock()), slot_bytes=self.slot_bytes,
-            arena_bytes=self.arena_bytes,
-            running_model_sha256=hashlib.sha256(active).digest(),
-        )
+
+        def verify(current_sequence: int) -> Manifest:
+            return verify_manifest(
+                cose, trusted_keys=self.trusted_keys(), current_sequence=current_sequence,
+                hardware_profile=self.hardware, now=int(self.clock()),
+                slot_bytes=self.slot_bytes, arena_bytes=self.arena_bytes,
+                running_model_sha256=hashlib.sha256(active).digest(),
+            )
+
+        try:
+            manifest = verify(meta.sequence)
+        except ProtocolError as exc:
+            # The package whose trial failed (its sequence is the persisted one) may be offered
+            # again once the cause is fixed: that is a retry, not a rollback. Anything else at or
+            # below the sequence stays refused.
+            if exc.reason != Reason.MANIFEST_SEQUENCE_REPLAY or not meta.reverted_package:
+                raise
+            manifest = verify(meta.sequence - 1)
+            if (manifest.package_id != meta.reverted_package
+                    or manifest.sequence != meta.sequence):
+                raise
         current = self.download
         if current is not None and current.manifest.package_id == manifest.package_id:
             return manifest  # a repeated offer: carry on from where the download is

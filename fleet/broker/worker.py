@@ -45,6 +45,7 @@ class Received:
     mid: int
     qos: int
     received_at: datetime
+    connection: int = 0  # which connection of the worker delivered it (MqttWorker.connection)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class MqttWorker:
         self.handle = handle
         self.inbox: queue.Queue[Received] = queue.Queue()
         self.connected = threading.Event()
+        self.connection = 0  # counts connections; see _on_connect
         self.stopping = threading.Event()
         parts = urlsplit(config.mqtt_url)
         self.host = parts.hostname or "127.0.0.1"
@@ -101,6 +103,11 @@ class MqttWorker:
             if getattr(reason, "is_failure", False):
                 log.error("broker refused the worker %s: %s", self.config.name, reason)
                 return
+            # Packet ids belong to one connection: an ack for a message of an earlier one could
+            # hit a new, not yet stored message that happens to reuse its id (after a broker
+            # restart without the session). Those are left unacked; the broker sends them again
+            # if it still has them, and the dedupe key absorbs the copy.
+            self.connection += 1
             subs = [(shared_filter(self.config.group, ch), 1) for ch in self.config.channels]
             client.subscribe(subs)
             self.connected.set()
@@ -131,7 +138,7 @@ class MqttWorker:
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
             self.inbox.put(Received(msg.topic, bytes(msg.payload), msg.mid, msg.qos,
-                                    datetime.now(UTC)))
+                                    datetime.now(UTC), self.connection))
         except Exception:
             log.exception("could not queue a message on %s", getattr(msg, "topic", "?"))
 
@@ -173,7 +180,7 @@ class MqttWorker:
                 break
         self._handle_until_done(batch)
         for msg in batch:
-            if msg.qos > 0:
+            if msg.qos > 0 and msg.connection == self.connection:
                 self.client.ack(msg.mid, msg.qos)
         return len(batch)
 

@@ -47,7 +47,7 @@ class RolloutForm(forms.Form):
                                        help_text="Only validated versions are listed.")
     base_version = VersionChoiceField(
         ready_versions(), required=False, label="Delta base", empty_label="— none (full model) —",
-        help_text="Send a delta from this version where that is smaller.")
+        help_text="Optional: send a delta from this version where that is smaller.")
     group = forms.ModelChoiceField(DeviceGroup.objects.all(), required=False,
                                    to_field_name="name", empty_label="— any group —")
     tags = forms.CharField(required=False, max_length=1000,
@@ -83,7 +83,7 @@ class RolloutForm(forms.Form):
                                            label="Window from (UTC hour)")
     window_end_hour = forms.IntegerField(required=False, min_value=0, max_value=23,
                                          label="Window until (UTC hour)",
-                                         help_text="Offers go out only inside the window.")
+                                         help_text="Optional: offer only inside the window.")
 
     SECTIONS = (
         ("Release", ("name", "model_version", "base_version")),

@@ -1,4 +1,4 @@
-"""Nouns of the devices app: HardwareProfile, DeviceGroup, Tag, Device, EnrollmentToken."""
+"""Nouns of the devices app: HardwareProfile, DeviceGroup, Tag, Device, EnrollmentToken, Gateway."""
 
 from __future__ import annotations
 

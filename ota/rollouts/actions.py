@@ -86,7 +86,10 @@ def do_create_rollout(
     if preview.refusals:
         text = "; ".join(f"{p}: {why}" for p, why in sorted(preview.refusals.items()))
         raise OtaError("incompatible", f"Refused for {text}", 409, refusals=preview.refusals)
-    packages = [_package_for(model_version, p, base_version, actor)
+    # A rollback must not reuse the old version's package: its sequence is below the one the
+    # devices accepted since, so they would refuse it (anti-rollback). A fresh build of the
+    # old version carries a new, higher sequence.
+    packages = [_package_for(model_version, p, base_version, actor, fresh=rollback_of is not None)
                 for p in {d.hardware_profile for d in targets}]
     with transaction.atomic():
         rollout = Rollout.objects.create(
@@ -107,8 +110,10 @@ def do_create_rollout(
 
 
 def _package_for(mv: ModelVersion, profile: HardwareProfile, base: ModelVersion | None,
-                 actor: AbstractBaseUser | None) -> Package:
+                 actor: AbstractBaseUser | None, *, fresh: bool = False) -> Package:
     """Reuse the newest unexpired package of ``mv`` for ``profile`` or build one."""
+    if fresh:
+        return do_build_package(mv, profile, actor=actor, base=base)
     existing = (Package.objects.filter(model_version=mv, hardware_profile=profile,
                                        base_version=base if base else None,
                                        expires_at__gt=timezone.now())

@@ -139,7 +139,10 @@ def _cohorts(rollout: Rollout, now: datetime):  # noqa: ANN202  (pair of Cohort)
     ).values_list("model_version_id", flat=True).distinct())
     start = rollout.wave_started_at or rollout.started_at or now
     old = cohort(device_ids, old_versions, start - BEFORE_WINDOW, start)
-    new = cohort(device_ids, [rollout.model_version_id], start, now + timedelta(minutes=1))
+    # Rollups are per minute: the new version's events of the minute the wave started are in
+    # the bucket that starts before ``start``. The version filter keeps the cohorts apart.
+    new = cohort(device_ids, [rollout.model_version_id], start.replace(second=0, microsecond=0),
+                 now + timedelta(minutes=1))
     return old, new
 
 

@@ -69,8 +69,12 @@ class TransferCache:
 
 @dataclass
 class _Pass:
+    """Where the carousel is in a package, and when its current pass began and last ended."""
+
+    started_at: object = None  # server time the pass began (compared with offered_at)
     offset: int = 0
     passes: int = 0
+    ended_at: float = 0.0
 
 
 class OtaDelivery:
@@ -78,13 +82,14 @@ class OtaDelivery:
 
     def __init__(self, publisher: Publisher, directory: DeviceDirectory | None = None,
                  counters: Counter[str] | None = None, carousel_bytes_per_s: int = 4_000_000,
-                 carousel_chunk: int = 4096) -> None:
+                 carousel_chunk: int = 4096, pass_gap_s: float = 1.0) -> None:
         self.publisher = publisher
         self.directory = directory or DeviceDirectory()
         self.cache = TransferCache()
         self.counters = counters if counters is not None else Counter()
         self.carousel_bytes_per_s = carousel_bytes_per_s
         self.carousel_chunk = carousel_chunk
+        self.pass_gap_s = pass_gap_s
         self._passes: dict[int, _Pass] = {}
         self._last_pass_tick = time.monotonic()
 
@@ -145,34 +150,55 @@ class OtaDelivery:
     # -- carousel ------------------------------------------------------------------------------
 
     def carousel_tick(self) -> int:
-        """Publish the next chunks of every package devices are downloading; return bytes sent."""
+        """Publish the next chunks of the packages devices are downloading; return bytes sent.
+
+        A pass over a package starts only when some device was offered it after the previous
+        pass began (it missed that pass's start) and ``pass_gap_s`` has gone by: a wave costs a
+        few passes however many devices it has; stragglers repair by request.
+        """
         now = time.monotonic()
         budget = int(self.carousel_bytes_per_s * min(now - self._last_pass_tick, 1.0))
         self._last_pass_tick = now
-        wanted = list(Deployment.objects.filter(
+        downloading = Deployment.objects.filter(
             state__in=(DeploymentState.OFFERED, DeploymentState.DOWNLOADING),
             rollout__state=RolloutState.RUNNING,
-        ).values_list("package_id", flat=True).distinct())
-        for gone in set(self._passes) - set(wanted):
+        )
+        wanted = set(downloading.values_list("package_id", flat=True).distinct())
+        for gone in set(self._passes) - wanted:
             del self._passes[gone]
-        sent = 0
-        share = budget // max(len(wanted), 1)
+        active = []
         for package_id in wanted:
+            state = self._passes.get(package_id)
+            if state is None or state.offset == 0:
+                started = state.started_at if state else None
+                if state is not None and now - state.ended_at < self.pass_gap_s:
+                    continue
+                late = downloading.filter(package_id=package_id)
+                if started is not None:
+                    late = late.filter(offered_at__gt=started)
+                if not late.exists():
+                    continue
+                state = self._passes[package_id] = _Pass(started_at=timezone.now())
+            active.append(package_id)
+        sent = 0
+        share = budget // max(len(active), 1)
+        for package_id in active:
             data = self.cache.get(package_id)
             if not data:
                 continue
-            state = self._passes.setdefault(package_id, _Pass())
+            state = self._passes[package_id]
             spent = 0
-            while spent < share:
+            while spent < share and state.offset < len(data):
                 piece = data[state.offset:state.offset + self.carousel_chunk]
+                # QoS 0: nothing is queued for offline devices; a lost chunk is repaired.
                 self.publisher.publish(package_topic(package_id, PackageChannel.CHUNK),
-                                       encode_chunk(Chunk(package_id, state.offset, piece)), 1)
+                                       encode_chunk(Chunk(package_id, state.offset, piece)), 0)
                 spent += len(piece)
                 state.offset += len(piece)
-                if state.offset >= len(data):
-                    state.offset = 0
-                    state.passes += 1
-                    break  # one full pass per tick at most: give late joiners a moment
+            if state.offset >= len(data):
+                state.offset = 0
+                state.passes += 1
+                state.ended_at = now
             sent += spent
         self.counters["ota_fanout_bytes"] += sent
         return sent

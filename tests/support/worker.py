@@ -16,13 +16,16 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet.broker.access import ServiceRole
 from fleet.broker.dynsec import DynsecAccess
@@ -64,8 +67,10 @@ class WorkerProcess:
     again with the same name resumes the broker session, as a restarted service would.
     """
 
-    def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], log_path: Path,
+                 broker: MosquittoInstance) -> None:
         self.name = name
+        self.broker = broker
         self.env = env
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
@@ -132,6 +137,24 @@ class WorkerProcess:
 WorkerFactory = Callable[..., WorkerProcess]
 
 
+def end_session(broker: MosquittoInstance, client_id: str, username: str, password: str) -> None:
+    """Discard a stopped worker's persistent session on the broker.
+
+    A session outlives its process (SESSION_EXPIRY_S): Mosquitto goes on handing it its share
+    of every shared subscription and queues it. Connecting with a clean start and no session
+    expiry replaces the session, and closing ends it.
+    """
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client.username_pw_set(username, password)
+    connected = threading.Event()
+    client.on_connect = lambda *args: connected.set()
+    client.connect(broker.host, broker.port, clean_start=True)
+    client.loop_start()
+    connected.wait(5)
+    client.disconnect()
+    client.loop_stop()
+
+
 def worker_env(broker: MosquittoInstance, username: str, password: str, group: str,
                var_dir: Path) -> dict[str, str]:
     """Return the environment of a worker using the test database and ``broker``."""
@@ -180,7 +203,7 @@ def worker_factory(request: pytest.FixtureRequest,
         var_dir = tmp_path / f"worker-{name}"
         var_dir.mkdir(exist_ok=True)
         env = worker_env(broker, identity[0], identity[1], group, var_dir)
-        worker = WorkerProcess(name, env, tmp_path / f"worker-{name}.log")
+        worker = WorkerProcess(name, env, tmp_path / f"worker-{name}.log", broker)
         made.append(worker)
         if start:
             worker.start()
@@ -189,6 +212,9 @@ def worker_factory(request: pytest.FixtureRequest,
     yield make
     for worker in made:
         worker.stop()
+    for worker in made:  # or the broker keeps queueing their share for the rest of the run
+        if worker.broker.is_running():
+            end_session(worker.broker, worker.name, *identity)
 
 
 @pytest.hookimpl(wrapper=True)

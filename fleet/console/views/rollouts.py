@@ -105,7 +105,7 @@ def rollouts(request: HttpRequest) -> HttpResponse:
         r.wave_percent = r.waves[r.current_wave] if r.current_wave < len(r.waves) else None
     packages = Package.objects.select_related(
         "model_version__model", "hardware_profile", "base_version", "signing_key").order_by("-id")
-    counts = dict(Rollout.objects.values_list("state").annotate(n=Count("id")))
+    counts = dict(Rollout.objects.order_by().values_list("state").annotate(n=Count("id")))
     return render_page(request, "console/rollouts.html", {
         "nav": "rollouts",
         "rollouts": rollout_page,

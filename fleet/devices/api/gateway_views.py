@@ -24,7 +24,11 @@ from fleet.devices.api.serializers import MqttCredentialSerializer
 from fleet.devices.models import Gateway
 from fleet.devices.trust import broker_ca_pem
 
-_CHILD = serializers.SlugField(max_length=64)
+
+
+def _children_field(**kwargs: Any) -> serializers.ListField:
+    return serializers.ListField(child=serializers.SlugField(max_length=64),
+                                 max_length=actions.MAX_CHILDREN, **kwargs)
 
 
 class GatewaySerializer(serializers.ModelSerializer):
@@ -44,11 +48,11 @@ class GatewaySerializer(serializers.ModelSerializer):
 class GatewayProvisionSerializer(serializers.Serializer):
     uid = serializers.SlugField(max_length=64)
     name = serializers.CharField(max_length=100, required=False)
-    children = serializers.ListField(child=_CHILD, max_length=actions.MAX_CHILDREN, default=list)
+    children = _children_field(default=list)
 
 
 class GatewayChildrenSerializer(serializers.Serializer):
-    children = serializers.ListField(child=_CHILD, min_length=1, max_length=actions.MAX_CHILDREN)
+    children = _children_field(min_length=1)
 
 
 class GatewayCredentialSerializer(GatewaySerializer):

@@ -1,6 +1,6 @@
 from rest_framework.routers import SimpleRouter
 
-from fleet.devices.api import views
+from fleet.devices.api import gateway_views, views
 
 router = SimpleRouter()
 router.register("hardware-profiles", views.HardwareProfileViewSet)
@@ -8,5 +8,6 @@ router.register("groups", views.DeviceGroupViewSet)
 router.register("devices", views.DeviceViewSet)
 router.register("enrollment-tokens", views.EnrollmentTokenViewSet)
 router.register("enroll", views.EnrollViewSet, basename="enroll")
+router.register("gateways", gateway_views.GatewayViewSet)
 
 urlpatterns = router.urls

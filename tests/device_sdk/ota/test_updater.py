@@ -214,7 +214,7 @@ def test_power_cut_at_every_write_always_boots_a_valid_model(tmp_path: Path) -> 
         update(tmp_path / f"count{chunk}", chunk,
                lambda _p, c=counted: c.__setitem__("n", c["n"] + 1))
         points += [(chunk, k) for k in range(1, counted["n"] + 1)]
-    assert len(points) > 100
+    assert len(points) > 50
     outcomes = {"old": 0, "new": 0}
     for run in range(500):
         chunk, cut_at = points[run % len(points)]

@@ -91,6 +91,13 @@ MATRIX = [
     Row("post", "/api/v1/rollouts/{rollout}/resume/", "operator", None, 409),
     Row("post", "/api/v1/rollouts/{rollout}/abort/", "operator"),
     Row("post", "/api/v1/rollouts/{rollout}/rollback/", "operator", None, 409),
+    Row("get", "/api/v1/gateways/", "viewer"),
+    Row("get", "/api/v1/gateways/{gateway}/", "viewer"),
+    Row("post", "/api/v1/gateways/", "operator",
+        lambda: {"uid": "gw-new", "children": ["dev-a"]}, 201),
+    Row("post", "/api/v1/gateways/{gateway}/children/", "operator",
+        lambda: {"children": ["dev-a"]}),
+    Row("post", "/api/v1/gateways/{gateway}/revoke/", "operator"),
 ]
 
 
@@ -122,7 +129,11 @@ def seeded(enroll_body: dict[str, Any], device_group: Any, user_factory: Any) ->
     from ota.rollouts.models import Rollout
 
     rollout = Rollout.objects.create(name="seeded", model_version=mv, waves=[100])
+    from fleet.devices.models import Gateway
+
+    gateway = Gateway.objects.create(uid="gw-seeded")
     return {
+        "gateway": gateway.uid,
         "rollout": str(rollout.pk),
         "dead_letter": str(dead.pk),
         "model": str(model.pk),

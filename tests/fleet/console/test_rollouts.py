@@ -15,6 +15,7 @@ from fleet.audit.models import AuditLog
 from fleet.console.views.rollouts import active_rollouts
 from ota.choices import VersionStatus
 from ota.models import ModelVersion
+from ota.registry.storage import artifact_storage
 from ota.rollouts import actions
 from ota.rollouts.controller import step
 from ota.rollouts.delivery import apply_report
@@ -142,7 +143,7 @@ def test_operator_sees_the_controls_the_state_allows(client_for: Clients, fleet:
 def test_form_offers_only_validated_versions(client_for: Clients, fleet: Any) -> None:
     ModelVersion.objects.filter(pk=fleet.v1.pk).update(status=VersionStatus.INVALID)
     page = client_for("operator").get(NEW).content.decode()
-    select = re.search(r'<select name="model_version".*?</select>', page, re.S).group(0)
+    select = re.search(r'<select name="model_version".*?</select>', page, re.DOTALL).group(0)
     assert "kws@1.1.0" in select and "kws@1.0.0" not in select
 
 
@@ -151,8 +152,8 @@ def test_preview_counts_the_target_per_wave_and_profile(client_for: Clients,
     response, page = preview(client_for("operator"), form_body(fleet))
     assert response.status_code == 200
     assert re.search(r'data-preview-total>2<', page)  # dev-a1, dev-a2 (dev-r1 is revoked)
-    assert re.search(r'data-profile="stm32f746".*?2 devices', page, re.S)
-    waves = re.findall(r'<tr data-wave="(\d)">.*?data-devices>(\d+)<', page, re.S)
+    assert re.search(r'data-profile="stm32f746".*?2 devices', page, re.DOTALL)
+    waves = re.findall(r'<tr data-wave="(\d)">.*?data-devices>(\d+)<', page, re.DOTALL)
     assert [w for w, _ in waves] == ["1", "2"] and waves[-1][1] == "2"
     assert 'data-action="create-rollout"' in page
     assert not Rollout.objects.exists()  # a preview writes nothing
@@ -165,7 +166,8 @@ def test_preview_refuses_a_profile_the_version_does_not_fit(client_for: Clients,
     response, page = preview(client, body)
     assert response.status_code == 200
     assert 'id="preview-refusal"' in page
-    refused = re.search(r'<li data-profile="esp32-s3" class="is-refused">(.*?)</li>', page, re.S)
+    refused = re.search(r'<li data-profile="esp32-s3" class="is-refused">(.*?)</li>', page,
+                        re.DOTALL)
     assert refused and "arena needs 2752 bytes, profile has 2048" in refused.group(1)
     assert 'data-action="create-rollout"' not in page
     # Forcing the create step anyway is refused on the server, with the same reason.
@@ -241,8 +243,7 @@ def test_bad_form_input_is_refused_with_the_reason(client_for: Clients, fleet: A
 
 
 def test_target_matching_no_device_cannot_start(client_for: Clients, fleet: Any) -> None:
-    response, page = preview(client_for("operator"), form_body(fleet, group="field",
-                                                               tags="north"))
+    _, page = preview(client_for("operator"), form_body(fleet, group="field", tags="north"))
     assert "matches no device" in page
     assert 'data-action="create-rollout"' not in page
 
@@ -307,8 +308,12 @@ def test_abort_marks_unfinished_devices_failed(client_for: Clients, fleet: Any) 
 
 
 def test_rollback_starts_a_rollout_of_the_previous_version_linked_both_ways(
-    client_for: Clients, fleet: Any
+    client_for: Clients, fleet: Any, sine_tflite: bytes
 ) -> None:
+    # A rollback builds a fresh package of the old version (a higher anti-rollback sequence),
+    # so that version needs its model bytes in the artifact store.
+    key = artifact_storage().put(sine_tflite)
+    ModelVersion.objects.filter(pk=fleet.v1.pk).update(sha256=key, size_bytes=len(sine_tflite))
     rollout = start(fleet)
     assert confirm_offered(rollout) == 2
     client = client_for("operator")
@@ -336,7 +341,7 @@ def test_list_shows_state_version_wave_progress_failures_and_pause_reason(
     rollout.refresh_from_db()
     assert rollout.state == RolloutState.PAUSED
     page = client_for("viewer").get("/console/rollouts/").content.decode()
-    row = re.search(rf'<tr data-rollout="{rollout.pk}".*?</tr>', page, re.S).group(0)
+    row = re.search(rf'<tr data-rollout="{rollout.pk}".*?</tr>', page, re.DOTALL).group(0)
     assert 'badge-warn">paused<' in row and "kws@1.1.0" in row
     assert "devices failed" in row and "TRIAL_FAILED" in row  # the controller's reason
     assert re.search(r"data-failed>1<", row)

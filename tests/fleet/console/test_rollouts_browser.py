@@ -85,6 +85,7 @@ def test_operator_creates_a_rollout_through_the_preview_and_follows_it_live(
     expect(page.locator('#preview-profiles [data-profile="esp32-s3"] [data-refusal]')
            ).to_contain_text("arena needs 2752 bytes, profile has 2048")
     expect(page.locator('[data-action="create-rollout"]')).to_have_count(0)
+    page.evaluate("window.scrollTo(0, 0)")  # the preview button jumps to #preview
     screenshot(page, "rollout-preview-refused")
 
     page.select_option("#id_hardware_profile", "stm32f746")
@@ -93,12 +94,14 @@ def test_operator_creates_a_rollout_through_the_preview_and_follows_it_live(
     expect(page.locator('#preview-waves tr[data-wave="2"] [data-devices]')).to_have_text("16")
     go = page.locator('[data-action="create-rollout"]')
     expect(go).to_be_enabled()
+    page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "rollout-preview")
     page.fill("#id_soak_min", "1")  # editing after the preview makes it stale
     expect(go).to_be_disabled()
     page.fill("#id_soak_min", "0")
     page.click('[data-action="preview-rollout"]')
-    page.click('[data-action="create-rollout"]')
+    expect(go).to_be_enabled()  # the fresh preview's button
+    go.click()
     page.wait_for_url(re.compile(r".*/console/rollouts/\d+/$"))
     rollout = Rollout.objects.get()
     assert rollout.state == RolloutState.RUNNING and rollout.waves == [25.0, 100.0]
@@ -179,7 +182,8 @@ def test_viewer_sees_no_controls_and_cannot_post_them(browse: Browse, lab: Any,
     page = browse("viewer")
     page.goto("/console/rollouts/")
     expect(page.locator("[data-action]")).to_have_count(0)
-    expect(page.locator(f'tr[data-rollout="{rollout.pk}"] .badge')).to_have_text("running")
+    row = page.locator(f'tr[data-rollout="{rollout.pk}"]')
+    expect(row.locator(".rollout-state .badge")).to_have_text("running")
     screenshot(page, "rollouts")
     page.click(f'tr[data-rollout="{rollout.pk}"] a >> nth=0')
     page.wait_for_url(f"**/console/rollouts/{rollout.pk}/")
@@ -205,8 +209,9 @@ def test_rollout_pages_fit_a_phone_screen(browse: Browse, lab: Any, screenshot: 
     actions.do_pause_rollout(rollout, actor=None, reason="wave 1: 1 of 1 devices failed "
                              "(100% > 20%); TRIAL_FAILED x1")
     page = browse("operator", viewport=PHONE)
-    for name, path in (("rollouts", "/console/rollouts/"), ("rollout-new", "/console/rollouts/new/"),
-                       ("rollout", f"/console/rollouts/{rollout.pk}/")):
+    paths = {"rollouts": "/console/rollouts/", "rollout-new": "/console/rollouts/new/",
+             "rollout": f"/console/rollouts/{rollout.pk}/"}
+    for name, path in paths.items():
         page.goto(path)
         assert overflow_px(page) <= 0, f"{path} scrolls sideways by {overflow_px(page)} px"
         screenshot(page, f"phone-{name}")

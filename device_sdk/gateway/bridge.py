@@ -1,0 +1,379 @@
+"""Swap framing and topic: link frames of the MCUs wired to the gateway <-> MQTT messages.
+
+A frame's payload is the MQTT payload of the topic its kind maps to, unchanged
+(``link.CHANNEL_OF_KIND``, firmware/LINK.md), so the gateway forwards bytes it does not need to
+trust: every manifest is signed and every transferred byte digested, and the MCU checks them.
+
+    STATUS, EVENTS, REPORT        -> fleet/v1/{child}/status (retained) | events | ota/report
+    CHUNK_REQUEST                 -> answered from the chunk cache, else fleet/v1/{child}/ota/get
+    fleet/v1/{child}/ota/offer    -> OFFER
+    fleet/v1/{child}/ota/chunk    -> CHUNK (the answer to the pending request)
+    fleet/v1/pkg/{pkg}/chunk      -> cached; answers pending requests, clipped to the MTU
+
+Until a child is admitted (enrolled and added to the gateway's children) what it sends is
+held, the newest status and up to ``HELD_MAX`` other messages, and sent once it is.
+
+Threading: serial threads call :meth:`Bridge.attach`, :meth:`Bridge.on_frame` and friends for
+their own child; the MQTT thread calls :meth:`Bridge.on_message`; the enrollment thread calls
+:meth:`Bridge.admitted`. Frames to a child go into its ``outbox``, which only its serial thread
+drains. Uplink calls are made outside the lock, so the MQTT thread never waits on a serial one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from device_sdk.gateway.chunk_cache import ChunkCache
+from device_sdk.protocol import link
+from device_sdk.protocol.limits import MAX_OFFER_BYTES
+from device_sdk.protocol.ota_messages import (
+    Chunk,
+    ChunkRequest,
+    DeploymentState,
+    decode_chunk,
+    decode_chunk_request,
+    decode_report,
+    encode_chunk,
+    encode_chunk_request,
+)
+from device_sdk.protocol.reasons import ProtocolError
+from device_sdk.protocol.status import OFFLINE_PAYLOAD, Capabilities, decode_status
+from device_sdk.protocol.topics import (
+    Channel,
+    DeviceTopic,
+    PackageChannel,
+    device_topic,
+    package_topic,
+    parse_topic,
+    validate_uid,
+)
+
+__all__ = ["Admission", "Bridge", "Child", "Outbox", "UplinkLike", "CHUNK_OVERHEAD"]
+
+log = logging.getLogger(__name__)
+
+# CBOR around a chunk's data ([pkg, offset, bstr]): what an MTU must leave room for (LINK.md).
+CHUNK_OVERHEAD: Final = 16
+HELD_MAX: Final = 64
+# Reports after which a child no longer downloads the package.
+_DOWNLOAD_OVER: Final = frozenset(DeploymentState) - {DeploymentState.PENDING,
+                                                      DeploymentState.OFFERED,
+                                                      DeploymentState.DOWNLOADING}
+
+Outbox = queue.SimpleQueue[tuple[link.Kind, bytes]]
+
+
+class UplinkLike(Protocol):
+    """What the bridge needs from the MQTT side (:class:`~device_sdk.gateway.uplink.Uplink`)."""
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None: ...
+
+    def subscribe(self, topic_filter: str) -> None: ...
+
+    def unsubscribe(self, topic_filter: str) -> None: ...
+
+
+class Admission(Protocol):
+    """Enrolls MCUs and makes them the gateway's children (:mod:`device_sdk.gateway.enroll`)."""
+
+    def is_admitted(self, uid: str) -> bool:
+        """Return whether ``uid`` is known to be enrolled and our child."""
+        ...
+
+    def request(self, uid: str, capabilities: Capabilities) -> None:
+        """Start admitting ``uid`` in the background; call ``Bridge.admitted`` when done."""
+        ...
+
+
+@dataclass(eq=False)
+class Child:
+    """One MCU on one port, as the bridge knows it."""
+
+    uid: str
+    mtu: int  # largest link payload the MCU accepts (its HELLO)
+    port: str
+    outbox: Outbox
+    admitted: bool = False
+    admission_requested: bool = False
+    offline: bool = False
+    capabilities: Capabilities | None = None
+    pending: ChunkRequest | None = None  # the chunk the MCU waits for, clipped to its MTU
+    downloading: set[int] = field(default_factory=set)
+    held_status: bytes | None = None
+    held: deque[tuple[Channel, bytes]] = field(default_factory=lambda: deque(maxlen=HELD_MAX))
+
+
+class Bridge:
+    """Route frames of attached children to MQTT and MQTT messages to their outboxes."""
+
+    def __init__(self, uplink: UplinkLike, *, admission: Admission | None = None,
+                 cache: ChunkCache | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.uplink = uplink
+        self.admission = admission
+        self.cache = cache or ChunkCache()
+        self.clock = clock
+        self.counters: Counter[str] = Counter()
+        self._children: dict[str, Child] = {}
+        self._parked_offers: dict[str, bytes] = {}  # offers for a child whose port is down
+        self._fanout: set[int] = set()
+        self._lock = threading.Lock()
+
+    # -- children ----------------------------------------------------------------------------
+
+    def attach(self, uid: str, mtu: int, port: str, outbox: Outbox) -> Child:
+        """Register the MCU that said HELLO on ``port``; send it the time. Raise ProtocolError
+        for an id that cannot name topics."""
+        child = Child(validate_uid(uid), mtu, port, outbox)
+        child.admitted = self.admission is None or self.admission.is_admitted(uid)
+        with self._lock:
+            replaced = self._children.get(uid)
+            self._children[uid] = child
+            offer = self._parked_offers.pop(uid, None)
+        if replaced is not None and replaced.port != port:
+            log.error("%s said HELLO on %s but is also on %s: two MCUs with one id?", uid, port,
+                      replaced.port)
+        outbox.put((link.Kind.TIME, self.time_payload()))
+        if offer is not None and len(offer) <= mtu:
+            outbox.put((link.Kind.OFFER, offer))
+        if child.admitted:
+            self._subscribe(uid)
+        log.info("child %s on %s (mtu %d)%s", uid, port, mtu,
+                 "" if child.admitted else ": not yet our child, holding its messages")
+        return child
+
+    def restarted(self, child: Child, mtu: int) -> None:
+        """Take note that a child said HELLO again (it rebooted): resend the time."""
+        with self._lock:
+            child.mtu = mtu
+            child.pending = None
+        child.outbox.put((link.Kind.TIME, self.time_payload()))
+        log.info("child %s restarted", child.uid)
+
+    def detach(self, child: Child) -> None:
+        """Forget a child whose port closed; tell the fleet it is offline."""
+        with self._lock:
+            if self._children.get(child.uid) is child:
+                del self._children[child.uid]
+            current = child.uid in self._children
+        if current:
+            return  # the MCU came back on another port meanwhile
+        self.mark_offline(child)
+        if child.admitted:
+            self.uplink.unsubscribe(device_topic(child.uid, Channel.OTA_OFFER))
+            self.uplink.unsubscribe(device_topic(child.uid, Channel.OTA_CHUNK))
+        for pkg in list(child.downloading):
+            self._download_over(child, pkg)
+
+    def mark_offline(self, child: Child) -> None:
+        """Publish a child's offline status (retained), once, when its link goes quiet."""
+        if child.offline:
+            return
+        child.offline = True
+        if child.admitted:
+            self.uplink.publish(device_topic(child.uid, Channel.STATUS), OFFLINE_PAYLOAD,
+                                retain=True)
+            self.counters["offline_published"] += 1
+            log.info("child %s offline", child.uid)
+
+    def admitted(self, uid: str) -> None:
+        """Start bridging a child that is now enrolled and ours: send what it held."""
+        with self._lock:
+            child = self._children.get(uid)
+            if child is None or child.admitted:
+                return
+            child.admitted = True
+            held, child.held = list(child.held), deque(maxlen=HELD_MAX)
+            status, child.held_status = child.held_status, None
+        self._subscribe(uid)
+        if status is not None:
+            self._publish(uid, Channel.STATUS, status)
+        for channel, payload in held:
+            self._publish(uid, channel, payload)
+        log.info("child %s admitted; %d held messages sent", uid, len(held) + bool(status))
+
+    def children(self) -> list[Child]:
+        """Return the attached children."""
+        with self._lock:
+            return list(self._children.values())
+
+    def time_payload(self) -> bytes:
+        """Return a TIME payload: the gateway's clock, unix milliseconds."""
+        return link.encode_time(int(self.clock() * 1000))
+
+    # -- frames from a child -----------------------------------------------------------------
+
+    def on_frame(self, child: Child, frame: link.Frame) -> None:
+        """Handle one delivered frame from ``child`` (called on its serial thread)."""
+        try:
+            kind = link.Kind(frame.kind)
+        except ValueError:
+            self.counters["frames_unknown_kind"] += 1
+            return
+        self.counters[f"frames_{kind.name.lower()}"] += 1
+        if kind is link.Kind.STATUS:
+            self._status(child, frame.payload)
+        elif kind is link.Kind.EVENTS:
+            self._send_or_hold(child, Channel.EVENTS, frame.payload)
+        elif kind is link.Kind.CHUNK_REQUEST:
+            self._chunk_request(child, frame.payload)
+        elif kind is link.Kind.REPORT:
+            self._report(child, frame.payload)
+        else:
+            self.counters["frames_ignored"] += 1  # kinds the gateway sends, or HELLO again
+
+    def _status(self, child: Child, payload: bytes) -> None:
+        child.offline = False
+        try:
+            caps = decode_status(payload).capabilities
+        except ProtocolError as exc:
+            caps = None
+            log.warning("status of %s does not decode (%s); forwarded as is", child.uid, exc)
+        if caps is not None:
+            child.capabilities = caps
+        with self._lock:
+            hold = not child.admitted
+            if hold:
+                child.held_status = payload  # only the newest status matters
+        if not hold:
+            self._publish(child.uid, Channel.STATUS, payload)
+            return
+        if caps is not None and self.admission is not None and not child.admission_requested:
+            child.admission_requested = True
+            self.admission.request(child.uid, caps)
+
+    def _send_or_hold(self, child: Child, channel: Channel, payload: bytes) -> None:
+        with self._lock:
+            if not child.admitted:
+                if len(child.held) == HELD_MAX:
+                    self.counters["held_dropped"] += 1
+                child.held.append((channel, payload))
+                return
+        self._publish(child.uid, channel, payload)
+
+    def _report(self, child: Child, payload: bytes) -> None:
+        try:
+            report = decode_report(payload)
+        except ProtocolError:
+            self.counters["reports_undecodable"] += 1
+        else:
+            if report.state in _DOWNLOAD_OVER:
+                self._download_over(child, report.pkg)
+            log.info("child %s: package %d %s (detail %d)", child.uid, report.pkg,
+                     report.state.name, report.detail)
+        self._send_or_hold(child, Channel.OTA_REPORT, payload)
+
+    def _chunk_request(self, child: Child, payload: bytes) -> None:
+        try:
+            asked = decode_chunk_request(payload)
+        except ProtocolError as exc:
+            self.counters["chunk_requests_undecodable"] += 1
+            log.warning("chunk request of %s refused: %s", child.uid, exc)
+            return
+        length = min(asked.length, child.mtu - CHUNK_OVERHEAD)
+        if length < 1 or not child.admitted:
+            self.counters["chunk_requests_dropped"] += 1
+            return
+        request = ChunkRequest(asked.pkg, asked.offset, length)
+        with self._lock:
+            child.pending = request
+            child.downloading.add(request.pkg)
+            new_package = request.pkg not in self._fanout
+            self._fanout.add(request.pkg)
+        if new_package:
+            self.uplink.subscribe(package_topic(request.pkg, PackageChannel.CHUNK))
+        if self._serve_pending(child, request.pkg):
+            self.counters["chunks_from_cache"] += 1
+            return
+        self.counters["chunk_requests_forwarded"] += 1
+        self.uplink.publish(device_topic(child.uid, Channel.OTA_GET),
+                            encode_chunk_request(request))
+
+    def _download_over(self, child: Child, pkg: int) -> None:
+        with self._lock:
+            child.downloading.discard(pkg)
+            if child.pending is not None and child.pending.pkg == pkg:
+                child.pending = None
+            still = any(pkg in c.downloading for c in self._children.values())
+            gone = not still and pkg in self._fanout
+            if gone:
+                self._fanout.discard(pkg)
+        if gone:
+            self.uplink.unsubscribe(package_topic(pkg, PackageChannel.CHUNK))
+            self.cache.drop(pkg)
+
+    # -- messages from the broker ------------------------------------------------------------
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        """Handle one MQTT message (called on the MQTT thread)."""
+        try:
+            parsed = parse_topic(topic)
+            if isinstance(parsed, DeviceTopic):
+                if parsed.channel is Channel.OTA_OFFER:
+                    self._offer(parsed.uid, payload)
+                elif parsed.channel is Channel.OTA_CHUNK:
+                    self._chunk(decode_chunk(payload), parsed.uid)
+                else:
+                    self.counters["messages_ignored"] += 1
+            else:
+                self._chunk(decode_chunk(payload), None)
+        except ProtocolError as exc:
+            self.counters["messages_refused"] += 1
+            log.warning("message on %s refused: %s", topic, exc)
+
+    def _offer(self, uid: str, manifest: bytes) -> None:
+        if len(manifest) > MAX_OFFER_BYTES:
+            self.counters["offers_too_large"] += 1
+            return
+        with self._lock:
+            child = self._children.get(uid)
+            if child is None:
+                self._parked_offers[uid] = manifest  # sent when its port comes back
+                return
+        if len(manifest) > child.mtu:
+            self.counters["offers_too_large"] += 1
+            log.error("offer for %s is %d bytes, its link takes %d", uid, len(manifest), child.mtu)
+            return
+        child.outbox.put((link.Kind.OFFER, manifest))
+        self.counters["offers_forwarded"] += 1
+
+    def _chunk(self, chunk: Chunk, uid: str | None) -> None:
+        self.cache.put(chunk.pkg, chunk.offset, chunk.data)
+        with self._lock:
+            waiting = [c for c in self._children.values()
+                       if (uid is None or c.uid == uid) and c.pending is not None
+                       and c.pending.pkg == chunk.pkg]
+        for child in waiting:
+            if self._serve_pending(child, chunk.pkg):
+                self.counters["chunks_from_fanout" if uid is None else "chunks_unicast"] += 1
+
+    def _serve_pending(self, child: Child, pkg: int) -> bool:
+        """Send the child its pending chunk if the cache holds it; return whether it did."""
+        with self._lock:
+            request = child.pending
+            if request is None or request.pkg != pkg:
+                return False
+            data = self.cache.get(pkg, request.offset, request.length)
+            if data is None:
+                return False
+            child.pending = None
+        child.outbox.put((link.Kind.CHUNK, encode_chunk(Chunk(pkg, request.offset, data))))
+        return True
+
+    # -- uplink --------------------------------------------------------------------------------
+
+    def _subscribe(self, uid: str) -> None:
+        self.uplink.subscribe(device_topic(uid, Channel.OTA_OFFER))
+        self.uplink.subscribe(device_topic(uid, Channel.OTA_CHUNK))
+
+    def _publish(self, uid: str, channel: Channel, payload: bytes) -> None:
+        self.uplink.publish(device_topic(uid, channel), payload,
+                            retain=channel is Channel.STATUS)
+        self.counters[f"published_{channel.value.replace('/', '_')}"] += 1

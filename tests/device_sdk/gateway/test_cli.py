@@ -1,0 +1,111 @@
+"""The gateway program (``python -m device_sdk.gateway``) against the live server and broker.
+
+An operator provisions the gateway over the API and writes its answer into the config file,
+with a claim token and an operator API token; the program meets an MCU it never saw, enrolls
+it with a key of its own making, adds it to its children, and bridges it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from device_sdk.gateway.cli import main
+from device_sdk.protocol import link
+from device_sdk.protocol.events import Event, EventBatch, encode_batch
+from device_sdk.protocol.status import OFFLINE_PAYLOAD, LinkState, decode_status
+from fleet.accounts.roles import Role
+from fleet.devices.models import Device, Gateway
+from tests.device_sdk.gateway.fake_mcu import CAPS, FakeMcu
+
+ROOT = Path(__file__).resolve().parents[3]
+T0 = 1_767_225_600_000
+
+
+def test_an_incomplete_config_is_refused_with_status_1(tmp_path: Path) -> None:
+    """Enrollment needs all four keys: a config naming only some fails fast, saying which."""
+    config = tmp_path / "gw.json"
+    config.write_text(json.dumps({"uid": "gw-x", "server": "http://127.0.0.1:1",
+                                  "mqtt": {"url": "mqtt://127.0.0.1:1", "credential": "x"}}))
+    assert main(["--port", "loop://", "--config", str(config)]) == 1
+    assert main(["--port", "loop://", "--config", str(tmp_path / "missing.json")]) == 1
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start ``python -m device_sdk.gateway`` subprocesses; stop them at teardown."""
+    made: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        log = (tmp_path / f"gateway-{len(made)}.log").open("w")
+        made.append(subprocess.Popen(
+            [sys.executable, "-m", "device_sdk.gateway", *args], cwd=ROOT, text=True,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        return made[-1]
+
+    yield start
+    for process in made:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_gateway_enrolls_a_new_mcu_and_bridges_it(
+    fleet_server: str, enrollment_token_factory: Callable[..., str], user_factory: Any,
+    gateway_process: Callable[..., subprocess.Popen[str]], monitor: Callable[..., Any],
+    uid: Callable[[str], str], tmp_path: Path,
+) -> None:
+    """HELLO + STATUS of an unknown MCU -> enrolled, our child, online; SIGTERM -> offline."""
+    operator = user_factory(Role.OPERATOR)
+    api_token = Token.objects.create(user=operator).key
+    gw, child = uid("gw"), uid("mcu")
+    answer = APIClient(HTTP_AUTHORIZATION=f"Token {api_token}").post(
+        "/api/v1/gateways/", {"uid": gw, "children": []}, format="json")
+    assert answer.status_code == 201, answer.json()
+    config = tmp_path / "gateway.json"
+    config.write_text(json.dumps({
+        **answer.json(), "server": fleet_server, "api_token": api_token,
+        "claim_token": enrollment_token_factory(max_uses=3), "hardware": "qemu-mps2-an385",
+    }))
+    config.chmod(0o600)
+    watch = monitor(f"fleet/v1/{child}/status", f"fleet/v1/{child}/events")
+    mcu = FakeMcu()
+    process = gateway_process("--port", mcu.url, "--config", str(config))
+    mcu.wait_connected()
+    mcu.boot(child)
+
+    watch.collect(lambda got: bool(watch.on(f"fleet/v1/{child}/status")), timeout=20)
+    status = decode_status(watch.on(f"fleet/v1/{child}/status")[0])
+    assert status.state is LinkState.ONLINE and status.capabilities == CAPS
+    device = Device.objects.get(uid=child)
+    assert device.hardware_profile.name == "qemu-mps2-an385"
+    assert device.capabilities["ops"] == CAPS.ops
+    assert list(Gateway.objects.get(uid=gw).children.values_list("uid", flat=True)) == [child]
+
+    batch = encode_batch(EventBatch(1, T0, 0, [Event(T0, 2, 180, 4)]))
+    mcu.send(link.Kind.EVENTS, batch)
+    watch.collect(lambda got: watch.on(f"fleet/v1/{child}/events") == [batch])
+
+    state = config.parent / "gateway.json.state" / "children" / child
+    assert stat.S_IMODE(os.stat(state / "device.key").st_mode) == 0o600
+    kept = json.loads((state / "child.json").read_text())
+    assert kept["gateway_child"] is True and "credential" not in json.dumps(kept)
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=15) == 0
+    watch.collect(lambda got: watch.on(f"fleet/v1/{child}/status")[-1:] == [OFFLINE_PAYLOAD])
+    mcu.close()
+
