@@ -32,7 +32,9 @@ from typing import Final, Protocol
 
 from device_sdk.gateway.chunk_cache import ChunkCache
 from device_sdk.protocol import link
+from device_sdk.protocol.cose import parse_sign1
 from device_sdk.protocol.limits import MAX_OFFER_BYTES
+from device_sdk.protocol.manifest import Manifest
 from device_sdk.protocol.ota_messages import (
     Chunk,
     ChunkRequest,
@@ -55,7 +57,7 @@ from device_sdk.protocol.topics import (
     validate_uid,
 )
 
-__all__ = ["Admission", "Bridge", "Child", "Outbox", "UplinkLike", "CHUNK_OVERHEAD"]
+__all__ = ["CHUNK_OVERHEAD", "Admission", "Bridge", "Child", "Outbox", "UplinkLike"]
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +143,8 @@ class Bridge:
             log.error("%s said HELLO on %s but is also on %s: two MCUs with one id?", uid, port,
                       replaced.port)
         outbox.put((link.Kind.TIME, self.time_payload()))
-        if offer is not None and len(offer) <= mtu:
-            outbox.put((link.Kind.OFFER, offer))
+        if offer is not None:
+            self._offer(uid, offer)
         if child.admitted:
             self._subscribe(uid)
         log.info("child %s on %s (mtu %d)%s", uid, port, mtu,
@@ -154,6 +156,7 @@ class Bridge:
         with self._lock:
             child.mtu = mtu
             child.pending = None
+            child.admission_requested = False  # a refused admission is tried again
         child.outbox.put((link.Kind.TIME, self.time_payload()))
         log.info("child %s restarted", child.uid)
 
@@ -284,17 +287,22 @@ class Bridge:
         request = ChunkRequest(asked.pkg, asked.offset, length)
         with self._lock:
             child.pending = request
-            child.downloading.add(request.pkg)
-            new_package = request.pkg not in self._fanout
-            self._fanout.add(request.pkg)
-        if new_package:
-            self.uplink.subscribe(package_topic(request.pkg, PackageChannel.CHUNK))
+        self._follow(child, request.pkg)
         if self._serve_pending(child, request.pkg):
             self.counters["chunks_from_cache"] += 1
             return
         self.counters["chunk_requests_forwarded"] += 1
         self.uplink.publish(device_topic(child.uid, Channel.OTA_GET),
                             encode_chunk_request(request))
+
+    def _follow(self, child: Child, pkg: int) -> None:
+        """Note that ``child`` downloads ``pkg``; subscribe to its fan-out if nobody did."""
+        with self._lock:
+            child.downloading.add(pkg)
+            new_package = pkg not in self._fanout
+            self._fanout.add(pkg)
+        if new_package:
+            self.uplink.subscribe(package_topic(pkg, PackageChannel.CHUNK))
 
     def _download_over(self, child: Child, pkg: int) -> None:
         with self._lock:
@@ -343,6 +351,11 @@ class Bridge:
             return
         child.outbox.put((link.Kind.OFFER, manifest))
         self.counters["offers_forwarded"] += 1
+        pkg = _peek_package(manifest)
+        if pkg is not None:
+            # The carousel sends a package's pass right after the offers: follow it now, not at
+            # the MCU's first request. (Unverified, it only picks a subscription.)
+            self._follow(child, pkg)
 
     def _chunk(self, chunk: Chunk, uid: str | None) -> None:
         self.cache.put(chunk.pkg, chunk.offset, chunk.data)
@@ -377,3 +390,11 @@ class Bridge:
         self.uplink.publish(device_topic(uid, channel), payload,
                             retain=channel is Channel.STATUS)
         self.counters[f"published_{channel.value.replace('/', '_')}"] += 1
+
+
+def _peek_package(manifest: bytes) -> int | None:
+    """Return the package id an offer names, without verifying it (None if unreadable)."""
+    try:
+        return Manifest.decode(parse_sign1(manifest).payload).package_id
+    except ProtocolError:
+        return None

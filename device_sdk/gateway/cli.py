@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     if uplink.connected.is_set():
         uplink.flush(timeout=3)
     uplink.stop()
-    log.info("gateway %s stopped", config.uid)
+    log.info("gateway %s stopped; bridge %s; mqtt %s", config.uid, dict(bridge.counters),
+             dict(uplink.counters))
     return status
 
 

@@ -95,6 +95,7 @@ class SerialChild(threading.Thread):
         self.reopen_s = reopen_s
         self.child: Child | None = None
         self.endpoint = link.Endpoint()
+        self._warned = False
 
     def run(self) -> None:
         """Open, serve, and reopen the port with a growing delay, until stopped."""
@@ -183,7 +184,10 @@ class SerialChild(threading.Thread):
             return
         if self.child is None:
             self.bridge.counters["frames_before_hello"] += 1
-            log.warning("frame from an MCU on %s that has not said HELLO: reset it", self.url)
+            if not self._warned:
+                self._warned = True
+                log.warning("an MCU on %s sends frames but never said HELLO (the gateway has "
+                            "not met it before): reset it so it does", self.url)
             return
         self.bridge.on_frame(self.child, frame)
 

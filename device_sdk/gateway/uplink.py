@@ -58,6 +58,7 @@ class Uplink:
         self.refused: Counter[str] = Counter()  # topic -> publishes the broker refused
         self._filters: set[str] = set()
         self._in_flight: dict[int, str] = {}
+        self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat publish() returning
         self._lock = threading.Lock()
         # The client id is the username: dynsec binds it, so nobody else can take the session.
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or username,
@@ -102,10 +103,16 @@ class Uplink:
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Publish at QoS 1; paho holds it while disconnected and sends it on reconnect."""
+        # Not under our lock: paho calls on_publish holding its own message lock, which
+        # publish() takes too. The PUBACK may thus come first; it then waits in _early.
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
         with self._lock:
-            info = self.client.publish(topic, payload, qos=1, retain=retain)
-            self._in_flight[info.mid] = topic
+            early = self._early.pop(info.mid, None)
+            if early is None:
+                self._in_flight[info.mid] = topic
         self.counters["published"] += 1
+        if early is not None:
+            self._acknowledged(topic, early)
 
     def subscribe(self, topic_filter: str) -> None:
         """Subscribe now (if connected) and on every later connect."""
@@ -159,7 +166,13 @@ class Uplink:
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, rc: ReasonCode,
                     properties: Any) -> None:
         with self._lock:
-            topic = self._in_flight.pop(mid, "?")
+            topic = self._in_flight.pop(mid, None)
+            if topic is None:
+                self._early[mid] = rc
+                return
+        self._acknowledged(topic, rc)
+
+    def _acknowledged(self, topic: str, rc: ReasonCode) -> None:
         if rc.is_failure:
             self.refused[topic] += 1
             self.counters["refused"] += 1

@@ -89,7 +89,8 @@ def do_create_rollout(
     # A rollback must not reuse the old version's package: its sequence is below the one the
     # devices accepted since, so they would refuse it (anti-rollback). A fresh build of the
     # old version carries a new, higher sequence.
-    packages = [_package_for(model_version, p, base_version, actor, fresh=rollback_of is not None)
+    packages = [_package_for(model_version, p, base_version, actor,
+                             fresh=rollback_of is not None, devices=targets)
                 for p in {d.hardware_profile for d in targets}]
     with transaction.atomic():
         rollout = Rollout.objects.create(
@@ -110,13 +111,23 @@ def do_create_rollout(
 
 
 def _package_for(mv: ModelVersion, profile: HardwareProfile, base: ModelVersion | None,
-                 actor: AbstractBaseUser | None, *, fresh: bool = False) -> Package:
-    """Reuse the newest unexpired package of ``mv`` for ``profile`` or build one."""
+                 actor: AbstractBaseUser | None, *, fresh: bool = False,
+                 devices: list[Device] | None = None) -> Package:
+    """Reuse the newest unexpired package of ``mv`` for ``profile`` or build one.
+
+    A package is reused only if its sequence (= its id) is above every package the target
+    devices run or were offered: a device refuses anything at or below its sequence.
+    """
     if fresh:
         return do_build_package(mv, profile, actor=actor, base=base)
+    ids = [d.pk for d in devices or [] if d.hardware_profile_id == profile.pk]
+    floor = max([0, *(d.running_package_id or 0 for d in devices or []
+                      if d.hardware_profile_id == profile.pk),
+                 *Deployment.objects.filter(device_id__in=ids)
+                 .values_list("package_id", flat=True).distinct()])
     existing = (Package.objects.filter(model_version=mv, hardware_profile=profile,
                                        base_version=base if base else None,
-                                       expires_at__gt=timezone.now())
+                                       expires_at__gt=timezone.now(), pk__gt=floor)
                 .order_by("-id").first())
     return existing or do_build_package(mv, profile, actor=actor, base=base)
 

@@ -134,6 +134,7 @@ class Middleman(threading.Thread):
                         return
                     time.sleep(0.05)
             for sock in (gateway, mcu):
+                sock.settimeout(None)  # blocking: a quiet link is not a dead one
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._copy, args=(mcu, gateway), daemon=True).start()
             self._to_mcu(gateway, mcu)

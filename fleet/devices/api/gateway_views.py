@@ -25,7 +25,6 @@ from fleet.devices.models import Gateway
 from fleet.devices.trust import broker_ca_pem
 
 
-
 def _children_field(**kwargs: Any) -> serializers.ListField:
     return serializers.ListField(child=serializers.SlugField(max_length=64),
                                  max_length=actions.MAX_CHILDREN, **kwargs)

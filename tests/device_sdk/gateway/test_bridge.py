@@ -5,16 +5,19 @@ A recording uplink stands in for MQTT; children's outboxes are read directly.
 
 from __future__ import annotations
 
+import hashlib
 import queue
 from collections.abc import Iterator
 
 import cbor2
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device_sdk.gateway.bridge import CHUNK_OVERHEAD, Bridge, Child, Outbox
 from device_sdk.gateway.chunk_cache import ChunkCache
 from device_sdk.protocol import link
 from device_sdk.protocol.events import Event, EventBatch, encode_batch
+from device_sdk.protocol.manifest import Encoding, Manifest, sign_manifest
 from device_sdk.protocol.ota_messages import (
     Chunk,
     ChunkRequest,
@@ -139,6 +142,28 @@ def test_offer_and_unicast_chunk_reach_the_mcu(
     bridge.on_message("fleet/v1/mcu-1/ota/chunk", answer)  # a duplicate: nothing pending now
     assert drain(child.outbox) == [(link.Kind.OFFER, b"\xd2signed-manifest"),
                                    (link.Kind.CHUNK, answer)]
+
+
+def test_a_signed_offer_starts_following_its_packages_fanout(
+    bridge: Bridge, uplink: RecordingUplink, child: Child
+) -> None:
+    """The carousel's pass follows the offers: the gateway subscribes before any request."""
+    digest = hashlib.sha256(PACKAGE).digest()
+    manifest = sign_manifest(
+        Manifest(sequence=12, model_name="m", model_version="1", hardware_profile="p",
+                 model_sha256=digest, model_size=len(PACKAGE), encoding=Encoding.RAW,
+                 transfer_sha256=digest, transfer_size=len(PACKAGE), arena_bytes=2048,
+                 expires_at=T0 // 1000 + 3600, package_id=12),
+        Ed25519PrivateKey.generate())
+    bridge.on_message("fleet/v1/mcu-1/ota/offer", manifest)
+    assert "fleet/v1/pkg/12/chunk" in uplink.filters
+    bridge.on_message("fleet/v1/pkg/12/chunk", encode_chunk(Chunk(12, 0, PACKAGE[:4096])))
+    drain(child.outbox)
+    bridge.on_frame(child, frame(link.Kind.CHUNK_REQUEST,
+                                 encode_chunk_request(ChunkRequest(12, 0, 512))))
+    [(_, payload)] = drain(child.outbox)
+    assert decode_chunk(payload) == Chunk(12, 0, PACKAGE[:512])
+    assert uplink.on("fleet/v1/mcu-1/ota/get") == []  # served by the pass it caught
 
 
 def test_fanout_chunks_are_clipped_to_the_mtu_and_serve_later_requests_locally(

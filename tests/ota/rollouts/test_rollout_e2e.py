@@ -284,13 +284,16 @@ def test_b_failing_canary_pauses_resume_completes_then_abort_and_rollback(lab: L
                .values_list("running_package_id", flat=True)) == {
         Package.objects.get(rollouts=back).pk}
 
-    # Abort: a rollout aborted before its offers are due offers nothing.
+    # Abort: once aborted, no more offers; whoever was not done is marked failed (aborted).
     third = lab.rollout(sim, offers_per_minute=1, waves=[100])
     actions.do_abort_rollout(third, actor=None)
+    offered = Deployment.objects.filter(rollout=third, offered_at__isnull=False).count()
     time.sleep(2.5)
-    assert Deployment.objects.filter(rollout=third, offered_at__isnull=False).count() <= 1
-    assert set(Deployment.objects.filter(rollout=third).values_list("state", flat=True)) == {
-        DeploymentState.FAILED}
+    assert offered <= 1
+    assert Deployment.objects.filter(rollout=third, offered_at__isnull=False).count() == offered
+    rest = Deployment.objects.filter(rollout=third).exclude(state=DeploymentState.CONFIRMED)
+    assert rest.count() >= 29
+    assert set(rest.values_list("reason", flat=True)) == {Reason.ABORTED}
 
 
 # -- c: health gate -----------------------------------------------------------------------------
