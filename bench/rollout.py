@@ -150,10 +150,10 @@ class SysMonitor:
         self.client.connect(broker.host, broker.port, keepalive=30)
         self.client.loop_start()
         self.client.subscribe([(t, 0) for t in self.TOPICS])
-        if not self.subscribed.wait(10) or any(rc.is_failure for rc in self.granted):
+        if not self.subscribed.wait(30) or any(rc.is_failure for rc in self.granted):
             raise RuntimeError(f"cannot subscribe to $SYS: {self.granted}")
 
-    def fresh(self, timeout: float = 10.0) -> tuple[int, int]:
+    def fresh(self, timeout: float = 30.0) -> tuple[int, int]:
         """Return (received, sent) from updates published after this call."""
         since = time.monotonic()
         deadline = since + timeout
@@ -360,13 +360,13 @@ def main() -> None:
             "BROKER_ACCESS": "none", "FLEET_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
         })
         worker = start_worker(workdir, worker_env)
+        monitor = SysMonitor(broker)  # before the fleet loads this process
 
         started = time.monotonic()
         sim.start()
         wait_until(lambda: sim.connected() == devices, 60 + devices * 0.1,
                    f"{devices} devices connected")
         log(f"{devices} devices connected in {time.monotonic() - started:.1f} s")
-        monitor = SysMonitor(broker)
 
         # -- the rollout ------------------------------------------------------------------
         package = do_build_package(v2, profile, actor=None, encoding=Encoding.RAW)

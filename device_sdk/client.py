@@ -69,6 +69,9 @@ from device_sdk.reactor import Reactor, Timer
 __all__ = ["ClientStats", "DeviceClient"]
 
 log = logging.getLogger(__name__)
+# PUBACK reason 16: accepted, but no subscriber matched (the server's workers are away).
+NO_MATCHING_SUBSCRIBERS = 0x10
+RETRY_UNCONSUMED_S = 5.0
 
 OUTBOX_FILE = "outbox.sqlite3"
 SEQUENCE_FILE = "sequence"
@@ -364,6 +367,12 @@ class DeviceClient:
         if entry is None:
             if reason_code >= 0x80:
                 log.warning("%s: broker refused a status publish (reason %d)", self.uid, reason_code)
+            return
+        if reason_code == NO_MATCHING_SUBSCRIBERS:
+            # Nobody consumes events right now (a restarted broker that has not seen the
+            # workers' shared subscriptions yet): keep the batch and send it again later.
+            self._cursor = min(self._cursor, entry.id - 1)
+            self.reactor.call_later(RETRY_UNCONSUMED_S, self._pump)
             return
         if reason_code >= 0x80:
             # Not authorized, bad payload, quota: sending it again cannot help; keep going.

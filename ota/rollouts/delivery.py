@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
@@ -82,7 +83,8 @@ class OtaDelivery:
 
     def __init__(self, publisher: Publisher, directory: DeviceDirectory | None = None,
                  counters: Counter[str] | None = None, carousel_bytes_per_s: int = 4_000_000,
-                 carousel_chunk: int = 4096, pass_gap_s: float = 1.0) -> None:
+                 carousel_chunk: int = 4096, pass_gap_s: float = 1.0,
+                 join_delay_s: float = 0.5) -> None:
         self.publisher = publisher
         self.directory = directory or DeviceDirectory()
         self.cache = TransferCache()
@@ -90,6 +92,7 @@ class OtaDelivery:
         self.carousel_bytes_per_s = carousel_bytes_per_s
         self.carousel_chunk = carousel_chunk
         self.pass_gap_s = pass_gap_s
+        self.join_delay = timedelta(seconds=join_delay_s)
         self._passes: dict[int, _Pass] = {}
         self._last_pass_tick = time.monotonic()
 
@@ -173,7 +176,9 @@ class OtaDelivery:
                 started = state.started_at if state else None
                 if state is not None and now - state.ended_at < self.pass_gap_s:
                     continue
-                late = downloading.filter(package_id=package_id)
+                # Only devices offered a moment ago: they have had time to subscribe.
+                late = downloading.filter(package_id=package_id,
+                                          offered_at__lte=timezone.now() - self.join_delay)
                 if started is not None:
                     late = late.filter(offered_at__gt=started)
                 if not late.exists():

@@ -68,6 +68,7 @@ def stream(fleet: Fleet, uids: list[str], ledger: Ledger, *, events: int, per_ba
     return FleetPublisher(links, rate=rate, send_twice=send_twice)
 
 
+@pytest.mark.slow
 def test_100k_events_stored_exactly_once_across_two_worker_kills(
     broker: MosquittoInstance, fleet_factory: FleetFactory, worker_factory: WorkerFactory,
 ) -> None:

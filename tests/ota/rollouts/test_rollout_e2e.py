@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import override_settings
 from django.utils import timezone
@@ -94,6 +95,9 @@ class RolloutWorker(WorkerProcess):
 def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while True:
+        # A fresh connection per look: the worker subprocess writes, and SQLite would
+        # otherwise keep showing this connection an older snapshot.
+        connection.close()
         value = check()
         if value:
             return value
