@@ -350,7 +350,13 @@ def test_list_shows_state_version_wave_progress_failures_and_pause_reason(
     assert "by controller" in detail and "golden inputs gave outputs" in detail
 
 
-def test_active_rollouts_feed_the_overview(client_for: Clients, fleet: Any) -> None:
+def test_active_rollouts_feed_the_overview(client_for: Clients, fleet: Any,
+                                           sine_tflite: bytes) -> None:
+    # Later rollouts to devices already offered a package need a fresh (higher-sequence)
+    # package, so the version's bytes must really be stored.
+    key = artifact_storage().put(sine_tflite)
+    ModelVersion.objects.filter(pk=fleet.v2.pk).update(sha256=key, size_bytes=len(sine_tflite))
+    fleet.v2.refresh_from_db()
     rollout = start(fleet)
     confirm_offered(rollout)
     other = start(fleet, ("dev-a3",), name="other")
