@@ -82,8 +82,11 @@ def test_twenty_devices_each_send_decodable_batches_and_a_restart_continues_them
 
 def test_the_command_line_enrolls_and_simulates(
     fleet_server: str, enrollment_token_factory: Callable[..., str], dense_model_path: Path,
-    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monitor: Callable[..., Any],
 ) -> None:
+    # Someone must consume events: with no subscriber the broker answers PUBACK 16 and the
+    # devices keep their batches queued for later (as they should).
+    monitor("fleet/v1/+/events")
     token = enrollment_token_factory(max_uses=5)
     state = tmp_path / "one"
     assert main(["enroll", "--server", fleet_server, "--token", token, "--hardware",
