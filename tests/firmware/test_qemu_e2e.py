@@ -55,6 +55,7 @@ from ota.rollouts.models import Deployment
 from ota.signing.actions import ensure_signing_key
 from tests.firmware.test_firmware_build import FIRMWARE, free_port, require
 from tests.support.worker import READY_LINE, WorkerFactory, WorkerProcess
+from tests.support.models import tweak_weight
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.django_db(transaction=True)]
@@ -254,10 +255,9 @@ def fleet(broker: MosquittoInstance, live_server: Any, hardware_profile: Any) ->
 def upload_versions(client: APIClient, tflite: bytes) -> tuple[ModelVersion, ModelVersion]:
     """Upload two validated versions of one model (the second with one weight changed)."""
     assert client.post("/api/v1/models/", {"name": "e2e-gesture"}, format="json").status_code == 201
-    changed = bytearray(tflite)
-    changed[-200] ^= 1
+    changed = tweak_weight(tflite)
     versions = []
-    for version, data in (("1.0.0", tflite), ("1.1.0", bytes(changed))):
+    for version, data in (("1.0.0", tflite), ("1.1.0", changed)):
         body = {"model": "e2e-gesture", "version": version,
                 "file": SimpleUploadedFile("m.tflite", data)}
         response = client.post("/api/v1/model-versions/", body, format="multipart")

@@ -20,6 +20,7 @@ from device_sdk.protocol.transfer import TransferDecoder
 from device_sdk.protocol.transfer.decoder import bytes_reader
 from fleet.audit.models import AuditLog
 from ota.models import ModelVersion
+from tests.support.models import tweak_weight
 
 pytestmark = pytest.mark.django_db
 
@@ -154,9 +155,8 @@ def test_delta_package_from_base_version(operator_client: APIClient, hardware_pr
 
     make_model(operator_client)
     v1 = upload(operator_client, dense_tflite, "1.0.0").json()
-    changed = bytearray(dense_tflite)
-    changed[-200] ^= 1  # a tweak deep in the weights: same structure, one byte different
-    v2 = upload(operator_client, bytes(changed), "1.1.0").json()
+    changed = tweak_weight(dense_tflite)  # same structure, one weight byte different
+    v2 = upload(operator_client, changed, "1.1.0").json()
     assert v2["status"] == "ready"
     response = operator_client.post("/api/v1/packages/", {
         "model_version": v2["id"], "hardware_profile": "esp32-s3", "base_version": v1["id"],
@@ -169,7 +169,7 @@ def test_delta_package_from_base_version(operator_client: APIClient, hardware_pr
     manifest = Manifest.decode(parse_sign1(raw).payload)
     decoder = TransferDecoder(manifest, base_reader=bytes_reader(dense_tflite))
     out = decoder.feed(artifact_storage().get(package["transfer_sha256"])) + decoder.finish()
-    assert out == bytes(changed)
+    assert out == changed
 
 
 def test_rotation_is_published_and_verifiable(admin_client: APIClient, operator_client: APIClient,

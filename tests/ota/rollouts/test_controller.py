@@ -27,6 +27,7 @@ from ota.rollouts.controller import step, tick
 from ota.rollouts.delivery import OtaDelivery, apply_report
 from ota.rollouts.models import Deployment, Rollout, RolloutState
 from ota.rollouts.targeting import wave_of
+from tests.support.models import tweak_weight
 
 pytestmark = pytest.mark.django_db
 
@@ -49,10 +50,9 @@ def versions(operator_client: APIClient, hardware_profile: Any, dense_tflite: by
              ) -> tuple[ModelVersion, ModelVersion]:
     """Two validated versions of one model (1.0.0, then 1.1.0 with one weight changed)."""
     operator_client.post("/api/v1/models/", {"name": "kws"}, format="json")
-    changed = bytearray(dense_tflite)
-    changed[-200] ^= 1
+    changed = tweak_weight(dense_tflite)
     out = []
-    for version, data in (("1.0.0", dense_tflite), ("1.1.0", bytes(changed))):
+    for version, data in (("1.0.0", dense_tflite), ("1.1.0", changed)):
         body = {"model": "kws", "version": version, "file": SimpleUploadedFile("m.tflite", data)}
         response = operator_client.post("/api/v1/model-versions/", body, format="multipart")
         assert response.status_code == 201
