@@ -231,8 +231,11 @@ def do_rollback_rollout(rollout: Rollout, *, actor: AbstractBaseUser | None) -> 
     if old_package is None:
         raise OtaError("nothing_to_roll_back", "The previous package no longer exists.", 409)
     devices = list(Device.objects.filter(id__in=took.values("device_id")))
-    if rollout.state in (RolloutState.RUNNING, RolloutState.PAUSED):
-        do_abort_rollout(rollout, actor=actor)
+    if Rollout.objects.get(pk=rollout.pk).state in (RolloutState.RUNNING, RolloutState.PAUSED):
+        try:
+            do_abort_rollout(rollout, actor=actor)
+        except OtaError:
+            pass  # the controller completed it meanwhile: nothing left to stop
     back = do_create_rollout(
         actor=actor, name=f"rollback of {rollout.name}", model_version=old_package.model_version,
         waves=[100], devices=devices, rollback_of=rollout,
