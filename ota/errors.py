@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
+from fleet.core.errors import Refused
 
-class OtaError(Exception):
-    """A refused registry, packaging or rollout request.
 
-    ``reason`` is a stable machine code; ``status`` the HTTP status an API answers with.
-    """
-
-    def __init__(self, reason: str, detail: str, status: int = 400, **extra: object) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-        self.status = status
-        self.extra = extra
+class OtaError(Refused):
+    """A refused registry, packaging or rollout request."""

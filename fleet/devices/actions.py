@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from fleet.audit.actions import record_audit
+from fleet.core.errors import Refused
 from fleet.broker.configured import broker_access
 from fleet.devices.choices import DeviceState, TokenState
 from fleet.devices.credentials import (
@@ -27,14 +28,8 @@ from fleet.devices.models import Device, DeviceGroup, EnrollmentToken, HardwareP
 log = logging.getLogger(__name__)
 
 
-class EnrollmentError(Exception):
-    """Enrollment refused; ``reason`` is a stable code, ``status`` the HTTP status to answer."""
-
-    def __init__(self, reason: str, detail: str, status: int) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-        self.status = status
+class EnrollmentError(Refused):
+    """Enrollment refused."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from device_sdk.protocol.topics import is_valid_uid
 from fleet.audit.actions import record_audit
+from fleet.core.errors import Refused
 from fleet.broker.access import BrokerAccess
 from fleet.broker.configured import broker_access
 from fleet.devices.credentials import new_mqtt_password
@@ -29,15 +30,8 @@ log = logging.getLogger(__name__)
 MAX_CHILDREN = 1000
 
 
-class GatewayError(Exception):
-    """A gateway write refused; ``reason`` is a stable code, ``status`` the HTTP status."""
-
-    def __init__(self, reason: str, detail: str, status: int) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-        self.status = status
-
+class GatewayError(Refused):
+    """A gateway write refused."""
 
 @dataclass(frozen=True)
 class GatewayCredential:
