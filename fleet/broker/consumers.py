@@ -17,7 +17,7 @@ from device_sdk.protocol.topics import Channel, parse_device_topic
 from fleet.broker.worker import Received
 from fleet.devices.presence import apply_status
 from fleet.telemetry.directory import DeviceDirectory
-from fleet.telemetry.ingest import Accepted, Rejected, decode_event_message, record_rejections, store_batches
+from fleet.telemetry.ingest import decode_from_device, Accepted, Rejected, decode_event_message, record_rejections, store_batches
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +80,12 @@ class Consumers:
         """Apply presence and capabilities, one status at a time (they are rare)."""
         rejected: list[Rejected] = []
         for uid, msg in items:
-            try:
-                status = decode_status(msg.payload)
-            except ProtocolError as exc:
-                rejected.append(Rejected(msg.topic, uid, exc.reason, exc.detail, msg.payload))
+            outcome = decode_from_device(msg.topic, uid, msg.payload, decode_status,
+                                         self.directory)
+            if isinstance(outcome, Rejected):
+                rejected.append(outcome)
                 continue
-            device = self.directory.device(uid)
-            if device is None or device.revoked:
-                rejected.append(Rejected(msg.topic, uid, Reason.UNKNOWN_DEVICE,
-                                         f"device {uid} unknown or revoked", msg.payload))
-                continue
+            status, device = outcome
             apply_status(device.id, status, msg.received_at)
             self.counters["status_applied"] += 1
         return rejected

@@ -17,19 +17,21 @@ from __future__ import annotations
 import logging
 import struct
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import TypeVar
 
 from django.db import connection, transaction
 
 from device_sdk.protocol.events import EventBatch, MessageKind, Summary, decode_message
 from device_sdk.protocol.reasons import ProtocolError, Reason
-from fleet.telemetry.directory import DeviceDirectory
+from fleet.telemetry.directory import DeviceDirectory, KnownDevice
 from fleet.telemetry.models import LATENCY_BOUNDS_100US, DeadLetter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 DEAD_LETTER_KEEP_BYTES = 1024
 
 
@@ -63,18 +65,34 @@ class StoreResult:
     devices: set[int] = field(default_factory=set)
 
 
-def decode_event_message(
-    topic: str, uid: str, payload: bytes, directory: DeviceDirectory
-) -> Accepted | Rejected:
-    """Check and decode one message from ``fleet/v1/{uid}/events``."""
+def decode_from_device(
+    topic: str, uid: str, payload: bytes, decode: Callable[[bytes], T],
+    directory: DeviceDirectory,
+) -> tuple[T, KnownDevice] | Rejected:
+    """Decode a device's message and check the device is enrolled and not revoked.
+
+    Every consumer of device input starts here: the decoder applies the size cap, schema and
+    ranges; what fails becomes a ``Rejected`` with its wire reason, never an exception.
+    """
     try:
-        message = decode_message(payload)  # size cap first, then schema and ranges
+        message = decode(payload)
     except ProtocolError as exc:
         return Rejected(topic, uid, exc.reason, exc.detail, payload)
     device = directory.device(uid)
     if device is None or device.revoked:
         why = "revoked" if device else "not enrolled"
         return Rejected(topic, uid, Reason.UNKNOWN_DEVICE, f"device {uid} {why}", payload)
+    return message, device
+
+
+def decode_event_message(
+    topic: str, uid: str, payload: bytes, directory: DeviceDirectory
+) -> Accepted | Rejected:
+    """Check and decode one message from ``fleet/v1/{uid}/events``."""
+    outcome = decode_from_device(topic, uid, payload, decode_message, directory)
+    if isinstance(outcome, Rejected):
+        return outcome
+    message, device = outcome
     return Accepted(device.id, directory.model_version_of(message.model), message)
 
 

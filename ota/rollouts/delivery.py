@@ -31,7 +31,7 @@ from device_sdk.protocol.topics import Channel, PackageChannel, device_topic, pa
 from fleet.broker.worker import Received
 from fleet.devices.models import Device
 from fleet.telemetry.directory import DeviceDirectory
-from fleet.telemetry.ingest import Rejected
+from fleet.telemetry.ingest import Rejected, decode_from_device
 from ota.models import Package
 from ota.registry.storage import artifact_storage
 from ota.rollouts.controller import Publisher
@@ -131,16 +131,12 @@ class OtaDelivery:
         """Apply ``[pkg, state, detail]`` reports to the device's deployment of ``pkg``."""
         rejected: list[Rejected] = []
         for uid, msg in items:
-            try:
-                report = decode_report(msg.payload)
-            except ProtocolError as exc:
-                rejected.append(Rejected(msg.topic, uid, exc.reason, exc.detail, msg.payload))
+            outcome = decode_from_device(msg.topic, uid, msg.payload, decode_report,
+                                         self.directory)
+            if isinstance(outcome, Rejected):
+                rejected.append(outcome)
                 continue
-            device = self.directory.device(uid)
-            if device is None or device.revoked:
-                rejected.append(Rejected(msg.topic, uid, Reason.UNKNOWN_DEVICE,
-                                         f"device {uid} unknown or revoked", msg.payload))
-                continue
+            report, device = outcome
             if not apply_report(device.id, report.pkg, DeploymentState(report.state),
                                 report.detail):
                 rejected.append(Rejected(msg.topic, uid, Reason.PACKAGE_NOT_OFFERED,
