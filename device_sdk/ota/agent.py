@@ -53,7 +53,7 @@ class OtaAgent:
 
     def __init__(self, client: DeviceClient, updater: OtaUpdater, trial: Trial, *,
                  chunk_bytes: int = 4096, repair_after_s: float = 2.0,
-                 faults: Faults | None = None, rng: random.Random | None = None,
+                 fanout_wait_s: float = 10.0, faults: Faults | None = None, rng: random.Random | None = None,
                  on_installed: Callable[[int, bytes], None] | None = None,
                  on_crash: Callable[[], None] | None = None) -> None:
         self.client = client
@@ -61,12 +61,15 @@ class OtaAgent:
         self.trial = trial
         self.chunk_bytes = chunk_bytes
         self.repair_after_s = repair_after_s
+        self.fanout_wait_s = fanout_wait_s
         self.faults = faults or Faults()
         self.rng = rng or random.Random()
         self.on_installed = on_installed
         self.on_crash = on_crash
         self.degraded = False
         self._last_progress = time.monotonic()
+        self._awaiting_fanout = False  # offered and subscribed, no fan-out byte yet
+        self._quiet_limit = repair_after_s  # grows while repairs bring nothing
         self._fanout: str | None = None
         self._corrupt_at: int | None = None
         self._pending: list[tuple[int, DeploymentState, int]] = []
@@ -146,6 +149,8 @@ class OtaAgent:
         self._crash_at = self.rng.randrange(size) if self.rng.random() < self.faults.crash_download else None
         self._report(pkg, DeploymentState.DOWNLOADING)
         self._last_progress = time.monotonic()
+        self._awaiting_fanout = True
+        self._quiet_limit = self.repair_after_s
         self._watch(pkg)
 
     def _chunk(self, payload: bytes, *, unicast: bool) -> None:
@@ -167,6 +172,9 @@ class OtaAgent:
         if not fresh:
             return
         self._last_progress = time.monotonic()
+        self._quiet_limit = self.repair_after_s
+        if not unicast:
+            self._awaiting_fanout = False
         download = self.updater.download
         if (self._crash_at is not None and download is not None
                 and download.received >= self._crash_at and self.on_crash is not None):
@@ -184,12 +192,22 @@ class OtaAgent:
             self.client.reactor.call_later(self.repair_after_s, self._watchdog, pkg)
 
     def _watchdog(self, pkg: int) -> None:
-        """Ask for missing bytes when the fan-out has brought nothing for a while."""
+        """Ask for missing bytes when nothing has come for a while.
+
+        Before the first fan-out chunk the device waits longer (``fanout_wait_s``): the server
+        holds a turn of the carousel back a few seconds so that a whole wave shares it. While
+        repairs bring nothing (a busy or unreachable server) the wait doubles, up to 30 s, so
+        a fleet does not pile requests onto a server that is already behind.
+        """
         wanted = self.updater.wanted()
         if wanted is None or wanted[0] != pkg:
             self._watching = None
             return
-        if time.monotonic() - self._last_progress >= self.repair_after_s:
+        limit = self.fanout_wait_s if self._awaiting_fanout else self._quiet_limit
+        if time.monotonic() - self._last_progress >= limit:
+            self._awaiting_fanout = False
+            self._quiet_limit = min(self._quiet_limit * 2, max(30.0, self.repair_after_s))
+            self._last_progress = time.monotonic()
             self._repair()
         self.client.reactor.call_later(self.repair_after_s, self._watchdog, pkg)
 

@@ -1,10 +1,11 @@
 """OTA delivery in the worker: chunk requests, device reports, and the package carousel.
 
 Fan-out keeps server egress flat as the fleet grows: while devices of a package are
-downloading, the server publishes the package's chunks once per pass on
-``fleet/v1/pkg/{pkg}/chunk`` and the broker copies them to every subscribed device. A device
-takes the chunks in order and asks ``ota/get`` only for what it missed (a repair). The path is
-safe to share because every byte is checked against the signed manifest's digests.
+downloading, the server publishes the package's chunks on ``fleet/v1/pkg/{pkg}/chunk`` (the
+carousel, scheduled by ``ota.rollouts.carousel``) and the broker copies them to every
+subscribed device. A device keeps chunks at their offsets and asks ``ota/get`` only for what
+it missed (a repair). The path is safe to share because every byte is checked against the
+signed manifest's digests.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import logging
 import time
 from datetime import timedelta
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
 
 from django.db import transaction
 from django.utils import timezone
@@ -34,6 +34,7 @@ from fleet.telemetry.directory import DeviceDirectory
 from fleet.telemetry.ingest import Rejected, decode_from_device
 from ota.models import Package
 from ota.registry.storage import artifact_storage
+from ota.rollouts.carousel import PackageCarousel
 from ota.rollouts.controller import Publisher
 from ota.rollouts.models import ACTIVE_STATES, Deployment, RolloutState
 
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 _PROGRESS = [DeploymentState.OFFERED, DeploymentState.DOWNLOADING, DeploymentState.VERIFIED,
              DeploymentState.INSTALLED, DeploymentState.TRIAL, DeploymentState.CONFIRMED]
 _LIVE = (RolloutState.RUNNING, RolloutState.PAUSED)
+JOIN_SLACK = timedelta(seconds=10)
 
 
 class TransferCache:
@@ -68,33 +70,24 @@ class TransferCache:
         return data
 
 
-@dataclass
-class _Pass:
-    """Where the carousel is in a package, and when its current pass began and last ended."""
-
-    started_at: object = None  # server time the pass began (compared with offered_at)
-    offset: int = 0
-    passes: int = 0
-    ended_at: float = 0.0
-
-
 class OtaDelivery:
     """Serve chunk requests and reports (worker consumers) and run the package carousel."""
 
     def __init__(self, publisher: Publisher, directory: DeviceDirectory | None = None,
-                 counters: Counter[str] | None = None, carousel_bytes_per_s: int = 4_000_000,
-                 carousel_chunk: int = 4096, pass_gap_s: float = 1.0,
-                 join_delay_s: float = 0.5) -> None:
+                 counters: Counter[str] | None = None, *, owner: str | None = None,
+                 carousel_bytes_per_s: int = 2_000_000, carousel_chunk: int | None = None,
+                 max_wait_s: float = 3.0, offer_grace_s: float = 15.0) -> None:
         self.publisher = publisher
         self.directory = directory or DeviceDirectory()
         self.cache = TransferCache()
         self.counters = counters if counters is not None else Counter()
+        self.owner = owner  # serve only rollouts this worker holds the lease of (None: all)
         self.carousel_bytes_per_s = carousel_bytes_per_s
-        self.carousel_chunk = carousel_chunk
-        self.pass_gap_s = pass_gap_s
-        self.join_delay = timedelta(seconds=join_delay_s)
-        self._passes: dict[int, _Pass] = {}
-        self._last_pass_tick = time.monotonic()
+        self.carousel_chunk = carousel_chunk  # None: the package's profile suggests it
+        self.max_wait = timedelta(seconds=max_wait_s)
+        self.offer_grace = timedelta(seconds=offer_grace_s)
+        self._carousels: dict[int, PackageCarousel] = {}
+        self._last_tick = time.monotonic()
 
     # -- consumers ---------------------------------------------------------------------------
 
@@ -130,79 +123,90 @@ class OtaDelivery:
     def consume_reports(self, items: list[tuple[str, Received]]) -> list[Rejected]:
         """Apply ``[pkg, state, detail]`` reports to the device's deployment of ``pkg``."""
         rejected: list[Rejected] = []
-        for uid, msg in items:
-            outcome = decode_from_device(msg.topic, uid, msg.payload, decode_report,
-                                         self.directory)
-            if isinstance(outcome, Rejected):
-                rejected.append(outcome)
-                continue
-            report, device = outcome
-            if not apply_report(device.id, report.pkg, DeploymentState(report.state),
-                                report.detail):
-                rejected.append(Rejected(msg.topic, uid, Reason.PACKAGE_NOT_OFFERED,
-                                         f"report for package {report.pkg} not offered to {uid}",
-                                         msg.payload))
-            else:
-                self.counters[f"ota_report_{DeploymentState(report.state).name.lower()}"] += 1
+        with transaction.atomic():  # one commit per batch: a wave reports thousands at once
+            for uid, msg in items:
+                self._apply_one_report(uid, msg, rejected)
         return rejected
+
+    def _apply_one_report(self, uid: str, msg: Received, rejected: list[Rejected]) -> None:
+        """Apply one report, or add why not to ``rejected``."""
+        outcome = decode_from_device(msg.topic, uid, msg.payload, decode_report,
+                                     self.directory)
+        if isinstance(outcome, Rejected):
+            rejected.append(outcome)
+            return
+        report, device = outcome
+        if not apply_report(device.id, report.pkg, DeploymentState(report.state),
+                            report.detail):
+            rejected.append(Rejected(msg.topic, uid, Reason.PACKAGE_NOT_OFFERED,
+                                     f"report for package {report.pkg} not offered to {uid}",
+                                     msg.payload))
+        else:
+            self.counters[f"ota_report_{DeploymentState(report.state).name.lower()}"] += 1
 
     # -- carousel ------------------------------------------------------------------------------
 
     def carousel_tick(self) -> int:
-        """Publish the next chunks of the packages devices are downloading; return bytes sent.
+        """Publish the next chunks of every package a joined device still lacks; return bytes.
 
-        A pass over a package starts only when some device was offered it after the previous
-        pass began (it missed that pass's start) and ``pass_gap_s`` has gone by: a wave costs a
-        few passes however many devices it has; stragglers repair by request.
+        Joins come from the database (DOWNLOADING reports, applied by whichever worker took
+        them); the schedule is :class:`~ota.rollouts.carousel.PackageCarousel`'s.
         """
-        now = time.monotonic()
-        budget = int(self.carousel_bytes_per_s * min(now - self._last_pass_tick, 1.0))
-        self._last_pass_tick = now
-        downloading = Deployment.objects.filter(
-            state__in=(DeploymentState.OFFERED, DeploymentState.DOWNLOADING),
-            rollout__state=RolloutState.RUNNING,
-        )
-        wanted = set(downloading.values_list("package_id", flat=True).distinct())
-        for gone in set(self._passes) - wanted:
-            del self._passes[gone]
-        active = []
-        for package_id in wanted:
-            state = self._passes.get(package_id)
-            if state is None or state.offset == 0:
-                started = state.started_at if state else None
-                if state is not None and now - state.ended_at < self.pass_gap_s:
-                    continue
-                # Only devices offered a moment ago: they have had time to subscribe.
-                late = downloading.filter(package_id=package_id,
-                                          offered_at__lte=timezone.now() - self.join_delay)
-                if started is not None:
-                    late = late.filter(offered_at__gt=started)
-                if not late.exists():
-                    continue
-                state = self._passes[package_id] = _Pass(started_at=timezone.now())
-            active.append(package_id)
-        sent = 0
-        share = budget // max(len(active), 1)
-        for package_id in active:
+        now_s = time.monotonic()
+        budget = int(self.carousel_bytes_per_s * min(now_s - self._last_tick, 1.0))
+        self._last_tick = now_s
+        now = timezone.now()
+        live = Deployment.objects.filter(rollout__state=RolloutState.RUNNING)
+        if self.owner is not None:
+            live = live.filter(rollout__lease_owner=self.owner)
+        downloading = live.filter(state=DeploymentState.DOWNLOADING)
+        wanted = set(live.filter(state__in=(DeploymentState.OFFERED, DeploymentState.DOWNLOADING))
+                     .values_list("package_id", flat=True).distinct())
+        for gone in set(self._carousels) - wanted:
+            del self._carousels[gone]
+        running: list[tuple[PackageCarousel, int, bytes]] = []
+        for package_id in sorted(wanted):
             data = self.cache.get(package_id)
             if not data:
                 continue
-            state = self._passes[package_id]
+            carousel = self._carousels.get(package_id)
+            if carousel is None or carousel.size != len(data):
+                carousel = self._carousels[package_id] = PackageCarousel(
+                    len(data), chunk=self._chunk_bytes(package_id))
+            joins = downloading.filter(package_id=package_id)
+            if carousel.newest_join is not None:
+                # A little before the newest join seen: another worker may commit reports late.
+                joins = joins.filter(state_changed_at__gte=carousel.newest_join - JOIN_SLACK)
+            for key, at in joins.values_list("id", "state_changed_at"):
+                carousel.join(key, at or now, now)
+            checking = carousel.pending > 0 and not carousel.running and live.filter(
+                package_id=package_id, state=DeploymentState.OFFERED,
+                offered_at__gt=now - self.offer_grace).exists()
+            if carousel.should_run(now, checking, self.max_wait):
+                running.append((carousel, package_id, data))
+        sent = 0
+        share = budget // max(len(running), 1)
+        for carousel, package_id, data in running:
             spent = 0
-            while spent < share and state.offset < len(data):
-                piece = data[state.offset:state.offset + self.carousel_chunk]
-                # QoS 0: nothing is queued for offline devices; a lost chunk is repaired.
+            while spent < share and carousel.pending > 0:
+                offset, length = carousel.next_chunk(carousel.chunk, timezone.now())
+                # QoS 1 to the broker (DESIGN.md); devices subscribe at QoS 0, so nothing is
+                # queued for offline ones and a chunk lost on the way is repaired by request.
                 self.publisher.publish(package_topic(package_id, PackageChannel.CHUNK),
-                                       encode_chunk(Chunk(package_id, state.offset, piece)), 0)
-                spent += len(piece)
-                state.offset += len(piece)
-            if state.offset >= len(data):
-                state.offset = 0
-                state.passes += 1
-                state.ended_at = now
+                                       encode_chunk(Chunk(package_id, offset,
+                                                          data[offset:offset + length])), 1)
+                spent += length
             sent += spent
         self.counters["ota_fanout_bytes"] += sent
         return sent
+
+    def _chunk_bytes(self, package_id: int) -> int:
+        """Fan-out chunk size: what the package's hardware profile says its devices hold."""
+        if self.carousel_chunk is not None:
+            return self.carousel_chunk
+        suggested = (Package.objects.filter(pk=package_id)
+                     .values_list("hardware_profile__ota_chunk_bytes", flat=True).first())
+        return max(256, min(MAX_CHUNK_BYTES, suggested or 4096))
 
 
 @transaction.atomic

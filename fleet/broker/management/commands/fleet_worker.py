@@ -51,7 +51,8 @@ class Command(BaseCommand):
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        delivery = OtaDelivery(worker, consumers.directory, consumers.counters)
+        # The carousel serves the rollouts whose lease this worker holds: one sender per package.
+        delivery = OtaDelivery(worker, consumers.directory, consumers.counters, owner=name)
         consumers.register(Channel.OTA_GET, delivery.consume_chunk_requests)
         consumers.register(Channel.OTA_REPORT, delivery.consume_reports)
         if not opts["no_jobs"]:

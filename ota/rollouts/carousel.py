@@ -1,0 +1,96 @@
+"""The package carousel's schedule: what to publish on a package's fan-out topic, and when.
+
+The carousel sends a package round and round on ``fleet/v1/pkg/{pkg}/chunk`` (offset by
+offset, wrapping at the end) for as long as some device that joined still lacks a full turn.
+A device *joins* when its DOWNLOADING report is applied: it subscribed to the fan-out before
+it sent that report, so every chunk published after the report was applied reaches it. It is
+served once the carousel has sent one full package length after that point, wherever in the
+package the turn began (devices keep chunks at their offsets).
+
+So a wave costs about one turn however many devices it has: the carousel waits a moment for
+the devices still checking their offer to join (``max_wait_s`` at most) and then serves them
+all with the same bytes; a late joiner extends the turn by the part it missed, not by a new
+one. Lost chunks (QoS 0) are repaired by the device's own requests.
+
+This module is pure logic (no database, no broker) so the schedule is unit-tested on its own;
+``ota.rollouts.delivery`` feeds it joins and publishes what it returns.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+# Publish times older than this are forgotten; a join older than every kept entry is treated
+# as joining at the oldest one (it then gets at least the turn it needs, maybe more).
+LOG_SPAN = timedelta(minutes=10)
+
+
+@dataclass
+class PackageCarousel:
+    """Turn state of one package: where the next chunk starts and how far to keep going."""
+
+    size: int
+    chunk: int = 4096  # bytes per fan-out message (the hardware profile's suggestion)
+    offset: int = 0  # next byte of the package to send (wraps at size)
+    sent: int = 0  # bytes sent since this carousel began
+    stop_at: int = 0  # keep sending until ``sent`` reaches this
+    waiting_since: datetime | None = None  # first join not yet being served
+    running: bool = False
+    joined: set[int] = field(default_factory=set)  # deployment ids already counted
+    newest_join: datetime | None = None
+    _times: list[datetime] = field(default_factory=list)  # time before each publish
+    _sent_before: list[int] = field(default_factory=list)  # ``sent`` before that publish
+
+    def join(self, key: int, at: datetime, now: datetime) -> bool:
+        """Count deployment ``key`` as subscribed no later than ``at``; False if already known.
+
+        It surely receives every chunk whose publish began after ``at``: it is served once one
+        package length has gone out from the first such chunk.
+        """
+        if key in self.joined:
+            return False
+        self.joined.add(key)
+        if self.newest_join is None or at > self.newest_join:
+            self.newest_join = at
+        index = bisect_right(self._times, at)
+        start = self._sent_before[index] if index < len(self._sent_before) else self.sent
+        if start + self.size > self.stop_at:
+            if self.stop_at <= self.sent and not self.running:
+                self.waiting_since = now
+            self.stop_at = start + self.size
+        return True
+
+    @property
+    def pending(self) -> int:
+        """Bytes still to send before every joined device has had a full turn."""
+        return max(0, self.stop_at - self.sent)
+
+    def should_run(self, now: datetime, others_checking: bool, max_wait: timedelta) -> bool:
+        """Start (or keep) turning: a joiner waits, and nobody else is about to join or the
+        first joiner has waited ``max_wait``."""
+        if self.pending == 0:
+            self.running = False
+            self.waiting_since = None
+            return False
+        if not self.running:
+            waited = now - (self.waiting_since or now)
+            if others_checking and waited < max_wait:
+                return False
+            self.running = True
+            self.waiting_since = None
+        return True
+
+    def next_chunk(self, chunk_bytes: int, now: datetime) -> tuple[int, int]:
+        """Return (offset, length) of the next chunk to publish and count it as sent."""
+        length = min(chunk_bytes, self.size - self.offset)
+        offset = self.offset
+        self._times.append(now)
+        self._sent_before.append(self.sent)
+        if now - self._times[0] > 2 * LOG_SPAN:  # trim now and then, not at every chunk
+            keep = bisect_right(self._times, now - LOG_SPAN)
+            del self._times[:keep], self._sent_before[:keep]
+        self.sent += length
+        self.offset = (offset + length) % self.size
+        return offset, length
