@@ -1,19 +1,35 @@
 """Measure telemetry bytes on the wire: event batches and summaries inside real MQTT 5 packets.
 
-Every payload is published by paho (MQTT 5, QoS 1, topic ``fleet/v1/{uid}/events`` with a
-20-character uid) to a minimal in-process listener that answers CONNACK and PUBACK and counts
-the bytes of each PUBLISH packet exactly as paho wrote them (fixed header, topic, packet id,
-property length, payload). Each count is also checked against the packet layout computed by
-hand, so a change in paho's framing shows up as an error rather than a silent drift.
+Every payload goes out through the device SDK's own link (``device_sdk.link.Link``: paho, MQTT 5,
+QoS 1, topic ``fleet/v1/{uid}/events`` with a 20-character uid, topic aliases as the device
+client asks for them) to a minimal in-process listener that answers CONNACK, PUBACK and PINGRESP
+and records each PUBLISH packet exactly as paho wrote it (fixed header, topic, packet id,
+properties, payload). The listener resolves topic aliases per connection as a broker would and
+refuses an alias it was never told about. Each packet is also checked against the layout
+computed by hand (topic field, alias property, sizes), so a change in paho's or the link's
+framing shows up as an error rather than a silent drift.
+
+Three framings, each measured, each against a baseline in the same framing:
+
+- aliased (the headline figures): the listener announces a Topic Alias Maximum in its CONNACK,
+  as Mosquitto does (10 by default), and the connection has already named its topic: the
+  packet carries an empty topic and a 3-byte Topic Alias property. Steady state of a device.
+- ``..._first_packet``: the first packet of a connection, which names the topic and sets up the
+  alias (the link reconnects before every packet).
+- ``..._no_alias``: a broker that announces no aliases: the full topic in every packet.
 
 Figures (one JSON object per line at the end, bench/README convention):
 
 - ``bytes_per_event_batch_N`` for N = 1, 8, 32, 128: packet bytes per event of CBOR batches;
   baseline: the same events as per-event JSON objects (ISO time, float score, the form
-  tests/device_sdk/protocol/test_events.py calls naive) in the same framing; ratio =
-  baseline / value (how many times smaller).
+  tests/device_sdk/protocol/test_events.py calls naive) in the same framing, through the same
+  link on the same connection; ratio = baseline / value (how many times smaller).
 - ``summary_bytes_per_device_day``: a device at 1 inference/s sending one summary per hour
-  instead of its events; baseline: the same day's events in batches of 32; ratio as above.
+  instead of its events, on one connection that day (the first summary names the topic);
+  baseline: the same day's events in batches of 32 in the same framing; ratio as above.
+  ``..._first_packet``: a device that connects once per summary; ``..._no_alias``: as above.
+
+On stderr: where the bytes of a 32-event batch go (MQTT fields, CBOR header items, columns).
 
 The stream is the realistic one of the codec's tests: ~1 event/s with 100 ms jitter, 4-10
 skewed classes, top-1 scores between 1/classes and 1, 5-50 ms latencies.
@@ -30,16 +46,16 @@ import socket
 import sys
 import threading
 import time
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
+from device_sdk.backoff import Backoff
+from device_sdk.link import Link
+from device_sdk.link_config import BrokerEndpoint, LinkConfig
 from device_sdk.protocol.events import (
     Event,
     EventBatch,
@@ -47,10 +63,14 @@ from device_sdk.protocol.events import (
     encode_summary,
     summarize,
 )
+from device_sdk.reactor import Reactor
 
 UID = "dev-0123456789abcdef"  # 20 characters, like a short hex serial
 TOPIC = f"fleet/v1/{UID}/events"
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+ALIAS_MAXIMUM = 10  # what the listener announces: Mosquitto 2's default max_topic_alias
+ALIAS_PROPERTY = 3  # Topic Alias property: identifier 0x23 and a two-byte value
+TIMEOUT_S = 5.0
 
 
 def realistic_stream(count: int, seed: int, start_ms: int | None = None) -> list[Event]:
@@ -87,6 +107,17 @@ def _varint_len(value: int) -> int:
     return 1 if value < 128 else 2 if value < 16_384 else 3 if value < 2_097_152 else 4
 
 
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, at
+
+
 def publish_packet_size(topic: str, payload_len: int, props_len: int = 0) -> int:
     """Return the size of an MQTT 5 QoS 1 PUBLISH, computed by hand from its layout."""
     # topic (length + bytes), packet id, property length + properties, payload
@@ -94,18 +125,53 @@ def publish_packet_size(topic: str, payload_len: int, props_len: int = 0) -> int
     return 1 + _varint_len(remaining) + remaining
 
 
-class CapturingListener:
-    """Accept one MQTT 5 client; answer CONNACK and PUBACKs; record each PUBLISH's size."""
+def framed_size(framing: str, payload_len: int, first: bool) -> int:
+    """Return the layout size of a packet in ``framing`` (the first of its connection or not)."""
+    if framing == "no_alias":
+        return publish_packet_size(TOPIC, payload_len)
+    named = first or framing == "first_packet"
+    return publish_packet_size(TOPIC if named else "", payload_len, ALIAS_PROPERTY)
 
-    def __init__(self) -> None:
+
+@dataclass(frozen=True)
+class Captured:
+    """One PUBLISH as the listener received it."""
+
+    size: int  # bytes on the wire, fixed header included
+    topic: str  # the topic field: "" when an alias stands for it
+    alias: int  # 0: no Topic Alias property
+    resolved: str  # the topic the alias stands for
+
+
+class CapturingListener:
+    """Accept MQTT 5 clients; answer CONNACK, PUBACK and PINGRESP; record each PUBLISH.
+
+    The CONNACK announces ``alias_maximum`` topic aliases (none when 0). Aliases are resolved
+    per connection, as a broker does; a publish relying on an alias its connection never set
+    up, or beyond the maximum, is a protocol error: the listener notes it and hangs up.
+    """
+
+    def __init__(self, alias_maximum: int) -> None:
+        self.alias_maximum = alias_maximum
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
-        self.sizes: list[int] = []
-        self.acked = threading.Semaphore(0)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.captured: list[Captured] = []
+        self.errors: list[str] = []
+        self.connections = 0
+        self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
-    def _read(self, conn: socket.socket, n: int) -> bytes:
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _read(conn: socket.socket, n: int) -> bytes:
         data = b""
         while len(data) < n:
             chunk = conn.recv(n - len(data))
@@ -114,8 +180,39 @@ class CapturingListener:
             data += chunk
         return data
 
-    def _serve(self) -> None:
-        conn, _ = self.server.accept()
+    def _connack(self) -> bytes:
+        # flags 0 (no session), reason 0 (success), then the properties
+        props = bytes([0x22]) + self.alias_maximum.to_bytes(2, "big") if self.alias_maximum else b""
+        body = b"\x00\x00" + bytes([len(props)]) + props
+        return bytes([0x20, len(body)]) + body
+
+    def _publish(self, body: bytes, size: int, aliases: dict[int, str]) -> bytes | None:
+        """Record a QoS 1 PUBLISH; return its packet id, or None for a protocol error."""
+        topic_len = int.from_bytes(body[:2], "big")
+        topic = body[2:2 + topic_len].decode()
+        at = 2 + topic_len
+        packet_id = body[at:at + 2]
+        props_len, at = _read_varint(body, at + 2)
+        props, alias = body[at:at + props_len], 0
+        if props:  # the link sets no property but the alias
+            if props[0] != 0x23 or props_len != ALIAS_PROPERTY:
+                self.errors.append(f"unexpected PUBLISH properties {props.hex()}")
+                return None
+            alias = int.from_bytes(props[1:3], "big")
+            if not 1 <= alias <= self.alias_maximum:
+                self.errors.append(f"topic alias {alias} beyond the maximum {self.alias_maximum}")
+                return None
+            if topic:
+                aliases[alias] = topic
+        resolved = topic or aliases.get(alias, "")
+        if not resolved:
+            self.errors.append(f"empty topic with alias {alias}, never set up on this connection")
+            return None
+        self.captured.append(Captured(size, topic, alias, resolved))
+        return packet_id
+
+    def _serve(self, conn: socket.socket) -> None:
+        aliases: dict[int, str] = {}  # per connection, like the broker's
         with conn:
             try:
                 while True:
@@ -130,14 +227,15 @@ class CapturingListener:
                             break
                     body = self._read(conn, remaining)
                     kind = first >> 4
-                    if kind == 1:  # CONNECT -> CONNACK (no session, success, no properties)
-                        conn.sendall(b"\x20\x03\x00\x00\x00")
-                    elif kind == 3:  # PUBLISH QoS 1 -> PUBACK with its packet id
-                        topic_len = int.from_bytes(body[:2], "big")
-                        packet_id = body[2 + topic_len:4 + topic_len]
-                        self.sizes.append(header + remaining)
+                    if kind == 1:  # CONNECT
+                        conn.sendall(self._connack())
+                    elif kind == 3:  # PUBLISH, QoS 1 -> PUBACK with its packet id
+                        packet_id = self._publish(body, header + remaining, aliases)
+                        if packet_id is None:
+                            return
                         conn.sendall(b"\x40\x02" + packet_id)
-                        self.acked.release()
+                    elif kind == 12:  # PINGREQ
+                        conn.sendall(b"\xd0\x00")
                     elif kind == 14:  # DISCONNECT
                         return
             except (ConnectionError, OSError):
@@ -149,55 +247,129 @@ class CapturingListener:
 
 
 class Wire:
-    """A paho client publishing to a capturing listener; returns the packet size of each send."""
+    """The device SDK's link publishing to a capturing listener, one packet at a time.
 
-    def __init__(self) -> None:
-        self.listener = CapturingListener()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=UID,
-                                  protocol=mqtt.MQTTv5)
-        self.client.connect("127.0.0.1", self.listener.port)
-        self.client.loop_start()
+    Implements the link's listener interface: ``link_up``, ``link_published``, ...
+    """
 
-    def packet_size(self, payload: bytes, alias: int = 0, topic: str = TOPIC) -> int:
-        """Publish ``payload`` at QoS 1; return the bytes paho put on the wire for it.
+    def __init__(self, alias_maximum: int) -> None:
+        self.listener = CapturingListener(alias_maximum)
+        self.reactor = Reactor("wire-bench")
+        self.reactor.start()
+        config = LinkConfig(BrokerEndpoint("127.0.0.1", self.listener.port, tls=False),
+                            client_id=UID, log_transitions=False)
+        # Reconnect at once: the first-packet figures reconnect before every packet.
+        backoff = Backoff(initial=0.001, maximum=0.001, multiplier=1.0, jitter=0.0)
+        self.link = Link(config, self.reactor, self, backoff=backoff)
+        self._up = threading.Event()
+        self._acked = threading.Semaphore(0)
+        self._fresh = True  # no publish on this connection yet
+        self.link.start()
+        self._wait_up()
+        if self.link.topic_alias_maximum != alias_maximum:
+            raise RuntimeError(f"the link took {self.link.topic_alias_maximum} aliases from a "
+                               f"CONNACK announcing {alias_maximum}")
 
-        With ``alias``, the packet carries a topic alias (3 bytes of properties); send the
-        topic once with it, then ``topic=""`` (MQTT 5 topic aliases).
+    # -- LinkListener (reactor thread) ---------------------------------------------------
+
+    def link_up(self, session_present: bool) -> None:
+        self._up.set()
+
+    def link_down(self, reason: str) -> None:
+        pass
+
+    def link_message(self, topic: str, payload: bytes) -> None:
+        pass
+
+    def link_published(self, mid: int, reason_code: int) -> None:
+        self._acked.release()
+
+    def link_refused(self, reason_code: int) -> None:
+        pass
+
+    # -- measuring ------------------------------------------------------------------------
+
+    def _wait_up(self) -> None:
+        if not self._up.wait(TIMEOUT_S):
+            raise RuntimeError(f"the link did not connect: {self.link.last_error}")
+
+    def reconnect(self) -> None:
+        """Drop the connection and wait for the next one: its alias map starts empty."""
+        self._up.clear()
+        self.link.abort()
+        self._wait_up()
+        self._fresh = True
+
+    def packet_size(self, payload: bytes, framing: str, *, warm_up: bool = True) -> int:
+        """Publish ``payload`` at QoS 1 as the device client does; return its packet's bytes.
+
+        ``framing`` is one of :data:`FRAMINGS` (see the module doc). For "aliased", a
+        connection that has not named the topic yet does so first with an empty publish, not
+        counted; with ``warm_up=False`` this packet names it instead (and is counted so).
         """
-        props = None
-        if alias:
-            props = Properties(PacketTypes.PUBLISH)
-            props.TopicAlias = alias
-        self.client.publish(topic, payload, qos=1, properties=props)
-        if not self.listener.acked.acquire(timeout=5):
-            raise RuntimeError("the listener saw no PUBLISH")
-        size = self.listener.sizes[-1]
-        expected = publish_packet_size(topic, len(payload), 3 if alias else 0)
-        if size != expected:
-            raise RuntimeError(f"paho wrote {size} bytes, the layout says {expected}")
-        return size
+        if framing == "first_packet":
+            self.reconnect()
+        elif framing == "aliased" and self._fresh and warm_up:
+            self._send(b"", framing)
+        return self._send(payload, framing)
+
+    def _send(self, payload: bytes, framing: str) -> int:
+        """Publish, wait for the PUBACK, check the packet against the layout; return its size."""
+        first, self._fresh = self._fresh, False
+        before = len(self.listener.captured)
+        self.reactor.call_soon(self._publish, payload)
+        if not self._acked.acquire(timeout=TIMEOUT_S) or len(self.listener.captured) != before + 1:
+            raise RuntimeError(f"no PUBACK for the publish: {self.listener.errors}")
+        packet = self.listener.captured[-1]
+        expected = framed_size(framing, len(payload), first)
+        named = framing != "aliased" or first
+        layout = (TOPIC if named else "", 0 if framing == "no_alias" else 1, TOPIC)
+        if (packet.topic, packet.alias, packet.resolved) != layout or packet.size != expected:
+            raise RuntimeError(f"paho wrote {packet}, the layout says {layout}, {expected} bytes")
+        return packet.size
+
+    def _publish(self, payload: bytes) -> None:
+        if self.link.publish(TOPIC, payload, qos=1, alias=True) is None:
+            raise RuntimeError("the link refused the publish")
 
     def close(self) -> None:
         """Disconnect and stop."""
-        self.client.disconnect()
-        self.client.loop_stop()
+        self.link.stop()
+        self.link.stopped.wait(TIMEOUT_S)
+        self.reactor.stop()
+        self.reactor.close()
         self.listener.close()
 
 
-def batch_figures(wire: Wire, size: int, seeds: int) -> dict[str, object]:
-    """Return the bytes-per-event figure of batches of ``size`` events."""
-    cbor_bytes = json_bytes = events = 0
+FRAMINGS = ("aliased", "first_packet", "no_alias")
+
+
+def _metric(name: str, framing: str) -> str:
+    return name if framing == "aliased" else f"{name}_{framing}"
+
+
+def batch_figures(wires: dict[str, Wire], size: int, seeds: int) -> list[dict[str, object]]:
+    """Return the bytes-per-event figures of batches of ``size`` events, one per framing."""
+    cbor_bytes: dict[str, int] = defaultdict(int)
+    json_bytes: dict[str, int] = defaultdict(int)
+    events = 0
     for seed in range(seeds):
         stream = realistic_stream(size * 4, seed)
         for start in range(0, len(stream), size):
             batch = EventBatch.of(seed * 10 + start // size + 1, 17, stream[start:start + size])
-            cbor_bytes += wire.packet_size(encode_batch(batch))
-            json_bytes += wire.packet_size(naive_json(batch))
+            cbor, naive = encode_batch(batch), naive_json(batch)
+            for framing in FRAMINGS:
+                wire = wires["no_alias" if framing == "no_alias" else "aliased"]
+                cbor_bytes[framing] += wire.packet_size(cbor, framing)
+                json_bytes[framing] += wire.packet_size(naive, framing)
             events += size
-    value, baseline = cbor_bytes / events, json_bytes / events
-    return {"metric": f"bytes_per_event_batch_{size}", "value": round(value, 2),
-            "unit": "bytes/event", "baseline": round(baseline, 2),
-            "ratio": round(baseline / value, 1)}
+    figures = []
+    for framing in FRAMINGS:
+        value, baseline = cbor_bytes[framing] / events, json_bytes[framing] / events
+        figures.append({"metric": _metric(f"bytes_per_event_batch_{size}", framing),
+                        "value": round(value, 2), "unit": "bytes/event",
+                        "baseline": round(baseline, 2), "ratio": round(baseline / value, 1)})
+    return figures
 
 
 def summaries(day: list[Event], window_s: int, classes: int) -> list[bytes]:
@@ -211,29 +383,99 @@ def summaries(day: list[Event], window_s: int, classes: int) -> list[bytes]:
     return out
 
 
-def summary_figures(wire: Wire, devices: int) -> dict[str, object]:
-    """Return the bytes per device-day of hourly summaries at 1 inference/s.
+def summary_figures(wires: dict[str, Wire], devices: int) -> list[dict[str, object]]:
+    """Return the bytes per device-day of hourly summaries at 1 inference/s, one per framing.
 
-    Also reports (on stderr) two ways under the budget: a topic alias, and 2-hour windows.
+    The baseline (the day's events in batches of 32) is computed from the packet layout that
+    every measured packet was checked against, in the same framing: one connection that day,
+    whose first packet names the topic. Also reports (on stderr) 2-hour windows.
     """
-    hourly = aliased = two_hourly = batch_bytes = 0
+    value: dict[str, int] = defaultdict(int)
+    baseline: dict[str, int] = defaultdict(int)
+    two_hourly = 0
     for device in range(devices):
         classes = random.Random(1000 + device).randint(4, 10)  # what realistic_stream draws
         day = realistic_stream(86_400, 1000 + device, start_ms=T0)
-        for index, payload in enumerate(summaries(day, 3600, classes)):
-            hourly += wire.packet_size(payload)
-            aliased += wire.packet_size(payload, alias=1, topic=TOPIC if index == 0 else "")
-        two_hourly += sum(wire.packet_size(p) for p in summaries(day, 7200, classes))
+        hourly = summaries(day, 3600, classes)
+        for framing in FRAMINGS:
+            wire = wires["no_alias" if framing == "no_alias" else "aliased"]
+            if framing == "aliased":
+                wire.reconnect()  # a new day, a new connection: the first summary names the topic
+            value[framing] += sum(wire.packet_size(p, framing, warm_up=False) for p in hourly)
+        wires["aliased"].reconnect()
+        two_hourly += sum(wires["aliased"].packet_size(p, "aliased", warm_up=False)
+                          for p in summaries(day, 7200, classes))
         for start in range(0, len(day), 32):
             batch = EventBatch.of(start // 32 + 1, 17, day[start:start + 32])
-            batch_bytes += publish_packet_size(TOPIC, len(encode_batch(batch)))
-    print(f"[wire] summaries per device-day: hourly {hourly / devices:.0f} B, hourly with a "
-          f"topic alias {aliased / devices:.0f} B, every 2 hours {two_hourly / devices:.0f} B",
+            length = len(encode_batch(batch))
+            for framing in FRAMINGS:
+                baseline[framing] += framed_size(framing, length, first=start == 0)
+    print(f"[wire] summaries per device-day, aliased: hourly {value['aliased'] / devices:.0f} B,"
+          f" every 2 hours {two_hourly / devices:.0f} B", file=sys.stderr)
+    return [{"metric": _metric("summary_bytes_per_device_day", framing),
+             "value": round(value[framing] / devices), "unit": "bytes/day",
+             "baseline": round(baseline[framing] / devices),
+             "ratio": round(baseline[framing] / value[framing], 1)} for framing in FRAMINGS]
+
+
+def _cbor_head(data: bytes, at: int) -> tuple[int, int, int]:
+    """Return (major type, argument, head length) of the CBOR data item at ``at``."""
+    info = data[at] & 0x1F
+    extra = {24: 1, 25: 2, 26: 4, 27: 8}.get(info, 0)
+    argument = int.from_bytes(data[at + 1:at + 1 + extra], "big") if extra else info
+    return data[at] >> 5, argument, 1 + extra
+
+
+def batch_anatomy(size: int, seeds: int) -> None:
+    """Print where the bytes of an aliased ``size``-event batch packet go, per event (stderr)."""
+    parts: dict[str, float] = defaultdict(float)
+    names = ("kind", "seq", "t0", "model", "n")
+    columns = ("deltas", "labels", "scores", "latencies")
+    widths: dict[str, int] = defaultdict(int)
+    packets = 0
+    for seed in range(seeds):
+        stream = realistic_stream(size * 4, seed)
+        for start in range(0, len(stream), size):
+            batch = EventBatch.of(seed * 10 + start // size + 1, 17, stream[start:start + size])
+            payload = encode_batch(batch)
+            packets += 1
+            total = framed_size("aliased", len(payload), first=False)
+            parts["MQTT fixed header + remaining length"] += total - len(payload) - 2 - 2 - 4
+            parts["MQTT topic field (empty) + packet id"] += 4
+            parts["MQTT properties (length + alias)"] += 1 + ALIAS_PROPERTY
+            _, _, head = _cbor_head(payload, 0)
+            parts["CBOR array head"] += head
+            at = head
+            for name in names:
+                _, _, head = _cbor_head(payload, at)
+                parts[f"CBOR {name}"] += head
+                at += head
+            for name in columns:
+                _, length, head = _cbor_head(payload, at)
+                body = payload[at + head:at + head + length]
+                _, leb_end = _read_varint(body, 1)
+                parts[f"{name}: bstr head + width + minimum"] += head + leb_end
+                parts[f"{name}: packed fields"] += length - leb_end
+                widths[name] += body[0]
+                at += head + length
+    per_event = size * packets
+    print(f"[wire] anatomy of an aliased {size}-event batch packet, bytes per event "
+          f"(bit widths averaged over {packets} batches):", file=sys.stderr)
+    for part, total in parts.items():
+        column = next((c for c in columns if part.startswith(c + ": packed")), None)
+        note = f"  (width {widths[column] / packets:.1f} bits)" if column else ""
+        print(f"[wire]   {part:<44} {total / per_event:6.3f}{note}", file=sys.stderr)
+    print(f"[wire]   {'total':<44} {sum(parts.values()) / per_event:6.3f}", file=sys.stderr)
+    # The batches above number from 1, as the codec's tests do. A device's SequenceCounter
+    # starts from the unix time in ms when it has no sequence file: a 9-byte CBOR uint.
+    device_seq = 0
+    for seed in range(seeds):
+        stream = realistic_stream(size * 4, seed)
+        for start in range(0, len(stream), size):
+            batch = EventBatch.of(T0 + seed * 10 + start // size, 17, stream[start:start + size])
+            device_seq += framed_size("aliased", len(encode_batch(batch)), first=False)
+    print(f"[wire]   with seq numbered from unix ms, as a device's: {device_seq / per_event:.3f}",
           file=sys.stderr)
-    value, baseline = hourly / devices, batch_bytes / devices
-    return {"metric": "summary_bytes_per_device_day", "value": round(value),
-            "unit": "bytes/day", "baseline": round(baseline),
-            "ratio": round(baseline / value, 1)}
 
 
 def main() -> None:
@@ -243,14 +485,21 @@ def main() -> None:
     args = parser.parse_args()
     seeds, devices = (5, 1) if args.quick else (20, 4)
     started = time.monotonic()
-    wire = Wire()
+    wires = {"aliased": Wire(ALIAS_MAXIMUM), "no_alias": Wire(0)}
     try:
-        results = [batch_figures(wire, size, seeds) for size in (1, 8, 32, 128)]
-        results.append(summary_figures(wire, devices))
+        results = [f for size in (1, 8, 32, 128) for f in batch_figures(wires, size, seeds)]
+        results += summary_figures(wires, devices)
     finally:
-        wire.close()
-    print(f"[wire] {time.monotonic() - started:.1f} s; every packet size matched the layout "
-          f"({len(wire.listener.sizes)} PUBLISH packets)", file=sys.stderr)
+        for wire in wires.values():
+            wire.close()
+    batch_anatomy(32, seeds)
+    packets = sum(len(w.listener.captured) for w in wires.values())
+    connections = sum(w.listener.connections for w in wires.values())
+    errors = [e for w in wires.values() for e in w.listener.errors]
+    if errors:
+        raise RuntimeError(f"the listener saw protocol errors: {errors}")
+    print(f"[wire] {time.monotonic() - started:.1f} s; every packet matched the layout "
+          f"({packets} PUBLISH packets on {connections} connections)", file=sys.stderr)
     for item in results:
         print(json.dumps(item))
 

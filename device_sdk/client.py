@@ -29,6 +29,11 @@ Delivery: a message is in the outbox before it is published and leaves it on PUB
 reconnect, or a restart, the outbox is sent again in order from its oldest entry. A message may
 thus reach the server twice with the same ``seq``, which the server dedupes, but never out of
 order within one connection and never lost while the outbox has room.
+
+Topics: batches and OTA requests use MQTT 5 topic aliases when the broker offers them, so after
+the first of a connection their topic costs 5 bytes instead of ~38; the resend after a
+reconnect names the topic again, because aliases die with their connection
+(:mod:`device_sdk.link`). The retained status keeps its full topic, as the will must.
 """
 
 from __future__ import annotations
@@ -246,7 +251,8 @@ class DeviceClient:
         what it still needs after a reconnect, and a stale request is worse than none.
         """
         topic = device_topic(self.uid, channel)
-        self.reactor.call_soon(lambda: self.link.publish(topic, payload, qos=1))
+        # Chunk requests come one per chunk: the alias saves more than the request weighs.
+        self.reactor.call_soon(lambda: self.link.publish(topic, payload, qos=1, alias=True))
 
     def subscribe(self, topic_filter: str, qos: int = 1) -> None:
         """Also receive ``topic_filter`` (a package's fan-out, say) on :attr:`on_message`."""
@@ -318,7 +324,7 @@ class DeviceClient:
         if room <= 0 or not self.link.connected:
             return
         for entry in self.outbox.pending(after_id=self._cursor, limit=room):
-            mid = self.link.publish(self.events_topic, entry.payload, qos=1)
+            mid = self.link.publish(self.events_topic, entry.payload, qos=1, alias=True)
             if mid is None:
                 return
             self._inflight[mid] = entry
@@ -326,6 +332,7 @@ class DeviceClient:
             self.stats.published += 1
 
     def _publish_status(self) -> None:
+        # Full topic, no alias: retained and sent about once per connection, like the will.
         if self.link.connected:
             self.link.publish(self.status_topic, encode_status(self.status()), retain=True)
 

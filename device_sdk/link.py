@@ -10,6 +10,19 @@ resend them itself on reconnect; the device's outbox already does that, durably,
 client leaves exactly one owner of retransmission (and one code path, the same after a
 process restart as after a network drop).
 
+Topic aliases (MQTT 5.0 section 3.3.2.3.4): a publish made with ``alias=True`` names its topic
+once per connection, with a Topic Alias property, and from then on sends an empty topic plus
+the alias, which saves the whole topic string (~36 bytes of ``fleet/v1/{uid}/events``) in every
+later packet. An alias is a property of one network connection, not of the session, so the map
+starts empty at every CONNACK and is only used up to the Topic Alias Maximum that CONNACK
+announced (absent or 0: no aliases, full topics). A fresh paho client per attempt is what makes
+this safe: a reused client would resend its unacknowledged publishes after a reconnect exactly
+as they were (empty topic, an alias the new connection never heard of), and the broker would
+close the connection for a protocol error, again at every reconnect (see paho's
+``Client.drop_out_messages``). Here those publishes die with their client; the owner's outbox
+sends them again through :meth:`Link.publish`, which names the topic afresh on the new
+connection. Retained messages and the last will are not aliased by the client (it never asks).
+
 Threading: the connect (TCP and TLS handshake, blocking) runs in the reactor's connector pool;
 everything else, including every paho call and every :class:`LinkListener` method, runs on the
 reactor thread. :meth:`Link.start`, :meth:`Link.stop` and :meth:`Link.abort` are safe from any
@@ -46,7 +59,7 @@ from device_sdk.reactor import Reactor, Timer
 
 __all__ = [
     "CREDENTIAL_REFUSED", "BrokerEndpoint", "Link", "LinkConfig", "LinkListener", "LinkState",
-    "Will",
+    "TopicAliases", "Will",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,6 +100,8 @@ class Link:
         self._stopping = False
         # Filters added by subscribe(), on top of the config's, with their QoS.
         self._extra: dict[str, int] = {}
+        # Topic aliases of the current connection: reset at every CONNACK (see the module doc).
+        self._aliases = TopicAliases(0)
         self._info = logging.INFO if config.log_transitions else logging.DEBUG
         self._warning = logging.WARNING if config.log_transitions else logging.DEBUG
 
@@ -145,16 +160,43 @@ class Link:
 
         self.reactor.call_soon(apply)
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int | None:
-        """Publish on the reactor thread; return the message id, or None when not connected."""
+    @property
+    def topic_alias_maximum(self) -> int:
+        """Return how many topic aliases the current connection may use (0: none, or down)."""
+        return self._aliases.maximum
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+        alias: bool = False,
+    ) -> int | None:
+        """Publish on the reactor thread; return the message id, or None when not connected.
+
+        With ``alias``, use a topic alias when the broker allows one (see the module doc): the
+        first such publish on a connection carries the topic and the alias, later ones an
+        empty topic and the alias. Subscribers always receive the full topic.
+        """
         client = self._client
         if client is None or self.state is not LinkState.CONNECTED:
             return None
-        info = client.publish(topic, payload, qos=qos, retain=retain)
+        wire_topic, number, known = topic, 0, False
+        if alias:
+            number, known = self._aliases.lookup(topic)
+            if known:
+                wire_topic = ""
+        properties = None
+        if number:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.TopicAlias = number
+        info = client.publish(wire_topic, payload, qos=qos, retain=retain, properties=properties)
         self._sync_write_interest()
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             log.warning("%s: publish to %s failed: %s", self.config.client_id, topic, info.rc)
             return None
+        if number and not known:
+            # Only now: a publish paho did not take never told the broker about the alias.
+            # One it took (sent, or queued behind the in-flight window) precedes, in paho's
+            # send order, every later publish that relies on the alias.
+            self._aliases.bind(topic, number)
         return info.mid
 
     # -- connecting -----------------------------------------------------------------------
@@ -302,6 +344,7 @@ class Link:
             if self._attempt_timer is not None:
                 self._attempt_timer.cancel()
                 self._attempt_timer = None
+            self._aliases = TopicAliases(_topic_alias_maximum(props))
             self.state = LinkState.CONNECTED
             self.connects += 1
             self._connected_at = time.monotonic()
@@ -419,6 +462,7 @@ class Link:
         sock, self._sock = self._sock, None
         self._close_socket(sock)
         self._client = None
+        self._aliases = TopicAliases(0)
 
     def _close_socket(self, sock: Any) -> None:
         if sock is None:
@@ -434,3 +478,40 @@ class Link:
             getattr(self.listener, method)(*args)
         except Exception:
             log.exception("%s: error in listener.%s", self.config.client_id, method)
+
+
+class TopicAliases:
+    """The client-to-broker topic aliases of one MQTT 5 connection.
+
+    Aliases are numbered from 1 up to ``maximum`` (the broker's Topic Alias Maximum) in the
+    order topics first ask for one, and never reassigned: a device publishes on a handful of
+    topics, and a topic that finds every alias taken is simply sent in full.
+    """
+
+    __slots__ = ("_bound", "maximum")
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = max(0, maximum)
+        self._bound: dict[str, int] = {}  # topic -> alias the broker has been told about
+
+    def lookup(self, topic: str) -> tuple[int, bool]:
+        """Return ``(alias, known)``: a bound alias, a free one to bind, or ``(0, False)``."""
+        number = self._bound.get(topic)
+        if number is not None:
+            return number, True
+        if len(self._bound) < self.maximum:
+            return len(self._bound) + 1, False
+        return 0, False
+
+    def bind(self, topic: str, number: int) -> None:
+        """Note that a publish carrying ``topic`` and ``number`` is on its way to the broker."""
+        self._bound[topic] = number
+
+    def __len__(self) -> int:
+        return len(self._bound)
+
+
+def _topic_alias_maximum(props: Any) -> int:
+    """Return the Topic Alias Maximum a CONNACK announced; absent means 0 (MQTT 5 3.2.2.3.8)."""
+    value = getattr(props, "TopicAliasMaximum", 0) if props is not None else 0
+    return value if isinstance(value, int) else 0
