@@ -66,7 +66,7 @@ sys.path.insert(0, str(ROOT))
 HIDDEN = 2100  # Dense 16-2100-4 int8 (per-channel scales and zero points included): ~100 KB
 HARDWARE = "stm32f746"
 READY_LINE = "subscriptions granted"
-MODEL_CACHE = Path(tempfile.gettempdir()) / f"fleet-bench-rollout-models-h{HIDDEN}-v1"
+MODEL_CACHE = Path(tempfile.gettempdir()) / f"fleet-bench-rollout-models-h{HIDDEN}-v2"
 
 
 def log(msg: str) -> None:
@@ -86,6 +86,11 @@ def run_build_models(out: str) -> None:
     x, y = model_factory.make_blobs()
     target = Path(out)
     target.mkdir(parents=True, exist_ok=True)
+    def save(name: str, model: Any) -> None:
+        data = model_factory.to_int8(model, x[:200])
+        (target / f"{name}.tflite.tmp").write_bytes(data)
+        (target / f"{name}.tflite.tmp").rename(target / f"{name}.tflite")
+
     for name, seed, epochs in (("v1", 0, 3), ("v2", 1, 5)):
         tf.keras.utils.set_random_seed(seed)
         model = tf.keras.Sequential([
@@ -96,24 +101,28 @@ def run_build_models(out: str) -> None:
         model.compile(optimizer=tf.keras.optimizers.Adam(0.01),
                       loss="sparse_categorical_crossentropy")
         model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
-        data = model_factory.to_int8(model, x[:200])
-        (target / f"{name}.tflite.tmp").write_bytes(data)
-        (target / f"{name}.tflite.tmp").rename(target / f"{name}.tflite")
+        save(name, model)
+    # v3: v2 with only its head fine-tuned (the hidden layer frozen), the common small update.
+    model.layers[0].trainable = False
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.001),
+                  loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    save("v3", model)
 
 
-def models() -> tuple[bytes, bytes]:
-    """Return (v1, v2) .tflite bytes, building them once (cached in the temp folder)."""
-    paths = [MODEL_CACHE / "v1.tflite", MODEL_CACHE / "v2.tflite"]
+def models() -> tuple[bytes, bytes, bytes]:
+    """Return (v1, v2, v3) .tflite bytes, building them once (cached in the temp folder)."""
+    paths = [MODEL_CACHE / "v1.tflite", MODEL_CACHE / "v2.tflite", MODEL_CACHE / "v3.tflite"]
     if not all(p.exists() for p in paths):
         started = time.monotonic()
         subprocess.run([sys.executable, __file__, "--role", "build-models", str(MODEL_CACHE)],
                        cwd=ROOT, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
                        stdout=subprocess.DEVNULL)
-        log(f"trained and converted both models in {time.monotonic() - started:.1f} s")
+        log(f"trained and converted the models in {time.monotonic() - started:.1f} s")
     else:
         log(f"models from cache {MODEL_CACHE}")
-    v1, v2 = (p.read_bytes() for p in paths)
-    return v1, v2
+    v1, v2, v3 = (p.read_bytes() for p in paths)
+    return v1, v2, v3
 
 
 # -- broker byte counters ------------------------------------------------------------------
@@ -256,10 +265,54 @@ def wait_until(check: Any, timeout: float, what: str, every: float = 0.2) -> Any
         time.sleep(every)
 
 
+def delta_rollout(base: Any, base_package_id: int, target: Any, profile: Any, count: int,
+                  monitor: SysMonitor, full_per_device: float) -> list[dict[str, Any]]:
+    """Roll ``target`` (v2 with a fine-tuned head) out to ``count`` devices as a delta from
+    ``base`` and compare the broker bytes per device with the full rollout's."""
+    from device_sdk.protocol.ota_messages import DeploymentState
+    from fleet.devices.models import Device
+    from ota.choices import Encoding
+    from ota.packaging.actions import do_build_package
+    from ota.rollouts import actions
+    from ota.rollouts.models import Deployment
+
+    package = do_build_package(target, profile, actor=None, base=base, encoding=Encoding.DELTA)
+    chosen = list(Device.objects.filter(running_package_id=base_package_id).order_by("id")[:count])
+    rollout = actions.do_create_rollout(
+        actor=None, name="bench-delta", model_version=target, base_version=base,
+        devices=chosen, waves=[100], offers_per_minute=1_000_000, max_concurrent=count)
+    if list(rollout.packages.values_list("id", flat=True)) != [package.pk]:
+        raise RuntimeError("the delta rollout did not take the delta package")
+    before = monitor.fresh()
+    rollout = actions.do_start_rollout(rollout, actor=None)
+    log(f"delta rollout {rollout.pk}: package {package.pk}, {package.transfer_size} bytes "
+        f"delta for a {package.installed_size}-byte model, {len(chosen)} devices")
+    done = (DeploymentState.CONFIRMED, DeploymentState.FAILED, DeploymentState.ROLLED_BACK)
+    deployments = Deployment.objects.filter(rollout=rollout)
+    wait_until(lambda: deployments.filter(state__in=done).count() == len(chosen),
+               60 + 2 * count, "the delta rollout", every=0.25)
+    time.sleep(1.5)  # late acks
+    after = monitor.fresh()
+    confirmed = deployments.filter(state=DeploymentState.CONFIRMED).count()
+    per_device = ((after[0] - before[0]) + (after[1] - before[1])) / len(chosen)
+    log(f"delta rollout done: {confirmed} of {len(chosen)} confirmed, "
+        f"{per_device:.0f} broker bytes per device")
+    return [
+        {"metric": "delta_rollout_bytes_per_device", "value": round(per_device),
+         "unit": "bytes", "baseline": round(full_per_device),
+         "ratio": round(per_device / full_per_device, 4), "devices": len(chosen),
+         "confirmed": confirmed, "delta_package_bytes": package.transfer_size,
+         "model_bytes": package.installed_size,
+         "note": "broker bytes (both directions) per device: delta rollout vs the full one above"},
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 devices")
     parser.add_argument("--devices", type=int, default=None)
+    parser.add_argument("--delta-devices", type=int, default=None,
+                        help="devices in the delta rollout that follows (default: 50, quick 20)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds to wait for the rollout (default: 30 + 0.3 per device)")
     parser.add_argument("--role", choices=["build-models"], help=argparse.SUPPRESS)
@@ -268,12 +321,13 @@ def main() -> None:
     if args.role == "build-models":
         return run_build_models(args.out)
     devices = args.devices or (100 if args.quick else 1000)
+    delta_devices = min(devices, args.delta_devices or (20 if args.quick else 50))
     timeout = args.timeout or 30 + 0.3 * devices
     t_total = time.monotonic()
 
     from fleet.broker.mosquitto import DEFAULT_TEMPLATE, MosquittoInstance
 
-    v1_bytes, v2_bytes = models()
+    v1_bytes, v2_bytes, v3_bytes = models()
     workdir = Path(tempfile.mkdtemp(prefix="fleet-bench-rollout-"))
     var_dir = workdir / "var"
     var_dir.mkdir()
@@ -324,7 +378,8 @@ def main() -> None:
         model = do_create_model(name="kws", actor=None)
         v1 = do_upload_version(model, version="1.0.0", data=v1_bytes, actor=None)
         v2 = do_upload_version(model, version="2.0.0", data=v2_bytes, actor=None)
-        for mv in (v1, v2):
+        v3 = do_upload_version(model, version="2.0.1", data=v3_bytes, actor=None)
+        for mv in (v1, v2, v3):
             if mv.status != "ready":
                 raise RuntimeError(f"{mv} is {mv.status}, not ready")
         profile = HardwareProfile.objects.get(name=HARDWARE)
@@ -466,6 +521,9 @@ def main() -> None:
         ]
         if hashlib.sha256(v2_bytes).hexdigest() != v2.sha256:
             raise RuntimeError("v2 digest mismatch")
+        if confirmed == devices and delta_devices:
+            results += delta_rollout(v2, package.pk, v3, profile, delta_devices, monitor,
+                                     through / devices)
     finally:
         if monitor is not None:
             monitor.close()

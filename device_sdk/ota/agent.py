@@ -73,6 +73,7 @@ class OtaAgent:
         self._fanout: str | None = None
         self._corrupt_at: int | None = None
         self._pending: list[tuple[int, DeploymentState, int]] = []
+        self._last_report: tuple[int, DeploymentState, int] | None = None
         self._watching: int | None = None
         self._crash_at: int | None = None
         client.on_message = self._chain(client.on_message, self._on_message)
@@ -106,6 +107,10 @@ class OtaAgent:
 
     def _on_connect(self, client: DeviceClient, session_present: bool) -> None:
         pending, self._pending = self._pending, []
+        if self._last_report is not None and not pending:
+            # A report sent just before the link dropped may never have reached the server;
+            # saying the latest state again is harmless (reports never move a state back).
+            pending = [self._last_report]
         for pkg, state, reason in pending:
             self._report(pkg, state, reason)
         wanted = self.updater.wanted()
@@ -255,6 +260,7 @@ class OtaAgent:
             self._fanout = None
 
     def _report(self, pkg: int, state: DeploymentState, reason: Reason | int = 0) -> None:
+        self._last_report = (pkg, state, int(reason))
         self.client.publish(Channel.OTA_REPORT, encode_report(Report(pkg, state, int(reason))))
 
 

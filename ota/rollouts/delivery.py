@@ -182,8 +182,16 @@ class OtaDelivery:
             checking = carousel.pending > 0 and not carousel.running and live.filter(
                 package_id=package_id, state=DeploymentState.OFFERED,
                 offered_at__gt=now - self.offer_grace).exists()
+            was_running = carousel.running
             if carousel.should_run(now, checking, self.max_wait):
+                if not was_running:
+                    log.info("carousel: package %d turns for %d joined devices (%d bytes to send%s)",
+                             package_id, len(carousel.joined), carousel.pending,
+                             ", others still checking their offer" if checking else "")
                 running.append((carousel, package_id, data))
+            elif was_running:
+                log.info("carousel: package %d stops after %d bytes in all", package_id,
+                         carousel.sent)
         sent = 0
         share = budget // max(len(running), 1)
         for carousel, package_id, data in running:

@@ -31,7 +31,9 @@ from device_sdk.identity import (
 )
 from device_sdk.ota.agent import Faults
 from device_sdk.ota.slots import SlotStore
-from device_sdk.protocol.ota_messages import ChunkRequest, DeploymentState, encode_chunk_request
+from device_sdk.protocol.ota_messages import (
+    ChunkRequest, DeploymentState, decode_chunk, encode_chunk_request,
+)
 from device_sdk.protocol.reasons import Reason
 from device_sdk.simulator import SimulationConfig, Simulator
 from fleet.broker.configured import reset_broker_access
@@ -89,7 +91,7 @@ class RolloutWorker(WorkerProcess):
             time.sleep(0.05)
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+def wait_until(check: Callable[[], Any], timeout: float, what: str | Callable[[], str]) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         # A fresh connection per look: the worker subprocess writes, and SQLite would
@@ -99,7 +101,8 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}")
+            raise AssertionError(f"gave up after {timeout:.0f} s waiting for "
+                                 f"{what() if callable(what) else what}")
         time.sleep(0.2)
 
 
@@ -179,7 +182,7 @@ def counts(rollout: Rollout) -> dict[str, int]:
 def wait_done(rollout: Rollout, timeout: float, *, states: tuple[int, ...] = DONE) -> dict[str, int]:
     total = Deployment.objects.filter(rollout=rollout).count()
     wait_until(lambda: Deployment.objects.filter(rollout=rollout, state__in=states).count() == total,
-               timeout, f"rollout {rollout.pk} done: {counts(rollout)}")
+               timeout, lambda: f"rollout {rollout.pk} done: {counts(rollout)}")
     return counts(rollout)
 
 
@@ -318,6 +321,46 @@ def test_d_power_cut_mid_download_every_device_ends_on_a_valid_model(lab: Lab) -
         assert data == v1 or hashlib.sha256(data).hexdigest() == lab.v2.sha256
     assert final == {"confirmed": 30}, final  # the crashed resumed after their reboot
     del v2
+
+
+# -- g: resume after a disconnect ------------------------------------------------------------------
+
+
+def test_g_a_download_cut_at_half_resumes_and_fetches_nothing_twice(lab: Lab) -> None:
+    """Disconnect at 50 %, reconnect: bytes received <= payload + one chunk + framing."""
+    sim = lab.fleet(1, name="g", rate_hz=0.01)
+    device = sim.devices[0]
+    client, agent = device.client, device.agent
+    assert agent is not None
+    seen = {"data": 0, "payload": 0, "messages": 0, "cut_at": 0}
+    deliver = client.on_message
+
+    def counting(owner: Any, topic: str, payload: bytes) -> None:
+        if topic.endswith("/chunk"):
+            seen["data"] += len(decode_chunk(payload).data)
+            seen["payload"] += len(payload)
+            seen["messages"] += 1
+        deliver(owner, topic, payload)
+        download = agent.updater.download
+        if (not seen["cut_at"] and download is not None
+                and 2 * download.received >= download.manifest.transfer_size):
+            seen["cut_at"] = download.received
+            client.link.abort()  # the link drops as on a flaky radio; the client reconnects
+
+    client.on_message = counting
+    connects = client.link.connects
+    rollout = lab.rollout(sim)
+    assert wait_done(rollout, 60) == {"confirmed": 1}, counts(rollout)
+    package = Package.objects.get(rollouts=rollout)
+    size = package.transfer_size
+    chunk = HardwareProfile.objects.get(name=HARDWARE).ota_chunk_bytes
+    print(f"\ncut at {seen['cut_at']} of {size} bytes; received {seen['data']} data bytes in "
+          f"{seen['messages']} chunk messages ({seen['payload']} payload bytes)")
+    assert 0 < seen["cut_at"] < size  # the cut happened mid-download
+    assert client.link.connects > connects  # and the device came back
+    assert seen["data"] <= size + chunk
+    assert seen["payload"] <= seen["data"] + 16 * seen["messages"]  # [pkg, offset, bstr] framing
+    assert hashlib.sha256(active_bytes(sim, 0)).hexdigest() == lab.v2.sha256
 
 
 # -- f: refusals ----------------------------------------------------------------------------------
