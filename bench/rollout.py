@@ -64,7 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 HIDDEN = 2100  # Dense 16-2100-4 int8 (per-channel scales and zero points included): ~100 KB
-HARDWARE = "stm32f746"
+HARDWARE = "stm32f746"  # default class; --hardware picks another (the fan-out chunk follows it)
 READY_LINE = "subscriptions granted"
 MODEL_CACHE = Path(tempfile.gettempdir()) / f"fleet-bench-rollout-models-h{HIDDEN}-v2"
 
@@ -218,7 +218,7 @@ def stop_worker(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(timeout=10)
 
 
-def enroll(devices: int, sim: Any, server: str, v1_package_id: int) -> None:
+def enroll(devices: int, sim: Any, server: str, v1_package_id: int, hardware: str) -> None:
     """Enroll ``devices`` in-process and write the identity files the simulator reads."""
     from django.conf import settings
     from django.utils import timezone
@@ -241,10 +241,10 @@ def enroll(devices: int, sim: Any, server: str, v1_package_id: int) -> None:
         state = sim.device_dir(i)
         key = load_or_create_key(state)
         result = do_enroll_device(token=token, public_key_pem=public_key_pem(key),
-                                  hardware=HARDWARE, capabilities=caps)
+                                  hardware=hardware, capabilities=caps)
         (state / CA_FILE).write_text(ca)
         DeviceIdentity(
-            device_id=result.device.uid, hardware=HARDWARE, server=server,
+            device_id=result.device.uid, hardware=hardware, server=server,
             mqtt=MqttCredential(settings.MQTT_DEVICE_URL, result.mqtt_username,
                                 result.mqtt_password, str((state / CA_FILE).resolve())),
             signing_keys=keys, topics_prefix=f"fleet/v1/{result.device.uid}/",
@@ -311,6 +311,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="100 devices")
     parser.add_argument("--devices", type=int, default=None)
+    parser.add_argument("--hardware", default=HARDWARE,
+                        help="hardware profile of the simulated devices (default %(default)s)")
     parser.add_argument("--delta-devices", type=int, default=None,
                         help="devices in the delta rollout that follows (default: 50, quick 20)")
     parser.add_argument("--timeout", type=float, default=None,
@@ -382,7 +384,7 @@ def main() -> None:
         for mv in (v1, v2, v3):
             if mv.status != "ready":
                 raise RuntimeError(f"{mv} is {mv.status}, not ready")
-        profile = HardwareProfile.objects.get(name=HARDWARE)
+        profile = HardwareProfile.objects.get(name=args.hardware)
         v1_package = do_build_package(v1, profile, actor=None)
         v1_path = workdir / "v1.tflite"
         v1_path.write_bytes(v1_bytes)
@@ -392,14 +394,14 @@ def main() -> None:
         # -- devices ----------------------------------------------------------------------
         server = "http://127.0.0.1:9"  # only for re-enrollment, which this run never needs
         config = SimulationConfig(
-            server=server, token="-", devices=devices, model_path=v1_path, hardware=HARDWARE,
+            server=server, token="-", devices=devices, model_path=v1_path, hardware=args.hardware,
             state_dir=workdir / "sim", rate_hz=1e-4,  # telemetry nearly off: OTA traffic only
             batch=16, batch_age_s=60.0, threads=2, package_id=v1_package.pk,
             report_every_s=3600, repair_after_s=2.0,
         )
         sim = Simulator(config)
         started = time.monotonic()
-        enroll(devices, sim, server, v1_package.pk)
+        enroll(devices, sim, server, v1_package.pk, args.hardware)
         log(f"{devices} devices enrolled in-process in {time.monotonic() - started:.1f} s")
 
         # -- worker -----------------------------------------------------------------------
@@ -504,7 +506,8 @@ def main() -> None:
             {"metric": "wire_overhead", "value": round((through - unicast_cost) / unicast_cost, 4),
              "unit": "ratio", "baseline": 0.0, "ratio": None,
              "broker_bytes": through, "payload_x_devices": unicast_cost,
-             "source": "mosquitto $SYS/broker/bytes/{received,sent} deltas"},
+             "source": "mosquitto $SYS/broker/bytes/{received,sent} deltas",
+             "hardware": profile.name, "fanout_chunk_bytes": profile.ota_chunk_bytes},
             {"metric": "broker_bytes_received", "value": after[0] - before[0], "unit": "bytes",
              "baseline": None, "ratio": None},
             {"metric": "broker_bytes_sent", "value": after[1] - before[1], "unit": "bytes",
