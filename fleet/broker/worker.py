@@ -76,6 +76,8 @@ class MqttWorker:
         self.inbox: queue.Queue[Received] = queue.Queue()
         self.connected = threading.Event()
         self.connection = 0  # counts connections; see _on_connect
+        self.retiring = False  # see retire(): unsubscribe on connect instead of subscribing
+        self.unsubscribed = threading.Event()
         self.stopping = threading.Event()
         parts = urlsplit(config.mqtt_url)
         self.host = parts.hostname or "127.0.0.1"
@@ -93,6 +95,7 @@ class MqttWorker:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_unsubscribe = lambda *args: self.unsubscribed.set()
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
 
     # paho callbacks: never raise ---------------------------------------------------------
@@ -109,6 +112,14 @@ class MqttWorker:
             # if it still has them, and the dedupe key absorbs the copy.
             self.connection += 1
             subs = [(shared_filter(self.config.group, ch), 1) for ch in self.config.channels]
+            if self.retiring:
+                # The session keeps its subscriptions; drop them so that no new share comes,
+                # while the broker still delivers what it queued for this session.
+                client.unsubscribe([s for s, _ in subs])
+                self.connected.set()
+                log.info("worker %s retiring: leaving %s", self.config.name,
+                         ", ".join(s for s, _ in subs))
+                return
             client.subscribe(subs)
             self.connected.set()
             log.info("worker %s connected to %s:%s, subscribed to %s", self.config.name,
@@ -201,6 +212,33 @@ class MqttWorker:
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Publish to devices (thread-safe; paho queues while the broker is away)."""
         self.client.publish(topic, payload, qos=qos)
+
+    def retire(self, quiet_s: float = 2.0, timeout_s: float = 600.0) -> int:
+        """Leave the group for good; return the number of messages handled meanwhile.
+
+        A stopped worker's session outlives it (SESSION_EXPIRY_S) and Mosquitto goes on
+        queueing a share of the stream for it. Retiring resumes the session, unsubscribes (no
+        new share), stores what the session still held until nothing came for ``quiet_s``,
+        then disconnects with a session expiry of 0 so the broker forgets the session.
+        """
+        self.retiring = True
+        self.start()
+        if not self.unsubscribed.wait(timeout_s):
+            raise TimeoutError(f"worker {self.config.name}: no UNSUBACK from the broker")
+        handled, last = 0, time.monotonic()
+        deadline = last + timeout_s
+        while time.monotonic() - last < quiet_s and time.monotonic() < deadline:
+            got = self.run_once(timeout_s=min(quiet_s, 0.5))
+            if got:
+                handled, last = handled + got, time.monotonic()
+        self.stopping.set()
+        props = Properties(PacketTypes.DISCONNECT)
+        props.SessionExpiryInterval = 0
+        self.client.disconnect(properties=props)
+        self.client.loop_stop()
+        log.info("worker %s retired: %d queued messages stored, session ended",
+                 self.config.name, handled)
+        return handled
 
     def stop(self) -> None:
         """Disconnect cleanly (unacked messages stay with the broker for the next start)."""

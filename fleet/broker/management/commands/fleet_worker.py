@@ -35,6 +35,9 @@ class Command(BaseCommand):
                             help="stable client id: a restarted worker resumes its session")
         parser.add_argument("--no-jobs", action="store_true", help="no conversion jobs")
         parser.add_argument("--no-rollouts", action="store_true", help="no rollout controller")
+        parser.add_argument("--retire", action="store_true",
+                            help="take the worker NAME out of service for good: store what its "
+                                 "broker session still holds, then end the session")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         name = opts["name"]
@@ -55,6 +58,10 @@ class Command(BaseCommand):
         delivery = OtaDelivery(worker, consumers.directory, consumers.counters, owner=name)
         consumers.register(Channel.OTA_GET, delivery.consume_chunk_requests)
         consumers.register(Channel.OTA_REPORT, delivery.consume_reports)
+        if opts["retire"]:
+            handled = worker.retire()
+            self.stdout.write(f"worker {name} retired ({handled} queued messages stored)\n")
+            return
         if not opts["no_jobs"]:
             threading.Thread(target=_jobs_loop, args=(name, stop), daemon=True,
                              name="jobs").start()
