@@ -36,11 +36,11 @@ static void rebuild_keyring(tml_device_t *d)
     const tml_meta_t *m = &d->slots.meta;
     for (size_t i = 0; i < d->cfg.builtin_count && i < TML_MAX_BUILTIN_KEYS; i++) {
         if (!(m->retired_builtin & (1U << i))) {
-            d->keys[n++] = d->cfg.builtin_keys[i];
+            d->keys[n++] = &d->cfg.builtin_keys[i];
         }
     }
     for (size_t i = 0; i < m->rotated_count; i++) {
-        d->keys[n++] = m->rotated[i];
+        d->keys[n++] = &m->rotated[i];
     }
     d->keyring.keys = d->keys;
     d->keyring.count = n;
@@ -403,26 +403,30 @@ void tml_device_poll(tml_device_t *d)
     }
 }
 
+/* Milliseconds from now until `period` has passed since `start` (0: it has). */
+static uint32_t remaining(uint32_t now, uint32_t start, uint32_t period)
+{
+    uint32_t since = now - start;
+    return since >= period ? 0 : period - since;
+}
+
 uint32_t tml_device_next_ms(const tml_device_t *d)
 {
     uint32_t now = tml_platform_millis();
-    uint32_t next = tml_link_next_ms(&d->link, now);
+    uint32_t next = tml_link_next_ms(&d->link, now), t;
     bool free = !tml_link_busy(&d->link);
     if (free && (d->hello_due || d->report_count || d->status_due ||
                  (d->request_due && d->ota.state == TML_OTA_DOWNLOADING) || batch_due(d, now))) {
         return 0;
     }
-    uint32_t since = now - d->last_infer;
-    uint32_t t = since >= TML_INFER_PERIOD_MS ? 0 : TML_INFER_PERIOD_MS - since;
+    t = remaining(now, d->last_infer, TML_INFER_PERIOD_MS);
     next = t < next ? t : next;
     if (free && d->event_count) {
-        since = now - d->batch_started;
-        t = since >= TML_BATCH_MAX_AGE_MS ? 0 : TML_BATCH_MAX_AGE_MS - since;
+        t = remaining(now, d->batch_started, TML_BATCH_MAX_AGE_MS);
         next = t < next ? t : next;
     }
     if (d->ota.state == TML_OTA_DOWNLOADING && !d->request_due) {
-        since = now - d->request_at;
-        t = since >= TML_OTA_CHUNK_TIMEOUT_MS ? 0 : TML_OTA_CHUNK_TIMEOUT_MS - since;
+        t = remaining(now, d->request_at, TML_OTA_CHUNK_TIMEOUT_MS);
         next = t < next ? t : next;
     }
     return next;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #define RTO_MAX_SHIFT 3
+#define WIRE_CHUNK 64 /* bytes handed to the writer at once */
 
 uint32_t tml_crc32(uint32_t crc, const void *data, size_t len)
 {
@@ -65,50 +66,40 @@ static void put_le32(uint8_t *p, uint32_t v)
     }
 }
 
+/* Add one byte to the wire buffer, writing the buffer out first when it is full. */
+static void put_wire(tml_link_t *l, uint8_t *buf, size_t *n, uint8_t b)
+{
+    if (*n == WIRE_CHUNK) {
+        l->write(l->write_ctx, buf, *n);
+        *n = 0;
+    }
+    buf[(*n)++] = b;
+}
+
 /* COBS-encode body straight to the wire, in pieces through a small buffer. */
 static void write_frame(tml_link_t *l, const uint8_t *body, size_t len)
 {
-    uint8_t buf[64];
+    uint8_t buf[WIRE_CHUNK];
     size_t n = 0, i = 0;
-    buf[n++] = 0; /* a leading delimiter ends any noise the receiver has buffered */
+    put_wire(l, buf, &n, 0); /* a leading delimiter ends any noise the receiver has buffered */
     for (;;) {
         size_t run = 0;
         while (i + run < len && body[i + run] != 0 && run < 254) {
             run++;
         }
-        if (n == sizeof(buf)) {
-            l->write(l->write_ctx, buf, n);
-            n = 0;
-        }
-        buf[n++] = (uint8_t)(run + 1);
+        put_wire(l, buf, &n, (uint8_t)(run + 1));
         for (size_t k = 0; k < run; k++) {
-            if (n == sizeof(buf)) {
-                l->write(l->write_ctx, buf, n);
-                n = 0;
-            }
-            buf[n++] = body[i + k];
+            put_wire(l, buf, &n, body[i + k]);
         }
         i += run;
         if (i == len) {
             break;
         }
         if (run < 254) {
-            i++;
-            if (i == len) { /* a trailing zero byte needs an empty last block */
-                if (n == sizeof(buf)) {
-                    l->write(l->write_ctx, buf, n);
-                    n = 0;
-                }
-                buf[n++] = 1;
-                break;
-            }
+            i++; /* the zero the block's code stands for (a trailing one: an empty last block) */
         }
     }
-    if (n == sizeof(buf)) {
-        l->write(l->write_ctx, buf, n);
-        n = 0;
-    }
-    buf[n++] = 0;
+    put_wire(l, buf, &n, 0);
     l->write(l->write_ctx, buf, n);
 }
 

@@ -250,18 +250,17 @@ tml_reason_t tml_lz_feed(tml_lz_t *d, const uint8_t *data, size_t len, bool fina
                 if (fin) {
                     return TML_REASON_DECODE_ERROR;
                 }
-                memmove(d->in, d->in + rc.ip, d->in_len - rc.ip);
-                d->in_len = (uint8_t)(d->in_len - rc.ip);
-                return TML_REASON_OK;
+                /* Too few bytes yet: they are kept below, and the next call goes on. */
+            } else {
+                const uint8_t *s = d->in + rc.ip;
+                d->code = (uint32_t)s[1] << 24 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 8 | s[4];
+                if (s[0] != 0 || d->code == 0xFFFFFFFFUL) {
+                    return TML_REASON_DECODE_ERROR;
+                }
+                d->range = 0xFFFFFFFFUL;
+                rc.ip += 5;
+                d->stage = STAGE_TOKENS;
             }
-            const uint8_t *s = d->in + rc.ip;
-            d->code = (uint32_t)s[1] << 24 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 8 | s[4];
-            if (s[0] != 0 || d->code == 0xFFFFFFFFUL) {
-                return TML_REASON_DECODE_ERROR;
-            }
-            d->range = 0xFFFFFFFFUL;
-            rc.ip += 5;
-            d->stage = STAGE_TOKENS;
         }
         models(d, &m);
         while (d->stage == STAGE_TOKENS && d->pos < d->size &&

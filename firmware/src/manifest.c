@@ -6,6 +6,7 @@
  */
 #include "tml/manifest.h"
 
+#include <stddef.h>
 #include <string.h>
 
 #include "tml/cbor.h"
@@ -137,8 +138,8 @@ static const tml_key_t *find_key(const tml_keyring_t *ring, const uint8_t *kid, 
         return NULL;
     }
     for (size_t i = 0; i < ring->count; i++) {
-        if (memcmp(ring->keys[i].kid, kid, TML_KEY_ID_BYTES) == 0) {
-            return &ring->keys[i];
+        if (memcmp(ring->keys[i]->kid, kid, TML_KEY_ID_BYTES) == 0) {
+            return ring->keys[i];
         }
     }
     return NULL;
@@ -280,43 +281,68 @@ static bool text_field(const fields_t *f, int key, tml_cbor_item_t *it)
            it->arg <= TML_MANIFEST_MAX_TEXT_BYTES;
 }
 
+/* Kinds of payload field, as Manifest.decode reads them. */
+enum { F_U64, F_U32, F_ENCODING, F_TEXT, F_DIGEST, F_BASE_DIGEST };
+
+/* The v1 payload fields: key, kind and place in tml_manifest_t (texts are checked, not kept).
+ * A table rather than a call per field: the same checks in less code. */
+static const struct {
+    uint8_t key, kind, offset;
+} manifest_fields[] = {
+    {TML_K_SEQUENCE, F_U64, offsetof(tml_manifest_t, sequence)},
+    {TML_K_MODEL_NAME, F_TEXT, 0},
+    {TML_K_MODEL_VERSION, F_TEXT, 0},
+    {TML_K_HARDWARE, F_TEXT, 0},
+    {TML_K_MODEL_SHA256, F_DIGEST, offsetof(tml_manifest_t, model_sha256)},
+    {TML_K_MODEL_SIZE, F_U32, offsetof(tml_manifest_t, model_size)},
+    {TML_K_ENCODING, F_ENCODING, offsetof(tml_manifest_t, encoding)},
+    {TML_K_TRANSFER_SHA256, F_DIGEST, offsetof(tml_manifest_t, transfer_sha256)},
+    {TML_K_TRANSFER_SIZE, F_U32, offsetof(tml_manifest_t, transfer_size)},
+    {TML_K_BASE_SHA256, F_BASE_DIGEST, offsetof(tml_manifest_t, base_sha256)},
+    {TML_K_ARENA_BYTES, F_U32, offsetof(tml_manifest_t, arena_bytes)},
+    {TML_K_EXPIRES_AT, F_U64, offsetof(tml_manifest_t, expires_at)},
+    {TML_K_PACKAGE_ID, F_U64, offsetof(tml_manifest_t, package_id)},
+};
+
 /* Manifest.decode: every required field present and of its wire type. */
 static tml_reason_t decode_manifest(const fields_t *f, tml_manifest_t *m, tml_cbor_item_t *hw)
 {
-    uint64_t v;
-    tml_cbor_item_t text;
     memset(m, 0, sizeof(*m));
-    if (!uint_field(f, TML_K_SEQUENCE, UINT64_MAX, &m->sequence) ||
-        !text_field(f, TML_K_MODEL_NAME, &text) || !text_field(f, TML_K_MODEL_VERSION, &text) ||
-        !text_field(f, TML_K_HARDWARE, hw) ||
-        !bytes_field(f, TML_K_MODEL_SHA256, 32, m->model_sha256) ||
-        !uint_field(f, TML_K_MODEL_SIZE, UINT32_MAX, &v)) {
-        return TML_REASON_MANIFEST_MALFORMED;
-    }
-    m->model_size = (uint32_t)v;
-    if (!uint_field(f, TML_K_ENCODING, TML_ENCODING_DELTA, &v)) {
-        return TML_REASON_MANIFEST_MALFORMED;
-    }
-    m->encoding = (uint8_t)v;
-    if (!bytes_field(f, TML_K_TRANSFER_SHA256, 32, m->transfer_sha256) ||
-        !uint_field(f, TML_K_TRANSFER_SIZE, UINT32_MAX, &v)) {
-        return TML_REASON_MANIFEST_MALFORMED;
-    }
-    m->transfer_size = (uint32_t)v;
-    if (f->val[TML_K_BASE_SHA256]) {
-        if (!bytes_field(f, TML_K_BASE_SHA256, 32, m->base_sha256)) {
+    for (size_t i = 0; i < sizeof(manifest_fields) / sizeof(manifest_fields[0]); i++) {
+        int key = manifest_fields[i].key, kind = manifest_fields[i].kind;
+        uint8_t *dst = (uint8_t *)m + manifest_fields[i].offset;
+        tml_cbor_item_t text;
+        uint64_t v = 0;
+        bool ok;
+        if (kind == F_BASE_DIGEST && !f->val[key]) {
+            continue; /* the one optional field */
+        }
+        if (kind == F_TEXT) {
+            ok = text_field(f, key, &text);
+            if (key == TML_K_HARDWARE) {
+                *hw = text;
+            }
+        } else if (kind >= F_DIGEST) {
+            ok = bytes_field(f, key, 32, dst);
+        } else {
+            ok = uint_field(f, key,
+                            kind == F_U64   ? UINT64_MAX
+                            : kind == F_U32 ? UINT32_MAX
+                                            : TML_ENCODING_DELTA,
+                            &v);
+        }
+        if (!ok) {
             return TML_REASON_MANIFEST_MALFORMED;
         }
-        m->has_base = true;
+        if (kind == F_U64) {
+            *(uint64_t *)(void *)dst = v;
+        } else if (kind == F_U32) {
+            *(uint32_t *)(void *)dst = (uint32_t)v;
+        } else if (kind == F_ENCODING) {
+            *dst = (uint8_t)v;
+        }
     }
-    if (!uint_field(f, TML_K_ARENA_BYTES, UINT32_MAX, &v)) {
-        return TML_REASON_MANIFEST_MALFORMED;
-    }
-    m->arena_bytes = (uint32_t)v;
-    if (!uint_field(f, TML_K_EXPIRES_AT, UINT64_MAX, &m->expires_at) ||
-        !uint_field(f, TML_K_PACKAGE_ID, UINT64_MAX, &m->package_id)) {
-        return TML_REASON_MANIFEST_MALFORMED;
-    }
+    m->has_base = f->val[TML_K_BASE_SHA256] != NULL;
     if ((m->encoding == TML_ENCODING_DELTA) != m->has_base) {
         return TML_REASON_MANIFEST_MALFORMED;
     }
@@ -336,7 +362,7 @@ tml_reason_t tml_manifest_check(const uint8_t *cose, size_t len,
 {
     sign1_t msg;
     fields_t f;
-    tml_cbor_item_t hw;
+    tml_cbor_item_t hw = {0};
     tml_reason_t why = parse_sign1(cose, len, &msg);
     if (why == TML_REASON_OK) {
         why = check_algorithm(&msg);

@@ -16,35 +16,29 @@ tml_status_t tml_status_encode(const tml_status_msg_t *s, uint8_t *out, size_t c
         s->seq > (uint64_t)INT64_MAX) {
         return TML_ERR_RANGE;
     }
+    /*
+     * RFC 8949 canonical order (shorter encoded key first, then bytewise), as cbor2 writes:
+     * "ops", the unsigned entries (a table: smaller code than a call pair each), the two texts.
+     */
+    static const char *const keys[] = {"seq", "slot", "model", "state", "free_ram", "uptime_s",
+                                       "slot_bytes", "arena_bytes", "pointer_bits"};
+    enum { MODEL = 2 }; /* keys[MODEL] is left out when no model runs */
+    const uint64_t values[] = {s->seq, s->slot, s->model, TML_LINK_STATE_ONLINE, s->free_ram,
+                               s->uptime_s, s->slot_bytes, s->arena_bytes, s->pointer_bits};
     tml_cbor_writer_t w;
     tml_cbor_writer_init(&w, out, cap);
-    /* RFC 8949 canonical order (shorter encoded key first, then bytewise), as cbor2 writes. */
     tml_cbor_put_head(&w, TML_CBOR_MAP, s->has_model ? 12 : 11);
     tml_cbor_put_text(&w, "ops");
     tml_cbor_put_head(&w, TML_CBOR_ARRAY, s->op_count);
     for (size_t i = 0; i < s->op_count; i++) {
         tml_cbor_put_text(&w, s->ops[i]);
     }
-    tml_cbor_put_text(&w, "seq");
-    tml_cbor_put_uint(&w, s->seq);
-    tml_cbor_put_text(&w, "slot");
-    tml_cbor_put_uint(&w, s->slot);
-    if (s->has_model) {
-        tml_cbor_put_text(&w, "model");
-        tml_cbor_put_uint(&w, s->model);
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        if (i != MODEL || s->has_model) {
+            tml_cbor_put_text(&w, keys[i]);
+            tml_cbor_put_uint(&w, values[i]);
+        }
     }
-    tml_cbor_put_text(&w, "state");
-    tml_cbor_put_uint(&w, TML_LINK_STATE_ONLINE);
-    tml_cbor_put_text(&w, "free_ram");
-    tml_cbor_put_uint(&w, s->free_ram);
-    tml_cbor_put_text(&w, "uptime_s");
-    tml_cbor_put_uint(&w, s->uptime_s);
-    tml_cbor_put_text(&w, "slot_bytes");
-    tml_cbor_put_uint(&w, s->slot_bytes);
-    tml_cbor_put_text(&w, "arena_bytes");
-    tml_cbor_put_uint(&w, s->arena_bytes);
-    tml_cbor_put_text(&w, "pointer_bits");
-    tml_cbor_put_uint(&w, s->pointer_bits);
     tml_cbor_put_text(&w, "tflm_version");
     tml_cbor_put_text(&w, s->tflm_version);
     tml_cbor_put_text(&w, "firmware_version");
@@ -67,6 +61,19 @@ tml_status_t tml_hello_encode(const char *uid, uint32_t mtu, uint8_t *out, size_
     return tml_cbor_finish(&w, out_len);
 }
 
+/* Encode the array [a, b, c] of unsigned integers (a chunk request, a report). */
+static tml_status_t encode_uint3(uint32_t a, uint32_t b, uint32_t c, uint8_t *out, size_t cap,
+                                 size_t *out_len)
+{
+    tml_cbor_writer_t w;
+    tml_cbor_writer_init(&w, out, cap);
+    tml_cbor_put_head(&w, TML_CBOR_ARRAY, 3);
+    tml_cbor_put_uint(&w, a);
+    tml_cbor_put_uint(&w, b);
+    tml_cbor_put_uint(&w, c);
+    return tml_cbor_finish(&w, out_len);
+}
+
 tml_status_t tml_chunk_request_encode(uint32_t pkg, uint32_t offset, uint32_t length,
                                       uint8_t *out, size_t cap, size_t *out_len)
 {
@@ -74,13 +81,7 @@ tml_status_t tml_chunk_request_encode(uint32_t pkg, uint32_t offset, uint32_t le
         (uint64_t)offset + length > TML_MAX_TRANSFER_BYTES) {
         return TML_ERR_RANGE;
     }
-    tml_cbor_writer_t w;
-    tml_cbor_writer_init(&w, out, cap);
-    tml_cbor_put_head(&w, TML_CBOR_ARRAY, 3);
-    tml_cbor_put_uint(&w, pkg);
-    tml_cbor_put_uint(&w, offset);
-    tml_cbor_put_uint(&w, length);
-    return tml_cbor_finish(&w, out_len);
+    return encode_uint3(pkg, offset, length, out, cap, out_len);
 }
 
 tml_status_t tml_report_encode(uint32_t pkg, uint8_t state, uint16_t detail, uint8_t *out,
@@ -89,13 +90,7 @@ tml_status_t tml_report_encode(uint32_t pkg, uint8_t state, uint16_t detail, uin
     if (pkg > TML_MAX_PACKAGE_ID || state > TML_STATE_ROLLED_BACK) {
         return TML_ERR_RANGE;
     }
-    tml_cbor_writer_t w;
-    tml_cbor_writer_init(&w, out, cap);
-    tml_cbor_put_head(&w, TML_CBOR_ARRAY, 3);
-    tml_cbor_put_uint(&w, pkg);
-    tml_cbor_put_uint(&w, state);
-    tml_cbor_put_uint(&w, detail);
-    return tml_cbor_finish(&w, out_len);
+    return encode_uint3(pkg, state, detail, out, cap, out_len);
 }
 
 tml_status_t tml_chunk_decode(const uint8_t *msg, size_t len, uint32_t *pkg, uint32_t *offset,

@@ -18,43 +18,33 @@ static uint32_t meta_crc(const tml_meta_t *m)
     return tml_crc32(0, m, offsetof(tml_meta_t, crc));
 }
 
-/* Check a copy in place (CRC streamed from flash), so no second record sits in RAM. */
-static bool copy_valid(uint8_t copy, uint32_t *generation)
+/* Read one copy into s->meta and return whether it is intact: magic, CRC, sane fields. */
+static bool read_copy(tml_slots_t *s, uint8_t copy)
 {
-    uint32_t base = copy * tml_platform_flash_sector(TML_AREA_META);
-    uint8_t buf[32];
-    uint32_t head[2], crc = 0, stored;
-    size_t body = offsetof(tml_meta_t, crc);
-    if (tml_platform_flash_read(TML_AREA_META, base, head, sizeof(head)) != TML_OK ||
-        head[0] != TML_META_MAGIC ||
-        tml_platform_flash_read(TML_AREA_META, base + body, &stored, 4) != TML_OK) {
-        return false;
-    }
-    for (size_t off = 0; off < body; off += sizeof(buf)) {
-        size_t n = body - off < sizeof(buf) ? body - off : sizeof(buf);
-        if (tml_platform_flash_read(TML_AREA_META, base + off, buf, n) != TML_OK) {
-            return false;
-        }
-        crc = tml_crc32(crc, buf, n);
-    }
-    *generation = head[1];
-    return crc == stored;
+    tml_meta_t *m = &s->meta;
+    uint32_t sector = tml_platform_flash_sector(TML_AREA_META);
+    return tml_platform_flash_read(TML_AREA_META, copy * sector, m, sizeof(*m)) == TML_OK &&
+           m->magic == TML_META_MAGIC && m->crc == meta_crc(m) &&
+           (m->active <= 1 || m->active == TML_SLOT_NONE) &&
+           (m->trial <= 1 || m->trial == TML_SLOT_NONE) && m->rotated_count <= TML_MAX_ROTATED_KEYS;
 }
 
 tml_status_t tml_slots_load(tml_slots_t *s)
 {
-    uint32_t g0 = 0, g1 = 0;
-    bool ok0 = copy_valid(0, &g0), ok1 = copy_valid(1, &g1);
+    /*
+     * Both copies pass through the one record in RAM: copy 1 first, so that copy 0, read last,
+     * needs no second read when it is the newer (generations wrap: compared signed).
+     */
     tml_meta_t *m = &s->meta;
-    if (ok0 || ok1) {
-        s->copy = (uint8_t)(ok1 && (!ok0 || (int32_t)(g1 - g0) > 0));
-        uint32_t sector = tml_platform_flash_sector(TML_AREA_META);
-        if (tml_platform_flash_read(TML_AREA_META, s->copy * sector, m, sizeof(*m)) == TML_OK &&
-            m->crc == meta_crc(m) && (m->active <= 1 || m->active == TML_SLOT_NONE) &&
-            (m->trial <= 1 || m->trial == TML_SLOT_NONE) &&
-            m->rotated_count <= TML_MAX_ROTATED_KEYS) {
-            return TML_OK;
-        }
+    bool ok1 = read_copy(s, 1);
+    uint32_t g1 = m->generation;
+    if (read_copy(s, 0) && (!ok1 || (int32_t)(g1 - m->generation) <= 0)) {
+        s->copy = 0;
+        return TML_OK;
+    }
+    if (ok1 && read_copy(s, 1)) {
+        s->copy = 1;
+        return TML_OK;
     }
     memset(m, 0, sizeof(*m));
     m->magic = TML_META_MAGIC;

@@ -27,6 +27,32 @@ static const char *const sha512_out[] = {
     "e718483d0ce769644e2e42c7bc15b4638e1f98b13b2044285632a803afa973ebde0ff244877ea60a4cb0432ce577"
     "c31beb009c5c2c49aa2e4eadb217ad8cc09b"};
 
+/* Padding boundaries: "a" * n for these n (a length field that no longer fits, exact blocks),
+ * digests from Python's hashlib. */
+static const size_t pad_lens[] = {55, 56, 64, 111, 112, 128};
+static const char *const pad_sha256[] = {
+    "9f4390f8d30c2dd92ec9f095b65e2b9ae9b0a925a5258e241c9f1e910f734318",
+    "b35439a4ac6f0948b6d6f9e3c6af0f5f590ce20f1bde7090ef7970686ec6738a",
+    "ffe054fe7ae0cb6dc65c3af9b61d5209f439851db43d0ba5997337df154668eb",
+    "6374f73208854473827f6f6a3f43b1f53eaa3b82c21c1a6d69a2110b2a79baad",
+    "f54353008a2553262ecdc4a34749563ba0950e8b0fc8652780b0a614b99683c1",
+    "6836cf13bac400e9105071cd6af47084dfacad4e5e302c94bfed24e013afb73e",
+};
+static const char *const pad_sha512[] = {
+    "b0220c772cbf6c1822e2cb38a437d0e1d58772417a4bbb21c961364f8b6143e0"
+    "5aa6316dca8d1d7b19e16448419076395f6086cb55101fbd6d5497b148e1745f",
+    "962b64aae357d2a4fee3ded8b539bdc9d325081822b0bfc55583133aab44f18b"
+    "afe11d72a7ae16c79ce2ba620ae2242d5144809161945f1367f41b3972e26e04",
+    "01d35c10c6c38c2dcf48f7eebb3235fb5ad74a65ec4cd016e2354c637a8fb49b"
+    "695ef3c1d6f7ae4cd74d78cc9c9bcac9d4f23a73019998a7f73038a5c9b2dbde",
+    "fa9121c7b32b9e01733d034cfc78cbf67f926c7ed83e82200ef8681819692176"
+    "0b4beff48404df811b953828274461673c68d04e297b0eb7b2b4d60fc6b566a2",
+    "c01d080efd492776a1c43bd23dd99d0a2e626d481e16782e75d54c2503b5dc32"
+    "bd05f0f1ba33e568b88fd2d970929b719ecbb152f58f130a407c8830604b70ca",
+    "b73d1929aa615934e61a871596b3f3b33359f42b8175602e89f7e06e5f658a24"
+    "3667807ed300314b95cacdd579f3e33abdfbe351909519a846d465c59582f321",
+};
+
 /* RFC 8032 7.1: TEST 1, 2, 3 and TEST SHA(abc): public key, message, signature. */
 static const char *const ed[][3] = {
     {"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a", "",
@@ -84,6 +110,28 @@ void suite_crypto(void)
             tml_sha512_final(&c, d);
         }
         hex_eq(d, sha512_out[i], 64);
+    }
+    for (size_t i = 0; i < sizeof(pad_lens) / sizeof(pad_lens[0]); i++) {
+        tml_sha256_t c256;
+        tml_sha512_t c512;
+        tml_case("crypto", "sha256_padding_boundaries");
+        tml_sha256(million, pad_lens[i], d);
+        hex_eq(d, pad_sha256[i], 32);
+        tml_sha256_init(&c256); /* byte by byte: every split of the block buffer */
+        for (size_t k = 0; k < pad_lens[i]; k++) {
+            tml_sha256_update(&c256, million + k, 1);
+        }
+        tml_sha256_final(&c256, d);
+        hex_eq(d, pad_sha256[i], 32);
+        tml_case("crypto", "sha512_padding_boundaries");
+        tml_sha512(million, pad_lens[i], d);
+        hex_eq(d, pad_sha512[i], 64);
+        tml_sha512_init(&c512);
+        for (size_t k = 0; k < pad_lens[i]; k++) {
+            tml_sha512_update(&c512, million + k, 1);
+        }
+        tml_sha512_final(&c512, d);
+        hex_eq(d, pad_sha512[i], 64);
     }
     for (size_t i = 0; i < sizeof(ed) / sizeof(ed[0]); i++) {
         uint8_t pk[32], sig[64], msg[64];

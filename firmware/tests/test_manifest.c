@@ -5,6 +5,7 @@
 #include "tml/manifest.h"
 #include "tml/reasons.h"
 #include "tml_test.h"
+#include "trusted_keys.h"
 
 static size_t load_keys(tml_key_t *keys, size_t cap)
 {
@@ -40,11 +41,21 @@ void suite_manifest(void)
 {
     static uint8_t cose[20000];
     tml_key_t keys[4];
-    tml_keyring_t ring = {keys, load_keys(keys, 4)};
+    const tml_key_t *refs[4] = {&keys[0], &keys[1], &keys[2], &keys[3]};
+    tml_keyring_t ring = {refs, load_keys(keys, 4)};
     vec_file_t f;
     vec_record_t r;
     tml_case("manifest", "trusted_keys_loaded");
     CHECK_EQ(ring.count, 2);
+    tml_case("manifest", "builtin_key_ids_computed_at_build_time_match_tml_key_id");
+    size_t nbuiltin;
+    const tml_key_t *builtin = tml_trusted_keys(&nbuiltin);
+    CHECK(nbuiltin >= 1);
+    for (size_t i = 0; i < nbuiltin; i++) {
+        uint8_t kid[TML_KEY_ID_BYTES];
+        tml_key_id(builtin[i].public_key, kid);
+        CHECK(memcmp(kid, builtin[i].kid, TML_KEY_ID_BYTES) == 0);
+    }
     if (!vec_open(&f, "manifests.vec")) {
         return;
     }

@@ -46,8 +46,8 @@ typedef struct {
     tml_link_t link;
     tml_slots_t slots;
     tml_ota_t ota;
-    tml_key_t keys[TML_MAX_BUILTIN_KEYS + TML_MAX_ROTATED_KEYS];
-    tml_keyring_t keyring;
+    const tml_key_t *keys[TML_MAX_BUILTIN_KEYS + TML_MAX_ROTATED_KEYS]; /**< the keyring's */
+    tml_keyring_t keyring; /**< built-in keys not retired, then rotated ones (in slots.meta) */
     uint8_t running; /**< slot whose model is loaded, or TML_SLOT_NONE */
     bool hello_due, status_due, request_due;
     bool time_synced;

@@ -25,9 +25,12 @@ typedef struct {
     uint8_t public_key[32];
 } tml_key_t;
 
-/** @brief The keys a device trusts (caller-owned array). */
+/**
+ * @brief The keys a device trusts: pointers, so built-in keys stay in flash and rotated ones in
+ * the metadata without a copy of either (the array and the keys are owned by the caller).
+ */
 typedef struct {
-    const tml_key_t *keys;
+    const tml_key_t *const *keys;
     size_t count;
 } tml_keyring_t;
 

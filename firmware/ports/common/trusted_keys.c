@@ -1,20 +1,19 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Built-in trusted keys: the bytes come from a header the Makefile generates (TRUSTED_KEYS). */
+/*
+ * Built-in trusted keys: a read-only table (flash, not RAM) from a header the Makefile
+ * generates from TRUSTED_KEYS with tools/trusted_keys.py, key ids included.
+ */
 #include "trusted_keys.h"
-
-#include <string.h>
 
 #include "trusted_keys_data.h"
 
-static const uint8_t public_keys[][32] = TML_TRUSTED_KEY_BYTES;
+TML_STATIC_ASSERT(TML_TRUSTED_KEY_COUNT >= 1 && TML_TRUSTED_KEY_COUNT <= TML_MAX_BUILTIN_KEYS,
+                  "TRUSTED_KEYS holds 1..TML_MAX_BUILTIN_KEYS keys");
 
-size_t tml_trusted_keys(tml_key_t *keys, size_t cap)
+static const tml_key_t keys[TML_TRUSTED_KEY_COUNT] = TML_TRUSTED_KEYS;
+
+const tml_key_t *tml_trusted_keys(size_t *count)
 {
-    size_t n = sizeof(public_keys) / sizeof(public_keys[0]);
-    n = n < cap ? n : cap;
-    for (size_t i = 0; i < n; i++) {
-        memcpy(keys[i].public_key, public_keys[i], 32);
-        tml_key_id(keys[i].public_key, keys[i].kid);
-    }
-    return n;
+    *count = TML_TRUSTED_KEY_COUNT;
+    return keys;
 }

@@ -8,14 +8,14 @@
 
 #include <stddef.h>
 
+#include "tml/config.h"
 #include "tml/manifest.h"
 
 /**
- * @brief Fill keys with the built-in public keys and their key ids.
- * @param keys destination (owned by the caller)
- * @param cap its capacity
- * @return number of keys written
+ * @brief Return the built-in public keys with their key ids (computed at build time).
+ * @param count set to the number of keys (1..TML_MAX_BUILTIN_KEYS)
+ * @return a static read-only table, valid for the program's life (pass it as builtin_keys)
  */
-size_t tml_trusted_keys(tml_key_t *keys, size_t cap);
+const tml_key_t *tml_trusted_keys(size_t *count);
 
 #endif /* TML_TRUSTED_KEYS_H */

@@ -66,8 +66,8 @@ int main(int argc, char **argv)
         int c = listen_once(port);
         tml_posix_uart_fds(c, c);
     }
-    tml_key_t keys[TML_MAX_BUILTIN_KEYS];
-    size_t nkeys = tml_trusted_keys(keys, TML_MAX_BUILTIN_KEYS);
+    size_t nkeys;
+    const tml_key_t *keys = tml_trusted_keys(&nkeys);
     tml_device_config_t cfg = {uid, profile, tml_runner_test_source(), keys, nkeys, 64};
     if (tml_device_init(&device, &cfg, uart_write, NULL) != TML_OK) {
         fprintf(stderr, "boot failed: flash error\n");

@@ -1,5 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The device on an emulated Cortex-M3: the core loop over UART0, sleeping in wfi. */
+/*
+ * The device on an emulated Cortex-M3: the core loop over UART0, sleeping in wfi. The hardware
+ * profile and device id come from the Makefile (HARDWARE_PROFILE, DEVICE_UID).
+ */
 #include "mps2.h"
 #include "tml/device.h"
 #include "tml/platform.h"
@@ -15,9 +18,9 @@ static void uart_write(void *ctx, const uint8_t *data, size_t len)
 
 int main(void)
 {
-    static tml_key_t keys[TML_MAX_BUILTIN_KEYS];
+    size_t nkeys;
+    const tml_key_t *keys = tml_trusted_keys(&nkeys);
     tml_mps2_init();
-    size_t nkeys = tml_trusted_keys(keys, TML_MAX_BUILTIN_KEYS);
     tml_device_config_t cfg = {TML_DEVICE_UID, TML_HARDWARE_PROFILE, tml_runner_test_source(),
                                keys, nkeys, 32};
     if (tml_device_init(&device, &cfg, uart_write, NULL) != TML_OK) {

@@ -125,28 +125,30 @@ uint32_t tml_platform_flash_sector(int area)
     return SECTOR;
 }
 
-static int in_area(int area, uint32_t offset, size_t len)
+/* Where [offset, offset + len) of an area is, or NULL when it is not inside the area. */
+static uint8_t *area_at(int area, uint32_t offset, size_t len)
 {
     uint32_t size = tml_platform_flash_size(area);
-    return size && offset <= size && len <= size - offset;
+    return size && offset <= size && len <= size - offset ? area_base(area) + offset : NULL;
 }
 
 tml_status_t tml_platform_flash_read(int area, uint32_t offset, void *buf, size_t len)
 {
-    if (!in_area(area, offset, len)) {
+    const uint8_t *p = area_at(area, offset, len);
+    if (!p) {
         return TML_ERR_ARG;
     }
-    memcpy(buf, area_base(area) + offset, len);
+    memcpy(buf, p, len);
     return TML_OK;
 }
 
 tml_status_t tml_platform_flash_write(int area, uint32_t offset, const void *data, size_t len)
 {
-    if (!in_area(area, offset, len)) {
+    uint8_t *p = area_at(area, offset, len);
+    const uint8_t *d = data;
+    if (!p) {
         return TML_ERR_ARG;
     }
-    uint8_t *p = area_base(area) + offset;
-    const uint8_t *d = data;
     for (size_t i = 0; i < len; i++) {
         p[i] &= d[i];
     }
@@ -155,10 +157,11 @@ tml_status_t tml_platform_flash_write(int area, uint32_t offset, const void *dat
 
 tml_status_t tml_platform_flash_erase(int area, uint32_t offset, size_t len)
 {
-    if (!in_area(area, offset, len) || offset % SECTOR || len % SECTOR) {
+    uint8_t *p = area_at(area, offset, len);
+    if (!p || offset % SECTOR || len % SECTOR) {
         return TML_ERR_ARG;
     }
-    memset(area_base(area) + offset, 0xFF, len);
+    memset(p, 0xFF, len);
     return TML_OK;
 }
 
