@@ -8,9 +8,11 @@ served once the carousel has sent one full package length after that point, wher
 package the turn began (devices keep chunks at their offsets).
 
 So a wave costs about one turn however many devices it has: the carousel waits a moment for
-the devices still checking their offer to join (``max_wait_s`` at most) and then serves them
-all with the same bytes; a late joiner extends the turn by the part it missed, not by a new
-one. Lost chunks (QoS 0) are repaired by the device's own requests.
+the devices still checking their offer, or still due one, to join (``max_wait_s`` at most)
+and then serves them all with the same bytes; a late joiner extends the turn by the part it
+missed, not by a new one. A rate-limited rollout thus costs one turn per ``max_wait_s`` of
+offering at most, whatever the fleet size. Lost chunks are repaired by the device's own
+requests.
 
 This module is pure logic (no database, no broker) so the schedule is unit-tested on its own;
 ``ota.rollouts.delivery`` feeds it joins and publishes what it returns.
@@ -67,7 +69,7 @@ class PackageCarousel:
         """Bytes still to send before every joined device has had a full turn."""
         return max(0, self.stop_at - self.sent)
 
-    def should_run(self, now: datetime, others_checking: bool, max_wait: timedelta) -> bool:
+    def should_run(self, now: datetime, more_coming: bool, max_wait: timedelta) -> bool:
         """Start (or keep) turning: a joiner waits, and nobody else is about to join or the
         first joiner has waited ``max_wait``."""
         if self.pending == 0:
@@ -76,7 +78,7 @@ class PackageCarousel:
             return False
         if not self.running:
             waited = now - (self.waiting_since or now)
-            if others_checking and waited < max_wait:
+            if more_coming and waited < max_wait:
                 return False
             self.running = True
             self.waiting_since = None

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from collections import Counter, OrderedDict
 
 from django.db import transaction
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from device_sdk.protocol.limits import MAX_CHUNK_BYTES
@@ -179,15 +180,14 @@ class OtaDelivery:
                 joins = joins.filter(state_changed_at__gte=carousel.newest_join - JOIN_SLACK)
             for key, at in joins.values_list("id", "state_changed_at"):
                 carousel.join(key, at or now, now)
-            checking = carousel.pending > 0 and not carousel.running and live.filter(
-                package_id=package_id, state=DeploymentState.OFFERED,
-                offered_at__gt=now - self.offer_grace).exists()
+            more_coming = carousel.pending > 0 and not carousel.running and self._more_coming(
+                live.filter(package_id=package_id), now)
             was_running = carousel.running
-            if carousel.should_run(now, checking, self.max_wait):
+            if carousel.should_run(now, more_coming, self.max_wait):
                 if not was_running:
                     log.info("carousel: package %d turns for %d joined devices (%d bytes to send%s)",
                              package_id, len(carousel.joined), carousel.pending,
-                             ", others still checking their offer" if checking else "")
+                             ", more devices still to join" if more_coming else "")
                 running.append((carousel, package_id, data))
             elif was_running:
                 log.info("carousel: package %d stops after %d bytes in all", package_id,
@@ -207,6 +207,15 @@ class OtaDelivery:
             sent += spent
         self.counters["ota_fanout_bytes"] += sent
         return sent
+
+    def _more_coming(self, deployments: QuerySet[Deployment], now: datetime) -> bool:
+        """Whether more devices may join soon: offered a moment ago and still checking the
+        offer, or due an offer in the current wave (a rate-limited rollout offers a few at a
+        time; their joins are batched into turns ``max_wait`` apart rather than one each)."""
+        return deployments.filter(
+            Q(state=DeploymentState.OFFERED, offered_at__gt=now - self.offer_grace)
+            | Q(state=DeploymentState.PENDING, wave__lte=F("rollout__current_wave"))
+        ).exists()
 
     def _chunk_bytes(self, package_id: int) -> int:
         """Fan-out chunk size: what the package's hardware profile says its devices hold."""

@@ -36,7 +36,7 @@ def test_a_wave_shares_one_turn() -> None:
     carousel = PackageCarousel(size=100_000)
     for key in range(1000):
         carousel.join(key, at(0.001 * key), at(1))
-    assert carousel.should_run(at(1), others_checking=False, max_wait=WAIT)
+    assert carousel.should_run(at(1), more_coming=False, max_wait=WAIT)
     chunks = turn(carousel, 1)
     assert carousel.sent == 100_000  # exactly one turn
     assert covered(chunks, 100_000)
@@ -45,12 +45,12 @@ def test_a_wave_shares_one_turn() -> None:
 def test_waits_for_devices_still_checking_their_offer_but_not_forever() -> None:
     carousel = PackageCarousel(size=10_000)
     carousel.join(1, at(0), at(0))
-    assert not carousel.should_run(at(1), others_checking=True, max_wait=WAIT)
-    assert carousel.should_run(at(1), others_checking=False, max_wait=WAIT)
+    assert not carousel.should_run(at(1), more_coming=True, max_wait=WAIT)
+    assert carousel.should_run(at(1), more_coming=False, max_wait=WAIT)
     carousel = PackageCarousel(size=10_000)
     carousel.join(1, at(0), at(0))
-    assert not carousel.should_run(at(2.9), others_checking=True, max_wait=WAIT)
-    assert carousel.should_run(at(3.1), others_checking=True, max_wait=WAIT)
+    assert not carousel.should_run(at(2.9), more_coming=True, max_wait=WAIT)
+    assert carousel.should_run(at(3.1), more_coming=True, max_wait=WAIT)
 
 
 def test_a_late_joiner_gets_the_part_it_missed_not_a_new_turn() -> None:

@@ -7,6 +7,7 @@ end-to-end rollout tests.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from datetime import timedelta
 from typing import Any
@@ -16,7 +17,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from device_sdk.protocol.ota_messages import ChunkRequest, DeploymentState, decode_chunk, encode_chunk_request
+from device_sdk.protocol.ota_messages import (
+    Chunk, ChunkRequest, DeploymentState, decode_chunk, encode_chunk_request,
+)
 from device_sdk.protocol.reasons import Reason
 from fleet.broker.worker import Received
 from fleet.devices.models import Device, HardwareProfile
@@ -267,3 +270,33 @@ def test_rollout_api_creates_starts_and_controls(versions: Any, fleet_on_v1: lis
     assert (again.status_code, again.json()["reason"]) == (409, "bad_state")
     assert operator_client.post(f"/api/v1/rollouts/{rid}/resume/").json()["state"] == "running"
     assert operator_client.post(f"/api/v1/rollouts/{rid}/abort/").json()["state"] == "aborted"
+
+
+def test_carousel_turns_once_for_a_rate_limited_wave_of_joiners(
+    versions: Any, fleet_on_v1: list[Device],
+) -> None:
+    """Joins are batched into turns: while offers are still due, the carousel waits
+    ``max_wait`` for more joiners, then one turn serves all who joined; nothing is sent for
+    devices that have not joined."""
+    from ota.registry.storage import artifact_storage
+
+    rollout = new_rollout(versions, fleet_on_v1, waves=[100], offers_per_minute=20)
+    publisher = RecordingPublisher()
+    step(rollout.pk, publisher)  # 20 offered, 20 still due
+    package = Package.objects.get(rollouts=rollout)
+    size = len(artifact_storage().get(package.transfer_sha256))
+    delivery = OtaDelivery(publisher, max_wait_s=0.3, carousel_bytes_per_s=10**9)
+    fanout = f"fleet/v1/pkg/{package.pk}/chunk"
+
+    def chunks() -> list[Chunk]:
+        return [decode_chunk(p) for t, p in publisher.sent if t == fanout]
+
+    assert delivery.carousel_tick() == 0  # nobody joined yet
+    report_all(rollout, DeploymentState.DOWNLOADING)  # the 20 offered join
+    assert delivery.carousel_tick() == 0  # more are due: wait for them a moment
+    time.sleep(0.35)
+    delivery.carousel_tick()  # waited long enough: one turn
+    assert sum(len(c.data) for c in chunks()) == size
+    assert delivery.carousel_tick() == 0  # all served: quiet
+    assert b"".join(c.data for c in sorted(chunks(), key=lambda c: c.offset)) == \
+        artifact_storage().get(package.transfer_sha256)
