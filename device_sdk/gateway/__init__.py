@@ -6,8 +6,11 @@ a :class:`~device_sdk.gateway.bridge.Bridge` that swaps framing for topics, one
 :class:`~device_sdk.gateway.uplink.Uplink` (its MQTT 5 connection, TLS with the fleet's CA)
 and, when configured, a :class:`~device_sdk.gateway.enroll.ChildEnroller` that enrolls MCUs it
 meets and makes them its children. Its broker identity may use its children's topics and
-nothing else (DESIGN.md); it cannot forge packages either, since the MCU verifies every
-manifest signature and every digest itself.
+publish its own status, nothing else (DESIGN.md); it cannot forge packages either, since the
+MCU verifies every manifest signature and every digest itself. Its own status
+(:mod:`~device_sdk.gateway.presence`, ``fleet/v1/{gateway}/status``) is online while it is
+connected and carries its last will, so the fleet marks its children offline when its host
+dies.
 
 Run it with ``python -m device_sdk gateway`` (or ``python -m device_sdk.gateway``).
 """

@@ -22,8 +22,10 @@ from types import FrameType
 from device_sdk.gateway.bridge import Bridge
 from device_sdk.gateway.config import ConfigError, GatewayConfig
 from device_sdk.gateway.enroll import ChildEnroller
+from device_sdk.gateway.presence import GatewayPresence
 from device_sdk.gateway.serial_link import PortMemory, SerialChild
 from device_sdk.gateway.uplink import Uplink
+from device_sdk.protocol.reasons import ProtocolError
 
 __all__ = ["HELP", "configure", "main", "run"]
 
@@ -54,9 +56,15 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 1
+    try:
+        presence = GatewayPresence(config.uid)
+    except ProtocolError as exc:
+        log.error("%s: the gateway's uid cannot name its status topic (%s)", args.config, exc)
+        return 1
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Its own last will: if this host dies, the server marks the children offline.
     uplink = Uplink(config.mqtt_url, config.mqtt_username, config.mqtt_credential,
-                    ca_pem=config.ca_cert)
+                    ca_pem=config.ca_cert, presence=presence)
     enroller = ChildEnroller(config) if config.enrolls_children else None
     bridge = Bridge(uplink, admission=enroller)
     uplink.on_message = bridge.on_message
@@ -86,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         enroller.stop()
     if uplink.connected.is_set():
         uplink.flush(timeout=3)
-    uplink.stop()
+    uplink.stop()  # publishes the gateway's own offline status first
     log.info("gateway %s stopped; bridge %s; mqtt %s", config.uid, dict(bridge.counters),
              dict(uplink.counters))
     return status

@@ -6,6 +6,11 @@ itself; every subscription the bridge asked for is made again on each connect, s
 broker drops the session's grants when an operator adds a child (a new session is checked
 against the new roles).
 
+With a :class:`~device_sdk.gateway.presence.GatewayPresence` the connection carries the gateway's
+own last will (its offline status, retained, on ``fleet/v1/{gateway}/status``) and publishes its
+online status, retained, on every connect; :meth:`Uplink.stop` publishes the offline status
+itself, since a clean DISCONNECT discards the will.
+
 Threading: paho's network thread runs the callbacks; :meth:`Uplink.publish`,
 :meth:`Uplink.subscribe` and :meth:`Uplink.unsubscribe` are safe from any thread. The message
 handler must not raise (an exception inside a paho callback kills its thread), so it is
@@ -29,6 +34,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from device_sdk.gateway.presence import GatewayPresence
+
 __all__ = ["CREDENTIAL_REFUSED", "Uplink"]
 
 log = logging.getLogger(__name__)
@@ -44,13 +51,15 @@ class Uplink:
     """One paho client: QoS 1 publishes with their PUBACKs counted, subscriptions kept."""
 
     def __init__(self, url: str, username: str, password: str, *, ca_pem: str = "",
-                 client_id: str | None = None, keepalive: int = 30) -> None:
+                 client_id: str | None = None, keepalive: int = 30,
+                 presence: GatewayPresence | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError(f"broker URL must be mqtt://host:port or mqtts://host:port: {url!r}")
         self.host = parts.hostname
         self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         self.keepalive = keepalive
+        self.presence = presence
         self.on_message: MessageHandler = lambda topic, payload: None
         self.connected = threading.Event()
         self.credential_refused = threading.Event()
@@ -68,6 +77,10 @@ class Uplink:
             context = ssl.create_default_context(cadata=ca_pem or None)
             self.client.tls_set_context(context)
         self.client.reconnect_delay_set(min_delay=0.2, max_delay=10)
+        if presence is not None:
+            # Published by the broker when the connection ends without a DISCONNECT (crash,
+            # power cut, lost network): the server then marks the children offline.
+            self.client.will_set(presence.topic, presence.offline, qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
@@ -82,8 +95,15 @@ class Uplink:
                                   clean_start=False, properties=properties)
         self.client.loop_start()
 
-    def stop(self) -> None:
-        """Disconnect cleanly and stop the network thread."""
+    def stop(self, timeout: float = 3.0) -> None:
+        """Publish the offline status (when connected), disconnect cleanly, stop the thread.
+
+        A clean DISCONNECT makes the broker drop the will, so the offline status is sent
+        explicitly, waiting up to ``timeout`` seconds for its PUBACK.
+        """
+        if self.presence is not None and self.connected.is_set():
+            self.publish(self.presence.topic, self.presence.offline, retain=True)
+            self.flush(timeout)
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -151,6 +171,9 @@ class Uplink:
             filters = sorted(self._filters)
         if filters:
             client.subscribe([(f, 1) for f in filters])
+        if self.presence is not None:
+            # Before the children's statuses that paho resends: the gateway is back first.
+            self.publish(self.presence.topic, self.presence.online(), retain=True)
         self.counters["connects"] += 1
         log.info("gateway connected to %s:%d (%d subscriptions)", self.host, self.port,
                  len(filters))
@@ -173,7 +196,14 @@ class Uplink:
         self._acknowledged(topic, rc)
 
     def _acknowledged(self, topic: str, rc: ReasonCode) -> None:
-        if rc.is_failure:
+        if rc.is_failure and self.presence is not None and topic == self.presence.topic:
+            self.refused[topic] += 1
+            self.counters["status_refused"] += 1
+            # The broker would drop the will on that topic just as silently.
+            log.error("broker refused the gateway's own status on %s (%s): its role lacks the "
+                      "grant, so the fleet is not told when this gateway dies; re-provision it "
+                      "(POST /api/v1/gateways/)", topic, rc)
+        elif rc.is_failure:
             self.refused[topic] += 1
             self.counters["refused"] += 1
             log.warning("broker refused the publish on %s: %s (is that MCU our child?)", topic,

@@ -15,7 +15,7 @@ from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.status import decode_status
 from device_sdk.protocol.topics import Channel, parse_device_topic
 from fleet.broker.worker import Received
-from fleet.devices.presence import apply_status
+from fleet.devices.presence import apply_gateway_status, apply_status
 from fleet.telemetry.directory import DeviceDirectory
 from fleet.telemetry.ingest import decode_from_device, Accepted, Rejected, decode_event_message, record_rejections, store_batches
 
@@ -77,11 +77,25 @@ class Consumers:
         return rejected
 
     def consume_status(self, items: list[tuple[str, Received]]) -> list[Rejected]:
-        """Apply presence and capabilities, one status at a time (they are rare)."""
+        """Apply presence and capabilities, one status at a time (they are rare).
+
+        A serial gateway's own status (its uid is a gateway's, not a device's) sets its
+        presence; offline, its children's too (``apply_gateway_status``).
+        """
         rejected: list[Rejected] = []
         for uid, msg in items:
             outcome = decode_from_device(msg.topic, uid, msg.payload, decode_status,
                                          self.directory)
+            if isinstance(outcome, Rejected) and outcome.reason is Reason.UNKNOWN_DEVICE:
+                try:  # the status decoded: is it a gateway's?
+                    gateway = apply_gateway_status(uid, decode_status(msg.payload),
+                                                   msg.received_at)
+                except ProtocolError as exc:  # a revoked gateway
+                    outcome = Rejected(msg.topic, uid, exc.reason, exc.detail, msg.payload)
+                else:
+                    if gateway is not None:
+                        self.counters["gateway_status_applied"] += 1
+                        continue
             if isinstance(outcome, Rejected):
                 rejected.append(outcome)
                 continue

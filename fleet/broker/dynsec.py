@@ -5,7 +5,9 @@
 
 Mosquitto 2.0.11 does not expand ``%u``/``%c`` in dynamic security ACLs, so each device
 gets its own role, ``device-<uid>``, holding the grants of `device_grants`. A gateway
-holds its children's roles, so revoking a child also cuts the gateway off from it.
+holds its children's roles, so revoking a child also cuts the gateway off from it, and its
+own role ``gateway-<uid>`` (`gateway_grants`): the publish of its own status, which carries
+its last will.
 Services share one role per `ServiceRole`, ``service-<role>``.
 
 Facts checked against 2.0.11:
@@ -35,6 +37,7 @@ from fleet.broker.access import (
     ServiceRole,
     check_uid,
     device_grants,
+    device_topic,
     service_grants,
 )
 from fleet.broker.control import Command, ControlChannel, failed_with, response_error
@@ -66,6 +69,22 @@ GATEWAY_GROUP = "fleet-gateways"
 def device_role(uid: str) -> str:
     """Return the name of the role that holds device ``uid``'s grants."""
     return f"device-{check_uid(uid)}"
+
+
+def gateway_role(uid: str) -> str:
+    """Return the name of the role that holds gateway ``uid``'s own grants (not its children's)."""
+    return f"gateway-{check_uid(uid)}"
+
+
+def gateway_grants(uid: str) -> tuple[Grant, ...]:
+    """Return what gateway ``uid`` may do on its own behalf: publish its status, nothing more.
+
+    The status is retained and carries the gateway's last will (the offline status). 2.0.11
+    checks a will against the ACL when it publishes it, not at CONNECT, and silently drops a
+    denied one. Everything else a gateway does, it does on its children's topics, through
+    their roles.
+    """
+    return (Grant(Access.PUBLISH, device_topic(uid, "status")),)
 
 
 def service_role(role: ServiceRole | str) -> str:
@@ -136,6 +155,9 @@ class DynsecAccess:
             commands.append({"command": "deleteClient", "username": uid})
         # Delete the role even without a client: a gateway child has only the role.
         commands.append({"command": "deleteRole", "rolename": role})
+        if kind != KIND_DEVICE:
+            # A gateway's own role, held by nobody once the client above is deleted.
+            commands.append({"command": "deleteRole", "rolename": gateway_role(uid)})
         self._run(commands, benign=("not found",))
         if holders:
             log.info("broker: gateways %s no longer speak for %s", ", ".join(holders), uid)
@@ -161,14 +183,18 @@ class DynsecAccess:
         log.info("broker: service %s provisioned as %s", username, role.value)
 
     def provision_gateway(self, uid: str, password: str, children: list[str]) -> None:
-        """Let gateway ``uid`` use exactly its ``children``'s device topics, nothing else."""
+        """Let gateway ``uid`` use exactly its ``children``'s device topics and publish its own
+        status (its last will), nothing else."""
         check_uid(uid)
         children = sorted({check_uid(child) for child in children})
         if uid in children:
             raise ValueError(f"gateway {uid} cannot be its own child")
         self._ensure_defaults()
-        self._ensure_roles({device_role(child): device_grants(child) for child in children})
-        roles = [device_role(child) for child in children]
+        self._ensure_roles({
+            gateway_role(uid): gateway_grants(uid),
+            **{device_role(child): device_grants(child) for child in children},
+        })
+        roles = [gateway_role(uid)] + [device_role(child) for child in children]
         self._upsert_client(uid, password, KIND_GATEWAY, roles, uid)
         # The group lets a revocation find the gateways that hold a child's role.
         self._run(
@@ -190,20 +216,22 @@ class DynsecAccess:
 
         Adding a role makes the broker drop the gateway's connection once (administrative
         action); it logs in again with the same password and the new grants. Children it
-        already has are left alone, so repeating the call changes nothing.
+        already has are left alone, so repeating the call changes nothing. A gateway made
+        before gateways had their own role gets it here too.
         """
         check_uid(uid)
         children = sorted({check_uid(child) for child in children})
         if uid in children:
             raise ValueError(f"gateway {uid} cannot be its own child")
         held = self._gateway_roles(uid)
-        wanted = [device_role(child) for child in children]
+        grants = {gateway_role(uid): gateway_grants(uid)}
+        grants.update({device_role(child): device_grants(child) for child in children})
+        wanted = list(grants)
         missing = [role for role in wanted if role not in held]
         if not missing:
             return
         self._ensure_defaults()
-        self._ensure_roles({device_role(c): device_grants(c) for c in children
-                            if device_role(c) in missing})
+        self._ensure_roles({role: grants[role] for role in missing})
         # 2.0.11 answers "Internal error" for a role the client already holds: a concurrent
         # call may have added it meanwhile, so such an answer is checked, not trusted.
         self._run(
@@ -213,8 +241,7 @@ class DynsecAccess:
         absent = set(wanted) - self._gateway_roles(uid)
         if absent:
             raise BrokerCommandError(f"gateway {uid} still lacks {', '.join(sorted(absent))}")
-        log.info("broker: gateway %s now also speaks for %s", uid,
-                 ", ".join(r.removeprefix("device-") for r in missing))
+        log.info("broker: gateway %s now also holds %s", uid, ", ".join(missing))
 
     def ping(self) -> float:
         """Check the plugin answers commands; return the round trip in seconds."""

@@ -1,9 +1,14 @@
 """Every write on serial gateways: provision, add children, revoke. Atomic and audited.
 
 A gateway is one broker identity that speaks for the MCUs wired to it (its children) and may
-touch their topic subtrees and nothing else. The broker is changed inside the transaction, as
-enrollment does: a broker failure raises, the transaction rolls back, and the caller answers
-503 with nothing written, so the database never claims access the broker did not grant.
+touch their topic subtrees and its own status topic, nothing else. The broker is changed inside
+the transaction, as enrollment does: a broker failure raises, the transaction rolls back, and
+the caller answers 503 with nothing written, so the database never claims access the broker
+did not grant.
+
+Revoking or re-provisioning (a new password) cuts a live gateway off, and the broker sends no
+last will for such an administrative disconnect: the gateway and the children whose presence
+came through it are marked offline here, as its will would have done.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -19,11 +25,13 @@ from django.utils import timezone
 
 from device_sdk.protocol.topics import is_valid_uid
 from fleet.audit.actions import record_audit
-from fleet.core.errors import Refused
 from fleet.broker.access import BrokerAccess
 from fleet.broker.configured import broker_access
+from fleet.core.errors import Refused
+from fleet.devices.choices import DeviceState
 from fleet.devices.credentials import new_mqtt_password
 from fleet.devices.models import Device, Gateway
+from fleet.devices.presence import take_gateway_children_offline
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +61,9 @@ def do_provision_gateway(
 ) -> GatewayCredential:
     """Create a gateway, or update one, with exactly ``children`` and a fresh MQTT password.
 
-    Updating replaces the children and the password (the broker drops the old connection), and
-    brings a revoked gateway back. The password is returned once and never stored.
+    Updating replaces the children and the password (the broker drops the old connection, so
+    the gateway and the children it spoke for are offline until it logs in with the new one),
+    and brings a revoked gateway back. The password is returned once and never stored.
     """
     if not is_valid_uid(uid):
         raise GatewayError("invalid_uid", f"{uid!r} cannot name a broker identity.", 400)
@@ -66,9 +75,13 @@ def do_provision_gateway(
     before = None if gateway is None else _snapshot(gateway)
     if gateway is None:
         gateway = Gateway(uid=uid, created_by=_user(actor))
+    else:
+        _cut_off(gateway, timezone.now())  # before the children change: those it spoke for
     if name is not None:
         gateway.name = name
     gateway.revoked_at = None
+    if gateway.state == DeviceState.REVOKED:
+        gateway.state = DeviceState.OFFLINE  # until it logs in with the new password
     gateway.credential_issued_at = timezone.now()
     gateway.save()
     gateway.children.set(devices)
@@ -123,12 +136,23 @@ def do_revoke_gateway(
     if gateway.revoked:
         return gateway
     gateway.revoked_at = timezone.now()
-    gateway.save(update_fields=["revoked_at"])
+    _cut_off(gateway, gateway.revoked_at)
+    gateway.state = DeviceState.REVOKED
+    gateway.save(update_fields=["revoked_at", "state", "last_seen"])
     _broker_call(gateway.uid, lambda access: access.revoke_device(gateway.uid))
     record_audit(actor=actor, action="gateway.revoke", obj=gateway,
                  after={"revoked_at": gateway.revoked_at.isoformat()}, remote_addr=remote_addr)
     log.info("gateway %s revoked", gateway.uid)
     return gateway
+
+
+def _cut_off(gateway: Gateway, at: datetime) -> None:
+    """Record that the server disconnects ``gateway`` (no will follows): offline, with the
+    children it spoke for. The caller holds its row lock and saves ``state``/``last_seen``."""
+    if gateway.state == DeviceState.ONLINE:
+        gateway.state = DeviceState.OFFLINE
+        gateway.last_seen = max(gateway.last_seen or at, at)
+    take_gateway_children_offline(gateway, at)
 
 
 def _children(uids: Iterable[str]) -> list[Device]:

@@ -147,8 +147,10 @@ class EnrollmentToken(models.Model):
 class Gateway(models.Model):
     """A serial gateway: one broker identity that speaks for the MCUs wired to it.
 
-    Its credential may touch its children's device topics and nothing else (DESIGN.md). The
-    MQTT password is never stored: it is issued once, when the gateway is (re)provisioned.
+    Its credential may touch its children's device topics and nothing else (DESIGN.md), but
+    for its own status on ``fleet/v1/{uid}/status``, which carries its last will: ``state`` and
+    ``last_seen`` are its presence as the worker last applied it (``apply_gateway_status``).
+    The MQTT password is never stored: it is issued once, when the gateway is (re)provisioned.
     """
 
     uid = models.SlugField(max_length=64, unique=True, help_text="the gateway's MQTT username")
@@ -161,6 +163,11 @@ class Gateway(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     credential_issued_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    state = models.CharField(
+        max_length=16, choices=DeviceState.choices, default=DeviceState.ENROLLED,
+        help_text="presence from the gateway's own status (enrolled: never connected)",
+    )
+    last_seen = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["uid"]

@@ -1,17 +1,27 @@
-"""Apply the status messages devices publish (retained, with an offline last will)."""
+"""Apply the status messages devices and serial gateways publish (retained, with an offline
+last will).
+
+A device's status is its own. A gateway's MCUs (its children) cannot speak to the broker: the
+gateway publishes their statuses on their behalf, so when the gateway's host dies nobody would
+publish them offline. The gateway therefore has a status of its own, on the device status
+topic under its uid (``fleet/v1/{gateway}/status``, the same codec), whose last will is the
+offline status; :func:`apply_gateway_status` turns that will into the children's presence.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models import Q
 
+from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.status import LinkState, Status
 from fleet.audit.actions import record_audit
 from fleet.devices.choices import DeviceState
-from fleet.devices.models import Device
+from fleet.devices.models import Device, Gateway
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +56,88 @@ def apply_status(device_id: int, status: Status, received_at: datetime) -> None:
         device.running_package_id = status.model or None
         fields.append("running_package_id")
     device.save(update_fields=fields)
+
+
+@dataclass(frozen=True)
+class GatewayStatusApplied:
+    """What applying one status of a gateway changed."""
+
+    uid: str
+    state: DeviceState  # the gateway's state after the status (unchanged when ``stale``)
+    children_offline: tuple[str, ...] = ()  # children marked offline, by uid
+    stale: bool = False  # older than the presence already recorded: nothing changed
+
+
+@transaction.atomic
+def apply_gateway_status(uid: str, status: Status, received_at: datetime
+                         ) -> GatewayStatusApplied | None:
+    """Record a serial gateway's own presence; when it goes offline, so do its children.
+
+    Online: the gateway's ``state`` and ``last_seen`` only. Its children come back through
+    their own statuses, which the gateway publishes when their MCUs talk again.
+
+    Offline (its last will after a crash, or the status it sends when it stops): in the same
+    transaction, every child whose presence came through this gateway is marked offline, its
+    ``last_seen`` moved to ``received_at``. Those are the gateway's children still online
+    that no other online gateway holds (the broker does not say who published a child's
+    status, so a child another live gateway also speaks for may be there and is left alone;
+    it follows that gateway), and whose last status is not newer than this one (a status the
+    child sent through a restarted gateway, applied first by another worker, stays). Other
+    subscribers learn it from the gateway's retained offline status itself: the server may
+    not publish on a device's status topic, so a child's retained status is left as it was.
+
+    A status received before the gateway's recorded ``last_seen`` is stale (several workers
+    may apply a gateway's will and its next online status out of order) and changes nothing.
+    Return None when ``uid`` names no gateway; raise ProtocolError (UNKNOWN_DEVICE) for a
+    revoked one, whose status must be refused.
+    """
+    gateway = Gateway.objects.select_for_update().filter(uid=uid).first()
+    if gateway is None:
+        return None
+    if gateway.revoked:
+        raise ProtocolError(Reason.UNKNOWN_DEVICE, f"gateway {uid} revoked")
+    if gateway.last_seen is not None and received_at < gateway.last_seen:
+        return GatewayStatusApplied(uid, DeviceState(gateway.state), stale=True)
+    online = status.state == LinkState.ONLINE
+    gateway.state = DeviceState.ONLINE if online else DeviceState.OFFLINE
+    gateway.last_seen = received_at
+    gateway.save(update_fields=["state", "last_seen"])
+    if online:
+        return GatewayStatusApplied(uid, DeviceState.ONLINE)
+
+    gone = take_gateway_children_offline(gateway, received_at)
+    return GatewayStatusApplied(uid, DeviceState.OFFLINE, gone)
+
+
+def take_gateway_children_offline(gateway: Gateway, at: datetime) -> tuple[str, ...]:
+    """Mark offline, at ``at``, every child whose presence came through ``gateway``; return
+    their uids.
+
+    Those are its children still online that no other online gateway holds, and whose last
+    status is not newer than ``at`` (see :func:`apply_gateway_status`). Call it inside the
+    transaction that holds the gateway's row lock: when its will arrives, and when the server
+    itself cuts the gateway off (revoked, or re-provisioned with a new password), since the
+    broker sends no will for an administrative disconnect.
+    """
+    other_online = Gateway.objects.filter(state=DeviceState.ONLINE,
+                                          revoked_at__isnull=True).exclude(pk=gateway.pk)
+    candidates = list(
+        gateway.children.filter(state=DeviceState.ONLINE, revoked_at__isnull=True)
+        .exclude(gateways__in=other_online)
+        .values_list("pk", flat=True)
+    )
+    # Locked in one order (by pk), so two gateways going offline together cannot deadlock.
+    children = list(
+        Device.objects.select_for_update()
+        .filter(pk__in=candidates, state=DeviceState.ONLINE)
+        .filter(Q(last_seen__isnull=True) | Q(last_seen__lte=at))
+        .order_by("pk")
+    )
+    for child in children:
+        child.state = DeviceState.OFFLINE
+        child.last_seen = at
+    Device.objects.bulk_update(children, ["state", "last_seen"])
+    if children:
+        log.info("gateway %s gone: children %s marked offline", gateway.uid,
+                 ", ".join(c.uid for c in children))
+    return tuple(c.uid for c in children)

@@ -3,7 +3,7 @@
     POST /api/v1/gateways/                    {uid, children, name?} -> gateway + mqtt credential
     POST /api/v1/gateways/{uid}/children/     {children} -> gateway (its password unchanged)
     POST /api/v1/gateways/{uid}/revoke/       -> gateway (broker identity deleted)
-    GET  /api/v1/gateways/[{uid}/]            viewers
+    GET  /api/v1/gateways/[{uid}/]            viewers (with its presence: state, last_seen)
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ class GatewaySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Gateway
+        # state/last_seen: the gateway's presence from its own status (and last will).
         fields = ["uid", "name", "children", "created_by", "created_at", "credential_issued_at",
-                  "revoked", "revoked_at"]
+                  "revoked", "revoked_at", "state", "last_seen"]
         read_only_fields = fields
 
 
@@ -72,8 +73,8 @@ class GatewayViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     serializer_class = GatewaySerializer
     lookup_field = "uid"
     search_fields = ["uid", "name"]
-    ordering_fields = ["uid", "created_at"]
-    filterset_fields = ["uid"]
+    ordering_fields = ["uid", "created_at", "last_seen"]
+    filterset_fields = ["uid", "state"]
     read_role = Role.VIEWER
     write_role = Role.OPERATOR
 

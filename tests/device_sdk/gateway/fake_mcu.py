@@ -2,6 +2,8 @@
 
 It listens on a loopback port; the gateway opens ``socket://127.0.0.1:PORT`` with pyserial.
 A thread pumps a ``link.Endpoint`` (ACKs, retransmissions) and collects delivered frames.
+With ``reconnects`` it outlives the gateway, as an MCU on a UART does: when the connection
+closes it waits for the next one, with a fresh link endpoint.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def online_status(model: int | None = None) -> bytes:
 class FakeMcu:
     """One MCU on one emulated UART."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, *, reconnects: bool = False) -> None:
         self._server = socket.create_server(("127.0.0.1", port))
         self.port = int(self._server.getsockname()[1])
         self.url = f"socket://127.0.0.1:{self.port}"
@@ -35,6 +37,8 @@ class FakeMcu:
         self.frames: queue.Queue[link.Frame] = queue.Queue()
         self.received: list[link.Frame] = []
         self.mute = False  # while set, bytes from the gateway are dropped: a hung MCU
+        self.reconnects = reconnects
+        self.connections = 0
         self._conn: socket.socket | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -78,8 +82,26 @@ class FakeMcu:
         self._thread.join(timeout=5)
         self._server.close()
 
+    def disconnected(self, timeout: float = 10.0) -> None:
+        """Wait until the gateway's side of the port closed (its process died, say); needs
+        ``reconnects``."""
+        deadline = time.monotonic() + timeout
+        while self._connected.is_set():
+            assert time.monotonic() < deadline, "the gateway still holds the port"
+            time.sleep(0.02)
+
     def _pump(self) -> None:
         self._server.settimeout(0.05)
+        while not self._stop.is_set():
+            self._serve_one()
+            if not self.reconnects:
+                return
+            with self._lock:
+                self._conn = None
+                self.endpoint = link.Endpoint()
+            self._connected.clear()
+
+    def _serve_one(self) -> None:
         while not self._stop.is_set() and self._conn is None:
             try:
                 conn, _ = self._server.accept()
@@ -92,6 +114,7 @@ class FakeMcu:
                 pending = self.endpoint.poll(time.monotonic() + 3600)  # sent before connect
                 if pending:
                     conn.sendall(pending)
+            self.connections += 1
             self._connected.set()
         conn = self._conn
         try:
