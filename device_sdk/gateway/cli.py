@@ -39,8 +39,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", action="append", required=True, metavar="URL",
                         help="pyserial URL of one MCU (repeat for each)")
     parser.add_argument("--config", required=True, type=Path,
-                        help="JSON: the gateway's credential (POST /api/v1/gateways/ answer) "
-                             "and, to enroll new MCUs, server, claim_token, api_token, hardware")
+                        help="JSON: the answer of POST /api/v1/gateways/ as is (uid, mqtt "
+                             "credential, gateway_token) and, to enroll new MCUs, server, "
+                             "claim_token, hardware. The gateway_token may only add children to "
+                             "this gateway; an operator's api_token is refused")
     parser.add_argument("--state-dir", type=Path,
                         help="child keys and port memory (default: from the config)")
     parser.add_argument("--keepalive", type=float, default=10.0,

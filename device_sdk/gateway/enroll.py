@@ -5,8 +5,10 @@ An MCU has no network and no key of its own here, so the gateway enrolls it on i
 1. make (once) an Ed25519 key pair for the child, kept in ``<state>/children/<uid>/``;
 2. ``POST /api/v1/enroll/`` with the claim token, that public key, the hardware profile and
    the capabilities from the MCU's first STATUS, asking for the uid of its HELLO;
-3. ``POST /api/v1/gateways/{gateway}/children/`` with an operator's API token, which lets the
-   gateway's broker identity use the child's topics (its password stays the same).
+3. ``POST /api/v1/gateways/{gateway}/children/`` with the gateway's own token
+   (``Authorization: Gateway <gateway_token>``, which opens that endpoint for this gateway and
+   nothing else), which lets the gateway's broker identity use the child's topics (its
+   password stays the same).
 
 Both calls are idempotent (the same key enrolls the same device again), so a crash between
 them is repaired by doing both again. The child's own MQTT credential from the enrollment
@@ -65,7 +67,8 @@ class ChildEnroller:
     def __init__(self, config: GatewayConfig, *, timeout: float = 15.0,
                  retry_s: tuple[float, float] = (1.0, 60.0)) -> None:
         if not config.enrolls_children:
-            raise ValueError("the configuration has no server, claim_token, api_token, hardware")
+            raise ValueError(
+                "the configuration has no server, claim_token, hardware, gateway_token")
         self.config = config
         self.timeout = timeout
         self.retry_s = retry_s
@@ -106,20 +109,20 @@ class ChildEnroller:
                 "hardware": self.config.hardware, "capabilities": asdict(capabilities),
                 "uid": uid, "name": f"{uid} via {self.config.uid}"}
         try:
-            answer = self._post(ENROLL_PATH, body, token=None)
+            answer = self._post(ENROLL_PATH, body)
             log.info("child %s enrolled (%s)", uid,
                      "new" if answer.get("created") else "known key, enrolled before")
         except EnrollmentRefused as exc:
             if exc.reason != "uid_key_conflict":
                 raise
             # Enrolled already with another key (by an operator, or an earlier gateway's
-            # state): being its gateway still needs the operator's consent below, not the key.
+            # state): becoming its gateway is the children call below, not the key.
             log.info("child %s is enrolled with another key; asking to become its gateway", uid)
             answer = {"device_id": uid}
         self._save_state(uid, {"device_id": answer.get("device_id", uid),
                                "signing_keys": answer.get("signing_keys", [])})
         self._post(CHILDREN_PATH.format(uid=self.config.uid), {"children": [uid]},
-                   token=self.config.api_token)
+                   gateway_token=self.config.gateway_token)
         self._save_state(uid, {**self._state(uid), "gateway_child": True})
         log.info("child %s is now spoken for by gateway %s", uid, self.config.uid)
 
@@ -135,7 +138,9 @@ class ChildEnroller:
                     self.admit(uid, capabilities)
                 except EnrollmentRefused as exc:
                     if not exc.transient:
-                        log.error("cannot admit child %s: %s", uid, exc)
+                        log.error("cannot admit child %s: %s%s", uid, exc,
+                                  " (was the gateway re-provisioned or revoked? save the new "
+                                  "gateway_token in the config)" if exc.status == 401 else "")
                         break
                     log.warning("admitting %s failed (%s); retrying in %.0f s", uid, exc, delay)
                     self._stop.wait(delay)
@@ -147,11 +152,12 @@ class ChildEnroller:
                     self.on_admitted(uid)
                     break
 
-    def _post(self, path: str, body: dict[str, Any], *, token: str | None) -> dict[str, Any]:
+    def _post(self, path: str, body: dict[str, Any], *,
+              gateway_token: str | None = None) -> dict[str, Any]:
         url = str(self.config.server).rstrip("/") + path
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if token:
-            headers["Authorization"] = f"Token {token}"
+        if gateway_token:
+            headers["Authorization"] = f"Gateway {gateway_token}"
         request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
         context = ssl.create_default_context() if url.startswith("https:") else None
         try:

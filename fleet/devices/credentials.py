@@ -1,4 +1,5 @@
-"""Secrets of the devices app: claim tokens, device public keys, MQTT credentials."""
+"""Secrets of the devices app: claim tokens, gateway API tokens, device public keys, MQTT
+credentials."""
 
 from __future__ import annotations
 
@@ -12,12 +13,18 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from fleet.devices.choices import KeyAlgorithm
 
 TOKEN_PREFIX = "fet_"
+GATEWAY_TOKEN_PREFIX = "fgt_"  # never 40 hex characters: cannot be taken for a user's API token
 MAX_PEM_BYTES = 4096
 
 
 def new_claim_token() -> str:
     """Return a fresh claim token: a recognisable prefix and 192 random bits."""
     return TOKEN_PREFIX + secrets.token_urlsafe(24)
+
+
+def new_gateway_token() -> str:
+    """Return a fresh gateway API token: a recognisable prefix and 256 random bits."""
+    return GATEWAY_TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_secret(secret: str) -> str:

@@ -6,6 +6,11 @@ the transaction, as enrollment does: a broker failure raises, the transaction ro
 the caller answers 503 with nothing written, so the database never claims access the broker
 did not grant.
 
+Provisioning also issues the gateway's API token, which may do one thing: add children to
+that gateway (``POST /api/v1/gateways/{uid}/children/``), so a field gateway host holds no
+operator's credential. Only its SHA-256 is stored; re-provisioning replaces it (the old token
+stops working at once) and revoking the gateway makes it useless.
+
 Revoking or re-provisioning (a new password) cuts a live gateway off, and the broker sends no
 last will for such an administrative disconnect: the gateway and the children whose presence
 came through it are marked offline here, as its will would have done.
@@ -29,7 +34,7 @@ from fleet.broker.access import BrokerAccess
 from fleet.broker.configured import broker_access
 from fleet.core.errors import Refused
 from fleet.devices.choices import DeviceState
-from fleet.devices.credentials import new_mqtt_password
+from fleet.devices.credentials import hash_secret, new_gateway_token, new_mqtt_password
 from fleet.devices.models import Device, Gateway
 from fleet.devices.presence import take_gateway_children_offline
 
@@ -41,13 +46,15 @@ MAX_CHILDREN = 1000
 class GatewayError(Refused):
     """A gateway write refused."""
 
+
 @dataclass(frozen=True)
 class GatewayCredential:
-    """What a provisioned gateway is told once: its MQTT password."""
+    """What a provisioned gateway is told once: its MQTT password and its API token."""
 
     gateway: Gateway
     password: str
     created: bool
+    api_token: str
 
 
 @transaction.atomic
@@ -59,11 +66,13 @@ def do_provision_gateway(
     name: str | None = None,
     remote_addr: str | None = None,
 ) -> GatewayCredential:
-    """Create a gateway, or update one, with exactly ``children`` and a fresh MQTT password.
+    """Create a gateway, or update one, with exactly ``children``, a fresh MQTT password and a
+    fresh gateway API token.
 
-    Updating replaces the children and the password (the broker drops the old connection, so
-    the gateway and the children it spoke for are offline until it logs in with the new one),
-    and brings a revoked gateway back. The password is returned once and never stored.
+    Updating replaces the children, the password (the broker drops the old connection, so the
+    gateway and the children it spoke for are offline until it logs in with the new one) and
+    the API token (the old one stops working), and brings a revoked gateway back. The password
+    and the token are returned once and never stored (the token's SHA-256 is).
     """
     if not is_valid_uid(uid):
         raise GatewayError("invalid_uid", f"{uid!r} cannot name a broker identity.", 400)
@@ -83,6 +92,10 @@ def do_provision_gateway(
     if gateway.state == DeviceState.REVOKED:
         gateway.state = DeviceState.OFFLINE  # until it logs in with the new password
     gateway.credential_issued_at = timezone.now()
+    old_token_prefix = gateway.api_token_prefix if gateway.api_token_hash else None
+    api_token = new_gateway_token()
+    gateway.api_token_hash = hash_secret(api_token)
+    gateway.api_token_prefix = api_token[:8]
     gateway.save()
     gateway.children.set(devices)
     password = new_mqtt_password()
@@ -92,8 +105,17 @@ def do_provision_gateway(
         actor=actor, action="gateway.create" if created else "gateway.reprovision", obj=gateway,
         before=before, after=_snapshot(gateway), remote_addr=remote_addr,
     )
+    # Its own entry, so "who could add children to this gateway, since when" is one search.
+    # The prefix identifies a token; the secret itself never goes in.
+    record_audit(
+        actor=actor,
+        action="gateway.issue_token" if old_token_prefix is None else "gateway.rotate_token",
+        obj=gateway,
+        before=None if old_token_prefix is None else {"api_token_prefix": old_token_prefix},
+        after={"api_token_prefix": gateway.api_token_prefix}, remote_addr=remote_addr,
+    )
     log.info("gateway %s provisioned for %d children", uid, len(child_uids))
-    return GatewayCredential(gateway, password, created)
+    return GatewayCredential(gateway, password, created, api_token)
 
 
 @transaction.atomic
@@ -102,10 +124,12 @@ def do_add_gateway_children(
     children: Iterable[str],
     *,
     actor: AbstractBaseUser | None,
+    actor_label: str | None = None,
     remote_addr: str | None = None,
 ) -> Gateway:
     """Let a gateway also speak for ``children``; its password stays (a gateway that just
-    enrolled an MCU calls this). Children it already has are no-ops."""
+    enrolled an MCU calls this with its own token: ``actor=None``, ``actor_label``
+    ``gateway:<uid>``). Children it already has are no-ops."""
     gateway = Gateway.objects.select_for_update().get(pk=gateway.pk)
     if gateway.revoked:
         raise GatewayError("gateway_revoked", f"Gateway {gateway.uid} has been revoked.", 409)
@@ -119,7 +143,7 @@ def do_add_gateway_children(
     new_uids = sorted(d.uid for d in new)
     _broker_call(gateway.uid, lambda access: access.add_gateway_children(gateway.uid, new_uids))
     record_audit(actor=actor, action="gateway.add_children", obj=gateway, before=before,
-                 after=_snapshot(gateway), remote_addr=remote_addr)
+                 after=_snapshot(gateway), actor_label=actor_label, remote_addr=remote_addr)
     log.info("gateway %s now speaks for %s too", gateway.uid, ", ".join(new_uids))
     return gateway
 

@@ -151,6 +151,9 @@ class Gateway(models.Model):
     for its own status on ``fleet/v1/{uid}/status``, which carries its last will: ``state`` and
     ``last_seen`` are its presence as the worker last applied it (``apply_gateway_status``).
     The MQTT password is never stored: it is issued once, when the gateway is (re)provisioned.
+    So is its API token, which may do one thing only: add children to this gateway
+    (``POST /api/v1/gateways/{uid}/children/``); only its SHA-256 is kept, and re-provisioning
+    replaces it.
     """
 
     uid = models.SlugField(max_length=64, unique=True, help_text="the gateway's MQTT username")
@@ -162,6 +165,13 @@ class Gateway(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     credential_issued_at = models.DateTimeField(null=True, blank=True)
+    api_token_hash = models.CharField(
+        max_length=64, unique=True, null=True, blank=True,
+        help_text="SHA-256 of the gateway API token (none before its first provisioning)",
+    )
+    api_token_prefix = models.CharField(
+        max_length=12, blank=True, help_text="first characters, to recognise a token"
+    )
     revoked_at = models.DateTimeField(null=True, blank=True)
     state = models.CharField(
         max_length=16, choices=DeviceState.choices, default=DeviceState.ENROLLED,

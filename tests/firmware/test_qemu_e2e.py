@@ -296,7 +296,7 @@ def test_mcu_enrolls_through_the_gateway_installs_a_signed_update_and_refuses_a_
     assert answer.status_code == 201, answer.json()
     config = tmp_path / "gateway.json"
     config.write_text(json.dumps({
-        **answer.json(), "server": fleet, "api_token": api_token, "hardware": PROFILE,
+        **answer.json(), "server": fleet, "hardware": PROFILE,  # with its gateway_token
         "claim_token": enrollment_token_factory(
             max_uses=1, hardware_profile=HardwareProfile.objects.get(name=PROFILE)),
     }))

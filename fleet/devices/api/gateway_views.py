@@ -1,8 +1,11 @@
-"""Serial gateways API: operators provision them; the credential is in one answer only.
+"""Serial gateways API: operators provision them; the credentials are in one answer only.
 
     POST /api/v1/gateways/                    {uid, children, name?} -> gateway + mqtt credential
-    POST /api/v1/gateways/{uid}/children/     {children} -> gateway (its password unchanged)
-    POST /api/v1/gateways/{uid}/revoke/       -> gateway (broker identity deleted)
+                                              + gateway_token (re-provisioning replaces both)
+    POST /api/v1/gateways/{uid}/children/     {children} -> gateway (its password unchanged);
+                                              operators, or the gateway's own token
+                                              (``Authorization: Gateway <gateway_token>``)
+    POST /api/v1/gateways/{uid}/revoke/       -> gateway (broker identity deleted, token dead)
     GET  /api/v1/gateways/[{uid}/]            viewers (with its presence: state, last_seen)
 """
 
@@ -20,6 +23,7 @@ from rest_framework.response import Response
 from fleet.accounts.roles import Role
 from fleet.core.api import ApiError, client_address
 from fleet.devices import gateway_actions as actions
+from fleet.devices.api.authentication import gateway_of
 from fleet.devices.api.serializers import MqttCredentialSerializer
 from fleet.devices.models import Gateway
 from fleet.devices.trust import broker_ca_pem
@@ -41,7 +45,7 @@ class GatewaySerializer(serializers.ModelSerializer):
         model = Gateway
         # state/last_seen: the gateway's presence from its own status (and last will).
         fields = ["uid", "name", "children", "created_by", "created_at", "credential_issued_at",
-                  "revoked", "revoked_at", "state", "last_seen"]
+                  "api_token_prefix", "revoked", "revoked_at", "state", "last_seen"]
         read_only_fields = fields
 
 
@@ -56,13 +60,18 @@ class GatewayChildrenSerializer(serializers.Serializer):
 
 
 class GatewayCredentialSerializer(GatewaySerializer):
-    """The one answer that carries the gateway's MQTT credential."""
+    """The one answer that carries the gateway's MQTT credential and its API token."""
 
     created = serializers.BooleanField(read_only=True)
     mqtt = MqttCredentialSerializer(read_only=True)
+    gateway_token = serializers.CharField(
+        read_only=True,
+        help_text="send as 'Authorization: Gateway <token>'; it may only add children to this "
+                  "gateway (POST /api/v1/gateways/{uid}/children/)",
+    )
 
     class Meta(GatewaySerializer.Meta):
-        fields = GatewaySerializer.Meta.fields + ["created", "mqtt"]
+        fields = GatewaySerializer.Meta.fields + ["created", "mqtt", "gateway_token"]
         read_only_fields = fields
 
 
@@ -77,12 +86,15 @@ class GatewayViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     filterset_fields = ["uid", "state"]
     read_role = Role.VIEWER
     write_role = Role.OPERATOR
+    # The one thing a gateway's own API token may do (on its own uid only: RolePermission).
+    gateway_token_actions = ("children",)
 
     @extend_schema(request=GatewayProvisionSerializer,
                    responses={201: GatewayCredentialSerializer, 200: GatewayCredentialSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        """Create or re-provision a gateway with exactly ``children`` and a fresh credential
-        (201 when created, 200 when updated); the credential is in this answer only."""
+        """Create or re-provision a gateway with exactly ``children``, a fresh MQTT credential
+        and a fresh gateway token (201 when created, 200 when updated); both are in this answer
+        only, and re-provisioning makes the previous ones stop working."""
         body = GatewayProvisionSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
@@ -101,6 +113,7 @@ class GatewayViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             "credential": result.password,
             "ca_cert": broker_ca_pem(),
         }
+        gateway.gateway_token = result.api_token
         answer = GatewayCredentialSerializer(gateway, context={"request": request}).data
         return Response(answer, status=status.HTTP_201_CREATED if result.created
                         else status.HTTP_200_OK)
@@ -108,12 +121,16 @@ class GatewayViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     @extend_schema(request=GatewayChildrenSerializer, responses=GatewaySerializer)
     @action(detail=True, methods=["post"])
     def children(self, request: Request, uid: str | None = None) -> Response:
-        """Let the gateway also speak for enrolled devices; its credential stays the same."""
+        """Let the gateway also speak for enrolled devices; its credential stays the same.
+
+        Operators may call this for any gateway; a gateway's own token only for itself."""
         body = GatewayChildrenSerializer(data=request.data)
         body.is_valid(raise_exception=True)
+        caller = gateway_of(request)
         try:
             gateway = actions.do_add_gateway_children(
                 self.get_object(), body.validated_data["children"], actor=request.user,
+                actor_label=caller.audit_label if caller else None,
                 remote_addr=client_address(request),
             )
         except actions.GatewayError as exc:

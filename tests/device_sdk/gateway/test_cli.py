@@ -1,8 +1,8 @@
 """The gateway program (``python -m device_sdk.gateway``) against the live server and broker.
 
-An operator provisions the gateway over the API and writes its answer into the config file,
-with a claim token and an operator API token; the program meets an MCU it never saw, enrolls
-it with a key of its own making, adds it to its children, and bridges it.
+An operator provisions the gateway over the API and writes its answer (with the gateway's own
+token) into the config file, with a claim token; the program meets an MCU it never saw, enrolls
+it with a key of its own making, adds it to its children with its gateway token, and bridges it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from device_sdk.protocol import link
 from device_sdk.protocol.events import Event, EventBatch, encode_batch
 from device_sdk.protocol.status import OFFLINE_PAYLOAD, LinkState, decode_status
 from fleet.accounts.roles import Role
+from fleet.audit.models import AuditLog
 from fleet.devices.models import Device, Gateway
 from tests.device_sdk.gateway.fake_mcu import CAPS, FakeMcu
 
@@ -77,7 +78,7 @@ def test_gateway_enrolls_a_new_mcu_and_bridges_it(
     assert answer.status_code == 201, answer.json()
     config = tmp_path / "gateway.json"
     config.write_text(json.dumps({
-        **answer.json(), "server": fleet_server, "api_token": api_token,
+        **answer.json(), "server": fleet_server,
         "claim_token": enrollment_token_factory(max_uses=3), "hardware": "qemu-mps2-an385",
     }))
     config.chmod(0o600)
@@ -94,6 +95,10 @@ def test_gateway_enrolls_a_new_mcu_and_bridges_it(
     assert device.hardware_profile.name == "qemu-mps2-an385"
     assert device.capabilities["ops"] == CAPS.ops
     assert list(Gateway.objects.get(uid=gw).children.values_list("uid", flat=True)) == [child]
+    # It added the child with its own gateway token, not an operator's credential.
+    added = AuditLog.objects.get(action="gateway.add_children", object_repr=gw)
+    assert (added.actor, added.actor_label) == (None, f"gateway:{gw}")
+    assert api_token not in config.read_text()
 
     batch = encode_batch(EventBatch(1, T0, 0, [Event(T0, 2, 180, 4)]))
     mcu.send(link.Kind.EVENTS, batch)

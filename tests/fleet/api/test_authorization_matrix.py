@@ -1,7 +1,9 @@
-"""Every API endpoint x anonymous/viewer/operator/admin: who may do what.
+"""Every API endpoint x anonymous/viewer/operator/admin/gateway token: who may do what.
 
 The matrix must name every route under /api/v1/; a new endpoint without a row fails
-``test_matrix_covers_every_route``.
+``test_matrix_covers_every_route``. The gateway column is a gateway's own API token
+(``Authorization: Gateway ...``, for the seeded gateway): refused everywhere except the rows
+marked ``gateway_token``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Row:
     minimum: str  # lowest role allowed; "anonymous" = public
     body: Callable[[], dict[str, Any]] | None = None
     ok: int = 200
+    gateway_token: bool = False  # the seeded gateway's own token may call it too
 
 
 def _profile_body() -> dict[str, Any]:
@@ -96,7 +99,7 @@ MATRIX = [
     Row("post", "/api/v1/gateways/", "operator",
         lambda: {"uid": "gw-new", "children": ["dev-a"]}, 201),
     Row("post", "/api/v1/gateways/{gateway}/children/", "operator",
-        lambda: {"children": ["dev-a"]}),
+        lambda: {"children": ["dev-a"]}, gateway_token=True),
     Row("post", "/api/v1/gateways/{gateway}/revoke/", "operator"),
 ]
 
@@ -164,6 +167,24 @@ def test_role_matrix(row: Row, role: str, api_client_for: Callable[[str], APICli
     else:
         assert response.status_code == 403
         assert response.json()["reason"] == "permission_denied"
+
+
+@pytest.mark.parametrize("row", MATRIX, ids=[f"{r.method} {r.path}" for r in MATRIX])
+def test_gateway_token_matrix(row: Row, seeded: dict[str, str]) -> None:
+    """A gateway's own token opens the rows marked for it and gets 403 everywhere else."""
+    from fleet.devices.credentials import hash_secret, new_gateway_token
+    from fleet.devices.models import Gateway
+
+    token = new_gateway_token()
+    Gateway.objects.filter(uid=seeded["gateway"]).update(api_token_hash=hash_secret(token))
+    client = APIClient(HTTP_AUTHORIZATION=f"Gateway {token}")
+    path = row.path.format(**seeded)
+    response = getattr(client, row.method)(path, row.body() if row.body else None, format="json")
+    if row.gateway_token:
+        assert response.status_code == row.ok, response.content
+    else:
+        assert response.status_code == 403, response.content
+        assert response.json()["reason"] == "gateway_token_scope"
 
 
 @pytest.mark.parametrize("path", ["/api/schema/", "/api/docs/"])
