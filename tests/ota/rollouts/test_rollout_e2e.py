@@ -39,7 +39,7 @@ from device_sdk.simulator import SimulationConfig, Simulator
 from fleet.broker.configured import reset_broker_access
 from fleet.broker.mosquitto import MosquittoInstance
 from fleet.devices.models import Device, HardwareProfile
-from fleet.telemetry.models import DeadLetter
+from fleet.telemetry.models import DeadLetter, WorkerStats
 from ota.models import ModelVersion, Package
 from ota.packaging.actions import do_build_package
 from ota.rollouts import actions
@@ -246,6 +246,16 @@ def test_a_signed_package_reaches_every_device_and_each_runs_the_exact_bytes(lab
                .values_list("running_package_id", flat=True)) == {package.pk}
     wait_until(lambda: Rollout.objects.get(pk=rollout.pk).state == RolloutState.COMPLETED, 10,
                "rollout completed")
+    # Egress did not grow with the fleet: the worker sent the package about once (fan-out),
+    # far from once per device. Its counters are saved every 5 s.
+    done = timezone.now()
+    stats = wait_until(lambda: WorkerStats.objects.filter(worker=lab.worker.name,
+                                                          heartbeat_at__gt=done).first(),
+                       15, "the worker's counters")
+    sent = stats.counters.get("ota_fanout_bytes", 0) + stats.counters.get("ota_unicast_bytes", 0)
+    ratio = sent / (package.transfer_size * FLEET)
+    print(f"server egress {sent} B = {ratio:.3f} x (package x devices)")
+    assert ratio < 0.1, stats.counters
 
 
 # -- b: canary failure, pause, resume, abort, rollback ------------------------------------------
