@@ -6,26 +6,36 @@ an exception). ``store_batches`` writes many accepted batches in one transaction
 (worker killed before its PUBACK, broker restart) is counted once. Dedupe is per batch, not
 per event row, which keeps the raw event table free of unique indexes and fast to COPY into.
 
-Throughput: on PostgreSQL every write of a call is one statement per table (keys and rollups
-as arrays through ``unnest``, events as one binary COPY), so the cost grows with rows, not
-round trips; SQLite, in process, takes ``executemany``. Timestamps are built from integer
-milliseconds without datetime objects on the hot path.
+Throughput: on PostgreSQL every write of a call is one statement per table (keys as arrays
+through ``unnest``, events as one binary COPY, rollups as a binary COPY into a session's
+staging table and one upsert from it), so the cost grows with rows, not round trips; SQLite,
+in process, takes ``executemany``. Python loops per message, never per
+event: the decoder checks each message but leaves its columns packed (``PackedBatch``), and
+the events of a whole call are unpacked, turned into the COPY payload and summed into rollups
+with numpy, column by column.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
-from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import TypeVar
 
+import numpy as np
+import numpy.typing as npt
 from django.db import connection, transaction
 
-from device_sdk.protocol.events import EventBatch, MessageKind, Summary, decode_message
+from device_sdk.protocol.events import (
+    EventBatch,
+    MessageKind,
+    PackedBatch,
+    Summary,
+    decode_message_packed,
+    unpack_batches,
+)
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from fleet.telemetry.directory import DeviceDirectory, KnownDevice
 from fleet.telemetry.models import LATENCY_BOUNDS_100US, DeadLetter
@@ -41,7 +51,7 @@ class Accepted:
 
     device_id: int
     model_version_id: int
-    message: EventBatch | Summary
+    message: PackedBatch | EventBatch | Summary  # the decoder gives PackedBatch, never EventBatch
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,7 @@ def decode_event_message(
     topic: str, uid: str, payload: bytes, directory: DeviceDirectory
 ) -> Accepted | Rejected:
     """Check and decode one message from ``fleet/v1/{uid}/events``."""
-    outcome = decode_from_device(topic, uid, payload, decode_message, directory)
+    outcome = decode_from_device(topic, uid, payload, decode_message_packed, directory)
     if isinstance(outcome, Rejected):
         return outcome
     message, device = outcome
@@ -109,16 +119,91 @@ def record_rejections(rejections: list[Rejected]) -> None:
 _EVENT_COLUMNS = "device_id, model_version_id, seq, ts, label, score, latency_100us"
 _ROLLUP_SUMS = ("count", "score_sum", "latency_sum", "lat_le_1ms", "lat_le_5ms", "lat_le_20ms",
                 "lat_le_100ms", "lat_gt_100ms")
+_ROLLUP_COLUMNS = "device_id, model_version_id, bucket, label, " + ", ".join(_ROLLUP_SUMS)
+# Rollup increments are COPYed here, then upserted in one statement: a binary COPY costs a
+# fraction of building and parsing twelve array literals. A temporary table belongs to the
+# session and is emptied at commit; created "if not exists" in every transaction, since one
+# remembered from an earlier transaction may have been rolled back (or the session replaced).
+_ROLLUP_STAGE_DDL = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS telemetry_rollup_stage (device_id bigint,"
+    " model_version_id integer, bucket timestamptz, label smallint, "
+    + ", ".join(f"{c} bigint" for c in _ROLLUP_SUMS) + ") ON COMMIT DELETE ROWS"
+)
 # Binary COPY (PostgreSQL's documented wire format): a signature and two empty int32 header
-# fields, then per row the field count and each field as int32 length + big-endian value, in
-# telemetry_event's column types (bigint, integer, bigint, timestamptz, smallint x2, integer).
-# A timestamptz is microseconds since 2000-01-01 UTC.
+# fields, then per row the field count and each field as int32 length + big-endian value.
+# A timestamptz is microseconds since 2000-01-01 UTC. See _binary_copy.
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
 _COPY_TRAILER = b"\xff\xff"
-_EVENT_TUPLE = struct.Struct(">h iq ii iq iq ih ih ii")
 _PG_EPOCH_US = 946_684_800_000_000
+_LATENCY_BOUNDS = np.array(LATENCY_BOUNDS_100US, dtype=np.int64)
 
-Rollups = dict[tuple[int, int, int, int], list[int]]  # (device, version, minute s, label)
+Int64s = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class _EventColumns:
+    """The raw event rows of one call, batch after batch, one int64 array per column."""
+
+    counts: Int64s  # events per batch
+    device: Int64s
+    model_version: Int64s
+    seq: Int64s
+    t_ms: Int64s
+    label: Int64s
+    score: Int64s
+    latency: Int64s
+
+    @classmethod
+    def of(cls, items: list[tuple[Accepted, PackedBatch]]) -> _EventColumns:
+        """Unpack the batches' events; repeat each batch's keys for its events."""
+        unpacked = unpack_batches([b for _, b in items])
+
+        def per_batch(values: list[int]) -> Int64s:
+            return np.repeat(np.array(values, dtype=np.int64), unpacked.counts)
+
+        return cls(
+            unpacked.counts,
+            per_batch([a.device_id for a, _ in items]),
+            per_batch([a.model_version_id for a, _ in items]),
+            per_batch([b.seq for _, b in items]),
+            unpacked.times, unpacked.labels, unpacked.scores, unpacked.latencies,
+        )
+
+    def last_times(self) -> list[int]:
+        """Return the time of each batch's last event, in batch order."""
+        return self.t_ms[np.cumsum(self.counts) - 1].tolist()
+
+    def __len__(self) -> int:
+        return len(self.t_ms)
+
+
+@dataclass(frozen=True)
+class _RollupCells:
+    """Rollup increments per (device, model version, minute, label), sorted by that key."""
+
+    keys: list[Int64s]  # device, model version, bucket (unix s), label
+    sums: list[Int64s]  # in _ROLLUP_SUMS order
+
+    def __len__(self) -> int:
+        return len(self.keys[0])
+
+
+def _binary_copy(columns: list[tuple[str, npt.NDArray[np.integer]]]) -> bytes:
+    """Return a binary COPY payload of integer columns, given as (numpy type code, values).
+
+    The codes are big-endian and sized like the table's columns (``>i8`` bigint and
+    timestamptz, ``>i4`` integer, ``>i2`` smallint). One packed numpy record per row, whose
+    length fields are constants, so the payload is built with one fill per column.
+    """
+    spec = [("fields", ">i2")]
+    for i, (code, _) in enumerate(columns):
+        spec += [(f"len{i}", ">i4"), (f"v{i}", code)]
+    rows = np.empty(len(columns[0][1]), dtype=np.dtype(spec))
+    rows["fields"] = len(columns)
+    for i, (code, values) in enumerate(columns):
+        rows[f"len{i}"] = np.dtype(code).itemsize
+        rows[f"v{i}"] = values
+    return _COPY_HEADER + rows.tobytes() + _COPY_TRAILER
 
 
 def _dt(seconds: float) -> datetime:
@@ -149,36 +234,38 @@ def _pg_array(values: Iterable[int]) -> str:
     return "{" + ",".join(map(str, values)) + "}"
 
 
+def _event_count(message: PackedBatch | Summary) -> int:
+    return message.count if isinstance(message, PackedBatch) else message.total
+
+
 def store_batches(accepted: list[Accepted], received_at: datetime) -> StoreResult:
     """Store accepted messages exactly once, with their rollups and devices' last seen."""
     result = StoreResult()
     if not accepted:
         return result
+    accepted = [a if not isinstance(a.message, EventBatch)
+                else Accepted(a.device_id, a.model_version_id, PackedBatch.of(a.message))
+                for a in accepted]
+    nested = connection.in_atomic_block
     with transaction.atomic():
         new = _claim_new(accepted, received_at)
         result.duplicates = len(accepted) - len(new)
         if not new:
             return result
-        event_rows: list[tuple[int, int, int, int, int, int, int]] = []
-        rollups: Rollups = {}
+        batches = [(a, a.message) for a in new if isinstance(a.message, PackedBatch)]
+        summaries = [(a, a.message) for a in new if isinstance(a.message, Summary)]
+        events = _EventColumns.of(batches)
         last_seen: dict[int, int] = {}
-        for item in new:
-            msg = item.message
-            if isinstance(msg, EventBatch):
-                _expand_batch(item, event_rows, rollups)
-                end_ms = msg.events[-1].t_ms
-            else:
-                _expand_summary(item, rollups)
-                end_ms = msg.t0_ms + msg.window_s * 1000
-            if end_ms > last_seen.get(item.device_id, 0):
-                last_seen[item.device_id] = end_ms
-            result.batches += 1
-        _insert_events(event_rows)
-        _upsert_rollups(rollups)
+        ends = zip([a.device_id for a, _ in batches], events.last_times(), strict=True)
+        for device, end_ms in (*ends, *((a.device_id, s.t0_ms + s.window_s * 1000)
+                                        for a, s in summaries)):
+            if end_ms > last_seen.get(device, 0):
+                last_seen[device] = end_ms
+        _insert_events(events)
+        _upsert_rollups(_rollups(events, summaries), nested=nested)
         _touch_devices(last_seen)
-        result.events = len(event_rows) + sum(
-            m.message.total for m in new if isinstance(m.message, Summary)
-        )
+        result.batches = len(new)
+        result.events = len(events) + sum(s.total for _, s in summaries)
         result.devices = set(last_seen)
     return result
 
@@ -188,12 +275,10 @@ def _claim_new(accepted: list[Accepted], received_at: datetime) -> list[Accepted
     rows = []
     for a in accepted:
         m = a.message
-        if isinstance(m, EventBatch):
-            rows.append((a.device_id, m.seq, int(MessageKind.BATCH), a.model_version_id,
-                         m.model, m.t0_ms, len(m.events)))
-        else:
-            rows.append((a.device_id, m.seq, int(MessageKind.SUMMARY), a.model_version_id,
-                         m.model, m.t0_ms, m.total))
+        assert not isinstance(m, EventBatch)  # store_batches turned batches into columns
+        kind = MessageKind.BATCH if isinstance(m, PackedBatch) else MessageKind.SUMMARY
+        rows.append((a.device_id, m.seq, int(kind), a.model_version_id, m.model, m.t0_ms,
+                     _event_count(m)))
     # Key order: concurrent workers wait on each other's uncommitted keys in one order only.
     rows.sort()
     claimed: set[tuple[int, int]] = set()
@@ -233,98 +318,99 @@ def _claim_new(accepted: list[Accepted], received_at: datetime) -> list[Accepted
     return new
 
 
-def _expand_batch(item: Accepted, rows: list[tuple[int, int, int, int, int, int, int]],
-                  rollups: Rollups) -> None:
-    msg = item.message
-    assert isinstance(msg, EventBatch)
-    device, mv, seq = item.device_id, item.model_version_id, msg.seq
-    append, get = rows.append, rollups.get
-    for e in msg.events:
-        t, label, score, latency = e.t_ms, e.label, e.score, e.latency_100us
-        append((device, mv, seq, t, label, score, latency))
-        key = (device, mv, t // 60_000 * 60, label)
-        acc = get(key)
-        if acc is None:
-            acc = rollups[key] = [0] * 8
-        acc[0] += 1
-        acc[1] += score
-        acc[2] += latency
-        acc[3 + bisect_left(LATENCY_BOUNDS_100US, latency)] += 1
+def _rollups(events: _EventColumns, summaries: list[tuple[Accepted, Summary]]) -> _RollupCells:
+    """Sum events (and summaries) per (device, model version, minute, label), vectorized.
 
-
-def _expand_summary(item: Accepted, rollups: Rollups) -> None:
-    """Fold a summary into the rollup of its window's first minute.
-
-    A summary carries no per-event latencies: its mean latency stands for every event of the
-    window in the histogram.
+    Every event adds 1 to its cell's count, its score and latency to the sums and 1 to its
+    latency bucket. A summary adds, per label, its count, mean score x count and mean latency
+    x count, all in its window's first minute and in the bucket of its mean latency (it
+    carries no per-event latencies).
     """
-    msg = item.message
-    assert isinstance(msg, Summary)
-    hist = 3 + bisect_left(LATENCY_BOUNDS_100US, msg.mean_latency_100us)
-    minute = msg.t0_ms // 60_000 * 60
-    for label, count in enumerate(msg.counts):
-        if count:
-            key = (item.device_id, item.model_version_id, minute, label)
-            acc = rollups.get(key)
-            if acc is None:
-                acc = rollups[key] = [0] * 8
-            acc[0] += count
-            acc[1] += msg.mean_scores[label] * count
-            acc[2] += msg.mean_latency_100us * count
-            acc[hist] += count
+    # device, model version, bucket (unix s), label, count, score sum, latency sum, and the
+    # latency that picks the histogram bucket: one row per event, then per summary label.
+    columns = [events.device, events.model_version, events.t_ms // 60_000 * 60, events.label,
+               np.ones(len(events), dtype=np.int64), events.score, events.latency,
+               events.latency]
+    if summaries:
+        rows = [(a.device_id, a.model_version_id, s.t0_ms // 60_000 * 60, label, n,
+                 s.mean_scores[label] * n, s.mean_latency_100us * n, s.mean_latency_100us)
+                for a, s in summaries for label, n in enumerate(s.counts) if n]
+        extra = np.array(rows, dtype=np.int64).reshape(-1, 8).T
+        columns = [np.concatenate([mine, theirs]) for mine, theirs in zip(columns, extra,
+                                                                          strict=True)]
+    device, mv, bucket, label, count, score, latency, histogram_latency = columns
+    if not len(device):
+        return _RollupCells([device, mv, bucket, label], [])
+    # Sorted by the full key: cells come out in key order, the order row locks are taken in.
+    order = np.lexsort((label, bucket, mv, device))
+    keys = [k[order] for k in (device, mv, bucket, label)]
+    same = np.ones(len(order), dtype=bool)  # same key as the row before
+    same[0] = False
+    for k in keys:
+        same[1:] &= k[1:] == k[:-1]
+    starts = np.flatnonzero(~same)
+    count = count[order]
+    histogram = np.searchsorted(_LATENCY_BOUNDS, histogram_latency[order], side="left")
+    sums = [np.add.reduceat(count, starts), np.add.reduceat(score[order], starts),
+            np.add.reduceat(latency[order], starts)]
+    sums += [np.add.reduceat(np.where(histogram == b, count, 0), starts)
+             for b in range(len(LATENCY_BOUNDS_100US) + 1)]
+    return _RollupCells([k[starts] for k in keys], sums)
 
 
-def _insert_events(rows: list[tuple[int, int, int, int, int, int, int]]) -> None:
-    if not rows:
+def _insert_events(events: _EventColumns) -> None:
+    if not len(events):
         return
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            pack, epoch = _EVENT_TUPLE.pack, _PG_EPOCH_US
-            data = b"".join([
-                _COPY_HEADER,
-                *[pack(7, 8, d, 4, mv, 8, seq, 8, t * 1000 - epoch, 2, label, 2, score, 4, lat)
-                  for d, mv, seq, t, label, score, lat in rows],
-                _COPY_TRAILER,
-            ])
+            data = _binary_copy([
+                (">i8", events.device), (">i4", events.model_version), (">i8", events.seq),
+                (">i8", events.t_ms * 1000 - _PG_EPOCH_US), (">i2", events.label),
+                (">i2", events.score), (">i4", events.latency)])
             with cursor.copy(
                 f"COPY telemetry_event ({_EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
             ) as copy:
                 copy.write(data)
         else:
+            columns = (events.device.tolist(), events.model_version.tolist(), events.seq.tolist(),
+                       [_sqlite_ts(t) for t in events.t_ms.tolist()], events.label.tolist(),
+                       events.score.tolist(), events.latency.tolist())
             cursor.executemany(
                 f"INSERT INTO telemetry_event ({_EVENT_COLUMNS}) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                [(d, mv, seq, _sqlite_ts(t), label, score, lat)
-                 for d, mv, seq, t, label, score, lat in rows],
+                list(zip(*columns, strict=True)),
             )
 
 
-def _upsert_rollups(rollups: Rollups) -> None:
-    if not rollups:
+def _upsert_rollups(cells: _RollupCells, *, nested: bool) -> None:
+    """Add the cells to the rollups; ``nested``: inside a caller's transaction."""
+    if not len(cells):
         return
     updates = ", ".join(f"{c} = telemetry_rollup.{c} + excluded.{c}" for c in _ROLLUP_SUMS)
     conflict = " ON CONFLICT (device_id, model_version_id, bucket, label) DO UPDATE SET "
-    # Sorted keys: concurrent workers take row locks in the same order and cannot deadlock.
-    cells = sorted(rollups.items())
+    device, mv, bucket, label = cells.keys
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            names = ", ".join(f"s{i}" for i in range(len(_ROLLUP_SUMS)))
-            columns = [_pg_array(c) for c in zip(*((*k, *s) for k, s in cells), strict=True)]
+            cursor.execute(_ROLLUP_STAGE_DDL)
+            data = _binary_copy([(">i8", device), (">i4", mv),
+                                 (">i8", bucket * 1_000_000 - _PG_EPOCH_US), (">i2", label),
+                                 *((">i8", s) for s in cells.sums)])
+            with cursor.copy(f"COPY telemetry_rollup_stage ({_ROLLUP_COLUMNS}) FROM STDIN"
+                             " (FORMAT BINARY)") as copy:
+                copy.write(data)
+            # Key order: concurrent workers take the rows' locks in the same order.
             cursor.execute(
-                "INSERT INTO telemetry_rollup (device_id, model_version_id, bucket, label, "
-                + ", ".join(_ROLLUP_SUMS) + ") SELECT d, mv,"
-                " 'epoch'::timestamptz + b * interval '1 second', l, " + names
-                + " FROM unnest(%s::bigint[], %s::integer[], %s::bigint[], %s::smallint[], "
-                + ", ".join(["%s::bigint[]"] * len(_ROLLUP_SUMS)) + ") AS u(d, mv, b, l, "
-                + names + ")" + conflict + updates,
-                columns,
-            )
+                f"INSERT INTO telemetry_rollup ({_ROLLUP_COLUMNS}) SELECT {_ROLLUP_COLUMNS}"
+                " FROM telemetry_rollup_stage ORDER BY device_id, model_version_id, bucket,"
+                " label" + conflict + updates)
+            if nested:  # no commit of ours will empty the stage
+                cursor.execute("DELETE FROM telemetry_rollup_stage")
         else:
+            columns = [c.tolist() for c in (*cells.keys, *cells.sums)]
+            columns[2] = [_sqlite_ts(minute * 1000) for minute in columns[2]]
             cursor.executemany(
-                "INSERT INTO telemetry_rollup (device_id, model_version_id, bucket, label, "
-                + ", ".join(_ROLLUP_SUMS) + ") VALUES (" + ",".join(["%s"] * 12) + ")"
-                + conflict + updates,
-                [(d, mv, _sqlite_ts(minute * 1000), label, *sums)
-                 for (d, mv, minute, label), sums in cells],
+                f"INSERT INTO telemetry_rollup ({_ROLLUP_COLUMNS}) VALUES ("
+                + ",".join(["%s"] * 12) + ")" + conflict + updates,
+                list(zip(*columns, strict=True)),
             )
 
 

@@ -7,7 +7,27 @@ ingest writes them in bulk (COPY on PostgreSQL) and retention drops them by time
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import models
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+from django.db.backends.ddl_references import Statement
+
+
+class TimeIndex(models.Index):
+    """An index on a time column that only grows: BRIN on PostgreSQL, a btree elsewhere.
+
+    A BRIN index keeps one summary per range of table pages, so appending rows costs almost
+    nothing (a btree on the raw event table halved COPY throughput); it serves range scans
+    on a column that follows insertion order, like the time of raw events. SQLite has no BRIN.
+    """
+
+    def create_sql(self, model: type[models.Model], schema_editor: BaseDatabaseSchemaEditor,
+                   using: str = "", **kwargs: Any) -> Statement:
+        """Return the CREATE INDEX statement, with ``USING brin`` on PostgreSQL."""
+        if schema_editor.connection.vendor == "postgresql":
+            using = " USING brin"
+        return super().create_sql(model, schema_editor, using=using, **kwargs)
 
 
 class IngestedBatch(models.Model):
@@ -29,7 +49,12 @@ class IngestedBatch(models.Model):
 
 
 class Event(models.Model):
-    """One inference result as the device reported it."""
+    """One inference result as the device reported it.
+
+    Append-only and read by time only (queries read rollups; retention deletes by time), so
+    its only index besides the primary key is a BRIN on ``ts``: every extra btree costs ingest
+    throughput (COPY) for no reader.
+    """
 
     device_id = models.BigIntegerField()
     model_version_id = models.IntegerField(default=0)
@@ -40,7 +65,7 @@ class Event(models.Model):
     latency_100us = models.IntegerField()
 
     class Meta:
-        indexes = [models.Index(fields=["device_id", "ts"]), models.Index(fields=["ts"])]
+        indexes = [TimeIndex(fields=["ts"], name="telemetry_event_ts_time")]
 
 
 # Latency histogram bucket upper bounds in 100 µs units (1, 5, 20, 100 ms; last is open).

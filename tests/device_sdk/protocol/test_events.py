@@ -16,13 +16,16 @@ from device_sdk.protocol.events import (
     Event,
     EventBatch,
     MessageKind,
+    PackedBatch,
     Summary,
     decode_batch,
     decode_message,
+    decode_message_packed,
     decode_summary,
     encode_batch,
     encode_summary,
     summarize,
+    unpack_batches,
 )
 from device_sdk.protocol.limits import (
     MAX_COUNT,
@@ -68,9 +71,27 @@ def _hex(spaced: str) -> bytes:
 
 
 def _reason(payload: bytes) -> Reason:
+    """Return why ``decode_message`` refuses ``payload``; the packed decoder must agree."""
     with pytest.raises(ProtocolError) as caught:
         decode_message(payload)
+    with pytest.raises(ProtocolError) as packed:
+        decode_message_packed(payload)
+    assert (packed.value.reason, packed.value.detail) == (caught.value.reason,
+                                                           caught.value.detail)
     return caught.value.reason
+
+
+def _unpacked(batches: list[PackedBatch]) -> list[list[Event]]:
+    """Return the events of each batch as ``unpack_batches`` gives them."""
+    columns = unpack_batches(batches)
+    rows = [Event(*r) for r in zip(columns.times.tolist(), columns.labels.tolist(),
+                                   columns.scores.tolist(), columns.latencies.tolist(),
+                                   strict=True)]
+    out, start = [], 0
+    for count in columns.counts.tolist():
+        out.append(rows[start:start + count])
+        start += count
+    return out
 
 
 def _batch_items(**changes: object) -> list[object]:
@@ -166,6 +187,49 @@ def test_any_valid_batch_round_trips(
         events.append(Event(t, label, score, latency))
     batch = EventBatch(seq, t0, model, events)
     assert decode_message(encode_batch(batch)) == batch
+    packed = decode_message_packed(encode_batch(batch))
+    assert isinstance(packed, PackedBatch)
+    assert packed.batch() == batch
+    assert _unpacked([packed]) == [events]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batches=st.lists(
+        st.tuples(
+            st.integers(1, MAX_EVENTS_PER_BATCH),
+            st.sampled_from([0, 1, 3, 8, 13, 20, 31, 32]),  # bit width of the columns' spread
+            st.integers(0, 2**32),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_unpack_batches_matches_each_batch(batches: list[tuple[int, int, int]]) -> None:
+    """Many batches unpacked at once give every batch's own events, at every column width."""
+    packed, expected = [], []
+    for index, (count, width, seed) in enumerate(batches):
+        rng = random.Random(seed)
+
+        def spread(low: int, high: int, width: int = width, rng: random.Random = rng) -> int:
+            return min(high, low + rng.randrange(1 << width))
+
+        t, events = MIN_T0_MS + rng.randrange(10**12), []
+        for _ in range(count):
+            events.append(Event(t, spread(0, MAX_LABELS - 1), spread(0, 255),
+                                spread(0, MAX_LATENCY_100US)))
+            t += spread(0, 86_400_000 // 2)
+        batch = EventBatch.of(index, 1, events)
+        packed.append(PackedBatch.of(batch))
+        expected.append(events)
+    assert _unpacked(packed) == expected
+    assert [p.batch().events for p in packed] == expected
+
+
+def test_unpack_batches_of_nothing_is_empty() -> None:
+    """No batches unpack to empty columns (a call with only summaries stores no events)."""
+    columns = unpack_batches([])
+    assert [len(c) for c in columns] == [0] * 5
 
 
 @settings(max_examples=100, deadline=None)

@@ -17,12 +17,15 @@ from hypothesis import strategies as st
 from device_sdk.protocol.events import (
     Event,
     EventBatch,
+    PackedBatch,
     Summary,
     decode_batch,
     decode_message,
+    decode_message_packed,
     decode_summary,
     encode_batch,
     encode_summary,
+    unpack_batches,
 )
 from device_sdk.protocol.ota_messages import (
     Chunk,
@@ -55,6 +58,7 @@ DECODE_REASONS = {
 }
 DECODERS: dict[str, tuple[Callable[[bytes], object], tuple[type, ...]]] = {
     "message": (decode_message, (EventBatch, Summary)),
+    "message_packed": (decode_message_packed, (PackedBatch, Summary)),
     "batch": (decode_batch, (EventBatch,)),
     "summary": (decode_summary, (Summary,)),
     "status": (decode_status, (Status,)),
@@ -68,6 +72,9 @@ VALID: dict[str, bytes] = {
         EventBatch.of(3, 2, [Event(T0, 1, 200, 90), Event(T0 + 999, 4, 30, 400)])
     ),
     "batch": encode_batch(EventBatch.of(1, 1, [Event(T0 + i, i % 7, i, i) for i in range(40)])),
+    "message_packed": encode_batch(
+        EventBatch.of(1, 1, [Event(T0 + 997 * i, i % 5, 90 + i, 300 - i) for i in range(33)])
+    ),
     "summary": encode_summary(Summary(9, T0, 2, 60, [5, 0, 7], [200, 0, 180], 120)),
     "status": encode_status(
         Status(
@@ -88,14 +95,34 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 
 
 def check_decoder(name: str, payload: bytes) -> None:
-    """Assert ``payload`` decodes to the decoder's type or is refused with a decode reason."""
+    """Assert ``payload`` decodes to the decoder's type or is refused with a decode reason.
+
+    The packed events decoder (the server's) must also decide exactly as ``decode_message``
+    does, and unpack to the same events.
+    """
     decoder, types = DECODERS[name]
     try:
         result = decoder(payload)
     except ProtocolError as exc:
         assert exc.reason in DECODE_REASONS, exc
+        result = exc
     else:
         assert isinstance(result, types)
+    if name == "message_packed":
+        try:
+            full: object = decode_message(payload)
+        except ProtocolError as exc:
+            assert isinstance(result, ProtocolError), (exc, result)
+            assert (result.reason, result.detail) == (exc.reason, exc.detail)
+            return
+        if isinstance(result, PackedBatch):
+            assert result.batch() == full
+            columns = unpack_batches([result])
+            assert isinstance(full, EventBatch)
+            assert columns.times.tolist() == [e.t_ms for e in full.events]
+            assert columns.latencies.tolist() == [e.latency_100us for e in full.events]
+        else:
+            assert result == full
 
 
 def _scalars() -> st.SearchStrategy[object]:
