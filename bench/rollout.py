@@ -63,6 +63,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lab import bench_broker, setup_django  # bench/ is this script's folder
+
 HIDDEN = 2100  # Dense 16-2100-4 int8 (per-channel scales and zero points included): ~100 KB
 HARDWARE = "stm32f746"  # default class; --hardware picks another (the fan-out chunk follows it)
 READY_LINE = "subscriptions granted"
@@ -182,14 +184,6 @@ class SysMonitor:
 # -- the run -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_worker(workdir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start ``fleet_worker`` with its rollouts thread; wait until it consumes."""
     log_path = workdir / "worker.log"
@@ -224,8 +218,13 @@ def enroll(devices: int, sim: Any, server: str, v1_package_id: int, hardware: st
     from django.utils import timezone
 
     from device_sdk.identity import (
-        CA_FILE, DeviceIdentity, MqttCredential, SigningKey, capabilities_json,
-        load_or_create_key, public_key_pem,
+        CA_FILE,
+        DeviceIdentity,
+        MqttCredential,
+        SigningKey,
+        capabilities_json,
+        load_or_create_key,
+        public_key_pem,
     )
     from fleet.devices.actions import do_create_enrollment_token, do_enroll_device
     from fleet.devices.models import Device
@@ -327,41 +326,16 @@ def main() -> None:
     timeout = args.timeout or 30 + 0.3 * devices
     t_total = time.monotonic()
 
-    from fleet.broker.mosquitto import DEFAULT_TEMPLATE, MosquittoInstance
-
     v1_bytes, v2_bytes, v3_bytes = models()
     workdir = Path(tempfile.mkdtemp(prefix="fleet-bench-rollout-"))
-    var_dir = workdir / "var"
-    var_dir.mkdir()
-    # The project's broker config, plus $SYS counters every second (default: every 10 s).
-    template = workdir / "mosquitto.conf.template"
-    template.write_text(DEFAULT_TEMPLATE.read_text() + "\n# bench/rollout.py\nsys_interval 1\n")
-    broker = MosquittoInstance(workdir / "broker", free_port(), free_port(),
-                               secrets.token_urlsafe(16), template=template)
+    broker = bench_broker(workdir, "bench/rollout.py")
     worker: subprocess.Popen[bytes] | None = None
     sim: Any = None
     monitor: SysMonitor | None = None
     results: list[dict[str, Any]] = []
     try:
         broker.start()
-        db_path = workdir / "fleet.sqlite3"
-        env = {
-            "DJANGO_SETTINGS_MODULE": "fleet.settings", "FLEET_DEBUG": "1",
-            "FLEET_VAR_DIR": str(var_dir), "DATABASE_URL": f"sqlite:///{db_path}",
-            "ARTIFACT_ROOT": str(var_dir / "artifacts"),
-            "FLEET_KEK": "bench-kek-" + secrets.token_hex(16),
-            "MQTT_URL": broker.url, "MQTT_DEVICE_URL": broker.tls_url,
-            "MQTT_ADMIN_USERNAME": broker.admin_username,
-            "MQTT_ADMIN_PASSWORD": broker.admin_password, "MQTT_CA_FILE": str(broker.ca_cert),
-            "BROKER_ACCESS": "dynsec", "FLEET_LOG_LEVEL": "WARNING",
-        }
-        os.environ.update(env)
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
+        setup_django(workdir, broker)
 
         from device_sdk.protocol.ota_messages import DeploymentState
         from device_sdk.simulator import SimulationConfig, Simulator
@@ -373,7 +347,7 @@ def main() -> None:
         from ota.packaging.actions import do_build_package
         from ota.registry.actions import do_create_model, do_upload_version
         from ota.rollouts import actions
-        from ota.rollouts.models import Deployment, Rollout
+        from ota.rollouts.models import Deployment
 
         # -- seed: the model, two versions, v1's package ----------------------------------
         started = time.monotonic()
