@@ -63,8 +63,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lab import bench_broker, setup_django  # bench/ is this script's folder
+from lab import (  # bench/ is this script's folder
+    bench_broker,
+    recorded_broker_steps,
+    setup_django,
+    write_dynsec_devices,
+)
 
+BULK_ENROLL_OVER = 2000  # devices; above, enroll in bulk (see enroll())
 HIDDEN = 2100  # Dense 16-2100-4 int8 (per-channel scales and zero points included): ~100 KB
 HARDWARE = "stm32f746"  # default class; --hardware picks another (the fan-out chunk follows it)
 READY_LINE = "subscriptions granted"
@@ -212,8 +218,34 @@ def stop_worker(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(timeout=10)
 
 
-def enroll(devices: int, sim: Any, server: str, v1_package_id: int, hardware: str) -> None:
-    """Enroll ``devices`` in-process and write the identity files the simulator reads."""
+def enroll(devices: int, sim: Any, server: str, v1_package_id: int, hardware: str,
+           broker: Any, bulk: bool) -> None:
+    """Enroll ``devices`` in-process and write the identity files the simulator reads.
+
+    ``bulk``: the same do_enroll_device, 250 per transaction, with the broker credentials
+    recorded and written into the dynamic-security file while the broker is stopped
+    (bench/lab.py says why: the plugin's cost per enrollment grows with the fleet).
+    """
+    from django.db import transaction
+
+    if bulk:
+        with recorded_broker_steps() as recorder:
+            for first in range(0, devices, 250):
+                with transaction.atomic():
+                    _enroll(range(first, min(first + 250, devices)), devices, sim, server,
+                            v1_package_id, hardware)
+        broker.stop()
+        write_dynsec_devices(broker.dynsec_file, recorder.devices)
+        broker.start()
+    else:
+        _enroll(range(devices), devices, sim, server, v1_package_id, hardware)
+
+
+_token: list[str] = []
+
+
+def _enroll(indexes: range, devices: int, sim: Any, server: str, v1_package_id: int,
+            hardware: str) -> None:
     from django.conf import settings
     from django.utils import timezone
 
@@ -230,13 +262,16 @@ def enroll(devices: int, sim: Any, server: str, v1_package_id: int, hardware: st
     from fleet.devices.models import Device
     from fleet.devices.trust import broker_ca_pem, published_signing_keys
 
-    _, token = do_create_enrollment_token(
-        actor=None, expires_at=timezone.now() + timezone.timedelta(days=1), max_uses=devices)
+    if not _token:
+        _token.append(do_create_enrollment_token(
+            actor=None, expires_at=timezone.now() + timezone.timedelta(days=1),
+            max_uses=devices)[1])
+    token = _token[0]
     keys = tuple(SigningKey(k["kid"], k["public_key"]) for k in published_signing_keys())
     ca = broker_ca_pem()
     caps = capabilities_json(sim.capabilities)
     uids = []
-    for i in range(devices):
+    for i in indexes:
         state = sim.device_dir(i)
         key = load_or_create_key(state)
         result = do_enroll_device(token=token, public_key_pem=public_key_pem(key),
@@ -375,8 +410,10 @@ def main() -> None:
         )
         sim = Simulator(config)
         started = time.monotonic()
-        enroll(devices, sim, server, v1_package.pk, args.hardware)
-        log(f"{devices} devices enrolled in-process in {time.monotonic() - started:.1f} s")
+        bulk = devices > BULK_ENROLL_OVER
+        enroll(devices, sim, server, v1_package.pk, args.hardware, broker, bulk)
+        log(f"{devices} devices enrolled in-process in {time.monotonic() - started:.1f} s"
+            f"{' (bulk: broker credentials written to its dynamic-security file)' if bulk else ''}")
 
         # -- worker -----------------------------------------------------------------------
         identity = ("bench-rollout-worker", secrets.token_urlsafe(16))
