@@ -14,6 +14,10 @@ Threading contract:
 * Everything the reactor calls (socket handlers, timers, ``call_soon`` callables) runs on the
   reactor thread, must not block, and must not raise: an exception is logged and swallowed so
   one faulty device cannot stop the loop that serves hundreds.
+
+The selector is epoll (or poll, kqueue), never ``select()``: ``select`` cannot watch a
+descriptor numbered 1024 or above, which a process with a few thousand device sockets soon
+hands out (the simulator holds 10,000 connections, bench/simulator.py).
 """
 
 from __future__ import annotations
@@ -36,6 +40,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # The longest the loop sleeps with nothing due: bounds how late a stop request is noticed.
 _MAX_WAIT_S = 1.0
+
+
+def _make_selector() -> selectors.BaseSelector:
+    """Return an epoll (or kqueue, /dev/poll, poll) selector: anything but ``select()``."""
+    for name in ("EpollSelector", "KqueueSelector", "DevpollSelector", "PollSelector"):
+        kind = getattr(selectors, name, None)
+        if kind is not None:
+            try:
+                return kind()  # type: ignore[no-any-return]
+            except OSError:  # e.g. epoll unavailable in an odd sandbox: try the next one
+                continue
+    log.warning("no epoll or poll on this platform: select() limits the reactor to fd < 1024")
+    return selectors.DefaultSelector()
 
 
 class Timer:
@@ -71,7 +88,7 @@ class Reactor:
         self, name: str = "device-sdk-net", *, executor: Executor | None = None, connectors: int = 2
     ) -> None:
         self.name = name
-        self._selector = selectors.DefaultSelector()
+        self._selector = _make_selector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)

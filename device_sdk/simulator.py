@@ -11,13 +11,37 @@ devices round-robin, plus a small pool for TCP/TLS handshakes and one for enroll
 ``loop_start`` would need a thread per device; a reactor drives hundreds of clients with
 ``loop_read``/``loop_write``/``loop_misc``. The main thread only watches the clock (duration,
 drift) and logs progress.
+
+Scale (10,000 connected devices from one process, measured by ``bench/simulator.py``):
+
+* File descriptors: each device holds its TLS socket and, while the budget allows, its outbox's
+  SQLite file. :func:`raise_open_file_limit` lifts the soft ``RLIMIT_NOFILE`` to the hard limit
+  at start; the devices past what that limit leaves room for keep their outbox in memory (the
+  same SQLite outbox, ``:memory:``), the reporting devices first in line for a file, and the log
+  says how many. Nothing else holds a descriptor per device (paho's wake-up socket pair is only
+  made by its own loops, which the reactor replaces), and the reactor waits with epoll, so
+  descriptors above 1024 are fine.
+* Connects go through the small connector pool (``connectors`` threads doing TCP + TLS), so at
+  most that many handshakes are in flight: the broker's listen backlog (100 in Mosquitto 2.0,
+  not configurable) never overflows, whatever the fleet size. ``connect_rate`` paces them
+  further when a broker shares its core with the simulator.
+* Only ``reporting`` devices (default: all) run inference; the others stay connected and
+  idle (keepalive pings only), as most of a real fleet does between events.
+* At most two reactor threads by default (the GIL runs one at a time; more only made timers
+  late), and the objects of a built (then of a fully connected) fleet are moved out of the
+  cyclic collector's sight with ``gc.freeze()``: a full collection walked every device at
+  each pass and stalled the whole fleet for up to 0.7 s at 10,000 devices. :meth:`Simulator.stop`
+  unfreezes them; ``freeze_gc=False`` leaves the collector alone.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
+import os
 import random
+import resource
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,15 +56,23 @@ from device_sdk.ota.agent import Faults, OtaAgent
 from device_sdk.ota.slots import SlotStore
 from device_sdk.ota.trial import TrialResult, run_trial
 from device_sdk.ota.updater import OtaUpdater
+from device_sdk.outbox import Outbox
 from device_sdk.protocol.ota_messages import DeploymentState
 from device_sdk.protocol.reasons import Reason
 from device_sdk.protocol.status import Capabilities
 from device_sdk.reactor import Reactor, Timer
 
-__all__ = ["SimulatedDevice", "SimulationConfig", "Simulator"]
+__all__ = ["SimulatedDevice", "SimulationConfig", "Simulator", "raise_open_file_limit"]
 
 log = logging.getLogger(__name__)
 _DEVICES_PER_THREAD = 500
+# Python runs one thread at a time: past two reactors, more threads add GIL hand-offs, not
+# throughput. With 10,000 devices, 20 reactors let a timer run up to 0.76 s late (p99 0.27 s)
+# where 2 kept it within 0.1 s, for more CPU (bench/simulator.py).
+_MAX_DEFAULT_THREADS = 2
+# Descriptors kept free for everything that is not a device's socket or outbox: the Python
+# runtime, logging, the model, re-enrollment, slot files while an update is written.
+_FD_RESERVE = 256
 # A device whose credential the broker refuses enrolls again, at most this often.
 _REENROLL_INTERVAL_S = 60.0
 
@@ -65,7 +97,7 @@ class SimulationConfig:
     drift_fraction: float = 1.0  # share of the devices that drift
     package_id: int = 0  # package id of the factory model (0: none)
     duration_s: float | None = None  # None: until stopped
-    threads: int | None = None  # reactor threads; None: one per 500 devices
+    threads: int | None = None  # reactor threads; None: one per 500 devices, at most 2
     connectors: int = 4  # threads doing TCP/TLS handshakes
     enroll_workers: int = 8
     uid_prefix: str | None = None  # device ids PREFIX-00000...; None: the server derives them
@@ -75,6 +107,9 @@ class SimulationConfig:
     latency_scale: float = 1.0
     seed: int = 0
     report_every_s: float = 10.0
+    reporting: int | None = None  # devices that run inference (the first N); None: all
+    connect_rate: float | None = None  # devices started per second; None: as fast as connectors go
+    freeze_gc: bool = True  # move the fleet's long-lived objects out of the collector's sight
     ota: bool = True  # take OTA updates (A/B slots under each device's state dir)
     faults: Faults = field(default_factory=Faults)  # failure injection for rollout tests
     repair_after_s: float = 2.0  # ask for missing package bytes after this long without any
@@ -82,15 +117,21 @@ class SimulationConfig:
 
 
 class SimulatedDevice:
-    """One simulated device: a client, a sensor stream, and an inference timer on its reactor."""
+    """One simulated device: a client, a sensor stream, and an inference timer on its reactor.
+
+    A device that is not ``reporting`` stays connected but never infers (:meth:`start` is a
+    no-op): the idle majority of a large simulated fleet.
+    """
 
     def __init__(
-        self, index: int, client: DeviceClient, stream: SensorStream, rate_hz: float
+        self, index: int, client: DeviceClient, stream: SensorStream, rate_hz: float,
+        *, reporting: bool = True,
     ) -> None:
         self.index = index
         self.client = client
         self.stream = stream
         self.agent: OtaAgent | None = None
+        self.reporting = reporting
         self.period = 1.0 / rate_hz
         self.inferences = 0
         self._next = 0.0
@@ -99,6 +140,8 @@ class SimulatedDevice:
 
     def start(self, phase: float) -> None:
         """Start inferring ``phase`` seconds from now, then every period (on the reactor)."""
+        if not self.reporting:
+            return
         self._running = True
         self._next = time.monotonic() + phase
         self._timer = self.client.reactor.call_later(phase, self._tick)
@@ -132,7 +175,8 @@ class Simulator:
         )
         self.model.prototypes()  # search once, before hundreds of streams need them
         self.capabilities: Capabilities = host_capabilities(self.model, slot_bytes=config.slot_bytes)
-        threads = config.threads or max(1, math.ceil(config.devices / _DEVICES_PER_THREAD))
+        threads = config.threads or min(
+            _MAX_DEFAULT_THREADS, max(1, math.ceil(config.devices / _DEVICES_PER_THREAD)))
         self._connector_pool = ThreadPoolExecutor(config.connectors, thread_name_prefix="sim-conn")
         self._reenroll_pool = ThreadPoolExecutor(2, thread_name_prefix="sim-reenroll")
         self._reenrolled_at: dict[int, float] = {}
@@ -148,6 +192,10 @@ class Simulator:
         self.crashes = 0
         self._drifted = False
         self._started_at = 0.0
+        self._file_outboxes = config.devices  # devices 0..N-1 keep their outbox in a file
+        self.connect_started_at = 0.0  # monotonic time the first device started connecting
+        self._frozen = False  # gc.freeze() done; undone by stop()
+        self._came_up: set[str] = set()  # devices connected at least once (for the 2nd freeze)
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -189,20 +237,52 @@ class Simulator:
         return enrolled
 
     def start(self) -> None:
-        """Enroll, then connect every device and start its inference timer."""
+        """Enroll, then connect every device and start its inference timer.
+
+        With ``connect_rate`` the devices start at that pace (this call takes devices / rate
+        seconds, and returns early if a stop is requested meanwhile).
+        """
         cfg = self.config
+        fd_limit = raise_open_file_limit()
         enrolled = self.enroll_all()
+        self._file_outboxes = self._outbox_files(len(enrolled), fd_limit)
         for reactor in self.reactors:
             reactor.start()
         rng = random.Random(cfg.seed)
         for n, (index, identity) in enumerate(enrolled):
             self.devices.append(self._make_device(n, index, identity, rng))
-        for device in self.devices:
+        if cfg.freeze_gc:
+            gc.collect()
+            gc.freeze()
+            self._frozen = True
+        interval = 1.0 / cfg.connect_rate if cfg.connect_rate else 0.0
+        self.connect_started_at = time.monotonic()
+        for i, device in enumerate(self.devices):
+            due = self.connect_started_at + i * interval
+            if interval and self._stop.wait(max(0.0, due - time.monotonic())):
+                break
             device.client.start()
             # Spread the first inferences over one period so the fleet does not tick in step.
             device.start(phase=rng.uniform(0, device.period))
         self._started_at = time.monotonic()
-        log.info("%d devices started on %d network threads", len(self.devices), len(self.reactors))
+        log.info("%d devices (%d reporting) started on %d network threads", len(self.devices),
+                 sum(d.reporting for d in self.devices), len(self.reactors))
+
+    def _outbox_files(self, devices: int, fd_limit: int) -> int:
+        """Return how many devices may keep their outbox in a file (one descriptor each)."""
+        try:
+            open_now = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            open_now = 64
+        # Each device holds its socket; an outbox file is a second descriptor.
+        room = fd_limit - open_now - _FD_RESERVE - self.config.connectors - devices
+        files = max(0, min(devices, room))
+        if files < devices:
+            log.warning(
+                "open file limit %d: %d devices keep their outbox in a file, %d in memory "
+                "(unsent telemetry of those is lost if this process dies); raise the hard "
+                "limit (ulimit -Hn) for more", fd_limit, files, devices - files)
+        return files
 
     def _make_device(self, n: int, index: int, identity: DeviceIdentity,
                      rng: random.Random) -> SimulatedDevice:
@@ -233,8 +313,12 @@ class Simulator:
             backoff=Backoff(rng=random.Random(rng.random())),
         )
         client.on_refused = self._on_refused
+        client.on_connect = self._on_device_up
+        if n >= self._file_outboxes:
+            _keep_outbox_in_memory(client)
         stream = SensorStream(model, mix=cfg.mix, seed=cfg.seed * 1_000_003 + index)
-        device = SimulatedDevice(index, client, stream, cfg.rate_hz)
+        reporting = cfg.reporting is None or n < cfg.reporting
+        device = SimulatedDevice(index, client, stream, cfg.rate_hz, reporting=reporting)
         if store is not None:
             self._attach_ota(device, n, identity, store, rng)
             if interrupted is not None:
@@ -304,6 +388,17 @@ class Simulator:
             fresh.start(phase=fresh.period)
 
         self._reenroll_pool.submit(reboot)
+
+    def _on_device_up(self, client: DeviceClient, session_present: bool) -> None:
+        """Once every device has connected, freeze again: their connections are long-lived too
+        (network thread; gc.freeze is safe from any thread)."""
+        if not self._frozen or len(self._came_up) >= len(self.devices):
+            return
+        self._came_up.add(client.uid)
+        if len(self._came_up) == len(self.devices):
+            gc.freeze()
+            log.info("all %d devices connected once: their objects are frozen for the collector",
+                     len(self.devices))
 
     def _on_refused(self, client: DeviceClient, reason_code: int) -> None:
         """Re-enroll a device the broker refuses (network thread: hand the HTTP to a pool)."""
@@ -386,6 +481,9 @@ class Simulator:
             reactor.close()
         self._connector_pool.shutdown(wait=False, cancel_futures=True)
         self._reenroll_pool.shutdown(wait=False, cancel_futures=True)
+        if self._frozen:
+            gc.unfreeze()  # a stopped fleet is garbage like any other
+            self._frozen = False
         self.report()
 
     # -- figures --------------------------------------------------------------------------
@@ -414,3 +512,34 @@ class Simulator:
             self.connected(), len(self.devices), inferences, inferences / elapsed,
             t.messages, t.acked, t.pending, t.dropped, t.rejected, t.connects,
         )
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit; return the soft limit.
+
+    Each simulated device holds a socket (and usually its outbox file): the common default
+    soft limit of 1,024 stops a fleet at a few hundred devices. Raising the hard limit itself
+    needs privileges this process may not have (``ulimit -Hn`` in the shell that starts it).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open file limit from %d to %d: %s", soft, hard, exc)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def _keep_outbox_in_memory(client: DeviceClient) -> None:
+    """Give ``client`` an in-memory outbox so it holds no descriptor besides its socket.
+
+    Same class and bounds, SQLite ``:memory:``; an outbox file that still holds messages from
+    an earlier run is kept instead, so they are sent.
+    """
+    on_disk = client.outbox
+    if len(on_disk):
+        return
+    client.outbox = Outbox(":memory:", max_entries=on_disk.max_entries,
+                           max_bytes=on_disk.max_bytes, durable=False)
+    on_disk.close()

@@ -13,6 +13,14 @@ the user that starts it (``user <current user>`` in the config); the work direct
 database stay readable only by that user. A packaged deployment runs it under its own
 service account instead (deploy/, systemd).
 
+Connection limits: every client holds one descriptor in the broker, and Mosquitto 2.0 never
+raises its own open-file limit, so a broker started from a shell with the common soft limit of
+1,024 quietly resets every connection past about 1,015. `start` lifts the broker's soft limit
+to the hard limit it inherited, and the config caps each listener's ``max_connections`` a
+little below that, so a full broker refuses a newcomer cleanly (and says so in its log)
+instead of failing its ``accept``. The listen backlog is fixed at 100 in Mosquitto 2.0: a
+client fleet connects through a few connector threads (the simulator's), not all at once.
+
 Command line, for the project's scripts::
 
     python -m fleet.broker.mosquitto start --dir var/broker --port 1883 --tls-port 8883
@@ -25,6 +33,7 @@ import argparse
 import getpass
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -47,6 +56,9 @@ DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 MAX_PAYLOAD = 256 * 1024
 # Topic, properties and fixed header on top of the largest allowed payload.
 PACKET_OVERHEAD = 4 * 1024
+# Descriptors the broker needs besides its clients: listeners, log, persistence, the dynsec
+# JSON while it is rewritten, epoll, stdio.
+FD_RESERVE = 64
 
 
 class BrokerError(RuntimeError):
@@ -74,7 +86,13 @@ class MosquittoInstance:
         max_queued_messages: int = 100_000,
         max_inflight_messages: int = 100,
         max_payload: int = MAX_PAYLOAD,
+        max_connections: int | None = None,
     ) -> None:
+        """Describe a broker; nothing starts before :meth:`start`.
+
+        ``max_connections`` caps the clients of each listener; None derives it from the
+        open-file limit the broker gets (:func:`open_file_limit`), minus :data:`FD_RESERVE`.
+        """
         self.workdir = Path(workdir).resolve()
         self.port = port
         self.tls_port = tls_port
@@ -90,6 +108,10 @@ class MosquittoInstance:
         self.max_queued_messages = max_queued_messages
         self.max_inflight_messages = max_inflight_messages
         self.max_payload = max_payload
+        self.max_connections = (
+            max_connections if max_connections is not None
+            else max(1, open_file_limit() - FD_RESERVE)
+        )
         self._process: subprocess.Popen[bytes] | None = None
 
     # Paths -------------------------------------------------------------------------------
@@ -161,6 +183,7 @@ class MosquittoInstance:
             "max_queued_messages": self.max_queued_messages,
             "max_inflight_messages": self.max_inflight_messages,
             "max_packet_size": self.max_packet_size,
+            "max_connections": self.max_connections,
             "log_file": self.log_file,
         }
         return string.Template(self.template.read_text()).substitute(values)
@@ -208,6 +231,7 @@ class MosquittoInstance:
                 start_new_session=True,
             )
         self.pid_file.write_text(f"{self._process.pid}\n")
+        _raise_open_file_limit(self._process.pid)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -286,6 +310,33 @@ class MosquittoInstance:
             return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+
+def open_file_limit() -> int:
+    """Return how many descriptors a broker started from this process may hold.
+
+    That is this process's hard ``RLIMIT_NOFILE``, which the broker inherits and `start`
+    raises its soft limit to. Raising the hard limit needs privileges (``ulimit -Hn``, or
+    ``LimitNOFILE=`` in a systemd unit).
+    """
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return hard if hard != resource.RLIM_INFINITY else 1 << 20
+
+
+def _raise_open_file_limit(pid: int) -> None:
+    """Lift the soft open-file limit of process ``pid`` to its hard limit.
+
+    Done from outside (prlimit) right after the spawn rather than in a ``preexec_fn``, which
+    is unsafe in a process with threads; the broker accepts nobody during those microseconds.
+    """
+    prlimit = getattr(resource, "prlimit", None)  # Linux only
+    if prlimit is None:
+        return
+    try:
+        _, hard = prlimit(pid, resource.RLIMIT_NOFILE)
+        prlimit(pid, resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:  # the process is already gone
+        log.warning("could not raise the open file limit of mosquitto pid %d: %s", pid, exc)
 
 
 def find_executable(name: str) -> str:

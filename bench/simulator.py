@@ -1,0 +1,731 @@
+"""Measure simulator scale: how many devices one process keeps connected, and reporting.
+
+What runs (all started here, all stopped at the end, even on error):
+
+- Mosquitto (fleet.broker.mosquitto.MosquittoInstance: the project's config, dynamic security,
+  free loopback ports) plus ``sys_interval 1`` so its $SYS figures come every second;
+- a SQLite file database in a temporary FLEET_VAR_DIR, migrated in this process;
+- a trained int8 16-32-4 MLP (TensorFlow in a subprocess, cached in the temp folder);
+- N devices enrolled in this process, each with its own key pair, device row, broker
+  credential (dynsec client, bound to its uid as client id) and broker role ``device-<uid>``;
+- the simulator (device_sdk.simulator.Simulator) in a child process of its own, so its CPU
+  and memory are its alone: N devices connected over TLS, the first R running inference at
+  1/s in TFLM and reporting batches;
+- a monitor client (the dynsec admin, plain listener) counting the events that reach the
+  broker's subscribers, and reading $SYS/broker/clients/connected.
+
+Enrollment. The real path is ``do_enroll_device`` provisioning the broker over
+``$CONTROL/dynamic-security/v1``. In Mosquitto 2.0.11 every createRole and createClient makes
+the plugin rewrite its whole JSON file (about 1.6 KB per device), so one enrollment costs time
+in proportion to the fleet already enrolled: ~20 ms at 250 devices, ~75 ms at 1,000, and the
+bench measures it at N. Enrolling 10,000 that way would take about an hour, so the bench
+enrolls ``--real-enroll`` devices through the real path before the bulk (dynsec nearly empty)
+and as many after it (dynsec holding N), and the rest in bulk: the same ``do_enroll_device``
+(token, key, row, audit, a fresh credential) with the broker step recorded instead of sent,
+then written into the plugin's JSON while the broker is stopped, exactly as the plugin stores
+what ``DynsecAccess.provision_device`` sends (a client with its PBKDF2-SHA512 password hash
+and client id, and its own role with ``device_grants``). The ``enroll_*`` lines say so.
+
+Phases of the simulator child (it speaks JSON lines on stdout, progress on stderr):
+
+1. optional baseline: the same N devices connect over plain TCP (the broker's loopback
+   listener), then stop; gives the connect time and CPU without TLS;
+2. N devices connect over TLS (the enrolled mqtts:// URL), none inferring yet;
+3. idle window: all connected, keepalive only: CPU % and RSS;
+4. the first R devices start inferring at 1/s (batches of ``--batch``); after one batch
+   period, the steady window: CPU %, RSS, connected devices (minimum over the window).
+
+Figures (one JSON object per line at the end):
+
+- ``simulator_devices_connected``: the simulator's connected devices, minimum over the steady
+  window; baseline = devices asked. ``broker_clients_connected``: Mosquitto's own count.
+- ``simulator_connect_seconds``: first connect to all connected over TLS; baseline = plain TCP.
+- ``simulator_cpu_ms_per_connect`` / ``broker_cpu_ms_per_connect``: CPU per connection over
+  TLS; baseline = plain TCP (the TLS handshake's share is the difference).
+- ``simulator_cpu_percent``: CPU of the simulator process (all threads, % of one core) in the
+  steady window; baseline = the idle window (same devices connected, none inferring).
+- ``simulator_rss_mb``: resident memory in the steady window; baseline = before the devices.
+- ``events_per_s_delivered``: events whose inference time falls in the steady window and
+  that reached the monitor, per second; baseline = R x rate (what the devices should make).
+- ``broker_cpu_percent``: Mosquitto's CPU in the steady window; baseline = the idle window.
+- ``enroll_ms_per_device_*``: real path with dynsec small / at N; bulk path.
+
+Run: ``.venv/bin/python bench/simulator.py [--quick] [--devices N] [--reporting R]``
+(quick: 1,000 devices, 100 reporting; full: 10,000 and 1,000). FLEET_BENCH_KEEP=1 keeps the
+temporary folder (broker log, database, device state).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+HARDWARE = "stm32f746"
+MODEL_CACHE = Path(tempfile.gettempdir()) / "fleet-bench-simulator-model-v1"
+DYNSEC_ITERATIONS = 101  # what the plugin itself uses for createClient in 2.0.11
+DYNSEC_SALT_BYTES = 12
+
+
+def log(msg: str) -> None:
+    """Report progress on stderr (stdout carries only the figures)."""
+    print(f"[simulator] {msg}", file=sys.stderr, flush=True)
+
+
+# -- model (subprocess: TensorFlow stays out of the bench process) ----------------------------
+
+
+def run_build_model(out: str) -> None:
+    """Train the 16-32-4 MLP of the SDK tests; write dense.tflite to ``out``."""
+    sys.path.insert(0, str(ROOT / "tests" / "ota"))
+    import model_factory
+
+    target = Path(out)
+    artifacts = model_factory.dense_classifier(target / "keras")
+    (target / "dense.tflite.tmp").write_bytes(artifacts.tflite)
+    (target / "dense.tflite.tmp").rename(target / "dense.tflite")
+
+
+def model_path() -> Path:
+    """Return the .tflite, training it once (cached in the temp folder)."""
+    path = MODEL_CACHE / "dense.tflite"
+    if not path.exists():
+        started = time.monotonic()
+        subprocess.run([sys.executable, __file__, "--role", "build-model", str(MODEL_CACHE)],
+                       cwd=ROOT, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                       stdout=subprocess.DEVNULL)
+        log(f"trained and converted the model in {time.monotonic() - started:.1f} s")
+    return path
+
+
+# -- process figures --------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return user + system CPU seconds of process ``pid`` (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """Return the resident set size of process ``pid`` in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# -- the simulator child ----------------------------------------------------------------------
+
+
+def emit(event: str, **fields: Any) -> None:
+    """Tell the parent something (one JSON line on stdout)."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def run_simulate(spec_path: str) -> None:
+    """Child: run the Simulator through the phases of the spec, reporting on stdout."""
+    import logging
+    import random
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="[simulator child] %(levelname)s %(name)s: %(message)s")
+    from device_sdk.simulator import SimulationConfig, Simulator
+
+    spec = json.loads(Path(spec_path).read_text())
+    devices, reporting = spec["devices"], spec["reporting"]
+    rss_start = rss_mb()
+    config = SimulationConfig(
+        server="http://127.0.0.1:9", token="-", devices=devices, model_path=Path(spec["model"]),
+        hardware=HARDWARE, state_dir=Path(spec["state_dir"]), rate_hz=spec["rate"],
+        batch=spec["batch"], batch_age_s=max(60.0, 4 * spec["batch"] / spec["rate"]),
+        threads=spec["threads"], connectors=spec["connectors"],
+        connect_rate=spec["connect_rate"], broker_url=spec["broker_url"],
+        reporting=0,  # all idle at first; the first R start inferring in phase 4
+        report_every_s=3600, ota=spec["ota"], seed=1,
+    )
+    sim = Simulator(config)
+    cpu0 = time.process_time()
+    sim.start()
+    started = sim.connect_started_at
+    log(f"child: {devices} devices built and started in {time.process_time() - cpu0:.1f} s CPU; "
+        f"connecting")
+    deadline = time.monotonic() + spec["connect_timeout"]
+    last_note, connected = 0.0, 0
+    while time.monotonic() < deadline:
+        connected = sim.connected()
+        if connected == devices:
+            break
+        if time.monotonic() - last_note >= 2:
+            last_note = time.monotonic()
+            log(f"child: {connected} of {devices} connected after "
+                f"{time.monotonic() - started:.1f} s")
+        time.sleep(0.25)  # counting walks every device: not too often
+    connect_s = time.monotonic() - started
+    connect_cpu = time.process_time() - cpu0
+    emit("connected", connected=connected, seconds=connect_s, cpu_s=connect_cpu,
+         rss_mb=rss_mb(), rss_start_mb=rss_start, connects=sim.totals().connects,
+         threads=len(sim.reactors))
+    if spec["connect_only"]:
+        sim.stop(timeout=30)
+        emit("stopped")
+        return
+
+    lags: list[float] = []  # how late each reactor's 100 ms probe timer ran, seconds
+
+    def probe(reactor: Any, due: float) -> None:
+        now = time.monotonic()
+        lags.append(now - due)
+        reactor.call_later(0.1, probe, reactor, now + 0.1)
+
+    for reactor in sim.reactors:
+        reactor.call_later(0.1, probe, reactor, time.monotonic() + 0.1)
+
+    def window(seconds: float) -> dict[str, Any]:
+        low = sim.connected()
+        t0, c0, w0 = time.monotonic(), time.process_time(), time.time()
+        inferences0 = sum(d.inferences for d in sim.devices)
+        lags.clear()
+        end = t0 + seconds
+        while time.monotonic() < end:
+            time.sleep(min(1.0, max(0.0, end - time.monotonic())))
+            low = min(low, sim.connected())
+        wall = time.monotonic() - t0
+        late = sorted(lags)
+        return {"start": w0, "end": time.time(), "seconds": wall,
+                "cpu_percent": 100 * (time.process_time() - c0) / wall, "rss_mb": rss_mb(),
+                "connected_min": low,
+                "inferences": sum(d.inferences for d in sim.devices) - inferences0,
+                "lag_p99_ms": 1000 * late[int(0.99 * (len(late) - 1))] if late else None,
+                "lag_max_ms": 1000 * late[-1] if late else None}
+
+    time.sleep(spec["settle"])
+    emit("idle", **window(spec["idle_window"]))
+    rng = random.Random(2)
+    for device in sim.devices[:reporting]:
+        device.reporting = True
+        device.start(phase=rng.uniform(0, device.period))
+    log(f"child: {reporting} devices now infer at {spec['rate']}/s; warming up one batch period")
+    time.sleep(spec["batch"] / spec["rate"] + spec["settle"])
+    emit("steady", **window(spec["window"]))
+    sys.stdin.readline()  # the parent has collected the window's batches
+    stopped = time.monotonic()
+    sim.stop(timeout=30)
+    t = sim.totals()
+    emit("stopped", seconds=time.monotonic() - stopped, events=t.events, messages=t.messages,
+         acked=t.acked, pending=t.pending, dropped=t.dropped, rejected=t.rejected,
+         connects=t.connects)
+
+
+class Child:
+    """The simulator child process: its JSON lines arrive in a queue as they come."""
+
+    def __init__(self, spec: dict[str, Any], workdir: Path, name: str) -> None:
+        import queue
+
+        path = workdir / f"{name}.json"
+        path.write_text(json.dumps(spec))
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--role", "simulate", str(path)], cwd=ROOT,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                self.lines.put(json.loads(line))
+        self.lines.put(None)
+
+    def expect(self, event: str, timeout: float) -> dict[str, Any]:
+        import queue
+
+        try:
+            item = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(f"no {event!r} from the simulator in {timeout:.0f} s") from None
+        if item is None:
+            raise RuntimeError(f"the simulator exited ({self.proc.wait()}) before {event!r}")
+        if item["event"] != event:
+            raise RuntimeError(f"expected {event!r} from the simulator, got {item}")
+        return item
+
+    def tell_stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("stop\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+# -- the monitor: events that reached a subscriber, and the broker's client count ------------
+
+
+class Monitor:
+    """Count delivered events by the second they were inferred; follow $SYS client counts."""
+
+    def __init__(self, broker: Any) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        from device_sdk.protocol.events import EventBatch, decode_message
+
+        self.by_second: Counter[int] = Counter()
+        self.messages = 0
+        self.clients_connected: list[tuple[float, int]] = []
+        self.lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sim-monitor",
+                                  protocol=mqtt.MQTTv5)
+        self.client.username_pw_set(broker.admin_username, broker.admin_password)
+        subscribed = threading.Event()
+        granted: list[Any] = []
+
+        def on_subscribe(client: Any, userdata: Any, mid: int, rcs: list[Any], props: Any) -> None:
+            granted.extend(rcs)
+            subscribed.set()
+
+        def on_message(client: Any, userdata: Any, message: Any) -> None:
+            try:
+                if message.topic == "$SYS/broker/clients/connected":
+                    with self.lock:
+                        self.clients_connected.append((time.time(), int(message.payload)))
+                    return
+                batch = decode_message(bytes(message.payload))
+                seconds = Counter(e.t_ms // 1000 for e in batch.events) \
+                    if isinstance(batch, EventBatch) else Counter()
+                with self.lock:
+                    self.messages += 1
+                    self.by_second.update(seconds)
+            except Exception as exc:  # noqa: BLE001 - one would kill paho's network thread
+                log(f"monitor: {exc!r}")
+
+        self.client.on_subscribe = on_subscribe
+        self.client.on_message = on_message
+        self.client.connect(broker.host, broker.port, keepalive=30)
+        self.client.loop_start()
+        self.client.subscribe([("fleet/v1/+/events", 0), ("$SYS/broker/clients/connected", 0)])
+        if not subscribed.wait(30) or any(rc.is_failure for rc in granted):
+            raise RuntimeError(f"monitor cannot subscribe: {granted}")
+
+    def events_between(self, start: float, end: float) -> int:
+        """Return the delivered events inferred in whole seconds within [start, end)."""
+        with self.lock:
+            return sum(n for s, n in self.by_second.items() if start <= s < end)
+
+    def broker_connected(self, start: float, end: float) -> int | None:
+        """Return the lowest client count the broker stood at within [start, end].
+
+        Mosquitto publishes the $SYS count only when it changed: the value in force at
+        ``start`` is the last one published before it.
+        """
+        with self.lock:
+            before = [n for t, n in self.clients_connected if t < start]
+            values = before[-1:] + [n for t, n in self.clients_connected if start <= t <= end]
+        return min(values) if values else None
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+# -- enrollment -------------------------------------------------------------------------------
+
+
+class RecordingAccess:
+    """A broker-access backend that only records device credentials, for the bulk path."""
+
+    def __init__(self) -> None:
+        self.devices: dict[str, str] = {}
+
+    def provision_device(self, uid: str, password: str) -> None:
+        self.devices[uid] = password
+
+    def __getattr__(self, name: str) -> Any:
+        raise NotImplementedError(f"the bulk enrollment path records devices only, not {name}")
+
+
+class Enroller:
+    """Enroll simulated devices in this process and write the identity files they read."""
+
+    def __init__(self, state_dir: Path, devices: int) -> None:
+        from django.conf import settings
+        from django.utils import timezone
+
+        from device_sdk.identity import SigningKey, capabilities_json
+        from device_sdk.inference import TflmModel, host_capabilities
+        from fleet.devices.actions import do_create_enrollment_token
+        from fleet.devices.trust import broker_ca_pem, published_signing_keys
+
+        self.state_dir = state_dir
+        self.device_url = settings.MQTT_DEVICE_URL
+        self.pool = ThreadPoolExecutor(8, thread_name_prefix="bench-enroll-files")
+        _, self.token = do_create_enrollment_token(
+            actor=None, expires_at=timezone.now() + timezone.timedelta(days=1), max_uses=devices)
+        self.keys = tuple(SigningKey(k["kid"], k["public_key"]) for k in published_signing_keys())
+        self.ca = broker_ca_pem()
+        model = TflmModel.from_file(model_path())
+        self.caps = capabilities_json(host_capabilities(model))
+
+    def device_dir(self, index: int) -> Path:
+        return self.state_dir / "devices" / f"{index:05d}"  # as Simulator.device_dir
+
+    def enroll(self, indexes: range, *, per_transaction: int = 1) -> float:
+        """Enroll devices ``indexes`` through do_enroll_device; return the seconds it took.
+
+        ``per_transaction`` > 1 commits that many enrollments at once (the bulk path: one
+        SQLite commit per device would be most of the time).
+        """
+        from django.db import transaction
+
+        started = time.monotonic()
+        for first in range(indexes.start, indexes.stop, per_transaction):
+            with transaction.atomic():
+                self._enroll(range(first, min(first + per_transaction, indexes.stop)))
+            done = min(first + per_transaction, indexes.stop) - indexes.start
+            if len(indexes) >= 1000 and done % 1000 < per_transaction:
+                log(f"  {done} of {len(indexes)} enrolled ({time.monotonic() - started:.0f} s)")
+        return time.monotonic() - started
+
+    def _enroll(self, indexes: range) -> None:
+        """Enroll ``indexes``: keys and files in a few threads (each file is fsynced, which
+        releases the GIL), the enrollments themselves one after another."""
+        from device_sdk.identity import (
+            CA_FILE,
+            DeviceIdentity,
+            MqttCredential,
+            load_or_create_key,
+            public_key_pem,
+        )
+        from fleet.devices.actions import EnrollmentResult, do_enroll_device
+
+        def save(i: int, result: EnrollmentResult) -> None:
+            state = self.device_dir(i)
+            (state / CA_FILE).write_text(self.ca)
+            DeviceIdentity(
+                device_id=result.device.uid, hardware=HARDWARE, server="http://127.0.0.1:9",
+                mqtt=MqttCredential(self.device_url, result.mqtt_username,
+                                    result.mqtt_password, str((state / CA_FILE).resolve())),
+                signing_keys=self.keys, topics_prefix=f"fleet/v1/{result.device.uid}/",
+                capabilities=self.caps,
+            ).save(state)
+
+        keys = list(self.pool.map(lambda i: load_or_create_key(self.device_dir(i)), indexes))
+        results = [do_enroll_device(token=self.token, public_key_pem=public_key_pem(key),
+                                    hardware=HARDWARE, capabilities=self.caps) for key in keys]
+        list(self.pool.map(save, indexes, results))
+
+    def enroll_bulk(self, indexes: range) -> tuple[float, dict[str, str]]:
+        """Enroll through do_enroll_device with the broker step recorded, not sent."""
+        from fleet.devices import actions
+
+        recorder = RecordingAccess()
+        real = actions.broker_access
+        actions.broker_access = lambda: recorder  # type: ignore[assignment]
+        try:
+            seconds = self.enroll(indexes, per_transaction=250)
+        finally:
+            actions.broker_access = real  # type: ignore[assignment]
+        return seconds, recorder.devices
+
+
+def write_dynsec_devices(path: Path, devices: dict[str, str]) -> float:
+    """Add each device's client and role to the plugin's JSON (the broker must be stopped).
+
+    Stored as the plugin stores what DynsecAccess.provision_device sends: the client (its uid,
+    bound client id, PBKDF2-SHA512 hash of its own password, role ``device-<uid>``) and the
+    role with ``device_grants(uid)``; deny-by-default ACL access as DynsecAccess sets it.
+    """
+    from fleet.broker.access import device_grants
+    from fleet.broker.dynsec import DEFAULT_ACL_ACCESS, KIND_DEVICE, _acl, device_role
+
+    started = time.monotonic()
+    data = json.loads(path.read_text())
+    data["defaultACLAccess"] = {a["acltype"]: a["allow"] for a in DEFAULT_ACL_ACCESS}
+    clients, roles = data.setdefault("clients", []), data.setdefault("roles", [])
+    for uid, password in devices.items():
+        salt = os.urandom(DYNSEC_SALT_BYTES)
+        digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, DYNSEC_ITERATIONS)
+        clients.append({
+            "username": uid, "clientid": uid, "textname": KIND_DEVICE,
+            "roles": [{"rolename": device_role(uid)}],
+            "password": base64.b64encode(digest).decode(), "salt": base64.b64encode(salt).decode(),
+            "iterations": DYNSEC_ITERATIONS,
+        })
+        roles.append({"rolename": device_role(uid), "acls": [_acl(g) for g in device_grants(uid)]})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return time.monotonic() - started
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def figure(metric: str, value: Any, unit: str | None, baseline: Any = None,
+           **extra: Any) -> dict[str, Any]:
+    ratio = None
+    if isinstance(value, int | float) and isinstance(baseline, int | float) and baseline:
+        ratio = round(value / baseline, 4)
+    return {"metric": metric, "value": value, "unit": unit, "baseline": baseline,
+            "ratio": ratio, **extra}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 devices, 100 reporting")
+    parser.add_argument("--devices", type=int, help="devices connected (default 10,000)")
+    parser.add_argument("--reporting", type=int, help="devices inferring (default devices / 10)")
+    parser.add_argument("--rate", type=float, default=1.0, help="inferences per second")
+    parser.add_argument("--batch", type=int, help="events per batch (quick 5, full 10)")
+    parser.add_argument("--window", type=float, help="steady window, s (quick 8, full 60)")
+    parser.add_argument("--real-enroll", type=int, help="devices enrolled through the real "
+                        "dynsec path before and after the bulk (quick 10, full 5)")
+    parser.add_argument("--threads", type=int, help="simulator network threads")
+    parser.add_argument("--connectors", type=int, default=4, help="TCP/TLS connector threads")
+    parser.add_argument("--connect-rate", type=float, help="devices started per second")
+    parser.add_argument("--no-plain-baseline", action="store_true",
+                        help="skip the plain-TCP connect baseline")
+    parser.add_argument("--ota", action="store_true", help="give every device its OTA slots")
+    parser.add_argument("--role", choices=["build-model", "simulate"], help=argparse.SUPPRESS)
+    parser.add_argument("arg", nargs="?", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "build-model":
+        return run_build_model(args.arg)
+    if args.role == "simulate":
+        return run_simulate(args.arg)
+    devices = args.devices or (1000 if args.quick else 10_000)
+    reporting = min(devices, args.reporting if args.reporting is not None else devices // 10)
+    window = args.window or (8.0 if args.quick else 60.0)
+    args.batch = args.batch or (5 if args.quick else 10)
+    real = args.real_enroll if args.real_enroll is not None else (10 if args.quick else 5)
+    real = min(real, devices // 2)
+    t_total = time.monotonic()
+
+    from fleet.broker.mosquitto import DEFAULT_TEMPLATE, MosquittoInstance
+
+    model = model_path()
+    workdir = Path(tempfile.mkdtemp(prefix="fleet-bench-simulator-"))
+    var_dir = workdir / "var"
+    var_dir.mkdir()
+    template = workdir / "mosquitto.conf.template"
+    template.write_text(DEFAULT_TEMPLATE.read_text() + "\n# bench/simulator.py\nsys_interval 1\n")
+    broker = MosquittoInstance(workdir / "broker", free_port(), free_port(),
+                               secrets.token_urlsafe(16), template=template)
+    monitor: Monitor | None = None
+    children: list[Child] = []
+    results: list[dict[str, Any]] = []
+    try:
+        broker.start()
+        env = {
+            "DJANGO_SETTINGS_MODULE": "fleet.settings", "FLEET_DEBUG": "1",
+            "FLEET_VAR_DIR": str(var_dir), "DATABASE_URL": f"sqlite:///{workdir / 'fleet.db'}",
+            "ARTIFACT_ROOT": str(var_dir / "artifacts"),
+            "FLEET_KEK": "bench-kek-" + secrets.token_hex(16),
+            "MQTT_URL": broker.url, "MQTT_DEVICE_URL": broker.tls_url,
+            "MQTT_ADMIN_USERNAME": broker.admin_username,
+            "MQTT_ADMIN_PASSWORD": broker.admin_password, "MQTT_CA_FILE": str(broker.ca_cert),
+            "BROKER_ACCESS": "dynsec", "FLEET_LOG_LEVEL": "WARNING",
+        }
+        os.environ.update(env)
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        from fleet.broker.configured import reset_broker_access
+
+        # -- enrollment: real path, bulk, real path again at full size ---------------------
+        enroller = Enroller(workdir / "sim", devices)
+        real_small = enroller.enroll(range(real)) if real else 0.0
+        log(f"{real} devices through the real path (dynsec nearly empty): "
+            f"{1000 * real_small / max(real, 1):.1f} ms each")
+        bulk_range = range(real, devices - real)
+        bulk_s, recorded = enroller.enroll_bulk(bulk_range)
+        reset_broker_access()  # its connection dies with the broker restart below
+        broker.stop()
+        write_s = write_dynsec_devices(broker.dynsec_file, recorded)
+        started = time.monotonic()
+        broker.start(timeout=120)
+        load_s = time.monotonic() - started
+        log(f"{len(bulk_range)} devices in bulk: {bulk_s:.1f} s enrolling, {write_s:.1f} s "
+            f"writing the dynsec JSON ({broker.dynsec_file.stat().st_size / 1e6:.1f} MB), broker "
+            f"restarted in {load_s:.1f} s")
+        real_full = enroller.enroll(range(devices - real, devices)) if real else 0.0
+        reset_broker_access()
+        log(f"{real} devices through the real path (dynsec holding {devices}): "
+            f"{1000 * real_full / max(real, 1):.1f} ms each")
+
+        monitor = Monitor(broker)
+        spec = {
+            "devices": devices, "reporting": reporting, "model": str(model),
+            "state_dir": str(workdir / "sim"), "rate": args.rate, "batch": args.batch,
+            "threads": args.threads, "connectors": args.connectors,
+            "connect_rate": args.connect_rate, "ota": args.ota, "settle": 2.0,
+            "idle_window": min(window, 5.0 if args.quick else 30.0), "window": window,
+            "connect_timeout": 120 + devices * 0.05,
+        }
+
+        # -- baseline: connect over plain TCP ---------------------------------------------
+        plain: dict[str, Any] | None = None
+        broker_plain_cpu = None
+        if not args.no_plain_baseline:
+            log(f"baseline: {devices} devices connect over plain TCP")
+            b_cpu = cpu_seconds(broker.pid or 0)
+            child = Child({**spec, "broker_url": broker.url, "connect_only": True}, workdir,
+                          "plain")
+            children.append(child)
+            plain = child.expect("connected", spec["connect_timeout"] + 300)
+            broker_plain_cpu = cpu_seconds(broker.pid or 0) - b_cpu
+            child.expect("stopped", 120)
+            child.proc.wait(30)
+            log(f"baseline: {plain['connected']} connected in {plain['seconds']:.1f} s")
+            time.sleep(2)
+
+        # -- the run over TLS ---------------------------------------------------------------
+        log(f"{devices} devices connect over TLS; {reporting} will infer at {args.rate}/s")
+        b_cpu = cpu_seconds(broker.pid or 0)
+        child = Child({**spec, "broker_url": None, "connect_only": False}, workdir, "tls")
+        children.append(child)
+        tls = child.expect("connected", spec["connect_timeout"] + 300)
+        broker_tls_cpu = cpu_seconds(broker.pid or 0) - b_cpu
+        threads = tls["threads"]
+        log(f"{tls['connected']} of {devices} connected over TLS in {tls['seconds']:.1f} s "
+            f"({tls['cpu_s']:.1f} s CPU in the simulator, {broker_tls_cpu:.1f} s in the broker)")
+        b_idle = cpu_seconds(broker.pid or 0)
+        idle = child.expect("idle", spec["settle"] + spec["idle_window"] + 60)
+        broker_idle_pct = 100 * (cpu_seconds(broker.pid or 0) - b_idle) / idle["seconds"]
+        log(f"idle: {idle['connected_min']} connected, simulator {idle['cpu_percent']:.1f} % "
+            f"CPU, {idle['rss_mb']:.0f} MB; broker {broker_idle_pct:.1f} % CPU")
+        b_steady = [0.0]
+
+        def note_broker() -> None:
+            b_steady[0] = cpu_seconds(broker.pid or 0)
+
+        warmup = args.batch / args.rate + spec["settle"]
+        timer = threading.Timer(warmup, note_broker)
+        timer.start()
+        steady = child.expect("steady", warmup + window + 60)
+        broker_steady_pct = 100 * (cpu_seconds(broker.pid or 0) - b_steady[0]) / steady["seconds"]
+        # Batches close up to one batch period after their last event: wait for them.
+        time.sleep(args.batch / args.rate + 3)
+        first, last = int(steady["start"]) + 1, int(steady["end"])
+        delivered = monitor.events_between(first, last)
+        per_s = delivered / max(1, last - first)
+        broker_count = monitor.broker_connected(steady["start"], steady["end"])
+        log(f"steady: {steady['connected_min']} connected, simulator {steady['cpu_percent']:.1f} "
+            f"% CPU, {steady['rss_mb']:.0f} MB, timers up to {steady['lag_max_ms']:.0f} ms late; "
+            f"{per_s:.0f} events/s delivered; broker {broker_steady_pct:.1f} % CPU, says "
+            f"{broker_count} clients")
+        child.tell_stop()
+        stopped = child.expect("stopped", 120)
+        log(f"stopped in {stopped['seconds']:.1f} s: {stopped['messages']} messages, "
+            f"{stopped['acked']} acked, {stopped['pending']} queued, {stopped['dropped']} "
+            f"dropped, {stopped['rejected']} refused, {stopped['connects']} connects")
+
+        results = [
+            figure("simulator_devices_connected", steady["connected_min"], "devices", devices,
+                   reporting=reporting, note="minimum over the steady window"),
+            figure("broker_clients_connected", broker_count, "clients", devices,
+                   note="Mosquitto $SYS/broker/clients/connected, minimum over the window "
+                        "(the monitor client included)"),
+            figure("simulator_connect_seconds", round(tls["seconds"], 2), "s",
+                   plain and round(plain["seconds"], 2), transport="tls",
+                   baseline_transport="plain tcp", connected=tls["connected"],
+                   connectors=args.connectors),
+            figure("simulator_cpu_ms_per_connect", round(1000 * tls["cpu_s"] / devices, 3), "ms",
+                   plain and round(1000 * plain["cpu_s"] / devices, 3),
+                   note="simulator CPU from start to all connected (device setup included), "
+                        "per device; baseline over plain TCP"),
+            figure("broker_cpu_ms_per_connect", round(1000 * broker_tls_cpu / devices, 3), "ms",
+                   broker_plain_cpu is not None and round(1000 * broker_plain_cpu / devices, 3)
+                   or None, note="Mosquitto CPU while the fleet connects; baseline plain TCP"),
+            figure("simulator_cpu_percent", round(steady["cpu_percent"], 1), "% of one core",
+                   round(idle["cpu_percent"], 1), devices=devices, reporting=reporting,
+                   baseline_note="same devices connected, none inferring"),
+            figure("simulator_rss_mb", round(steady["rss_mb"], 1), "MiB",
+                   round(tls["rss_start_mb"], 1),
+                   kb_per_device=round(1024 * (steady["rss_mb"] - tls["rss_start_mb"]) / devices,
+                                       1),
+                   baseline_note="the child before any device was built"),
+            figure("events_per_s_delivered", round(per_s, 1), "events/s", reporting * args.rate,
+                   window_s=last - first, inferences_in_window=steady["inferences"],
+                   source="monitor subscriber, events counted by inference second"),
+            figure("simulator_timer_lag_p99_ms", _round(steady["lag_p99_ms"]), "ms",
+                   _round(idle["lag_p99_ms"]), max_ms=_round(steady["lag_max_ms"]),
+                   threads=threads,
+                   note="how late a 100 ms probe timer ran on each reactor thread in the steady "
+                        "window; baseline the idle window. An inference tick more than its "
+                        "period late is skipped"),
+            figure("broker_cpu_percent", round(broker_steady_pct, 1), "% of one core",
+                   round(broker_idle_pct, 1), baseline_note="idle window (keepalive only)"),
+            figure("enroll_ms_per_device_real_small", round(1000 * real_small / max(real, 1), 1),
+                   "ms", None, devices=real, note="do_enroll_device + live dynsec, nearly empty"),
+            figure("enroll_ms_per_device_real_full", round(1000 * real_full / max(real, 1), 1),
+                   "ms", round(1000 * real_small / max(real, 1), 1), devices=real,
+                   dynsec_devices=devices,
+                   note="do_enroll_device + live dynsec holding every device: each createRole "
+                        "and createClient rewrites the plugin's whole JSON"),
+            figure("enroll_ms_per_device_bulk",
+                   round(1000 * (bulk_s + write_s) / max(len(bulk_range), 1), 2), "ms",
+                   round(1000 * real_full / max(real, 1), 1), devices=len(bulk_range),
+                   note="do_enroll_device with the broker step recorded, then written into the "
+                        "dynsec JSON with the broker stopped; baseline: the real path at N"),
+            figure("devices", devices, "devices", None, reporting=reporting,
+                   rate_hz=args.rate, batch=args.batch),
+        ]
+    finally:
+        if monitor is not None:
+            monitor.close()
+        for child in children:
+            child.close()
+        broker.stop()
+        if not os.environ.get("FLEET_BENCH_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            log(f"kept {workdir}")
+    log(f"total {time.monotonic() - t_total:.1f} s")
+    for item in results:
+        print(json.dumps(item))
+
+
+if __name__ == "__main__":
+    main()
