@@ -58,11 +58,8 @@ temporary folder (broker log, database, device state).
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -77,10 +74,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lab import (  # bench/ is this script's folder
+    bench_broker,
+    recorded_broker_steps,
+    setup_django,
+    write_dynsec_devices,
+)
+
 HARDWARE = "stm32f746"
 MODEL_CACHE = Path(tempfile.gettempdir()) / "fleet-bench-simulator-model-v1"
-DYNSEC_ITERATIONS = 101  # what the plugin itself uses for createClient in 2.0.11
-DYNSEC_SALT_BYTES = 12
 
 
 def log(msg: str) -> None:
@@ -356,19 +358,6 @@ class Monitor:
 # -- enrollment -------------------------------------------------------------------------------
 
 
-class RecordingAccess:
-    """A broker-access backend that only records device credentials, for the bulk path."""
-
-    def __init__(self) -> None:
-        self.devices: dict[str, str] = {}
-
-    def provision_device(self, uid: str, password: str) -> None:
-        self.devices[uid] = password
-
-    def __getattr__(self, name: str) -> Any:
-        raise NotImplementedError(f"the bulk enrollment path records devices only, not {name}")
-
-
 class Enroller:
     """Enroll simulated devices in this process and write the identity files they read."""
 
@@ -441,58 +430,12 @@ class Enroller:
 
     def enroll_bulk(self, indexes: range) -> tuple[float, dict[str, str]]:
         """Enroll through do_enroll_device with the broker step recorded, not sent."""
-        from fleet.devices import actions
-
-        recorder = RecordingAccess()
-        real = actions.broker_access
-        actions.broker_access = lambda: recorder  # type: ignore[assignment]
-        try:
+        with recorded_broker_steps() as recorder:
             seconds = self.enroll(indexes, per_transaction=250)
-        finally:
-            actions.broker_access = real  # type: ignore[assignment]
         return seconds, recorder.devices
 
 
-def write_dynsec_devices(path: Path, devices: dict[str, str]) -> float:
-    """Add each device's client and role to the plugin's JSON (the broker must be stopped).
-
-    Stored as the plugin stores what DynsecAccess.provision_device sends: the client (its uid,
-    bound client id, PBKDF2-SHA512 hash of its own password, role ``device-<uid>``) and the
-    role with ``device_grants(uid)``; deny-by-default ACL access as DynsecAccess sets it.
-    """
-    from fleet.broker.access import device_grants
-    from fleet.broker.dynsec import DEFAULT_ACL_ACCESS, KIND_DEVICE, _acl, device_role
-
-    started = time.monotonic()
-    data = json.loads(path.read_text())
-    data["defaultACLAccess"] = {a["acltype"]: a["allow"] for a in DEFAULT_ACL_ACCESS}
-    clients, roles = data.setdefault("clients", []), data.setdefault("roles", [])
-    for uid, password in devices.items():
-        salt = os.urandom(DYNSEC_SALT_BYTES)
-        digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, DYNSEC_ITERATIONS)
-        clients.append({
-            "username": uid, "clientid": uid, "textname": KIND_DEVICE,
-            "roles": [{"rolename": device_role(uid)}],
-            "password": base64.b64encode(digest).decode(), "salt": base64.b64encode(salt).decode(),
-            "iterations": DYNSEC_ITERATIONS,
-        })
-        roles.append({"rolename": device_role(uid), "acls": [_acl(g) for g in device_grants(uid)]})
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
-    return time.monotonic() - started
-
-
 # -- the run ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _round(value: float | None) -> float | None:
@@ -539,38 +482,15 @@ def main() -> None:
     real = min(real, devices // 2)
     t_total = time.monotonic()
 
-    from fleet.broker.mosquitto import DEFAULT_TEMPLATE, MosquittoInstance
-
     model = model_path()
     workdir = Path(tempfile.mkdtemp(prefix="fleet-bench-simulator-"))
-    var_dir = workdir / "var"
-    var_dir.mkdir()
-    template = workdir / "mosquitto.conf.template"
-    template.write_text(DEFAULT_TEMPLATE.read_text() + "\n# bench/simulator.py\nsys_interval 1\n")
-    broker = MosquittoInstance(workdir / "broker", free_port(), free_port(),
-                               secrets.token_urlsafe(16), template=template)
+    broker = bench_broker(workdir, "bench/simulator.py")
     monitor: Monitor | None = None
     children: list[Child] = []
     results: list[dict[str, Any]] = []
     try:
         broker.start()
-        env = {
-            "DJANGO_SETTINGS_MODULE": "fleet.settings", "FLEET_DEBUG": "1",
-            "FLEET_VAR_DIR": str(var_dir), "DATABASE_URL": f"sqlite:///{workdir / 'fleet.db'}",
-            "ARTIFACT_ROOT": str(var_dir / "artifacts"),
-            "FLEET_KEK": "bench-kek-" + secrets.token_hex(16),
-            "MQTT_URL": broker.url, "MQTT_DEVICE_URL": broker.tls_url,
-            "MQTT_ADMIN_USERNAME": broker.admin_username,
-            "MQTT_ADMIN_PASSWORD": broker.admin_password, "MQTT_CA_FILE": str(broker.ca_cert),
-            "BROKER_ACCESS": "dynsec", "FLEET_LOG_LEVEL": "WARNING",
-        }
-        os.environ.update(env)
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
+        setup_django(workdir, broker)
         from fleet.broker.configured import reset_broker_access
 
         # -- enrollment: real path, bulk, real path again at full size ---------------------
