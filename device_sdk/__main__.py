@@ -170,7 +170,12 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drift-after", type=float, help="change the label mix after S seconds")
     p.add_argument("--drift-mix", help="the label mix after the drift, e.g. 0.7,0.1,0.1,0.1")
     p.add_argument("--drift-fraction", type=float, default=1.0, help="share of devices drifting")
-    p.add_argument("--threads", type=int, help="network threads (default: one per 500 devices)")
+    p.add_argument("--threads", type=int,
+                   help="network threads (default: one per 500 devices, at most 2)")
+    p.add_argument("--reporting", type=int,
+                   help="only the first N devices infer; the rest stay connected (default: all)")
+    p.add_argument("--connect-rate", type=float,
+                   help="start at most R devices per second (default: as fast as they connect)")
     p.add_argument("--no-ota", action="store_true", help="do not take OTA updates")
     faults = p.add_argument_group("failure injection (probability per update)")
     faults.add_argument("--crash-download", type=float, default=0.0,
@@ -198,6 +203,7 @@ def _simulate(args: argparse.Namespace) -> int:
         drift_after_s=args.drift_after, drift_mix=args.drift_mix,
         drift_fraction=args.drift_fraction, package_id=args.package_id,
         duration_s=args.duration, threads=args.threads, uid_prefix=args.uid_prefix,
+        reporting=args.reporting, connect_rate=args.connect_rate,
         broker_url=args.broker_url, arena_bytes=args.arena_bytes,
         latency_scale=args.latency_scale, seed=args.seed, ota=not args.no_ota,
         faults=Faults(crash_download=args.crash_download, corrupt_chunk=args.corrupt_chunk,

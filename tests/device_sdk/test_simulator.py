@@ -98,7 +98,8 @@ def test_the_command_line_enrolls_and_simulates(
     assert main(["simulate", "--server", fleet_server, "--token", token, "--devices", "3",
                  "--hardware", "stm32f746", "--model", str(dense_model_path), "--rate", "10",
                  "--batch", "4", "--duration", "1", "--drift-after", "0.5", "--drift-mix",
-                 "1,0,0,0", "--state-dir", str(tmp_path / "fleet")]) == 0
+                 "1,0,0,0", "--state-dir", str(tmp_path / "fleet"), "--reporting", "2",
+                 "--connect-rate", "100"]) == 0
     out = capsys.readouterr().out
     assert "devices=3" in out and "queued=0" in out
 
@@ -108,6 +109,7 @@ def test_every_subcommand_is_registered_with_its_options() -> None:
     args = build_parser().parse_args(
         ["simulate", "--server", "http://x", "--token", "t", "--devices", "2", "--hardware",
          "h", "--model", "m.tflite", "--drift-after", "5", "--drift-mix", "1,0", "--package-id",
-         "9"]
+         "9", "--reporting", "1", "--connect-rate", "50"]
     )
     assert (args.devices, args.package_id, args.drift_after, args.rate) == (2, 9, 5.0, 1.0)
+    assert (args.reporting, args.connect_rate) == (1, 50.0)
