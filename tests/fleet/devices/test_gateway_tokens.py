@@ -21,25 +21,8 @@ from rest_framework.test import APIClient
 from fleet.accounts.roles import Role
 from fleet.audit.models import AuditLog
 from fleet.devices.models import Gateway
-from tests.conftest import CAPABILITIES, make_public_key_pem
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def enrolled(enrollment_token_factory: Callable[..., str],
-             hardware_profile: Any) -> Callable[[str], str]:
-    """Return a maker of enrolled devices (by uid), as a gateway enrolls its MCUs."""
-    token = enrollment_token_factory(max_uses=20)
-
-    def make(uid: str) -> str:
-        body = {"token": token, "public_key": make_public_key_pem(),
-                "hardware": hardware_profile.name, "capabilities": dict(CAPABILITIES), "uid": uid}
-        response = APIClient().post("/api/v1/enroll/", body, format="json")
-        assert response.status_code == 201, response.json()
-        return uid
-
-    return make
 
 
 @pytest.fixture

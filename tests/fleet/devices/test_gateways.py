@@ -18,25 +18,8 @@ from fleet.audit.models import AuditLog
 from fleet.broker.configured import reset_broker_access
 from fleet.broker.mosquitto import MosquittoInstance
 from fleet.devices.models import Device, Gateway
-from tests.conftest import CAPABILITIES, make_public_key_pem
 
 NOT_AUTHORIZED = 135
-
-
-@pytest.fixture
-def enrolled(enrollment_token_factory: Callable[..., str],
-             hardware_profile: Any) -> Callable[[str], str]:
-    """Return a maker of enrolled devices (by uid), as a gateway enrolls its MCUs."""
-    token = enrollment_token_factory(max_uses=20)
-
-    def make(uid: str) -> str:
-        body = {"token": token, "public_key": make_public_key_pem(),
-                "hardware": hardware_profile.name, "capabilities": dict(CAPABILITIES), "uid": uid}
-        response = APIClient().post("/api/v1/enroll/", body, format="json")
-        assert response.status_code == 201, response.json()
-        return uid
-
-    return make
 
 
 @pytest.fixture
