@@ -134,3 +134,18 @@ def write_dynsec_devices(path: Path, devices: dict[str, str]) -> float:
     os.chmod(tmp, 0o600)
     tmp.replace(path)
     return time.monotonic() - started
+
+
+def finish(workdir: Path, started: float, results: list[dict[str, Any]]) -> None:
+    """Remove ``workdir`` (kept with FLEET_BENCH_KEEP=1), then print the figures as JSON lines
+    on stdout (progress went to stderr)."""
+    import shutil
+    import sys
+
+    if os.environ.get("FLEET_BENCH_KEEP"):
+        print(f"kept {workdir}", file=sys.stderr, flush=True)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"total {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+    for item in results:
+        print(json.dumps(item))

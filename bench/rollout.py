@@ -47,10 +47,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 
 from lab import (  # bench/ is this script's folder
     bench_broker,
+    finish,
     recorded_broker_steps,
     setup_django,
     write_dynsec_devices,
@@ -548,13 +547,7 @@ def main() -> None:
                 log(f"simulator stop failed: {exc!r}")
         stop_worker(worker)
         broker.stop()
-        if not os.environ.get("FLEET_BENCH_KEEP"):
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            log(f"kept {workdir}")
-    log(f"total {time.monotonic() - t_total:.1f} s")
-    for item in results:
-        print(json.dumps(item))
+    finish(workdir, t_total, results)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,6 +75,7 @@ sys.path.insert(0, str(ROOT))
 
 from lab import (  # bench/ is this script's folder
     bench_broker,
+    finish,
     recorded_broker_steps,
     setup_django,
     write_dynsec_devices,
@@ -638,13 +638,7 @@ def main() -> None:
         for child in children:
             child.close()
         broker.stop()
-        if not os.environ.get("FLEET_BENCH_KEEP"):
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            log(f"kept {workdir}")
-    log(f"total {time.monotonic() - t_total:.1f} s")
-    for item in results:
-        print(json.dumps(item))
+    finish(workdir, t_total, results)
 
 
 if __name__ == "__main__":
