@@ -1,6 +1,9 @@
 """What the worker does with each kind of device message: one ``consume`` per channel.
 
-Every consumer is idempotent: a redelivered message changes nothing the first copy did not.
+Two stages, so the worker can overlap them (``MqttWorker``): ``prepare`` routes a batch and
+decodes its event messages (CPU only, no writes); ``commit`` stores them and runs the other
+channels' consumers. Every consumer is idempotent: a redelivered message changes nothing the
+first copy did not.
 """
 
 from __future__ import annotations
@@ -8,6 +11,8 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from django.db import close_old_connections
 
@@ -17,9 +22,29 @@ from device_sdk.protocol.topics import Channel, parse_device_topic
 from fleet.broker.worker import Received
 from fleet.devices.presence import apply_gateway_status, apply_status
 from fleet.telemetry.directory import DeviceDirectory
-from fleet.telemetry.ingest import decode_from_device, Accepted, Rejected, decode_event_message, record_rejections, store_batches
+from fleet.telemetry.ingest import (
+    Accepted,
+    Rejected,
+    decode_event_message,
+    decode_from_device,
+    StagedBatches,
+    record_rejections,
+    stage_batches,
+    store_staged,
+)
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A batch routed and decoded by ``Consumers.prepare``, waiting for ``Consumers.commit``."""
+
+    events: list[Accepted] = field(default_factory=list)
+    staged: StagedBatches | None = None  # the events' rows, rollups and COPY payloads
+    events_received_at: datetime | None = None  # the last event message's arrival
+    grouped: dict[Channel, list[tuple[str, Received]]] = field(default_factory=dict)
+    rejected: list[Rejected] = field(default_factory=list)
 
 
 class Consumers:
@@ -29,7 +54,6 @@ class Consumers:
         self.directory = DeviceDirectory()
         self.counters: Counter[str] = Counter()
         self._by_channel: dict[Channel, Callable[[list[tuple[str, Received]]], list[Rejected]]] = {
-            Channel.EVENTS: self.consume_events,
             Channel.STATUS: self.consume_status,
         }
 
@@ -39,17 +63,47 @@ class Consumers:
         self._by_channel[channel] = consumer
 
     def __call__(self, batch: list[Received]) -> None:
-        close_old_connections()  # a long-running process must not keep a dead connection
-        grouped: dict[Channel, list[tuple[str, Received]]] = {}
-        rejected: list[Rejected] = []
+        """Handle a batch in one go: ``commit(prepare(batch))``."""
+        self.commit(self.prepare(batch))
+
+    def prepare(self, batch: list[Received]) -> Prepared:
+        """Route and decode a batch without writing anything (the worker's main thread).
+
+        Event batches, the bulk of the stream, are checked and decoded here so that the worker
+        can decode the next batch while ``commit`` of this one waits for the database.
+        """
+        prepared = Prepared()
         for msg in batch:
             try:
                 topic = parse_device_topic(msg.topic)
             except ProtocolError as exc:
-                rejected.append(Rejected(msg.topic, "", exc.reason, exc.detail, msg.payload))
+                prepared.rejected.append(Rejected(msg.topic, "", exc.reason, exc.detail,
+                                                  msg.payload))
                 continue
-            grouped.setdefault(topic.channel, []).append((topic.uid, msg))
-        for channel, items in grouped.items():
+            if topic.channel is Channel.EVENTS:
+                outcome = decode_event_message(msg.topic, topic.uid, msg.payload, self.directory)
+                if isinstance(outcome, Accepted):
+                    prepared.events.append(outcome)
+                else:
+                    prepared.rejected.append(outcome)
+                prepared.events_received_at = msg.received_at
+            else:
+                prepared.grouped.setdefault(topic.channel, []).append((topic.uid, msg))
+        if prepared.events:
+            prepared.staged = stage_batches(prepared.events)
+        return prepared
+
+    def commit(self, prepared: Prepared) -> None:
+        """Store what ``prepare`` decoded, one transaction per kind; safe to call again."""
+        close_old_connections()  # a long-running process must not keep a dead connection
+        rejected = list(prepared.rejected)
+        if prepared.staged is not None:
+            assert prepared.events_received_at is not None
+            result = store_staged(prepared.staged, prepared.events_received_at)
+            self.counters["batches_stored"] += result.batches
+            self.counters["events_stored"] += result.events
+            self.counters["batches_duplicate"] += result.duplicates
+        for channel, items in prepared.grouped.items():
             consumer = self._by_channel.get(channel)
             if consumer is None:
                 rejected += [Rejected(m.topic, uid, Reason.SCHEMA_MISMATCH,
@@ -62,19 +116,6 @@ class Consumers:
                 self.counters[f"rejected_{r.reason.name.lower()}"] += 1
             log.warning("refused %d messages (first: %s from %r: %s)", len(rejected),
                         rejected[0].reason.name, rejected[0].uid, rejected[0].detail)
-
-    def consume_events(self, items: list[tuple[str, Received]]) -> list[Rejected]:
-        """Decode event batches and summaries and store the new ones in one transaction."""
-        accepted: list[Accepted] = []
-        rejected: list[Rejected] = []
-        for uid, msg in items:
-            outcome = decode_event_message(msg.topic, uid, msg.payload, self.directory)
-            (accepted if isinstance(outcome, Accepted) else rejected).append(outcome)
-        result = store_batches(accepted, items[-1][1].received_at)
-        self.counters["batches_stored"] += result.batches
-        self.counters["events_stored"] += result.events
-        self.counters["batches_duplicate"] += result.duplicates
-        return rejected
 
     def consume_status(self, items: list[tuple[str, Received]]) -> list[Rejected]:
         """Apply presence and capabilities, one status at a time (they are rare).

@@ -1,10 +1,12 @@
 """The fleet worker's MQTT side: shared subscriptions in, batched handling, ack after commit.
 
 Threading: paho's network thread only appends received messages to a queue (an exception
-inside a paho callback would kill that thread). The main thread drains the queue in batches,
-hands each batch to the consumers (which write the database in one transaction per kind),
-and only then acknowledges the messages (``manual_ack``). A crash before the ack makes the
-broker redeliver; the consumers are idempotent, so nothing is stored twice.
+inside a paho callback would kill that thread). The main thread drains the queue in batches
+and has the handler ``prepare`` each one (decode, no writes); a store thread ``commit``s
+them in order (one transaction per kind) and only then acknowledges the messages
+(``manual_ack``). The two overlap: the next batch is decoded while the database takes this
+one, and at most one prepared batch waits for the store thread. A crash before the ack makes
+the broker redeliver; the consumers are idempotent, so nothing is stored twice.
 
 Several workers may run: they share ``$share/<group>/...`` subscriptions and each keeps a
 persistent session under its own stable client id, so a restarted worker gets back what it
@@ -18,10 +20,10 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -34,6 +36,7 @@ from device_sdk.protocol.topics import Channel, shared_filter
 log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 24 * 3600
+T = TypeVar("T")
 
 
 @dataclass
@@ -64,7 +67,14 @@ class WorkerConfig:
     ca_certs: str | None = None
 
 
-Handler = Callable[[list[Received]], None]
+class Handler(Protocol):
+    """What the worker hands batches to: two stages, so that they can overlap."""
+
+    def prepare(self, batch: list[Received]) -> Any:
+        """Route and decode a batch; write nothing (runs on the worker's main thread)."""
+
+    def commit(self, prepared: Any) -> None:
+        """Store a prepared batch; idempotent, retried until it succeeds (store thread)."""
 
 
 class MqttWorker:
@@ -74,6 +84,9 @@ class MqttWorker:
         self.config = config
         self.handle = handle
         self.inbox: queue.Queue[Received] = queue.Queue()
+        # Prepared batches for the store thread; one waits while another is being stored.
+        self.prepared: queue.Queue[tuple[list[Received], Any] | None] = queue.Queue(maxsize=1)
+        self.store_thread: threading.Thread | None = None
         self.connected = threading.Event()
         self.connection = 0  # counts connections; see _on_connect
         self.retiring = False  # see retire(): unsubscribe on connect instead of subscribing
@@ -161,11 +174,16 @@ class MqttWorker:
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         # Unacknowledged deliveries the broker may have out to us. Acks wait for the commit, so
         # the broker's default (Mosquitto's max_inflight_messages, 100) would stall the stream
-        # at every batch; two batches' worth lets the next batch arrive while one is stored.
-        props.ReceiveMaximum = min(2 * self.config.batch_max, 65_535)
+        # at every batch; three batches' worth covers one being stored, one prepared and
+        # waiting, and the next arriving.
+        props.ReceiveMaximum = min(3 * self.config.batch_max, 65_535)
         self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False,
                                   properties=props)
         self.client.loop_start()
+        if self.store_thread is None:
+            self.store_thread = threading.Thread(target=self._store_loop, daemon=True,
+                                                 name="store")
+            self.store_thread.start()
 
     def run_once(self, timeout_s: float = 1.0) -> int:
         """Handle one batch (waiting up to ``timeout_s`` for the first message); return its size."""
@@ -189,23 +207,50 @@ class MqttWorker:
                 batch.append(self.inbox.get(timeout=remaining))
             except queue.Empty:
                 break
-        self._handle_until_done(batch)
-        for msg in batch:
-            if msg.qos > 0 and msg.connection == self.connection:
-                self.client.ack(msg.mid, msg.qos)
+        prepared = self._until_done(lambda: self.handle.prepare(batch), len(batch))
+        self.prepared.put((batch, prepared))  # waits while the store thread is a batch behind
         return len(batch)
 
-    def _handle_until_done(self, batch: list[Received]) -> None:
-        """Retry a failing batch (database down or locked) rather than ack what is not stored."""
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every prepared batch is stored and acknowledged; False on timeout."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self.prepared.all_tasks_done:
+            while self.prepared.unfinished_tasks:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self.prepared.all_tasks_done.wait(remaining)
+        return True
+
+    def _store_loop(self) -> None:
+        """Commit prepared batches in arrival order, acknowledging each after its commit."""
+        from django.db import connection
+
+        try:
+            while (item := self.prepared.get()) is not None:
+                batch, prepared = item
+                try:
+                    self._until_done(lambda: self.handle.commit(prepared), len(batch))
+                    for msg in batch:
+                        if msg.qos > 0 and msg.connection == self.connection:
+                            self.client.ack(msg.mid, msg.qos)
+                finally:
+                    self.prepared.task_done()
+        except Exception:
+            log.exception("store thread of worker %s stopped", self.config.name)
+        finally:
+            connection.close()  # this thread's own database connection
+
+    def _until_done(self, step: Callable[[], T], size: int) -> T:
+        """Retry a failing step (database down or locked) rather than ack what is not stored."""
         delay = 0.5
         while True:
             try:
-                self.handle(batch)
-                return
+                return step()
             except Exception:
                 if self.stopping.is_set():
                     raise
-                log.exception("handling %d messages failed; retrying in %.1f s", len(batch), delay)
+                log.exception("handling %d messages failed; retrying in %.1f s", size, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -231,6 +276,8 @@ class MqttWorker:
             got = self.run_once(timeout_s=min(quiet_s, 0.5))
             if got:
                 handled, last = handled + got, time.monotonic()
+        self.flush()
+        self._stop_store_thread()
         self.stopping.set()
         props = Properties(PacketTypes.DISCONNECT)
         props.SessionExpiryInterval = 0
@@ -240,8 +287,22 @@ class MqttWorker:
                  self.config.name, handled)
         return handled
 
-    def stop(self) -> None:
-        """Disconnect cleanly (unacked messages stay with the broker for the next start)."""
+    def stop(self, flush_timeout_s: float = 30.0) -> None:
+        """Store what was prepared, then disconnect (unacked messages stay with the broker)."""
+        if not self.flush(flush_timeout_s):
+            log.warning("worker %s: stopping with batches not stored (the broker keeps them)",
+                        self.config.name)
         self.stopping.set()
+        self._stop_store_thread()
         self.client.disconnect()
         self.client.loop_stop()
+
+    def _stop_store_thread(self) -> None:
+        if self.store_thread is None:
+            return
+        try:  # the stop marker; a store thread stuck retrying ends once ``stopping`` is set
+            self.prepared.put(None, timeout=1.0)
+        except queue.Full:
+            pass
+        self.store_thread.join(timeout=15.0)
+        self.store_thread = None

@@ -169,6 +169,12 @@ class _EventColumns:
             unpacked.times, unpacked.labels, unpacked.scores, unpacked.latencies,
         )
 
+    @classmethod
+    def empty(cls) -> _EventColumns:
+        """No events (a call of summaries only)."""
+        none = np.zeros(0, dtype=np.int64)
+        return cls(none, none, none, none, none, none, none, none)
+
     def last_times(self) -> list[int]:
         """Return the time of each batch's last event, in batch order."""
         return self.t_ms[np.cumsum(self.counts) - 1].tolist()
@@ -238,49 +244,102 @@ def _event_count(message: PackedBatch | Summary) -> int:
     return message.count if isinstance(message, PackedBatch) else message.total
 
 
-def store_batches(accepted: list[Accepted], received_at: datetime) -> StoreResult:
-    """Store accepted messages exactly once, with their rollups and devices' last seen."""
-    result = StoreResult()
-    if not accepted:
-        return result
+@dataclass
+class StagedBatches:
+    """Accepted messages with their rows, rollup cells and COPY payloads computed, no writes.
+
+    ``stage_batches`` builds this off the database's critical path (the worker does it for the
+    next batch while the previous one is being stored); ``store_staged`` writes it. Staging
+    assumes every message is new; when the dedupe keys say some were stored before (a
+    redelivery), ``store_staged`` stages the new ones again.
+    """
+
+    accepted: list[Accepted]
+    claims: list[tuple[int, int, int, int, int, int, int]]  # sorted dedupe key rows
+    events: _EventColumns
+    summaries: list[tuple[Accepted, Summary]]
+    cells: _RollupCells
+    last_seen: dict[int, int]  # device id -> time of its latest event (unix ms)
+    event_copy: bytes | None = None  # PostgreSQL binary COPY payloads, when staged for it
+    rollup_copy: bytes | None = None
+
+    @property
+    def event_count(self) -> int:
+        return len(self.events) + sum(s.total for _, s in self.summaries)
+
+
+def stage_batches(accepted: list[Accepted], *, for_copy: bool | None = None) -> StagedBatches:
+    """Compute everything ``store_staged`` writes for these messages (CPU only, no queries).
+
+    ``for_copy``: build PostgreSQL's binary COPY payloads too (default: when the database is
+    PostgreSQL).
+    """
     accepted = [a if not isinstance(a.message, EventBatch)
                 else Accepted(a.device_id, a.model_version_id, PackedBatch.of(a.message))
                 for a in accepted]
+    batches = [(a, a.message) for a in accepted if isinstance(a.message, PackedBatch)]
+    summaries = [(a, a.message) for a in accepted if isinstance(a.message, Summary)]
+    events = _EventColumns.of(batches) if batches else _EventColumns.empty()
+    last_seen: dict[int, int] = {}
+    ends = zip([a.device_id for a, _ in batches], events.last_times(), strict=True)
+    for device, end_ms in (*ends, *((a.device_id, s.t0_ms + s.window_s * 1000)
+                                    for a, s in summaries)):
+        if end_ms > last_seen.get(device, 0):
+            last_seen[device] = end_ms
+    cells = _rollups(events, summaries)
+    staged = StagedBatches(accepted, _claim_rows(accepted), events, summaries, cells, last_seen)
+    if for_copy if for_copy is not None else connection.vendor == "postgresql":
+        staged.event_copy = _event_copy(events) if len(events) else None
+        staged.rollup_copy = _rollup_copy(cells) if len(cells) else None
+    return staged
+
+
+def store_batches(accepted: list[Accepted], received_at: datetime) -> StoreResult:
+    """Store accepted messages exactly once, with their rollups and devices' last seen."""
+    if not accepted:
+        return StoreResult()
+    return store_staged(stage_batches(accepted), received_at)
+
+
+def store_staged(staged: StagedBatches, received_at: datetime) -> StoreResult:
+    """Write staged messages exactly once, in one transaction; see ``StagedBatches``."""
+    result = StoreResult()
+    if not staged.accepted:
+        return result
     nested = connection.in_atomic_block
     with transaction.atomic():
-        new = _claim_new(accepted, received_at)
-        result.duplicates = len(accepted) - len(new)
+        new = _claim_new(staged.accepted, staged.claims, received_at)
+        result.duplicates = len(staged.accepted) - len(new)
         if not new:
             return result
-        batches = [(a, a.message) for a in new if isinstance(a.message, PackedBatch)]
-        summaries = [(a, a.message) for a in new if isinstance(a.message, Summary)]
-        events = _EventColumns.of(batches)
-        last_seen: dict[int, int] = {}
-        ends = zip([a.device_id for a, _ in batches], events.last_times(), strict=True)
-        for device, end_ms in (*ends, *((a.device_id, s.t0_ms + s.window_s * 1000)
-                                        for a, s in summaries)):
-            if end_ms > last_seen.get(device, 0):
-                last_seen[device] = end_ms
-        _insert_events(events)
-        _upsert_rollups(_rollups(events, summaries), nested=nested)
-        _touch_devices(last_seen)
+        if len(new) < len(staged.accepted):  # a redelivery: rows of the new ones only
+            staged = stage_batches(new, for_copy=staged.event_copy is not None)
+        _insert_events(staged.events, staged.event_copy)
+        _upsert_rollups(staged.cells, staged.rollup_copy, nested=nested)
+        _touch_devices(staged.last_seen)
         result.batches = len(new)
-        result.events = len(events) + sum(s.total for _, s in summaries)
-        result.devices = set(last_seen)
+        result.events = staged.event_count
+        result.devices = set(staged.last_seen)
     return result
 
 
-def _claim_new(accepted: list[Accepted], received_at: datetime) -> list[Accepted]:
-    """Insert the dedupe keys; return the messages whose key was not there yet."""
+def _claim_rows(accepted: list[Accepted]) -> list[tuple[int, int, int, int, int, int, int]]:
+    """Return the dedupe key rows of these messages, sorted by (device, seq)."""
     rows = []
     for a in accepted:
         m = a.message
-        assert not isinstance(m, EventBatch)  # store_batches turned batches into columns
+        assert not isinstance(m, EventBatch)  # stage_batches turned batches into columns
         kind = MessageKind.BATCH if isinstance(m, PackedBatch) else MessageKind.SUMMARY
         rows.append((a.device_id, m.seq, int(kind), a.model_version_id, m.model, m.t0_ms,
                      _event_count(m)))
     # Key order: concurrent workers wait on each other's uncommitted keys in one order only.
     rows.sort()
+    return rows
+
+
+def _claim_new(accepted: list[Accepted], rows: list[tuple[int, int, int, int, int, int, int]],
+               received_at: datetime) -> list[Accepted]:
+    """Insert the dedupe key ``rows``; return the messages whose key was not there yet."""
     claimed: set[tuple[int, int]] = set()
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
@@ -358,15 +417,26 @@ def _rollups(events: _EventColumns, summaries: list[tuple[Accepted, Summary]]) -
     return _RollupCells([k[starts] for k in keys], sums)
 
 
-def _insert_events(events: _EventColumns) -> None:
+def _event_copy(events: _EventColumns) -> bytes:
+    return _binary_copy([
+        (">i8", events.device), (">i4", events.model_version), (">i8", events.seq),
+        (">i8", events.t_ms * 1000 - _PG_EPOCH_US), (">i2", events.label),
+        (">i2", events.score), (">i4", events.latency)])
+
+
+def _rollup_copy(cells: _RollupCells) -> bytes:
+    device, mv, bucket, label = cells.keys
+    return _binary_copy([(">i8", device), (">i4", mv),
+                         (">i8", bucket * 1_000_000 - _PG_EPOCH_US), (">i2", label),
+                         *((">i8", s) for s in cells.sums)])
+
+
+def _insert_events(events: _EventColumns, data: bytes | None) -> None:
     if not len(events):
         return
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            data = _binary_copy([
-                (">i8", events.device), (">i4", events.model_version), (">i8", events.seq),
-                (">i8", events.t_ms * 1000 - _PG_EPOCH_US), (">i2", events.label),
-                (">i2", events.score), (">i4", events.latency)])
+            data = data if data is not None else _event_copy(events)
             with cursor.copy(
                 f"COPY telemetry_event ({_EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
             ) as copy:
@@ -381,8 +451,9 @@ def _insert_events(events: _EventColumns) -> None:
             )
 
 
-def _upsert_rollups(cells: _RollupCells, *, nested: bool) -> None:
-    """Add the cells to the rollups; ``nested``: inside a caller's transaction."""
+def _upsert_rollups(cells: _RollupCells, data: bytes | None, *, nested: bool) -> None:
+    """Add the cells to the rollups (``data``: their COPY payload, if staged); ``nested``:
+    inside a caller's transaction."""
     if not len(cells):
         return
     updates = ", ".join(f"{c} = telemetry_rollup.{c} + excluded.{c}" for c in _ROLLUP_SUMS)
@@ -391,9 +462,7 @@ def _upsert_rollups(cells: _RollupCells, *, nested: bool) -> None:
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(_ROLLUP_STAGE_DDL)
-            data = _binary_copy([(">i8", device), (">i4", mv),
-                                 (">i8", bucket * 1_000_000 - _PG_EPOCH_US), (">i2", label),
-                                 *((">i8", s) for s in cells.sums)])
+            data = data if data is not None else _rollup_copy(cells)
             with cursor.copy(f"COPY telemetry_rollup_stage ({_ROLLUP_COLUMNS}) FROM STDIN"
                              " (FORMAT BINARY)") as copy:
                 copy.write(data)

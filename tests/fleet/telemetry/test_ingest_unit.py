@@ -240,6 +240,28 @@ def test_consumers_store_good_messages_and_dead_letter_the_rest(device: Device) 
     assert consumers.counters["batches_duplicate"] == 2
 
 
+@pytest.mark.django_db(transaction=True)  # the consumers close stale connections first
+def test_prepare_writes_nothing_and_a_prepared_batch_is_stored_once(device: Device) -> None:
+    """The worker decodes the next batch while the last one is stored: ``prepare`` must not
+    write, and committing a prepared batch again (a retried commit) adds nothing."""
+    topic = f"fleet/v1/{device.uid}/events"
+    received = [Received(topic, encode_batch(batch(seq, (seq * 1000, 1, 7, 3))), seq, 1, NOW)
+                for seq in (1, 2, 3)]
+    received.append(Received(topic, b"\xff", 4, 1, NOW))
+    consumers = Consumers()
+    prepared = consumers.prepare(received)
+    assert prepared.staged is not None and len(prepared.staged.events) == 3
+    assert [r.reason for r in prepared.rejected] == [Reason.CBOR_MALFORMED]
+    assert (IngestedBatch.objects.count(), EventRow.objects.count(),
+            DeadLetter.objects.count()) == (0, 0, 0)
+    consumers.commit(prepared)
+    consumers.commit(prepared)
+    assert sorted(EventRow.objects.values_list("seq", flat=True)) == [1, 2, 3]
+    assert sum(Rollup.objects.values_list("count", flat=True)) == 3
+    assert consumers.counters["batches_stored"] == 3
+    assert consumers.counters["batches_duplicate"] == 3
+
+
 def test_rows_and_rollups_of_a_mixed_call_match_a_reference(
         device: Device, hardware_profile: HardwareProfile) -> None:
     """Many batches and summaries in one call (as the worker stores them): every event row and
