@@ -29,10 +29,14 @@ Figures (one JSON object per line at the end, bench/README convention):
   baseline: the same day's events in batches of 32 in the same framing; ratio as above.
   ``..._first_packet``: a device that connects once per summary; ``..._no_alias``: as above.
 
-On stderr: where the bytes of a 32-event batch go (MQTT fields, CBOR header items, columns).
+On stderr: where the bytes of a 32-event batch go (MQTT fields, CBOR header items, columns),
+and what the same batches cost in kind 0, the form older devices send.
 
 The stream is the realistic one of the codec's tests: ~1 event/s with 100 ms jitter, 4-10
-skewed classes, top-1 scores between 1/classes and 1, 5-50 ms latencies.
+skewed classes, top-1 scores between 1/classes and 1, 5-50 ms latencies. Every message is
+numbered as a device numbers it, by the SDK's ``SequenceCounter``: from its first event's time
+(a summary: its window's start), ``seq = max(t0, previous seq + 1)``, a unix-ms number. A batch
+(kind 2) carries it as ``seq - t0``, one byte; a summary carries the whole number, nine.
 Run: ``.venv/bin/python bench/wire.py [--quick]``.
 """
 
@@ -54,11 +58,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from device_sdk.backoff import Backoff
+from device_sdk.batching import SequenceCounter
 from device_sdk.link import Link
 from device_sdk.link_config import BrokerEndpoint, LinkConfig
 from device_sdk.protocol.events import (
     Event,
     EventBatch,
+    MessageKind,
     encode_batch,
     encode_summary,
     summarize,
@@ -86,6 +92,18 @@ def realistic_stream(count: int, seed: int, start_ms: int | None = None) -> list
         score = rng.randint(-(-256 // classes), 255)  # a top-1 softmax is at least 1/classes
         events.append(Event(t_ms, label, score, rng.randint(50, 500)))
     return events
+
+
+def device_sequence() -> SequenceCounter:
+    """Return the sequence of a device that booted at T0 with no sequence file (none kept)."""
+    return SequenceCounter(None, clock=lambda: T0 / 1000)
+
+
+def device_batches(stream: list[Event], size: int) -> list[EventBatch]:
+    """Split ``stream`` into batches of ``size`` events, numbered as a device numbers them."""
+    sequence = device_sequence()
+    return [EventBatch.of(sequence.next(at_least=stream[start].t_ms), 17,
+                          stream[start:start + size]) for start in range(0, len(stream), size)]
 
 
 def naive_json(batch: EventBatch) -> bytes:
@@ -354,9 +372,7 @@ def batch_figures(wires: dict[str, Wire], size: int, seeds: int) -> list[dict[st
     json_bytes: dict[str, int] = defaultdict(int)
     events = 0
     for seed in range(seeds):
-        stream = realistic_stream(size * 4, seed)
-        for start in range(0, len(stream), size):
-            batch = EventBatch.of(seed * 10 + start // size + 1, 17, stream[start:start + size])
+        for batch in device_batches(realistic_stream(size * 4, seed), size):
             cbor, naive = encode_batch(batch), naive_json(batch)
             for framing in FRAMINGS:
                 wire = wires["no_alias" if framing == "no_alias" else "aliased"]
@@ -375,10 +391,12 @@ def batch_figures(wires: dict[str, Wire], size: int, seeds: int) -> list[dict[st
 def summaries(day: list[Event], window_s: int, classes: int) -> list[bytes]:
     """Return a day of events as encoded summaries of ``window_s`` seconds each."""
     out = []
-    for index, start in enumerate(range(T0, T0 + 86_400_000, window_s * 1000)):
+    sequence = device_sequence()
+    for start in range(T0, T0 + 86_400_000, window_s * 1000):
         window = [e for e in day if start <= e.t_ms < start + window_s * 1000]
         labels = max([classes, *(e.label + 1 for e in window)])
-        out.append(encode_summary(summarize(window, seq=index + 1, t0_ms=start, model=17,
+        seq = sequence.next(at_least=start)
+        out.append(encode_summary(summarize(window, seq=seq, t0_ms=start, model=17,
                                             window_s=window_s, num_labels=labels)))
     return out
 
@@ -405,11 +423,10 @@ def summary_figures(wires: dict[str, Wire], devices: int) -> list[dict[str, obje
         wires["aliased"].reconnect()
         two_hourly += sum(wires["aliased"].packet_size(p, "aliased", warm_up=False)
                           for p in summaries(day, 7200, classes))
-        for start in range(0, len(day), 32):
-            batch = EventBatch.of(start // 32 + 1, 17, day[start:start + 32])
+        for index, batch in enumerate(device_batches(day, 32)):
             length = len(encode_batch(batch))
             for framing in FRAMINGS:
-                baseline[framing] += framed_size(framing, length, first=start == 0)
+                baseline[framing] += framed_size(framing, length, first=index == 0)
     print(f"[wire] summaries per device-day, aliased: hourly {value['aliased'] / devices:.0f} B,"
           f" every 2 hours {two_hourly / devices:.0f} B", file=sys.stderr)
     return [{"metric": _metric("summary_bytes_per_device_day", framing),
@@ -427,17 +444,21 @@ def _cbor_head(data: bytes, at: int) -> tuple[int, int, int]:
 
 
 def batch_anatomy(size: int, seeds: int) -> None:
-    """Print where the bytes of an aliased ``size``-event batch packet go, per event (stderr)."""
+    """Print where the bytes of an aliased ``size``-event batch packet go, per event (stderr).
+
+    Then what the same batches cost in kind 0, the form older devices send (the full seq and a
+    byte string per column).
+    """
     parts: dict[str, float] = defaultdict(float)
-    names = ("kind", "seq", "t0", "model", "n")
+    names = ("kind", "seq_minus_t0", "t0", "model", "n")
     columns = ("deltas", "labels", "scores", "latencies")
     widths: dict[str, int] = defaultdict(int)
-    packets = 0
+    packets = older = 0
     for seed in range(seeds):
-        stream = realistic_stream(size * 4, seed)
-        for start in range(0, len(stream), size):
-            batch = EventBatch.of(seed * 10 + start // size + 1, 17, stream[start:start + size])
+        for batch in device_batches(realistic_stream(size * 4, seed), size):
             payload = encode_batch(batch)
+            older += framed_size("aliased", len(encode_batch(batch, kind=MessageKind.BATCH)),
+                                 first=False)
             packets += 1
             total = framed_size("aliased", len(payload), first=False)
             parts["MQTT fixed header + remaining length"] += total - len(payload) - 2 - 2 - 4
@@ -450,31 +471,29 @@ def batch_anatomy(size: int, seeds: int) -> None:
                 _, _, head = _cbor_head(payload, at)
                 parts[f"CBOR {name}"] += head
                 at += head
+            _, length, head = _cbor_head(payload, at)
+            parts["CBOR columns: bstr head"] += head
+            at += head
+            end = at + length
             for name in columns:
-                _, length, head = _cbor_head(payload, at)
-                body = payload[at + head:at + head + length]
-                _, leb_end = _read_varint(body, 1)
-                parts[f"{name}: bstr head + width + minimum"] += head + leb_end
-                parts[f"{name}: packed fields"] += length - leb_end
-                widths[name] += body[0]
-                at += head + length
+                values = size - 1 if name == "deltas" else size
+                width = payload[at]
+                _, fields = _read_varint(payload, at + 1)
+                parts[f"{name}: width + minimum"] += fields - at
+                parts[f"{name}: packed fields"] += (values * width + 7) // 8
+                widths[name] += width
+                at = fields + (values * width + 7) // 8
+            if at != end or end != len(payload):
+                raise RuntimeError(f"the anatomy of a batch misread {len(payload) - at} bytes")
     per_event = size * packets
-    print(f"[wire] anatomy of an aliased {size}-event batch packet, bytes per event "
+    print(f"[wire] anatomy of an aliased {size}-event batch packet (kind 2), bytes per event "
           f"(bit widths averaged over {packets} batches):", file=sys.stderr)
     for part, total in parts.items():
         column = next((c for c in columns if part.startswith(c + ": packed")), None)
         note = f"  (width {widths[column] / packets:.1f} bits)" if column else ""
         print(f"[wire]   {part:<44} {total / per_event:6.3f}{note}", file=sys.stderr)
     print(f"[wire]   {'total':<44} {sum(parts.values()) / per_event:6.3f}", file=sys.stderr)
-    # The batches above number from 1, as the codec's tests do. A device's SequenceCounter
-    # starts from the unix time in ms when it has no sequence file: a 9-byte CBOR uint.
-    device_seq = 0
-    for seed in range(seeds):
-        stream = realistic_stream(size * 4, seed)
-        for start in range(0, len(stream), size):
-            batch = EventBatch.of(T0 + seed * 10 + start // size, 17, stream[start:start + size])
-            device_seq += framed_size("aliased", len(encode_batch(batch)), first=False)
-    print(f"[wire]   with seq numbered from unix ms, as a device's: {device_seq / per_event:.3f}",
+    print(f"[wire]   the same batches in kind 0 (older devices): {older / per_event:.3f}",
           file=sys.stderr)
 
 

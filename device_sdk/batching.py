@@ -8,7 +8,10 @@ every device's windows line up) and emits one :class:`~device_sdk.protocol.event
 per window that saw at least one event.
 
 Every message gets the next number of a :class:`SequenceCounter`, the server's dedupe key,
-which is persisted so a restarted device never reuses one.
+which is persisted so a restarted device never reuses one. As in the firmware, a message is
+numbered from its first event's time (a summary: its window's start): ``seq = max(t0, previous
+seq + 1)``, so ``seq`` is almost always ``t0`` and a batch carries it as ``seq - t0 = 0``, one
+byte (``events.py``).
 """
 
 from __future__ import annotations
@@ -52,14 +55,22 @@ Sink = Callable[[Message, bytes], None]
 
 
 class SequenceCounter:
-    """Hand out increasing sequence numbers; a restart never hands out one it handed out before.
+    """Hand out increasing sequence numbers, numbered from time; never one handed out before.
+
+    ``next(at_least)`` returns ``max(at_least, previous + 1)``. The batcher passes a message's
+    ``t0`` in unix ms, the firmware's rule (``device.c``): numbers follow the clock while
+    messages are further apart than 1 ms, and ``seq - t0``, which a batch carries instead of
+    ``seq``, is 0. Without ``at_least`` it counts up by one.
 
     The file holds a reservation, not the last number: before handing out ``n`` the counter
-    makes sure the file says more than ``n``, reserving ``block`` numbers per write. After a
-    restart numbering resumes at the reservation, so up to ``block - 1`` numbers are skipped;
-    gaps are harmless (the server only dedupes on them). A counter without a file starts at
-    the current unix time in milliseconds rather than 0, so a device whose state was wiped
-    still counts above the numbers it used before (which the server would drop as duplicates).
+    makes sure the file says more than ``n``, reserving ``block`` numbers past ``n`` per write.
+    After a restart numbering resumes at the reservation, so up to ``block - 1`` numbers are
+    skipped; gaps are harmless (the server only dedupes on them). Since numbers follow the
+    clock, ``block`` is also milliseconds: the default, a minute's worth, costs about one write a
+    minute (not one per batch), and after a restart puts ``seq`` at most a minute ahead of
+    ``t0`` (an offset of three bytes, not one) until the clock catches up. A counter without a file starts at the current
+    unix time in milliseconds rather than 0, so a device whose state was wiped still counts
+    above the numbers it used before (which the server would drop as duplicates).
     Thread-safe.
     """
 
@@ -67,7 +78,7 @@ class SequenceCounter:
         self,
         path: str | Path | None,
         *,
-        block: int = 64,
+        block: int = 60_000,
         durable: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -81,10 +92,13 @@ class SequenceCounter:
         self._next = stored if stored is not None else int(clock() * 1000)
         self._reserved = self._next  # numbers below this are covered by the file
 
-    def next(self) -> int:
-        """Return the next number, persisting a new reservation first when needed."""
+    def next(self, at_least: int = 0) -> int:
+        """Return ``max(at_least, previous + 1)``, persisting a new reservation first if needed.
+
+        ``at_least`` is the time the message is numbered from (its ``t0``, unix ms).
+        """
         with self._lock:
-            value = self._next
+            value = max(self._next, at_least)
             if value >= MAX_UINT63:
                 raise OverflowError("sequence numbers exhausted")
             if value >= self._reserved:
@@ -94,7 +108,7 @@ class SequenceCounter:
             return value
 
     def peek(self) -> int:
-        """Return the number :meth:`next` would return, without taking it."""
+        """Return the least number :meth:`next` can return now, without taking it."""
         with self._lock:
             return self._next
 
@@ -242,12 +256,13 @@ class EventBatcher:
 
     def _close(self) -> None:
         events, self._events = self._events, []
-        seq = self.sequence.next()
         message: Message
         if self.summary_window_s is None:
+            seq = self.sequence.next(at_least=events[0].t_ms)
             message = EventBatch.of(seq, self._model, events)
             payload = encode_batch(message)
         else:
+            seq = self.sequence.next(at_least=self._window_start_ms)
             message = summarize(
                 events, seq=seq, t0_ms=self._window_start_ms, model=self._model,
                 window_s=self.summary_window_s, num_labels=self.num_labels,

@@ -1,16 +1,23 @@
 """Encode and decode what devices publish on ``fleet/v1/{uid}/events``: batches and summaries.
 
-Two wire forms share the topic, told apart by their first element (CDDL in ``CDDL.md``)::
+Three wire forms share the topic, told apart by their first element (CDDL in ``CDDL.md``)::
 
-    batch   = [0, seq, t0, model, n, deltas, labels, scores, latencies]
+    batch2  = [2, seq_minus_t0, t0, model, n, columns]                  ; what encoders send
+    batch   = [0, seq, t0, model, n, deltas, labels, scores, latencies]  ; older devices
     summary = [1, seq, t0, model, window_s, counts, mean_scores, mean_latency]
 
-A batch stores its events as four columns. Each column is a byte string packed by frame of
-reference: one byte of bit width ``w``, the column's minimum as an unsigned LEB128 varint, then
-each value minus that minimum in ``w`` bits, least significant bit first, the last byte padded
-with zero bits. ``deltas`` has ``n - 1`` values (the first event is at ``t0``); the other
-columns have ``n``. On a realistic stream this costs about 4.6 bytes per event at 32 events
-per batch, against 6.4 for varint and byte columns and 9.1 for CBOR arrays (see ``CDDL.md``).
+A batch stores its events as four columns: ``deltas`` (``n - 1`` values, ms from the previous
+event; the first event is at ``t0``), ``labels``, ``scores`` and ``latencies`` (``n`` each).
+Each column is packed by frame of reference: one byte of bit width ``w``, the column's minimum
+as an unsigned LEB128 varint, then each value minus that minimum in ``w`` bits, least
+significant bit first, the last byte padded with zero bits. Kind 0 sends each column as its
+own byte string; kind 2 sends the four back to back in one byte string (the decoder checks
+that they fill it exactly), and sends ``seq`` as ``seq - t0``: devices number their messages
+from the first event's time (``seq = max(t0, previous seq + 1)``), so that is 0, one byte
+instead of the nine of a unix-ms number. On a realistic stream kind 2 costs about 4.4 bytes
+per event at 32 events per batch, against 6.4 for varint and byte columns and 9.1 for CBOR
+arrays (see ``CDDL.md``). Decoders accept both batch kinds and give the same objects for
+both; ``encode_batch`` writes kind 2 unless asked for kind 0.
 
 Decoding is split for the server, which takes thousands of batches a second:
 ``decode_message_packed`` checks a message completely but leaves its columns packed
@@ -71,6 +78,7 @@ __all__ = [
 ]
 
 _BATCH_ITEMS = 9
+_BATCH2_ITEMS = 6
 _SUMMARY_ITEMS = 8
 _MAX_VARINT_BYTES = 5  # a column minimum never exceeds 32 bits
 
@@ -78,8 +86,9 @@ _MAX_VARINT_BYTES = 5  # a column minimum never exceeds 32 bits
 class MessageKind(IntEnum):
     """Say what a message on the events topic is. Wire values: never renumber."""
 
-    BATCH = 0
+    BATCH = 0  # four byte-string columns, full seq: sent by older devices, still accepted
     SUMMARY = 1
+    BATCH2 = 2  # seq - t0, the four columns in one byte string: what encoders send
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +196,12 @@ class Summary:
 # -- encoding -------------------------------------------------------------------------------
 
 
-def encode_batch(batch: EventBatch) -> bytes:
-    """Encode a batch of 1..MAX_EVENTS_PER_BATCH events, refusing what a decoder would refuse."""
+def encode_batch(batch: EventBatch, *, kind: MessageKind = MessageKind.BATCH2) -> bytes:
+    """Encode a batch of 1..MAX_EVENTS_PER_BATCH events, refusing what a decoder would refuse.
+
+    ``kind`` is BATCH2 (what devices send) or BATCH, the form of older devices, which the
+    decoders still accept: kept to test them and to measure one form against the other.
+    """
     seq = coerce_uint(batch.seq, "seq", MAX_UINT63)
     t0 = coerce_uint(batch.t0_ms, "t0", MAX_T0_MS, minimum=MIN_T0_MS)
     model = coerce_uint(batch.model, "model", MAX_MODEL_ID)
@@ -203,9 +216,13 @@ def encode_batch(batch: EventBatch) -> bytes:
     labels = [coerce_uint(e.label, "label", MAX_LABELS - 1) for e in batch.events]
     scores = [coerce_uint(e.score, "score", MAX_SCORE) for e in batch.events]
     latencies = [coerce_uint(e.latency_100us, "latency", MAX_LATENCY_100US) for e in batch.events]
-    items = [MessageKind.BATCH.value, seq, t0, model, count]
-    items += [_pack(deltas), _pack(labels), _pack(scores), _pack(latencies)]
-    return cbor2.dumps(items)
+    columns = [_pack(deltas), _pack(labels), _pack(scores), _pack(latencies)]
+    if kind == MessageKind.BATCH2:
+        return cbor2.dumps([MessageKind.BATCH2.value, seq - t0, t0, model, count,
+                            b"".join(columns)])
+    if kind == MessageKind.BATCH:
+        return cbor2.dumps([MessageKind.BATCH.value, seq, t0, model, count, *columns])
+    raise ValueError(f"kind: {kind!r} is not a batch kind")
 
 
 def encode_summary(summary: Summary) -> bytes:
@@ -309,9 +326,9 @@ def _varint(value: int) -> bytes:
 def decode_message(payload: bytes) -> EventBatch | Summary:
     """Decode a payload of the events topic; raise ProtocolError and nothing else on refusal."""
     items = _load(payload)
-    if items[0] == MessageKind.BATCH:
-        return _packed_from(items).batch()
-    return _summary_from(items)
+    if items[0] == MessageKind.SUMMARY:
+        return _summary_from(items)
+    return _packed_from(items).batch()
 
 
 def decode_message_packed(payload: bytes) -> PackedBatch | Summary:
@@ -321,15 +338,15 @@ def decode_message_packed(payload: bytes) -> PackedBatch | Summary:
     skips the per-value work that the checks do not need.
     """
     items = _load(payload)
-    if items[0] == MessageKind.BATCH:
-        return _packed_from(items)
-    return _summary_from(items)
+    if items[0] == MessageKind.SUMMARY:
+        return _summary_from(items)
+    return _packed_from(items)
 
 
 def decode_batch(payload: bytes) -> EventBatch:
-    """Decode an event batch, refusing a summary or anything else with ProtocolError."""
+    """Decode an event batch of either kind, refusing a summary or anything else."""
     items = _load(payload)
-    if items[0] != MessageKind.BATCH:
+    if items[0] == MessageKind.SUMMARY:
         raise ProtocolError(Reason.SCHEMA_MISMATCH, "not an event batch")
     return _packed_from(items).batch()
 
@@ -377,15 +394,40 @@ def _load(payload: bytes) -> Sequence[object]:
 
 
 def _packed_from(items: Sequence[object]) -> PackedBatch:
-    wire_array(items, "batch", length=_BATCH_ITEMS)
-    seq = wire_uint(items[1], "seq", MAX_UINT63)
-    t0 = wire_uint(items[2], "t0", MAX_T0_MS, minimum=MIN_T0_MS)
+    """Check a batch of either kind; ``items[0]`` is a known kind other than SUMMARY."""
+    if items[0] == MessageKind.BATCH:
+        wire_array(items, "batch", length=_BATCH_ITEMS)
+        seq = wire_uint(items[1], "seq", MAX_UINT63)
+        t0 = wire_uint(items[2], "t0", MAX_T0_MS, minimum=MIN_T0_MS)
+    else:
+        wire_array(items, "batch", length=_BATCH2_ITEMS)
+        offset = items[1]
+        if type(offset) is not int:
+            raise ProtocolError(Reason.SCHEMA_MISMATCH, "seq_minus_t0: expected int")
+        t0 = wire_uint(items[2], "t0", MAX_T0_MS, minimum=MIN_T0_MS)
+        # The same range as kind 0's seq, whatever the offset: huge or negative ints included.
+        seq = t0 + offset
+        if not 0 <= seq <= MAX_UINT63:
+            raise ProtocolError(
+                Reason.VALUE_OUT_OF_RANGE, f"seq: t0 + seq_minus_t0 = {seq} not in 0..{MAX_UINT63}"
+            )
     model = wire_uint(items[3], "model", MAX_MODEL_ID)
     count = wire_uint(items[4], "n", MAX_EVENTS_PER_BATCH, minimum=1)
-    deltas = _checked_column(items[5], count - 1, "deltas", MAX_DELTA_MS)
-    labels = _checked_column(items[6], count, "labels", MAX_LABELS - 1)
-    scores = _checked_column(items[7], count, "scores", MAX_SCORE)
-    latencies = _checked_column(items[8], count, "latencies", MAX_LATENCY_100US)
+    if items[0] == MessageKind.BATCH:  # a byte string per column, which it must fill
+        deltas = _whole_column(items[5], count - 1, "deltas", MAX_DELTA_MS)
+        labels = _whole_column(items[6], count, "labels", MAX_LABELS - 1)
+        scores = _whole_column(items[7], count, "scores", MAX_SCORE)
+        latencies = _whole_column(items[8], count, "latencies", MAX_LATENCY_100US)
+    else:  # the four back to back in one byte string, which they must fill
+        data = wire_bytes(items[5], "columns", MAX_EVENTS_BYTES)
+        deltas, end = _checked_column(data, 0, count - 1, "deltas", MAX_DELTA_MS)
+        labels, end = _checked_column(data, end, count, "labels", MAX_LABELS - 1)
+        scores, end = _checked_column(data, end, count, "scores", MAX_SCORE)
+        latencies, end = _checked_column(data, end, count, "latencies", MAX_LATENCY_100US)
+        if end != len(data):
+            raise ProtocolError(
+                Reason.VALUE_OUT_OF_RANGE, f"columns: {len(data) - end} bytes after the last column"
+            )
     # The last event's time, bounded first by the widest deltas the column could hold.
     widest = deltas.base + (1 << deltas.width) - 1
     if (t0 + (count - 1) * widest > MAX_T0_MS
@@ -410,35 +452,47 @@ def _summary_from(items: Sequence[object]) -> Summary:
     return Summary(seq, t0, model, window, counts, means, latency)
 
 
-def _checked_column(column: object, count: int, field: str, maximum: int) -> PackedColumn:
-    """Check that a packed column holds ``count`` values, each at most ``maximum``.
-
-    Every inconsistency inside a column (a width past 32 bits, a varint running off the end, a
-    byte count that does not match ``count``, stray padding bits) is VALUE_OUT_OF_RANGE: it is
-    how columns of unequal length show up once they are packed.
-    """
+def _whole_column(column: object, count: int, field: str, maximum: int) -> PackedColumn:
+    """Check a kind-0 column: a byte string holding exactly one packed column."""
     data = wire_bytes(column, field, MAX_EVENTS_BYTES)
-    if not data:
+    return _checked_column(data, 0, count, field, maximum, whole=True)[0]
+
+
+def _checked_column(
+    data: bytes, start: int, count: int, field: str, maximum: int, *, whole: bool = False
+) -> tuple[PackedColumn, int]:
+    """Check the packed column at ``data[start:]``: ``count`` values, each at most ``maximum``.
+
+    Return the column and where it ends. With ``whole``, the column must end exactly at the end
+    of ``data`` (kind 0: a byte string per column); otherwise more bytes may follow (kind 2:
+    the next column). Every inconsistency inside a column (a width past 32 bits, a varint
+    running off the end, too few bytes for ``count`` values, stray padding bits) is
+    VALUE_OUT_OF_RANGE: it is how columns of unequal length show up once they are packed.
+    """
+    if start >= len(data):
         raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"{field}: empty column")
-    width = data[0]
+    width = data[start]
     if width > MAX_PACKED_WIDTH:
         raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"{field}: width {width} bits")
-    base, start = _read_varint(data, 1, field)
+    base, first = _read_varint(data, start + 1, field)
     if base > maximum:
         raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"{field}: minimum {base} > {maximum}")
     bits = count * width
-    packed = PackedColumn(width, base, data[start:])
-    if len(packed.data) != (bits + 7) // 8:
+    need, have = (bits + 7) // 8, len(data) - first
+    if have < need or (whole and have != need):
         raise ProtocolError(
-            Reason.VALUE_OUT_OF_RANGE, f"{field}: {len(packed.data)} bytes for {count} values"
+            Reason.VALUE_OUT_OF_RANGE,
+            f"{field}: {count} values of {width} bits take {need} bytes, not {have}",
         )
+    end = first + need
+    packed = PackedColumn(width, base, data[first:end])
     if bits % 8 and packed.data[-1] >> (bits % 8):
         raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"{field}: padding bits are not zero")
     # Only a width that could reach past ``maximum`` needs the values looked at.
     if (count and base + (1 << width) - 1 > maximum
             and max(_unpack_column(packed, count)) > maximum):
         raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"{field}: value > {maximum}")
-    return packed
+    return packed, end
 
 
 def _unpack_column(column: PackedColumn, count: int) -> list[int]:

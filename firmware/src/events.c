@@ -5,42 +5,36 @@
 #include "tml/cbor.h"
 #include "tml/protocol.h"
 
-enum { COL_DELTA, COL_LABEL, COL_SCORE, COL_LATENCY };
+/* Columns of a batch in wire order (never change), then a plain uint32_t array. */
+enum { COL_DELTA, COL_LABEL, COL_SCORE, COL_LATENCY, COL_U32 };
 
-typedef uint32_t (*getter_fn)(const void *src, size_t i);
-
-static uint32_t get_u32(const void *src, size_t i)
+static uint32_t get(const void *src, int col, size_t i)
 {
-    return ((const uint32_t *)src)[i];
+    if (col == COL_U32) {
+        return ((const uint32_t *)src)[i];
+    }
+    const tml_event_t *e = (const tml_event_t *)src + i;
+    switch (col) {
+    case COL_DELTA:
+        return (uint32_t)(e[1].t_ms - e[0].t_ms);
+    case COL_LABEL:
+        return e->label;
+    case COL_SCORE:
+        return e->score;
+    default:
+        return e->latency_100us;
+    }
 }
 
-static uint32_t get_delta(const void *src, size_t i)
-{
-    const tml_event_t *e = src;
-    return (uint32_t)(e[i + 1].t_ms - e[i].t_ms);
-}
-
-static uint32_t get_label(const void *src, size_t i)
-{
-    return ((const tml_event_t *)src)[i].label;
-}
-
-static uint32_t get_score(const void *src, size_t i)
-{
-    return ((const tml_event_t *)src)[i].score;
-}
-
-static uint32_t get_latency(const void *src, size_t i)
-{
-    return ((const tml_event_t *)src)[i].latency_100us;
-}
-
-/* Write the column as a CBOR byte string: width, LEB128 minimum, LSB-first fields. */
-static void put_column(tml_cbor_writer_t *w, getter_fn get, const void *src, size_t n)
+/*
+ * Write the column raw (width, LEB128 minimum, LSB-first fields) and return its length; with
+ * w NULL only measure it, so a batch can size its one byte string before writing into it.
+ */
+static size_t put_column(tml_cbor_writer_t *w, int col, const void *src, size_t n)
 {
     uint32_t lo = 0, hi = 0;
     for (size_t i = 0; i < n; i++) {
-        uint32_t v = get(src, i);
+        uint32_t v = get(src, col, i);
         if (i == 0 || v < lo) {
             lo = v;
         }
@@ -61,13 +55,15 @@ static void put_column(tml_cbor_writer_t *w, getter_fn get, const void *src, siz
         m >>= 7;
     }
     head[hn++] = (uint8_t)m;
-    size_t body = (n * width + 7) / 8;
-    tml_cbor_put_head(w, TML_CBOR_BYTES, hn + body);
+    size_t size = hn + (n * width + 7) / 8;
+    if (!w) {
+        return size;
+    }
     tml_cbor_put_raw(w, head, hn);
     uint64_t acc = 0;
     unsigned bits = 0;
     for (size_t i = 0; i < n; i++) {
-        acc |= (uint64_t)(get(src, i) - lo) << bits;
+        acc |= (uint64_t)(get(src, col, i) - lo) << bits;
         bits += width;
         while (bits >= 8) {
             uint8_t b = (uint8_t)acc;
@@ -80,6 +76,7 @@ static void put_column(tml_cbor_writer_t *w, getter_fn get, const void *src, siz
         uint8_t b = (uint8_t)acc;
         tml_cbor_put_raw(w, &b, 1);
     }
+    return size;
 }
 
 tml_status_t tml_events_pack(const uint32_t *values, size_t n, uint8_t *out, size_t cap,
@@ -87,25 +84,8 @@ tml_status_t tml_events_pack(const uint32_t *values, size_t n, uint8_t *out, siz
 {
     tml_cbor_writer_t w;
     tml_cbor_writer_init(&w, out, cap);
-    put_column(&w, get_u32, values, n);
-    /* Strip the CBOR byte-string head: callers want the column alone. */
-    tml_cbor_reader_t r;
-    tml_cbor_item_t it;
-    size_t len;
-    tml_status_t st = tml_cbor_finish(&w, &len);
-    if (st != TML_OK) {
-        return st;
-    }
-    tml_cbor_reader_init(&r, out, len);
-    if (tml_cbor_read(&r, &it) != TML_OK) {
-        return TML_ERR_NOSPACE;
-    }
-    size_t head = (size_t)(it.data - out);
-    for (size_t i = 0; i < (size_t)it.arg; i++) {
-        out[i] = out[i + head];
-    }
-    *out_len = (size_t)it.arg;
-    return TML_OK;
+    put_column(&w, COL_U32, values, n);
+    return tml_cbor_finish(&w, out_len);
 }
 
 tml_status_t tml_events_encode_batch(uint64_t seq, uint32_t model, const tml_event_t *ev,
@@ -124,18 +104,27 @@ tml_status_t tml_events_encode_batch(uint64_t seq, uint32_t model, const tml_eve
             return TML_ERR_RANGE;
         }
     }
+    size_t size = 0; /* the four columns back to back, deltas (n - 1 values) first */
+    for (int c = COL_DELTA; c <= COL_LATENCY; c++) {
+        size += put_column(NULL, c, ev, n - (c == COL_DELTA));
+    }
     tml_cbor_writer_t w;
     tml_cbor_writer_init(&w, out, cap);
-    tml_cbor_put_head(&w, TML_CBOR_ARRAY, 9);
-    tml_cbor_put_uint(&w, TML_EVENTS_KIND_BATCH);
-    tml_cbor_put_uint(&w, seq);
+    tml_cbor_put_head(&w, TML_CBOR_ARRAY, 6);
+    tml_cbor_put_uint(&w, TML_EVENTS_KIND_BATCH2);
+    /* seq - t0 as a CBOR int, 0 for a seq numbered from the first event's time. Both are below
+     * 2^63, so the top bit of the wrapped difference d is its sign; below zero, the head is
+     * major type 1 with argument -1 - d, which is ~d. */
+    uint64_t d = seq - ev[0].t_ms;
+    uint64_t negative = 0 - (d >> 63); /* all ones below zero, else 0 */
+    tml_cbor_put_head(&w, (int)(negative & TML_CBOR_NINT), d ^ negative);
     tml_cbor_put_uint(&w, ev[0].t_ms);
     tml_cbor_put_uint(&w, model);
     tml_cbor_put_uint(&w, n);
-    put_column(&w, get_delta, ev, n - 1);
-    put_column(&w, get_label, ev, n);
-    put_column(&w, get_score, ev, n);
-    put_column(&w, get_latency, ev, n);
+    tml_cbor_put_head(&w, TML_CBOR_BYTES, size);
+    for (int c = COL_DELTA; c <= COL_LATENCY; c++) {
+        put_column(&w, c, ev, n - (c == COL_DELTA));
+    }
     return tml_cbor_finish(&w, out_len);
 }
 

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "tml/events.h"
+#include "tml/protocol.h"
 #include "tml_test.h"
 
 #define MAXN 1100
@@ -61,6 +62,24 @@ void suite_events(void)
         CHECK(tml_events_encode_batch(1, 1ULL << 31, e + 1, 1, got, sizeof(got), &len) ==
               TML_ERR_RANGE);
         CHECK(tml_events_encode_batch(1, 1, e + 1, 1, got, 10, &len) == TML_ERR_NOSPACE);
+    }
+    tml_case("events", "kind_2_sends_seq_minus_t0_and_one_column_string");
+    {
+        /* Two events 100 ms apart: each column is 2 bytes (width 0, minimum), 8 in all. */
+        const uint64_t t0 = 1717000000000ULL;
+        tml_event_t e[2] = {{t0, 7, 3, 9}, {t0 + 100, 7, 3, 9}};
+        size_t len, at = 9 + 1 + 1 + 1; /* array, kind, offset; then t0 (9), model, n */
+        CHECK(tml_events_encode_batch(t0, 1, e, 2, got, sizeof(got), &len) == TML_OK);
+        CHECK(got[0] == 0x86 && got[1] == TML_EVENTS_KIND_BATCH2 && got[2] == 0x00);
+        CHECK(len == at + 2 + 1 + 8 && got[at + 2] == 0x48); /* bstr(8) */
+        CHECK(tml_events_encode_batch(t0 - 1, 1, e, 2, got, sizeof(got), &len) == TML_OK);
+        CHECK(got[2] == 0x20 && len == at + 2 + 1 + 8); /* -1: one byte too */
+        CHECK(tml_events_encode_batch(t0 + 24, 1, e, 2, got, sizeof(got), &len) == TML_OK);
+        CHECK(got[2] == 0x18 && got[3] == 24 && len == at + 2 + 1 + 8 + 1);
+        CHECK(tml_events_encode_batch(t0, 1, e, 2, got, at + 2 + 8, &len) == TML_ERR_NOSPACE);
+        CHECK(tml_events_encode_batch(t0, 1, e, 2, got, at + 3 + 8, &len) == TML_OK);
+        CHECK(tml_events_encode_batch((uint64_t)INT64_MAX + 1, 1, e, 2, got, sizeof(got), &len) ==
+              TML_ERR_RANGE);
     }
     tml_case("events", "pack_empty_and_worked_example");
     {

@@ -126,17 +126,27 @@ def fine_tune(model: bytes, seed: int) -> bytes:
 
 
 def event_vectors() -> list[dict[str, Any]]:
-    """Return batches and summaries with their Python encodings."""
+    """Return batches (kind 2, what the firmware sends) and summaries with their encodings.
+
+    No kind-0 batches: the firmware has no batch decoder, and the server's decoding of the
+    kind older devices send is pinned in tests/device_sdk/protocol/test_events.py.
+    """
     rng = random.Random(1)
+    golden = [Event(T0, 2, 200, 120), Event(T0 + 1000, 5, 180, 130), Event(T0 + 2010, 2, 255, 115)]
     batches: list[tuple[str, int, int, list[Event]]] = [
-        ("golden", 1, 3, [Event(T0, 2, 200, 120), Event(T0 + 1000, 5, 180, 130),
-                          Event(T0 + 2010, 2, 255, 115)]),
-        ("single", 7, 0, [Event(T0, 0, 0, 0)]),
+        ("golden", T0, 3, golden),  # CDDL.md's worked example: seq numbered from t0
+        ("single", 7, 0, [Event(T0, 0, 0, 0)]),  # seq far below t0: a 9-byte negative offset
+        ("seq_zero", 0, 0, [Event(T0, 0, 0, 0)]),
         ("equal_values", 2**40, 2**31 - 1, [Event(T0 + 5 * i, 9, 77, 400) for i in range(5)]),
         ("extremes", 2**63 - 1, 42, [Event(T0, 1023, 255, 600_000),
                                       Event(T0 + 86_400_000, 0, 0, 0),
                                       Event(T0 + 86_400_000, 512, 128, 1)]),
     ]
+    # seq - t0 at each boundary of a CBOR head, both signs (a seq after a restart runs ahead of
+    # t0; one numbered otherwise, or by older firmware, may lie below it).
+    for offset in (1, 23, 24, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32):
+        for signed in (offset, -offset, -offset - 1):
+            batches.append((f"seq_minus_t0_{signed}", T0 + signed, 1, golden[:2]))
     for n in (2, 8, 32, 100, 1024):
         t, events = T0 + rng.randrange(10**9), []
         classes = rng.randrange(4, 11)
@@ -144,7 +154,8 @@ def event_vectors() -> list[dict[str, Any]]:
             events.append(Event(t, rng.randrange(classes), rng.randrange(256 // classes, 256),
                                 rng.randrange(50, 500)))
             t += max(0, int(rng.gauss(1000, 100)))
-        batches.append((f"realistic_{n}", rng.randrange(2**40), rng.randrange(1, 1000), events))
+        # Numbered as a device numbers them: from the first event's time.
+        batches.append((f"realistic_{n}", events[0].t_ms, rng.randrange(1, 1000), events))
     out: list[dict[str, Any]] = []
     for name, seq, model, events in batches:
         payload = encode_batch(EventBatch.of(seq, model, events))
@@ -560,7 +571,8 @@ def generate(out_dir: Path) -> None:
     (out_dir / "keys").mkdir(exist_ok=True)
     trusted = [raw_public_key(k.public_key()) for k in (SIGNER, OTHER)]
     (out_dir / "keys" / "trusted_public.hex").write_text("".join(k.hex() + "\n" for k in trusted))
-    write_vec(out_dir, "events.vec", "Event batches and summaries (events.py).", event_vectors())
+    write_vec(out_dir, "events.vec", "Event batches (kind 2) and summaries (events.py).",
+              event_vectors())
     write_vec(out_dir, "messages.vec", "Status, hello, chunk request/chunk, report.",
               message_vectors())
     write_vec(out_dir, "manifests.vec",

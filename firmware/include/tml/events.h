@@ -3,11 +3,15 @@
  * @file events.h
  * @brief Encode event batches and window summaries, byte for byte as events.py does.
  *
- *     batch   = [0, seq, t0, model, n, deltas, labels, scores, latencies]   ; packed columns
+ *     batch2  = [2, seq - t0, t0, model, n, deltas || labels || scores || latencies]
  *     summary = [1, seq, t0, model, window_s, counts, mean_scores, mean_latency]
  *
- * Columns are frame-of-reference bit-packed (CDDL.md "Packed columns"). Encoders refuse what
- * the server's decoder would refuse. Reentrant; no allocation.
+ * Columns are frame-of-reference bit-packed (CDDL.md "Packed columns") and sent back to back
+ * in one byte string; seq travels as its difference from t0, a CBOR int, 0 (one byte) for a
+ * seq numbered from the first event's time as device.c numbers them. The server still
+ * accepts kind 0 (a byte string per column, the full seq) from older firmware; this firmware
+ * never sends it. Encoders refuse what the server's decoder would refuse. Reentrant; no
+ * allocation.
  */
 #ifndef TML_EVENTS_H
 #define TML_EVENTS_H
@@ -28,8 +32,9 @@ typedef struct {
 } tml_event_t;
 
 /**
- * @brief Encode a batch: t0 is the first event's time.
- * @param seq per-device increasing sequence (the server's dedupe key), < 2^63
+ * @brief Encode a batch (kind 2): t0 is the first event's time.
+ * @param seq per-device increasing sequence (the server's dedupe key), < 2^63; sent as
+ *            seq - t0, so max(t0, previous seq + 1) costs one byte
  * @param model package id of the running model, < 2^31
  * @param events 1..1024 events in time order (owned by the caller)
  * @param n number of events

@@ -44,9 +44,10 @@ from device_sdk.protocol.reasons import ProtocolError, Reason
 T0 = 1_717_000_000_000  # 2024-05-29T16:26:40Z
 MQTT_FRAMING = 30  # bytes of PUBLISH header, topic and packet id the brief budgets per message
 
-# Three events, worked out by hand in CDDL.md: pins the packed-column layout.
+# Three events, worked out by hand in CDDL.md: pins the packed-column layout. Numbered as a
+# device numbers them, from its first event's time: seq - t0 = 0.
 GOLDEN_BATCH = EventBatch(
-    seq=1,
+    seq=T0,
     t0_ms=T0,
     model=3,
     events=[
@@ -55,12 +56,23 @@ GOLDEN_BATCH = EventBatch(
         Event(T0 + 2010, 2, 255, 115),
     ],
 )
-GOLDEN_BATCH_HEX = (
+GOLDEN_COLUMNS = {
+    "deltas": "04 e807 a0",  # 1000, 1010: width 4, min 1000, fields 0 and 10
+    "labels": "02 02 0c",  # 2, 5, 2: width 2, min 2, fields 0, 3, 0
+    "scores": "07 b401 14c012",  # 200, 180, 255: width 7, min 180, fields 20, 0, 75
+    "latencies": "04 73 f500",  # 120, 130, 115: width 4, min 115, fields 5, 15, 0
+}
+COLUMN_ORDER = ("deltas", "labels", "scores", "latencies")  # wire order: never change
+# kind 2, seq - t0 = 0, t0, model 3, n 3, the four columns in one 17-byte string
+GOLDEN_BATCH_HEX = "86 02 00 1b0000018fc52cd200 03 03 51" + " ".join(GOLDEN_COLUMNS.values())
+# The same events as an older device sends them: kind 0, seq 1, a byte string per column.
+GOLDEN_BATCH_V0 = replace(GOLDEN_BATCH, seq=1)
+GOLDEN_BATCH_V0_HEX = (
     "89 00 01 1b0000018fc52cd200 03 03"
-    " 44 04e807a0"  # deltas 1000, 1010: width 4, min 1000, fields 0 and 10
-    " 43 02020c"  # labels 2, 5, 2: width 2, min 2, fields 0, 3, 0
-    " 46 07b40114c012"  # scores 200, 180, 255: width 7, min 180, fields 20, 0, 75
-    " 44 0473f500"  # latencies 120, 130, 115: width 4, min 115, fields 5, 15, 0
+    " 44 04e807a0"
+    " 43 02020c"
+    " 46 07b40114c012"
+    " 44 0473f500"
 )
 GOLDEN_SUMMARY = Summary(2, T0, 3, 60, [3, 0, 1], [200, 0, 100], 120)
 GOLDEN_SUMMARY_HEX = "88 01 02 1b0000018fc52cd200 03 183c 83030001 8318c8001864 1878"
@@ -95,8 +107,24 @@ def _unpacked(batches: list[PackedBatch]) -> list[list[Event]]:
 
 
 def _batch_items(**changes: object) -> list[object]:
+    """Return the items of the golden kind-2 batch with some replaced."""
     items: list[object] = list(cbor2.loads(encode_batch(GOLDEN_BATCH)))
-    names = ["kind", "seq", "t0", "model", "n", "deltas", "labels", "scores", "latencies"]
+    names = ["kind", "seq_minus_t0", "t0", "model", "n", "columns"]
+    for name, value in changes.items():
+        items[names.index(name)] = value
+    return items
+
+
+def _columns(**changes: bytes) -> bytes:
+    """Return the golden batch's four packed columns back to back, some replaced."""
+    columns = {name: _hex(value) for name, value in GOLDEN_COLUMNS.items()} | changes
+    return b"".join(columns[name] for name in COLUMN_ORDER)
+
+
+def _batch_v0_items(**changes: object) -> list[object]:
+    """Return the items of the golden kind-0 batch (an older device's) with some replaced."""
+    items: list[object] = list(cbor2.loads(_hex(GOLDEN_BATCH_V0_HEX)))
+    names = ["kind", "seq", "t0", "model", "n", *COLUMN_ORDER]
     for name, value in changes.items():
         items[names.index(name)] = value
     return items
@@ -114,9 +142,35 @@ def _summary_items(**changes: object) -> list[object]:
 
 
 def test_batch_encodes_to_the_golden_bytes() -> None:
-    """The packed-column layout is pinned byte for byte (the C firmware shares these vectors)."""
+    """The kind-2 layout is pinned byte for byte (the C firmware shares these vectors)."""
     assert encode_batch(GOLDEN_BATCH) == _hex(GOLDEN_BATCH_HEX)
     assert decode_message(_hex(GOLDEN_BATCH_HEX)) == GOLDEN_BATCH
+
+
+def test_an_older_devices_kind_0_batch_still_decodes() -> None:
+    """Kind 0 (four byte strings, the full seq) decodes as before, to the same columns."""
+    assert decode_message(_hex(GOLDEN_BATCH_V0_HEX)) == GOLDEN_BATCH_V0
+    assert decode_batch(_hex(GOLDEN_BATCH_V0_HEX)) == GOLDEN_BATCH_V0
+    assert encode_batch(GOLDEN_BATCH_V0, kind=MessageKind.BATCH) == _hex(GOLDEN_BATCH_V0_HEX)
+    old = decode_message_packed(_hex(GOLDEN_BATCH_V0_HEX))
+    new = decode_message_packed(encode_batch(GOLDEN_BATCH_V0))
+    assert isinstance(old, PackedBatch) and old == new
+    assert _unpacked([old, new]) == [GOLDEN_BATCH.events] * 2
+
+
+def test_seq_travels_as_its_difference_from_t0() -> None:
+    """seq = t0 costs one byte; any other seq in range round-trips, below t0 as a negative int."""
+    assert len(encode_batch(replace(GOLDEN_BATCH, seq=T0 + 1))) == len(_hex(GOLDEN_BATCH_HEX))
+    for seq in (0, 1, T0 - 1, T0 + 1, T0 + 24, T0 + 2**32, MAX_UINT63):
+        batch = replace(GOLDEN_BATCH, seq=seq)
+        payload = encode_batch(batch)
+        assert cbor2.loads(payload)[1] == seq - T0
+        assert decode_message(payload) == batch
+    # Kind 0 spends nine bytes on a unix-ms seq where kind 2 spends one on the offset, and four
+    # byte-string heads where kind 2 has one.
+    saved = len(encode_batch(GOLDEN_BATCH, kind=MessageKind.BATCH)) - len(
+        encode_batch(GOLDEN_BATCH))
+    assert saved == (9 - 1) + (4 - 1)
 
 
 def test_summary_encodes_to_the_golden_bytes() -> None:
@@ -129,14 +183,14 @@ def test_constant_column_costs_three_bytes() -> None:
     """A column whose values are all equal packs to width 0: header and minimum only."""
     events = [Event(T0 + i * 1000, 4, 99, 250) for i in range(64)]
     items = cbor2.loads(encode_batch(EventBatch.of(9, 1, events)))
-    assert items[5:] == [b"\x00\xe8\x07", b"\x00\x04", b"\x00\x63", b"\x00\xfa\x01"]
+    assert items[5] == b"\x00\xe8\x07" + b"\x00\x04" + b"\x00\x63" + b"\x00\xfa\x01"
 
 
 def test_single_event_batch_has_an_empty_delta_column() -> None:
     """The first event sits at t0, so one event leaves no delta to send."""
     batch = EventBatch.of(5, 2, [Event(T0, 1, 2, 3)])
     items = cbor2.loads(encode_batch(batch))
-    assert items[4:6] == [1, b"\x00\x00"]
+    assert items[4:6] == [1, b"\x00\x00" + b"\x00\x01" + b"\x00\x02" + b"\x00\x03"]
     assert decode_batch(encode_batch(batch)) == batch
 
 
@@ -153,7 +207,12 @@ def test_kind_selects_the_decoder() -> None:
     with pytest.raises(ProtocolError) as caught:
         decode_summary(batch)
     assert caught.value.reason is Reason.SCHEMA_MISMATCH
-    assert MessageKind.BATCH == 0 and MessageKind.SUMMARY == 1  # wire values
+    assert decode_summary(_hex(GOLDEN_SUMMARY_HEX)) == GOLDEN_SUMMARY
+    with pytest.raises(ProtocolError) as caught:
+        decode_summary(_hex(GOLDEN_BATCH_V0_HEX))
+    assert caught.value.reason is Reason.SCHEMA_MISMATCH
+    # wire values
+    assert (MessageKind.BATCH, MessageKind.SUMMARY, MessageKind.BATCH2) == (0, 1, 2)
 
 
 # -- round trips ----------------------------------------------------------------------------
@@ -176,18 +235,19 @@ _events = st.lists(
     t0=st.integers(MIN_T0_MS, MIN_T0_MS + 10**12),
     model=st.integers(0, MAX_MODEL_ID),
     rows=_events,
+    kind=st.sampled_from([MessageKind.BATCH2, MessageKind.BATCH]),
 )
 def test_any_valid_batch_round_trips(
-    seq: int, t0: int, model: int, rows: list[tuple[int, int, int, int]]
+    seq: int, t0: int, model: int, rows: list[tuple[int, int, int, int]], kind: MessageKind
 ) -> None:
-    """Every batch the encoder accepts decodes to an equal batch."""
+    """Every batch the encoder accepts decodes to an equal batch, in either batch kind."""
     t, events = t0, []
     for index, (delta, label, score, latency) in enumerate(rows):
         t += delta if index else 0
         events.append(Event(t, label, score, latency))
     batch = EventBatch(seq, t0, model, events)
-    assert decode_message(encode_batch(batch)) == batch
-    packed = decode_message_packed(encode_batch(batch))
+    assert decode_message(encode_batch(batch, kind=kind)) == batch
+    packed = decode_message_packed(encode_batch(batch, kind=kind))
     assert isinstance(packed, PackedBatch)
     assert packed.batch() == batch
     assert _unpacked([packed]) == [events]
@@ -327,6 +387,25 @@ def test_encoder_refuses_invalid_summaries(summary: Summary, reason: Reason) -> 
 
 _golden = encode_batch(GOLDEN_BATCH)
 
+# Column contents a decoder refuses (all VALUE_OUT_OF_RANGE), in either batch kind.
+_BAD_COLUMNS: list[dict[str, bytes]] = [
+    {"labels": b""},
+    {"labels": b"\x02\x02\x0c\x00"},  # one byte too many
+    {"labels": b"\x02\x02"},  # no room for the fields
+    {"labels": b"\x21\x00" + b"\x00" * 13},  # width 33
+    {"deltas": b"\xff\x00" + b"\x00" * 64},  # width 255
+    {"labels": b"\x02\x02\x4c"},  # padding bits
+    {"labels": b"\x00\x80"},  # varint cut
+    {"labels": b"\x00\x80\x80\x80\x80\x01"},  # a minimum of 2**28
+    {"labels": b"\x00\x80\x80\x80\x80\x80\x00"},  # a varint of six bytes
+    {"labels": b"\x00\x80\x08"},  # 1024
+    {"labels": b"\x0b\x00\x00\x04\x00\x00\x00"},  # a field of 1024
+    {"scores": b"\x00\x80\x02"},  # 256
+    {"deltas": b"\x00\x81\xb0\xd9\x29"},  # more than a day
+    {"latencies": b"\x00\xc1\xcf\x24"},  # 600,001
+    {"latencies": b"\x20\x00" + b"\xff" * 12},  # width 32: 2**32 - 1
+]
+
 
 @pytest.mark.parametrize(
     ("payload", "reason"),
@@ -340,38 +419,68 @@ _golden = encode_batch(GOLDEN_BATCH)
         (b"\x9f\x00\xff", Reason.CBOR_MALFORMED),  # indefinite length
         (b"\x81" * 50 + b"\x00", Reason.CBOR_MALFORMED),  # nesting deeper than the form
         (b"\x5b" + b"\xff" * 8, Reason.CBOR_MALFORMED),  # declares 2**64 - 1 bytes
+        (_golden[:12] + b"\x5b" + b"\xff" * 8, Reason.CBOR_MALFORMED),  # huge columns string
         (cbor2.dumps({"seq": 1}), Reason.SCHEMA_MISMATCH),
         (cbor2.dumps([]), Reason.SCHEMA_MISMATCH),
-        (cbor2.dumps([2, 1, T0]), Reason.SCHEMA_MISMATCH),  # unknown kind
+        (cbor2.dumps([3, 0, T0, 3, 3, _columns()]), Reason.SCHEMA_MISMATCH),  # unknown kind
         (cbor2.dumps(["batch"]), Reason.SCHEMA_MISMATCH),
-        (cbor2.dumps(_batch_items()[:8]), Reason.SCHEMA_MISMATCH),  # arity
-        (cbor2.dumps(_batch_items(seq="1")), Reason.SCHEMA_MISMATCH),
+        # kind 2
+        (cbor2.dumps(_batch_items()[:5]), Reason.SCHEMA_MISMATCH),  # arity
+        (cbor2.dumps([*_batch_items(), b""]), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_v0_items(kind=2)), Reason.SCHEMA_MISMATCH),  # kind 0's layout
+        (cbor2.dumps(_batch_items(seq_minus_t0="0")), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_items(seq_minus_t0=0.0)), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_items(seq_minus_t0=False)), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_items(seq_minus_t0=None)), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_items(seq_minus_t0=cbor2.CBORTag(3, b"\x01"))), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_items(seq_minus_t0=-T0 - 1)), Reason.VALUE_OUT_OF_RANGE),  # seq -1
+        (cbor2.dumps(_batch_items(seq_minus_t0=-(2**64))), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(seq_minus_t0=MAX_UINT63 - T0 + 1)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(seq_minus_t0=2**64 - 1)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(t0=0)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(t0=MAX_T0_MS + 1)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(t0=-1)), Reason.VALUE_OUT_OF_RANGE),
         (cbor2.dumps(_batch_items(model=3.0)), Reason.SCHEMA_MISMATCH),
         (cbor2.dumps(_batch_items(model=True)), Reason.SCHEMA_MISMATCH),
         (cbor2.dumps(_batch_items(model=None)), Reason.SCHEMA_MISMATCH),
-        (cbor2.dumps(_batch_items(labels=[2, 5, 2])), Reason.SCHEMA_MISMATCH),  # not packed
-        (cbor2.dumps(_batch_items(seq=cbor2.CBORTag(2, b"\x01"))), Reason.SCHEMA_MISMATCH),
-        (cbor2.dumps(_batch_items(seq=-1)), Reason.VALUE_OUT_OF_RANGE),
-        (cbor2.dumps(_batch_items(seq=2**64 - 1)), Reason.VALUE_OUT_OF_RANGE),
-        (cbor2.dumps(_batch_items(t0=0)), Reason.VALUE_OUT_OF_RANGE),
-        (cbor2.dumps(_batch_items(t0=MAX_T0_MS + 1)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(model=MAX_MODEL_ID + 1)), Reason.VALUE_OUT_OF_RANGE),
         (cbor2.dumps(_batch_items(n=0)), Reason.VALUE_OUT_OF_RANGE),
         (cbor2.dumps(_batch_items(n=MAX_EVENTS_PER_BATCH + 1)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(n=2**64 - 1)), Reason.VALUE_OUT_OF_RANGE),
         (cbor2.dumps(_batch_items(n=4)), Reason.VALUE_OUT_OF_RANGE),  # columns hold 3
-        (cbor2.dumps(_batch_items(labels=b"")), Reason.VALUE_OUT_OF_RANGE),
-        (cbor2.dumps(_batch_items(labels=b"\x02\x02\x0c\x00")), Reason.VALUE_OUT_OF_RANGE),
-        (cbor2.dumps(_batch_items(labels=b"\x21\x00" + b"\x00" * 13)), Reason.VALUE_OUT_OF_RANGE),
-        (cbor2.dumps(_batch_items(labels=b"\x02\x02\x4c")), Reason.VALUE_OUT_OF_RANGE),  # padding
-        (cbor2.dumps(_batch_items(labels=b"\x00\x80")), Reason.VALUE_OUT_OF_RANGE),  # cut varint
-        (cbor2.dumps(_batch_items(labels=b"\x00\x80\x80\x80\x80\x01")), Reason.VALUE_OUT_OF_RANGE),
-        (cbor2.dumps(_batch_items(labels=b"\x00\x80\x08")), Reason.VALUE_OUT_OF_RANGE),  # 1024
-        (
-            cbor2.dumps(_batch_items(labels=b"\x0b\x00\x00\x04\x00\x00\x00")),
-            Reason.VALUE_OUT_OF_RANGE,
-        ),
-        (cbor2.dumps(_batch_items(scores=b"\x00\x80\x02")), Reason.VALUE_OUT_OF_RANGE),  # 256
-        (cbor2.dumps(_batch_items(deltas=b"\x00\x81\xb0\xd9\x29")), Reason.VALUE_OUT_OF_RANGE),
-        (cbor2.dumps(_batch_items(t0=MAX_T0_MS, deltas=b"\x00\x01")), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(n=2)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(columns=list(_columns()))), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_items(columns=_columns().hex())), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_items(columns=b"")), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(columns=_columns()[:-1])), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(columns=_columns()[:7])), Reason.VALUE_OUT_OF_RANGE),  # 2 of 4
+        (cbor2.dumps(_batch_items(columns=_columns() + b"\x00")), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(columns=_columns() * 2)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(columns=_columns() + bytes(MAX_EVENTS_BYTES - 64))),
+         Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_items(t0=MAX_T0_MS, columns=_columns(deltas=b"\x00\x01"))),
+         Reason.VALUE_OUT_OF_RANGE),
+        *[(cbor2.dumps(_batch_items(columns=_columns(**bad))), Reason.VALUE_OUT_OF_RANGE)
+          for bad in _BAD_COLUMNS],
+        # kind 0, from older devices
+        (cbor2.dumps(_batch_v0_items()[:8]), Reason.SCHEMA_MISMATCH),  # arity
+        (cbor2.dumps(_batch_items(kind=0)), Reason.SCHEMA_MISMATCH),  # kind 2's layout
+        (cbor2.dumps(_batch_v0_items(seq="1")), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_v0_items(model=3.0)), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_v0_items(labels=[2, 5, 2])), Reason.SCHEMA_MISMATCH),  # not packed
+        (cbor2.dumps(_batch_v0_items(seq=cbor2.CBORTag(2, b"\x01"))), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_v0_items(seq=-1)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_v0_items(seq=2**64 - 1)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_v0_items(t0=0)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_v0_items(t0=MAX_T0_MS + 1)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_v0_items(n=0)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_v0_items(n=MAX_EVENTS_PER_BATCH + 1)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_batch_v0_items(n=4)), Reason.VALUE_OUT_OF_RANGE),  # columns hold 3
+        (cbor2.dumps(_batch_v0_items(t0=MAX_T0_MS, deltas=b"\x00\x01")),
+         Reason.VALUE_OUT_OF_RANGE),
+        *[(cbor2.dumps(_batch_v0_items(**bad)), Reason.VALUE_OUT_OF_RANGE)
+          for bad in _BAD_COLUMNS],
+        # summaries
         (cbor2.dumps(_summary_items(window_s=0)), Reason.VALUE_OUT_OF_RANGE),
         (cbor2.dumps(_summary_items(counts=[1, 2])), Reason.VALUE_OUT_OF_RANGE),
         (cbor2.dumps(_summary_items(counts=[-1, 0, 0])), Reason.VALUE_OUT_OF_RANGE),
@@ -385,6 +494,13 @@ _golden = encode_batch(GOLDEN_BATCH)
 def test_decoder_refuses_with_a_reason(payload: bytes, reason: Reason) -> None:
     """Each way a payload can be wrong maps to one reason code, never to another exception."""
     assert _reason(payload) is reason
+
+
+def test_the_widest_offsets_in_range_are_accepted() -> None:
+    """seq_minus_t0 may reach seq 0 (a negative int) and seq MAX_UINT63, and no further."""
+    for offset, seq in ((-T0, 0), (MAX_UINT63 - T0, MAX_UINT63)):
+        batch = decode_message(cbor2.dumps(_batch_items(seq_minus_t0=offset)))
+        assert batch == replace(GOLDEN_BATCH, seq=seq)
 
 
 def test_size_is_checked_before_parsing() -> None:
@@ -409,6 +525,8 @@ def test_largest_valid_messages_fit_the_cap() -> None:
         times.append(times[-1] + (MAX_DELTA_MS if i % 2 else 0))
     events = [replace(e, t_ms=t) for e, t in zip(spread, times, strict=True)]
     batch = encode_batch(EventBatch.of(MAX_UINT63, MAX_MODEL_ID, events))
+    older = encode_batch(EventBatch.of(MAX_UINT63, MAX_MODEL_ID, events), kind=MessageKind.BATCH)
+    assert len(batch) < len(older) <= MAX_EVENTS_BYTES
     summary = encode_summary(
         Summary(
             MAX_UINT63,
@@ -495,9 +613,9 @@ def test_bytes_per_event_on_the_wire() -> None:
     """
     seeds = range(20)
     for size in (1, 8, 32, 128):
-        payloads = [
-            encode_batch(EventBatch.of(s + 1, 17, realistic_stream(size, s))) for s in seeds
-        ]
+        streams = [realistic_stream(size, s) for s in seeds]
+        # Numbered as devices number them: from the first event's time.
+        payloads = [encode_batch(EventBatch.of(events[0].t_ms, 17, events)) for events in streams]
         jsons = [naive_json(decode_batch(p)) for p in payloads]  # type: ignore[arg-type]
         worst = max(len(p) for p in payloads)
         mean = sum(len(p) for p in payloads) / len(payloads)

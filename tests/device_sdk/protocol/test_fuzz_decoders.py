@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from device_sdk.protocol.events import (
     Event,
     EventBatch,
+    MessageKind,
     PackedBatch,
     Summary,
     decode_batch,
@@ -59,7 +60,9 @@ DECODE_REASONS = {
 DECODERS: dict[str, tuple[Callable[[bytes], object], tuple[type, ...]]] = {
     "message": (decode_message, (EventBatch, Summary)),
     "message_packed": (decode_message_packed, (PackedBatch, Summary)),
+    "message_packed_v0": (decode_message_packed, (PackedBatch, Summary)),
     "batch": (decode_batch, (EventBatch,)),
+    "batch_v0": (decode_batch, (EventBatch,)),
     "summary": (decode_summary, (Summary,)),
     "status": (decode_status, (Status,)),
     "chunk_request": (decode_chunk_request, (ChunkRequest,)),
@@ -73,7 +76,15 @@ VALID: dict[str, bytes] = {
     ),
     "batch": encode_batch(EventBatch.of(1, 1, [Event(T0 + i, i % 7, i, i) for i in range(40)])),
     "message_packed": encode_batch(
-        EventBatch.of(1, 1, [Event(T0 + 997 * i, i % 5, 90 + i, 300 - i) for i in range(33)])
+        EventBatch.of(T0, 1, [Event(T0 + 997 * i, i % 5, 90 + i, 300 - i) for i in range(33)])
+    ),
+    # The kind 0 of older devices: a byte string per column.
+    "batch_v0": encode_batch(
+        EventBatch.of(1, 1, [Event(T0 + i, i % 7, i, i) for i in range(40)]), kind=MessageKind.BATCH
+    ),
+    "message_packed_v0": encode_batch(
+        EventBatch.of(T0, 1, [Event(T0 + 997 * i, i % 5, 90 + i, 300 - i) for i in range(33)]),
+        kind=MessageKind.BATCH,
     ),
     "summary": encode_summary(Summary(9, T0, 2, 60, [5, 0, 7], [200, 0, 180], 120)),
     "status": encode_status(
@@ -108,7 +119,7 @@ def check_decoder(name: str, payload: bytes) -> None:
         result = exc
     else:
         assert isinstance(result, types)
-    if name == "message_packed":
+    if decoder is decode_message_packed:
         try:
             full: object = decode_message(payload)
         except ProtocolError as exc:
@@ -191,6 +202,31 @@ def test_valid_messages_with_bytes_flipped_or_cut(name: str, data: st.DataObject
         payload[index] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(payload)))
     check_decoder(name, bytes(payload[:cut]) if data.draw(st.booleans()) else bytes(payload))
+
+
+@FUZZ
+@given(
+    offset=st.one_of(st.integers(-(2**64), 2**64 - 1), st.integers(-T0 - 5, 5)),
+    count=st.integers(1, 6),
+    columns=st.one_of(
+        st.binary(max_size=40),
+        st.lists(st.sampled_from([b"\x00", b"\x01", b"\x02", b"\x08", b"\x20", b"\x21",
+                                  b"\x7f", b"\x80", b"\xff", b"\x00\x00", b"\x04\xe8\x07"]),
+                 max_size=20).map(b"".join),
+    ),
+)
+def test_kind_2_batches_with_any_columns(offset: int, count: int, columns: bytes) -> None:
+    """A kind-2 header with any seq offset and any bytes for its columns string: decoded and
+    unpacked consistently, or refused with a decode reason (truncated, trailing, too wide)."""
+    payload = cbor2.dumps([MessageKind.BATCH2.value, offset, T0, 1, count, columns])
+    for name in ("message", "message_packed", "batch"):
+        check_decoder(name, payload)
+    try:
+        batch = decode_batch(payload)
+    except ProtocolError:
+        return
+    assert batch.seq == T0 + offset and len(batch.events) == count
+    assert decode_batch(encode_batch(batch)) == batch  # and it re-encodes to what it decodes
 
 
 @FUZZ
