@@ -31,6 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from device_sdk import paho_speedup
 from device_sdk.protocol.topics import Channel, shared_filter
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class MqttWorker:
     def __init__(self, config: WorkerConfig, handle: Handler) -> None:
         self.config = config
         self.handle = handle
+        paho_speedup.install()  # paho's per-message decoding was most of the receive thread
         self.inbox: queue.Queue[Received] = queue.Queue()
         # Prepared batches for the store thread; one waits while another is being stored.
         self.prepared: queue.Queue[tuple[list[Received], Any] | None] = queue.Queue(maxsize=1)
