@@ -30,13 +30,15 @@ Figures (one JSON object per line at the end, bench/README convention):
   ``..._first_packet``: a device that connects once per summary; ``..._no_alias``: as above.
 
 On stderr: where the bytes of a 32-event batch go (MQTT fields, CBOR header items, columns),
-and what the same batches cost in kind 0, the form older devices send.
+and what the same batches cost in kind 0, the form older devices send; the hourly summaries'
+day also in kind 1, the summary form older devices send, and in 2-hour windows.
 
 The stream is the realistic one of the codec's tests: ~1 event/s with 100 ms jitter, 4-10
 skewed classes, top-1 scores between 1/classes and 1, 5-50 ms latencies. Every message is
 numbered as a device numbers it, by the SDK's ``SequenceCounter``: from its first event's time
 (a summary: its window's start), ``seq = max(t0, previous seq + 1)``, a unix-ms number. A batch
-(kind 2) carries it as ``seq - t0``, one byte; a summary carries the whole number, nine.
+(kind 2) and a summary (kind 3) carry it as ``seq - t0``, one byte; kinds 0 and 1, which older
+devices send, carry the whole number, nine.
 Run: ``.venv/bin/python bench/wire.py [--quick]``.
 """
 
@@ -388,7 +390,9 @@ def batch_figures(wires: dict[str, Wire], size: int, seeds: int) -> list[dict[st
     return figures
 
 
-def summaries(day: list[Event], window_s: int, classes: int) -> list[bytes]:
+def summaries(
+    day: list[Event], window_s: int, classes: int, kind: MessageKind = MessageKind.SUMMARY2
+) -> list[bytes]:
     """Return a day of events as encoded summaries of ``window_s`` seconds each."""
     out = []
     sequence = device_sequence()
@@ -397,7 +401,7 @@ def summaries(day: list[Event], window_s: int, classes: int) -> list[bytes]:
         labels = max([classes, *(e.label + 1 for e in window)])
         seq = sequence.next(at_least=start)
         out.append(encode_summary(summarize(window, seq=seq, t0_ms=start, model=17,
-                                            window_s=window_s, num_labels=labels)))
+                                            window_s=window_s, num_labels=labels), kind=kind))
     return out
 
 
@@ -406,11 +410,12 @@ def summary_figures(wires: dict[str, Wire], devices: int) -> list[dict[str, obje
 
     The baseline (the day's events in batches of 32) is computed from the packet layout that
     every measured packet was checked against, in the same framing: one connection that day,
-    whose first packet names the topic. Also reports (on stderr) 2-hour windows.
+    whose first packet names the topic. Also reports (on stderr) the hourly summaries in kind 1
+    (the whole seq, as older devices send them) and 2-hour windows.
     """
     value: dict[str, int] = defaultdict(int)
     baseline: dict[str, int] = defaultdict(int)
-    two_hourly = 0
+    two_hourly = older = 0
     for device in range(devices):
         classes = random.Random(1000 + device).randint(4, 10)  # what realistic_stream draws
         day = realistic_stream(86_400, 1000 + device, start_ms=T0)
@@ -423,11 +428,15 @@ def summary_figures(wires: dict[str, Wire], devices: int) -> list[dict[str, obje
         wires["aliased"].reconnect()
         two_hourly += sum(wires["aliased"].packet_size(p, "aliased", warm_up=False)
                           for p in summaries(day, 7200, classes))
+        wires["aliased"].reconnect()
+        older += sum(wires["aliased"].packet_size(p, "aliased", warm_up=False)
+                     for p in summaries(day, 3600, classes, MessageKind.SUMMARY))
         for index, batch in enumerate(device_batches(day, 32)):
             length = len(encode_batch(batch))
             for framing in FRAMINGS:
                 baseline[framing] += framed_size(framing, length, first=index == 0)
-    print(f"[wire] summaries per device-day, aliased: hourly {value['aliased'] / devices:.0f} B,"
+    print(f"[wire] summaries per device-day, aliased: hourly {value['aliased'] / devices:.0f} B"
+          f" (kind 3; in kind 1, the whole seq: {older / devices:.0f} B),"
           f" every 2 hours {two_hourly / devices:.0f} B", file=sys.stderr)
     return [{"metric": _metric("summary_bytes_per_device_day", framing),
              "value": round(value[framing] / devices), "unit": "bytes/day",

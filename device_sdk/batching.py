@@ -10,8 +10,8 @@ per window that saw at least one event.
 Every message gets the next number of a :class:`SequenceCounter`, the server's dedupe key,
 which is persisted so a restarted device never reuses one. As in the firmware, a message is
 numbered from its first event's time (a summary: its window's start): ``seq = max(t0, previous
-seq + 1)``, so ``seq`` is almost always ``t0`` and a batch carries it as ``seq - t0 = 0``, one
-byte (``events.py``).
+seq + 1)``, so ``seq`` is almost always ``t0``, and batches and summaries carry it as
+``seq - t0 = 0``, one byte (``events.py``: kinds 2 and 3).
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ class SequenceCounter:
 
     ``next(at_least)`` returns ``max(at_least, previous + 1)``. The batcher passes a message's
     ``t0`` in unix ms, the firmware's rule (``device.c``): numbers follow the clock while
-    messages are further apart than 1 ms, and ``seq - t0``, which a batch carries instead of
-    ``seq``, is 0. Without ``at_least`` it counts up by one.
+    messages are further apart than 1 ms, and ``seq - t0``, which batches and summaries carry
+    instead of ``seq``, is 0. Without ``at_least`` it counts up by one.
 
     The file holds a reservation, not the last number: before handing out ``n`` the counter
     makes sure the file says more than ``n``, reserving ``block`` numbers past ``n`` per write.

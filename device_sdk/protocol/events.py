@@ -1,10 +1,18 @@
 """Encode and decode what devices publish on ``fleet/v1/{uid}/events``: batches and summaries.
 
-Three wire forms share the topic, told apart by their first element (CDDL in ``CDDL.md``)::
+Four wire forms share the topic, told apart by their first element (CDDL in ``CDDL.md``)::
 
-    batch2  = [2, seq_minus_t0, t0, model, n, columns]                  ; what encoders send
-    batch   = [0, seq, t0, model, n, deltas, labels, scores, latencies]  ; older devices
-    summary = [1, seq, t0, model, window_s, counts, mean_scores, mean_latency]
+    batch2   = [2, seq_minus_t0, t0, model, n, columns]                  ; what encoders send
+    summary2 = [3, seq_minus_t0, t0, model, window_s, counts, mean_scores, mean_latency]  ; same
+    batch    = [0, seq, t0, model, n, deltas, labels, scores, latencies]  ; older devices
+    summary  = [1, seq, t0, model, window_s, counts, mean_scores, mean_latency]  ; older devices
+
+Every kind starts with the same four items: kind, sequence, ``t0``, model. ``seq`` is the
+per-device dedupe key; kinds 2 and 3 send it as ``seq - t0``, a CBOR int: devices number their
+messages from the first event's time (a summary: its window's start), ``seq = max(t0, previous
+seq + 1)``, so that is 0, one byte instead of the nine of a unix-ms number. Decoders accept all
+four kinds and give the same objects for a kind and its older form; the encoders write kinds 2
+and 3 unless asked for 0 or 1.
 
 A batch stores its events as four columns: ``deltas`` (``n - 1`` values, ms from the previous
 event; the first event is at ``t0``), ``labels``, ``scores`` and ``latencies`` (``n`` each).
@@ -12,12 +20,10 @@ Each column is packed by frame of reference: one byte of bit width ``w``, the co
 as an unsigned LEB128 varint, then each value minus that minimum in ``w`` bits, least
 significant bit first, the last byte padded with zero bits. Kind 0 sends each column as its
 own byte string; kind 2 sends the four back to back in one byte string (the decoder checks
-that they fill it exactly), and sends ``seq`` as ``seq - t0``: devices number their messages
-from the first event's time (``seq = max(t0, previous seq + 1)``), so that is 0, one byte
-instead of the nine of a unix-ms number. On a realistic stream kind 2 costs about 4.4 bytes
-per event at 32 events per batch, against 6.4 for varint and byte columns and 9.1 for CBOR
-arrays (see ``CDDL.md``). Decoders accept both batch kinds and give the same objects for
-both; ``encode_batch`` writes kind 2 unless asked for kind 0.
+that they fill it exactly). On a realistic stream kind 2 costs about 4.4 bytes per event at 32
+events per batch, against 6.4 for varint and byte columns and 9.1 for CBOR arrays (see
+``CDDL.md``). A summary sends per-label counts and mean scores over a window instead of the
+events: with ``seq - t0``, kind 3 is 8 bytes shorter than kind 1.
 
 Decoding is split for the server, which takes thousands of batches a second:
 ``decode_message_packed`` checks a message completely but leaves its columns packed
@@ -77,9 +83,6 @@ __all__ = [
     "unpack_batches",
 ]
 
-_BATCH_ITEMS = 9
-_BATCH2_ITEMS = 6
-_SUMMARY_ITEMS = 8
 _MAX_VARINT_BYTES = 5  # a column minimum never exceeds 32 bits
 
 
@@ -87,8 +90,15 @@ class MessageKind(IntEnum):
     """Say what a message on the events topic is. Wire values: never renumber."""
 
     BATCH = 0  # four byte-string columns, full seq: sent by older devices, still accepted
-    SUMMARY = 1
+    SUMMARY = 1  # full seq: sent by older devices, still accepted
     BATCH2 = 2  # seq - t0, the four columns in one byte string: what encoders send
+    SUMMARY2 = 3  # seq - t0, otherwise as SUMMARY: what encoders send
+
+
+_ITEMS = {MessageKind.BATCH: 9, MessageKind.SUMMARY: 8, MessageKind.BATCH2: 6,
+          MessageKind.SUMMARY2: 8}
+_SUMMARIES = (MessageKind.SUMMARY, MessageKind.SUMMARY2)
+_SEQ_MINUS_T0 = (MessageKind.BATCH2, MessageKind.SUMMARY2)  # the others send the whole seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +212,8 @@ def encode_batch(batch: EventBatch, *, kind: MessageKind = MessageKind.BATCH2) -
     ``kind`` is BATCH2 (what devices send) or BATCH, the form of older devices, which the
     decoders still accept: kept to test them and to measure one form against the other.
     """
+    if kind not in (MessageKind.BATCH, MessageKind.BATCH2):
+        raise ValueError(f"kind: {kind!r} is not a batch kind")
     seq = coerce_uint(batch.seq, "seq", MAX_UINT63)
     t0 = coerce_uint(batch.t0_ms, "t0", MAX_T0_MS, minimum=MIN_T0_MS)
     model = coerce_uint(batch.model, "model", MAX_MODEL_ID)
@@ -217,16 +229,19 @@ def encode_batch(batch: EventBatch, *, kind: MessageKind = MessageKind.BATCH2) -
     scores = [coerce_uint(e.score, "score", MAX_SCORE) for e in batch.events]
     latencies = [coerce_uint(e.latency_100us, "latency", MAX_LATENCY_100US) for e in batch.events]
     columns = [_pack(deltas), _pack(labels), _pack(scores), _pack(latencies)]
-    if kind == MessageKind.BATCH2:
-        return cbor2.dumps([MessageKind.BATCH2.value, seq - t0, t0, model, count,
-                            b"".join(columns)])
-    if kind == MessageKind.BATCH:
-        return cbor2.dumps([MessageKind.BATCH.value, seq, t0, model, count, *columns])
-    raise ValueError(f"kind: {kind!r} is not a batch kind")
+    if kind == MessageKind.BATCH2:  # the four in one byte string
+        columns = [b"".join(columns)]
+    return cbor2.dumps([*_header(kind, seq, t0, model), count, *columns])
 
 
-def encode_summary(summary: Summary) -> bytes:
-    """Encode a window summary, refusing what a decoder would refuse."""
+def encode_summary(summary: Summary, *, kind: MessageKind = MessageKind.SUMMARY2) -> bytes:
+    """Encode a window summary, refusing what a decoder would refuse.
+
+    ``kind`` is SUMMARY2 (what devices send) or SUMMARY, the form of older devices, which the
+    decoders still accept: kept to test them and to measure one form against the other.
+    """
+    if kind not in _SUMMARIES:
+        raise ValueError(f"kind: {kind!r} is not a summary kind")
     seq = coerce_uint(summary.seq, "seq", MAX_UINT63)
     t0 = coerce_uint(summary.t0_ms, "t0", MAX_T0_MS, minimum=MIN_T0_MS)
     model = coerce_uint(summary.model, "model", MAX_MODEL_ID)
@@ -238,8 +253,15 @@ def encode_summary(summary: Summary) -> bytes:
     counts = [coerce_uint(c, "count", MAX_COUNT) for c in summary.counts]
     means = [coerce_uint(s, "mean_score", MAX_SCORE) for s in summary.mean_scores]
     latency = coerce_uint(summary.mean_latency_100us, "mean_latency", MAX_LATENCY_100US)
-    items = [MessageKind.SUMMARY.value, seq, t0, model, window, counts, means, latency]
-    return cbor2.dumps(items)
+    return cbor2.dumps([*_header(kind, seq, t0, model), window, counts, means, latency])
+
+
+def _header(kind: MessageKind, seq: int, t0: int, model: int) -> list[int]:
+    """Return the four items every kind starts with: kind, seq (kinds 2, 3: seq - t0), t0, model.
+
+    The arguments are checked already: both in range, ``seq - t0`` needs no further check.
+    """
+    return [int(kind), seq - t0 if kind in _SEQ_MINUS_T0 else seq, t0, model]
 
 
 def summarize(
@@ -326,7 +348,7 @@ def _varint(value: int) -> bytes:
 def decode_message(payload: bytes) -> EventBatch | Summary:
     """Decode a payload of the events topic; raise ProtocolError and nothing else on refusal."""
     items = _load(payload)
-    if items[0] == MessageKind.SUMMARY:
+    if items[0] in _SUMMARIES:
         return _summary_from(items)
     return _packed_from(items).batch()
 
@@ -338,7 +360,7 @@ def decode_message_packed(payload: bytes) -> PackedBatch | Summary:
     skips the per-value work that the checks do not need.
     """
     items = _load(payload)
-    if items[0] == MessageKind.SUMMARY:
+    if items[0] in _SUMMARIES:
         return _summary_from(items)
     return _packed_from(items)
 
@@ -346,15 +368,15 @@ def decode_message_packed(payload: bytes) -> PackedBatch | Summary:
 def decode_batch(payload: bytes) -> EventBatch:
     """Decode an event batch of either kind, refusing a summary or anything else."""
     items = _load(payload)
-    if items[0] == MessageKind.SUMMARY:
+    if items[0] in _SUMMARIES:
         raise ProtocolError(Reason.SCHEMA_MISMATCH, "not an event batch")
     return _packed_from(items).batch()
 
 
 def decode_summary(payload: bytes) -> Summary:
-    """Decode a window summary, refusing a batch or anything else with ProtocolError."""
+    """Decode a window summary of either kind, refusing a batch or anything else."""
     items = _load(payload)
-    if items[0] != MessageKind.SUMMARY:
+    if items[0] not in _SUMMARIES:
         raise ProtocolError(Reason.SCHEMA_MISMATCH, "not a summary")
     return _summary_from(items)
 
@@ -393,14 +415,14 @@ def _load(payload: bytes) -> Sequence[object]:
     return items
 
 
-def _packed_from(items: Sequence[object]) -> PackedBatch:
-    """Check a batch of either kind; ``items[0]`` is a known kind other than SUMMARY."""
-    if items[0] == MessageKind.BATCH:
-        wire_array(items, "batch", length=_BATCH_ITEMS)
-        seq = wire_uint(items[1], "seq", MAX_UINT63)
-        t0 = wire_uint(items[2], "t0", MAX_T0_MS, minimum=MIN_T0_MS)
-    else:
-        wire_array(items, "batch", length=_BATCH2_ITEMS)
+def _header_from(items: Sequence[object], name: str) -> tuple[int, int, int]:
+    """Check the arity of a message of known kind and the three items after the kind.
+
+    Return seq, t0 and model. Kinds 0 and 1 carry ``seq``; kinds 2 and 3 carry ``seq - t0``,
+    any CBOR int, and ``t0 + seq_minus_t0`` must be in the range of their ``seq``.
+    """
+    wire_array(items, name, length=_ITEMS[items[0]])  # type: ignore[index]
+    if items[0] in _SEQ_MINUS_T0:
         offset = items[1]
         if type(offset) is not int:
             raise ProtocolError(Reason.SCHEMA_MISMATCH, "seq_minus_t0: expected int")
@@ -411,7 +433,15 @@ def _packed_from(items: Sequence[object]) -> PackedBatch:
             raise ProtocolError(
                 Reason.VALUE_OUT_OF_RANGE, f"seq: t0 + seq_minus_t0 = {seq} not in 0..{MAX_UINT63}"
             )
-    model = wire_uint(items[3], "model", MAX_MODEL_ID)
+    else:
+        seq = wire_uint(items[1], "seq", MAX_UINT63)
+        t0 = wire_uint(items[2], "t0", MAX_T0_MS, minimum=MIN_T0_MS)
+    return seq, t0, wire_uint(items[3], "model", MAX_MODEL_ID)
+
+
+def _packed_from(items: Sequence[object]) -> PackedBatch:
+    """Check a batch of either kind; ``items[0]`` is BATCH or BATCH2."""
+    seq, t0, model = _header_from(items, "batch")
     count = wire_uint(items[4], "n", MAX_EVENTS_PER_BATCH, minimum=1)
     if items[0] == MessageKind.BATCH:  # a byte string per column, which it must fill
         deltas = _whole_column(items[5], count - 1, "deltas", MAX_DELTA_MS)
@@ -437,10 +467,8 @@ def _packed_from(items: Sequence[object]) -> PackedBatch:
 
 
 def _summary_from(items: Sequence[object]) -> Summary:
-    wire_array(items, "summary", length=_SUMMARY_ITEMS)
-    seq = wire_uint(items[1], "seq", MAX_UINT63)
-    t0 = wire_uint(items[2], "t0", MAX_T0_MS, minimum=MIN_T0_MS)
-    model = wire_uint(items[3], "model", MAX_MODEL_ID)
+    """Check a summary of either kind; ``items[0]`` is SUMMARY or SUMMARY2."""
+    seq, t0, model = _header_from(items, "summary")
     window = wire_uint(items[4], "window_s", MAX_WINDOW_S, minimum=1)
     raw_counts = wire_array(items[5], "counts", max_length=MAX_LABELS)
     raw_means = wire_array(items[6], "mean_scores", max_length=MAX_LABELS)

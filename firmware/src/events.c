@@ -79,6 +79,25 @@ static size_t put_column(tml_cbor_writer_t *w, int col, const void *src, size_t 
     return size;
 }
 
+/*
+ * Start a message whose first items are [kind, seq - t0, t0, model], as batches (kind 2) and
+ * summaries (kind 3) both are, in an array of `items` items.
+ */
+static void put_header(tml_cbor_writer_t *w, size_t items, int kind, uint64_t seq, uint64_t t0,
+                       uint32_t model)
+{
+    tml_cbor_put_head(w, TML_CBOR_ARRAY, items);
+    tml_cbor_put_uint(w, (uint64_t)kind);
+    /* seq - t0 as a CBOR int, 0 for a seq numbered from t0. Both are below 2^63, so the top bit
+     * of the wrapped difference d is its sign; below zero, the head is major type 1 with
+     * argument -1 - d, which is ~d. */
+    uint64_t d = seq - t0;
+    uint64_t negative = 0 - (d >> 63); /* all ones below zero, else 0 */
+    tml_cbor_put_head(w, (int)(negative & TML_CBOR_NINT), d ^ negative);
+    tml_cbor_put_uint(w, t0);
+    tml_cbor_put_uint(w, model);
+}
+
 tml_status_t tml_events_pack(const uint32_t *values, size_t n, uint8_t *out, size_t cap,
                              size_t *out_len)
 {
@@ -110,16 +129,7 @@ tml_status_t tml_events_encode_batch(uint64_t seq, uint32_t model, const tml_eve
     }
     tml_cbor_writer_t w;
     tml_cbor_writer_init(&w, out, cap);
-    tml_cbor_put_head(&w, TML_CBOR_ARRAY, 6);
-    tml_cbor_put_uint(&w, TML_EVENTS_KIND_BATCH2);
-    /* seq - t0 as a CBOR int, 0 for a seq numbered from the first event's time. Both are below
-     * 2^63, so the top bit of the wrapped difference d is its sign; below zero, the head is
-     * major type 1 with argument -1 - d, which is ~d. */
-    uint64_t d = seq - ev[0].t_ms;
-    uint64_t negative = 0 - (d >> 63); /* all ones below zero, else 0 */
-    tml_cbor_put_head(&w, (int)(negative & TML_CBOR_NINT), d ^ negative);
-    tml_cbor_put_uint(&w, ev[0].t_ms);
-    tml_cbor_put_uint(&w, model);
+    put_header(&w, 6, TML_EVENTS_KIND_BATCH2, seq, ev[0].t_ms, model);
     tml_cbor_put_uint(&w, n);
     tml_cbor_put_head(&w, TML_CBOR_BYTES, size);
     for (int c = COL_DELTA; c <= COL_LATENCY; c++) {
@@ -169,11 +179,7 @@ tml_status_t tml_summary_encode(const tml_summary_t *s, uint8_t *out, size_t cap
 {
     tml_cbor_writer_t w;
     tml_cbor_writer_init(&w, out, cap);
-    tml_cbor_put_head(&w, TML_CBOR_ARRAY, 8);
-    tml_cbor_put_uint(&w, TML_EVENTS_KIND_SUMMARY);
-    tml_cbor_put_uint(&w, s->seq);
-    tml_cbor_put_uint(&w, s->t0_ms);
-    tml_cbor_put_uint(&w, s->model);
+    put_header(&w, 8, TML_EVENTS_KIND_SUMMARY2, s->seq, s->t0_ms, s->model);
     tml_cbor_put_uint(&w, s->window_s);
     tml_cbor_put_head(&w, TML_CBOR_ARRAY, s->num_labels);
     for (uint16_t i = 0; i < s->num_labels; i++) {

@@ -81,6 +81,35 @@ void suite_events(void)
         CHECK(tml_events_encode_batch((uint64_t)INT64_MAX + 1, 1, e, 2, got, sizeof(got), &len) ==
               TML_ERR_RANGE);
     }
+    tml_case("events", "kind_3_summary_sends_seq_minus_t0");
+    {
+        /* Two labels, no events: [3, seq - t0, t0, 1, 60, [0, 0], [0, 0], 0]. */
+        const uint64_t t0 = 1717000000000ULL;
+        static const uint8_t head[] = {0x88, TML_EVENTS_KIND_SUMMARY2, 0x00, 0x1b, 0x00, 0x00,
+                                       0x01, 0x8f, 0xc5, 0x2c, 0xd2, 0x00, 0x01, 0x18, 0x3c};
+        static const uint8_t tail[] = {0x82, 0x00, 0x00, 0x82, 0x00, 0x00, 0x00};
+        const size_t at = sizeof(head) + sizeof(tail); /* 22 bytes */
+        tml_summary_t s;
+        size_t len;
+        CHECK(tml_summary_init(&s, t0, t0, 1, 60, 2) == TML_OK);
+        CHECK(tml_summary_encode(&s, got, sizeof(got), &len) == TML_OK && len == at);
+        CHECK(memcmp(got, head, sizeof(head)) == 0);
+        CHECK(memcmp(got + sizeof(head), tail, sizeof(tail)) == 0);
+        CHECK(tml_summary_encode(&s, got, at - 1, &len) == TML_ERR_NOSPACE);
+        CHECK(tml_summary_init(&s, t0 - 1, t0, 1, 60, 2) == TML_OK);
+        CHECK(tml_summary_encode(&s, got, sizeof(got), &len) == TML_OK);
+        CHECK(got[2] == 0x20 && len == at); /* -1: one byte too */
+        CHECK(tml_summary_init(&s, t0 + 24, t0, 1, 60, 2) == TML_OK);
+        CHECK(tml_summary_encode(&s, got, sizeof(got), &len) == TML_OK);
+        CHECK(got[2] == 0x18 && got[3] == 24 && len == at + 1);
+        CHECK(tml_summary_init(&s, 0, t0, 1, 60, 2) == TML_OK); /* -t0: nint, -1 - d = t0 - 1 */
+        CHECK(tml_summary_encode(&s, got, sizeof(got), &len) == TML_OK);
+        CHECK(got[2] == 0x3b && got[10] == 0xff && got[9] == 0xd1 && len == at + 8);
+        CHECK(tml_summary_init(&s, (uint64_t)INT64_MAX, t0, 1, 60, 2) == TML_OK);
+        CHECK(tml_summary_encode(&s, got, sizeof(got), &len) == TML_OK);
+        CHECK(got[2] == 0x1b && got[3] == 0x7f && len == at + 8);
+        CHECK(tml_summary_init(&s, (uint64_t)INT64_MAX + 1, t0, 1, 60, 2) == TML_ERR_RANGE);
+    }
     tml_case("events", "pack_empty_and_worked_example");
     {
         uint32_t deltas[2] = {1000, 1010};

@@ -126,10 +126,10 @@ def fine_tune(model: bytes, seed: int) -> bytes:
 
 
 def event_vectors() -> list[dict[str, Any]]:
-    """Return batches (kind 2, what the firmware sends) and summaries with their encodings.
+    """Return batches (kind 2) and summaries (kind 3), what the firmware sends, with encodings.
 
-    No kind-0 batches: the firmware has no batch decoder, and the server's decoding of the
-    kind older devices send is pinned in tests/device_sdk/protocol/test_events.py.
+    No kind-0 batches or kind-1 summaries: the firmware has no decoder, and the server's
+    decoding of the kinds older devices send is pinned in tests/device_sdk/protocol/.
     """
     rng = random.Random(1)
     golden = [Event(T0, 2, 200, 120), Event(T0 + 1000, 5, 180, 130), Event(T0 + 2010, 2, 255, 115)]
@@ -144,9 +144,11 @@ def event_vectors() -> list[dict[str, Any]]:
     ]
     # seq - t0 at each boundary of a CBOR head, both signs (a seq after a restart runs ahead of
     # t0; one numbered otherwise, or by older firmware, may lie below it).
-    for offset in (1, 23, 24, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32):
-        for signed in (offset, -offset, -offset - 1):
-            batches.append((f"seq_minus_t0_{signed}", T0 + signed, 1, golden[:2]))
+    edges = (1, 23, 24, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32)
+    # Once each: -24 is both -23 - 1 and -24.
+    offsets = list(dict.fromkeys(o for edge in edges for o in (edge, -edge, -edge - 1)))
+    for offset in offsets:
+        batches.append((f"seq_minus_t0_{offset}", T0 + offset, 1, golden[:2]))
     for n in (2, 8, 32, 100, 1024):
         t, events = T0 + rng.randrange(10**9), []
         classes = rng.randrange(4, 11)
@@ -163,11 +165,20 @@ def event_vectors() -> list[dict[str, Any]]:
                     "t_ms": [e.t_ms for e in events], "labels": [e.label for e in events],
                     "scores": [e.score for e in events],
                     "latencies": [e.latency_100us for e in events], "expect": payload})
-    for name, num_labels, n in (("summary_fixed", 6, 50), ("summary_grow", None, 40),
-                                ("summary_empty", 4, 0), ("summary_one", None, 1)):
+    # Summaries numbered as a device numbers them, from the window's start (seq - t0 = 0), then
+    # the ends of seq's range and the offsets of the batches above.
+    summaries: list[tuple[str, int | None, int, int]] = [
+        ("summary_fixed", 6, 50, T0), ("summary_grow", None, 40, T0),
+        ("summary_empty", 4, 0, T0), ("summary_one", None, 1, T0),
+        ("summary_seq_zero", 3, 5, 0), ("summary_seq_max", 3, 5, 2**63 - 1),
+    ]
+    summaries += [(f"summary_seq_minus_t0_{offset}", 3, 5, T0 + offset) for offset in offsets]
+    for name, num_labels, n, seq in summaries:
         events = [Event(T0 + rng.randrange(60_000), rng.randrange(6 if num_labels else 9),
                         rng.randrange(256), rng.randrange(600_001)) for _ in range(n)]
-        summary = summarize(events, seq=rng.randrange(2**32), t0_ms=T0, model=5, window_s=60,
+        if num_labels is not None:
+            events = [replace(e, label=e.label % num_labels) for e in events]
+        summary = summarize(events, seq=seq, t0_ms=T0, model=5, window_s=60,
                             num_labels=num_labels)
         out.append({"name": name, "kind": "summary", "seq": summary.seq, "model": 5,
                     "t0": T0, "window_s": 60, "num_labels": num_labels or 0,
@@ -571,7 +582,7 @@ def generate(out_dir: Path) -> None:
     (out_dir / "keys").mkdir(exist_ok=True)
     trusted = [raw_public_key(k.public_key()) for k in (SIGNER, OTHER)]
     (out_dir / "keys" / "trusted_public.hex").write_text("".join(k.hex() + "\n" for k in trusted))
-    write_vec(out_dir, "events.vec", "Event batches (kind 2) and summaries (events.py).",
+    write_vec(out_dir, "events.vec", "Event batches (kind 2) and summaries (kind 3) (events.py).",
               event_vectors())
     write_vec(out_dir, "messages.vec", "Status, hello, chunk request/chunk, report.",
               message_vectors())

@@ -3,15 +3,15 @@
  * @file events.h
  * @brief Encode event batches and window summaries, byte for byte as events.py does.
  *
- *     batch2  = [2, seq - t0, t0, model, n, deltas || labels || scores || latencies]
- *     summary = [1, seq, t0, model, window_s, counts, mean_scores, mean_latency]
+ *     batch2   = [2, seq - t0, t0, model, n, deltas || labels || scores || latencies]
+ *     summary2 = [3, seq - t0, t0, model, window_s, counts, mean_scores, mean_latency]
  *
  * Columns are frame-of-reference bit-packed (CDDL.md "Packed columns") and sent back to back
- * in one byte string; seq travels as its difference from t0, a CBOR int, 0 (one byte) for a
- * seq numbered from the first event's time as device.c numbers them. The server still
- * accepts kind 0 (a byte string per column, the full seq) from older firmware; this firmware
- * never sends it. Encoders refuse what the server's decoder would refuse. Reentrant; no
- * allocation.
+ * in one byte string. Both kinds send seq as its difference from t0, a CBOR int: 0 (one byte)
+ * for a seq numbered from the first event's time (a summary: its window's start) as device.c
+ * numbers them. The server still accepts kinds 0 and 1 (the full seq; kind 0 a byte string
+ * per column) from older firmware; this firmware never sends them. Encoders refuse what the
+ * server's decoder would refuse. Reentrant; no allocation.
  */
 #ifndef TML_EVENTS_H
 #define TML_EVENTS_H
@@ -75,7 +75,8 @@ typedef struct {
 /**
  * @brief Start a summary of the window [t0_ms, t0_ms + window_s * 1000).
  * @param s the accumulator (owned by the caller)
- * @param seq sequence number of the message
+ * @param seq sequence number of the message, < 2^63; sent as seq - t0_ms, so one numbered
+ *            from the window's start, max(t0_ms, previous seq + 1), costs one byte
  * @param t0_ms window start, unix ms
  * @param model package id of the running model
  * @param window_s 1..86400
@@ -94,7 +95,7 @@ tml_status_t tml_summary_init(tml_summary_t *s, uint64_t seq, uint64_t t0_ms, ui
 tml_status_t tml_summary_add(tml_summary_t *s, const tml_event_t *e);
 
 /**
- * @brief Encode the summary (means rounded half up, as Python's).
+ * @brief Encode the summary (kind 3: seq as seq - t0; means rounded half up, as Python's).
  * @param s the accumulator
  * @param out destination
  * @param cap its size

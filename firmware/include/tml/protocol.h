@@ -64,9 +64,10 @@ typedef enum {
 
 /** @brief Kinds of message on the events topic (events.py MessageKind). */
 typedef enum {
-    TML_EVENTS_KIND_BATCH = 0,  /**< four byte-string columns, full seq: older firmware */
-    TML_EVENTS_KIND_SUMMARY = 1,
-    TML_EVENTS_KIND_BATCH2 = 2  /**< seq - t0, the columns in one byte string: what we send */
+    TML_EVENTS_KIND_BATCH = 0,    /**< four byte-string columns, full seq: older firmware */
+    TML_EVENTS_KIND_SUMMARY = 1,  /**< full seq: older firmware */
+    TML_EVENTS_KIND_BATCH2 = 2,   /**< seq - t0, the columns in one byte string: what we send */
+    TML_EVENTS_KIND_SUMMARY2 = 3  /**< seq - t0, otherwise as SUMMARY: what we send */
 } tml_events_kind_t;
 
 /* limits.py: what the firmware must never produce. */

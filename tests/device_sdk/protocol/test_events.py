@@ -74,8 +74,14 @@ GOLDEN_BATCH_V0_HEX = (
     " 46 07b40114c012"
     " 44 0473f500"
 )
-GOLDEN_SUMMARY = Summary(2, T0, 3, 60, [3, 0, 1], [200, 0, 100], 120)
-GOLDEN_SUMMARY_HEX = "88 01 02 1b0000018fc52cd200 03 183c 83030001 8318c8001864 1878"
+# A summary numbered from its window's start, as devices number them: seq - t0 = 0.
+GOLDEN_SUMMARY = Summary(T0, T0, 3, 60, [3, 0, 1], [200, 0, 100], 120)
+# kind 3, seq - t0 = 0, t0, model 3, window 60 s, counts, mean scores, mean latency
+GOLDEN_SUMMARY_HEX = "88 03 00 1b0000018fc52cd200 03 183c 83030001 8318c8001864 1878"
+# An older device's summary: kind 1, the whole seq (here 2).
+GOLDEN_SUMMARY_V1 = replace(GOLDEN_SUMMARY, seq=2)
+GOLDEN_SUMMARY_V1_HEX = "88 01 02 1b0000018fc52cd200 03 183c 83030001 8318c8001864 1878"
+SUMMARY_FIELDS = ["t0", "model", "window_s", "counts", "mean_scores", "latency"]
 
 
 def _hex(spaced: str) -> bytes:
@@ -131,8 +137,18 @@ def _batch_v0_items(**changes: object) -> list[object]:
 
 
 def _summary_items(**changes: object) -> list[object]:
+    """Return the items of the golden kind-3 summary with some replaced."""
     items: list[object] = list(cbor2.loads(encode_summary(GOLDEN_SUMMARY)))
-    names = ["kind", "seq", "t0", "model", "window_s", "counts", "mean_scores", "latency"]
+    names = ["kind", "seq_minus_t0", *SUMMARY_FIELDS]
+    for name, value in changes.items():
+        items[names.index(name)] = value
+    return items
+
+
+def _summary_v1_items(**changes: object) -> list[object]:
+    """Return the items of the golden kind-1 summary (an older device's) with some replaced."""
+    items: list[object] = list(cbor2.loads(_hex(GOLDEN_SUMMARY_V1_HEX)))
+    names = ["kind", "seq", *SUMMARY_FIELDS]
     for name, value in changes.items():
         items[names.index(name)] = value
     return items
@@ -174,9 +190,43 @@ def test_seq_travels_as_its_difference_from_t0() -> None:
 
 
 def test_summary_encodes_to_the_golden_bytes() -> None:
-    """A summary is a plain CBOR array with per-label arrays."""
+    """A summary (kind 3) is a plain CBOR array with per-label arrays and seq - t0."""
     assert encode_summary(GOLDEN_SUMMARY) == _hex(GOLDEN_SUMMARY_HEX)
     assert decode_message(_hex(GOLDEN_SUMMARY_HEX)) == GOLDEN_SUMMARY
+
+
+def test_an_older_devices_kind_1_summary_still_decodes() -> None:
+    """Kind 1 (the whole seq) decodes as before, to the same Summary as kind 3."""
+    assert decode_message(_hex(GOLDEN_SUMMARY_V1_HEX)) == GOLDEN_SUMMARY_V1
+    assert decode_message_packed(_hex(GOLDEN_SUMMARY_V1_HEX)) == GOLDEN_SUMMARY_V1
+    assert decode_summary(_hex(GOLDEN_SUMMARY_V1_HEX)) == GOLDEN_SUMMARY_V1
+    assert decode_summary(encode_summary(GOLDEN_SUMMARY_V1)) == GOLDEN_SUMMARY_V1
+    assert (encode_summary(GOLDEN_SUMMARY_V1, kind=MessageKind.SUMMARY)
+            == _hex(GOLDEN_SUMMARY_V1_HEX))
+
+
+def test_summary_seq_travels_as_its_difference_from_t0() -> None:
+    """A summary numbered from its window's start spends one byte on seq, eight fewer than
+    kind 1; any other seq in range round-trips, below t0 as a negative int."""
+    for seq in (0, 1, T0 - 1, T0, T0 + 1, T0 + 24, T0 + 2**32, MAX_UINT63):
+        summary = replace(GOLDEN_SUMMARY, seq=seq)
+        payload = encode_summary(summary)
+        assert cbor2.loads(payload)[:2] == [MessageKind.SUMMARY2, seq - T0]
+        assert decode_message(payload) == summary
+        assert decode_summary(encode_summary(summary, kind=MessageKind.SUMMARY)) == summary
+    saved = len(encode_summary(GOLDEN_SUMMARY, kind=MessageKind.SUMMARY)) - len(
+        encode_summary(GOLDEN_SUMMARY))
+    assert saved == 9 - 1
+
+
+def test_each_encoder_refuses_the_other_encoders_kinds() -> None:
+    """A batch is never sent as a summary kind, nor a summary as a batch kind."""
+    for kind in (MessageKind.SUMMARY, MessageKind.SUMMARY2):
+        with pytest.raises(ValueError, match="not a batch kind"):
+            encode_batch(GOLDEN_BATCH, kind=kind)
+    for kind in (MessageKind.BATCH, MessageKind.BATCH2):
+        with pytest.raises(ValueError, match="not a summary kind"):
+            encode_summary(GOLDEN_SUMMARY, kind=kind)
 
 
 def test_constant_column_costs_three_bytes() -> None:
@@ -195,24 +245,27 @@ def test_single_event_batch_has_an_empty_delta_column() -> None:
 
 
 def test_kind_selects_the_decoder() -> None:
-    """decode_message dispatches on the kind; the typed decoders refuse the other kind."""
-    batch, summary = encode_batch(GOLDEN_BATCH), encode_summary(GOLDEN_SUMMARY)
-    assert isinstance(decode_message(batch), EventBatch)
-    assert isinstance(decode_message(summary), Summary)
-    assert decode_batch(batch) == GOLDEN_BATCH
-    assert decode_summary(summary) == GOLDEN_SUMMARY
-    with pytest.raises(ProtocolError) as caught:
-        decode_batch(summary)
-    assert caught.value.reason is Reason.SCHEMA_MISMATCH
-    with pytest.raises(ProtocolError) as caught:
-        decode_summary(batch)
-    assert caught.value.reason is Reason.SCHEMA_MISMATCH
-    assert decode_summary(_hex(GOLDEN_SUMMARY_HEX)) == GOLDEN_SUMMARY
-    with pytest.raises(ProtocolError) as caught:
-        decode_summary(_hex(GOLDEN_BATCH_V0_HEX))
-    assert caught.value.reason is Reason.SCHEMA_MISMATCH
+    """decode_message dispatches on the kind; the typed decoders refuse the other kinds."""
+    batches = [_hex(GOLDEN_BATCH_HEX), _hex(GOLDEN_BATCH_V0_HEX)]
+    summaries = [_hex(GOLDEN_SUMMARY_HEX), _hex(GOLDEN_SUMMARY_V1_HEX)]
+    for payload in batches:
+        assert isinstance(decode_message(payload), EventBatch)
+        assert isinstance(decode_message_packed(payload), PackedBatch)
+        assert isinstance(decode_batch(payload), EventBatch)
+        with pytest.raises(ProtocolError) as caught:
+            decode_summary(payload)
+        assert caught.value.reason is Reason.SCHEMA_MISMATCH
+    for payload in summaries:
+        assert isinstance(decode_message(payload), Summary)
+        assert isinstance(decode_message_packed(payload), Summary)
+        assert isinstance(decode_summary(payload), Summary)
+        with pytest.raises(ProtocolError) as caught:
+            decode_batch(payload)
+        assert caught.value.reason is Reason.SCHEMA_MISMATCH
     # wire values
-    assert (MessageKind.BATCH, MessageKind.SUMMARY, MessageKind.BATCH2) == (0, 1, 2)
+    assert [int(k) for k in MessageKind] == [0, 1, 2, 3]
+    assert (MessageKind.BATCH, MessageKind.SUMMARY, MessageKind.BATCH2,
+            MessageKind.SUMMARY2) == (0, 1, 2, 3)
 
 
 # -- round trips ----------------------------------------------------------------------------
@@ -294,16 +347,26 @@ def test_unpack_batches_of_nothing_is_empty() -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(
+    seq=st.one_of(st.integers(0, MAX_UINT63), st.integers(T0 - 300, T0 + 300)),
+    t0=st.one_of(st.just(T0), st.integers(MIN_T0_MS, MAX_T0_MS)),
+    model=st.integers(0, MAX_MODEL_ID),
     counts=st.lists(st.tuples(st.integers(0, MAX_COUNT), st.integers(0, 255)), max_size=40),
     window=st.integers(1, 86_400),
     latency=st.integers(0, MAX_LATENCY_100US),
+    kind=st.sampled_from([MessageKind.SUMMARY2, MessageKind.SUMMARY]),
 )
 def test_any_valid_summary_round_trips(
-    counts: list[tuple[int, int]], window: int, latency: int
+    seq: int, t0: int, model: int, counts: list[tuple[int, int]], window: int, latency: int,
+    kind: MessageKind,
 ) -> None:
-    """Every summary the encoder accepts decodes to an equal summary."""
-    summary = Summary(7, T0, 1, window, [c for c, _ in counts], [s for _, s in counts], latency)
-    assert decode_message(encode_summary(summary)) == summary
+    """Every summary the encoder accepts decodes to an equal summary, in either summary kind."""
+    summary = Summary(seq, t0, model, window, [c for c, _ in counts], [s for _, s in counts],
+                      latency)
+    payload = encode_summary(summary, kind=kind)
+    assert cbor2.loads(payload)[0] == kind
+    assert decode_message(payload) == summary
+    assert decode_message_packed(payload) == summary
+    assert decode_summary(payload) == summary
 
 
 def test_encoder_accepts_integer_like_values() -> None:
@@ -374,12 +437,25 @@ def test_encoder_refuses_invalid_batches(batch: EventBatch, reason: Reason) -> N
             Reason.VALUE_OUT_OF_RANGE,
         ),
         (replace(GOLDEN_SUMMARY, t0_ms=MAX_T0_MS + 1), Reason.VALUE_OUT_OF_RANGE),
+        (replace(GOLDEN_SUMMARY, t0_ms=MIN_T0_MS - 1), Reason.VALUE_OUT_OF_RANGE),
+        (replace(GOLDEN_SUMMARY, seq=-1), Reason.VALUE_OUT_OF_RANGE),
+        (replace(GOLDEN_SUMMARY, seq=MAX_UINT63 + 1), Reason.VALUE_OUT_OF_RANGE),
+        (replace(GOLDEN_SUMMARY, seq=1.0), Reason.SCHEMA_MISMATCH),
+        (replace(GOLDEN_SUMMARY, seq=True), Reason.SCHEMA_MISMATCH),
+        (replace(GOLDEN_SUMMARY, model=MAX_MODEL_ID + 1), Reason.VALUE_OUT_OF_RANGE),
+        (replace(GOLDEN_SUMMARY, counts=[MAX_COUNT + 1, 0, 0]), Reason.VALUE_OUT_OF_RANGE),
+        (replace(GOLDEN_SUMMARY, mean_latency_100us=MAX_LATENCY_100US + 1),
+         Reason.VALUE_OUT_OF_RANGE),
     ],
 )
-def test_encoder_refuses_invalid_summaries(summary: Summary, reason: Reason) -> None:
-    """Unequal per-label lists, negative counts and out-of-range means never leave a device."""
+@pytest.mark.parametrize("kind", [MessageKind.SUMMARY2, MessageKind.SUMMARY])
+def test_encoder_refuses_invalid_summaries(
+    summary: Summary, reason: Reason, kind: MessageKind
+) -> None:
+    """Unequal per-label lists, negative counts, a seq out of range and out-of-range means
+    never leave a device, in either summary kind."""
     with pytest.raises(ProtocolError) as caught:
-        encode_summary(summary)
+        encode_summary(summary, kind=kind)
     assert caught.value.reason is reason
 
 
@@ -406,6 +482,48 @@ _BAD_COLUMNS: list[dict[str, bytes]] = [
     {"latencies": b"\x20\x00" + b"\xff" * 12},  # width 32: 2**32 - 1
 ]
 
+# seq_minus_t0 a decoder refuses, in either kind that carries it (2 and 3).
+_BAD_OFFSETS: list[tuple[object, Reason]] = [
+    ("0", Reason.SCHEMA_MISMATCH),
+    (0.0, Reason.SCHEMA_MISMATCH),
+    (False, Reason.SCHEMA_MISMATCH),
+    (None, Reason.SCHEMA_MISMATCH),
+    (b"\x00", Reason.SCHEMA_MISMATCH),
+    (cbor2.CBORTag(3, b"\x01"), Reason.SCHEMA_MISMATCH),  # a bignum, even a small one
+    (-T0 - 1, Reason.VALUE_OUT_OF_RANGE),  # seq -1
+    (-(2**64), Reason.VALUE_OUT_OF_RANGE),
+    (MAX_UINT63 - T0 + 1, Reason.VALUE_OUT_OF_RANGE),  # seq 2**63
+    (2**64 - 1, Reason.VALUE_OUT_OF_RANGE),
+]
+
+# Summary contents (after the kind and seq) a decoder refuses, in either summary kind.
+_BAD_SUMMARY_FIELDS: list[tuple[dict[str, object], Reason]] = [
+    ({"t0": 0}, Reason.VALUE_OUT_OF_RANGE),
+    ({"t0": MAX_T0_MS + 1}, Reason.VALUE_OUT_OF_RANGE),
+    ({"t0": -1}, Reason.VALUE_OUT_OF_RANGE),
+    ({"t0": float(T0)}, Reason.SCHEMA_MISMATCH),
+    ({"model": True}, Reason.SCHEMA_MISMATCH),
+    ({"model": MAX_MODEL_ID + 1}, Reason.VALUE_OUT_OF_RANGE),
+    ({"window_s": 0}, Reason.VALUE_OUT_OF_RANGE),
+    ({"window_s": 86_401}, Reason.VALUE_OUT_OF_RANGE),
+    ({"window_s": 60.0}, Reason.SCHEMA_MISMATCH),
+    ({"counts": [1, 2]}, Reason.VALUE_OUT_OF_RANGE),  # counts and mean_scores differ in length
+    ({"mean_scores": [1, 2, 3, 4]}, Reason.VALUE_OUT_OF_RANGE),
+    ({"counts": [], "mean_scores": [0]}, Reason.VALUE_OUT_OF_RANGE),
+    ({"counts": [-1, 0, 0]}, Reason.VALUE_OUT_OF_RANGE),
+    ({"counts": [MAX_COUNT + 1, 0, 0]}, Reason.VALUE_OUT_OF_RANGE),
+    ({"counts": [0] * (MAX_LABELS + 1)}, Reason.VALUE_OUT_OF_RANGE),
+    ({"mean_scores": [256, 0, 0]}, Reason.VALUE_OUT_OF_RANGE),
+    ({"counts": 3}, Reason.SCHEMA_MISMATCH),
+    ({"counts": [1, "2", 3]}, Reason.SCHEMA_MISMATCH),
+    ({"counts": {0: 3}}, Reason.SCHEMA_MISMATCH),
+    ({"mean_scores": b"\xc8\x00\x64"}, Reason.SCHEMA_MISMATCH),
+    ({"mean_scores": [200, None, 100]}, Reason.SCHEMA_MISMATCH),
+    ({"latency": [1]}, Reason.SCHEMA_MISMATCH),
+    ({"latency": MAX_LATENCY_100US + 1}, Reason.VALUE_OUT_OF_RANGE),
+    ({"latency": -1}, Reason.VALUE_OUT_OF_RANGE),
+]
+
 
 @pytest.mark.parametrize(
     ("payload", "reason"),
@@ -422,21 +540,15 @@ _BAD_COLUMNS: list[dict[str, bytes]] = [
         (_golden[:12] + b"\x5b" + b"\xff" * 8, Reason.CBOR_MALFORMED),  # huge columns string
         (cbor2.dumps({"seq": 1}), Reason.SCHEMA_MISMATCH),
         (cbor2.dumps([]), Reason.SCHEMA_MISMATCH),
-        (cbor2.dumps([3, 0, T0, 3, 3, _columns()]), Reason.SCHEMA_MISMATCH),  # unknown kind
+        (cbor2.dumps([4, 0, T0, 3, 3, _columns()]), Reason.SCHEMA_MISMATCH),  # unknown kind
+        (cbor2.dumps([4, *_summary_items()[1:]]), Reason.SCHEMA_MISMATCH),
         (cbor2.dumps(["batch"]), Reason.SCHEMA_MISMATCH),
         # kind 2
         (cbor2.dumps(_batch_items()[:5]), Reason.SCHEMA_MISMATCH),  # arity
         (cbor2.dumps([*_batch_items(), b""]), Reason.SCHEMA_MISMATCH),
         (cbor2.dumps(_batch_v0_items(kind=2)), Reason.SCHEMA_MISMATCH),  # kind 0's layout
-        (cbor2.dumps(_batch_items(seq_minus_t0="0")), Reason.SCHEMA_MISMATCH),
-        (cbor2.dumps(_batch_items(seq_minus_t0=0.0)), Reason.SCHEMA_MISMATCH),
-        (cbor2.dumps(_batch_items(seq_minus_t0=False)), Reason.SCHEMA_MISMATCH),
-        (cbor2.dumps(_batch_items(seq_minus_t0=None)), Reason.SCHEMA_MISMATCH),
-        (cbor2.dumps(_batch_items(seq_minus_t0=cbor2.CBORTag(3, b"\x01"))), Reason.SCHEMA_MISMATCH),
-        (cbor2.dumps(_batch_items(seq_minus_t0=-T0 - 1)), Reason.VALUE_OUT_OF_RANGE),  # seq -1
-        (cbor2.dumps(_batch_items(seq_minus_t0=-(2**64))), Reason.VALUE_OUT_OF_RANGE),
-        (cbor2.dumps(_batch_items(seq_minus_t0=MAX_UINT63 - T0 + 1)), Reason.VALUE_OUT_OF_RANGE),
-        (cbor2.dumps(_batch_items(seq_minus_t0=2**64 - 1)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_summary_items(kind=2)), Reason.SCHEMA_MISMATCH),  # kind 3's layout
+        *[(cbor2.dumps(_batch_items(seq_minus_t0=bad)), reason) for bad, reason in _BAD_OFFSETS],
         (cbor2.dumps(_batch_items(t0=0)), Reason.VALUE_OUT_OF_RANGE),
         (cbor2.dumps(_batch_items(t0=MAX_T0_MS + 1)), Reason.VALUE_OUT_OF_RANGE),
         (cbor2.dumps(_batch_items(t0=-1)), Reason.VALUE_OUT_OF_RANGE),
@@ -480,15 +592,26 @@ _BAD_COLUMNS: list[dict[str, bytes]] = [
          Reason.VALUE_OUT_OF_RANGE),
         *[(cbor2.dumps(_batch_v0_items(**bad)), Reason.VALUE_OUT_OF_RANGE)
           for bad in _BAD_COLUMNS],
-        # summaries
-        (cbor2.dumps(_summary_items(window_s=0)), Reason.VALUE_OUT_OF_RANGE),
-        (cbor2.dumps(_summary_items(counts=[1, 2])), Reason.VALUE_OUT_OF_RANGE),
-        (cbor2.dumps(_summary_items(counts=[-1, 0, 0])), Reason.VALUE_OUT_OF_RANGE),
-        (cbor2.dumps(_summary_items(counts=[0] * (MAX_LABELS + 1))), Reason.VALUE_OUT_OF_RANGE),
-        (cbor2.dumps(_summary_items(mean_scores=[256, 0, 0])), Reason.VALUE_OUT_OF_RANGE),
-        (cbor2.dumps(_summary_items(counts=3)), Reason.SCHEMA_MISMATCH),
-        (cbor2.dumps(_summary_items(counts=[1, "2", 3])), Reason.SCHEMA_MISMATCH),
-        (cbor2.dumps(_summary_items(latency=[1])), Reason.SCHEMA_MISMATCH),
+        # kind 3 summaries
+        (cbor2.dumps(_summary_items()[:7]), Reason.SCHEMA_MISMATCH),  # arity
+        (cbor2.dumps([*_summary_items(), 0]), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps([3]), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_items(kind=3)), Reason.SCHEMA_MISMATCH),  # kind 2's layout
+        (cbor2.dumps(_batch_v0_items(kind=3)), Reason.SCHEMA_MISMATCH),  # kind 0's layout
+        *[(cbor2.dumps(_summary_items(seq_minus_t0=bad)), reason)
+          for bad, reason in _BAD_OFFSETS],
+        *[(cbor2.dumps(_summary_items(**bad)), reason) for bad, reason in _BAD_SUMMARY_FIELDS],
+        # kind 1 summaries, from older devices
+        (cbor2.dumps(_summary_v1_items()[:7]), Reason.SCHEMA_MISMATCH),  # arity
+        (cbor2.dumps([*_summary_v1_items(), 0]), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_batch_items(kind=1)), Reason.SCHEMA_MISMATCH),  # kind 2's layout
+        (cbor2.dumps(_summary_v1_items(seq="1")), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_summary_v1_items(seq=cbor2.CBORTag(2, b"\x01"))), Reason.SCHEMA_MISMATCH),
+        (cbor2.dumps(_summary_v1_items(seq=-1)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_summary_v1_items(seq=MAX_UINT63 + 1)), Reason.VALUE_OUT_OF_RANGE),
+        (cbor2.dumps(_summary_v1_items(seq=2**64 - 1)), Reason.VALUE_OUT_OF_RANGE),
+        *[(cbor2.dumps(_summary_v1_items(**bad)), reason)
+          for bad, reason in _BAD_SUMMARY_FIELDS],
     ],
 )
 def test_decoder_refuses_with_a_reason(payload: bytes, reason: Reason) -> None:
@@ -497,10 +620,13 @@ def test_decoder_refuses_with_a_reason(payload: bytes, reason: Reason) -> None:
 
 
 def test_the_widest_offsets_in_range_are_accepted() -> None:
-    """seq_minus_t0 may reach seq 0 (a negative int) and seq MAX_UINT63, and no further."""
+    """seq_minus_t0 may reach seq 0 (a negative int) and seq MAX_UINT63, and no further
+    (the refusals past them are in test_decoder_refuses_with_a_reason), in kinds 2 and 3."""
     for offset, seq in ((-T0, 0), (MAX_UINT63 - T0, MAX_UINT63)):
         batch = decode_message(cbor2.dumps(_batch_items(seq_minus_t0=offset)))
         assert batch == replace(GOLDEN_BATCH, seq=seq)
+        summary = decode_message(cbor2.dumps(_summary_items(seq_minus_t0=offset)))
+        assert summary == replace(GOLDEN_SUMMARY, seq=seq)
 
 
 def test_size_is_checked_before_parsing() -> None:
@@ -527,18 +653,20 @@ def test_largest_valid_messages_fit_the_cap() -> None:
     batch = encode_batch(EventBatch.of(MAX_UINT63, MAX_MODEL_ID, events))
     older = encode_batch(EventBatch.of(MAX_UINT63, MAX_MODEL_ID, events), kind=MessageKind.BATCH)
     assert len(batch) < len(older) <= MAX_EVENTS_BYTES
-    summary = encode_summary(
-        Summary(
-            MAX_UINT63,
-            MAX_T0_MS,
-            MAX_MODEL_ID,
-            86_400,
-            [MAX_COUNT] * MAX_LABELS,
-            [255] * MAX_LABELS,
-            MAX_LATENCY_100US,
-        )
+    widest = Summary(
+        MAX_UINT63,
+        MIN_T0_MS,  # the largest seq_minus_t0
+        MAX_MODEL_ID,
+        86_400,
+        [MAX_COUNT] * MAX_LABELS,
+        [255] * MAX_LABELS,
+        MAX_LATENCY_100US,
     )
-    assert len(batch) <= MAX_EVENTS_BYTES and len(summary) <= MAX_EVENTS_BYTES
+    summary = encode_summary(widest)
+    older_summary = encode_summary(widest, kind=MessageKind.SUMMARY)
+    assert len(summary) <= len(older_summary) <= MAX_EVENTS_BYTES
+    assert decode_message(summary) == decode_message(older_summary) == widest
+    assert len(batch) <= MAX_EVENTS_BYTES
     assert decode_message(batch).seq == MAX_UINT63  # type: ignore[union-attr]
 
 

@@ -8,6 +8,7 @@ a decoder is allowed to use.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import cbor2
 import pytest
@@ -27,6 +28,15 @@ from device_sdk.protocol.events import (
     encode_batch,
     encode_summary,
     unpack_batches,
+)
+from device_sdk.protocol.limits import (
+    MAX_COUNT,
+    MAX_LATENCY_100US,
+    MAX_MODEL_ID,
+    MAX_T0_MS,
+    MAX_UINT63,
+    MAX_WINDOW_S,
+    MIN_T0_MS,
 )
 from device_sdk.protocol.ota_messages import (
     Chunk,
@@ -61,9 +71,13 @@ DECODERS: dict[str, tuple[Callable[[bytes], object], tuple[type, ...]]] = {
     "message": (decode_message, (EventBatch, Summary)),
     "message_packed": (decode_message_packed, (PackedBatch, Summary)),
     "message_packed_v0": (decode_message_packed, (PackedBatch, Summary)),
+    "message_summary": (decode_message, (EventBatch, Summary)),
+    "message_packed_summary": (decode_message_packed, (PackedBatch, Summary)),
+    "message_packed_summary_v1": (decode_message_packed, (PackedBatch, Summary)),
     "batch": (decode_batch, (EventBatch,)),
     "batch_v0": (decode_batch, (EventBatch,)),
     "summary": (decode_summary, (Summary,)),
+    "summary_v1": (decode_summary, (Summary,)),
     "status": (decode_status, (Status,)),
     "chunk_request": (decode_chunk_request, (ChunkRequest,)),
     "chunk": (decode_chunk, (Chunk,)),
@@ -86,7 +100,17 @@ VALID: dict[str, bytes] = {
         EventBatch.of(T0, 1, [Event(T0 + 997 * i, i % 5, 90 + i, 300 - i) for i in range(33)]),
         kind=MessageKind.BATCH,
     ),
-    "summary": encode_summary(Summary(9, T0, 2, 60, [5, 0, 7], [200, 0, 180], 120)),
+    # Summaries: kind 3 (seq - t0), numbered from the window's start as devices number them.
+    "summary": encode_summary(Summary(T0, T0, 2, 60, [5, 0, 7], [200, 0, 180], 120)),
+    "message_summary": encode_summary(Summary(T0 + 1, T0, 9, 3600, [1] * 10, [99] * 10, 7)),
+    "message_packed_summary": encode_summary(Summary(T0, T0, 2, 60, [5, 0, 7], [200, 0, 180], 12)),
+    # The kind 1 of older devices: the whole seq.
+    "summary_v1": encode_summary(
+        Summary(9, T0, 2, 60, [5, 0, 7], [200, 0, 180], 120), kind=MessageKind.SUMMARY
+    ),
+    "message_packed_summary_v1": encode_summary(
+        Summary(T0, T0, 2, 60, [5, 0, 7], [200, 0, 180], 120), kind=MessageKind.SUMMARY
+    ),
     "status": encode_status(
         Status(
             LinkState.ONLINE,
@@ -227,6 +251,59 @@ def test_kind_2_batches_with_any_columns(offset: int, count: int, columns: bytes
         return
     assert batch.seq == T0 + offset and len(batch.events) == count
     assert decode_batch(encode_batch(batch)) == batch  # and it re-encodes to what it decodes
+
+
+# Values at the edges of a summary's ranges, and of seq - t0's around T0.
+_edges = st.sampled_from([
+    -1, 0, 1, 255, 256, 86_400, 86_401, 600_000, 600_001, 2**31 - 1, 2**31, 2**32 - 1, 2**32,
+    -T0, -T0 - 1, MAX_UINT63 - T0, MAX_UINT63 - T0 + 1, MAX_UINT63, MAX_UINT63 + 1,
+    MIN_T0_MS - 1, MAX_T0_MS + 1, -(2**64), 2**64 - 1,
+])
+_summaries = st.builds(
+    Summary,
+    seq=st.one_of(st.integers(0, MAX_UINT63), st.integers(T0 - 30, T0 + 30)),
+    t0_ms=st.one_of(st.just(T0), st.integers(MIN_T0_MS, MAX_T0_MS)),
+    model=st.integers(0, MAX_MODEL_ID),
+    window_s=st.integers(1, MAX_WINDOW_S),
+    counts=st.lists(st.integers(0, MAX_COUNT), max_size=6),
+    mean_scores=st.just([]),  # as long as counts: filled in below
+    mean_latency_100us=st.integers(0, MAX_LATENCY_100US),
+).map(lambda s: replace(s, mean_scores=[c % 256 for c in s.counts]))
+
+
+@FUZZ
+@given(
+    kind=st.sampled_from([MessageKind.SUMMARY2, MessageKind.SUMMARY]),
+    summary=_summaries,
+    data=st.data(),
+)
+def test_summaries_with_items_replaced(
+    kind: MessageKind, summary: Summary, data: st.DataObject
+) -> None:
+    """A valid summary of either kind with up to two items after the kind replaced (edge
+    values, any int, any CBOR, a list of ints): decoded consistently, or refused with a decode
+    reason. What decodes has ``seq = t0 + seq_minus_t0`` (kind 3) and re-encodes to the same
+    bytes, and to the same summary in the other kind."""
+    items = list(cbor2.loads(encode_summary(summary, kind=kind)))
+    for _ in range(data.draw(st.integers(0, 2))):
+        index = data.draw(st.integers(1, len(items) - 1))
+        items[index] = data.draw(st.one_of(
+            _edges, st.integers(-(2**64), 2**64 - 1), cbor_values,
+            st.lists(st.one_of(_edges, st.integers(0, 300)), max_size=7),
+        ))
+    payload = cbor2.dumps(items)
+    for name in ("message", "message_packed", "summary"):
+        check_decoder(name, payload)
+    try:
+        decoded = decode_summary(payload)
+    except ProtocolError:
+        return
+    seq, t0 = items[1], items[2]
+    assert decoded.seq == (t0 + seq if kind == MessageKind.SUMMARY2 else seq)  # type: ignore
+    assert len(decoded.counts) == len(decoded.mean_scores)
+    assert encode_summary(decoded, kind=kind) == payload
+    other = MessageKind.SUMMARY if kind == MessageKind.SUMMARY2 else MessageKind.SUMMARY2
+    assert decode_summary(encode_summary(decoded, kind=other)) == decoded
 
 
 @FUZZ
