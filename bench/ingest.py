@@ -564,8 +564,10 @@ def start_postgres(workdir: Path) -> tuple[str, Path, int]:
 
     port = free_port()
     folder = workdir / "pg"
+    # fsync on, as in production: an acknowledged event must survive a crash of the machine.
     url = subprocess.run(["bash", "scripts/postgres.sh", "start", str(folder), str(port)],
-                         cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+                         cwd=ROOT, check=True, capture_output=True, text=True,
+                         env={**os.environ, "PG_FSYNC": "on"}).stdout.strip()
     return url, folder, port
 
 

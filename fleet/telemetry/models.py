@@ -52,8 +52,10 @@ class Event(models.Model):
     """One inference result as the device reported it.
 
     Append-only and read by time only (queries read rollups; retention deletes by time), so
-    its only index besides the primary key is a BRIN on ``ts``: every extra btree costs ingest
-    throughput (COPY) for no reader.
+    its only index is a BRIN on ``ts``: every btree costs ingest throughput (COPY) for no
+    reader. On PostgreSQL that includes the one on ``id`` (migration 0004): ids come from the
+    identity sequence and stay unique, but nothing indexes them, so never look an event up by
+    id there.
     """
 
     device_id = models.BigIntegerField()
