@@ -73,13 +73,15 @@ class Consumers:
         can decode the next batch while ``commit`` of this one waits for the database.
         """
         prepared = Prepared()
+        routed = []
         for msg in batch:
             try:
-                topic = parse_device_topic(msg.topic)
+                routed.append((parse_device_topic(msg.topic), msg))
             except ProtocolError as exc:
                 prepared.rejected.append(Rejected(msg.topic, "", exc.reason, exc.detail,
                                                   msg.payload))
-                continue
+        self.directory.prefetch({topic.uid for topic, _ in routed})
+        for topic, msg in routed:
             if topic.channel is Channel.EVENTS:
                 outcome = decode_event_message(msg.topic, topic.uid, msg.payload, self.directory)
                 if isinstance(outcome, Accepted):

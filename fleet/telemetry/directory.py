@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fleet.devices.models import Device
@@ -27,6 +28,22 @@ class DeviceDirectory:
         self.ttl_s = ttl_s
         self._devices: dict[str, tuple[float, KnownDevice | None]] = {}
         self._packages: dict[int, int] = {}
+
+    def prefetch(self, uids: Iterable[str]) -> None:
+        """Look up, in one query, every device of ``uids`` not cached or cached too long ago.
+
+        The worker calls this once per batch of messages, so a cold start or the expiry of
+        many entries costs one query per batch, not one per device.
+        """
+        now = time.monotonic()
+        stale = {uid for uid in uids
+                 if (hit := self._devices.get(uid)) is None or now - hit[0] >= self.ttl_s}
+        if not stale:
+            return
+        found = {uid: KnownDevice(pk, revoked_at is not None) for uid, pk, revoked_at in
+                 Device.objects.filter(uid__in=stale).values_list("uid", "id", "revoked_at")}
+        for uid in stale:
+            self._devices[uid] = (now, found.get(uid))
 
     def device(self, uid: str) -> KnownDevice | None:
         """Return the device with this uid, or None when the server does not know it."""

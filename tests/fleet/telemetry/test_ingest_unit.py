@@ -329,3 +329,20 @@ def test_raw_events_have_a_time_index_only() -> None:
     assert [c["columns"] for c in indexes.values()] == [["ts"]]
     if connection.vendor == "postgresql":
         assert [c["type"] for c in indexes.values()] == ["brin"]
+
+
+def test_directory_looks_up_a_batch_of_devices_in_one_query(
+        device: Device, hardware_profile: HardwareProfile,
+        django_assert_num_queries: Any) -> None:
+    """A cold worker meeting many devices at once asks the database once per batch."""
+    revoked = Device.objects.create(uid="unit-revoked", hardware_profile=hardware_profile,
+                                    public_key_pem="-", public_key_fingerprint="unit-revoked",
+                                    key_algorithm="ed25519", revoked_at=NOW)
+    directory = DeviceDirectory(ttl_s=60)
+    with django_assert_num_queries(1):
+        directory.prefetch([device.uid, revoked.uid, "nobody-here"])
+        assert directory.device(device.uid).id == device.id
+        assert directory.device(revoked.uid).revoked
+        assert directory.device("nobody-here") is None
+    with django_assert_num_queries(0):
+        directory.prefetch([device.uid, "nobody-here"])  # all cached: no query
