@@ -98,7 +98,10 @@ class Rollup(models.Model):
             models.UniqueConstraint(fields=["device_id", "model_version_id", "bucket", "label"],
                                     name="unique_rollup_key")
         ]
-        indexes = [models.Index(fields=["bucket"]),
+        # Cells arrive in time order, so time alone takes a BRIN (cheap at ingest, where every
+        # new cell pays for each btree); the unique key serves device-led reads and the
+        # (model version, time) btree the comparisons of two versions.
+        indexes = [TimeIndex(fields=["bucket"], name="telemetry_rollup_bucket_time"),
                    models.Index(fields=["model_version_id", "bucket"])]
 
 
