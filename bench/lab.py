@@ -43,8 +43,11 @@ def setup_django(workdir: Path, broker: Any) -> dict[str, str]:
     migrate, and return the environment set (a worker subprocess starts from it)."""
     var_dir = workdir / "var"
     var_dir.mkdir(exist_ok=True)
+    # DEBUG off, as in production: with it on, Django formats and keeps every query it runs
+    # (the worker subprocess inherits this environment).
     env = {
-        "DJANGO_SETTINGS_MODULE": "fleet.settings", "FLEET_DEBUG": "1",
+        "DJANGO_SETTINGS_MODULE": "fleet.settings", "FLEET_DEBUG": "0",
+        "SECRET_KEY": "bench-" + secrets.token_hex(24),
         "FLEET_VAR_DIR": str(var_dir), "DATABASE_URL": f"sqlite:///{workdir / 'fleet.sqlite3'}",
         "ARTIFACT_ROOT": str(var_dir / "artifacts"),
         "FLEET_KEK": "bench-kek-" + secrets.token_hex(16),
@@ -134,6 +137,59 @@ def write_dynsec_devices(path: Path, devices: dict[str, str]) -> float:
     os.chmod(tmp, 0o600)
     tmp.replace(path)
     return time.monotonic() - started
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """Return the CPU seconds (user + system) process ``pid`` has used so far (0 if gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds() -> dict[str, float]:
+    """Return this process's CPU seconds per thread name (threads of one name summed)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            raw = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        fields = raw.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+class CpuMeter:
+    """CPU seconds of the processes of an end-to-end bench between :meth:`start` and
+    :meth:`stop`, with the load average, so a wall-clock figure can be read against them."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = pids
+        self._before: dict[str, float] = {}
+        self._threads: dict[str, float] = {}
+        self.figures: dict[str, Any] = {}
+
+    def start(self) -> None:
+        self._before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._threads = thread_cpu_seconds()
+
+    def stop(self) -> dict[str, Any]:
+        """Return {process: seconds, ..., "threads": {name: seconds}, "loadavg": [...]}."""
+        self.figures = {name: round(cpu_seconds(pid) - self._before[name], 2)
+                        for name, pid in self.pids.items()}
+        threads = thread_cpu_seconds()
+        self.figures["threads"] = {
+            name: round(value - self._threads.get(name, 0.0), 2)
+            for name, value in sorted(threads.items(), key=lambda kv: -kv[1])
+            if value - self._threads.get(name, 0.0) >= 0.05}
+        self.figures["loadavg"] = [round(x, 2) for x in os.getloadavg()]
+        return self.figures
 
 
 def finish(workdir: Path, started: float, results: list[dict[str, Any]]) -> None:

@@ -13,7 +13,11 @@ What runs (all started here, all stopped at the end, even on error):
 - devices enrolled in-process (do_enroll_device + the identity files the simulator reads, as
   tests/ota/rollouts/test_rollout_e2e.py does), all starting on v1's package;
 - ``manage.py fleet_worker --no-jobs`` with its rollouts thread, as a subprocess;
-- the simulator (device_sdk.simulator.Simulator) with OTA on, telemetry nearly off.
+- the simulator (device_sdk.simulator.Simulator) with OTA on, telemetry nearly off: in this
+  process up to 2,000 devices, else split over ``--sim-processes`` children (default 2; one
+  Python process takes at most one core's worth of devices); the devices' files (slots,
+  download, identity, outbox) in /dev/shm, standing for each device's own flash (see
+  ``sim_state_dir``). Django runs with DEBUG off, as in production.
 
 The rollout offers v2 to every device in one wave of 100 % (offers_per_minute = 1,000,000,
 max_concurrent >= devices). Its package is built with encoding RAW just before the rollout is
@@ -36,10 +40,18 @@ Figures (one JSON object per line at the end):
   bytes (TLS record overhead not included) of everything: offers, reports, chunk requests,
   fan-out and unicast chunks with their framing, acks, pings, the monitor's own $SYS messages,
   and the little telemetry the devices send meanwhile. ``broker_bytes_sent`` and
-  ``broker_bytes_received`` are printed too.
+  ``broker_bytes_received`` are printed too. Its ``breakdown`` says where the bytes went, by
+  kind of message (``wire_breakdown``): every packet the devices sent and received, counted
+  whole by device_sdk.link.WireTally, plus the worker's leg of the same messages rebuilt from
+  them; ``unattributed`` is the rest of the broker's count (the $SYS updates, bytes still in
+  flight when the run ends). The shares add up to ``wire_overhead``.
+- ``rollout_cpu_seconds``: CPU seconds of each process (this one, the worker, the broker,
+  the simulator children) over the rollout, with the load average: wall-clock figures on a
+  shared 2-core box are read against these.
 - ``package_bytes``: the transfer size of the rollout's package (and the model size).
 
-Run: ``.venv/bin/python bench/rollout.py [--quick] [--devices N]`` (quick: 100 devices).
+Run: ``.venv/bin/python bench/rollout.py [--quick] [--devices N] [--sim-processes P]``
+(quick: 100 devices).
 FLEET_BENCH_KEEP=1 keeps the temporary folder (logs, database) for a look afterwards.
 """
 
@@ -47,8 +59,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,6 +76,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lab import (  # bench/ is this script's folder
+    CpuMeter,
     bench_broker,
     finish,
     recorded_broker_steps,
@@ -170,16 +185,27 @@ class SysMonitor:
             raise RuntimeError(f"cannot subscribe to $SYS: {self.granted}")
 
     def fresh(self, timeout: float = 30.0) -> tuple[int, int]:
-        """Return (received, sent) from updates published after this call."""
+        """Return (received, sent) as of a $SYS update published after this call.
+
+        Mosquitto republishes a counter only when it changed since its last update. ``sent``
+        changes at every update (the update itself reaches this monitor), so a ``sent`` newer
+        than this call proves an update ran; ``received`` as last published (in that update,
+        or earlier if it had not changed) is then current. Waiting for a new ``received`` too
+        made this wait for the idle devices' next keepalive ping: up to a minute of nothing.
+        """
         since = time.monotonic()
         deadline = since + timeout
+        sent, received = self.TOPICS[1], self.TOPICS[0]
         with self.cond:
-            while not all(t in self.values and self.values[t][1] > since for t in self.TOPICS):
+            while not (sent in self.values and self.values[sent][1] > since
+                       and received in self.values):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise RuntimeError("no $SYS byte counters from the broker")
                 self.cond.wait(left)
-            return self.values[self.TOPICS[0]][0], self.values[self.TOPICS[1]][0]
+        time.sleep(0.3)  # whichever order the broker sends the two in, one update's pair is in
+        with self.cond:
+            return self.values[received][0], self.values[sent][0]
 
     def close(self) -> None:
         self.client.disconnect()
@@ -187,6 +213,144 @@ class SysMonitor:
 
 
 # -- the run -------------------------------------------------------------------------------
+
+
+# -- the simulated fleet, in this process or split over several -----------------------------
+
+
+def sim_config(state_dir: Path, model: Path, hardware: str, package_id: int, devices: int,
+               first: int = 0) -> Any:
+    """The simulator's settings for devices ``first..first+devices-1`` of ``state_dir``."""
+    from device_sdk.simulator import SimulationConfig
+
+    return SimulationConfig(
+        server="http://127.0.0.1:9",  # only for re-enrollment, which this run never needs
+        token="-", devices=devices, first_index=first, model_path=model, hardware=hardware,
+        state_dir=state_dir, rate_hz=1e-4,  # telemetry nearly off: OTA traffic only
+        batch=16, batch_age_s=60.0, threads=2, package_id=package_id,
+        report_every_s=3600, repair_after_s=2.0,
+    )
+
+
+class LocalFleet:
+    """The whole simulated fleet in this process."""
+
+    def __init__(self, sim: Any, tally: Any) -> None:
+        self.sim, self.tally = sim, tally
+
+    def start(self) -> None:
+        self.sim.start()
+
+    def connected(self) -> int:
+        return int(self.sim.connected())
+
+    def tally_snapshot(self) -> dict[tuple[str, str], tuple[int, int]]:
+        return dict(self.tally.snapshot())
+
+    def pids(self) -> dict[str, int]:
+        return {}
+
+    def stop(self) -> None:
+        self.sim.stop(timeout=10)
+
+
+class ProcessFleet:
+    """The simulated fleet split over child processes (``--role sim``), each with its own
+    interpreter lock: one Python process handles at most one core's worth of devices.
+
+    Each child simulates a contiguous range of the enrolled devices and answers one-line
+    commands on its stdin (``connected``, ``tally``, ``stop``) with one line on its stdout.
+    """
+
+    def __init__(self, state_dir: Path, model: Path, hardware: str, package_id: int,
+                 devices: int, processes: int) -> None:
+        self.children: list[subprocess.Popen[str]] = []
+        share = -(-devices // processes)
+        for first in range(0, devices, share):
+            spec = {"state_dir": str(state_dir), "model": str(model), "hardware": hardware,
+                    "package_id": package_id, "devices": min(share, devices - first),
+                    "first": first}
+            self.children.append(subprocess.Popen(
+                [sys.executable, __file__, "--role", "sim", json.dumps(spec)], cwd=ROOT,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1))
+
+    def _ask(self, command: str) -> list[str]:
+        for child in self.children:
+            assert child.stdin is not None
+            child.stdin.write(command + "\n")
+            child.stdin.flush()
+        answers = []
+        for child in self.children:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            if not line:
+                raise RuntimeError(f"simulator process {child.pid} exited ({child.poll()})")
+            answers.append(line)
+        return answers
+
+    def start(self) -> None:
+        self._ask("start")
+
+    def connected(self) -> int:
+        return sum(int(a) for a in self._ask("connected"))
+
+    def tally_snapshot(self) -> dict[tuple[str, str], tuple[int, int]]:
+        total: dict[tuple[str, str], tuple[int, int]] = {}
+        for answer in self._ask("tally"):
+            for kind, direction, packets, nbytes in json.loads(answer):
+                old = total.get((kind, direction), (0, 0))
+                total[(kind, direction)] = (old[0] + packets, old[1] + nbytes)
+        return total
+
+    def pids(self) -> dict[str, int]:
+        return {f"simulator_{i}": child.pid for i, child in enumerate(self.children)}
+
+    def stop(self) -> None:
+        try:
+            self._ask("stop")
+        finally:
+            for child in self.children:
+                try:
+                    child.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait(timeout=10)
+
+
+def run_sim_process(spec_json: str) -> None:
+    """Child process: simulate one range of devices; obey ProcessFleet's commands."""
+    import logging
+
+    from device_sdk.link import WireTally
+    from device_sdk.simulator import Simulator
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Answers go to the real stdout; anything else written there (a C library's chatter)
+    # goes to stderr instead of into the answers.
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    spec = json.loads(spec_json)
+    tally = WireTally()
+    sim = Simulator(sim_config(Path(spec["state_dir"]), Path(spec["model"]), spec["hardware"],
+                               spec["package_id"], spec["devices"], spec["first"]), tally=tally)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "start":
+            sim.start()
+            answer: Any = "started"
+        elif command == "connected":
+            answer = sim.connected()
+        elif command == "tally":
+            answer = json.dumps([[k, d, p, b] for (k, d), (p, b) in tally.snapshot().items()])
+        elif command == "stop":
+            sim.stop(timeout=10)
+            print("stopped", file=answers, flush=True)
+            return
+        else:
+            answer = f"unknown command {command!r}"
+        print(answer, file=answers, flush=True)
 
 
 def start_worker(workdir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -287,6 +451,73 @@ def _enroll(indexes: range, devices: int, sim: Any, server: str, v1_package_id: 
     Device.objects.filter(uid__in=uids).update(running_package_id=v1_package_id)
 
 
+def fanout_server_bytes(package_id: int, fanout_bytes: int, chunk: int) -> int:
+    """Bytes of the worker's own fan-out publishes (one copy per chunk, QoS 1, and their
+    PUBACKs), rebuilt from the bytes it counted: each message framed as delivery frames it."""
+    from device_sdk.link import _publish_size
+    from device_sdk.protocol.ota_messages import Chunk, encode_fanout_chunk
+    from device_sdk.protocol.topics import package_topic
+
+    messages = -(-fanout_bytes // chunk)
+    framing = len(encode_fanout_chunk(Chunk(package_id, 65_536, bytes(chunk)))) - chunk
+    per_message = _publish_size(package_topic(package_id), chunk + framing, qos=1) - chunk
+    return fanout_bytes + messages * (per_message + 4)
+
+
+def wire_breakdown(before: dict[tuple[str, str], tuple[int, int]],
+                   after: dict[tuple[str, str], tuple[int, int]], through: int, payload: int,
+                   *, fanout_leg: int) -> dict[str, dict[str, Any]]:
+    """Where the bytes through the broker went during the rollout, by kind of message.
+
+    ``devices`` is what the simulated devices sent and received (every MQTT packet counted
+    whole by device_sdk.link.WireTally); ``server`` the other leg of the same messages
+    between the broker and the worker, rebuilt from them (an estimate: the worker is another
+    process), plus the worker's fan-out publishes; ``unattributed`` the rest of the broker's
+    own count ($SYS updates to the monitor, the worker's other traffic, estimate errors).
+    Shares are of payload x devices, as ``wire_overhead`` is; the fan-out and unicast chunk
+    kinds include their payload.
+    """
+    kinds: dict[str, dict[str, Any]] = {}
+    for key in set(after):
+        packets, nbytes = after[key]
+        old = before.get(key, (0, 0))
+        kind, direction = key
+        entry = kinds.setdefault(kind, {"devices": 0, "server": 0, "packets": 0})
+        entry["server" if direction == "server" else "devices"] += nbytes - old[1]
+        if direction != "server":
+            entry["packets"] += packets - old[0]
+    kinds.setdefault("fanout_chunks", {"devices": 0, "server": 0, "packets": 0})
+    kinds["fanout_chunks"]["server"] += fanout_leg
+    attributed = 0
+    out: dict[str, dict[str, Any]] = {}
+    for kind, entry in sorted(kinds.items(), key=lambda kv: -(kv[1]["devices"] + kv[1]["server"])):
+        total = entry["devices"] + entry["server"]
+        if not total:
+            continue
+        attributed += total
+        overhead = total - payload if kind == "fanout_chunks" else total
+        out[kind] = {**entry, "bytes": total, "share": round(overhead / payload, 5)}
+        if kind == "fanout_chunks":
+            out[kind]["note"] = "share counts only the framing (payload subtracted)"
+    out["unattributed"] = {"bytes": through - attributed,
+                           "share": round((through - attributed) / payload, 5)}
+    return out
+
+
+def sim_state_dir(workdir: Path) -> Path:
+    """Where the simulated devices keep their files (slots, download, identity, outbox).
+
+    In memory (/dev/shm) when there is one: it stands for each device's own flash. On this
+    machine's ext4, replacing or truncating a file that holds data costs ~0.2 ms (the
+    delayed-allocation flush), which the devices' slot switches, downloads and clean-ups pay
+    several times per update: a shared host disk's cost no device has.
+    """
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return Path(tempfile.mkdtemp(prefix=f"{workdir.name}-", dir=shm)) / "sim"
+    return workdir / "sim"
+
+
 def wait_until(check: Any, timeout: float, what: str, every: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -299,7 +530,8 @@ def wait_until(check: Any, timeout: float, what: str, every: float = 0.2) -> Any
 
 
 def delta_rollout(base: Any, base_package_id: int, target: Any, profile: Any, count: int,
-                  monitor: SysMonitor, full_per_device: float) -> list[dict[str, Any]]:
+                  monitor: SysMonitor, full_per_device: float,
+                  fleet_size: int = 0) -> list[dict[str, Any]]:
     """Roll ``target`` (v2 with a fine-tuned head) out to ``count`` devices as a delta from
     ``base`` and compare the broker bytes per device with the full rollout's."""
     from device_sdk.protocol.ota_messages import DeploymentState
@@ -322,8 +554,9 @@ def delta_rollout(base: Any, base_package_id: int, target: Any, profile: Any, co
         f"delta for a {package.installed_size}-byte model, {len(chosen)} devices")
     done = (DeploymentState.CONFIRMED, DeploymentState.FAILED, DeploymentState.ROLLED_BACK)
     deployments = Deployment.objects.filter(rollout=rollout)
+    # A big fleet's simulator may still be reading the first rollout's last fan-out bytes.
     wait_until(lambda: deployments.filter(state__in=done).count() == len(chosen),
-               60 + 2 * count, "the delta rollout", every=0.25)
+               60 + 2 * count + fleet_size / 50, "the delta rollout", every=0.25)
     time.sleep(1.5)  # late acks
     after = monitor.fresh()
     confirmed = deployments.filter(state=DeploymentState.CONFIRMED).count()
@@ -350,11 +583,15 @@ def main() -> None:
                         help="devices in the delta rollout that follows (default: 50, quick 20)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds to wait for the rollout (default: 30 + 0.3 per device)")
-    parser.add_argument("--role", choices=["build-models"], help=argparse.SUPPRESS)
+    parser.add_argument("--sim-processes", type=int, default=None,
+                        help="simulator processes (default: 1 up to 2,000 devices, else 2)")
+    parser.add_argument("--role", choices=["build-models", "sim"], help=argparse.SUPPRESS)
     parser.add_argument("out", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "build-models":
         return run_build_models(args.out)
+    if args.role == "sim":
+        return run_sim_process(args.out)
     devices = args.devices or (100 if args.quick else 1000)
     delta_devices = min(devices, args.delta_devices or (20 if args.quick else 50))
     timeout = args.timeout or 30 + 0.3 * devices
@@ -365,14 +602,17 @@ def main() -> None:
     broker = bench_broker(workdir, "bench/rollout.py")
     worker: subprocess.Popen[bytes] | None = None
     sim: Any = None
+    fleet: Any = None
+    sim_dir: Path | None = None
     monitor: SysMonitor | None = None
     results: list[dict[str, Any]] = []
     try:
         broker.start()
         setup_django(workdir, broker)
 
+        from device_sdk.link import WireTally
         from device_sdk.protocol.ota_messages import DeploymentState
-        from device_sdk.simulator import SimulationConfig, Simulator
+        from device_sdk.simulator import Simulator
         from fleet.broker.access import ServiceRole
         from fleet.broker.dynsec import DynsecAccess
         from fleet.devices.models import Device, HardwareProfile
@@ -401,13 +641,10 @@ def main() -> None:
 
         # -- devices ----------------------------------------------------------------------
         server = "http://127.0.0.1:9"  # only for re-enrollment, which this run never needs
-        config = SimulationConfig(
-            server=server, token="-", devices=devices, model_path=v1_path, hardware=args.hardware,
-            state_dir=workdir / "sim", rate_hz=1e-4,  # telemetry nearly off: OTA traffic only
-            batch=16, batch_age_s=60.0, threads=2, package_id=v1_package.pk,
-            report_every_s=3600, repair_after_s=2.0,
-        )
-        sim = Simulator(config)
+        sim_dir = sim_state_dir(workdir)
+        config = sim_config(sim_dir, v1_path, args.hardware, v1_package.pk, devices)
+        tally = WireTally()
+        sim = Simulator(config, tally=tally)
         started = time.monotonic()
         bulk = devices > BULK_ENROLL_OVER
         enroll(devices, sim, server, v1_package.pk, args.hardware, broker, bulk)
@@ -430,10 +667,17 @@ def main() -> None:
         monitor = SysMonitor(broker)  # before the fleet loads this process
 
         started = time.monotonic()
-        sim.start()
-        wait_until(lambda: sim.connected() == devices, 60 + devices * 0.1,
+        processes = args.sim_processes or (1 if devices <= 2000 else 2)
+        if processes > 1:
+            fleet = ProcessFleet(sim_dir, v1_path, args.hardware, v1_package.pk, devices,
+                                 processes)
+        else:
+            fleet = LocalFleet(sim, tally)
+        fleet.start()
+        wait_until(lambda: fleet.connected() == devices, 60 + devices * 0.1,
                    f"{devices} devices connected")
-        log(f"{devices} devices connected in {time.monotonic() - started:.1f} s")
+        log(f"{devices} devices connected in {time.monotonic() - started:.1f} s "
+            f"({processes} simulator process{'es' if processes > 1 else ''})")
 
         # -- the rollout ------------------------------------------------------------------
         package = do_build_package(v2, profile, actor=None, encoding=Encoding.RAW)
@@ -445,6 +689,10 @@ def main() -> None:
         if list(rollout.packages.values_list("id", flat=True)) != [package.pk]:
             raise RuntimeError("the rollout did not take the raw package")
         before = monitor.fresh()
+        tally_before = fleet.tally_snapshot()
+        meter = CpuMeter({"bench_process": os.getpid(), "worker": worker.pid,
+                          "broker": broker.pid, **fleet.pids()})
+        meter.start()
         rollout = actions.do_start_rollout(rollout, actor=None)
         t_start = time.monotonic()
         log(f"rollout {rollout.pk} started: package {package.pk}, "
@@ -463,14 +711,21 @@ def main() -> None:
 
         timed_out = False
         try:
-            wait_until(finished, timeout, "the rollout", every=0.25)
+            # Polling costs this process a query over every deployment: not too often.
+            wait_until(finished, timeout, "the rollout", every=max(0.25, devices / 10_000))
         except RuntimeError as exc:
             timed_out = True
             log(str(exc))
         waited = time.monotonic() - t_start
         done_wall = time.time()
+        cpu = meter.stop()
+        log(f"CPU seconds during the rollout ({waited:.1f} s wall, load average "
+            f"{cpu['loadavg']}): " + ", ".join(f"{k} {v}" for k, v in cpu.items()
+                                                if k not in ("loadavg", "threads"))
+            + f"; threads of this process {cpu['threads']}")
         time.sleep(1.5)  # late acks and the last carousel tick
         after = monitor.fresh()
+        tally_after = fleet.tally_snapshot()
         confirmed = deployments.filter(state=DeploymentState.CONFIRMED).count()
         states: dict[str, int] = {}
         for state in deployments.values_list("state", flat=True):
@@ -498,6 +753,11 @@ def main() -> None:
         size = package.transfer_size
         unicast_cost = size * devices
         through = (after[0] - before[0]) + (after[1] - before[1])
+        breakdown = wire_breakdown(tally_before, tally_after, through, unicast_cost,
+                                   fanout_leg=fanout_server_bytes(package.pk, fanout,
+                                                                  profile.ota_chunk_bytes))
+        log("wire bytes by kind (share of payload x devices): " + ", ".join(
+            f"{k} {v['share'] * 100:.2f} %" for k, v in breakdown.items()))
         log(f"worker: fan-out {fanout} B, unicast {unicast} B "
             f"({stats.counters.get('ota_chunks_served', 0)} chunk requests answered); broker: "
             f"+{after[0] - before[0]} B received, +{after[1] - before[1]} B sent")
@@ -517,7 +777,13 @@ def main() -> None:
              "unit": "ratio", "baseline": 0.0, "ratio": None,
              "broker_bytes": through, "payload_x_devices": unicast_cost,
              "source": "mosquitto $SYS/broker/bytes/{received,sent} deltas",
-             "hardware": profile.name, "fanout_chunk_bytes": profile.ota_chunk_bytes},
+             "hardware": profile.name, "fanout_chunk_bytes": profile.ota_chunk_bytes,
+             "breakdown": breakdown},
+            {"metric": "rollout_cpu_seconds", "value": round(sum(
+                v for k, v in cpu.items() if k not in ("loadavg", "threads")), 2), "unit": "s",
+             "baseline": round(waited, 2), "ratio": None, **cpu,
+             "note": "CPU used from the rollout's start until all were done; baseline = wall "
+                     "seconds of that span (2 cores: at most twice that)"},
             {"metric": "broker_bytes_received", "value": after[0] - before[0], "unit": "bytes",
              "baseline": None, "ratio": None},
             {"metric": "broker_bytes_sent", "value": after[1] - before[1], "unit": "bytes",
@@ -535,18 +801,24 @@ def main() -> None:
         if hashlib.sha256(v2_bytes).hexdigest() != v2.sha256:
             raise RuntimeError("v2 digest mismatch")
         if confirmed == devices and delta_devices:
-            results += delta_rollout(v2, package.pk, v3, profile, delta_devices, monitor,
-                                     through / devices)
+            try:
+                results += delta_rollout(v2, package.pk, v3, profile, delta_devices, monitor,
+                                         through / devices, fleet_size=devices)
+            except RuntimeError as exc:  # the figures above stand on their own
+                log(f"delta rollout: {exc}")
     finally:
         if monitor is not None:
             monitor.close()
-        if sim is not None:
+        if fleet is not None:
             try:
-                sim.stop(timeout=10)
+                fleet.stop()
             except Exception as exc:  # keep stopping the rest
                 log(f"simulator stop failed: {exc!r}")
         stop_worker(worker)
         broker.stop()
+        if sim_dir is not None and sim_dir.parent != workdir and \
+                not os.environ.get("FLEET_BENCH_KEEP"):
+            shutil.rmtree(sim_dir.parent, ignore_errors=True)
     finish(workdir, t_total, results)
 
 

@@ -50,7 +50,7 @@ from pathlib import Path
 from device_sdk.backoff import Backoff
 from device_sdk.batching import EventBatcher, Message, SequenceCounter
 from device_sdk.identity import DeviceIdentity
-from device_sdk.link import Link
+from device_sdk.link import Link, WireTally
 from device_sdk.link_config import BrokerEndpoint, LinkConfig, Will, shared_tls_context
 from device_sdk.outbox import Outbox, OutboxEntry
 from device_sdk.protocol.events import Event, EventBatch
@@ -66,6 +66,7 @@ from device_sdk.protocol.topics import (
     DEVICE_SUBSCRIBES,
     PAYLOAD_CAPS,
     Channel,
+    PackageChannel,
     device_topic,
     parse_topic,
 )
@@ -126,12 +127,14 @@ class DeviceClient:
         keepalive: int = 60,
         session_expiry_s: int = 7 * 86_400,
         inflight: int = 8,
+        tally: WireTally | None = None,
     ) -> None:
         """Prepare the client; nothing touches the network before :meth:`start`.
 
         ``model`` is the package id of the installed OTA package (manifest key 14), 0 for a
         factory model; ``manifest_seq`` the installed manifest's sequence. ``broker_url``
-        overrides the enrolled URL; ``reactor`` shares a network thread with other clients.
+        overrides the enrolled URL; ``reactor`` shares a network thread with other clients;
+        ``tally`` counts the MQTT bytes of this client's packets by kind (benches).
         """
         self.identity = identity
         self.uid = identity.device_id
@@ -172,13 +175,14 @@ class DeviceClient:
             max_inflight=max(inflight, 1) + 2,  # room for the status and a subscribe
             log_transitions=self._owns_reactor,
         )
-        self.link = Link(config, self.reactor, self, backoff=backoff)
+        self.link = Link(config, self.reactor, self, backoff=backoff, tally=tally)
         self._window = max(inflight, 1)
         self._inflight: dict[int, OutboxEntry] = {}  # message id -> entry (network thread)
         self._cursor = 0  # highest outbox id sent on this connection (network thread)
         self._up = threading.Event()
         self._drained = threading.Condition()
         self._tick: Timer | None = None
+        self._channels: dict[str, Channel | PackageChannel] = {}  # topics heard, parsed
 
     # -- lifecycle (application thread) ---------------------------------------------------
 
@@ -358,11 +362,16 @@ class DeviceClient:
         self._callback(self.on_disconnect, reason)
 
     def link_message(self, topic: str, payload: bytes) -> None:
-        try:
-            channel = parse_topic(topic).channel
-        except ProtocolError as exc:
-            log.warning("%s: message on an unexpected topic %r: %s", self.uid, topic, exc)
-            return
+        channel = self._channels.get(topic)
+        if channel is None:
+            try:
+                channel = parse_topic(topic).channel
+            except ProtocolError as exc:
+                log.warning("%s: message on an unexpected topic %r: %s", self.uid, topic, exc)
+                return
+            if len(self._channels) >= 16:  # a device hears a handful of topics at a time
+                self._channels.clear()
+            self._channels[topic] = channel
         if len(payload) > PAYLOAD_CAPS[channel]:
             log.warning("%s: %d-byte message on %s exceeds the cap: dropped",
                         self.uid, len(payload), topic)

@@ -52,6 +52,7 @@ from device_sdk.backoff import Backoff
 from device_sdk.client import ClientStats, DeviceClient
 from device_sdk.identity import DeviceIdentity, EnrollmentError, enroll, ensure_enrolled
 from device_sdk.inference import SensorStream, TflmModel, host_capabilities
+from device_sdk.link import WireTally
 from device_sdk.ota.agent import Faults, OtaAgent
 from device_sdk.ota.slots import SlotStore
 from device_sdk.ota.trial import TrialResult, run_trial
@@ -70,8 +71,8 @@ _DEVICES_PER_THREAD = 500
 # throughput. With 10,000 devices, 20 reactors let a timer run up to 0.76 s late (p99 0.27 s)
 # where 2 kept it within 0.1 s, for more CPU (bench/simulator.py).
 _MAX_DEFAULT_THREADS = 2
-# Descriptors kept free for everything that is not a device's socket or outbox: the Python
-# runtime, logging, the model, re-enrollment, slot files while an update is written.
+# Descriptors kept free for everything that is not a device's socket, outbox or download: the
+# Python runtime, logging, the model, re-enrollment, slot files while an update is written.
 _FD_RESERVE = 256
 # A device whose credential the broker refuses enrolls again, at most this often.
 _REENROLL_INTERVAL_S = 60.0
@@ -113,6 +114,7 @@ class SimulationConfig:
     ota: bool = True  # take OTA updates (A/B slots under each device's state dir)
     faults: Faults = field(default_factory=Faults)  # failure injection for rollout tests
     repair_after_s: float = 2.0  # ask for missing package bytes after this long without any
+    first_index: int = 0  # devices first_index.. of the state dir (a fleet split over processes)
     reboot_after_s: float = 1.0  # a "crashed" device comes back after this long
 
 
@@ -166,9 +168,12 @@ class SimulatedDevice:
 class Simulator:
     """Enroll, connect and run ``config.devices`` simulated devices."""
 
-    def __init__(self, config: SimulationConfig, *, stop: threading.Event | None = None) -> None:
-        """Load the model and prepare the threads; ``stop``, once set, ends :meth:`wait`."""
+    def __init__(self, config: SimulationConfig, *, stop: threading.Event | None = None,
+                 tally: WireTally | None = None) -> None:
+        """Load the model and prepare the threads; ``stop``, once set, ends :meth:`wait`;
+        ``tally`` counts every device's MQTT bytes by kind (bench/rollout.py)."""
         self.config = config
+        self.tally = tally
         self.model = TflmModel.from_file(
             config.model_path, arena_bytes=config.arena_bytes, package_id=config.package_id,
             latency_scale=config.latency_scale,
@@ -217,13 +222,14 @@ class Simulator:
         started = time.monotonic()
         enrolled: list[tuple[int, DeviceIdentity]] = []
         with ThreadPoolExecutor(cfg.enroll_workers, thread_name_prefix="sim-enroll") as pool:
-            futures = [pool.submit(one, i) for i in range(cfg.devices)]
+            first_index = cfg.first_index
+            futures = [pool.submit(one, first_index + i) for i in range(cfg.devices)]
             step = max(1, cfg.devices // 10)
             for i, future in enumerate(futures):
                 try:
                     enrolled.append(future.result())
                 except (EnrollmentError, OSError, ValueError) as exc:
-                    self.failed_enrollments.append((i, str(exc)))
+                    self.failed_enrollments.append((first_index + i, str(exc)))
                 if (i + 1) % step == 0 and i + 1 < cfg.devices:
                     log.info("enrollment: %d of %d devices done", i + 1, cfg.devices)
         if self.failed_enrollments:
@@ -274,8 +280,10 @@ class Simulator:
             open_now = len(os.listdir("/proc/self/fd"))
         except OSError:
             open_now = 64
-        # Each device holds its socket; an outbox file is a second descriptor.
-        room = fd_limit - open_now - _FD_RESERVE - self.config.connectors - devices
+        # Each device holds its socket; an outbox file is a second descriptor. While an OTA
+        # download runs, its part file and range journal are two more (device_sdk/ota/updater).
+        downloads = 2 * devices if self.config.ota else 0
+        room = fd_limit - open_now - _FD_RESERVE - self.config.connectors - devices - downloads
         files = max(0, min(devices, room))
         if files < devices:
             log.warning(
@@ -291,7 +299,9 @@ class Simulator:
         model, package = self.model, cfg.package_id
         store, interrupted = None, None
         if cfg.ota:
-            store = SlotStore(self.device_dir(index) / "slots")
+            # Not durable, like the outbox: a simulator survives its own crash, not a power
+            # cut (the power-cut guarantees are the real store's, tests/device_sdk/ota).
+            store = SlotStore(self.device_dir(index) / "slots", durable=False)
             if not (store.dir / "meta.json").exists():
                 store.install_factory(self.model.model_bytes, package=cfg.package_id)
             interrupted = store.meta.package if store.meta.trial else None
@@ -311,6 +321,7 @@ class Simulator:
             num_labels=self.model.num_classes,
             durable=False,  # a simulator survives its own crash, not a power cut
             backoff=Backoff(rng=random.Random(rng.random())),
+            tally=self.tally,
         )
         client.on_refused = self._on_refused
         client.on_connect = self._on_device_up
@@ -378,6 +389,9 @@ class Simulator:
         self.crashes += 1
         device.stop()
         device.client.link.stop()
+        if device.agent is not None:
+            # What a power cut does to open files (nothing unwritten: they are unbuffered).
+            device.agent.updater.close()
 
         def reboot() -> None:
             time.sleep(self.config.reboot_after_s)

@@ -32,7 +32,14 @@ from device_sdk.protocol.ota_messages import (
     encode_report,
 )
 from device_sdk.protocol.reasons import ProtocolError, Reason
-from device_sdk.protocol.topics import Channel, DeviceTopic, PackageTopic, package_filter, parse_topic
+from device_sdk.protocol.topics import (
+    Channel,
+    DeviceTopic,
+    PackageTopic,
+    package_filter,
+    package_topic,
+    parse_topic,
+)
 
 log = logging.getLogger(__name__)
 Trial = Callable[[bytes], TrialResult]
@@ -70,7 +77,8 @@ class OtaAgent:
         self._last_progress = time.monotonic()
         self._awaiting_fanout = False  # offered and subscribed, no fan-out byte yet
         self._quiet_limit = repair_after_s  # grows while repairs bring nothing
-        self._fanout: str | None = None
+        self._fanout: str | None = None  # the filter subscribed to
+        self._fanout_topic: str | None = None  # the topic its chunks come on
         self._corrupt_at: int | None = None
         self._pending: list[tuple[int, DeploymentState, int]] = []
         self._last_report: tuple[int, DeploymentState, int] | None = None
@@ -119,10 +127,10 @@ class OtaAgent:
             # Resuming a partial download: fetch only the gaps by request. The fan-out would
             # bring whole passes again, most of them bytes this device already holds.
             client.unsubscribe(package_filter(wanted[0]))
-            self._fanout = None
+            self._fanout = self._fanout_topic = None
         else:
             if wanted is not None and self._fanout is None:
-                self._fanout = package_filter(wanted[0])
+                self._follow_fanout(wanted[0])
             if self._fanout:
                 client.subscribe(self._fanout, qos=0)
         self._repair()  # resume a download the disconnect (or a restart) interrupted
@@ -132,6 +140,9 @@ class OtaAgent:
     # -- messages ------------------------------------------------------------------------
 
     def _on_message(self, client: DeviceClient, topic: str, payload: bytes) -> None:
+        if topic == self._fanout_topic:
+            self._chunk(payload, unicast=False)  # the hot path: every chunk of a wave
+            return
         parsed = parse_topic(topic)
         if isinstance(parsed, DeviceTopic) and parsed.channel == Channel.OTA_OFFER:
             self._offer(payload)
@@ -147,8 +158,8 @@ class OtaAgent:
             self._report(_unverified_package_id(cose), DeploymentState.FAILED, exc.reason)
             return
         pkg = manifest.package_id
-        self._fanout = package_filter(pkg)
-        self.client.subscribe(self._fanout, qos=0)
+        self._follow_fanout(pkg)
+        self.client.subscribe(package_filter(pkg), qos=0)
         size = manifest.transfer_size
         self._corrupt_at = self.rng.randrange(size) if self.rng.random() < self.faults.corrupt_chunk else None
         self._crash_at = self.rng.randrange(size) if self.rng.random() < self.faults.crash_download else None
@@ -254,10 +265,14 @@ class OtaAgent:
         self._leave_fanout()
         self._report(pkg, DeploymentState.FAILED, reason)
 
+    def _follow_fanout(self, pkg: int) -> None:
+        self._fanout = package_filter(pkg)
+        self._fanout_topic = package_topic(pkg)
+
     def _leave_fanout(self) -> None:
         if self._fanout:
             self.client.unsubscribe(self._fanout)
-            self._fanout = None
+            self._fanout = self._fanout_topic = None
 
     def _report(self, pkg: int, state: DeploymentState, reason: Reason | int = 0) -> None:
         self._last_report = (pkg, state, int(reason))

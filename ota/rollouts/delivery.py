@@ -1,7 +1,7 @@
 """OTA delivery in the worker: chunk requests, device reports, and the package carousel.
 
 Fan-out keeps server egress flat as the fleet grows: while devices of a package are
-downloading, the server publishes the package's chunks on ``fleet/v1/pkg/{pkg}/chunk`` (the
+downloading, the server publishes the package's chunks on ``fleet/v1/pkg/{pkg}/c`` (the
 carousel, scheduled by ``ota.rollouts.carousel``) and the broker copies them to every
 subscribed device. A device keeps chunks at their offsets and asks ``ota/get`` only for what
 it missed (a repair). The path is safe to share because every byte is checked against the
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timedelta
 from collections import Counter, OrderedDict
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.db.models import F, Q, QuerySet
@@ -26,6 +26,7 @@ from device_sdk.protocol.ota_messages import (
     decode_chunk_request,
     decode_report,
     encode_chunk,
+    encode_fanout_chunk,
 )
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.topics import Channel, PackageChannel, device_topic, package_topic
@@ -77,7 +78,8 @@ class OtaDelivery:
     def __init__(self, publisher: Publisher, directory: DeviceDirectory | None = None,
                  counters: Counter[str] | None = None, *, owner: str | None = None,
                  carousel_bytes_per_s: int = 2_000_000, carousel_chunk: int | None = None,
-                 max_wait_s: float = 3.0, offer_grace_s: float = 15.0) -> None:
+                 max_wait_s: float = 6.0, quiet_s: float | None = None,
+                 offer_grace_s: float = 15.0) -> None:
         self.publisher = publisher
         self.directory = directory or DeviceDirectory()
         self.cache = TransferCache()
@@ -85,7 +87,12 @@ class OtaDelivery:
         self.owner = owner  # serve only rollouts this worker holds the lease of (None: all)
         self.carousel_bytes_per_s = carousel_bytes_per_s
         self.carousel_chunk = carousel_chunk  # None: the package's profile suggests it
+        # A turn waits for joiners at most ``max_wait`` (and, if set, until none came for
+        # ``quiet``): under the 10 s a device waits for the fan-out before it repairs by
+        # request. (A 1 s ``quiet`` started the first turn of a 10,000-device wave with 15 %
+        # of it joined: joins arrive in bursts, as the worker commits batches of reports.)
         self.max_wait = timedelta(seconds=max_wait_s)
+        self.quiet = None if quiet_s is None else timedelta(seconds=quiet_s)
         self.offer_grace = timedelta(seconds=offer_grace_s)
         self._carousels: dict[int, PackageCarousel] = {}
         self._last_tick = time.monotonic()
@@ -122,28 +129,31 @@ class OtaDelivery:
         return rejected
 
     def consume_reports(self, items: list[tuple[str, Received]]) -> list[Rejected]:
-        """Apply ``[pkg, state, detail]`` reports to the device's deployment of ``pkg``."""
-        rejected: list[Rejected] = []
-        with transaction.atomic():  # one commit per batch: a wave reports thousands at once
-            for uid, msg in items:
-                self._apply_one_report(uid, msg, rejected)
-        return rejected
+        """Apply ``[pkg, state, detail]`` reports to the device's deployment of ``pkg``.
 
-    def _apply_one_report(self, uid: str, msg: Received, rejected: list[Rejected]) -> None:
-        """Apply one report, or add why not to ``rejected``."""
-        outcome = decode_from_device(msg.topic, uid, msg.payload, decode_report,
-                                     self.directory)
-        if isinstance(outcome, Rejected):
-            rejected.append(outcome)
-            return
-        report, device = outcome
-        if not apply_report(device.id, report.pkg, DeploymentState(report.state),
-                            report.detail):
-            rejected.append(Rejected(msg.topic, uid, Reason.PACKAGE_NOT_OFFERED,
-                                     f"report for package {report.pkg} not offered to {uid}",
-                                     msg.payload))
-        else:
-            self.counters[f"ota_report_{DeploymentState(report.state).name.lower()}"] += 1
+        A wave reports thousands at once (five steps per device): the batch is applied with
+        one read of its deployments and a few grouped writes, in one transaction.
+        """
+        rejected: list[Rejected] = []
+        accepted: list[tuple[str, Received, ReportRow]] = []
+        for uid, msg in items:
+            outcome = decode_from_device(msg.topic, uid, msg.payload, decode_report,
+                                         self.directory)
+            if isinstance(outcome, Rejected):
+                rejected.append(outcome)
+                continue
+            report, device = outcome
+            accepted.append((uid, msg, (device.id, report.pkg, DeploymentState(report.state),
+                                        report.detail)))
+        applied = apply_reports([row for _, _, row in accepted])
+        for (uid, msg, row), ok in zip(accepted, applied, strict=True):
+            if ok:
+                self.counters[f"ota_report_{row[2].name.lower()}"] += 1
+            else:
+                rejected.append(Rejected(msg.topic, uid, Reason.PACKAGE_NOT_OFFERED,
+                                         f"report for package {row[1]} not offered to {uid}",
+                                         msg.payload))
+        return rejected
 
     # -- carousel ------------------------------------------------------------------------------
 
@@ -178,12 +188,19 @@ class OtaDelivery:
             if carousel.newest_join is not None:
                 # A little before the newest join seen: another worker may commit reports late.
                 joins = joins.filter(state_changed_at__gte=carousel.newest_join - JOIN_SLACK)
-            for key, at in joins.values_list("id", "state_changed_at"):
-                carousel.join(key, at or now, now)
-            more_coming = carousel.pending > 0 and not carousel.running and self._more_coming(
+            # Ids first, times only for the new ones: the slack window holds every join of a
+            # big wave's last seconds, and reading all their times at every tick made this
+            # query the worker's largest cost at 10,000 devices.
+            new = sorted(set(joins.values_list("id", flat=True)) - carousel.joined)
+            for start in range(0, len(new), 5000):  # bounded statement parameters
+                for key, at in (Deployment.objects.filter(id__in=new[start:start + 5000])
+                                .values_list("id", "state_changed_at")):
+                    carousel.join(key, at or now, now)
+            between_turns = not carousel.running or carousel.sent >= carousel.turn_end
+            more_coming = carousel.pending > 0 and between_turns and self._more_coming(
                 live.filter(package_id=package_id), now)
             was_running = carousel.running
-            if carousel.should_run(now, more_coming, self.max_wait):
+            if carousel.should_run(now, more_coming, self.max_wait, self.quiet):
                 if not was_running:
                     log.info("carousel: package %d turns for %d joined devices (%d bytes to send%s)",
                              package_id, len(carousel.joined), carousel.pending,
@@ -201,8 +218,9 @@ class OtaDelivery:
                 # QoS 1 to the broker (DESIGN.md); devices subscribe at QoS 0, so nothing is
                 # queued for offline ones and a chunk lost on the way is repaired by request.
                 self.publisher.publish(package_topic(package_id, PackageChannel.CHUNK),
-                                       encode_chunk(Chunk(package_id, offset,
-                                                          data[offset:offset + length])), 1)
+                                       encode_fanout_chunk(Chunk(package_id, offset,
+                                                                 data[offset:offset + length])),
+                                       1)
                 spent += length
             sent += spent
         self.counters["ota_fanout_bytes"] += sent
@@ -226,33 +244,78 @@ class OtaDelivery:
         return max(256, min(MAX_CHUNK_BYTES, suggested or 4096))
 
 
-@transaction.atomic
+ReportRow = tuple[int, int, DeploymentState, int]  # device id, package id, state, detail
+_REPORT_FIELDS = ("state", "state_changed_at", "reason", "confirmed_at")
+
+
 def apply_report(device_id: int, package_id: int, state: DeploymentState, detail: int) -> bool:
     """Move a deployment forward (or to failed/rolled back); False when none matches."""
-    dep = (Deployment.objects.select_for_update()
-           .filter(device_id=device_id, package_id=package_id)
-           .order_by("-id").first())
-    if dep is None:
-        return False
+    return apply_reports([(device_id, package_id, state, detail)])[0]
+
+
+@transaction.atomic
+def apply_reports(reports: list[ReportRow]) -> list[bool]:
+    """Apply reports in order, each to the newest deployment of its device and package; for
+    each, False when no deployment matches.
+
+    Reads every deployment concerned in one locked query, runs the state rules on the rows in
+    memory (several reports of one device in a batch see each other), then writes each changed
+    deployment once (grouped by what changed) and the devices' running packages per package.
+    """
+    if not reports:
+        return []
+    pairs = {(device_id, package_id) for device_id, package_id, _, _ in reports}
+    newest: dict[tuple[int, int], Deployment] = {}
+    rows = (Deployment.objects.select_for_update()
+            .filter(device_id__in={d for d, _ in pairs}, package_id__in={p for _, p in pairs})
+            .only("id", "device_id", "package_id", "state", "reason", "previous_package_id",
+                  "state_changed_at", "confirmed_at")
+            .order_by("id"))
+    for dep in rows:
+        key = (dep.device_id, dep.package_id)
+        if key in pairs:
+            newest[key] = dep  # ascending ids: the last one kept is the newest
     now = timezone.now()
-    current = DeploymentState(dep.state)
-    if current in (DeploymentState.CONFIRMED, DeploymentState.ROLLED_BACK) and \
-            state != DeploymentState.ROLLED_BACK:
-        return True  # a late or repeated report: already final
-    if state in _PROGRESS and current in _PROGRESS and \
-            _PROGRESS.index(state) <= _PROGRESS.index(current):
-        return True  # duplicate or out-of-order progress: keep the furthest state
-    dep.state = int(state)
-    dep.state_changed_at = now
-    fields = ["state", "state_changed_at"]
-    if state == DeploymentState.FAILED:
-        dep.reason = detail or int(Reason.TRIAL_FAILED)
-        fields.append("reason")
-    if state == DeploymentState.CONFIRMED:
-        dep.confirmed_at = now
-        fields.append("confirmed_at")
-        Device.objects.filter(pk=device_id).update(running_package_id=package_id)
-    if state == DeploymentState.ROLLED_BACK and dep.previous_package_id is not None:
-        Device.objects.filter(pk=device_id).update(running_package_id=dep.previous_package_id)
-    dep.save(update_fields=fields)
-    return True
+    changed: dict[int, Deployment] = {}
+    running: dict[int, int] = {}  # device id -> package it now runs
+    out: list[bool] = []
+    for device_id, package_id, state, detail in reports:
+        dep = newest.get((device_id, package_id))
+        if dep is None:
+            out.append(False)
+            continue
+        out.append(True)
+        current = DeploymentState(dep.state)
+        if current in (DeploymentState.CONFIRMED, DeploymentState.ROLLED_BACK) and \
+                state != DeploymentState.ROLLED_BACK:
+            continue  # a late or repeated report: already final
+        if state in _PROGRESS and current in _PROGRESS and \
+                _PROGRESS.index(state) <= _PROGRESS.index(current):
+            continue  # duplicate or out-of-order progress: keep the furthest state
+        dep.state = int(state)
+        dep.state_changed_at = now
+        if state == DeploymentState.FAILED:
+            dep.reason = detail or int(Reason.TRIAL_FAILED)
+        if state == DeploymentState.CONFIRMED:
+            dep.confirmed_at = now
+            running[device_id] = package_id
+        if state == DeploymentState.ROLLED_BACK and dep.previous_package_id is not None:
+            running[device_id] = dep.previous_package_id
+        changed[dep.pk] = dep
+    # One UPDATE per distinct set of new values (a wave's reports share a handful).
+    groups: dict[tuple[object, ...], list[int]] = {}
+    for dep in changed.values():
+        values = tuple(getattr(dep, f) for f in _REPORT_FIELDS)
+        groups.setdefault(values, []).append(dep.pk)
+    for values, ids in groups.items():
+        for start in range(0, len(ids), 500):  # keep each statement's parameters bounded
+            Deployment.objects.filter(pk__in=ids[start:start + 500]).update(
+                **dict(zip(_REPORT_FIELDS, values, strict=True)))
+    by_package: dict[int, list[int]] = {}
+    for device_id, package_id in running.items():
+        by_package.setdefault(package_id, []).append(device_id)
+    for package_id, device_ids in by_package.items():
+        for start in range(0, len(device_ids), 500):
+            Device.objects.filter(pk__in=device_ids[start:start + 500]).update(
+                running_package_id=package_id)
+    return out

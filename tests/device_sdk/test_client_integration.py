@@ -22,7 +22,7 @@ from device_sdk.client import DeviceClient
 from device_sdk.identity import DeviceIdentity, EnrollmentError, MqttCredential, enroll
 from device_sdk.protocol.events import Event, EventBatch, decode_batch
 from device_sdk.protocol.status import Capabilities, LinkState, decode_status
-from device_sdk.protocol.topics import Channel
+from device_sdk.protocol.topics import Channel, package_filter, package_topic
 from fleet.broker.mosquitto import MosquittoInstance
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -341,8 +341,8 @@ def test_an_offer_sent_while_the_device_is_away_waits_in_its_session(
     assert received.get(timeout=10) == (offer_topic, b"\x84signed-manifest")
     assert sessions == [True]
 
-    fanout = "fleet/v1/pkg/7/chunk"
-    second.subscribe("fleet/v1/pkg/7/#")
+    fanout = package_topic(7)
+    second.subscribe(package_filter(7))
     # The PUBACK says 0, not 16 ("no matching subscribers"), once the subscription is in place.
     deadline = time.monotonic() + 10
     while publisher.publish(fanout, b"\x83\x07\x00\x40").value != 0:

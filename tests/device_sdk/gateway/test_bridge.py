@@ -27,9 +27,11 @@ from device_sdk.protocol.ota_messages import (
     decode_chunk_request,
     encode_chunk,
     encode_chunk_request,
+    encode_fanout_chunk,
     encode_report,
 )
 from device_sdk.protocol.status import OFFLINE_PAYLOAD, Capabilities
+from device_sdk.protocol.topics import package_topic
 from tests.device_sdk.gateway.fake_mcu import CAPS, online_status
 
 T0 = 1_767_225_600_000
@@ -124,7 +126,7 @@ def test_upstream_frames_map_to_the_childs_topics_unchanged(
         ("fleet/v1/mcu-1/ota/report", report, False),
         ("fleet/v1/mcu-1/ota/get", request, False),
     ]
-    assert "fleet/v1/pkg/7/chunk" in uplink.filters  # the fan-out of what it downloads
+    assert package_topic(7) in uplink.filters  # the fan-out of what it downloads
 
 
 def test_offer_and_unicast_chunk_reach_the_mcu(
@@ -156,8 +158,8 @@ def test_a_signed_offer_starts_following_its_packages_fanout(
                  expires_at=T0 // 1000 + 3600, package_id=12),
         Ed25519PrivateKey.generate())
     bridge.on_message("fleet/v1/mcu-1/ota/offer", manifest)
-    assert "fleet/v1/pkg/12/chunk" in uplink.filters
-    bridge.on_message("fleet/v1/pkg/12/chunk", encode_chunk(Chunk(12, 0, PACKAGE[:4096])))
+    assert package_topic(12) in uplink.filters
+    bridge.on_message(package_topic(12), encode_fanout_chunk(Chunk(12, 0, PACKAGE[:4096])))
     drain(child.outbox)
     bridge.on_frame(child, frame(link.Kind.CHUNK_REQUEST,
                                  encode_chunk_request(ChunkRequest(12, 0, 512))))
@@ -177,7 +179,7 @@ def test_fanout_chunks_are_clipped_to_the_mtu_and_serve_later_requests_locally(
                                  encode_chunk_request(ChunkRequest(9, 0, 512))))
     forwarded = [decode_chunk_request(p) for p in uplink.on("fleet/v1/mcu-small/ota/get")]
     assert forwarded == [ChunkRequest(9, 0, 256 - CHUNK_OVERHEAD)]  # clipped before it leaves
-    bridge.on_message("fleet/v1/pkg/9/chunk", encode_chunk(Chunk(9, 0, PACKAGE[:4096])))
+    bridge.on_message(package_topic(9), encode_fanout_chunk(Chunk(9, 0, PACKAGE[:4096])))
     offset = 0
     for _ in range(3):
         [(kind, payload)] = drain(outbox)
@@ -197,11 +199,11 @@ def test_download_over_drops_the_fanout_subscription_and_cache(
     """After VERIFIED (or FAILED) nobody downloads the package: unsubscribe, forget it."""
     bridge.on_frame(child, frame(link.Kind.CHUNK_REQUEST,
                                  encode_chunk_request(ChunkRequest(5, 0, 512))))
-    bridge.on_message("fleet/v1/pkg/5/chunk", encode_chunk(Chunk(5, 0, PACKAGE[:4096])))
+    bridge.on_message(package_topic(5), encode_fanout_chunk(Chunk(5, 0, PACKAGE[:4096])))
     assert bridge.cache.size == 4096
     bridge.on_frame(child, frame(link.Kind.REPORT,
                                  encode_report(Report(5, DeploymentState.FAILED, 22))))
-    assert "fleet/v1/pkg/5/chunk" not in uplink.filters
+    assert package_topic(5) not in uplink.filters
     assert bridge.cache.size == 0
 
 
@@ -243,7 +245,7 @@ def test_malformed_downlink_is_refused_and_oversize_offers_dropped(
     """Garbage on a chunk topic or an offer larger than the MCU's MTU never reaches it."""
     drain(child.outbox)
     bridge.on_message("fleet/v1/mcu-1/ota/chunk", b"\xff\x00")
-    bridge.on_message("fleet/v1/pkg/1/chunk", cbor2.dumps([1, 0]))
+    bridge.on_message(package_topic(1), cbor2.dumps([1, 0]))
     bridge.on_message("fleet/v1/mcu-1/ota/offer", b"x" * 545)
     assert drain(child.outbox) == []
     assert bridge.counters["messages_refused"] == 2

@@ -27,8 +27,10 @@ from device_sdk.protocol.ota_messages import (
     decode_chunk_request,
     encode_chunk,
     encode_chunk_request,
+    encode_fanout_chunk,
 )
 from device_sdk.protocol.status import OFFLINE_PAYLOAD, LinkState, decode_status
+from device_sdk.protocol.topics import package_topic
 from fleet.broker.access import ServiceRole
 from fleet.broker.dynsec import DynsecAccess
 from fleet.broker.mosquitto import MosquittoInstance
@@ -154,10 +156,10 @@ def test_server_ota_traffic_reaches_the_mcu_clipped_and_cached(
     assert decode_chunk(mcu.wait_for(link.Kind.CHUNK).payload) == Chunk(3, 0, PACKAGE[:284])
 
     # The carousel's 4 KiB piece arrives once; the next requests never leave the gateway.
-    eventually(lambda: "fleet/v1/pkg/3/chunk" in gateway.uplink.filters)
+    eventually(lambda: package_topic(3) in gateway.uplink.filters)
 
     def carousel_pass() -> bool:  # the carousel repeats: one pass lands once subscribed
-        server.publish("fleet/v1/pkg/3/chunk", encode_chunk(Chunk(3, 0, PACKAGE)))
+        server.publish(package_topic(3), encode_fanout_chunk(Chunk(3, 0, PACKAGE)))
         time.sleep(0.05)
         return gateway.bridge.cache.get(3, 1000, 1) is not None
 

@@ -14,7 +14,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from device_sdk.ota.slots import SlotStore
 from device_sdk.ota.updater import OtaUpdater
 from device_sdk.protocol.cose import key_id, raw_public_key
-from device_sdk.protocol.manifest import Encoding, Manifest, rotation_for, sign_manifest, sign_rotation
+from device_sdk.protocol.manifest import (
+    Encoding,
+    Manifest,
+    rotation_for,
+    sign_manifest,
+    sign_rotation,
+)
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.transfer import encode_transfer
 
@@ -102,11 +108,32 @@ def test_download_resumes_after_a_restart_without_fetching_again(tmp_path: Path)
     updater.offer(cose)
     half = len(transfer) // 2
     assert updater.on_chunk(3, 0, transfer[:half])
+    # The process dies (kill -9) with the part file and journal still open: what it wrote is
+    # on disk all the same, because neither buffers anything in user space.
     again = device(tmp_path, model_bytes(1))  # power comes back
     assert again.resume() is not None
     assert again.wanted() == (3, half, len(transfer) - half)
     assert again.on_chunk(3, half, transfer[half:])
     assert again.verified
+    updater.close()  # the dead process's descriptors
+
+
+def test_download_files_stay_open_between_chunks_and_close_when_done(tmp_path: Path) -> None:
+    """One open of the part file and the journal per download, not per chunk."""
+    updater = device(tmp_path, model_bytes(1))
+    cose, transfer = package(model_bytes(2), 3, encoding=Encoding.RAW)
+    updater.offer(cose)
+    download = updater.download
+    assert download is not None
+    assert updater.on_chunk(3, 0, transfer[:1000])
+    files = download.files
+    assert files is not None and not any(f.closed for f in files)
+    assert updater.on_chunk(3, 1000, transfer[1000:2000])
+    assert download.files is files  # the same open files
+    feed_all(updater, transfer)
+    assert updater.verified and download.files is None and all(f.closed for f in files)
+    journal = (tmp_path / "download.ranges").read_bytes().split(b"\n")[:-1]
+    assert len(journal) == -(-len(transfer) // 1000)  # one line per chunk, appended in order
 
 
 def test_bytes_beyond_the_declared_size_are_refused_at_once(tmp_path: Path) -> None:
@@ -202,10 +229,13 @@ def test_power_cut_at_every_write_always_boots_a_valid_model(tmp_path: Path) -> 
 
     def update(folder: Path, chunk: int, hook: object) -> None:
         updater = device(folder, old, hook=hook)
-        updater.offer(cose)
-        feed_all(updater, transfer, chunk=chunk)
-        updater.install()
-        updater.finish_trial(True)
+        try:
+            updater.offer(cose)
+            feed_all(updater, transfer, chunk=chunk)
+            updater.install()
+            updater.finish_trial(True)
+        finally:
+            updater.close()  # the dead process's descriptors (unbuffered: nothing left to write)
 
     points = []
     for chunk in (256, 1000, 4096):

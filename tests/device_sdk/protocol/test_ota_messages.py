@@ -25,6 +25,7 @@ from device_sdk.protocol.ota_messages import (
     decode_report,
     encode_chunk,
     encode_chunk_request,
+    encode_fanout_chunk,
     encode_report,
 )
 from device_sdk.protocol.reasons import ProtocolError, Reason
@@ -76,6 +77,55 @@ def test_messages_round_trip(
     assert decode_chunk(encode_chunk(chunk)) == chunk
     report = Report(pkg, state, detail)
     assert decode_report(encode_report(report)) == report
+
+
+def test_fanout_chunk_golden_bytes_and_both_forms_decode() -> None:
+    """The fan-out form is the array's items without the array and byte-string headers: two
+    CBOR uints, then the data; decode_chunk tells the forms apart by their first byte."""
+    assert encode_fanout_chunk(Chunk(14, 0, b"\x01\x02")) == bytes.fromhex("0e000102")
+    assert encode_fanout_chunk(Chunk(300, 65536, b"")) == bytes.fromhex("19012c1a00010000")
+    data = bytes(range(256)) * 8  # a 2 KB chunk: 4 bytes shorter than the array form
+    chunk = Chunk(2, 100_000, data)
+    assert len(encode_chunk(chunk)) - len(encode_fanout_chunk(chunk)) == 4
+    assert decode_chunk(encode_fanout_chunk(chunk)) == decode_chunk(encode_chunk(chunk)) == chunk
+
+
+@settings(max_examples=100, deadline=None)
+@given(pkg=st.integers(0, MAX_PACKAGE_ID), offset=st.integers(0, MAX_TRANSFER_BYTES - 512),
+       data=st.binary(max_size=512))
+def test_fanout_chunks_round_trip(pkg: int, offset: int, data: bytes) -> None:
+    """Every fan-out chunk the encoder accepts decodes to an equal chunk."""
+    chunk = Chunk(pkg, offset, data)
+    assert decode_chunk(encode_fanout_chunk(chunk)) == chunk
+
+
+def test_largest_fanout_chunk_fits_its_cap() -> None:
+    chunk = Chunk(MAX_PACKAGE_ID, MAX_TRANSFER_BYTES - MAX_CHUNK_BYTES, b"\xaa" * MAX_CHUNK_BYTES)
+    payload = encode_fanout_chunk(chunk)
+    assert len(payload) <= MAX_CHUNK_MSG_BYTES
+    assert decode_chunk(payload) == chunk
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"\x01", Reason.CBOR_MALFORMED),  # no offset
+        (b"\x01\x19\x01", Reason.CBOR_MALFORMED),  # truncated offset
+        (b"\x18", Reason.CBOR_MALFORMED),  # truncated pkg
+        (b"\x01\x1c\x00", Reason.CBOR_MALFORMED),  # reserved length
+        (b"\x01\x41\x00", Reason.SCHEMA_MISMATCH),  # offset is a byte string
+        (b"\x01\x20", Reason.SCHEMA_MISMATCH),  # offset is negative
+        (cbor2.dumps(MAX_PACKAGE_ID + 1) + b"\x00", Reason.VALUE_OUT_OF_RANGE),
+        (b"\x01" + cbor2.dumps(MAX_TRANSFER_BYTES) + b"x", Reason.VALUE_OUT_OF_RANGE),
+        (b"\x01\x00" + b"x" * (MAX_CHUNK_BYTES + 1), Reason.VALUE_OUT_OF_RANGE),
+        (b"\x01\x00" + b"x" * (MAX_CHUNK_MSG_BYTES), Reason.PAYLOAD_TOO_LARGE),
+    ],
+)
+def test_fanout_chunk_refusals(payload: bytes, reason: Reason) -> None:
+    """Each way a fan-out chunk can be wrong maps to one reason code."""
+    with pytest.raises(ProtocolError) as caught:
+        decode_chunk(payload)
+    assert caught.value.reason is reason
 
 
 def test_largest_chunk_fits_its_cap() -> None:

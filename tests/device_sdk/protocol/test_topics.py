@@ -57,11 +57,12 @@ def test_every_channel_has_a_direction_and_a_cap() -> None:
 
 
 def test_package_fan_out_topics() -> None:
-    """Chunks of one package may go to a whole wave under fleet/v1/pkg/{pkg}/."""
-    assert package_topic(14) == "fleet/v1/pkg/14/chunk"
+    """Chunks of one package may go to a whole wave under fleet/v1/pkg/{pkg}/, on a topic
+    kept short: each of its bytes crosses the broker once per chunk and device."""
+    assert package_topic(14) == "fleet/v1/pkg/14/c"
     assert package_filter(14) == "fleet/v1/pkg/14/#"
-    assert parse_topic("fleet/v1/pkg/14/chunk") == PackageTopic(14, PackageChannel.CHUNK)
-    assert parse_topic(f"fleet/v1/pkg/{MAX_PACKAGE_ID}/chunk") == PackageTopic(
+    assert parse_topic("fleet/v1/pkg/14/c") == PackageTopic(14, PackageChannel.CHUNK)
+    assert parse_topic(f"fleet/v1/pkg/{MAX_PACKAGE_ID}/c") == PackageTopic(
         MAX_PACKAGE_ID, PackageChannel.CHUNK
     )
 
@@ -128,13 +129,14 @@ def test_invalid_device_ids(uid: object) -> None:
         "fleet/v1//events",
         "fleet/v1/+/events",
         "$share/ingest/fleet/v1/dev/events",
-        "fleet/v1/pkg/chunk",
-        "fleet/v1/pkg/014/chunk",
-        "fleet/v1/pkg/-1/chunk",
-        f"fleet/v1/pkg/{MAX_PACKAGE_ID + 1}/chunk",
+        "fleet/v1/pkg/c",
+        "fleet/v1/pkg/014/c",
+        "fleet/v1/pkg/-1/c",
+        f"fleet/v1/pkg/{MAX_PACKAGE_ID + 1}/c",
         "fleet/v1/pkg/1/offer",
-        "fleet/v1/pkg/1/chunk/x",
-        "fleet/v1/pkg/１/chunk",  # a full-width digit is not an ASCII digit
+        "fleet/v1/pkg/1/c/x",
+        "fleet/v1/pkg/1/chunk",  # the fan-out's name before it was shortened
+        "fleet/v1/pkg/１/c",  # a full-width digit is not an ASCII digit
         b"fleet/v1/dev/events",
         None,
     ],
@@ -149,7 +151,7 @@ def test_parse_refuses_foreign_topics(topic: object) -> None:
 def test_parse_device_topic_refuses_package_topics() -> None:
     """The per-device consumers never mistake a fan-out topic for a device's."""
     with pytest.raises(ProtocolError):
-        parse_device_topic("fleet/v1/pkg/3/chunk")
+        parse_device_topic("fleet/v1/pkg/3/c")
 
 
 @pytest.mark.parametrize(("group", "pkg"), [("a/b", 1), ("+", 1), ("", 1)])

@@ -97,3 +97,41 @@ def test_a_join_after_the_turn_starts_a_new_one_from_where_it_stopped() -> None:
     carousel.join(2, at(10), at(10))
     assert carousel.should_run(at(10), False, WAIT)
     assert [offset for offset, _ in turn(carousel, 11)] == [0, 4096, 8192]
+
+
+def test_joiners_during_a_turn_wait_for_the_next_one_while_more_may_come() -> None:
+    """A turn serves the devices counted when it started; those that join meanwhile are
+    batched into the next turn (after a pause for more), which goes on from where the first
+    ended: the carousel does not keep turning for as long as joins trickle in."""
+    carousel = PackageCarousel(size=40_960)
+    carousel.join(1, at(0), at(0))
+    quiet = timedelta(seconds=1)
+    assert not carousel.should_run(at(0.5), more_coming=True, max_wait=WAIT, quiet=quiet)
+    assert carousel.should_run(at(1.0), more_coming=True, max_wait=WAIT, quiet=quiet)  # calm
+    first = []
+    while carousel.sent < carousel.turn_end:
+        first.append(carousel.next_chunk(4096, at(1.0 + 0.01 * len(first))))
+        if len(first) == 5:
+            carousel.join(2, at(1.04), at(1.05))  # joins half-way through the turn
+        assert carousel.should_run(at(1.1), more_coming=True, max_wait=WAIT, quiet=quiet) \
+            or carousel.sent >= carousel.turn_end
+    assert covered(first, 40_960) and carousel.pending > 0  # device 2 still lacks the head
+    assert not carousel.running  # paused: more may come
+    carousel.join(3, at(1.5), at(1.5))
+    assert not carousel.should_run(at(2.0), more_coming=True, max_wait=WAIT, quiet=quiet)
+    assert carousel.should_run(at(2.6), more_coming=True, max_wait=WAIT, quiet=quiet)
+    second = turn(carousel, 2.6)
+    assert covered(second, 40_960)  # device 3 joined between turns: a whole length
+    assert sum(length for _, length in first + second) == 2 * 40_960
+
+
+def test_without_more_to_come_the_turn_goes_on_for_late_joiners() -> None:
+    carousel = PackageCarousel(size=40_960)
+    carousel.join(1, at(0), at(0))
+    assert carousel.should_run(at(0), more_coming=False, max_wait=WAIT)
+    carousel.next_chunk(4096, at(0.01))
+    carousel.join(2, at(0.015), at(0.02))
+    assert carousel.should_run(at(0.03), more_coming=False, max_wait=WAIT)  # no pause
+    chunks = [(0, 4096)] + turn(carousel, 0.03)
+    assert not carousel.should_run(at(1), more_coming=False, max_wait=WAIT)
+    assert sum(length for _, length in chunks) == 40_960 + 4096  # the part device 2 missed

@@ -18,9 +18,14 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from device_sdk.protocol.ota_messages import (
-    Chunk, ChunkRequest, DeploymentState, decode_chunk, encode_chunk_request,
+    Chunk,
+    ChunkRequest,
+    DeploymentState,
+    decode_chunk,
+    encode_chunk_request,
 )
 from device_sdk.protocol.reasons import Reason
+from device_sdk.protocol.topics import package_topic
 from fleet.broker.worker import Received
 from fleet.devices.models import Device, HardwareProfile
 from fleet.telemetry.models import Rollup
@@ -79,7 +84,7 @@ def fleet_on_v1(versions: tuple[ModelVersion, ModelVersion]) -> list[Device]:
 @pytest.fixture(autouse=True)
 def _run_on_commit(django_capture_on_commit_callbacks: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run the controller's after-commit publishes, as a real (committing) worker would."""
-    import ota.rollouts.controller as controller
+    from ota.rollouts import controller
 
     real_step = controller.step
 
@@ -286,7 +291,7 @@ def test_carousel_turns_once_for_a_rate_limited_wave_of_joiners(
     package = Package.objects.get(rollouts=rollout)
     size = len(artifact_storage().get(package.transfer_sha256))
     delivery = OtaDelivery(publisher, max_wait_s=0.3, carousel_bytes_per_s=10**9)
-    fanout = f"fleet/v1/pkg/{package.pk}/chunk"
+    fanout = package_topic(package.pk)
 
     def chunks() -> list[Chunk]:
         return [decode_chunk(p) for t, p in publisher.sent if t == fanout]
@@ -300,3 +305,34 @@ def test_carousel_turns_once_for_a_rate_limited_wave_of_joiners(
     assert delivery.carousel_tick() == 0  # all served: quiet
     assert b"".join(c.data for c in sorted(chunks(), key=lambda c: c.offset)) == \
         artifact_storage().get(package.transfer_sha256)
+
+
+def test_a_batch_of_reports_applies_like_one_report_at_a_time(
+    versions: Any, fleet_on_v1: list[Device],
+) -> None:
+    """The worker applies a batch of reports in one go: a device's several steps in one batch,
+    repeats and steps out of order, unknown packages and failures end as if applied singly."""
+    from ota.rollouts.delivery import apply_reports
+
+    rollout = new_rollout(versions, fleet_on_v1, waves=[100])
+    step(rollout.pk, RecordingPublisher())
+    deps = list(Deployment.objects.filter(rollout=rollout).order_by("id"))
+    a, b, c, d = deps[:4]
+    S = DeploymentState
+    reports = [
+        *[(a.device_id, a.package_id, s, 0) for s in (S.DOWNLOADING, S.VERIFIED, S.INSTALLED,
+                                                      S.TRIAL, S.CONFIRMED)],
+        (a.device_id, a.package_id, S.DOWNLOADING, 0),  # late repeat: stays confirmed
+        (b.device_id, b.package_id, S.TRIAL, 0),
+        (b.device_id, b.package_id, S.VERIFIED, 0),  # out of order: the furthest state stays
+        (c.device_id, c.package_id, S.FAILED, int(Reason.TRIAL_FAILED)),
+        (d.device_id, d.package_id + 999, S.CONFIRMED, 0),  # never offered
+    ]
+    assert apply_reports(reports) == [True] * 9 + [False]
+    for dep in (a, b, c, d):
+        dep.refresh_from_db()
+    assert (a.state, b.state, c.state, d.state) == (S.CONFIRMED, S.TRIAL, S.FAILED, S.OFFERED)
+    assert c.reason == Reason.TRIAL_FAILED and a.confirmed_at is not None
+    assert Device.objects.get(pk=a.device_id).running_package_id == a.package_id
+    assert Device.objects.get(pk=b.device_id).running_package_id != b.package_id
+    assert apply_reports([]) == []
