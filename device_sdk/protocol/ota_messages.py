@@ -132,26 +132,26 @@ def decode_chunk_request(payload: bytes) -> ChunkRequest:
     return ChunkRequest(pkg, offset, length)
 
 
-def encode_chunk(chunk: Chunk) -> bytes:
-    """Encode a chunk of at most MAX_CHUNK_BYTES data bytes."""
+def _checked_chunk(chunk: Chunk) -> tuple[int, int, bytes]:
+    """Return a chunk's (pkg, offset, data) once every field is in range for the wire."""
     pkg = coerce_uint(chunk.pkg, "pkg", MAX_PACKAGE_ID)
     offset = coerce_uint(chunk.offset, "offset", MAX_TRANSFER_BYTES)
     if not isinstance(chunk.data, bytes | bytearray | memoryview):
         raise ProtocolError(Reason.SCHEMA_MISMATCH, "data: expected bytes")
     data = wire_bytes(bytes(chunk.data), "data", MAX_CHUNK_BYTES)
     _check_span(offset, len(data))
-    return cbor2.dumps([pkg, offset, data])
+    return pkg, offset, data
+
+
+def encode_chunk(chunk: Chunk) -> bytes:
+    """Encode a chunk of at most MAX_CHUNK_BYTES data bytes."""
+    return cbor2.dumps(list(_checked_chunk(chunk)))
 
 
 def encode_fanout_chunk(chunk: Chunk) -> bytes:
     """Encode a chunk in the package fan-out's form: CBOR uints ``pkg`` and ``offset``, then
     the data bytes as they are."""
-    pkg = coerce_uint(chunk.pkg, "pkg", MAX_PACKAGE_ID)
-    offset = coerce_uint(chunk.offset, "offset", MAX_TRANSFER_BYTES)
-    if not isinstance(chunk.data, bytes | bytearray | memoryview):
-        raise ProtocolError(Reason.SCHEMA_MISMATCH, "data: expected bytes")
-    data = wire_bytes(bytes(chunk.data), "data", MAX_CHUNK_BYTES)
-    _check_span(offset, len(data))
+    pkg, offset, data = _checked_chunk(chunk)
     return cbor2.dumps(pkg) + cbor2.dumps(offset) + data
 
 
