@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.ingest_publisher import START_MS
+from bench.lab import cpu_seconds
 
 READY_LINE = "subscriptions granted"
 
@@ -220,7 +221,7 @@ class Run:
             f"{(batches - 1) * a.devices} batches of {a.per_batch}, {a.publishers} publishers"
             f" (after a warm-up batch per device)")
         worker_cpu = -sum(cpu_seconds(w.pid) for w in workers)
-        worker_main_cpu = -sum(thread_cpu_seconds(w.pid, w.pid) for w in workers)
+        worker_main_cpu = -sum(cpu_seconds(w.pid, w.pid) for w in workers)
         broker_cpu = -cpu_seconds(self.broker.pid)
         db_cpu = -postgres_cpu_seconds()
         publisher_cpu = -sum(cpu_seconds(p.pid) for p in publishers)
@@ -236,7 +237,7 @@ class Run:
                      for p in publishers]
         time.sleep(0.5)  # anything redelivered late would land now
         worker_cpu += sum(cpu_seconds(w.pid) for w in workers)
-        worker_main_cpu += sum(thread_cpu_seconds(w.pid, w.pid) for w in workers)
+        worker_main_cpu += sum(cpu_seconds(w.pid, w.pid) for w in workers)
         broker_cpu += cpu_seconds(self.broker.pid)
         db_cpu += postgres_cpu_seconds()
         for worker, name in zip(workers, names, strict=True):
@@ -324,25 +325,6 @@ class Run:
                 time.sleep(0.005)
         finally:
             conn.close()
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """Return the CPU time (user + system) a process has used so far."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def thread_cpu_seconds(pid: int | None, tid: int) -> float:
-    """Return the CPU time one thread of a process has used so far (0 once it is gone)."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def postgres_cpu_seconds() -> float:

@@ -139,12 +139,14 @@ def write_dynsec_devices(path: Path, devices: dict[str, str]) -> float:
     return time.monotonic() - started
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """Return the CPU seconds (user + system) process ``pid`` has used so far (0 if gone)."""
+def cpu_seconds(pid: int | None, tid: int | None = None) -> float:
+    """Return the CPU seconds (user + system) process ``pid`` has used so far, or only its
+    thread ``tid`` (0 once gone)."""
     if pid is None:
         return 0.0
+    stat = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -812,7 +812,7 @@ def main() -> None:
         if fleet is not None:
             try:
                 fleet.stop()
-            except Exception as exc:  # keep stopping the rest
+            except Exception as exc:  # noqa: BLE001 (keep stopping the rest)
                 log(f"simulator stop failed: {exc!r}")
         stop_worker(worker)
         broker.stop()

@@ -75,6 +75,7 @@ sys.path.insert(0, str(ROOT))
 
 from lab import (  # bench/ is this script's folder
     bench_broker,
+    cpu_seconds,
     finish,
     recorded_broker_steps,
     setup_django,
@@ -117,12 +118,6 @@ def model_path() -> Path:
 
 
 # -- process figures --------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """Return user + system CPU seconds of process ``pid`` (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int | str = "self") -> float:
