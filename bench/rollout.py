@@ -454,13 +454,13 @@ def _enroll(indexes: range, devices: int, sim: Any, server: str, v1_package_id: 
 def fanout_server_bytes(package_id: int, fanout_bytes: int, chunk: int) -> int:
     """Bytes of the worker's own fan-out publishes (one copy per chunk, QoS 1, and their
     PUBACKs), rebuilt from the bytes it counted: each message framed as delivery frames it."""
-    from device_sdk.link import _publish_size
+    from device_sdk.lean_client import publish_size
     from device_sdk.protocol.ota_messages import Chunk, encode_fanout_chunk
     from device_sdk.protocol.topics import package_topic
 
     messages = -(-fanout_bytes // chunk)
     framing = len(encode_fanout_chunk(Chunk(package_id, 65_536, bytes(chunk)))) - chunk
-    per_message = _publish_size(package_topic(package_id), chunk + framing, qos=1) - chunk
+    per_message = publish_size(package_topic(package_id), chunk + framing, qos=1) - chunk
     return fanout_bytes + messages * (per_message + 4)
 
 

@@ -33,7 +33,7 @@ class SharedTableProperties(Properties):
     names: Any = _TABLES.names
     properties: Any = _TABLES.properties
 
-    def __init__(self, packetType: int) -> None:  # noqa: N803 (paho's name)
+    def __init__(self, packetType: int) -> None:  # paho's parameter name
         self.packetType = packetType
 
     def clear(self) -> None:

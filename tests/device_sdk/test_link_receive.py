@@ -8,7 +8,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from device_sdk.link import WireTally, _LeanClient
+from device_sdk.lean_client import LeanClient, WireTally
 from device_sdk.protocol.ota_messages import Chunk, encode_fanout_chunk
 from device_sdk.protocol.topics import package_topic
 
@@ -48,8 +48,8 @@ class FakeSocket:
         pass
 
 
-def client_reading(data: bytes, tally: WireTally | None = None) -> tuple[_LeanClient, list[Any]]:
-    client = _LeanClient(CallbackAPIVersion.VERSION2, client_id="d", protocol=mqtt.MQTTv5,
+def client_reading(data: bytes, tally: WireTally | None = None) -> tuple[LeanClient, list[Any]]:
+    client = LeanClient(CallbackAPIVersion.VERSION2, client_id="d", protocol=mqtt.MQTTv5,
                          tally=tally)
     got: list[Any] = []
     client.on_plain_message = lambda c, topic, payload: got.append(("plain", topic, payload))
