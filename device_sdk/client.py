@@ -34,6 +34,11 @@ Topics: batches and OTA requests use MQTT 5 topic aliases when the broker offers
 the first of a connection their topic costs 5 bytes instead of ~38; the resend after a
 reconnect names the topic again, because aliases die with their connection
 (:mod:`device_sdk.link`). The retained status keeps its full topic, as the will must.
+
+Status: the first status of each connection carries the capabilities; later ones on the same
+connection (:meth:`DeviceClient.set_model` after an OTA update, :meth:`update_status`) leave
+them out, which the protocol reads as "unchanged" (``device_sdk/protocol/CDDL.md``): they change
+only with the firmware, so never within one connection, and the server already has them.
 """
 
 from __future__ import annotations
@@ -179,6 +184,7 @@ class DeviceClient:
         self._window = max(inflight, 1)
         self._inflight: dict[int, OutboxEntry] = {}  # message id -> entry (network thread)
         self._cursor = 0  # highest outbox id sent on this connection (network thread)
+        self._capabilities_sent = False  # on this connection's status (network thread)
         self._up = threading.Event()
         self._drained = threading.Condition()
         self._tick: Timer | None = None
@@ -288,8 +294,9 @@ class DeviceClient:
         return ClientStats(s.events, s.messages, s.published, s.acked, s.rejected,
                            self.link.connects, len(self.outbox), self.outbox.dropped)
 
-    def status(self, state: LinkState = LinkState.ONLINE) -> Status:
-        """Return the status this device publishes."""
+    def status(self, state: LinkState = LinkState.ONLINE, *,
+               with_capabilities: bool = True) -> Status:
+        """Return the status this device publishes, with or without its capabilities."""
         return Status(
             state=state,
             model=self.model,
@@ -297,7 +304,7 @@ class DeviceClient:
             uptime_s=int(time.monotonic() - self._started_at),
             free_ram=_free_ram(),
             seq=self.manifest_seq,
-            capabilities=self.capabilities,
+            capabilities=self.capabilities if with_capabilities else None,
         )
 
     # -- internals ------------------------------------------------------------------------
@@ -337,14 +344,20 @@ class DeviceClient:
 
     def _publish_status(self) -> None:
         # Full topic, no alias: retained and sent about once per connection, like the will.
-        if self.link.connected:
-            self.link.publish(self.status_topic, encode_status(self.status()), retain=True)
+        if not self.link.connected:
+            return
+        status = self.status(with_capabilities=not self._capabilities_sent)
+        if self.link.publish(self.status_topic, encode_status(status), retain=True) is not None:
+            # Once paho took it, QoS 1 delivers it on this connection or the next one starts
+            # over with the capabilities (link_up).
+            self._capabilities_sent = True
 
     # -- LinkListener (network thread) ----------------------------------------------------
 
     def link_up(self, session_present: bool) -> None:
         self._inflight.clear()
         self._cursor = 0
+        self._capabilities_sent = False  # every connection's first status carries them
         self._publish_status()
         self._up.set()
         log.log(self._chatter, "%s: online (%d queued messages)", self.uid, len(self.outbox))

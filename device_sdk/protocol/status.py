@@ -2,9 +2,13 @@
 
 The status is a CBOR map with text keys (CDDL in ``CDDL.md``). The capability keys are
 spelled exactly as at enrollment (DESIGN.md "Fixed interfaces"), so :func:`parse_capabilities`
-checks the enrollment JSON and the status map alike. An online status carries everything; the
-broker's last will is the offline status alone, ``{"state": 0}`` (8 bytes). Readers ignore
-text keys they do not know, so newer firmware can add fields within v1.
+checks the enrollment JSON and the status map alike. The capability keys travel as a group:
+all six or none. An online status carries the presence fields (slot, uptime, free RAM, manifest
+sequence) and, on the first status of each MQTT connection, the capabilities; later statuses on
+the same connection (after a model switch, say) leave them out, which means "unchanged since my
+last status that carried them": they change only with the firmware, that is across a reboot and
+so a reconnect. The broker's last will is the offline status alone, ``{"state": 0}`` (8 bytes).
+Readers ignore text keys they do not know, so newer firmware can add fields within v1.
 """
 
 from __future__ import annotations
@@ -84,8 +88,10 @@ class Capabilities:
 class Status:
     """A device's state as it publishes it, retained by the broker.
 
-    Online, every field but ``model`` is required (``model`` is None when no model runs).
-    Offline, every field but ``state`` is optional: the last will carries only the state.
+    Online, every field but ``model`` and ``capabilities`` is required (``model`` is None when
+    no model runs; ``capabilities`` is None when unchanged since the device's last status that
+    carried them, which the first status of every connection does). Offline, every field but
+    ``state`` is optional: the last will carries only the state.
     """
 
     state: LinkState
@@ -94,7 +100,7 @@ class Status:
     uptime_s: int | None = None
     free_ram: int | None = None  # bytes
     seq: int | None = None  # sequence of the manifest installed (anti-rollback)
-    capabilities: Capabilities | None = None
+    capabilities: Capabilities | None = None  # None: unchanged (see above)
 
 
 def parse_capabilities(fields: Mapping[str, object]) -> Capabilities:
@@ -175,14 +181,26 @@ def _status_from(fields: Mapping[str, object]) -> Status:
     uptime_s = _optional_uint(fields, "uptime_s", MAX_UINT63)
     free_ram = _optional_uint(fields, "free_ram", MAX_UINT63)
     seq = _optional_uint(fields, "seq", MAX_UINT63)
-    has_caps = any(key in fields for key in CAPABILITY_KEYS)
-    caps = parse_capabilities(fields) if has_caps else None
+    caps = _optional_capabilities(fields)
     if state is LinkState.ONLINE:
         missing = [key for key in _ONLINE_REQUIRED if key not in fields]
-        missing += [] if has_caps else ["capabilities"]
         if missing:
             raise ProtocolError(Reason.SCHEMA_MISMATCH, f"online status: missing {missing}")
     return Status(state, model, slot, uptime_s, free_ram, seq, caps)
+
+
+def _optional_capabilities(fields: Mapping[str, object]) -> Capabilities | None:
+    # All six keys or none: a partial set is a truncated or confused writer, never "unchanged".
+    present = [key for key in CAPABILITY_KEYS if key in fields]
+    if not present:
+        return None
+    if len(present) < len(CAPABILITY_KEYS):
+        missing = [key for key in CAPABILITY_KEYS if key not in fields]
+        raise ProtocolError(
+            Reason.SCHEMA_MISMATCH,
+            f"status: capabilities are all six keys or none; missing {', '.join(missing)}",
+        )
+    return parse_capabilities(fields)
 
 
 def _optional_uint(fields: Mapping[str, object], key: str, maximum: int) -> int | None:

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 def apply_status(device_id: int, status: Status, received_at: datetime) -> None:
     """Record presence, capabilities and the running package a device reports.
 
+    A status without capabilities (every one but the first of a connection) means they are
+    unchanged: the stored ones, from enrollment or an earlier status, stay as they are.
     Presence changes are frequent and not audited; a change of firmware is.
     """
     device = Device.objects.select_for_update().filter(pk=device_id).first()
@@ -41,7 +43,7 @@ def apply_status(device_id: int, status: Status, received_at: datetime) -> None:
     if device.first_seen is None:
         device.first_seen = received_at
         fields.append("first_seen")
-    if status.capabilities is not None:
+    if status.capabilities is not None:  # None: unchanged, never a reason to clear them
         caps = asdict(status.capabilities)
         if caps.get("firmware_version") != device.firmware_version and device.firmware_version:
             record_audit(actor=None, actor_label=f"device:{device.uid}",

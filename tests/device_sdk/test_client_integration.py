@@ -1,6 +1,7 @@
 """The device client against the real server and broker: enrollment over HTTP, MQTT 5 over TLS,
-retained status with capabilities, event batches, the last will, and an outage survived by the
-outbox (queued, kept across a restart, drained in order without duplicates)."""
+retained status (capabilities on the first of each connection), event batches, the last will,
+and an outage survived by the outbox (queued, kept across a restart, drained in order without
+duplicates)."""
 
 from __future__ import annotations
 
@@ -308,6 +309,47 @@ def test_an_abrupt_drop_publishes_the_last_will_and_the_device_comes_back(
     client.link.abort()  # the TCP connection ends without DISCONNECT, as in a power cut
     watcher.collect(is_status(LinkState.OFFLINE, status_topic))
     watcher.collect(is_status(LinkState.ONLINE, status_topic))  # reconnected on its own
+    assert client.link.connects == 2
+    client.stop()
+
+
+def test_capabilities_ride_on_the_first_status_of_each_connection_only(
+    fleet_server: str, token: str, tmp_path: Path, monitor: Any, uid: Callable[[str], str],
+    make_client: Callable[..., DeviceClient],
+) -> None:
+    """The status at connect carries the capabilities; the one after a model switch leaves
+    them out (unchanged); after a reconnect the first status carries them again."""
+    identity = enroll(fleet_server, token, state_dir=tmp_path, hardware="stm32f746",
+                      capabilities=CAPS, uid=uid("lean"))
+    status_topic = f"fleet/v1/{identity.device_id}/status"
+    watcher = monitor(status_topic)
+
+    def statuses(count: int) -> list[Any]:
+        watcher.collect(lambda ms: len(watcher.on(status_topic)) >= count)
+        return [decode_status(p) for p in watcher.on(status_topic)]
+
+    client = make_client(identity, tmp_path)
+    client.start()
+    assert client.wait_connected(10), client.link.last_error
+    first = statuses(1)[0]
+    assert (first.state, first.model, first.capabilities) == (LinkState.ONLINE, 0, CAPS)
+
+    client.set_model(7, manifest_seq=3)  # what the OTA agent does once a package is confirmed
+    switched = statuses(2)[1]
+    assert (switched.state, switched.model, switched.seq) == (LinkState.ONLINE, 7, 3)
+    assert switched.capabilities is None
+    client.update_status()
+    assert statuses(3)[2].capabilities is None
+
+    client.link.abort()  # a dropped connection: the will, then a new connection
+    watcher.collect(is_status(LinkState.OFFLINE, status_topic))
+    watcher.collect(is_status(LinkState.ONLINE, status_topic))
+    will, again = statuses(5)[3:5]
+    assert (will.state, will.capabilities) == (LinkState.OFFLINE, None)
+    assert (again.state, again.model, again.seq, again.capabilities) == (
+        LinkState.ONLINE, 7, 3, CAPS)
+    client.set_model(8)
+    assert statuses(6)[5].capabilities is None
     assert client.link.connects == 2
     client.stop()
 

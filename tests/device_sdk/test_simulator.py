@@ -58,7 +58,8 @@ def test_twenty_devices_each_send_decodable_batches_and_a_restart_continues_them
         assert all(isinstance(m, EventBatch) and m.model == 0 for m in messages)
         assert all(0 <= e.label < 4 for m in messages for e in m.events)  # type: ignore[union-attr]
     assert sum(len(m.events) for ms in first_run.values() for m in ms) == totals.events  # type: ignore[union-attr]
-    # Every device said online (with its capabilities) and, once stopped, offline.
+    # Every device said online (its first status on a connection carries its capabilities) and,
+    # once stopped, offline.
     statuses = [(m.topic.split("/")[2], decode_status(bytes(m.payload))) for m in watcher.messages
                 if m.topic.endswith("/status")]
     assert {uid for uid, s in statuses if s.state is LinkState.ONLINE} == ids

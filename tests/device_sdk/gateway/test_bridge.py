@@ -30,7 +30,13 @@ from device_sdk.protocol.ota_messages import (
     encode_fanout_chunk,
     encode_report,
 )
-from device_sdk.protocol.status import OFFLINE_PAYLOAD, Capabilities
+from device_sdk.protocol.status import (
+    OFFLINE_PAYLOAD,
+    Capabilities,
+    LinkState,
+    Status,
+    encode_status,
+)
 from device_sdk.protocol.topics import package_topic
 from tests.device_sdk.gateway.fake_mcu import CAPS, online_status
 
@@ -224,6 +230,26 @@ def test_a_child_not_yet_admitted_is_held_then_flushed_in_order(uplink: Recordin
     assert [t for t, _, _ in uplink.published] == ["fleet/v1/mcu-new/status",
                                                    "fleet/v1/mcu-new/events"]
     assert "fleet/v1/mcu-new/ota/offer" in uplink.filters
+
+
+def test_a_status_without_capabilities_is_relayed_and_admission_waits_for_a_full_one(
+    uplink: RecordingUplink,
+) -> None:
+    """Statuses may leave the capabilities out (unchanged): relayed as they are, the child's
+    known capabilities kept; admission, which needs them, waits for a status that has them."""
+    admissions = Admissions()
+    bridge = Bridge(uplink, admission=admissions)
+    child = bridge.attach("mcu-lean", 544, "socket://lean", queue.SimpleQueue())
+    lean = encode_status(Status(LinkState.ONLINE, 3, 0, 9, 4096, 1))
+    bridge.on_frame(child, frame(link.Kind.STATUS, lean))
+    assert (admissions.requested, uplink.published) == ([], [])
+    bridge.on_frame(child, frame(link.Kind.STATUS, online_status()))
+    bridge.on_frame(child, frame(link.Kind.STATUS, lean))
+    assert admissions.requested == [("mcu-lean", CAPS)]
+    bridge.admitted("mcu-lean")
+    bridge.on_frame(child, frame(link.Kind.STATUS, lean))
+    assert uplink.on("fleet/v1/mcu-lean/status") == [lean, lean]  # the newest held, then live
+    assert child.capabilities == CAPS
 
 
 def test_port_closed_publishes_offline_and_parks_offers(

@@ -79,6 +79,7 @@ DECODERS: dict[str, tuple[Callable[[bytes], object], tuple[type, ...]]] = {
     "summary": (decode_summary, (Summary,)),
     "summary_v1": (decode_summary, (Summary,)),
     "status": (decode_status, (Status,)),
+    "status_lean": (decode_status, (Status,)),  # without the capabilities (later statuses)
     "chunk_request": (decode_chunk_request, (ChunkRequest,)),
     "chunk": (decode_chunk, (Chunk,)),
     "report": (decode_report, (Report,)),
@@ -122,6 +123,7 @@ VALID: dict[str, bytes] = {
             Capabilities("fw", "tflm", ["ADD", "CONV_2D"], 4096, 65536, 32),
         )
     ),
+    "status_lean": encode_status(Status(LinkState.ONLINE, 4, 0, 10, 2048, 3)),
     "chunk_request": encode_chunk_request(ChunkRequest(7, 1024, 512)),
     "chunk": encode_chunk(Chunk(7, 1024, b"\x00\x01\x02" * 20)),
     "report": encode_report(Report(7, DeploymentState.FAILED, Reason.MODEL_DIGEST_MISMATCH)),

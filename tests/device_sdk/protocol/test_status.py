@@ -1,4 +1,5 @@
-"""Device status: the retained map, its last-will form, capabilities and every refusal."""
+"""Device status: the retained map, its last-will form, capabilities (all or none) and every
+refusal."""
 
 from __future__ import annotations
 
@@ -39,6 +40,16 @@ ONLINE_HEX = (
     "6c706f696e7465725f62697473 1820"  # pointer_bits: 32
     "6c74666c6d5f76657273696f6e 64322e3136"  # tflm_version: "2.16"
     "706669726d776172655f76657273696f6e 65312e322e30"  # firmware_version: "1.2.0"
+)
+# The same status without the capabilities: six keys.
+LEAN_HEX = (
+    "a6"
+    "63736571 05"  # seq: 5
+    "64736c6f74 01"  # slot: 1
+    "656d6f64656c 0c"  # model: 12
+    "657374617465 01"  # state: 1 (online)
+    "68667265655f72616d 19c800"  # free_ram: 51200
+    "6875707469 6d655f73 190e10"  # uptime_s: 3600
 )
 
 
@@ -86,6 +97,8 @@ def test_wire_values_of_link_state() -> None:
         replace(ONLINE, capabilities=replace(CAPS, ops=[], tflm_version="", pointer_bits=64)),
         Status(LinkState.OFFLINE, uptime_s=10),
         Status(LinkState.OFFLINE, capabilities=CAPS),
+        replace(ONLINE, capabilities=None),
+        replace(ONLINE, model=None, capabilities=None),
     ],
 )
 def test_status_round_trips(status: Status) -> None:
@@ -103,6 +116,32 @@ def test_model_may_be_null() -> None:
     """A device running no model says so with null (or by leaving the key out)."""
     assert decode_status(cbor2.dumps(_fields(model=None))).model is None
     assert decode_status(cbor2.dumps(_fields(model=_DROP))).model is None
+
+
+def test_an_online_status_may_leave_out_all_the_capabilities() -> None:
+    """Later statuses of a connection omit the capabilities as a group: None, "unchanged".
+    Those bytes are the status with the six capability keys removed, nothing else."""
+    lean = replace(ONLINE, capabilities=None)
+    payload = encode_status(lean)
+    assert cbor2.loads(payload) == {
+        k: v for k, v in cbor2.loads(encode_status(ONLINE)).items() if k not in CAPABILITY_KEYS
+    }
+    assert payload == bytes.fromhex(LEAN_HEX.replace(" ", ""))  # 50 bytes instead of 174
+    assert decode_status(payload) == lean
+    assert decode_status(payload).capabilities is None
+
+
+@pytest.mark.parametrize("kept", [(key,) for key in CAPABILITY_KEYS] + [CAPABILITY_KEYS[:5]])
+def test_a_partial_set_of_capabilities_is_refused(kept: tuple[str, ...]) -> None:
+    """All six keys or none: one to five of them is SCHEMA_MISMATCH, naming what is missing,
+    online and offline alike."""
+    fields = {k: v for k, v in _fields().items() if k not in CAPABILITY_KEYS or k in kept}
+    for state in (1, 0):
+        with pytest.raises(ProtocolError) as caught:
+            decode_status(cbor2.dumps({**fields, "state": state}))
+        assert caught.value.reason is Reason.SCHEMA_MISMATCH
+        assert "all six keys or none" in caught.value.detail
+        assert all(key in caught.value.detail for key in CAPABILITY_KEYS if key not in kept)
 
 
 def test_capabilities_parse_from_enrollment_json() -> None:
@@ -139,9 +178,10 @@ def test_capabilities_parse_from_enrollment_json() -> None:
         (cbor2.dumps({f"k{i}": 0 for i in range(40)} | {"state": 0}), Reason.VALUE_OUT_OF_RANGE),
         (cbor2.dumps(_fields(slot=_DROP)), Reason.SCHEMA_MISMATCH),  # online needs all
         (cbor2.dumps(_fields(ops=_DROP)), Reason.SCHEMA_MISMATCH),  # capabilities: all or none
+        (cbor2.dumps(_fields(pointer_bits=_DROP)), Reason.SCHEMA_MISMATCH),
         (
-            cbor2.dumps({k: v for k, v in _fields().items() if k not in CAPABILITY_KEYS}),
-            Reason.SCHEMA_MISMATCH,
+            cbor2.dumps({k: v for k, v in _fields(seq=_DROP).items() if k not in CAPABILITY_KEYS}),
+            Reason.SCHEMA_MISMATCH,  # without capabilities, the presence fields still needed
         ),
         (cbor2.dumps(_fields(slot=None)), Reason.SCHEMA_MISMATCH),
         (cbor2.dumps(_fields(uptime_s=1.5)), Reason.SCHEMA_MISMATCH),
@@ -172,8 +212,8 @@ def test_decoder_refuses_with_a_reason(payload: bytes, reason: Reason) -> None:
 @pytest.mark.parametrize(
     ("status", "reason"),
     [
-        (replace(ONLINE, capabilities=None), Reason.SCHEMA_MISMATCH),
         (replace(ONLINE, free_ram=None), Reason.SCHEMA_MISMATCH),
+        (replace(ONLINE, capabilities=None, slot=None), Reason.SCHEMA_MISMATCH),
         (replace(ONLINE, slot=3), Reason.VALUE_OUT_OF_RANGE),
         (replace(ONLINE, uptime_s=-5), Reason.VALUE_OUT_OF_RANGE),
         (replace(ONLINE, capabilities=replace(CAPS, ops=["Conv"])), Reason.VALUE_OUT_OF_RANGE),
