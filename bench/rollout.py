@@ -17,7 +17,7 @@ What runs (all started here, all stopped at the end, even on error):
   process up to 2,000 devices, else split over ``--sim-processes`` children (default 2; one
   Python process takes at most one core's worth of devices); the devices' files (slots,
   download, identity, outbox) in /dev/shm, standing for each device's own flash (see
-  ``sim_state_dir``). Django runs with DEBUG off, as in production.
+  ``rollout_fleet.sim_state_dir``). Django runs with DEBUG off, as in production.
 
 The rollout offers v2 to every device in one wave of 100 % (offers_per_minute = 1,000,000,
 max_concurrent >= devices). Its package is built with encoding RAW just before the rollout is
@@ -41,10 +41,10 @@ Figures (one JSON object per line at the end):
   fan-out and unicast chunks with their framing, acks, pings, the monitor's own $SYS messages,
   and the little telemetry the devices send meanwhile. ``broker_bytes_sent`` and
   ``broker_bytes_received`` are printed too. Its ``breakdown`` says where the bytes went, by
-  kind of message (``wire_breakdown``): every packet the devices sent and received, counted
-  whole by device_sdk.link.WireTally, plus the worker's leg of the same messages rebuilt from
-  them; ``unattributed`` is the rest of the broker's count (the $SYS updates, bytes still in
-  flight when the run ends). The shares add up to ``wire_overhead``.
+  kind of message (``rollout_wire.wire_breakdown``): every packet the devices sent and
+  received, counted whole by device_sdk.link.WireTally, plus the worker's leg of the same
+  messages rebuilt from them; ``unattributed`` is the rest of the broker's count (the $SYS
+  updates, bytes still in flight when the run ends). The shares add up to ``wire_overhead``.
 - ``rollout_cpu_seconds``: CPU seconds of each process (this one, the worker, the broker,
   the simulator children) over the rollout, with the load average: wall-clock figures on a
   shared 2-core box are read against these.
@@ -53,13 +53,15 @@ Figures (one JSON object per line at the end):
 Run: ``.venv/bin/python bench/rollout.py [--quick] [--devices N] [--sim-processes P]``
 (quick: 100 devices).
 FLEET_BENCH_KEEP=1 keeps the temporary folder (logs, database) for a look afterwards.
+This file is the entry point and the run's phases; the simulated fleet and its enrollment
+are in ``bench/rollout_fleet.py``, the broker byte counters and the wire breakdown in
+``bench/rollout_wire.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import secrets
 import shutil
@@ -67,7 +69,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -75,16 +76,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lab import (  # bench/ is this script's folder
-    CpuMeter,
-    bench_broker,
-    finish,
-    recorded_broker_steps,
-    setup_django,
-    write_dynsec_devices,
+from lab import CpuMeter, bench_broker, finish, setup_django  # bench/ is this script's folder
+from rollout_fleet import (
+    BULK_ENROLL_OVER,
+    LocalFleet,
+    ProcessFleet,
+    enroll,
+    run_sim_process,
+    sim_config,
+    sim_state_dir,
 )
+from rollout_wire import SysMonitor, fanout_server_bytes, wire_breakdown
 
-BULK_ENROLL_OVER = 2000  # devices; above, enroll in bulk (see enroll())
 HIDDEN = 2100  # Dense 16-2100-4 int8 (per-channel scales and zero points included): ~100 KB
 HARDWARE = "stm32f746"  # default class; --hardware picks another (the fan-out chunk follows it)
 READY_LINE = "subscriptions granted"
@@ -147,212 +150,6 @@ def models() -> tuple[bytes, bytes, bytes]:
     return v1, v2, v3
 
 
-# -- broker byte counters ------------------------------------------------------------------
-
-
-class SysMonitor:
-    """Follow $SYS/broker/bytes/{received,sent} (published every sys_interval seconds)."""
-
-    TOPICS = ("$SYS/broker/bytes/received", "$SYS/broker/bytes/sent")
-
-    def __init__(self, broker: Any) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        self.values: dict[str, tuple[int, float]] = {}
-        self.cond = threading.Condition()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sys-monitor",
-                                  protocol=mqtt.MQTTv5)
-        self.client.username_pw_set(broker.admin_username, broker.admin_password)
-        self.subscribed = threading.Event()
-        self.granted: list[Any] = []
-
-        def on_subscribe(client: Any, userdata: Any, mid: int, rcs: list[Any], props: Any) -> None:
-            self.granted = list(rcs)
-            self.subscribed.set()
-
-        def on_message(client: Any, userdata: Any, message: Any) -> None:
-            with self.cond:
-                self.values[message.topic] = (int(message.payload), time.monotonic())
-                self.cond.notify_all()
-
-        self.client.on_subscribe = on_subscribe
-        self.client.on_message = on_message
-        self.client.connect(broker.host, broker.port, keepalive=30)
-        self.client.loop_start()
-        self.client.subscribe([(t, 0) for t in self.TOPICS])
-        if not self.subscribed.wait(30) or any(rc.is_failure for rc in self.granted):
-            raise RuntimeError(f"cannot subscribe to $SYS: {self.granted}")
-
-    def fresh(self, timeout: float = 30.0) -> tuple[int, int]:
-        """Return (received, sent) as of a $SYS update published after this call.
-
-        Mosquitto republishes a counter only when it changed since its last update. ``sent``
-        changes at every update (the update itself reaches this monitor), so a ``sent`` newer
-        than this call proves an update ran; ``received`` as last published (in that update,
-        or earlier if it had not changed) is then current. Waiting for a new ``received`` too
-        made this wait for the idle devices' next keepalive ping: up to a minute of nothing.
-        """
-        since = time.monotonic()
-        deadline = since + timeout
-        sent, received = self.TOPICS[1], self.TOPICS[0]
-        with self.cond:
-            while not (sent in self.values and self.values[sent][1] > since
-                       and received in self.values):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RuntimeError("no $SYS byte counters from the broker")
-                self.cond.wait(left)
-        time.sleep(0.3)  # whichever order the broker sends the two in, one update's pair is in
-        with self.cond:
-            return self.values[received][0], self.values[sent][0]
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-# -- the run -------------------------------------------------------------------------------
-
-
-# -- the simulated fleet, in this process or split over several -----------------------------
-
-
-def sim_config(state_dir: Path, model: Path, hardware: str, package_id: int, devices: int,
-               first: int = 0) -> Any:
-    """The simulator's settings for devices ``first..first+devices-1`` of ``state_dir``."""
-    from device_sdk.simulator import SimulationConfig
-
-    return SimulationConfig(
-        server="http://127.0.0.1:9",  # only for re-enrollment, which this run never needs
-        token="-", devices=devices, first_index=first, model_path=model, hardware=hardware,
-        state_dir=state_dir, rate_hz=1e-4,  # telemetry nearly off: OTA traffic only
-        batch=16, batch_age_s=60.0, threads=2, package_id=package_id,
-        report_every_s=3600, repair_after_s=2.0,
-    )
-
-
-class LocalFleet:
-    """The whole simulated fleet in this process."""
-
-    def __init__(self, sim: Any, tally: Any) -> None:
-        self.sim, self.tally = sim, tally
-
-    def start(self) -> None:
-        self.sim.start()
-
-    def connected(self) -> int:
-        return int(self.sim.connected())
-
-    def tally_snapshot(self) -> dict[tuple[str, str], tuple[int, int]]:
-        return dict(self.tally.snapshot())
-
-    def pids(self) -> dict[str, int]:
-        return {}
-
-    def stop(self) -> None:
-        self.sim.stop(timeout=10)
-
-
-class ProcessFleet:
-    """The simulated fleet split over child processes (``--role sim``), each with its own
-    interpreter lock: one Python process handles at most one core's worth of devices.
-
-    Each child simulates a contiguous range of the enrolled devices and answers one-line
-    commands on its stdin (``connected``, ``tally``, ``stop``) with one line on its stdout.
-    """
-
-    def __init__(self, state_dir: Path, model: Path, hardware: str, package_id: int,
-                 devices: int, processes: int) -> None:
-        self.children: list[subprocess.Popen[str]] = []
-        share = -(-devices // processes)
-        for first in range(0, devices, share):
-            spec = {"state_dir": str(state_dir), "model": str(model), "hardware": hardware,
-                    "package_id": package_id, "devices": min(share, devices - first),
-                    "first": first}
-            self.children.append(subprocess.Popen(
-                [sys.executable, __file__, "--role", "sim", json.dumps(spec)], cwd=ROOT,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1))
-
-    def _ask(self, command: str) -> list[str]:
-        for child in self.children:
-            assert child.stdin is not None
-            child.stdin.write(command + "\n")
-            child.stdin.flush()
-        answers = []
-        for child in self.children:
-            assert child.stdout is not None
-            line = child.stdout.readline()
-            if not line:
-                raise RuntimeError(f"simulator process {child.pid} exited ({child.poll()})")
-            answers.append(line)
-        return answers
-
-    def start(self) -> None:
-        self._ask("start")
-
-    def connected(self) -> int:
-        return sum(int(a) for a in self._ask("connected"))
-
-    def tally_snapshot(self) -> dict[tuple[str, str], tuple[int, int]]:
-        total: dict[tuple[str, str], tuple[int, int]] = {}
-        for answer in self._ask("tally"):
-            for kind, direction, packets, nbytes in json.loads(answer):
-                old = total.get((kind, direction), (0, 0))
-                total[(kind, direction)] = (old[0] + packets, old[1] + nbytes)
-        return total
-
-    def pids(self) -> dict[str, int]:
-        return {f"simulator_{i}": child.pid for i, child in enumerate(self.children)}
-
-    def stop(self) -> None:
-        try:
-            self._ask("stop")
-        finally:
-            for child in self.children:
-                try:
-                    child.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait(timeout=10)
-
-
-def run_sim_process(spec_json: str) -> None:
-    """Child process: simulate one range of devices; obey ProcessFleet's commands."""
-    import logging
-
-    from device_sdk.link import WireTally
-    from device_sdk.simulator import Simulator
-
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Answers go to the real stdout; anything else written there (a C library's chatter)
-    # goes to stderr instead of into the answers.
-    answers = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    spec = json.loads(spec_json)
-    tally = WireTally()
-    sim = Simulator(sim_config(Path(spec["state_dir"]), Path(spec["model"]), spec["hardware"],
-                               spec["package_id"], spec["devices"], spec["first"]), tally=tally)
-    for line in sys.stdin:
-        command = line.strip()
-        if command == "start":
-            sim.start()
-            answer: Any = "started"
-        elif command == "connected":
-            answer = sim.connected()
-        elif command == "tally":
-            answer = json.dumps([[k, d, p, b] for (k, d), (p, b) in tally.snapshot().items()])
-        elif command == "stop":
-            sim.stop(timeout=10)
-            print("stopped", file=answers, flush=True)
-            return
-        else:
-            answer = f"unknown command {command!r}"
-        print(answer, file=answers, flush=True)
-
-
 def start_worker(workdir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start ``fleet_worker`` with its rollouts thread; wait until it consumes."""
     log_path = workdir / "worker.log"
@@ -381,141 +178,7 @@ def stop_worker(proc: subprocess.Popen[bytes] | None) -> None:
         proc.wait(timeout=10)
 
 
-def enroll(devices: int, sim: Any, server: str, v1_package_id: int, hardware: str,
-           broker: Any, bulk: bool) -> None:
-    """Enroll ``devices`` in-process and write the identity files the simulator reads.
-
-    ``bulk``: the same do_enroll_device, 250 per transaction, with the broker credentials
-    recorded and written into the dynamic-security file while the broker is stopped
-    (bench/lab.py says why: the plugin's cost per enrollment grows with the fleet).
-    """
-    from django.db import transaction
-
-    if bulk:
-        with recorded_broker_steps() as recorder:
-            for first in range(0, devices, 250):
-                with transaction.atomic():
-                    _enroll(range(first, min(first + 250, devices)), devices, sim, server,
-                            v1_package_id, hardware)
-        broker.stop()
-        write_dynsec_devices(broker.dynsec_file, recorder.devices)
-        broker.start()
-    else:
-        _enroll(range(devices), devices, sim, server, v1_package_id, hardware)
-
-
-_token: list[str] = []
-
-
-def _enroll(indexes: range, devices: int, sim: Any, server: str, v1_package_id: int,
-            hardware: str) -> None:
-    from django.conf import settings
-    from django.utils import timezone
-
-    from device_sdk.identity import (
-        CA_FILE,
-        DeviceIdentity,
-        MqttCredential,
-        SigningKey,
-        capabilities_json,
-        load_or_create_key,
-        public_key_pem,
-    )
-    from fleet.devices.actions import do_create_enrollment_token, do_enroll_device
-    from fleet.devices.models import Device
-    from fleet.devices.trust import broker_ca_pem, published_signing_keys
-
-    if not _token:
-        _token.append(do_create_enrollment_token(
-            actor=None, expires_at=timezone.now() + timezone.timedelta(days=1),
-            max_uses=devices)[1])
-    token = _token[0]
-    keys = tuple(SigningKey(k["kid"], k["public_key"]) for k in published_signing_keys())
-    ca = broker_ca_pem()
-    caps = capabilities_json(sim.capabilities)
-    uids = []
-    for i in indexes:
-        state = sim.device_dir(i)
-        key = load_or_create_key(state)
-        result = do_enroll_device(token=token, public_key_pem=public_key_pem(key),
-                                  hardware=hardware, capabilities=caps)
-        (state / CA_FILE).write_text(ca)
-        DeviceIdentity(
-            device_id=result.device.uid, hardware=hardware, server=server,
-            mqtt=MqttCredential(settings.MQTT_DEVICE_URL, result.mqtt_username,
-                                result.mqtt_password, str((state / CA_FILE).resolve())),
-            signing_keys=keys, topics_prefix=f"fleet/v1/{result.device.uid}/",
-            capabilities=caps,
-        ).save(state)
-        uids.append(result.device.uid)
-    Device.objects.filter(uid__in=uids).update(running_package_id=v1_package_id)
-
-
-def fanout_server_bytes(package_id: int, fanout_bytes: int, chunk: int) -> int:
-    """Bytes of the worker's own fan-out publishes (one copy per chunk, QoS 1, and their
-    PUBACKs), rebuilt from the bytes it counted: each message framed as delivery frames it."""
-    from device_sdk.lean_client import publish_size
-    from device_sdk.protocol.ota_messages import Chunk, encode_fanout_chunk
-    from device_sdk.protocol.topics import package_topic
-
-    messages = -(-fanout_bytes // chunk)
-    framing = len(encode_fanout_chunk(Chunk(package_id, 65_536, bytes(chunk)))) - chunk
-    per_message = publish_size(package_topic(package_id), chunk + framing, qos=1) - chunk
-    return fanout_bytes + messages * (per_message + 4)
-
-
-def wire_breakdown(before: dict[tuple[str, str], tuple[int, int]],
-                   after: dict[tuple[str, str], tuple[int, int]], through: int, payload: int,
-                   *, fanout_leg: int) -> dict[str, dict[str, Any]]:
-    """Where the bytes through the broker went during the rollout, by kind of message.
-
-    ``devices`` is what the simulated devices sent and received (every MQTT packet counted
-    whole by device_sdk.link.WireTally); ``server`` the other leg of the same messages
-    between the broker and the worker, rebuilt from them (an estimate: the worker is another
-    process), plus the worker's fan-out publishes; ``unattributed`` the rest of the broker's
-    own count ($SYS updates to the monitor, the worker's other traffic, estimate errors).
-    Shares are of payload x devices, as ``wire_overhead`` is; the fan-out and unicast chunk
-    kinds include their payload.
-    """
-    kinds: dict[str, dict[str, Any]] = {}
-    for key in set(after):
-        packets, nbytes = after[key]
-        old = before.get(key, (0, 0))
-        kind, direction = key
-        entry = kinds.setdefault(kind, {"devices": 0, "server": 0, "packets": 0})
-        entry["server" if direction == "server" else "devices"] += nbytes - old[1]
-        if direction != "server":
-            entry["packets"] += packets - old[0]
-    kinds.setdefault("fanout_chunks", {"devices": 0, "server": 0, "packets": 0})
-    kinds["fanout_chunks"]["server"] += fanout_leg
-    attributed = 0
-    out: dict[str, dict[str, Any]] = {}
-    for kind, entry in sorted(kinds.items(), key=lambda kv: -(kv[1]["devices"] + kv[1]["server"])):
-        total = entry["devices"] + entry["server"]
-        if not total:
-            continue
-        attributed += total
-        overhead = total - payload if kind == "fanout_chunks" else total
-        out[kind] = {**entry, "bytes": total, "share": round(overhead / payload, 5)}
-        if kind == "fanout_chunks":
-            out[kind]["note"] = "share counts only the framing (payload subtracted)"
-    out["unattributed"] = {"bytes": through - attributed,
-                           "share": round((through - attributed) / payload, 5)}
-    return out
-
-
-def sim_state_dir(workdir: Path) -> Path:
-    """Where the simulated devices keep their files (slots, download, identity, outbox).
-
-    In memory (/dev/shm) when there is one: it stands for each device's own flash. On this
-    machine's ext4, replacing or truncating a file that holds data costs ~0.2 ms (the
-    delayed-allocation flush), which the devices' slot switches, downloads and clean-ups pay
-    several times per update: a shared host disk's cost no device has.
-    """
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return Path(tempfile.mkdtemp(prefix=f"{workdir.name}-", dir=shm)) / "sim"
-    return workdir / "sim"
+# -- the run -------------------------------------------------------------------------------
 
 
 def wait_until(check: Any, timeout: float, what: str, every: float = 0.2) -> Any:
