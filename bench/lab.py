@@ -1,8 +1,9 @@
 """What the end-to-end benches set up alike: a broker with fast $SYS counters and Django
 configured against it with a throwaway SQLite database.
 
-Imported by ``bench/rollout.py`` and ``bench/simulator.py`` (run as scripts: ``bench/`` is on
-``sys.path`` as their own folder).
+Imported by ``bench/rollout.py`` (and its ``rollout_fleet.py``) and ``bench/simulator.py``
+(run as scripts: ``bench/`` is on ``sys.path`` as their own folder), and by ``bench/ingest.py``
+as ``bench.lab``.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ tml_status_t tml_events_encode_batch(uint64_t seq, uint32_t model, const tml_eve
                                      size_t n, uint8_t *out, size_t cap, size_t *out_len);
 
 /**
- * @brief Pack a column as events.py _pack does (width byte, LEB128 minimum, LSB-first fields).
+ * @brief Pack a column as packing.py pack_column does (width byte, LEB128 minimum, LSB-first fields).
  * @param values the column (owned by the caller)
  * @param n number of values (0 gives 00 00)
  * @param out destination
