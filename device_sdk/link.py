@@ -57,6 +57,7 @@ from device_sdk.link_config import (
     Will,
 )
 from device_sdk.reactor import Reactor, Timer
+from device_sdk.topic_aliases import TopicAliases, topic_alias_maximum
 
 __all__ = [
     "CREDENTIAL_REFUSED", "BrokerEndpoint", "Link", "LinkConfig", "LinkListener", "LinkState",
@@ -355,7 +356,7 @@ class Link:
             if self._attempt_timer is not None:
                 self._attempt_timer.cancel()
                 self._attempt_timer = None
-            self._aliases = TopicAliases(_topic_alias_maximum(props))
+            self._aliases = TopicAliases(topic_alias_maximum(props))
             self.state = LinkState.CONNECTED
             self.connects += 1
             self._connected_at = time.monotonic()
@@ -496,40 +497,3 @@ class Link:
             getattr(self.listener, method)(*args)
         except Exception:
             log.exception("%s: error in listener.%s", self.config.client_id, method)
-
-
-class TopicAliases:
-    """The client-to-broker topic aliases of one MQTT 5 connection.
-
-    Aliases are numbered from 1 up to ``maximum`` (the broker's Topic Alias Maximum) in the
-    order topics first ask for one, and never reassigned: a device publishes on a handful of
-    topics, and a topic that finds every alias taken is simply sent in full.
-    """
-
-    __slots__ = ("_bound", "maximum")
-
-    def __init__(self, maximum: int) -> None:
-        self.maximum = max(0, maximum)
-        self._bound: dict[str, int] = {}  # topic -> alias the broker has been told about
-
-    def lookup(self, topic: str) -> tuple[int, bool]:
-        """Return ``(alias, known)``: a bound alias, a free one to bind, or ``(0, False)``."""
-        number = self._bound.get(topic)
-        if number is not None:
-            return number, True
-        if len(self._bound) < self.maximum:
-            return len(self._bound) + 1, False
-        return 0, False
-
-    def bind(self, topic: str, number: int) -> None:
-        """Note that a publish carrying ``topic`` and ``number`` is on its way to the broker."""
-        self._bound[topic] = number
-
-    def __len__(self) -> int:
-        return len(self._bound)
-
-
-def _topic_alias_maximum(props: Any) -> int:
-    """Return the Topic Alias Maximum a CONNACK announced; absent means 0 (MQTT 5 3.2.2.3.8)."""
-    value = getattr(props, "TopicAliasMaximum", 0) if props is not None else 0
-    return value if isinstance(value, int) else 0
