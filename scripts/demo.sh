@@ -42,9 +42,9 @@ export MQTT_CA_FILE=$FLEET_VAR_DIR/broker/ca.pem
 .venv/bin/python manage.py create_user admin --role admin --password "$DEMO_ADMIN_PASSWORD" >/dev/null
 .venv/bin/python manage.py provision_broker_services
 echo "demo: seeding (trains and converts the demo model on the first run) ..."
+mkdir -p "$FLEET_VAR_DIR/demo" "$FLEET_VAR_DIR/logs"
 .venv/bin/python manage.py seed_demo --out "$FLEET_VAR_DIR/demo" --devices "${DEMO_DEVICES:-50}" \
   >"$FLEET_VAR_DIR/demo/seed.log" 2>&1 || { cat "$FLEET_VAR_DIR/demo/seed.log"; exit 1; }
-mkdir -p "$FLEET_VAR_DIR/logs"
 
 .venv/bin/python manage.py fleet_worker --name demo-worker >"$FLEET_VAR_DIR/logs/worker.log" 2>&1 &
 pids+=($!)
