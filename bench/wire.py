@@ -40,328 +40,30 @@ numbered as a device numbers it, by the SDK's ``SequenceCounter``: from its firs
 (kind 2) and a summary (kind 3) carry it as ``seq - t0``, one byte; kinds 0 and 1, which older
 devices send, carry the whole number, nine.
 Run: ``.venv/bin/python bench/wire.py [--quick]``.
+This file is the entry point and the figures; the packet layout computed by hand is in
+``bench/wire_layout.py``, the capturing listener and the link publishing to it in
+``bench/wire_capture.py``, the realistic stream and the messages made of it in
+``bench/wire_stream.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import random
-import socket
 import sys
-import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from device_sdk.backoff import Backoff
-from device_sdk.batching import SequenceCounter
-from device_sdk.link import Link
-from device_sdk.link_config import BrokerEndpoint, LinkConfig
-from device_sdk.protocol.events import (
-    Event,
-    EventBatch,
-    MessageKind,
-    encode_batch,
-    encode_summary,
-    summarize,
-)
-from device_sdk.reactor import Reactor
+from wire_capture import Wire  # bench/ is this script's folder
+from wire_layout import ALIAS_MAXIMUM, ALIAS_PROPERTY, FRAMINGS, framed_size, read_varint
+from wire_stream import T0, device_batches, naive_json, realistic_stream, summaries
 
-UID = "dev-0123456789abcdef"  # 20 characters, like a short hex serial
-TOPIC = f"fleet/v1/{UID}/events"
-T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-ALIAS_MAXIMUM = 10  # what the listener announces: Mosquitto 2's default max_topic_alias
-ALIAS_PROPERTY = 3  # Topic Alias property: identifier 0x23 and a two-byte value
-TIMEOUT_S = 5.0
-
-
-def realistic_stream(count: int, seed: int, start_ms: int | None = None) -> list[Event]:
-    """Return ~1 event/s with jitter, 4-10 skewed classes, varied scores, 5-50 ms latencies."""
-    rng = random.Random(seed)
-    classes = rng.randint(4, 10)
-    weights = [rng.random() + 0.2 for _ in range(classes)]
-    t_ms = start_ms if start_ms is not None else T0 + rng.randrange(10**9)
-    events = []
-    for index in range(count):
-        t_ms += max(1, round(rng.gauss(1000, 100))) if index else 0
-        label = rng.choices(range(classes), weights)[0]
-        score = rng.randint(-(-256 // classes), 255)  # a top-1 softmax is at least 1/classes
-        events.append(Event(t_ms, label, score, rng.randint(50, 500)))
-    return events
-
-
-def device_sequence() -> SequenceCounter:
-    """Return the sequence of a device that booted at T0 with no sequence file (none kept)."""
-    return SequenceCounter(None, clock=lambda: T0 / 1000)
-
-
-def device_batches(stream: list[Event], size: int) -> list[EventBatch]:
-    """Split ``stream`` into batches of ``size`` events, numbered as a device numbers them."""
-    sequence = device_sequence()
-    return [EventBatch.of(sequence.next(at_least=stream[start].t_ms), 17,
-                          stream[start:start + size]) for start in range(0, len(stream), size)]
-
-
-def naive_json(batch: EventBatch) -> bytes:
-    """Encode a batch as the JSON a device would send without this protocol."""
-    return json.dumps([
-        {
-            "ts": datetime.datetime.fromtimestamp(e.t_ms / 1000, datetime.UTC)
-            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "model": batch.model,
-            "label": e.label,
-            "score": round(e.score / 255, 4),
-            "latency_ms": e.latency_100us / 10,
-        }
-        for e in batch.events
-    ]).encode()
-
-
-def _varint_len(value: int) -> int:
-    return 1 if value < 128 else 2 if value < 16_384 else 3 if value < 2_097_152 else 4
-
-
-def _read_varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return value, at
-
-
-def publish_packet_size(topic: str, payload_len: int, props_len: int = 0) -> int:
-    """Return the size of an MQTT 5 QoS 1 PUBLISH, computed by hand from its layout."""
-    # topic (length + bytes), packet id, property length + properties, payload
-    remaining = 2 + len(topic.encode()) + 2 + _varint_len(props_len) + props_len + payload_len
-    return 1 + _varint_len(remaining) + remaining
-
-
-def framed_size(framing: str, payload_len: int, first: bool) -> int:
-    """Return the layout size of a packet in ``framing`` (the first of its connection or not)."""
-    if framing == "no_alias":
-        return publish_packet_size(TOPIC, payload_len)
-    named = first or framing == "first_packet"
-    return publish_packet_size(TOPIC if named else "", payload_len, ALIAS_PROPERTY)
-
-
-@dataclass(frozen=True)
-class Captured:
-    """One PUBLISH as the listener received it."""
-
-    size: int  # bytes on the wire, fixed header included
-    topic: str  # the topic field: "" when an alias stands for it
-    alias: int  # 0: no Topic Alias property
-    resolved: str  # the topic the alias stands for
-
-
-class CapturingListener:
-    """Accept MQTT 5 clients; answer CONNACK, PUBACK and PINGRESP; record each PUBLISH.
-
-    The CONNACK announces ``alias_maximum`` topic aliases (none when 0). Aliases are resolved
-    per connection, as a broker does; a publish relying on an alias its connection never set
-    up, or beyond the maximum, is a protocol error: the listener notes it and hangs up.
-    """
-
-    def __init__(self, alias_maximum: int) -> None:
-        self.alias_maximum = alias_maximum
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.captured: list[Captured] = []
-        self.errors: list[str] = []
-        self.connections = 0
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _read(conn: socket.socket, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = conn.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("client went away")
-            data += chunk
-        return data
-
-    def _connack(self) -> bytes:
-        # flags 0 (no session), reason 0 (success), then the properties
-        props = bytes([0x22]) + self.alias_maximum.to_bytes(2, "big") if self.alias_maximum else b""
-        body = b"\x00\x00" + bytes([len(props)]) + props
-        return bytes([0x20, len(body)]) + body
-
-    def _publish(self, body: bytes, size: int, aliases: dict[int, str]) -> bytes | None:
-        """Record a QoS 1 PUBLISH; return its packet id, or None for a protocol error."""
-        topic_len = int.from_bytes(body[:2], "big")
-        topic = body[2:2 + topic_len].decode()
-        at = 2 + topic_len
-        packet_id = body[at:at + 2]
-        props_len, at = _read_varint(body, at + 2)
-        props, alias = body[at:at + props_len], 0
-        if props:  # the link sets no property but the alias
-            if props[0] != 0x23 or props_len != ALIAS_PROPERTY:
-                self.errors.append(f"unexpected PUBLISH properties {props.hex()}")
-                return None
-            alias = int.from_bytes(props[1:3], "big")
-            if not 1 <= alias <= self.alias_maximum:
-                self.errors.append(f"topic alias {alias} beyond the maximum {self.alias_maximum}")
-                return None
-            if topic:
-                aliases[alias] = topic
-        resolved = topic or aliases.get(alias, "")
-        if not resolved:
-            self.errors.append(f"empty topic with alias {alias}, never set up on this connection")
-            return None
-        self.captured.append(Captured(size, topic, alias, resolved))
-        return packet_id
-
-    def _serve(self, conn: socket.socket) -> None:
-        aliases: dict[int, str] = {}  # per connection, like the broker's
-        with conn:
-            try:
-                while True:
-                    first = self._read(conn, 1)[0]
-                    remaining, shift, header = 0, 0, 1
-                    while True:
-                        byte = self._read(conn, 1)[0]
-                        header += 1
-                        remaining |= (byte & 0x7F) << shift
-                        shift += 7
-                        if byte < 0x80:
-                            break
-                    body = self._read(conn, remaining)
-                    kind = first >> 4
-                    if kind == 1:  # CONNECT
-                        conn.sendall(self._connack())
-                    elif kind == 3:  # PUBLISH, QoS 1 -> PUBACK with its packet id
-                        packet_id = self._publish(body, header + remaining, aliases)
-                        if packet_id is None:
-                            return
-                        conn.sendall(b"\x40\x02" + packet_id)
-                    elif kind == 12:  # PINGREQ
-                        conn.sendall(b"\xd0\x00")
-                    elif kind == 14:  # DISCONNECT
-                        return
-            except (ConnectionError, OSError):
-                return
-
-    def close(self) -> None:
-        """Stop listening."""
-        self.server.close()
-
-
-class Wire:
-    """The device SDK's link publishing to a capturing listener, one packet at a time.
-
-    Implements the link's listener interface: ``link_up``, ``link_published``, ...
-    """
-
-    def __init__(self, alias_maximum: int) -> None:
-        self.listener = CapturingListener(alias_maximum)
-        self.reactor = Reactor("wire-bench")
-        self.reactor.start()
-        config = LinkConfig(BrokerEndpoint("127.0.0.1", self.listener.port, tls=False),
-                            client_id=UID, log_transitions=False)
-        # Reconnect at once: the first-packet figures reconnect before every packet.
-        backoff = Backoff(initial=0.001, maximum=0.001, multiplier=1.0, jitter=0.0)
-        self.link = Link(config, self.reactor, self, backoff=backoff)
-        self._up = threading.Event()
-        self._acked = threading.Semaphore(0)
-        self._fresh = True  # no publish on this connection yet
-        self.link.start()
-        self._wait_up()
-        if self.link.topic_alias_maximum != alias_maximum:
-            raise RuntimeError(f"the link took {self.link.topic_alias_maximum} aliases from a "
-                               f"CONNACK announcing {alias_maximum}")
-
-    # -- LinkListener (reactor thread) ---------------------------------------------------
-
-    def link_up(self, session_present: bool) -> None:
-        self._up.set()
-
-    def link_down(self, reason: str) -> None:
-        pass
-
-    def link_message(self, topic: str, payload: bytes) -> None:
-        pass
-
-    def link_published(self, mid: int, reason_code: int) -> None:
-        self._acked.release()
-
-    def link_refused(self, reason_code: int) -> None:
-        pass
-
-    # -- measuring ------------------------------------------------------------------------
-
-    def _wait_up(self) -> None:
-        if not self._up.wait(TIMEOUT_S):
-            raise RuntimeError(f"the link did not connect: {self.link.last_error}")
-
-    def reconnect(self) -> None:
-        """Drop the connection and wait for the next one: its alias map starts empty."""
-        self._up.clear()
-        self.link.abort()
-        self._wait_up()
-        self._fresh = True
-
-    def packet_size(self, payload: bytes, framing: str, *, warm_up: bool = True) -> int:
-        """Publish ``payload`` at QoS 1 as the device client does; return its packet's bytes.
-
-        ``framing`` is one of :data:`FRAMINGS` (see the module doc). For "aliased", a
-        connection that has not named the topic yet does so first with an empty publish, not
-        counted; with ``warm_up=False`` this packet names it instead (and is counted so).
-        """
-        if framing == "first_packet":
-            self.reconnect()
-        elif framing == "aliased" and self._fresh and warm_up:
-            self._send(b"", framing)
-        return self._send(payload, framing)
-
-    def _send(self, payload: bytes, framing: str) -> int:
-        """Publish, wait for the PUBACK, check the packet against the layout; return its size."""
-        first, self._fresh = self._fresh, False
-        before = len(self.listener.captured)
-        self.reactor.call_soon(self._publish, payload)
-        if not self._acked.acquire(timeout=TIMEOUT_S) or len(self.listener.captured) != before + 1:
-            raise RuntimeError(f"no PUBACK for the publish: {self.listener.errors}")
-        packet = self.listener.captured[-1]
-        expected = framed_size(framing, len(payload), first)
-        named = framing != "aliased" or first
-        layout = (TOPIC if named else "", 0 if framing == "no_alias" else 1, TOPIC)
-        if (packet.topic, packet.alias, packet.resolved) != layout or packet.size != expected:
-            raise RuntimeError(f"paho wrote {packet}, the layout says {layout}, {expected} bytes")
-        return packet.size
-
-    def _publish(self, payload: bytes) -> None:
-        if self.link.publish(TOPIC, payload, qos=1, alias=True) is None:
-            raise RuntimeError("the link refused the publish")
-
-    def close(self) -> None:
-        """Disconnect and stop."""
-        self.link.stop()
-        self.link.stopped.wait(TIMEOUT_S)
-        self.reactor.stop()
-        self.reactor.close()
-        self.listener.close()
-
-
-FRAMINGS = ("aliased", "first_packet", "no_alias")
+from device_sdk.protocol.events import MessageKind, encode_batch
 
 
 def _metric(name: str, framing: str) -> str:
@@ -388,21 +90,6 @@ def batch_figures(wires: dict[str, Wire], size: int, seeds: int) -> list[dict[st
                         "value": round(value, 2), "unit": "bytes/event",
                         "baseline": round(baseline, 2), "ratio": round(baseline / value, 1)})
     return figures
-
-
-def summaries(
-    day: list[Event], window_s: int, classes: int, kind: MessageKind = MessageKind.SUMMARY2
-) -> list[bytes]:
-    """Return a day of events as encoded summaries of ``window_s`` seconds each."""
-    out = []
-    sequence = device_sequence()
-    for start in range(T0, T0 + 86_400_000, window_s * 1000):
-        window = [e for e in day if start <= e.t_ms < start + window_s * 1000]
-        labels = max([classes, *(e.label + 1 for e in window)])
-        seq = sequence.next(at_least=start)
-        out.append(encode_summary(summarize(window, seq=seq, t0_ms=start, model=17,
-                                            window_s=window_s, num_labels=labels), kind=kind))
-    return out
 
 
 def summary_figures(wires: dict[str, Wire], devices: int) -> list[dict[str, object]]:
@@ -487,7 +174,7 @@ def batch_anatomy(size: int, seeds: int) -> None:
             for name in columns:
                 values = size - 1 if name == "deltas" else size
                 width = payload[at]
-                _, fields = _read_varint(payload, at + 1)
+                _, fields = read_varint(payload, at + 1)
                 parts[f"{name}: width + minimum"] += fields - at
                 parts[f"{name}: packed fields"] += (values * width + 7) // 8
                 widths[name] += width
