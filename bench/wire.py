@@ -61,9 +61,10 @@ sys.path.insert(0, str(ROOT))
 
 from wire_capture import Wire  # bench/ is this script's folder
 from wire_layout import ALIAS_MAXIMUM, ALIAS_PROPERTY, FRAMINGS, framed_size, read_varint
-from wire_stream import T0, device_batches, naive_json, realistic_stream, summaries
+from wire_stream import T0, device_batches, realistic_stream, summaries
 
 from device_sdk.protocol.events import MessageKind, encode_batch
+from tests.support.traffic import naive_json
 
 
 def _metric(name: str, framing: str) -> str:

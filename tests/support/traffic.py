@@ -7,6 +7,8 @@ the server's ingest code (no shared helpers beyond the wire codec that encodes t
 
 from __future__ import annotations
 
+import datetime
+import json
 import random
 import threading
 import time
@@ -291,3 +293,40 @@ class FleetPublisher:
     def refused(self) -> list[tuple[str, int, int]]:
         """Return (uid, seq, reason code) of every publish the broker refused."""
         return [(link.uid, seq, code) for link in self.links for seq, code in link.refused]
+
+
+# -- a realistic stream and its JSON baseline (codec tests and bench/wire.py) ----------------
+
+
+def realistic_stream(count: int, seed: int, *, epoch_ms: int,
+                     start_ms: int | None = None) -> list[Event]:
+    """Make ~1 event/s with jitter, 4-10 skewed classes, varied scores, 5-50 ms latencies.
+
+    The first event is at ``start_ms``, or at a seeded time within ~11 days after ``epoch_ms``.
+    """
+    rng = random.Random(seed)
+    classes = rng.randint(4, 10)
+    weights = [rng.random() + 0.2 for _ in range(classes)]
+    t_ms = start_ms if start_ms is not None else epoch_ms + rng.randrange(10**9)
+    events = []
+    for index in range(count):
+        t_ms += max(1, round(rng.gauss(1000, 100))) if index else 0
+        label = rng.choices(range(classes), weights)[0]
+        score = rng.randint(-(-256 // classes), 255)  # a top-1 softmax is at least 1/classes
+        events.append(Event(t_ms, label, score, rng.randint(50, 500)))
+    return events
+
+
+def naive_json(batch: EventBatch) -> bytes:
+    """Encode a batch as the JSON a device would send without this protocol."""
+    return json.dumps([
+        {
+            "ts": datetime.datetime.fromtimestamp(e.t_ms / 1000, datetime.UTC)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "model": batch.model,
+            "label": e.label,
+            "score": round(e.score / 255, 4),
+            "latency_ms": e.latency_100us / 10,
+        }
+        for e in batch.events
+    ]).encode()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import json
 import random
 from dataclasses import replace
 
@@ -40,6 +38,7 @@ from device_sdk.protocol.limits import (
     MIN_T0_MS,
 )
 from device_sdk.protocol.reasons import ProtocolError, Reason
+from tests.support.traffic import naive_json, realistic_stream
 
 T0 = 1_717_000_000_000  # 2024-05-29T16:26:40Z
 MQTT_FRAMING = 30  # bytes of PUBLISH header, topic and packet id the brief budgets per message
@@ -701,39 +700,6 @@ def test_summarize_refuses_events_outside_the_window(t_ms: int) -> None:
 # -- size on the wire -----------------------------------------------------------------------
 
 
-def realistic_stream(count: int, seed: int) -> list[Event]:
-    """Make ~1 event/s with jitter, 4-10 skewed classes, varied scores, 5-50 ms latencies."""
-    rng = random.Random(seed)
-    classes = rng.randint(4, 10)
-    weights = [rng.random() + 0.2 for _ in range(classes)]
-    t_ms = T0 + rng.randrange(10**9)
-    events = []
-    for index in range(count):
-        t_ms += max(1, round(rng.gauss(1000, 100))) if index else 0
-        label = rng.choices(range(classes), weights)[0]
-        score = rng.randint(-(-256 // classes), 255)  # a top-1 softmax is at least 1/classes
-        events.append(Event(t_ms, label, score, rng.randint(50, 500)))
-    return events
-
-
-def naive_json(batch: EventBatch) -> bytes:
-    """Encode a batch as the JSON a device would send without this protocol."""
-    return json.dumps(
-        [
-            {
-                "ts": datetime.datetime.fromtimestamp(e.t_ms / 1000, datetime.UTC)
-                .isoformat(timespec="milliseconds")
-                .replace("+00:00", "Z"),
-                "model": batch.model,
-                "label": e.label,
-                "score": round(e.score / 255, 4),
-                "latency_ms": e.latency_100us / 10,
-            }
-            for e in batch.events
-        ]
-    ).encode()
-
-
 def test_bytes_per_event_on_the_wire() -> None:
     """At 32 events per batch, payload plus ~30 bytes of MQTT framing stays within 6 B/event.
 
@@ -741,7 +707,7 @@ def test_bytes_per_event_on_the_wire() -> None:
     """
     seeds = range(20)
     for size in (1, 8, 32, 128):
-        streams = [realistic_stream(size, s) for s in seeds]
+        streams = [realistic_stream(size, s, epoch_ms=T0) for s in seeds]
         # Numbered as devices number them: from the first event's time.
         payloads = [encode_batch(EventBatch.of(events[0].t_ms, 17, events)) for events in streams]
         jsons = [naive_json(decode_batch(p)) for p in payloads]  # type: ignore[arg-type]
