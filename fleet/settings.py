@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "fleet.devices",
     "fleet.telemetry",
     "fleet.broker",
+    "fleet.intake",
     "fleet.console",
     "ota",
 ]

@@ -6,7 +6,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
-from fleet.core.metrics import metrics
+from fleet.metrics import metrics
 
 api_v1 = [
     path("", include("fleet.devices.api.urls")),

@@ -13,6 +13,9 @@ cleanup() { bash scripts/postgres.sh stop "$run_dir/pg" "$pg_port"; rm -rf "$run
 trap cleanup EXIT
 
 mkdir -p test-artifacts
+echo "== import contracts (docs/ARCHITECTURE.md)"
+.venv/bin/lint-imports --no-cache
+
 echo "== tests on SQLite"
 .venv/bin/python -m pytest "$@"
 

@@ -13,7 +13,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from fleet.accounts.actions import do_create_user
-from fleet.accounts.roles import Role
+from fleet.core.roles import Role
 from fleet.devices.actions import do_create_enrollment_token
 from fleet.devices.models import DeviceGroup, HardwareProfile
 

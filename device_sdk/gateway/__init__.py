@@ -6,7 +6,7 @@ a :class:`~device_sdk.gateway.bridge.Bridge` that swaps framing for topics, one
 :class:`~device_sdk.gateway.uplink.Uplink` (its MQTT 5 connection, TLS with the fleet's CA)
 and, when configured, a :class:`~device_sdk.gateway.enroll.ChildEnroller` that enrolls MCUs it
 meets and makes them its children. Its broker identity may use its children's topics and
-publish its own status, nothing else (DESIGN.md); it cannot forge packages either, since the
+publish its own status, nothing else (docs/ARCHITECTURE.md, Topics); it cannot forge packages either, since the
 MCU verifies every manifest signature and every digest itself. Its own status
 (:mod:`~device_sdk.gateway.presence`, ``fleet/v1/{gateway}/status``) is online while it is
 connected and carries its last will, so the fleet marks its children offline when its host

@@ -62,7 +62,7 @@ __all__ = [
 
 
 class DeploymentState(IntEnum):
-    """Per-device deployment states (DESIGN.md "Rollouts"). Wire values: never renumber.
+    """Per-device deployment states (docs/ARCHITECTURE.md, the path of an update). Wire values: never renumber.
 
     The server alone sets PENDING and OFFERED; a device reports the others.
     """

@@ -14,7 +14,7 @@ class Reason(IntEnum):
 
     OK = 0
 
-    # Manifest checks (device side, DESIGN.md "Manifest").
+    # Manifest checks (device side, manifest.py).
     MANIFEST_MALFORMED = 1  # not CBOR, not a COSE_Sign1, missing or mistyped field
     MANIFEST_UNSUPPORTED_VERSION = 2  # manifest format version this build does not know
     MANIFEST_BAD_ALGORITHM = 3  # protected header is not {1: -8} (EdDSA)

@@ -1,7 +1,7 @@
 """Encode and decode the retained device status on ``fleet/v1/{uid}/status``.
 
 The status is a CBOR map with text keys (CDDL in ``CDDL.md``). The capability keys are
-spelled exactly as at enrollment (DESIGN.md "Fixed interfaces"), so :func:`parse_capabilities`
+spelled exactly as at enrollment (the README's Enrollment section), so :func:`parse_capabilities`
 checks the enrollment JSON and the status map alike. The capability keys travel as a group:
 all six or none. An online status carries the presence fields (slot, uptime, free RAM, manifest
 sequence) and, on the first status of each MQTT connection, the capabilities; later statuses on

@@ -6,7 +6,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractUser
 from django.db import transaction
 
-from fleet.accounts.roles import ROLE_GROUP_NAMES, Role, ensure_role_groups
+from fleet.core.roles import ROLE_GROUP_NAMES, Role, ensure_role_groups
 from fleet.audit.actions import record_audit
 
 

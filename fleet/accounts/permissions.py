@@ -9,7 +9,7 @@ from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
 from fleet.accounts.principals import GatewayPrincipal
-from fleet.accounts.roles import Role, has_role
+from fleet.core.roles import Role, has_role
 
 
 class ScopeDenied(PermissionDenied):

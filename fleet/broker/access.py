@@ -7,7 +7,7 @@ HTTP auth hook into this server. The policy itself, which topics each kind of id
 may use, is plain data here (`device_grants`, `service_grants`) so every backend grants
 exactly the same thing.
 
-Topics are the v1 wire protocol of DESIGN.md: a device owns ``fleet/v1/{uid}/...``;
+Topics are the v1 wire protocol (docs/ARCHITECTURE.md, Topics): a device owns ``fleet/v1/{uid}/...``;
 ``fleet/v1/pkg/{pkg}/...`` carries signed package chunks to many devices at once.
 """
 

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
-from django.db.models import ProtectedError
-from rest_framework import exceptions, status, viewsets
+from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
 
-from fleet.accounts.roles import Role
-from fleet.audit.actions import record_audit
+from fleet.core.errors import Refused
 
 
 class ApiError(exceptions.APIException):
@@ -39,8 +37,18 @@ _DEFAULT_REASONS = {
 }
 
 
+def refused_response(exc: Refused) -> Response:
+    """Render an action's refusal: its reason, detail and status, plus everything in ``extra``
+    (such as per-profile admission reasons) for API clients to show."""
+    return Response({**exc.extra, "reason": exc.reason, "detail": exc.detail}, status=exc.status)
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """Render every API error as ``{"reason", "detail"[, "fields"]}``."""
+    """Render every API error as ``{"reason", "detail"[, "fields"]}``; a ``Refused`` from an
+    action also carries its ``extra`` fields, so views never translate refusals by hand."""
+    if isinstance(exc, Refused):
+        set_rollback()  # as DRF does for its own errors: nothing of a refused request stays
+        return refused_response(exc)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
@@ -56,50 +64,3 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 def client_address(request: Any) -> str | None:
     """Return the caller's address as the web server saw it."""
     return request.META.get("REMOTE_ADDR")
-
-
-class AuditedModelViewSet(viewsets.ModelViewSet):
-    """CRUD viewset whose plain writes are atomic and audited as ``<noun>.create|update|delete``.
-
-    Subclasses name ``audit_noun``; anything more than a field edit belongs in an action function
-    that the subclass calls instead.
-    """
-
-    audit_noun = "object"
-    read_role = Role.VIEWER
-    write_role = Role.ADMIN
-
-    def _snapshot(self, instance: Any) -> dict[str, Any]:
-        return dict(self.get_serializer(instance).data)
-
-    @transaction.atomic
-    def perform_create(self, serializer: Any) -> None:
-        instance = serializer.save()
-        record_audit(
-            actor=self.request.user, action=f"{self.audit_noun}.create", obj=instance,
-            after=self._snapshot(instance), remote_addr=client_address(self.request),
-        )
-
-    @transaction.atomic
-    def perform_update(self, serializer: Any) -> None:
-        before = self._snapshot(serializer.instance)
-        instance = serializer.save()
-        record_audit(
-            actor=self.request.user, action=f"{self.audit_noun}.update", obj=instance,
-            before=before, after=self._snapshot(instance),
-            remote_addr=client_address(self.request),
-        )
-
-    @transaction.atomic
-    def perform_destroy(self, instance: Any) -> None:
-        record_audit(
-            actor=self.request.user, action=f"{self.audit_noun}.delete", obj=instance,
-            before=self._snapshot(instance), remote_addr=client_address(self.request),
-        )
-        try:
-            with transaction.atomic():
-                instance.delete()
-        except ProtectedError as exc:
-            users = sorted({str(o) for o in exc.protected_objects})[:5]
-            raise ApiError("in_use", f"{instance} is still used by: {', '.join(users)}",
-                           status.HTTP_409_CONFLICT) from None

@@ -147,7 +147,7 @@ class EnrollmentToken(models.Model):
 class Gateway(models.Model):
     """A serial gateway: one broker identity that speaks for the MCUs wired to it.
 
-    Its credential may touch its children's device topics and nothing else (DESIGN.md), but
+    Its credential may touch its children's device topics and nothing else (docs/ARCHITECTURE.md, Topics), but
     for its own status on ``fleet/v1/{uid}/status``, which carries its last will: ``state`` and
     ``last_seen`` are its presence as the worker last applied it (``apply_gateway_status``).
     The MQTT password is never stored: it is issued once, when the gateway is (re)provisioned.

@@ -1,7 +1,7 @@
-"""Decode device event messages and store them exactly once, in batches.
+"""Store device event batches exactly once, in batches.
 
-``decode_event_message`` turns one MQTT message into an accepted batch or a rejection (never
-an exception). ``store_batches`` writes many accepted batches in one transaction: the
+Intake (``fleet.intake``) decodes and checks each message and hands over ``Accepted``
+batches. ``store_batches`` writes many accepted batches in one transaction: the
 (device, seq) unique key on IngestedBatch decides which are new, so a redelivered message
 (worker killed before its PUBACK, broker restart) is counted once. Dedupe is per batch, not
 per event row, which keeps the raw event table free of unique indexes and fast to COPY into.
@@ -18,11 +18,10 @@ with numpy, column by column.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -33,16 +32,11 @@ from device_sdk.protocol.events import (
     MessageKind,
     PackedBatch,
     Summary,
-    decode_message_packed,
     unpack_batches,
 )
-from device_sdk.protocol.reasons import ProtocolError, Reason
-from fleet.telemetry.directory import DeviceDirectory, KnownDevice
-from fleet.telemetry.models import LATENCY_BOUNDS_100US, DeadLetter
+from fleet.telemetry.models import LATENCY_BOUNDS_100US
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-DEAD_LETTER_KEEP_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -54,17 +48,6 @@ class Accepted:
     message: PackedBatch | EventBatch | Summary  # the decoder gives PackedBatch, never EventBatch
 
 
-@dataclass(frozen=True)
-class Rejected:
-    """A refused message with its wire reason."""
-
-    topic: str
-    uid: str
-    reason: Reason
-    detail: str
-    payload: bytes
-
-
 @dataclass
 class StoreResult:
     """What one ``store_batches`` call did."""
@@ -73,47 +56,6 @@ class StoreResult:
     events: int = 0
     duplicates: int = 0
     devices: set[int] = field(default_factory=set)
-
-
-def decode_from_device(
-    topic: str, uid: str, payload: bytes, decode: Callable[[bytes], T],
-    directory: DeviceDirectory,
-) -> tuple[T, KnownDevice] | Rejected:
-    """Decode a device's message and check the device is enrolled and not revoked.
-
-    Every consumer of device input starts here: the decoder applies the size cap, schema and
-    ranges; what fails becomes a ``Rejected`` with its wire reason, never an exception.
-    """
-    try:
-        message = decode(payload)
-    except ProtocolError as exc:
-        return Rejected(topic, uid, exc.reason, exc.detail, payload)
-    device = directory.device(uid)
-    if device is None or device.revoked:
-        why = "revoked" if device else "not enrolled"
-        return Rejected(topic, uid, Reason.UNKNOWN_DEVICE, f"device {uid} {why}", payload)
-    return message, device
-
-
-def decode_event_message(
-    topic: str, uid: str, payload: bytes, directory: DeviceDirectory
-) -> Accepted | Rejected:
-    """Check and decode one message from ``fleet/v1/{uid}/events``."""
-    outcome = decode_from_device(topic, uid, payload, decode_message_packed, directory)
-    if isinstance(outcome, Rejected):
-        return outcome
-    message, device = outcome
-    return Accepted(device.id, directory.model_version_of(message.model), message)
-
-
-def record_rejections(rejections: list[Rejected]) -> None:
-    """Keep refused messages (truncated) in the dead-letter table."""
-    DeadLetter.objects.bulk_create([
-        DeadLetter(topic=r.topic[:200], device_uid=r.uid[:64], reason=r.reason.name,
-                   detail=r.detail[:300], size=len(r.payload),
-                   payload=r.payload[:DEAD_LETTER_KEEP_BYTES])
-        for r in rejections
-    ])
 
 
 _EVENT_COLUMNS = "device_id, model_version_id, seq, ts, label, score, latency_100us"

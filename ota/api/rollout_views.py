@@ -10,10 +10,8 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from fleet.accounts.roles import Role
-from fleet.core.api import ApiError
+from fleet.core.roles import Role
 from ota.api.rollout_serializers import _SETTINGS, RolloutDetailSerializer, RolloutSerializer
-from ota.errors import OtaError
 from ota.rollouts import actions
 from ota.rollouts.models import Rollout
 
@@ -38,26 +36,19 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cr
         serializer = RolloutSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         d = serializer.validated_data
-        try:
-            rollout = actions.do_create_rollout(
-                actor=request.user, name=d["name"], model_version=d["model_version"],
-                waves=d["waves"], group=d.get("target_group"), tags=d.get("target_tags"),
-                profile=d.get("target_profile"), devices=d.get("target_devices"),
-                base_version=d.get("base_version"),
-                **{k: d[k] for k in _SETTINGS if k in d},
-            )
-            if d["start"]:
-                rollout = actions.do_start_rollout(rollout, actor=request.user)
-        except OtaError as exc:
-            error = ApiError(exc.reason, exc.detail, exc.status)
-            raise error from None
+        rollout = actions.do_create_rollout(
+            actor=request.user, name=d["name"], model_version=d["model_version"],
+            waves=d["waves"], group=d.get("target_group"), tags=d.get("target_tags"),
+            profile=d.get("target_profile"), devices=d.get("target_devices"),
+            base_version=d.get("base_version"),
+            **{k: d[k] for k in _SETTINGS if k in d},
+        )
+        if d["start"]:
+            rollout = actions.do_start_rollout(rollout, actor=request.user)
         return Response(RolloutDetailSerializer(rollout).data, status=status.HTTP_201_CREATED)
 
     def _control(self, request: Request, fn: Any, **kwargs: Any) -> Response:
-        try:
-            rollout = fn(self.get_object(), actor=request.user, **kwargs)
-        except OtaError as exc:
-            raise ApiError(exc.reason, exc.detail, exc.status) from None
+        rollout = fn(self.get_object(), actor=request.user, **kwargs)
         return Response(RolloutDetailSerializer(rollout).data)
 
     @extend_schema(request=None, responses=RolloutDetailSerializer)

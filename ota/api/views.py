@@ -13,19 +13,13 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from fleet.accounts.roles import Role
-from fleet.core.api import ApiError
+from fleet.core.roles import Role
 from ota.api import serializers as s
 from ota.choices import Encoding
-from ota.errors import OtaError
 from ota.models import Model, ModelVersion, Package, SigningKey
 from ota.packaging.actions import do_build_package
 from ota.registry import actions as registry
 from ota.signing.actions import do_retire_signing_key, do_rotate_signing_key
-
-
-def _api_error(exc: OtaError) -> ApiError:
-    return ApiError(exc.reason, exc.detail, exc.status)
 
 
 class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
@@ -40,11 +34,8 @@ class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Crea
     write_role = Role.OPERATOR
 
     def perform_create(self, serializer: s.ModelSerializer) -> None:
-        try:
-            serializer.instance = registry.do_create_model(actor=self.request.user,
-                                                           **serializer.validated_data)
-        except OtaError as exc:
-            raise _api_error(exc) from None
+        serializer.instance = registry.do_create_model(actor=self.request.user,
+                                                       **serializer.validated_data)
         serializer.instance.version_count = 0
 
 
@@ -75,22 +66,19 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         upload = s.ModelVersionUploadSerializer(data=request.data)
         upload.is_valid(raise_exception=True)
         data = upload.validated_data
-        try:
-            if "file" in data:
-                mv = registry.do_upload_version(
-                    data["model"], version=data["version"], data=data["file"].read(),
-                    notes=data["notes"], actor=request.user,
-                    samples=data["samples"].read() if "samples" in data else None,
-                )
-                code = status.HTTP_201_CREATED
-            else:
-                mv = registry.do_request_conversion(
-                    data["model"], version=data["version"], keras=data["keras"].read(),
-                    dataset=data["dataset"].read(), notes=data["notes"], actor=request.user,
-                )
-                code = status.HTTP_202_ACCEPTED
-        except OtaError as exc:
-            raise _api_error(exc) from None
+        if "file" in data:
+            mv = registry.do_upload_version(
+                data["model"], version=data["version"], data=data["file"].read(),
+                notes=data["notes"], actor=request.user,
+                samples=data["samples"].read() if "samples" in data else None,
+            )
+            code = status.HTTP_201_CREATED
+        else:
+            mv = registry.do_request_conversion(
+                data["model"], version=data["version"], keras=data["keras"].read(),
+                dataset=data["dataset"].read(), notes=data["notes"], actor=request.user,
+            )
+            code = status.HTTP_202_ACCEPTED
         mv = self.get_queryset().get(pk=mv.pk)
         return Response(s.ModelVersionDetailSerializer(mv).data, status=code)
 
@@ -109,14 +97,11 @@ class PackageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cr
     def perform_create(self, serializer: s.PackageSerializer) -> None:
         data = serializer.validated_data
         encoding = data.get("encoding")
-        try:
-            serializer.instance = do_build_package(
-                data["model_version"], data["hardware_profile"], actor=self.request.user,
-                base=data.get("base_version"),
-                encoding=Encoding[encoding.upper()] if encoding else None,
-            )
-        except OtaError as exc:
-            raise _api_error(exc) from None
+        serializer.instance = do_build_package(
+            data["model_version"], data["hardware_profile"], actor=self.request.user,
+            base=data.get("base_version"),
+            encoding=Encoding[encoding.upper()] if encoding else None,
+        )
 
     @extend_schema(responses={(200, "application/cose"): OpenApiResponse(description="COSE_Sign1")})
     @action(detail=True, methods=["get"])
@@ -142,18 +127,12 @@ class SigningKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
     @action(detail=False, methods=["post"])
     def rotate(self, request: Request) -> Response:
         """Create a new key introduced by a rotation record signed with the current key."""
-        try:
-            key = do_rotate_signing_key(actor=request.user)
-        except OtaError as exc:
-            raise _api_error(exc) from None
+        key = do_rotate_signing_key(actor=request.user)
         return Response(self.get_serializer(key).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=s.SigningKeySerializer)
     @action(detail=True, methods=["post"])
     def retire(self, request: Request, kid: str | None = None) -> Response:
         """Stop trusting and using a key (never the last active one)."""
-        try:
-            key = do_retire_signing_key(self.get_object(), actor=request.user)
-        except OtaError as exc:
-            raise _api_error(exc) from None
+        key = do_retire_signing_key(self.get_object(), actor=request.user)
         return Response(self.get_serializer(key).data)

@@ -1,4 +1,6 @@
-"""OTA delivery in the worker: chunk requests, device reports, and the package carousel.
+"""OTA delivery: chunk requests, device reports applied to deployments, the package carousel.
+
+Intake (``fleet.intake.deployments``) decodes the devices' messages and calls in here.
 
 Fan-out keeps server egress flat as the fleet grows: while devices of a package are
 downloading, the server publishes the package's chunks on ``fleet/v1/pkg/{pkg}/c`` (the
@@ -22,18 +24,14 @@ from django.utils import timezone
 from device_sdk.protocol.limits import MAX_CHUNK_BYTES
 from device_sdk.protocol.ota_messages import (
     Chunk,
+    ChunkRequest,
     DeploymentState,
-    decode_chunk_request,
-    decode_report,
     encode_chunk,
     encode_fanout_chunk,
 )
-from device_sdk.protocol.reasons import ProtocolError, Reason
+from device_sdk.protocol.reasons import Reason
 from device_sdk.protocol.topics import Channel, PackageChannel, device_topic, package_topic
-from fleet.broker.worker import Received
 from fleet.devices.models import Device
-from fleet.telemetry.directory import DeviceDirectory
-from fleet.telemetry.ingest import Rejected, decode_from_device
 from ota.models import Package
 from ota.registry.storage import artifact_storage
 from ota.rollouts.carousel import PackageCarousel
@@ -73,15 +71,14 @@ class TransferCache:
 
 
 class OtaDelivery:
-    """Serve chunk requests and reports (worker consumers) and run the package carousel."""
+    """Serve chunk requests (unicast repairs) and run the package carousel (fan-out)."""
 
-    def __init__(self, publisher: Publisher, directory: DeviceDirectory | None = None,
-                 counters: Counter[str] | None = None, *, owner: str | None = None,
+    def __init__(self, publisher: Publisher, counters: Counter[str] | None = None, *,
+                 owner: str | None = None,
                  carousel_bytes_per_s: int = 2_000_000, carousel_chunk: int | None = None,
                  max_wait_s: float = 6.0, quiet_s: float | None = None,
                  offer_grace_s: float = 15.0) -> None:
         self.publisher = publisher
-        self.directory = directory or DeviceDirectory()
         self.cache = TransferCache()
         self.counters = counters if counters is not None else Counter()
         self.owner = owner  # serve only rollouts this worker holds the lease of (None: all)
@@ -97,63 +94,28 @@ class OtaDelivery:
         self._carousels: dict[int, PackageCarousel] = {}
         self._last_tick = time.monotonic()
 
-    # -- consumers ---------------------------------------------------------------------------
+    # -- chunk requests ----------------------------------------------------------------------
 
-    def consume_chunk_requests(self, items: list[tuple[str, Received]]) -> list[Rejected]:
-        """Answer ``[pkg, offset, length]`` from a device that was offered ``pkg``."""
-        rejected: list[Rejected] = []
-        for uid, msg in items:
-            try:
-                request = decode_chunk_request(msg.payload)
-            except ProtocolError as exc:
-                rejected.append(Rejected(msg.topic, uid, exc.reason, exc.detail, msg.payload))
-                continue
-            device = self.directory.device(uid)
-            deployment = None if device is None or device.revoked else (
-                Deployment.objects.filter(device_id=device.id, package_id=request.pkg,
-                                          state__in=ACTIVE_STATES, rollout__state__in=_LIVE)
-                .only("id", "state").first())
-            if deployment is None:
-                rejected.append(Rejected(msg.topic, uid, Reason.PACKAGE_NOT_OFFERED,
-                                         f"package {request.pkg} not offered to {uid}",
-                                         msg.payload))
-                continue
-            data = self.cache.get(request.pkg) or b""
-            piece = data[request.offset:request.offset + min(request.length, MAX_CHUNK_BYTES)]
-            self.publisher.publish(device_topic(uid, Channel.OTA_CHUNK),
-                                   encode_chunk(Chunk(request.pkg, request.offset, piece)), 1)
-            self.counters["ota_unicast_bytes"] += len(piece)
-            self.counters["ota_chunks_served"] += 1
-            Deployment.objects.filter(id=deployment.id, state=DeploymentState.OFFERED).update(
-                state=DeploymentState.DOWNLOADING, state_changed_at=timezone.now())
-        return rejected
+    def serve_chunk(self, uid: str, device_id: int, request: ChunkRequest) -> bool:
+        """Send ``request``'s piece of a package to the device, if it was offered that package.
 
-    def consume_reports(self, items: list[tuple[str, Received]]) -> list[Rejected]:
-        """Apply ``[pkg, state, detail]`` reports to the device's deployment of ``pkg``.
-
-        A wave reports thousands at once (five steps per device): the batch is applied with
-        one read of its deployments and a few grouped writes, in one transaction.
+        Return False (nothing sent) when no live deployment of ``request.pkg`` holds the
+        device. A served request moves an OFFERED deployment to DOWNLOADING.
         """
-        rejected: list[Rejected] = []
-        accepted: list[tuple[str, Received, ReportRow]] = []
-        for uid, msg in items:
-            outcome = decode_from_device(msg.topic, uid, msg.payload, decode_report,
-                                         self.directory)
-            if isinstance(outcome, Rejected):
-                rejected.append(outcome)
-                continue
-            report, device = outcome
-            accepted.append((uid, msg, (device.id, report.pkg, DeploymentState(report.state),
-                                        report.detail)))
-        applied = apply_reports([row for _, _, row in accepted])
-        for (uid, msg, row), ok in zip(accepted, applied, strict=True):
-            if ok:
-                self.counters[f"ota_report_{row[2].name.lower()}"] += 1
-            else:
-                rejected.append(Rejected(msg.topic, uid, Reason.PACKAGE_NOT_OFFERED,
-                                         f"report for package {row[1]} not offered to {uid}",
-                                         msg.payload))
-        return rejected
+        deployment = (Deployment.objects.filter(device_id=device_id, package_id=request.pkg,
+                                                state__in=ACTIVE_STATES, rollout__state__in=_LIVE)
+                      .only("id", "state").first())
+        if deployment is None:
+            return False
+        data = self.cache.get(request.pkg) or b""
+        piece = data[request.offset:request.offset + min(request.length, MAX_CHUNK_BYTES)]
+        self.publisher.publish(device_topic(uid, Channel.OTA_CHUNK),
+                               encode_chunk(Chunk(request.pkg, request.offset, piece)), 1)
+        self.counters["ota_unicast_bytes"] += len(piece)
+        self.counters["ota_chunks_served"] += 1
+        Deployment.objects.filter(id=deployment.id, state=DeploymentState.OFFERED).update(
+            state=DeploymentState.DOWNLOADING, state_changed_at=timezone.now())
+        return True
 
     # -- carousel ------------------------------------------------------------------------------
 
@@ -215,7 +177,7 @@ class OtaDelivery:
             spent = 0
             while spent < share and carousel.pending > 0:
                 offset, length = carousel.next_chunk(carousel.chunk, timezone.now())
-                # QoS 1 to the broker (DESIGN.md); devices subscribe at QoS 0, so nothing is
+                # QoS 1 to the broker (docs/ARCHITECTURE.md, Topics); devices subscribe at QoS 0, so nothing is
                 # queued for offline ones and a chunk lost on the way is repaired by request.
                 self.publisher.publish(package_topic(package_id, PackageChannel.CHUNK),
                                        encode_fanout_chunk(Chunk(package_id, offset,

@@ -64,6 +64,11 @@ def active_public_keys() -> QuerySet[SigningKey]:
     return SigningKey.objects.filter(state=KeyState.ACTIVE).order_by("created_at", "id")
 
 
+def published_public_keys() -> list[dict[str, str]]:
+    """Return the active keys as devices receive them at enrollment: ``[{kid, public_key}]``."""
+    return [{"kid": k.kid_hex, "public_key": k.public_key_hex} for k in active_public_keys()]
+
+
 def current_signing_key() -> SigningKey | None:
     """Return the key that signs new packages: the newest active one."""
     return active_public_keys().order_by("-created_at", "-id").first()

@@ -42,7 +42,7 @@ from device_sdk.protocol import link
 from device_sdk.protocol.manifest import Encoding
 from device_sdk.protocol.ota_messages import Chunk, DeploymentState, decode_chunk, encode_chunk
 from device_sdk.protocol.reasons import Reason
-from fleet.accounts.roles import Role
+from fleet.core.roles import Role
 from fleet.broker.configured import reset_broker_access
 from fleet.broker.mosquitto import MosquittoInstance
 from fleet.devices.models import Device, Gateway, HardwareProfile

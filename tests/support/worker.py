@@ -32,7 +32,7 @@ from fleet.broker.dynsec import DynsecAccess
 from fleet.broker.mosquitto import MosquittoInstance
 
 ROOT = Path(__file__).resolve().parents[2]
-# Logged once the broker granted the worker's shared subscriptions (fleet/broker/worker.py).
+# Logged once the broker granted the worker's shared subscriptions (fleet/intake/worker.py).
 READY_LINE = "subscriptions granted"
 START_TIMEOUT_S = 30.0
 LOG_TAIL_CHARS = 20_000

@@ -1,7 +1,7 @@
 from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
-from fleet.accounts.roles import ROLE_GROUP_NAMES, role_of
+from fleet.core.roles import ROLE_GROUP_NAMES, role_of
 
 
 class UserSerializer(serializers.ModelSerializer):

@@ -11,7 +11,7 @@ from rest_framework.response import Response
 
 from fleet.accounts.actions import do_create_user
 from fleet.accounts.api.serializers import UserSerializer
-from fleet.accounts.roles import ROLE_GROUP_NAMES, Role
+from fleet.core.roles import ROLE_GROUP_NAMES, Role
 
 
 class UserViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,

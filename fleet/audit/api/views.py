@@ -1,6 +1,6 @@
 from rest_framework import viewsets
 
-from fleet.accounts.roles import Role
+from fleet.core.roles import Role
 from fleet.audit.api.serializers import AuditLogSerializer
 from fleet.audit.filtersets import AuditLogFilterSet
 from fleet.audit.models import AuditLog

@@ -20,7 +20,7 @@ from django.urls import reverse
 
 from device_sdk.protocol.ota_messages import DeploymentState
 from device_sdk.protocol.reasons import Reason
-from fleet.accounts.roles import Role, has_role
+from fleet.core.roles import Role, has_role
 from fleet.audit.models import AuditLog
 from fleet.console.access import console_view, forbidden, render_page
 from fleet.console.rollout_forms import SCORE_PER_POINT, RolloutForm

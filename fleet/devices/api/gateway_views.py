@@ -20,8 +20,8 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from fleet.accounts.roles import Role
-from fleet.core.api import ApiError, client_address
+from fleet.core.roles import Role
+from fleet.core.api import client_address
 from fleet.devices import gateway_actions as actions
 from fleet.devices.api.authentication import gateway_of
 from fleet.devices.api.serializers import MqttCredentialSerializer
@@ -98,13 +98,10 @@ class GatewayViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         body = GatewayProvisionSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        try:
-            result = actions.do_provision_gateway(
-                uid=data["uid"], children=data["children"], name=data.get("name"),
-                actor=request.user, remote_addr=client_address(request),
-            )
-        except actions.GatewayError as exc:
-            raise ApiError(exc.reason, exc.detail, exc.status) from None
+        result = actions.do_provision_gateway(
+            uid=data["uid"], children=data["children"], name=data.get("name"),
+            actor=request.user, remote_addr=client_address(request),
+        )
         gateway = result.gateway
         gateway.created = result.created
         gateway.mqtt = {
@@ -127,23 +124,17 @@ class GatewayViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         body = GatewayChildrenSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         caller = gateway_of(request)
-        try:
-            gateway = actions.do_add_gateway_children(
-                self.get_object(), body.validated_data["children"], actor=request.user,
-                actor_label=caller.audit_label if caller else None,
-                remote_addr=client_address(request),
-            )
-        except actions.GatewayError as exc:
-            raise ApiError(exc.reason, exc.detail, exc.status) from None
+        gateway = actions.do_add_gateway_children(
+            self.get_object(), body.validated_data["children"], actor=request.user,
+            actor_label=caller.audit_label if caller else None,
+            remote_addr=client_address(request),
+        )
         return Response(self.get_serializer(self.get_queryset().get(pk=gateway.pk)).data)
 
     @extend_schema(request=None, responses=GatewaySerializer)
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, uid: str | None = None) -> Response:
         """Revoke a gateway: its broker identity is deleted and its connection closed."""
-        try:
-            gateway = actions.do_revoke_gateway(self.get_object(), actor=request.user,
-                                                remote_addr=client_address(request))
-        except actions.GatewayError as exc:
-            raise ApiError(exc.reason, exc.detail, exc.status) from None
+        gateway = actions.do_revoke_gateway(self.get_object(), actor=request.user,
+                                            remote_addr=client_address(request))
         return Response(self.get_serializer(self.get_queryset().get(pk=gateway.pk)).data)

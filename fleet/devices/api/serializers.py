@@ -77,7 +77,7 @@ class DeviceSerializer(serializers.ModelSerializer):
 
 
 class CapabilitiesSerializer(serializers.Serializer):
-    """Device capabilities as DESIGN.md names them (JSON at enrollment)."""
+    """Device capabilities as the protocol names them (device_sdk/protocol/status.py) (JSON at enrollment)."""
 
     firmware_version = serializers.CharField(max_length=64)
     tflm_version = serializers.CharField(max_length=64, required=False, default="")

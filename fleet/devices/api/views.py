@@ -13,8 +13,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 
-from fleet.accounts.roles import Role
-from fleet.core.api import ApiError, AuditedModelViewSet, client_address
+from fleet.core.roles import Role
+from fleet.audit.viewsets import AuditedModelViewSet
+from fleet.core.api import ApiError, client_address
 from fleet.devices import actions
 from fleet.devices.api import serializers as s
 from fleet.devices.filtersets import (
@@ -150,18 +151,15 @@ class EnrollViewSet(viewsets.GenericViewSet):
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        try:
-            result = actions.do_enroll_device(
-                token=data["token"],
-                public_key_pem=data["public_key"],
-                hardware=data["hardware"],
-                capabilities=dict(data["capabilities"]),
-                uid=data.get("uid"),
-                name=data.get("name", ""),
-                remote_addr=client_address(request),
-            )
-        except actions.EnrollmentError as exc:
-            raise ApiError(exc.reason, exc.detail, exc.status) from None
+        result = actions.do_enroll_device(
+            token=data["token"],
+            public_key_pem=data["public_key"],
+            hardware=data["hardware"],
+            capabilities=dict(data["capabilities"]),
+            uid=data.get("uid"),
+            name=data.get("name", ""),
+            remote_addr=client_address(request),
+        )
         body = {
             "device_id": result.device.uid,
             "created": result.created,

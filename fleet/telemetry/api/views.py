@@ -14,7 +14,7 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from fleet.accounts.roles import Role
+from fleet.core.roles import Role
 from fleet.telemetry import queries
 from fleet.telemetry.api import serializers as s
 from fleet.telemetry.models import DeadLetter

@@ -25,7 +25,7 @@ from device_sdk.gateway.cli import main
 from device_sdk.protocol import link
 from device_sdk.protocol.events import Event, EventBatch, encode_batch
 from device_sdk.protocol.status import OFFLINE_PAYLOAD, LinkState, decode_status
-from fleet.accounts.roles import Role
+from fleet.core.roles import Role
 from fleet.audit.models import AuditLog
 from fleet.devices.models import Device, Gateway
 from tests.device_sdk.gateway.fake_mcu import CAPS, FakeMcu

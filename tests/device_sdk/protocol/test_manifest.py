@@ -104,7 +104,7 @@ def refusal(cose: bytes, trusted_keys: dict, **overrides: Any) -> Reason:
 
 
 def test_wire_keys_are_fixed(delta_manifest: Manifest) -> None:
-    """The payload uses integer keys 1..14 exactly as DESIGN.md's table, ascending."""
+    """The payload uses integer keys 1..14 exactly as manifest.py's key table, ascending."""
     m = delta_manifest
     payload = m.encode()
     assert list(cbor2.loads(payload).items()) == [

@@ -34,7 +34,7 @@ Decoder = Callable[[bytes], object]
 
 
 def test_deployment_state_wire_values() -> None:
-    """Wire values follow DESIGN.md's order of states: never renumber."""
+    """Wire values follow the order of states in docs/ARCHITECTURE.md: never renumber."""
     assert [s.name.lower() for s in sorted(DeploymentState)] == [
         "pending",
         "offered",

@@ -43,7 +43,7 @@ UID = "dev-0123456789abcdef"
     ],
 )
 def test_device_topics_match_the_design(channel: Channel, topic: str) -> None:
-    """Each channel has exactly the topic DESIGN.md names, and parses back."""
+    """Each channel has exactly the topic docs/ARCHITECTURE.md names, and parses back."""
     assert device_topic(UID, channel) == topic
     assert parse_topic(topic) == DeviceTopic(UID, channel)
     assert parse_device_topic(topic) == DeviceTopic(UID, channel)

@@ -107,7 +107,7 @@ MATRIX = [
 @pytest.fixture
 def seeded(enroll_body: dict[str, Any], device_group: Any, user_factory: Any) -> dict[str, str]:
     """Rows the parametrized paths point at."""
-    from fleet.accounts.roles import Role
+    from fleet.core.roles import Role
     from fleet.audit.models import AuditLog
     from fleet.devices.models import HardwareProfile
 
@@ -199,7 +199,7 @@ def test_docs_use_local_assets() -> None:
 
 
 def test_session_auth_works_for_the_console(user_factory: Any) -> None:
-    from fleet.accounts.roles import Role
+    from fleet.core.roles import Role
 
     user = user_factory(Role.VIEWER)
     client = APIClient()
@@ -210,7 +210,7 @@ def test_session_auth_works_for_the_console(user_factory: Any) -> None:
 def test_token_auth_works_for_scripts(user_factory: Any) -> None:
     from rest_framework.authtoken.models import Token
 
-    from fleet.accounts.roles import Role
+    from fleet.core.roles import Role
 
     token = Token.objects.create(user=user_factory(Role.VIEWER))
     client = APIClient(HTTP_AUTHORIZATION=f"Token {token.key}")

@@ -15,7 +15,7 @@ import tflite_micro
 from django.test import Client
 from django.utils import timezone
 
-from fleet.accounts.roles import Role
+from fleet.core.roles import Role
 from fleet.devices.actions import do_create_enrollment_token
 from fleet.devices.choices import DeviceState, KeyAlgorithm
 from fleet.devices.models import Device, DeviceGroup, HardwareProfile, Tag

@@ -55,7 +55,7 @@ def test_login_form_has_the_fixed_field_names(client: Client) -> None:
 
 def test_login_with_good_credentials_opens_the_overview(client: Client,
                                                         user_factory: Callable) -> None:
-    from fleet.accounts.roles import Role
+    from fleet.core.roles import Role
 
     user = user_factory(Role.VIEWER)
     response = client.post("/console/login/", {"username": user.username,
@@ -65,7 +65,7 @@ def test_login_with_good_credentials_opens_the_overview(client: Client,
 
 
 def test_login_with_a_wrong_password_is_refused(client: Client, user_factory: Callable) -> None:
-    from fleet.accounts.roles import Role
+    from fleet.core.roles import Role
 
     user = user_factory(Role.VIEWER)
     response = client.post("/console/login/", {"username": user.username, "password": "nope"})

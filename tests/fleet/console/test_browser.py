@@ -30,7 +30,7 @@ def overflow_px(page: Any) -> int:
 
 def test_login_leads_back_to_the_page_asked_for(browse: Browse, fleet: Any,
                                                 user_factory: Callable, screenshot: Shot) -> None:
-    from fleet.accounts.roles import Role
+    from fleet.core.roles import Role
 
     user = user_factory(Role.OPERATOR)
     page = browse(role=None)

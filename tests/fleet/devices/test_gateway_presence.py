@@ -15,8 +15,8 @@ import pytest
 from device_sdk.gateway.presence import GatewayPresence
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.status import OFFLINE_PAYLOAD, LinkState, Status, decode_status
-from fleet.broker.consumers import Consumers
-from fleet.broker.worker import Received
+from fleet.intake.consumers import Consumers
+from fleet.intake.worker import Received
 from fleet.devices.choices import DeviceState
 from fleet.devices.models import Device, Gateway, HardwareProfile
 from fleet.devices.presence import GatewayStatusApplied, apply_gateway_status

@@ -18,7 +18,7 @@ import pytest
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from fleet.accounts.roles import Role
+from fleet.core.roles import Role
 from fleet.audit.models import AuditLog
 from fleet.devices.models import Gateway
 

@@ -20,8 +20,8 @@ from device_sdk.protocol.status import (
     parse_capabilities,
 )
 from fleet.audit.models import AuditLog
-from fleet.broker.consumers import Consumers
-from fleet.broker.worker import Received
+from fleet.intake.consumers import Consumers
+from fleet.intake.worker import Received
 from fleet.devices.choices import DeviceState
 from fleet.devices.models import Device, HardwareProfile
 from fleet.devices.presence import apply_status

@@ -20,17 +20,12 @@ from django.db import connection
 from device_sdk.protocol.events import Event, EventBatch, encode_batch, encode_summary, summarize
 from device_sdk.protocol.limits import MAX_EVENTS_BYTES
 from device_sdk.protocol.reasons import Reason
-from fleet.broker.consumers import Consumers
-from fleet.broker.worker import Received
+from fleet.intake.consumers import Consumers
+from fleet.intake.worker import Received
 from fleet.devices.models import Device, HardwareProfile
-from fleet.telemetry.directory import DeviceDirectory
-from fleet.telemetry.ingest import (
-    Accepted,
-    Rejected,
-    decode_event_message,
-    record_rejections,
-    store_batches,
-)
+from fleet.intake.directory import DeviceDirectory
+from fleet.intake.messages import Rejected, decode_event_message, record_rejections
+from fleet.telemetry.ingest import Accepted, store_batches
 from fleet.telemetry.models import DeadLetter, IngestedBatch, Rollup
 from fleet.telemetry.models import Event as EventRow
 

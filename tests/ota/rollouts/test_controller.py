@@ -26,7 +26,9 @@ from device_sdk.protocol.ota_messages import (
 )
 from device_sdk.protocol.reasons import Reason
 from device_sdk.protocol.topics import package_topic
-from fleet.broker.worker import Received
+from fleet.intake.deployments import DeploymentConsumers
+from fleet.intake.directory import DeviceDirectory
+from fleet.intake.worker import Received
 from fleet.devices.models import Device, HardwareProfile
 from fleet.telemetry.models import Rollup
 from ota.models import ModelVersion, Package
@@ -227,12 +229,12 @@ def test_chunks_only_for_offered_packages(versions: Any, fleet_on_v1: list[Devic
     package = Package.objects.get(rollouts=rollout)
     offered = Deployment.objects.filter(rollout=rollout, state=DeploymentState.OFFERED).first()
     waiting = Deployment.objects.filter(rollout=rollout, state=DeploymentState.PENDING).first()
-    delivery = OtaDelivery(publisher)
+    deployments = DeploymentConsumers(OtaDelivery(publisher), DeviceDirectory())
 
     def request(uid: str, pkg: int) -> list[Any]:
         payload = encode_chunk_request(ChunkRequest(pkg, 0, 512))
         msg = Received(f"fleet/v1/{uid}/ota/get", payload, 1, 1, timezone.now())
-        return delivery.consume_chunk_requests([(uid, msg)])
+        return deployments.consume_chunk_requests([(uid, msg)])
 
     assert request(offered.device.uid, package.pk) == []
     chunk = decode_chunk(publisher.sent[-1][1])
@@ -256,6 +258,8 @@ def test_incompatible_profile_refuses_the_rollout(versions: Any, big_arena_tflit
         "name": "big", "model_version": big["id"], "target_devices": ["nano-1"]}, format="json")
     assert (response.status_code, response.json()["reason"]) == (409, "incompatible")
     assert "arduino-nano-33-ble-sense" in response.json()["detail"]
+    # The refusal's extra reaches the client: why, per profile (the API's one handler).
+    assert set(response.json()["refusals"]) == {"arduino-nano-33-ble-sense"}
     assert not Rollout.objects.exists()
 
 

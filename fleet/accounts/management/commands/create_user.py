@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from rest_framework.authtoken.models import Token
 
 from fleet.accounts.actions import do_create_user
-from fleet.accounts.roles import ROLE_GROUP_NAMES, Role
+from fleet.core.roles import ROLE_GROUP_NAMES, Role
 
 
 class Command(BaseCommand):

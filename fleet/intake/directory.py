@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fleet.devices.models import Device
+from ota.models import Package
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,6 @@ class DeviceDirectory:
         if package_id <= 0:
             return 0
         if package_id not in self._packages:
-            from ota.models import Package
-
             mv = Package.objects.filter(pk=package_id).values_list("model_version_id", flat=True)
             found = mv.first()
             if found is None:

@@ -19,19 +19,16 @@ from django.db import close_old_connections
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.status import decode_status
 from device_sdk.protocol.topics import Channel, parse_device_topic
-from fleet.broker.worker import Received
+from fleet.intake.worker import Received
 from fleet.devices.presence import apply_gateway_status, apply_status
-from fleet.telemetry.directory import DeviceDirectory
-from fleet.telemetry.ingest import (
-    Accepted,
+from fleet.intake.directory import DeviceDirectory
+from fleet.intake.messages import (
     Rejected,
     decode_event_message,
     decode_from_device,
-    StagedBatches,
     record_rejections,
-    stage_batches,
-    store_staged,
 )
+from fleet.telemetry.ingest import Accepted, StagedBatches, stage_batches, store_staged
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,11 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 from django.utils import timezone
 
-from fleet.broker.consumers import Consumers
-from fleet.broker.stats import save_worker_stats
 from device_sdk.protocol.topics import Channel
-from fleet.broker.worker import MqttWorker, WorkerConfig
+from fleet.intake.consumers import Consumers
+from fleet.intake.deployments import DeploymentConsumers
+from fleet.intake.stats import save_worker_stats
+from fleet.intake.worker import MqttWorker, WorkerConfig
 from ota.rollouts.delivery import OtaDelivery
 
 log = logging.getLogger("fleet.worker")
@@ -55,9 +56,10 @@ class Command(BaseCommand):
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         # The carousel serves the rollouts whose lease this worker holds: one sender per package.
-        delivery = OtaDelivery(worker, consumers.directory, consumers.counters, owner=name)
-        consumers.register(Channel.OTA_GET, delivery.consume_chunk_requests)
-        consumers.register(Channel.OTA_REPORT, delivery.consume_reports)
+        delivery = OtaDelivery(worker, consumers.counters, owner=name)
+        deployments = DeploymentConsumers(delivery, consumers.directory)
+        consumers.register(Channel.OTA_GET, deployments.consume_chunk_requests)
+        consumers.register(Channel.OTA_REPORT, deployments.consume_reports)
         if opts["retire"]:
             handled = worker.retire()
             self.stdout.write(f"worker {name} retired ({handled} queued messages stored)\n")
