@@ -9,6 +9,7 @@ Environment:
   MQTT_DEVICE_URL    broker URL handed to devices at enrollment (TLS listener).
   FLEET_VAR_DIR      where run-time files live (artifacts, keys, broker state); default ./var.
   ENROLL_RATE        enrollment attempts per client address, DRF rate syntax; default 30/min.
+  ENROLL_CHALLENGE_RATE  proof-of-possession nonces per client address; default 60/min.
 """
 
 from __future__ import annotations
@@ -132,7 +133,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_THROTTLE_RATES": {"enroll": os.environ.get("ENROLL_RATE", "30/min")},
+    "DEFAULT_THROTTLE_RATES": {
+        "enroll": os.environ.get("ENROLL_RATE", "30/min"),
+        "enroll_challenge": os.environ.get("ENROLL_CHALLENGE_RATE", "60/min"),
+    },
     "EXCEPTION_HANDLER": "fleet.core.api.exception_handler",
 }
 

@@ -7,11 +7,12 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from device_sdk.protocol.enrollment import enrollment_message
 from fleet.accounts.actions import do_create_user
 from fleet.core.roles import Role
 from fleet.devices.actions import do_create_enrollment_token
@@ -78,18 +79,63 @@ def enrollment_token_factory(db: Any) -> Callable[..., str]:
 
     def make(**kwargs: Any) -> str:
         kwargs.setdefault("expires_at", timezone.now() + timedelta(days=1))
+        # Most tests enroll uids of their choosing; the uid-binding tests set their own rule.
+        kwargs.setdefault("uid_pattern", ".*")
         _, plain = do_create_enrollment_token(actor=None, **kwargs)
         return plain
 
     return make
 
 
-def make_public_key_pem() -> str:
-    """Return a fresh Ed25519 public key in PEM, as a device would generate."""
-    key = ed25519.Ed25519PrivateKey.generate().public_key()
-    return key.public_bytes(
+# Private keys of the public keys the tests made, so an enrollment body can be signed later.
+_PRIVATE_KEYS: dict[str, Any] = {}
+
+
+def register_key(private_key: Any) -> str:
+    """Remember a device's private key; return its public key as enrollment PEM."""
+    pem = private_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()
+    _PRIVATE_KEYS[pem] = private_key
+    return pem
+
+
+def private_key_of(public_key_pem: str) -> Any:
+    """Return the private key the tests made for ``public_key_pem``."""
+    return _PRIVATE_KEYS[public_key_pem]
+
+
+def make_public_key_pem() -> str:
+    """Return a fresh Ed25519 public key in PEM, as a device would generate (its private half
+    is kept for ``signed``)."""
+    return register_key(ed25519.Ed25519PrivateKey.generate())
+
+
+def signed(body: dict[str, Any], client: APIClient | None = None, *,
+           via: str = "", key: Any = None) -> dict[str, Any]:
+    """Return ``body`` with a fresh server nonce and the device's signature, as the SDK sends
+    it (``key``: sign with another key than the body's own)."""
+    answer = (client or APIClient()).post("/api/v1/enroll/challenge/")
+    assert answer.status_code == 200, answer.content
+    nonce = bytes.fromhex(answer.json()["nonce"])
+    message = enrollment_message(nonce=nonce, token=str(body.get("token") or ""),
+                                 uid=body.get("uid", ""),
+                                 hardware=body["hardware"], capabilities=body["capabilities"],
+                                 via=via)
+    signer = key or _PRIVATE_KEYS.get(body.get("public_key"))
+    if signer is None:  # a key the tests did not make (garbage, RSA): nobody can sign for it
+        signature = bytes(64)
+    elif isinstance(signer, ec.EllipticCurvePrivateKey):
+        signature = signer.sign(message, ec.ECDSA(hashes.SHA256()))
+    else:
+        signature = signer.sign(message)
+    return {**body, "nonce": nonce.hex(), "signature": signature.hex()}
+
+
+def post_enroll(body: dict[str, Any], client: APIClient | None = None, **kwargs: Any) -> Any:
+    """Sign ``body`` as its device would and POST it to /api/v1/enroll/."""
+    client = client or APIClient()
+    return client.post("/api/v1/enroll/", signed(body, client, **kwargs), format="json")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
+from device_sdk.protocol.enrollment import enrollment_message
 from fleet.audit.actions import record_audit
 from fleet.core.errors import Refused
 from fleet.broker.configured import broker_access
@@ -23,7 +24,15 @@ from fleet.devices.credentials import (
     new_mqtt_password,
     parse_public_key,
 )
-from fleet.devices.models import Device, DeviceGroup, EnrollmentToken, HardwareProfile, Tag
+from fleet.devices.models import (
+    Device,
+    DeviceGroup,
+    EnrollmentToken,
+    Gateway,
+    HardwareProfile,
+    Tag,
+)
+from fleet.devices.proof import check_proof
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +60,13 @@ def do_create_enrollment_token(
     name: str = "",
     group: DeviceGroup | None = None,
     hardware_profile: HardwareProfile | None = None,
+    uid_pattern: str = "",
+    allowed_uids: list[str] | None = None,
 ) -> tuple[EnrollmentToken, str]:
-    """Create a claim token; return the row and the plain token (which is never stored)."""
+    """Create a claim token; return the row and the plain token (which is never stored).
+
+    ``uid_pattern`` / ``allowed_uids`` bind the uids it may enroll (``admits_uid``).
+    """
     plain = new_claim_token()
     token = EnrollmentToken.objects.create(
         name=name,
@@ -62,6 +76,8 @@ def do_create_enrollment_token(
         expires_at=expires_at,
         group=group,
         hardware_profile=hardware_profile,
+        uid_pattern=uid_pattern,
+        allowed_uids=list(allowed_uids or []),
         created_by=actor if actor is not None and actor.is_authenticated else None,
     )
     record_audit(
@@ -72,6 +88,7 @@ def do_create_enrollment_token(
             "name": name, "prefix": token.prefix, "max_uses": max_uses,
             "expires_at": expires_at.isoformat(), "group": group and group.name,
             "hardware_profile": hardware_profile and hardware_profile.name,
+            "uid_pattern": uid_pattern, "allowed_uids": len(allowed_uids or []),
         },
     )
     return token, plain
@@ -95,6 +112,19 @@ _TOKEN_REFUSALS = {
 }
 
 
+@dataclass(frozen=True)
+class EnrollmentProof:
+    """A device's proof that it holds its key: the server's nonce and its signature over
+    ``device_sdk.protocol.enrollment.enrollment_message``; ``capabilities`` exactly as sent."""
+
+    nonce: bytes
+    signature: bytes
+    capabilities: dict[str, Any]
+
+
+_UID_REFUSAL = ("uid_not_allowed", "This token and key may not enroll this device id.")
+
+
 @transaction.atomic
 def do_enroll_device(
     *,
@@ -102,20 +132,29 @@ def do_enroll_device(
     public_key_pem: str,
     hardware: str,
     capabilities: dict[str, Any],
+    proof: EnrollmentProof,
     uid: str | None = None,
     name: str = "",
+    via: Gateway | None = None,
     remote_addr: str | None = None,
 ) -> EnrollmentResult:
-    """Enroll a device that presents a claim token and its public key.
+    """Enroll a device that presents a claim token, its public key and proof that it holds the
+    private key (checked before anything else; see ``fleet.devices.proof``).
 
     Re-enrolling with the key a device already enrolled with is idempotent: the same device,
-    no token use consumed, a fresh MQTT credential (the device may have lost the first answer).
-    A different key for an existing uid is refused. Any refusal writes nothing.
+    no token use consumed, a fresh MQTT credential (the device may have lost the first answer);
+    only that key's holder can do it. A uid enrolled with another key, or one the token does
+    not admit (``EnrollmentToken.admits_uid``), is refused alike, without telling which. A
+    request relayed by gateway ``via`` (which the device signed) makes the device that
+    gateway's child. Any refusal writes nothing.
     """
     try:
         key = parse_public_key(public_key_pem)
     except InvalidPublicKey as exc:
         raise EnrollmentError("invalid_public_key", str(exc), 400) from None
+    message = enrollment_message(nonce=proof.nonce, token=token, uid=uid or "", hardware=hardware,
+                                 capabilities=proof.capabilities, via=via.uid if via else "")
+    check_proof(key.pem, message, proof.nonce, proof.signature)
 
     claim = (
         EnrollmentToken.objects.select_for_update()
@@ -141,13 +180,12 @@ def do_enroll_device(
         public_key_fingerprint=key.fingerprint
     ).first()
     if existing is not None:
-        return _re_enroll(existing, claim, uid, profile, capabilities, remote_addr)
+        return _re_enroll(existing, claim, uid, profile, capabilities, via, remote_addr)
 
-    uid = uid or default_uid(key.fingerprint)
-    if Device.objects.filter(uid=uid).exists():
-        raise EnrollmentError(
-            "uid_key_conflict", f"Device {uid} is enrolled with a different key.", 409
-        )
+    derived = default_uid(key.fingerprint)
+    uid = uid or derived
+    if not claim.admits_uid(uid, derived) or Device.objects.filter(uid=uid).exists():
+        raise EnrollmentError(*_UID_REFUSAL, 403)
     state = claim.state
     if state != TokenState.ACTIVE:
         raise EnrollmentError(*_TOKEN_REFUSALS[state], 403)
@@ -161,18 +199,23 @@ def do_enroll_device(
         public_key_fingerprint=key.fingerprint,
         key_algorithm=key.algorithm,
         enrolled_with=claim,
+        enrolled_via=via,
         **_capability_fields(capabilities),
     )
     claim.uses += 1
     claim.save(update_fields=["uses"])
     password = _provision(device)
+    if via is not None:
+        _attach_to_gateway(via, device)
     record_audit(
         actor=None, actor_label=f"device:{uid}", action="device.enroll", obj=device,
         after={"hardware": profile.name, "group": claim.group and claim.group.name,
-               "token": claim.prefix, "key": key.fingerprint[:16]},
+               "token": claim.prefix, "key": key.fingerprint[:16],
+               "via": via.uid if via else None},
         remote_addr=remote_addr,
     )
-    log.info("device %s enrolled (%s, token %s…)", uid, profile.name, claim.prefix)
+    log.info("device %s enrolled (%s, token %s…%s)", uid, profile.name, claim.prefix,
+             f", via gateway {via.uid}" if via else "")
     return EnrollmentResult(device, uid, password, created=True)
 
 
@@ -182,6 +225,7 @@ def _re_enroll(
     uid: str | None,
     profile: HardwareProfile,
     capabilities: dict[str, Any],
+    via: Gateway | None,
     remote_addr: str | None,
 ) -> EnrollmentResult:
     if device.revoked:
@@ -204,9 +248,29 @@ def _re_enroll(
         setattr(device, field, value)
     device.save()
     password = _provision(device)
+    if via is not None:  # the key's holder signed this relay: it may speak for the device
+        _attach_to_gateway(via, device)
     record_audit(actor=None, actor_label=f"device:{device.uid}", action="device.re_enroll",
-                 obj=device, remote_addr=remote_addr)
+                 obj=device, after={"via": via.uid if via else None}, remote_addr=remote_addr)
     return EnrollmentResult(device, device.uid, password, created=False)
+
+
+def _attach_to_gateway(gateway: Gateway, device: Device) -> None:
+    """Let ``gateway`` speak for ``device`` (at the broker too, inside this transaction)."""
+    if gateway.revoked:
+        raise EnrollmentError("gateway_revoked", f"Gateway {gateway.uid} has been revoked.", 409)
+    if gateway.children.filter(pk=device.pk).exists():
+        return
+    gateway.children.add(device)
+    access = broker_access()
+    if access is not None:
+        try:
+            access.add_gateway_children(gateway.uid, [device.uid])
+        except Exception as exc:
+            log.error("broker refused to attach %s to %s: %s", device.uid, gateway.uid, exc)
+            raise EnrollmentError(
+                "broker_unavailable", "The message broker is unavailable; retry later.", 503
+            ) from exc
 
 
 def _capability_fields(capabilities: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
+from device_sdk.protocol.enrollment import attach_message
 from device_sdk.protocol.topics import is_valid_uid
 from fleet.audit.actions import record_audit
 from fleet.broker.access import BrokerAccess
@@ -37,6 +38,7 @@ from fleet.devices.choices import DeviceState
 from fleet.devices.credentials import hash_secret, new_gateway_token, new_mqtt_password
 from fleet.devices.models import Device, Gateway
 from fleet.devices.presence import take_gateway_children_offline
+from fleet.devices.proof import check_proof
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,44 @@ def do_add_gateway_children(
                  after=_snapshot(gateway), actor_label=actor_label, remote_addr=remote_addr)
     log.info("gateway %s now speaks for %s too", gateway.uid, ", ".join(new_uids))
     return gateway
+
+
+@transaction.atomic
+def do_attach_proven_children(
+    gateway: Gateway,
+    children: Iterable[str],
+    proofs: dict[str, tuple[bytes, bytes]],
+    *,
+    actor_label: str,
+    remote_addr: str | None = None,
+) -> Gateway:
+    """Attach children at a gateway's own request: each must have enrolled through this
+    gateway and prove, with a fresh nonce, that it holds its enrolled key (its signature over
+    ``attach_message``). Anything else is refused as a whole, in words that do not tell
+    whether a uid exists or to whom it belongs."""
+    wanted = sorted(set(children))
+    if len(wanted) > MAX_CHILDREN:
+        raise GatewayError("too_many_children", f"At most {MAX_CHILDREN} children.", 400)
+    devices = {d.uid: d for d in Device.objects.filter(
+        uid__in=wanted, revoked_at__isnull=True, enrolled_via=gateway)}
+    refused = [uid for uid in wanted if uid not in devices or uid not in proofs]
+    for uid, device in devices.items():
+        if uid in refused:
+            continue
+        nonce, signature = proofs[uid]
+        try:
+            check_proof(device.public_key_pem,
+                        attach_message(nonce=nonce, gateway_uid=gateway.uid, uid=uid),
+                        nonce, signature)
+        except Refused:
+            refused.append(uid)
+    if refused:
+        raise GatewayError(
+            "children_refused",
+            "A gateway may attach only devices that enrolled through it, each with a valid "
+            f"proof of possession; refused: {', '.join(sorted(refused)[:10])}", 403)
+    return do_add_gateway_children(gateway, wanted, actor=None, actor_label=actor_label,
+                                   remote_addr=remote_addr)
 
 
 @transaction.atomic

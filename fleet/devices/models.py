@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -87,6 +89,10 @@ class Device(models.Model):
     enrolled_with = models.ForeignKey(
         "EnrollmentToken", null=True, blank=True, on_delete=models.SET_NULL, related_name="devices"
     )
+    enrolled_via = models.ForeignKey(
+        "Gateway", null=True, blank=True, on_delete=models.SET_NULL, related_name="enrolled",
+        help_text="the gateway that relayed this device's signed enrollment, if any",
+    )
     revoked_at = models.DateTimeField(null=True, blank=True)
     running_package_id = models.IntegerField(
         null=True, blank=True, help_text="OTA package the device last said it runs"
@@ -125,12 +131,32 @@ class EnrollmentToken(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    uid_pattern = models.CharField(
+        max_length=200, blank=True,
+        help_text="a regular expression every uid enrolled with this token must match in full",
+    )
+    allowed_uids = models.JSONField(
+        default=list, blank=True, help_text="the only uids this token may enroll (when not empty)"
+    )
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.name or 'token'})"
+
+    def admits_uid(self, uid: str, derived: str) -> bool:
+        """Tell whether this token may enroll ``uid`` (``derived``: the key's own uid).
+
+        An allow-list or a pattern binds the token to the uids they name. A batch token with
+        neither enrolls key-derived uids only, so nobody holding it can claim serial numbers
+        before their devices do; a single-use token may enroll any uid.
+        """
+        if self.allowed_uids:
+            return uid in self.allowed_uids
+        if self.uid_pattern:
+            return re.fullmatch(self.uid_pattern, uid) is not None
+        return self.max_uses == 1 or uid == derived
 
     @property
     def state(self) -> TokenState:
@@ -188,3 +214,11 @@ class Gateway(models.Model):
     @property
     def revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+class UsedNonce(models.Model):
+    """A proof-of-possession nonce already spent (its SHA-256), so a signed request cannot be
+    replayed; rows older than twice a nonce's lifetime are pruned."""
+
+    digest = models.CharField(max_length=64, unique=True)
+    used_at = models.DateTimeField(auto_now_add=True, db_index=True)

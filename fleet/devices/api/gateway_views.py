@@ -24,7 +24,8 @@ from fleet.core.roles import Role
 from fleet.core.api import client_address
 from fleet.devices import gateway_actions as actions
 from fleet.devices.api.authentication import gateway_of
-from fleet.devices.api.serializers import MqttCredentialSerializer
+from device_sdk.protocol.enrollment import MAX_NONCE_BYTES, MAX_SIGNATURE_BYTES
+from fleet.devices.api.serializers import HexBytesField, MqttCredentialSerializer
 from fleet.devices.models import Gateway
 from fleet.devices.trust import broker_ca_pem
 
@@ -55,8 +56,19 @@ class GatewayProvisionSerializer(serializers.Serializer):
     children = _children_field(default=list)
 
 
+class ChildProofSerializer(serializers.Serializer):
+    nonce = HexBytesField(max_bytes=MAX_NONCE_BYTES, help_text="from /api/v1/enroll/challenge/")
+    signature = HexBytesField(max_bytes=MAX_SIGNATURE_BYTES,
+                              help_text="the child key's signature over the attach message "
+                                        "(device_sdk/protocol/enrollment.py), hex")
+
+
 class GatewayChildrenSerializer(serializers.Serializer):
     children = _children_field(min_length=1)
+    proofs = serializers.DictField(
+        child=ChildProofSerializer(), required=False, default=dict,
+        help_text="per child uid: its proof of possession; required when a gateway's own token "
+                  "calls (operators assign children without)")
 
 
 class GatewayCredentialSerializer(GatewaySerializer):
@@ -120,15 +132,24 @@ class GatewayViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def children(self, request: Request, uid: str | None = None) -> Response:
         """Let the gateway also speak for enrolled devices; its credential stays the same.
 
-        Operators may call this for any gateway; a gateway's own token only for itself."""
+        Operators may assign any enrolled devices to any gateway. A gateway's own token may
+        only attach, to itself, devices that enrolled through it, each proving possession of
+        its key (``proofs``); a refusal does not tell which of the named uids exist."""
         body = GatewayChildrenSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         caller = gateway_of(request)
-        gateway = actions.do_add_gateway_children(
-            self.get_object(), body.validated_data["children"], actor=request.user,
-            actor_label=caller.audit_label if caller else None,
-            remote_addr=client_address(request),
-        )
+        if caller is not None:  # the gateway itself: only its own enrollees, each with a proof
+            proofs = {uid: (p["nonce"], p["signature"])
+                      for uid, p in body.validated_data["proofs"].items()}
+            gateway = actions.do_attach_proven_children(
+                self.get_object(), body.validated_data["children"], proofs,
+                actor_label=caller.audit_label, remote_addr=client_address(request),
+            )
+        else:
+            gateway = actions.do_add_gateway_children(
+                self.get_object(), body.validated_data["children"], actor=request.user,
+                remote_addr=client_address(request),
+            )
         return Response(self.get_serializer(self.get_queryset().get(pk=gateway.pk)).data)
 
     @extend_schema(request=None, responses=GatewaySerializer)

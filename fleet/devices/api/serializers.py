@@ -9,6 +9,7 @@ from typing import Any
 from django.utils import timezone
 from rest_framework import serializers
 
+from device_sdk.protocol.enrollment import MAX_NONCE_BYTES, MAX_SIGNATURE_BYTES
 from device_sdk.protocol.topics import is_valid_uid
 
 from fleet.devices.models import Device, DeviceGroup, EnrollmentToken, HardwareProfile, Tag
@@ -90,6 +91,20 @@ class CapabilitiesSerializer(serializers.Serializer):
         return validate_op_names(ops)
 
 
+class HexBytesField(serializers.CharField):
+    """Bytes given as hex text, at most ``max_bytes`` long."""
+
+    def __init__(self, *, max_bytes: int, **kwargs: Any) -> None:
+        super().__init__(max_length=2 * max_bytes, **kwargs)
+
+    def to_internal_value(self, data: Any) -> bytes:  # type: ignore[override]
+        text = super().to_internal_value(data)
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise serializers.ValidationError("must be hex") from None
+
+
 class EnrollRequestSerializer(serializers.Serializer):
     token = serializers.CharField(max_length=128)
     public_key = serializers.CharField(max_length=4096)
@@ -97,11 +112,22 @@ class EnrollRequestSerializer(serializers.Serializer):
     capabilities = CapabilitiesSerializer()
     uid = serializers.SlugField(max_length=64, required=False)
     name = serializers.CharField(max_length=100, required=False, default="")
+    nonce = HexBytesField(max_bytes=MAX_NONCE_BYTES,
+                          help_text="from POST /api/v1/enroll/challenge/, hex")
+    signature = HexBytesField(
+        max_bytes=MAX_SIGNATURE_BYTES,
+        help_text="the device key's signature over the enrollment message "
+                  "(device_sdk/protocol/enrollment.py), hex")
 
     def validate_uid(self, uid: str) -> str:
         if not is_valid_uid(uid):  # the wire rules: no MQTT wildcards, "pkg" is reserved
             raise serializers.ValidationError("not a valid device id for MQTT topics")
         return uid
+
+
+class EnrollChallengeSerializer(serializers.Serializer):
+    nonce = serializers.CharField(help_text="hex; sign it within expires_in seconds, once")
+    expires_in = serializers.IntegerField()
 
 
 class MqttCredentialSerializer(serializers.Serializer):
@@ -143,9 +169,30 @@ class EnrollmentTokenSerializer(serializers.ModelSerializer):
         model = EnrollmentToken
         fields = [
             "id", "name", "prefix", "max_uses", "uses", "expires_at", "group",
-            "hardware_profile", "state", "created_by", "created_at", "revoked_at",
+            "hardware_profile", "uid_pattern", "allowed_uids", "state", "created_by",
+            "created_at", "revoked_at",
         ]
         read_only_fields = ["prefix", "uses", "created_at", "revoked_at"]
+        extra_kwargs = {
+            "uid_pattern": {"help_text": "regular expression every enrolled uid must match in "
+                                         "full (a factory line's serial format)"},
+            "allowed_uids": {"help_text": "the only uids the token may enroll; with neither "
+                                          "this nor a pattern, a batch token enrolls "
+                                          "key-derived uids only"},
+        }
+
+    def validate_uid_pattern(self, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise serializers.ValidationError(f"not a regular expression: {exc}") from None
+        return value
+
+    def validate_allowed_uids(self, value: Any) -> list[str]:
+        if not isinstance(value, list) or len(value) > 10_000 or not all(
+                isinstance(u, str) and is_valid_uid(u) for u in value):
+            raise serializers.ValidationError("a list of at most 10,000 valid device ids")
+        return sorted(set(value))
 
     def validate_expires_at(self, value: Any) -> Any:
         if value <= timezone.now():

@@ -23,7 +23,9 @@ from fleet.devices.filtersets import (
     EnrollmentTokenFilterSet,
     HardwareProfileFilterSet,
 )
-from fleet.devices.models import Device, DeviceGroup, EnrollmentToken, HardwareProfile
+from fleet.devices.api.authentication import GatewayTokenAuthentication, gateway_of
+from fleet.devices.models import Device, DeviceGroup, EnrollmentToken, Gateway, HardwareProfile
+from fleet.devices.proof import NONCE_LIFETIME_S, issue_nonce
 from fleet.devices.trust import broker_ca_pem, published_signing_keys
 
 
@@ -110,6 +112,8 @@ class EnrollmentTokenViewSet(
             name=data.get("name", ""),
             group=data.get("group"),
             hardware_profile=data.get("hardware_profile"),
+            uid_pattern=data.get("uid_pattern", ""),
+            allowed_uids=data.get("allowed_uids"),
         )
         token.token = plain
         body = s.EnrollmentTokenCreatedSerializer(token, context={"request": request}).data
@@ -125,24 +129,33 @@ class EnrollmentTokenViewSet(
 
 
 class EnrollViewSet(viewsets.GenericViewSet):
-    """Device enrollment: no user auth; the claim token is the credential. Rate-limited."""
+    """Device enrollment: no user auth; the claim token and the device's signature are the
+    credentials. Rate-limited. A serial gateway relaying an MCU's signed request adds its own
+    ``Authorization: Gateway <token>``: the device then becomes its child."""
 
     serializer_class = s.EnrollRequestSerializer
-    authentication_classes: list[Any] = []
-    public_actions = ("create",)
+    authentication_classes = [GatewayTokenAuthentication]
+    public_actions = ("create", "challenge")
     throttle_classes = [ScopedRateThrottle]
     throttle_scope = "enroll"
 
     def get_queryset(self) -> QuerySet[Device]:
         return Device.objects.none()
 
+    @extend_schema(request=None, responses={200: s.EnrollChallengeSerializer})
+    @action(detail=False, methods=["post"], throttle_scope="enroll_challenge")
+    def challenge(self, request: Request) -> Response:
+        """Hand out a nonce for the device to sign in its enrollment request (writes nothing)."""
+        return Response({"nonce": issue_nonce().hex(), "expires_in": NONCE_LIFETIME_S})
+
     @extend_schema(
         request=s.EnrollRequestSerializer,
         responses={201: s.EnrollResponseSerializer, 200: s.EnrollResponseSerializer},
     )
     def create(self, request: Request) -> Response:
-        """Enroll a device: token, public key, hardware profile and capabilities in; id and
-        MQTT credential out (201 when created, 200 when the same key enrolls again)."""
+        """Enroll a device: token, public key, hardware profile, capabilities and a signature
+        by the device's key over them and a fresh nonce in; id and MQTT credential out (201
+        when created, 200 when the same key enrolls again)."""
         length = int(request.META.get("CONTENT_LENGTH") or 0)
         if length > settings.ENROLL_MAX_BODY_BYTES or len(request.body) > settings.ENROLL_MAX_BODY_BYTES:
             raise ApiError("payload_too_large",
@@ -151,13 +164,17 @@ class EnrollViewSet(viewsets.GenericViewSet):
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        caller = gateway_of(request)
         result = actions.do_enroll_device(
             token=data["token"],
             public_key_pem=data["public_key"],
             hardware=data["hardware"],
             capabilities=dict(data["capabilities"]),
+            proof=actions.EnrollmentProof(data["nonce"], data["signature"],
+                                          dict(request.data["capabilities"])),
             uid=data.get("uid"),
             name=data.get("name", ""),
+            via=Gateway.objects.get(pk=caller.gateway_id) if caller else None,
             remote_addr=client_address(request),
         )
         body = {

@@ -7,6 +7,7 @@ from django.test import Client, override_settings
 from django.utils import timezone
 
 from fleet.telemetry.models import DeadLetter, WorkerStats
+from tests.conftest import post_enroll
 
 pytestmark = pytest.mark.django_db
 
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.django_db
 def test_metrics_expose_devices_dead_letters_and_workers(enroll_body: dict[str, Any]) -> None:
     from rest_framework.test import APIClient
 
-    assert APIClient().post("/api/v1/enroll/", enroll_body, format="json").status_code == 201
+    assert post_enroll(enroll_body).status_code == 201
     DeadLetter.objects.create(topic="t", reason="CBOR_MALFORMED", size=1, payload=b"x")
     WorkerStats.objects.create(worker="w1", started_at=timezone.now(),
                                heartbeat_at=timezone.now(), counters={"events_stored": 42})

@@ -15,14 +15,14 @@ from rest_framework.throttling import ScopedRateThrottle
 
 from fleet.audit.models import AuditLog
 from fleet.devices.models import Device, EnrollmentToken
-from tests.conftest import make_public_key_pem
+from tests.conftest import make_public_key_pem, post_enroll, register_key
 
 pytestmark = pytest.mark.django_db
 URL = "/api/v1/enroll/"
 
 
 def enroll(body: dict[str, Any], client: APIClient | None = None) -> Any:
-    return (client or APIClient()).post(URL, body, format="json")
+    return post_enroll(body, client)
 
 
 def counts() -> tuple[int, int, list[int]]:
@@ -69,9 +69,7 @@ def test_token_group_is_applied(enrollment_token_factory: Callable[..., str], de
 
 
 def test_p256_key_is_accepted(enroll_body: dict[str, Any]) -> None:
-    pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    pem = register_key(ec.generate_private_key(ec.SECP256R1()))
     assert enroll({**enroll_body, "public_key": pem}).status_code == 201
     assert Device.objects.get().key_algorithm == "p256"
 
@@ -201,7 +199,7 @@ def test_conflicting_key_for_existing_uid_is_refused(enroll_body: dict[str, Any]
     other = {**enroll_body, "uid": "sensor-9", "token": enrollment_token_factory(),
              "public_key": make_public_key_pem()}
     response = enroll(other)
-    assert (response.status_code, response.json()["reason"]) == (409, "uid_key_conflict")
+    assert (response.status_code, response.json()["reason"]) == (403, "uid_not_allowed")
     assert counts()[:2] == before[:2]
     assert Device.objects.get().public_key_fingerprint == original
 
@@ -222,7 +220,8 @@ def test_revoked_device_cannot_re_enroll(enroll_body: dict[str, Any], operator_c
 
 def test_enrollment_is_rate_limited_per_address(enroll_body: dict[str, Any],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"enroll": "3/min"})
+    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES",
+                        {"enroll": "3/min", "enroll_challenge": "100/min"})
     statuses = [enroll({**enroll_body, "token": "fet_wrong"}).status_code for _ in range(4)]
     assert statuses == [403, 403, 403, 429]
     assert enroll(enroll_body).json()["reason"] == "throttled"

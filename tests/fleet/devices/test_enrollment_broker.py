@@ -14,6 +14,7 @@ from rest_framework.test import APIClient
 
 from fleet.broker.configured import reset_broker_access
 from fleet.broker.mosquitto import MosquittoInstance
+from tests.conftest import post_enroll
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -39,7 +40,7 @@ def test_enrolled_device_connects_and_revocation_disconnects_it(
     probe: Any, uid: Any,
 ) -> None:
     device_id = uid("enr")
-    response = APIClient().post("/api/v1/enroll/", {**enroll_body, "uid": device_id}, format="json")
+    response = post_enroll({**enroll_body, "uid": device_id})
     assert response.status_code == 201, response.json()
     mqtt = response.json()["mqtt"]
     assert mqtt["url"].startswith("mqtts://")
@@ -72,7 +73,7 @@ def test_broker_down_refuses_enrollment_and_writes_nothing(
     reset_broker_access()
     with override_settings(BROKER_ACCESS="dynsec", MQTT_URL=f"mqtt://127.0.0.1:{unused_port}",
                            MQTT_ADMIN_PASSWORD="x"):
-        response = APIClient().post("/api/v1/enroll/", enroll_body, format="json")
+        response = post_enroll(enroll_body)
     reset_broker_access()
     assert (response.status_code, response.json()["reason"]) == (503, "broker_unavailable")
     assert Device.objects.count() == 0

@@ -1,7 +1,8 @@
 """Gateway API tokens: issued with the gateway, stored as a hash, good for one endpoint only.
 
-A gateway adds the MCUs it enrolled to its children with its own token
-(``Authorization: Gateway <token>``), so no operator credential sits on a field host. The
+A gateway relays its MCUs' signed enrollments with its own token (``Authorization: Gateway
+<token>``), which makes them its children, so no operator credential sits on a field host; it
+may re-attach only its own enrollees, each proving possession of its key. The
 token opens ``POST /api/v1/gateways/{its uid}/children/`` and nothing else (the authorization
 matrix runs it against every other route); re-provisioning replaces it and revoking the gateway
 kills it.
@@ -21,6 +22,7 @@ from rest_framework.test import APIClient
 from fleet.core.roles import Role
 from fleet.audit.models import AuditLog
 from fleet.devices.models import Gateway
+from tests.fleet.devices.conftest import attach_proof
 
 pytestmark = pytest.mark.django_db
 
@@ -71,20 +73,80 @@ def test_provisioning_issues_a_token_shown_once_and_stores_only_its_hash(
     assert token not in everything and token[8:] not in everything
 
 
-def test_gateway_token_adds_children_to_its_own_gateway(
-    provision: Callable[..., dict[str, Any]], enrolled: Callable[[str], str],
+def test_gateway_relayed_enrollment_makes_the_child(
+    provision: Callable[..., dict[str, Any]], enrolled: Callable[..., str],
 ) -> None:
-    """The gateway's own token on its own children endpoint: 200, the child added, and the
-    audit entry names the gateway (not a user) as the actor."""
+    """An MCU's signed enrollment relayed with the gateway's token makes it that gateway's
+    child at once, and records which gateway it came through."""
+    from fleet.devices.models import Device
+
     token = provision("gw-1")["gateway_token"]
-    child = enrolled("dev-1")
-    response = as_gateway(token).post("/api/v1/gateways/gw-1/children/",
-                                      {"children": [child]}, format="json")
-    assert response.status_code == 200, response.json()
-    assert response.json()["children"] == [child] and "gateway_token" not in response.json()
+    child = enrolled("dev-1", via="gw-1", gateway_token=token)
     assert children_of("gw-1") == [child]
-    entry = AuditLog.objects.get(action="gateway.add_children")
+    assert Device.objects.get(uid=child).enrolled_via.uid == "gw-1"
+
+
+def test_a_relayed_signature_is_bound_to_its_gateway(
+    provision: Callable[..., dict[str, Any]], enrollment_token_factory: Callable[..., str],
+    hardware_profile: Any,
+) -> None:
+    """A signature the device made for one gateway's relay does not verify through another."""
+    from tests.conftest import CAPABILITIES, make_public_key_pem, post_enroll
+
+    provision("gw-1")
+    other = provision("gw-2")["gateway_token"]
+    body = {"token": enrollment_token_factory(), "public_key": make_public_key_pem(),
+            "hardware": hardware_profile.name, "capabilities": dict(CAPABILITIES),
+            "uid": "dev-1"}
+    response = post_enroll(body, as_gateway(other), via="gw-1")
+    assert (response.status_code, response.json()["reason"]) == (403, "proof_invalid")
+    assert children_of("gw-2") == []
+
+
+def test_gateway_token_reattaches_its_own_enrollee_with_a_proof(
+    provision: Callable[..., dict[str, Any]], enrolled: Callable[..., str],
+) -> None:
+    """A child the gateway enrolled, detached by an operator, comes back when it proves its
+    key through the gateway: 200, and the audit entry names the gateway as the actor."""
+    token = provision("gw-1")["gateway_token"]
+    child = enrolled("dev-1", via="gw-1", gateway_token=token)
+    token = provision("gw-1", [])["gateway_token"]  # an operator detaches it (re-provision)
+    response = as_gateway(token).post(
+        "/api/v1/gateways/gw-1/children/",
+        {"children": [child], "proofs": {child: attach_proof(child, "gw-1")}}, format="json")
+    assert response.status_code == 200, response.json()
+    assert children_of("gw-1") == [child]
+    entry = AuditLog.objects.filter(action="gateway.add_children").latest("id")
     assert (entry.actor, entry.actor_label) == (None, "gateway:gw-1")
+
+
+@pytest.mark.parametrize("case", ["not-its-enrollee", "no-proof", "forged-proof", "unknown"])
+def test_gateway_token_cannot_adopt_what_it_did_not_enroll(
+    provision: Callable[..., dict[str, Any]], enrolled: Callable[..., str], case: str,
+) -> None:
+    """A gateway cannot take a device it did not enroll, even with that device's valid proof,
+    nor its own enrollee without one; every refusal reads the same, so it tells nobody which
+    uids exist."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    token = provision("gw-1")["gateway_token"]
+    if case == "not-its-enrollee":
+        child = enrolled("dev-1")  # enrolled directly, by its owner
+        proofs = {child: attach_proof(child, "gw-1")}
+    elif case == "unknown":
+        child, proofs = "dev-nobody", {}
+    else:
+        child = enrolled("dev-1", via="gw-1", gateway_token=token)
+        token = provision("gw-1", [])["gateway_token"]  # detached by an operator
+        proofs = {} if case == "no-proof" else {
+            child: attach_proof(child, "gw-1", key=ed25519.Ed25519PrivateKey.generate())}
+    before = AuditLog.objects.filter(action="gateway.add_children").count()
+    response = as_gateway(token).post("/api/v1/gateways/gw-1/children/",
+                                      {"children": [child], "proofs": proofs}, format="json")
+    assert (response.status_code, response.json()["reason"]) == (403, "children_refused")
+    assert response.json()["detail"].startswith("A gateway may attach only devices")
+    assert children_of("gw-1") == []
+    assert AuditLog.objects.filter(action="gateway.add_children").count() == before
 
 
 @pytest.mark.parametrize("other", ["gw-2", "gw-missing"])
@@ -145,30 +207,29 @@ def test_a_revoked_gateways_token_is_refused(
 
 
 def test_reprovisioning_rotates_the_token(
-    provision: Callable[..., dict[str, Any]], enrolled: Callable[[str], str],
+    provision: Callable[..., dict[str, Any]], enrolled: Callable[..., str],
     operator_client: APIClient,
 ) -> None:
     """Re-provisioning answers a new token; the old one is refused at once (401) and the
     rotation is audited by prefix only. A revoked gateway brought back gets a working one."""
     old = provision("gw-1")["gateway_token"]
-    new = provision("gw-1")["gateway_token"]
+    first = enrolled("dev-1", via="gw-1", gateway_token=old)
+    new = provision("gw-1")["gateway_token"]  # re-provisioned: exactly no children
     assert new != old
-    first, second = enrolled("dev-1"), enrolled("dev-2")
-    refused = as_gateway(old).post("/api/v1/gateways/gw-1/children/",
-                                   {"children": [first]}, format="json")
+    body = {"children": [first], "proofs": {first: attach_proof(first, "gw-1")}}
+    refused = as_gateway(old).post("/api/v1/gateways/gw-1/children/", body, format="json")
     assert (refused.status_code, refused.json()["reason"]) == (401, "not_authenticated")
-    assert as_gateway(new).post("/api/v1/gateways/gw-1/children/", {"children": [first]},
+    assert as_gateway(new).post("/api/v1/gateways/gw-1/children/", body,
                                 format="json").status_code == 200
-    rotated = AuditLog.objects.get(action="gateway.rotate_token")
+    rotated = AuditLog.objects.filter(action="gateway.rotate_token").latest("id")
     assert rotated.before == {"api_token_prefix": old[:8]}
     assert rotated.after == {"api_token_prefix": new[:8]}
     assert old not in json.dumps([rotated.before, rotated.after])
 
     assert operator_client.post("/api/v1/gateways/gw-1/revoke/").status_code == 200
-    again = provision("gw-1", [first])["gateway_token"]
-    assert as_gateway(again).post("/api/v1/gateways/gw-1/children/", {"children": [second]},
-                                  format="json").status_code == 200
-    assert children_of("gw-1") == [first, second]
+    again = provision("gw-1", [])["gateway_token"]
+    second = enrolled("dev-2", via="gw-1", gateway_token=again)
+    assert children_of("gw-1") == [second]
 
 
 @pytest.mark.parametrize("header", [

@@ -21,6 +21,7 @@ from device_sdk.protocol.transfer.decoder import bytes_reader
 from fleet.audit.models import AuditLog
 from ota.models import ModelVersion
 from tests.support.models import tweak_weight
+from tests.conftest import post_enroll
 
 pytestmark = pytest.mark.django_db
 
@@ -200,7 +201,7 @@ def test_enrollment_publishes_the_active_signing_keys(operator_client: APIClient
     from ota.signing.actions import ensure_signing_key
 
     key = ensure_signing_key()
-    body = APIClient().post("/api/v1/enroll/", enroll_body, format="json").json()
+    body = post_enroll(enroll_body).json()
     assert body["signing_keys"] == [{"kid": key.kid, "public_key": key.public_key}]
 
 
