@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from pathlib import PurePath
 from typing import Any
@@ -33,6 +34,20 @@ class EnrollmentTokenForm(forms.Form):
     hardware_profile = forms.ModelChoiceField(
         HardwareProfile.objects.all(), required=False, empty_label="— any profile —",
         to_field_name="name", help_text="When set, only devices of this class may enroll.")
+    uid_pattern = forms.CharField(
+        max_length=200, required=False, label="Device ids",
+        help_text="A regular expression every device id must match, e.g. SN-[0-9]{6} for a "
+                  "factory line. Empty: a token for several devices enrolls ids derived from "
+                  "each device's key only, so nobody can claim serial numbers in advance.")
+
+    def clean_uid_pattern(self) -> str:
+        """Refuse a pattern that is not a regular expression."""
+        pattern = self.cleaned_data["uid_pattern"]
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise forms.ValidationError(f"Not a regular expression: {exc}") from None
+        return pattern
 
     def expires_at(self) -> datetime:
         """Return the expiry the chosen duration means, from now."""

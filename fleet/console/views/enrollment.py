@@ -27,6 +27,7 @@ def enrollment(request: HttpRequest) -> HttpResponse:
         token, plain = do_create_enrollment_token(
             actor=request.user, expires_at=form.expires_at(), max_uses=data["max_uses"],
             name=data["name"], group=data["group"], hardware_profile=data["hardware_profile"],
+            uid_pattern=data["uid_pattern"],
         )
         new_token = {"id": token.pk, "prefix": token.prefix, "plain": plain}
         form = EnrollmentTokenForm()
