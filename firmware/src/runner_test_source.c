@@ -5,6 +5,12 @@
  * synthetic inferences seeded from the model's bytes, so the device loop, events and OTA
  * trial can be exercised on the host and in QEMU. A model whose bytes 8..11 are "FAIL" loads
  * but fails every inference (to exercise a failed trial and the revert).
+ *
+ * Raw invocations (the golden-input trial) follow a rule tests/vectors/generate.py mirrors
+ * (test_source_invoke), so vectors can hold matching and mismatching expectations: with h the
+ * FNV-1a of the first 64 model bytes, input tensor 0 is 24 + h % 72 bytes and output tensor 0
+ * is `labels` bytes; acc starts at h, takes every input byte as acc = (acc ^ b) * 16777619,
+ * then output byte j is acc >> 24 after acc = (acc ^ j) * 16777619.
  */
 #include <string.h>
 
@@ -12,7 +18,7 @@
 #include "tml/runner.h"
 
 typedef struct {
-    uint32_t state;
+    uint32_t state, seed;
     uint16_t labels;
     bool loaded, failing;
 } source_t;
@@ -30,6 +36,7 @@ static tml_status_t load(tml_model_runner_t *r, const uint8_t *model, size_t len
         h = (h ^ model[i]) * 16777619UL;
     }
     s->state = h | 1;
+    s->seed = h;
     s->labels = (uint16_t)(4 + h % 7);
     s->failing = memcmp(model + 8, "FAIL", 4) == 0;
     s->loaded = true;
@@ -50,6 +57,34 @@ static tml_status_t infer(tml_model_runner_t *r, tml_inference_t *out)
     return TML_OK;
 }
 
+static size_t input_bytes(tml_model_runner_t *r)
+{
+    source_t *s = r->ctx;
+    return s->loaded ? 24 + s->seed % 72 : 0;
+}
+
+static tml_status_t invoke_raw(tml_model_runner_t *r, const uint8_t *input, size_t len,
+                               uint8_t *output, size_t cap, size_t *out_len)
+{
+    source_t *s = r->ctx;
+    uint32_t acc = s->seed;
+    if (!s->loaded || s->failing) {
+        return TML_ERR_STATE;
+    }
+    if (len != input_bytes(r) || cap < s->labels) {
+        return TML_ERR_MALFORMED;
+    }
+    for (size_t i = 0; i < len; i++) {
+        acc = (acc ^ input[i]) * 16777619UL;
+    }
+    for (uint16_t j = 0; j < s->labels; j++) {
+        acc = (acc ^ j) * 16777619UL;
+        output[j] = (uint8_t)(acc >> 24);
+    }
+    *out_len = s->labels;
+    return TML_OK;
+}
+
 static void unload(tml_model_runner_t *r)
 {
     ((source_t *)r->ctx)->loaded = false;
@@ -67,6 +102,8 @@ tml_model_runner_t *tml_runner_test_source(void)
         .load = load,
         .infer = infer,
         .unload = unload,
+        .input_bytes = input_bytes,
+        .invoke_raw = invoke_raw,
         .ctx = &source,
     };
     runner.op_count = tml_registered_op_count;
