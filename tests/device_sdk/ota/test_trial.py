@@ -138,8 +138,7 @@ def test_tampered_expectations_signed_by_the_fleet_key_revert(tmp_path: Path,
     result = run_trial(conv_model, arena_bytes=ARENA, spec=wrong)
     assert not result.passed and result.reason == Reason.TRIAL_OUTPUT_MISMATCH
     assert "differ" in result.detail
-    client, updater = install_through_agent(tmp_path, other_weights(conv_model), conv_model,
-                                            wrong)
+    client, _ = install_through_agent(tmp_path, other_weights(conv_model), conv_model, wrong)
     assert client.reports[-1][2] == Reason.TRIAL_OUTPUT_MISMATCH
 
 

@@ -21,10 +21,11 @@ DIGEST = hashlib.sha256(b"model").digest()
 
 
 def manifest(**changes: object) -> Manifest:
-    fields: dict[str, object] = dict(
-        sequence=3, model_name="kws", model_version="1.0.0", hardware_profile="p",
-        model_sha256=DIGEST, model_size=10, encoding=Encoding.RAW, transfer_sha256=DIGEST,
-        transfer_size=10, arena_bytes=100, expires_at=2_000_000_000, package_id=3)
+    fields: dict[str, object] = {
+        "sequence": 3, "model_name": "kws", "model_version": "1.0.0", "hardware_profile": "p",
+        "model_sha256": DIGEST, "model_size": 10, "encoding": Encoding.RAW,
+        "transfer_sha256": DIGEST, "transfer_size": 10, "arena_bytes": 100,
+        "expires_at": 2_000_000_000, "package_id": 3}
     fields.update(changes)
     return Manifest(**fields)  # type: ignore[arg-type]
 
