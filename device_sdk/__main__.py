@@ -151,7 +151,8 @@ def _attach_ota(client: object, identity: object, model: object, args: argparse.
     if not store.meta.trusted_keys:
         updater.trust({k.kid: k.public_key for k in identity.signing_keys})  # type: ignore[attr-defined]
     agent = OtaAgent(client, updater,  # type: ignore[arg-type]
-                     lambda m: run_trial(m, arena_bytes=model.arena_bytes))  # type: ignore[attr-defined]
+                     lambda m, spec: run_trial(m, arena_bytes=model.arena_bytes,  # type: ignore[attr-defined]
+                                               spec=spec))
     agent.boot()
     updater.resume()
 

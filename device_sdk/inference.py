@@ -216,6 +216,21 @@ class TflmModel:
         latency = min(MAX_LATENCY_100US, int(elapsed_ns * self.latency_scale + 50_000) // 100_000)
         return Inference(label, score, latency, probs)
 
+    @property
+    def input_bytes(self) -> int:
+        """Return the byte size of input tensor 0."""
+        return int(np.prod(self.input_shape)) * self.input_dtype.itemsize
+
+    def invoke_raw(self, data: bytes) -> bytes:
+        """Run once on input tensor 0's raw bytes; return output tensor 0's raw bytes."""
+        if len(data) != self.input_bytes:
+            raise ValueError(f"input is {self.input_bytes} bytes, not {len(data)}")
+        x = np.frombuffer(data, dtype=self.input_dtype).reshape(self.input_shape)
+        with self._lock:
+            self._interpreter.set_input(x, 0)
+            self._interpreter.invoke()
+            return np.ascontiguousarray(self._interpreter.get_output(0)).tobytes()
+
     def probabilities(self, raw: np.ndarray) -> np.ndarray:
         """Turn a raw output tensor into class probabilities."""
         flat = raw.reshape(-1).astype(np.float64)

@@ -20,6 +20,7 @@ from device_sdk.ota.agent import OtaAgent
 from device_sdk.ota.slots import SlotStore
 from device_sdk.ota.trial import TrialResult, run_trial
 from device_sdk.ota.updater import OtaUpdater
+from device_sdk.protocol.manifest import TrialSpec
 from device_sdk.protocol.status import Capabilities
 from device_sdk.simulator_config import SimulationConfig
 from device_sdk.simulator_device import SimulatedDevice
@@ -78,15 +79,15 @@ class SimulatorOta:
                 self._models[key] = loaded
             return self._models[key]
 
-    def _trial(self, model_bytes: bytes) -> TrialResult:
-        """Run the OTA trial once per distinct model (the outcome is deterministic)."""
+    def _trial(self, model_bytes: bytes, spec: TrialSpec | None = None) -> TrialResult:
+        """Run the OTA trial once per distinct model and key 15 (the outcome is deterministic)."""
         import hashlib
 
-        key = hashlib.sha256(model_bytes).hexdigest()
+        key = hashlib.sha256(model_bytes).hexdigest() + repr(spec)
         with self._models_lock:
             cached = self._trials.get(key)
         if cached is None:
-            cached = run_trial(model_bytes, arena_bytes=self.capabilities.arena_bytes)
+            cached = run_trial(model_bytes, arena_bytes=self.capabilities.arena_bytes, spec=spec)
             with self._models_lock:
                 self._trials[key] = cached
         return cached

@@ -22,7 +22,7 @@ from device_sdk.client import DeviceClient
 from device_sdk.ota.trial import TrialResult
 from device_sdk.ota.updater import OtaUpdater
 from device_sdk.protocol.cose import parse_sign1
-from device_sdk.protocol.manifest import Manifest
+from device_sdk.protocol.manifest import Manifest, TrialSpec
 from device_sdk.protocol.ota_messages import (
     ChunkRequest,
     DeploymentState,
@@ -42,7 +42,8 @@ from device_sdk.protocol.topics import (
 )
 
 log = logging.getLogger(__name__)
-Trial = Callable[[bytes], TrialResult]
+# (installed model bytes, the manifest's key 15 or None) -> verdict
+Trial = Callable[[bytes, TrialSpec | None], TrialResult]
 
 
 @dataclass
@@ -244,7 +245,7 @@ class OtaAgent:
         self._report(pkg, DeploymentState.INSTALLED)
         self._report(pkg, DeploymentState.TRIAL)
         model = self.updater.store.read_active()
-        result = self.trial(model)
+        result = self.trial(model, manifest.trial)
         if result.passed and self.rng.random() < self.faults.fail_trial:
             result = TrialResult(False, Reason.TRIAL_FAILED, "injected fault")
         self.updater.finish_trial(result.passed)

@@ -19,7 +19,15 @@ definite lengths, keys ascending) with integer keys. Wire values: never renumber
         12 => uint,        ; tensor arena bytes the model needs
         13 => uint,        ; expiry, unix seconds: refused from this second on
         14 => uint,        ; package id, named in chunk requests
+        ? 15 => trial,     ; golden-input trial; absent: the legacy trial (load and run)
     }
+    trial = [
+        n: 1..8,           ; golden inputs 0..n-1 (limits.MAX_TRIAL_INPUTS)
+        labels: [+ uint],  ; n expected top-1 labels, each < limits.MAX_LABELS
+        outputs_sha256: bstr .size 32 / null,  ; digest of the n raw outputs; null: not checked
+        max_label_mismatches: uint,  ; 0..n inputs whose label may differ
+        output_type: 0 / 1,  ; output tensor 0 read as 0 int8 (signed), 1 uint8 (unsigned)
+    ]
     rotation = {
         1 => 1,            ; format version
         2 => uint,         ; rotation sequence, a counter of its own (not the manifests')
@@ -28,7 +36,13 @@ definite lengths, keys ascending) with integer keys. Wire values: never renumber
         ? 22 => bstr,      ; key id of a key to stop trusting (often the signer's own)
     }
 
-The two key sets overlap only in 1 and 2, so no payload decodes as both. A raw (encoding 0)
+The two key sets overlap only in 1 and 2, so no payload decodes as both.
+
+Key 15 (the trial) follows :mod:`device_sdk.protocol.golden`: the device runs golden inputs
+0..n-1 derived from key 6 through the installed model and passes when its top-1 labels differ
+from ``labels`` in at most ``max_label_mismatches`` inputs and, when ``outputs_sha256`` is not
+null, the SHA-256 of its raw outputs equals it (the server sets it only when it measured the
+outputs with the profile's kernel set). A mismatch reverts with TRIAL_OUTPUT_MISMATCH. A raw (encoding 0)
 manifest must repeat the model's size and digest as its transfer size and digest.
 
 Checks run in the order of :func:`verify_manifest`'s docstring. The COSE envelope is checked
@@ -57,6 +71,8 @@ from device_sdk.protocol.cose import (
     verify_sign1,
     verify_signature,
 )
+from device_sdk.protocol.golden import OutputType
+from device_sdk.protocol.limits import MAX_LABELS, MAX_TRIAL_INPUTS
 from device_sdk.protocol.reasons import ProtocolError, Reason
 
 FORMAT_VERSION = 1
@@ -89,10 +105,12 @@ K_BASE_SHA256 = 11
 K_ARENA_BYTES = 12
 K_EXPIRES_AT = 13
 K_PACKAGE_ID = 14
+K_TRIAL = 15
 # Rotation keys beyond 1 and 2. Wire values: never renumber.
 K_NEW_KID, K_NEW_PUBLIC_KEY, K_RETIRE_KID = 20, 21, 22
 
 _TEXT, _DIGEST, _U32, _U64, _ENCODING = "text", "digest", "u32", "u64", "encoding"
+_TRIAL = "trial"
 _MANIFEST_FIELDS: dict[int, tuple[str, str]] = {
     K_SEQUENCE: ("sequence", _U64),
     K_MODEL_NAME: ("model_name", _TEXT),
@@ -107,7 +125,65 @@ _MANIFEST_FIELDS: dict[int, tuple[str, str]] = {
     K_ARENA_BYTES: ("arena_bytes", _U32),
     K_EXPIRES_AT: ("expires_at", _U64),
     K_PACKAGE_ID: ("package_id", _U64),
+    K_TRIAL: ("trial", _TRIAL),
 }
+_OPTIONAL = {K_BASE_SHA256, K_TRIAL}
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What a device's golden-input trial must see (manifest key 15), per golden.py's rule."""
+
+    labels: tuple[int, ...]
+    max_label_mismatches: int = 0
+    outputs_sha256: bytes | None = None
+    output_type: OutputType = OutputType.INT8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", tuple(self.labels))
+        problem = self.problem()
+        if problem:
+            raise ValueError(problem)
+        object.__setattr__(self, "output_type", OutputType(self.output_type))
+
+    @property
+    def n(self) -> int:
+        """Return how many golden inputs the trial runs."""
+        return len(self.labels)
+
+    def problem(self) -> str | None:
+        """Return what makes this trial unfit for the wire, or None."""
+        if not 1 <= len(self.labels) <= MAX_TRIAL_INPUTS:
+            return f"trial: 1..{MAX_TRIAL_INPUTS} labels, not {len(self.labels)}"
+        if not all(type(v) is int and 0 <= v < MAX_LABELS for v in self.labels):
+            return f"trial: labels are uints below {MAX_LABELS}"
+        m = self.max_label_mismatches
+        if type(m) is not int or not 0 <= m <= len(self.labels):
+            return "trial: max_label_mismatches is a uint no larger than n"
+        digest = self.outputs_sha256
+        if digest is not None and (not isinstance(digest, bytes) or len(digest) != DIGEST_BYTES):
+            return f"trial: outputs_sha256 is null or a bstr of {DIGEST_BYTES} bytes"
+        kind = self.output_type
+        if type(kind) not in (int, OutputType) or kind not in set(OutputType):
+            return "trial: output_type is 0 (int8) or 1 (uint8)"
+        return None
+
+    def to_wire(self) -> list[Any]:
+        """Return the CBOR array ``[n, labels, outputs_sha256 / null, max, output_type]``."""
+        return [self.n, list(self.labels), self.outputs_sha256, self.max_label_mismatches,
+                int(self.output_type)]
+
+    @classmethod
+    def from_wire(cls, item: Any) -> TrialSpec:
+        """Parse key 15's value, raising ValueError for any deviation from the CDDL."""
+        if not isinstance(item, list) or len(item) != 5:
+            raise ValueError("trial: not an array of 5")
+        n, labels, digest, mismatches, kind = item
+        if type(n) is not int or not isinstance(labels, list) or len(labels) != n:
+            raise ValueError("trial: n is not the number of labels")
+        if type(kind) is not int:
+            raise ValueError("trial: output_type is not a uint")
+        return cls(tuple(labels), mismatches, digest, kind)  # type: ignore[arg-type]
 
 
 def _problem(kind: str, value: object) -> str | None:
@@ -126,6 +202,8 @@ def _problem(kind: str, value: object) -> str | None:
     if kind == _DIGEST:
         ok = isinstance(value, bytes) and len(value) == DIGEST_BYTES
         return None if ok else f"not a bstr of {DIGEST_BYTES} bytes"
+    if kind == _TRIAL:
+        return None if isinstance(value, TrialSpec) else "not a TrialSpec"
     limit = U32 if kind == _U32 else U64
     # type() rather than isinstance(): bool is an int subclass and must not pass.
     ok = type(value) is int and 0 <= value <= limit
@@ -178,6 +256,7 @@ class Manifest:
     package_id: int
     base_sha256: bytes | None = None
     format_version: int = FORMAT_VERSION
+    trial: TrialSpec | None = None
 
     def __post_init__(self) -> None:
         problem = self.problem()
@@ -191,7 +270,7 @@ class Manifest:
             return f"format version {self.format_version}"
         for name, kind in _MANIFEST_FIELDS.values():
             value = getattr(self, name)
-            if name == "base_sha256" and value is None:
+            if name in ("base_sha256", "trial") and value is None:
                 continue
             problem = _problem(kind, value)
             if problem:
@@ -209,7 +288,11 @@ class Manifest:
         item: dict[int, Any] = {K_VERSION: self.format_version}
         for key, (name, _kind) in _MANIFEST_FIELDS.items():
             value = getattr(self, name)
-            if value is not None:
+            if value is None:
+                continue
+            if name == "trial":
+                item[key] = value.to_wire()
+            else:
                 item[key] = int(value) if name == "encoding" else value
         return cbor2.dumps(item, canonical=True)
 
@@ -217,11 +300,14 @@ class Manifest:
     def decode(cls, payload: bytes) -> Manifest:
         """Parse a payload, raising MANIFEST_MALFORMED or MANIFEST_UNSUPPORTED_VERSION."""
         item = _decode_map(payload, set(_MANIFEST_FIELDS))
-        missing = set(_MANIFEST_FIELDS) - {K_BASE_SHA256} - set(item)
+        missing = set(_MANIFEST_FIELDS) - _OPTIONAL - set(item)
         if missing:
             raise ProtocolError(Reason.MANIFEST_MALFORMED, f"keys {sorted(missing)} missing")
         try:
-            return cls(**{name: item[k] for k, (name, _) in _MANIFEST_FIELDS.items() if k in item})
+            fields = {name: item[k] for k, (name, _) in _MANIFEST_FIELDS.items() if k in item}
+            if K_TRIAL in item:
+                fields["trial"] = TrialSpec.from_wire(item[K_TRIAL])
+            return cls(**fields)
         except ValueError as exc:
             raise ProtocolError(Reason.MANIFEST_MALFORMED, str(exc)) from None
 

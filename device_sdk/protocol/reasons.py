@@ -39,11 +39,12 @@ class Reason(IntEnum):
 
     # Install and trial (device side).
     FLASH_ERROR = 30
-    TRIAL_FAILED = 31  # golden inputs gave outputs outside tolerance
+    TRIAL_FAILED = 31  # the trial's inferences failed, or gave no well-formed output
     TRIAL_INTERRUPTED = 32  # device restarted before confirming: reverted
     MODEL_LOAD_FAILED = 33  # interpreter refused the model
     TIMEOUT = 34  # a step took longer than the rollout allows
     ABORTED = 35  # operator aborted
+    TRIAL_OUTPUT_MISMATCH = 36  # model ran, but its golden outputs differ from the manifest's
 
     # Ingest (server side, untrusted device input).
     PAYLOAD_TOO_LARGE = 40

@@ -237,7 +237,7 @@ static tml_reason_t decode_map(const uint8_t *payload, size_t len, uint32_t allo
         tml_cbor_item_t val;
         (void)tml_cbor_read(&r, &val);
         if (!val.shortest || (val.major != TML_CBOR_UINT && val.major != TML_CBOR_BYTES &&
-                              val.major != TML_CBOR_TEXT)) {
+                              val.major != TML_CBOR_TEXT && val.major != TML_CBOR_ARRAY)) {
             return TML_REASON_MANIFEST_MALFORMED; /* no v1 field has another type */
         }
     }
@@ -279,6 +279,56 @@ static bool text_field(const fields_t *f, int key, tml_cbor_item_t *it)
 {
     return field(f, key, TML_CBOR_TEXT, it) && it->arg >= 1 &&
            it->arg <= TML_MANIFEST_MAX_TEXT_BYTES;
+}
+
+/* Read the next item of a key-15 array: a shortest-encoded uint <= max. */
+static bool next_uint(tml_cbor_reader_t *r, uint64_t max, uint64_t *out)
+{
+    tml_cbor_item_t it;
+    if (tml_cbor_expect(r, TML_CBOR_UINT, &it) != TML_OK || !it.shortest || it.arg > max) {
+        return false;
+    }
+    *out = it.arg;
+    return true;
+}
+
+/* Key 15, TrialSpec.from_wire: [n, [n labels], bstr 32 / null, max <= n, output_type 0/1]. */
+static bool trial_field(const fields_t *f, tml_manifest_t *m)
+{
+    tml_cbor_reader_t r;
+    tml_cbor_item_t it;
+    uint64_t n, v;
+    tml_cbor_reader_init(&r, f->val[TML_K_TRIAL], (size_t)(f->end - f->val[TML_K_TRIAL]));
+    if (tml_cbor_expect(&r, TML_CBOR_ARRAY, &it) != TML_OK || it.arg != 5 ||
+        !next_uint(&r, TML_MAX_TRIAL_INPUTS, &n) || n == 0 ||
+        tml_cbor_expect(&r, TML_CBOR_ARRAY, &it) != TML_OK || !it.shortest || it.arg != n) {
+        return false;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        if (!next_uint(&r, TML_MAX_LABELS - 1, &v)) {
+            return false;
+        }
+        m->trial_labels[i] = (uint16_t)v;
+    }
+    if (tml_cbor_read(&r, &it) != TML_OK || !it.shortest) {
+        return false;
+    }
+    if (it.major == TML_CBOR_BYTES && it.arg == 32) {
+        memcpy(m->trial_outputs_sha256, it.data, 32);
+        m->trial_has_digest = 1;
+    } else if (it.major != TML_CBOR_SIMPLE || it.arg != 22) { /* null */
+        return false;
+    }
+    m->trial_n = (uint8_t)n;
+    if (!next_uint(&r, n, &v)) {
+        return false;
+    }
+    m->trial_max_mismatches = (uint8_t)v;
+    if (!next_uint(&r, 1, &v)) {
+        return false;
+    }
+    m->trial_output_type = (uint8_t)v;
+    return true;
 }
 
 /* Kinds of payload field, as Manifest.decode reads them. */
@@ -342,6 +392,9 @@ static tml_reason_t decode_manifest(const fields_t *f, tml_manifest_t *m, tml_cb
             *dst = (uint8_t)v;
         }
     }
+    if (f->val[TML_K_TRIAL] && !trial_field(f, m)) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
     m->has_base = f->val[TML_K_BASE_SHA256] != NULL;
     if ((m->encoding == TML_ENCODING_DELTA) != m->has_base) {
         return TML_REASON_MANIFEST_MALFORMED;
@@ -354,7 +407,7 @@ static tml_reason_t decode_manifest(const fields_t *f, tml_manifest_t *m, tml_cb
     return TML_REASON_OK;
 }
 
-#define MANIFEST_KEYS 0x7FFEUL /* keys 1..14 */
+#define MANIFEST_KEYS 0xFFFEUL /* keys 1..15 */
 #define ROTATION_KEYS ((1UL << 1) | (1UL << 2) | (1UL << 20) | (1UL << 21) | (1UL << 22))
 
 tml_reason_t tml_manifest_check(const uint8_t *cose, size_t len,

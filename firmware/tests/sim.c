@@ -42,10 +42,15 @@ static void gw_write(void *ctx, const uint8_t *data, size_t len)
 
 size_t sim_load_updates(sim_update_t *u, size_t cap)
 {
+    return sim_load_update_file("ota.vec", u, cap);
+}
+
+size_t sim_load_update_file(const char *name, sim_update_t *u, size_t cap)
+{
     vec_file_t f;
     vec_record_t r;
     size_t n = 0;
-    if (!vec_open(&f, "ota.vec")) {
+    if (!vec_open(&f, name)) {
         return 0;
     }
     while (n < cap && vec_next(&f, &r)) {

@@ -37,6 +37,8 @@ extern sim_seen_t sim_seen;
 
 /** @brief Load ota.vec; returns how many updates (<= cap). */
 size_t sim_load_updates(sim_update_t *u, size_t cap);
+/** @brief Load updates in ota.vec's format from another vector file (e.g. trial.vec). */
+size_t sim_load_update_file(const char *name, sim_update_t *u, size_t cap);
 /** @brief Erase the flash image (delete the file) and open it. */
 void sim_flash_fresh(void);
 /** @brief Close and reopen the flash image: a power cycle. */

@@ -89,6 +89,21 @@ void suite_manifest(void)
             vec_hex(&r, "transfer_sha256", digest, 32);
             CHECK(memcmp(digest, m.transfer_sha256, 32) == 0);
             CHECK_EQ(tml_manifest_peek_package(cose, n), m.package_id);
+            /* key 15: present exactly when the vector has a trial, with its fields */
+            uint64_t labels[TML_MAX_TRIAL_INPUTS + 1];
+            size_t count = (size_t)vec_u64(&r, "trial_n");
+            CHECK_EQ(m.trial_n, count);
+            if (count) {
+                CHECK_EQ(vec_list(&r, "trial_labels", labels, TML_MAX_TRIAL_INPUTS + 1), count);
+                for (size_t i = 0; i < count && i < TML_MAX_TRIAL_INPUTS; i++) {
+                    CHECK_EQ(m.trial_labels[i], labels[i]);
+                }
+                CHECK_EQ(m.trial_max_mismatches, vec_u64(&r, "trial_max"));
+                CHECK_EQ(m.trial_output_type, vec_u64(&r, "trial_output_type"));
+                size_t d = vec_hex(&r, "trial_digest", digest, 32);
+                CHECK_EQ(m.trial_has_digest, d == 32);
+                CHECK(d == 0 || memcmp(digest, m.trial_outputs_sha256, 32) == 0);
+            }
         }
     }
     vec_close(&f);

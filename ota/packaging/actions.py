@@ -22,6 +22,7 @@ from ota.registry.actions import compatibility_reasons
 from ota.registry.storage import artifact_storage
 from ota.signing.actions import ensure_signing_key
 from ota.signing.keys import load_private_key
+from ota.validation.golden import trial_spec_for
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ def do_build_package(
             expires_at=int(expires.timestamp()),
             package_id=package.pk,
             base_sha256=bytes.fromhex(base.sha256) if chosen == Encoding.DELTA and base else None,
+            # The golden-input trial for this profile's kernel set (None: the legacy trial).
+            trial=trial_spec_for(mv.validation, profile.name),
         )
         package.manifest = sign_manifest(manifest, load_private_key(key))
         package.save(update_fields=["sequence", "manifest"])

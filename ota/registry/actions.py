@@ -32,6 +32,7 @@ def profile_spec(profile: HardwareProfile) -> ProfileSpec:
         model_slot_bytes=profile.model_slot_bytes,
         pointer_bits=profile.pointer_bits,
         supported_ops=list(profile.supported_ops),
+        kernel_set=profile.kernel_set,
     )
 
 

@@ -19,6 +19,12 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from ota.validation.golden import (
+    OutputsMeasurer,
+    TrialExpectation,
+    measure_outputs_on_target,
+    trial_expectation,
+)
 from ota.validation.inspect import ModelInspection, inspect_model
 from ota.validation.tflm import DEFAULT_TIMEOUT_S, ProbeResult, Samples, probe_model
 
@@ -63,6 +69,7 @@ class ProfileSpec:
     model_slot_bytes: int
     pointer_bits: int
     supported_ops: list[str]
+    kernel_set: str = "reference"  # TFLM kernels its firmware has: reference, cmsis-nn, esp-nn
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,8 @@ class ValidationReport:
     probe: ProbeResult
     compatibility: list[Compatibility]
     elapsed_s: float
+    # Per profile name: manifest key 15 for its devices' trial (golden.py); absent: legacy trial.
+    trial: dict[str, TrialExpectation] = field(default_factory=dict)
 
     @property
     def compatible_profiles(self) -> list[str]:
@@ -135,6 +144,7 @@ class ValidationReport:
             "compatibility": [c.to_dict() for c in self.compatibility],
             "compatible_profiles": self.compatible_profiles,
             "elapsed_s": self.elapsed_s,
+            "trial": {name: t.to_dict() for name, t in self.trial.items()},
         }
 
 
@@ -219,9 +229,12 @@ def validate_model(
     samples: Samples | None = None,
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    measure: OutputsMeasurer = measure_outputs_on_target,
 ) -> ValidationReport:
     """Inspect a model, probe it once in TFLM, and check it against every profile.
 
+    The probe also runs the golden inputs of the device trial; ``measure`` (kernel set ->
+    target outputs, see ota.validation.golden) supplies outputs for non-reference kernel sets.
     Raises ``ModelFormatError`` (before starting any process) when the bytes are not a model.
     """
     started = time.perf_counter()
@@ -229,6 +242,7 @@ def validate_model(
     probe = probe_model(model_bytes, samples=samples, timeout_s=timeout_s)
     verdicts = [check_against_profile(inspection, probe, p) for p in profiles]
     return ValidationReport(
+        trial=_trial_expectations(model_bytes, probe, profiles, measure),
         model_bytes=len(model_bytes),
         sha256=hashlib.sha256(model_bytes).hexdigest(),
         inspection=inspection,
@@ -236,6 +250,25 @@ def validate_model(
         compatibility=verdicts,
         elapsed_s=time.perf_counter() - started,
     )
+
+
+def _trial_expectations(
+    model_bytes: bytes, probe: ProbeResult, profiles: Sequence[ProfileSpec],
+    measure: OutputsMeasurer,
+) -> dict[str, TrialExpectation]:
+    """Return key 15 per profile, measuring each non-reference kernel set at most once."""
+    golden = probe.golden if probe.ok else None
+    if not golden or not golden.get("applicable"):
+        return {}
+    measured: dict[str, list[bytes] | None] = {}
+    out = {}
+    for p in profiles:
+        if p.kernel_set != "reference" and p.kernel_set not in measured:
+            measured[p.kernel_set] = measure(model_bytes, p.kernel_set, int(golden["n"]))
+        expectation = trial_expectation(golden, p.kernel_set, measured=measured.get(p.kernel_set))
+        if expectation is not None:
+            out[p.name] = expectation
+    return out
 
 
 def _align16(n: int) -> int:

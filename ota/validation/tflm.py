@@ -123,6 +123,8 @@ class ProbeResult:
     elapsed_s: float
     tflm_version: str
     failure: ProbeFailure | None = None
+    # Golden inputs run for the device trial (tflm_probe.run_golden): labels, outputs digest.
+    golden: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -318,6 +320,7 @@ def _from_event(event: dict[str, Any], attempts: int, launches: int, elapsed: fl
         elapsed_s=elapsed,
         tflm_version=event.get("tflm_version") or _tflm_version(),
         failure=failure,
+        golden=event.get("golden"),
     )
 
 

@@ -30,6 +30,7 @@ ARENA_ALIGN = 16  # TFLM's arena alignment: sizes are searched to this resolutio
 DEFAULT_START_ARENA = 1 << 20
 DEFAULT_MAX_ARENA = 64 << 20
 DEFAULT_MAX_SAMPLES = 64
+DEFAULT_GOLDEN_INPUTS = 8  # limits.MAX_TRIAL_INPUTS: what manifest key 15 can carry
 # Latency: repeat invokes until this many, or until the time budget is spent.
 LATENCY_MIN_INVOKES = 10
 LATENCY_BUDGET_S = 0.2
@@ -298,6 +299,40 @@ def run_samples(
     }
 
 
+def run_golden(interp: Any, model: bytes, model_io: tuple[int, int], n: int) -> dict[str, Any]:
+    """Run golden inputs 0..n-1 (device_sdk/protocol/golden.py) and record labels and digest.
+
+    What a device's trial compares against (manifest key 15). Only for one-input models whose
+    input 0 and output 0 are int8/uint8: otherwise ``applicable`` is False and says why.
+    """
+    import hashlib
+
+    from device_sdk.protocol.golden import OutputType, golden_input, outputs_digest, top1_label
+
+    inp, out = interp.get_input_details(0), interp.get_output_details(0)
+    in_type, out_type = np.dtype(inp["dtype"]), np.dtype(out["dtype"])
+    output_type = OutputType.from_dtype(out_type.name)
+    if model_io[0] != 1 or OutputType.from_dtype(in_type.name) is None or output_type is None:
+        return {"applicable": False,
+                "why": f"{model_io[0]} input(s), input 0 {in_type.name}, output 0 "
+                       f"{out_type.name}: golden trials need one int8/uint8 input and an "
+                       "int8/uint8 output"}
+    shape = tuple(int(s) for s in inp["shape"])
+    size = int(np.prod(shape)) * in_type.itemsize
+    digest = hashlib.sha256(model).digest()
+    outputs = []
+    for i in range(n):
+        x = np.frombuffer(golden_input(digest, i, size), dtype=in_type).reshape(shape)
+        interp.set_input(x, 0)
+        interp.invoke()
+        outputs.append(np.ascontiguousarray(interp.get_output(0)).tobytes())
+    return {
+        "applicable": True, "n": n, "input_bytes": size, "output_type": int(output_type),
+        "labels": [top1_label(o, output_type) for o in outputs],
+        "outputs_sha256": outputs_digest(outputs).hex(),
+    }  # fmt: skip
+
+
 def _plain_details(d: dict[str, Any]) -> dict[str, Any]:
     q = d.get("quantization_parameters") or {}
     return {
@@ -329,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-arena", type=int, default=DEFAULT_START_ARENA)
     parser.add_argument("--max-arena", type=int, default=DEFAULT_MAX_ARENA)
     parser.add_argument("--max-samples", type=int, default=DEFAULT_MAX_SAMPLES)
+    parser.add_argument("--golden", type=int, default=DEFAULT_GOLDEN_INPUTS,
+                        help="golden inputs to run for the device trial (0: none)")
     args = parser.parse_args(argv)
 
     model = args.model.read_bytes()
@@ -375,9 +412,15 @@ def _run(probe: _Probe, model: bytes, args: argparse.Namespace) -> dict[str, Any
             "invoke_failed", str(e), arena=arena, allocations=allocations,
             log=probe.captured()[-2000:],
         ) from e  # fmt: skip
+    golden: dict[str, Any] | None = None
+    if args.golden > 0:
+        try:
+            golden = run_golden(interp, model, model_io, args.golden)
+        except RuntimeError as e:  # ran on the samples, not on these bytes: no key 15
+            golden = {"applicable": False, "why": f"golden inputs did not run: {e}"}
     return dict(
         event="result", arena=arena, largest_failing=largest_failing, allocations=allocations,
-        attempts=probe.attempts, tflm_version=_tflm_version(), **run,
+        attempts=probe.attempts, tflm_version=_tflm_version(), golden=golden, **run,
     )  # fmt: skip
 
 

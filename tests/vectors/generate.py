@@ -26,9 +26,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from device_sdk.protocol import link
 from device_sdk.protocol.cose import PROTECTED_EDDSA, key_id, raw_public_key, sign1
 from device_sdk.protocol.events import Event, EventBatch, encode_batch, encode_summary, summarize
+from device_sdk.protocol.golden import OutputType, golden_input, outputs_digest, top1_label
 from device_sdk.protocol.manifest import (
     Encoding,
     Manifest,
+    TrialSpec,
     rotation_for,
     sign_manifest,
     sign_rotation,
@@ -323,7 +325,7 @@ def manifest_cases() -> list[tuple[str, bytes, dict[str, Any]]]:
             {k: v for k, v in bad_payload.items() if k != 1})), {}),
         ("malformed_not_deterministic", cose_with(payload=cbor2.dumps(
             dict(reversed(list(bad_payload.items()))))), {}),
-        ("malformed_unknown_key", cose_with(payload=canonical({**bad_payload, 15: 0})), {}),
+        ("malformed_unknown_key", cose_with(payload=canonical({**bad_payload, 16: 0})), {}),
         ("malformed_missing_key", cose_with(payload=canonical(
             {k: v for k, v in bad_payload.items() if k != 12})), {}),
         ("malformed_text_too_long", cose_with(payload=canonical({**bad_payload, 3: "x" * 65})),
@@ -347,11 +349,54 @@ def manifest_cases() -> list[tuple[str, bytes, dict[str, Any]]]:
          {}),
         ("too_large", sign_manifest(base_manifest(), SIGNER), {"slot_bytes": 4999}),
         ("arena_too_small", sign_manifest(base_manifest(arena_bytes=16_385), SIGNER), {}),
+        *trial_manifest_cases(bad_payload),
         ("delta_base_mismatch", sign_manifest(base_manifest(
             encoding=Encoding.DELTA, transfer_sha256=sha(delta), transfer_size=len(delta),
             base_sha256=sha(b"another model"), sequence=13), SIGNER), {}),
     ]
     return cases
+
+
+TRIAL = TrialSpec((3, 0, 9, 1023, 2, 2, 7, 0), max_label_mismatches=1,
+                  outputs_sha256=sha(b"outputs"), output_type=OutputType.UINT8)
+
+
+def trial_manifest_cases(payload: dict[int, Any]) -> list[tuple[str, bytes, dict[str, Any]]]:
+    """Return manifests with key 15 (the golden-input trial): valid ones and refused ones."""
+    wire = TRIAL.to_wire()
+
+    def with_trial(value: Any) -> bytes:
+        return cose_with(payload=canonical({**payload, 15: value}))
+
+    def changed(index: int, value: Any) -> bytes:
+        item = list(wire)
+        item[index] = value
+        return with_trial(item)
+
+    # [n, labels, digest, max, type] with one inner uint in a longer head than needed.
+    long_head = canonical({**payload, 15: [1, [5], None, 0, 0]}).replace(
+        bytes([0x85, 0x01, 0x81, 0x05]), bytes([0x85, 0x01, 0x81, 0x18, 0x05]))
+    assert long_head != canonical({**payload, 15: [1, [5], None, 0, 0]})
+    return [
+        ("valid_trial", sign_manifest(base_manifest(trial=TRIAL, package_id=81), SIGNER), {}),
+        ("valid_trial_null_digest", sign_manifest(base_manifest(trial=TrialSpec(
+            (5,), max_label_mismatches=0), package_id=82), SIGNER), {}),
+        ("malformed_trial_not_array", with_trial(0), {}),
+        ("malformed_trial_four_items", with_trial(wire[:4]), {}),
+        ("malformed_trial_six_items", with_trial([*wire, 0]), {}),
+        ("malformed_trial_n_zero", with_trial([0, [], None, 0, 0]), {}),
+        ("malformed_trial_n_too_large", with_trial([9, list(range(9)), None, 0, 0]), {}),
+        ("malformed_trial_n_not_label_count", changed(0, 7), {}),
+        ("malformed_trial_label_too_large", changed(1, [3, 0, 9, 1024, 2, 2, 7, 0]), {}),
+        ("malformed_trial_label_negative", changed(1, [3, 0, 9, -1, 2, 2, 7, 0]), {}),
+        ("malformed_trial_digest_short", changed(2, bytes(31)), {}),
+        ("malformed_trial_digest_text", changed(2, "x" * 32), {}),
+        ("malformed_trial_digest_false", changed(2, False), {}),
+        ("malformed_trial_max_above_n", changed(3, 9), {}),
+        ("malformed_trial_output_type_unknown", changed(4, 2), {}),
+        ("malformed_trial_n_bool", with_trial([True, [5], None, 0, 0]), {}),
+        ("malformed_trial_not_deterministic", cose_with(payload=long_head), {}),
+    ]
 
 
 def manifest_vectors() -> list[dict[str, Any]]:
@@ -379,7 +424,13 @@ def manifest_vectors() -> list[dict[str, Any]]:
                           package_id=m.package_id, model_size=m.model_size,
                           encoding=int(m.encoding), transfer_size=m.transfer_size,
                           arena=m.arena_bytes, expires_at=m.expires_at,
-                          model_sha256=m.model_sha256, transfer_sha256=m.transfer_sha256)
+                          model_sha256=m.model_sha256, transfer_sha256=m.transfer_sha256,
+                          trial_n=m.trial.n if m.trial else 0)
+            if m.trial:
+                fields.update(trial_labels=list(m.trial.labels),
+                              trial_max=m.trial.max_label_mismatches,
+                              trial_output_type=int(m.trial.output_type),
+                              trial_digest=m.trial.outputs_sha256 or b"")
         expected_valid = name.startswith("valid")
         assert (fields["reason"] == 0) == expected_valid, (name, fields["reason_name"])
         out.append(fields)
@@ -548,6 +599,118 @@ def ota_vectors(out_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+# -- golden inputs and the golden-input trial -----------------------------------------------------
+
+
+def fnv1a(data: bytes) -> int:
+    """Return 32-bit FNV-1a of ``data``."""
+    h = 2166136261
+    for b in data:
+        h = ((h ^ b) * 16777619) & 0xFFFFFFFF
+    return h
+
+
+def test_source_invoke(model: bytes, inputs: Iterable[bytes]) -> list[bytes]:
+    """Return what firmware/src/runner_test_source.c's invoke_raw gives for ``inputs``."""
+    seed = fnv1a(model[:64])
+    outs = []
+    for x in inputs:
+        assert len(x) == test_source_input_bytes(model)
+        acc = seed
+        for b in x:
+            acc = ((acc ^ b) * 16777619) & 0xFFFFFFFF
+        out = bytearray()
+        for j in range(4 + seed % 7):
+            acc = ((acc ^ j) * 16777619) & 0xFFFFFFFF
+            out.append(acc >> 24)
+        outs.append(bytes(out))
+    return outs
+
+
+def test_source_input_bytes(model: bytes) -> int:
+    """Return the test source's input tensor size for ``model``."""
+    return 24 + fnv1a(model[:64]) % 72
+
+
+def golden_vectors() -> list[dict[str, Any]]:
+    """Return golden inputs (digest, index, length), labels of outputs, and outputs digests."""
+    out: list[dict[str, Any]] = []
+    digests = [sha(b"model a"), sha(b"model b"), bytes(32)]
+    for digest, index, length in [(digests[0], 0, 1), (digests[0], 0, 32), (digests[0], 1, 33),
+                                  (digests[0], 7, 100), (digests[1], 3, 64),
+                                  (digests[1], 0xFFFFFFFF, 5), (digests[2], 2, 1000)]:
+        out.append({"name": f"input_{digest[:2].hex()}_{index}_{length}", "kind": "input",
+                    "model_sha256": digest, "index": index, "length": length,
+                    "bytes": golden_input(digest, index, length)})
+    outputs = [("int8_negative", bytes([0x80, 0xFF, 0x01, 0x00])),  # -128, -1, 1, 0
+               ("int8_tie_first_wins", bytes([0x05, 0x7F, 0x7F, 0x80])),
+               ("int8_all_negative", bytes([0xF0, 0xFE, 0xFF, 0xFE])),
+               ("single", bytes([0x42])),
+               ("max_last", bytes(range(16)))]
+    for name, data in outputs:
+        for kind in OutputType:
+            out.append({"name": f"label_{name}_{kind.name.lower()}", "kind": "label",
+                        "output": data, "output_type": int(kind),
+                        "label": top1_label(data, kind)})
+    chunks = [golden_input(digests[0], i, 10 + i) for i in range(3)]
+    out.append({"name": "digest_three_outputs", "kind": "digest", "outputs": b"".join(chunks),
+                "digest": outputs_digest(chunks)})
+    return out
+
+
+def trial_vectors(out_dir: Path) -> list[dict[str, Any]]:
+    """Return an update chain judged by golden-input trials on the test source runner.
+
+    Same record format as ota.vec. Expectations are computed with test_source_invoke, the
+    mirror of the firmware's test runner: right ones confirm; another model's labels (the same
+    "architecture" with other weights), a wrong outputs digest, or more label mismatches than
+    allowed revert with TRIAL_OUTPUT_MISMATCH; a tolerated mismatch confirms.
+    """
+    bins = out_dir / "ota"
+    bins.mkdir(exist_ok=True)
+    models = [synthetic_model(3000 + 100 * k, seed=20 + k) for k in range(5)]
+
+    def expected(model: bytes, n: int = 8) -> tuple[list[int], bytes, int]:
+        ins = [golden_input(sha(model), i, test_source_input_bytes(model)) for i in range(n)]
+        outs = test_source_invoke(model, ins)
+        return [top1_label(o, OutputType.INT8) for o in outs], outputs_digest(outs), len(outs[0])
+
+    steps = []
+    labels, digest, _ = expected(models[0])
+    steps.append(("t1_golden_matches", models[0], TrialSpec(labels, 0, digest), "CONFIRMED", 0))
+    # models[1] ships with models[0]'s expectations: it loads and runs, but computes otherwise.
+    other_labels, other_digest, _ = expected(models[0])
+    assert expected(models[1])[0] != other_labels
+    steps.append(("t2_other_weights", models[1], TrialSpec(other_labels, 0, other_digest),
+                  "ROLLED_BACK", int(Reason.TRIAL_OUTPUT_MISMATCH)))
+    labels, digest, classes = expected(models[2])
+    wrong_one = [labels[0] ^ 1 if labels[0] ^ 1 < classes else labels[0] - 1, *labels[1:]]
+    steps.append(("t3_one_mismatch_tolerated", models[2], TrialSpec(wrong_one, 1, None),
+                  "CONFIRMED", 0))
+    labels, digest, _ = expected(models[3])
+    steps.append(("t4_outputs_digest_differs", models[3],
+                  TrialSpec(labels, 0, sha(digest)), "ROLLED_BACK",
+                  int(Reason.TRIAL_OUTPUT_MISMATCH)))
+    labels, _, classes = expected(models[4], n=4)
+    wrong_two = [(v + 1) % classes for v in labels[:2]] + labels[2:]
+    steps.append(("t5_two_mismatches_one_allowed", models[4], TrialSpec(wrong_two, 1, None),
+                  "ROLLED_BACK", int(Reason.TRIAL_OUTPUT_MISMATCH)))
+    out = []
+    for number, (name, model, trial, state, reason) in enumerate(steps, start=1):
+        manifest = Manifest(
+            sequence=200 + number, model_name="kws", model_version=f"2.{number}",
+            hardware_profile=PROFILE, model_sha256=sha(model), model_size=len(model),
+            encoding=Encoding.RAW, transfer_sha256=sha(model), transfer_size=len(model),
+            arena_bytes=8000, expires_at=4_000_000_000, package_id=10 + number, trial=trial)
+        (bins / f"{name}.bin").write_bytes(model)
+        out.append({"name": name, "cose": sign_manifest(manifest, SIGNER),
+                    "transfer_file": f"ota/{name}.bin", "package_id": 10 + number,
+                    "sequence": manifest.sequence, "model_size": len(model),
+                    "model_sha256": sha(model), "state": state,
+                    "state_value": int(DeploymentState[state]), "reason": reason})
+    return out
+
+
 # -- link frames --------------------------------------------------------------------------------
 
 
@@ -598,6 +761,13 @@ def generate(out_dir: Path) -> None:
               "An update chain for one device (profile mps2-an385): offers, streams, outcomes.",
               ota_vectors(out_dir))
     write_vec(out_dir, "link.vec", "Link frames (link.py) and their wire bytes.", link_vectors())
+    write_vec(out_dir, "golden.vec",
+              "Golden inputs, top-1 labels and outputs digests (golden.py): the trial's rule.",
+              golden_vectors())
+    write_vec(out_dir, "trial.vec",
+              "Updates judged by golden-input trials (manifest key 15) on the test source\n"
+              "runner (firmware/src/runner_test_source.c); same format as ota.vec.",
+              trial_vectors(out_dir))
 
 
 if __name__ == "__main__":

@@ -141,5 +141,7 @@ TML_STATIC_ASSERT(TML_SUMMARY_MAX_LABELS >= 1 && TML_SUMMARY_MAX_LABELS <= TML_M
                "limits.py MAX_LABELS");
 TML_STATIC_ASSERT(TML_MAX_ROTATED_KEYS >= 1 && TML_MAX_BUILTIN_KEYS <= 8, "metadata layout");
 TML_STATIC_ASSERT(TML_TRIAL_INFERENCES >= 1, "a trial runs the model at least once");
+TML_STATIC_ASSERT(TML_MAX_TRIAL_INPUTS <= 15,
+               "tml_manifest_t keeps key 15's max_label_mismatches in 4 bits");
 
 #endif /* TML_CONFIG_H */

@@ -55,9 +55,17 @@ typedef struct {
     uint32_t arena_bytes;
     uint8_t encoding; /**< tml_encoding_t */
     bool has_base;
+    /* Key 15, the golden-input trial (golden.h). Bit-fields keep the struct at 184 bytes on a
+     * Cortex-M (the RAM goal). */
+    uint8_t trial_n;                  /**< golden inputs 0..n-1 (1..8); 0: no key 15 */
+    uint8_t trial_max_mismatches : 4; /**< inputs whose label may differ, 0..n */
+    uint8_t trial_output_type : 1;    /**< tml_golden_output_t: 0 int8, 1 uint8 */
+    uint8_t trial_has_digest : 1;     /**< trial_outputs_sha256 is to be checked */
+    uint16_t trial_labels[TML_MAX_TRIAL_INPUTS]; /**< expected top-1 label per input */
     uint8_t model_sha256[32];
     uint8_t transfer_sha256[32];
     uint8_t base_sha256[32];
+    uint8_t trial_outputs_sha256[32];
 } tml_manifest_t;
 
 /**

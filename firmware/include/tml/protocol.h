@@ -24,6 +24,7 @@
 #define TML_K_ARENA_BYTES 12
 #define TML_K_EXPIRES_AT 13
 #define TML_K_PACKAGE_ID 14
+#define TML_K_TRIAL 15
 #define TML_K_NEW_KID 20
 #define TML_K_NEW_PUBLIC_KEY 21
 #define TML_K_RETIRE_KID 22
@@ -93,6 +94,7 @@ typedef enum {
 #define TML_MAX_PACKAGE_ID 2147483647UL
 #define TML_MAX_MODEL_ID 2147483647UL
 #define TML_MAX_REASON_CODE 65535
+#define TML_MAX_TRIAL_INPUTS 8
 
 /* status.py LinkState */
 #define TML_LINK_STATE_OFFLINE 0

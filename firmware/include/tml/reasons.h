@@ -44,6 +44,7 @@ typedef enum {
     TML_REASON_MODEL_LOAD_FAILED = 33,
     TML_REASON_TIMEOUT = 34,
     TML_REASON_ABORTED = 35,
+    TML_REASON_TRIAL_OUTPUT_MISMATCH = 36,
 
     /* Ingest (server side, untrusted device input). */
     TML_REASON_PAYLOAD_TOO_LARGE = 40,

@@ -43,6 +43,16 @@ typedef struct tml_model_runner {
     tml_status_t (*infer)(struct tml_model_runner *r, tml_inference_t *out);
     /** @brief Forget the loaded model. */
     void (*unload)(struct tml_model_runner *r);
+    /** @brief Byte size of the loaded model's input tensor 0 (0 when nothing is loaded). */
+    size_t (*input_bytes)(struct tml_model_runner *r);
+    /**
+     * @brief Run the loaded model once on input tensor 0's raw bytes (input_bytes() long) and
+     *        copy output tensor 0's raw bytes into output (capacity cap), its length to *out_len.
+     *        The golden-input trial (manifest key 15, golden.h) drives it.
+     * @return TML_OK, TML_ERR_STATE when nothing is loaded, TML_ERR_MALFORMED on a size mismatch
+     */
+    tml_status_t (*invoke_raw)(struct tml_model_runner *r, const uint8_t *input, size_t len,
+                               uint8_t *output, size_t cap, size_t *out_len);
     void *ctx;
 } tml_model_runner_t;
 

@@ -49,6 +49,7 @@ REASON_TEXT = {
     Reason.ABORTED: "the rollout was aborted before the device finished",
     Reason.TIMEOUT: "a step took longer than the rollout allows",
     Reason.TRIAL_FAILED: "golden inputs gave outputs outside tolerance",
+    Reason.TRIAL_OUTPUT_MISMATCH: "the new model ran, but computed other outputs than expected",
     Reason.TRIAL_INTERRUPTED: "the device restarted before confirming and reverted",
     Reason.MODEL_LOAD_FAILED: "the interpreter refused the model",
     Reason.FLASH_ERROR: "writing the model slot failed",
