@@ -184,5 +184,7 @@ MQTT_WORKER_USERNAME = os.environ.get("MQTT_WORKER_USERNAME", "fleet-worker")
 MQTT_WORKER_PASSWORD = os.environ.get("MQTT_WORKER_PASSWORD", "")
 # Shared-subscription group of the workers: every worker of one fleet uses the same.
 MQTT_WORKER_GROUP = os.environ.get("MQTT_WORKER_GROUP", "fleet")
-# Bearer token for /metrics from other hosts (loopback needs none).
+# /metrics wants ``Authorization: Bearer $METRICS_TOKEN``; only METRICS_PUBLIC=1 opens it to
+# everyone (no loopback exemption: behind a local reverse proxy every caller is loopback).
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+METRICS_PUBLIC = os.environ.get("METRICS_PUBLIC", "") == "1"
