@@ -60,6 +60,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("FLEET_VAR_DIR", BASE_DIR / "var"))
 
 DEBUG = os.environ.get("FLEET_DEBUG", "") == "1"
+# FLEET_DEBUG as read at start: development allowances (BROKER_ACCESS=none) go by this, not
+# by DEBUG, which test runners switch off.
+FLEET_DEBUG = DEBUG
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
