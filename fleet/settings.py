@@ -9,6 +9,7 @@ Environment:
   MQTT_DEVICE_URL    broker URL handed to devices at enrollment (TLS listener).
   FLEET_VAR_DIR      where run-time files live (artifacts, keys, broker state); default ./var.
   ENROLL_RATE        enrollment attempts per client address, DRF rate syntax; default 30/min.
+  GATEWAY_RATE       gateway-token calls per client address; default 60/min.
   TRUSTED_PROXY_COUNT  reverse proxies in front of the web server; default 0 (client = REMOTE_ADDR,
                      X-Forwarded-For ignored); N: the Nth address from the right of X-Forwarded-For.
   LOGIN_RATE_USER, LOGIN_RATE_CLIENT  console/admin login attempts per username and per client.
