@@ -324,7 +324,7 @@ def main() -> None:
         worker_env.update({
             "MQTT_URL": broker.url, "MQTT_WORKER_USERNAME": identity[0],
             "MQTT_WORKER_PASSWORD": identity[1], "MQTT_WORKER_GROUP": "bench",
-            "BROKER_ACCESS": "none", "FLEET_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
+            "FLEET_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",  # administers no broker
         })
         worker = start_worker(workdir, worker_env)
         monitor = SysMonitor(broker)  # before the fleet loads this process

@@ -1,6 +1,8 @@
 """Prometheus text exposition at /metrics: fleet state and worker counters for scrapers.
 
-Open to loopback callers; from elsewhere it needs ``Authorization: Bearer $METRICS_TOKEN``.
+Closed unless configured: it needs ``Authorization: Bearer $METRICS_TOKEN``, or
+``METRICS_PUBLIC=1`` opens it to everyone. Loopback gets no exemption (behind a reverse proxy on
+the same host every caller is loopback).
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ WORKER_ALIVE = timedelta(seconds=30)
 
 
 def _allowed(request: HttpRequest) -> bool:
+    """Tell whether the caller may read the metrics: opened explicitly, or the right token."""
+    if settings.METRICS_PUBLIC:
+        return True
     token = settings.METRICS_TOKEN
-    if token:
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        return hmac.compare_digest(given, token)
-    return request.META.get("REMOTE_ADDR", "") in ("127.0.0.1", "::1")
+    if not token:
+        return False
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    # Bytes: compare_digest refuses non-ASCII str, and a header may carry anything.
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode("utf-8"))
 
 
 def _line(name: str, value: float, **labels: str) -> str:
@@ -37,7 +43,9 @@ def _line(name: str, value: float, **labels: str) -> str:
 def metrics(request: HttpRequest) -> HttpResponse:
     """Render the metrics page."""
     if not _allowed(request):
-        return HttpResponse("forbidden\n", status=403, content_type="text/plain")
+        return HttpResponse(
+            "forbidden: send Authorization: Bearer <METRICS_TOKEN> (METRICS_PUBLIC=1 opens "
+            "/metrics to everyone)\n", status=403, content_type="text/plain")
     from ota.rollouts.models import Rollout
 
     lines = ["# HELP fleet_devices Devices by state and hardware profile.",

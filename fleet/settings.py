@@ -10,6 +10,17 @@ Environment:
   FLEET_VAR_DIR      where run-time files live (artifacts, keys, broker state); default ./var.
   ENROLL_RATE        enrollment attempts per client address, DRF rate syntax; default 30/min.
   ENROLL_CHALLENGE_RATE  proof-of-possession nonces per client address; default 60/min.
+  GATEWAY_RATE       gateway-token calls per client address; default 60/min.
+  TRUSTED_PROXY_COUNT  reverse proxies in front of the web server; default 0 (client = REMOTE_ADDR,
+                     X-Forwarded-For ignored); N: the Nth address from the right of X-Forwarded-For.
+  LOGIN_RATE_USER, LOGIN_RATE_CLIENT  console/admin login attempts per username and per client.
+  SECURE_SSL_REDIRECT, SESSION_COOKIE_SECURE, CSRF_COOKIE_SECURE  1/0; default 1 unless FLEET_DEBUG=1.
+  SECURE_HSTS_SECONDS  default one year unless FLEET_DEBUG=1 (then 0).
+  SECURE_PROXY_SSL_HEADER  header a trusted proxy sets to "https" (default X-Forwarded-Proto when
+                     TRUSTED_PROXY_COUNT > 0, else none).
+  BROKER_ACCESS      "dynsec" (default outside debug) or "none" (only with FLEET_DEBUG=1).
+  METRICS_TOKEN, METRICS_PUBLIC  /metrics wants the bearer token unless METRICS_PUBLIC=1.
+  MAX_MODEL_UPLOAD_BYTES, MAX_DATASET_UPLOAD_BYTES  largest accepted model / data set upload.
 """
 
 from __future__ import annotations
@@ -20,10 +31,40 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+
+def _env_flag(name: str, default: bool) -> bool:
+    """Read a 1/0 switch; anything else is a configuration error, not a silent default."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be 1 or 0, not {value!r}")
+
+
+def _env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    """Read a whole number of at least ``minimum``."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, not {value!r}") from None
+    if number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {number}")
+    return number
+
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("FLEET_VAR_DIR", BASE_DIR / "var"))
 
 DEBUG = os.environ.get("FLEET_DEBUG", "") == "1"
+# FLEET_DEBUG as read at start: development allowances (BROKER_ACCESS=none) go by this, not
+# by DEBUG, which test runners switch off.
+FLEET_DEBUG = DEBUG
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
@@ -32,7 +73,29 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1").split(",") if h]
 
+# Reverse proxies in front of the web server. 0: the client is REMOTE_ADDR and X-Forwarded-For
+# is ignored (anyone can send it); N: the Nth address from the right of X-Forwarded-For, the
+# one the outermost trusted proxy saw (fleet.core.throttling.client_ip).
+TRUSTED_PROXY_COUNT = _env_int("TRUSTED_PROXY_COUNT", 0)
+
+# HTTPS. The defaults are production's; FLEET_DEBUG=1 (the demo, the tests: plain http on
+# loopback) turns them off. Each can be set explicitly with 1/0.
+SECURE_SSL_REDIRECT = _env_flag("SECURE_SSL_REDIRECT", not DEBUG)
+SESSION_COOKIE_SECURE = _env_flag("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = _env_flag("CSRF_COOKIE_SECURE", not DEBUG)
+SECURE_HSTS_SECONDS = _env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _env_flag("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+# Which header a trusted proxy sets to "https" for requests that came over TLS; only
+# meaningful behind a proxy that always sets (or strips) it.
+_proxy_ssl_header = os.environ.get(
+    "SECURE_PROXY_SSL_HEADER", "X-Forwarded-Proto" if TRUSTED_PROXY_COUNT else ""
+).strip()
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https") if _proxy_ssl_header else None
+)
+
 INSTALLED_APPS = [
+    "fleet.core",  # creates the shared throttle cache table after migrate
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -115,7 +178,20 @@ STATIC_ROOT = VAR_DIR / "static"
 
 LOGIN_URL = "/console/login/"
 
-CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# Throttle counters are shared by every web process (and host): a table in the database,
+# created by `migrate` (fleet.core.apps) or `manage.py createcachetable`.
+THROTTLE_CACHE = "throttle"
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    THROTTLE_CACHE: {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "fleet_throttle_cache",
+        "OPTIONS": {"MAX_ENTRIES": 100_000},
+    },
+}
+# Console and admin logins: attempts per username and per client address (DRF rate syntax).
+LOGIN_RATE_USER = os.environ.get("LOGIN_RATE_USER", "10/hour")
+LOGIN_RATE_CLIENT = os.environ.get("LOGIN_RATE_CLIENT", "30/hour")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -130,12 +206,13 @@ REST_FRAMEWORK = {
         "rest_framework.filters.SearchFilter",
         "rest_framework.filters.OrderingFilter",
     ],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "fleet.core.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_RATES": {
         "enroll": os.environ.get("ENROLL_RATE", "30/min"),
         "enroll_challenge": os.environ.get("ENROLL_CHALLENGE_RATE", "60/min"),
+        "gateway": os.environ.get("GATEWAY_RATE", "60/min"),
     },
     "EXCEPTION_HANDLER": "fleet.core.api.exception_handler",
 }
@@ -168,7 +245,19 @@ LOGGING = {
 # The server drives the broker's dynamic-security plugin with this admin identity.
 MQTT_ADMIN_USERNAME = os.environ.get("MQTT_ADMIN_USERNAME", "fleet-admin")
 MQTT_ADMIN_PASSWORD = os.environ.get("MQTT_ADMIN_PASSWORD", "")
-BROKER_ACCESS = os.environ.get("BROKER_ACCESS", "dynsec" if MQTT_ADMIN_PASSWORD else "none")
+# "none" (no broker administration: a revoked device keeps its broker credential) is for
+# development only; outside debug the server always administers the broker.
+BROKER_ACCESS = os.environ.get(
+    "BROKER_ACCESS", "dynsec" if MQTT_ADMIN_PASSWORD or not DEBUG else "none"
+)
+if BROKER_ACCESS not in ("dynsec", "none"):
+    raise ImproperlyConfigured(f"BROKER_ACCESS must be 'dynsec' or 'none', not {BROKER_ACCESS!r}")
+if BROKER_ACCESS == "none" and not DEBUG:
+    raise ImproperlyConfigured(
+        "BROKER_ACCESS=none is refused unless FLEET_DEBUG=1: without broker administration "
+        "enrollment gives the broker no credential and a revoked device keeps its access. "
+        "Set MQTT_ADMIN_PASSWORD (BROKER_ACCESS=dynsec)."
+    )
 
 # Model artifacts and package transfers (content-addressed files).
 ARTIFACT_ROOT = Path(os.environ.get("ARTIFACT_ROOT", VAR_DIR / "artifacts"))
@@ -176,10 +265,19 @@ ARTIFACT_ROOT = Path(os.environ.get("ARTIFACT_ROOT", VAR_DIR / "artifacts"))
 FLEET_KEK = os.environ.get("FLEET_KEK", "")
 # How long a signed manifest stays valid (manifest key 13).
 PACKAGE_VALIDITY_DAYS = int(os.environ.get("PACKAGE_VALIDITY_DAYS", "30"))
-# Largest model upload accepted (bytes).
-MAX_MODEL_UPLOAD_BYTES = int(os.environ.get("MAX_MODEL_UPLOAD_BYTES", str(16 * 1024 * 1024)))
-DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_MODEL_UPLOAD_BYTES + 1024 * 1024
-FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
+# Largest uploads accepted (bytes), checked from the upload's size before it is read: a
+# .tflite or .keras model, and a data set (.npy/.npz: conversion data or validation samples).
+MAX_MODEL_UPLOAD_BYTES = _env_int("MAX_MODEL_UPLOAD_BYTES", 16 * 1024 * 1024, minimum=1)
+MAX_DATASET_UPLOAD_BYTES = _env_int("MAX_DATASET_UPLOAD_BYTES", 64 * 1024 * 1024, minimum=1)
+# A whole multipart request: every file plus the form fields.
+MAX_UPLOAD_REQUEST_BYTES = MAX_MODEL_UPLOAD_BYTES + MAX_DATASET_UPLOAD_BYTES + 1024 * 1024
+# Non-file request bodies (JSON, form fields) held in memory: Django's default, 2.5 MB.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+# Uploaded files above this go to a temporary file instead of memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+# Largest page an API list returns (?limit=), and the largest offset accepted.
+API_MAX_PAGE_SIZE = 500
+API_MAX_OFFSET = 10_000_000
 # CA certificate devices use to verify the broker's TLS listener (handed out at enrollment).
 MQTT_CA_FILE = os.environ.get("MQTT_CA_FILE", "")
 
@@ -188,5 +286,7 @@ MQTT_WORKER_USERNAME = os.environ.get("MQTT_WORKER_USERNAME", "fleet-worker")
 MQTT_WORKER_PASSWORD = os.environ.get("MQTT_WORKER_PASSWORD", "")
 # Shared-subscription group of the workers: every worker of one fleet uses the same.
 MQTT_WORKER_GROUP = os.environ.get("MQTT_WORKER_GROUP", "fleet")
-# Bearer token for /metrics from other hosts (loopback needs none).
+# /metrics wants ``Authorization: Bearer $METRICS_TOKEN``; only METRICS_PUBLIC=1 opens it to
+# everyone (no loopback exemption: behind a local reverse proxy every caller is loopback).
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+METRICS_PUBLIC = os.environ.get("METRICS_PUBLIC", "") == "1"

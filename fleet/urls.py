@@ -6,7 +6,11 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
+from fleet.core.login_throttle import ThrottledAdminAuthenticationForm
 from fleet.metrics import metrics
+
+# The admin's login counts failed attempts per username and per client, as the console's does.
+admin.site.login_form = ThrottledAdminAuthenticationForm
 
 api_v1 = [
     path("", include("fleet.devices.api.urls")),

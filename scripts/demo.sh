@@ -39,6 +39,8 @@ trap cleanup EXIT INT TERM
   --port "$MQTT_PORT" --tls-port "$MQTT_TLS_PORT"
 export MQTT_CA_FILE=$FLEET_VAR_DIR/broker/ca.pem
 .venv/bin/python manage.py migrate --noinput -v0
+# The throttle counters every web process shares (migrate makes it too; explicit is cheap).
+.venv/bin/python manage.py createcachetable
 .venv/bin/python manage.py create_user admin --role admin --password="$DEMO_ADMIN_PASSWORD" >/dev/null
 .venv/bin/python manage.py provision_broker_services
 echo "demo: seeding (trains and converts the demo model on the first run) ..."

@@ -16,6 +16,8 @@ mkdir -p test-artifacts
 echo "== import contracts (docs/ARCHITECTURE.md)"
 .venv/bin/lint-imports --no-cache
 
+# The shared throttle cache table (fleet_throttle_cache) is made with each test database:
+# Django's test setup runs createcachetable, and migrate does too (fleet.core.apps).
 echo "== tests on SQLite"
 .venv/bin/python -m pytest "$@"
 

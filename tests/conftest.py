@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -166,8 +166,24 @@ def enroll_body(enrollment_token_factory: Callable[..., str], device_public_key_
 
 
 @pytest.fixture(autouse=True)
-def _fresh_cache() -> None:
-    """Start every test with empty throttle counters."""
-    from django.core.cache import cache
+def _fresh_cache(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Start every test with empty throttle counters.
 
-    cache.clear()
+    They live in a database table (shared by every web process): a test in a transaction
+    leaves nothing behind; one that commits (transactional_db, live_server) empties the table
+    before and after itself.
+    """
+    from django.conf import settings
+    from django.core.cache import caches
+
+    caches["default"].clear()
+    marker = request.node.get_closest_marker("django_db")
+    commits = bool({"transactional_db", "live_server"} & set(request.fixturenames)) or bool(
+        marker and marker.kwargs.get("transaction"))
+    if not commits:
+        yield
+        return
+    request.getfixturevalue("transactional_db")
+    caches[settings.THROTTLE_CACHE].clear()
+    yield
+    caches[settings.THROTTLE_CACHE].clear()

@@ -8,12 +8,21 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
+from fleet.core.errors import Refused
+
 if TYPE_CHECKING:
     from fleet.broker.access import BrokerAccess
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _instance: BrokerAccess | None = None
+
+
+class BrokerNotConfigured(Refused):
+    """A change that must reach the broker (a revocation) while no broker is administered."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("broker_not_configured", detail, 503)
 
 
 def broker_access() -> BrokerAccess | None:
@@ -25,6 +34,11 @@ def broker_access() -> BrokerAccess | None:
     global _instance
     if settings.BROKER_ACCESS != "dynsec":
         return None
+    if not settings.MQTT_ADMIN_PASSWORD:
+        raise BrokerNotConfigured(
+            "BROKER_ACCESS=dynsec but MQTT_ADMIN_PASSWORD is not set in this process: it cannot "
+            "administer the broker."
+        )
     with _lock:
         if _instance is None:
             from fleet.broker.dynsec import DynsecAccess
@@ -35,6 +49,28 @@ def broker_access() -> BrokerAccess | None:
                 password=settings.MQTT_ADMIN_PASSWORD,
             )
         return _instance
+
+
+def require_broker_access(purpose: str) -> BrokerAccess | None:
+    """Return the backend for a change that must reach the broker, such as a revocation.
+
+    Outside debug there is always one (settings refuse ``BROKER_ACCESS=none``), or this raises
+    :class:`BrokerNotConfigured` (503, ``broker_not_configured``) before anything is written,
+    so a revocation never claims success while the device keeps its broker credential. In
+    debug with ``BROKER_ACCESS=none`` it warns loudly and returns None: the change is recorded
+    in the database only.
+    """
+    access = broker_access()
+    if access is not None:
+        return access
+    if not settings.FLEET_DEBUG:
+        raise BrokerNotConfigured(
+            f"Cannot {purpose}: no broker is administered (BROKER_ACCESS=none), so the device "
+            "would keep its broker credential. Configure MQTT_ADMIN_PASSWORD."
+        )
+    log.warning("%s: BROKER_ACCESS=none (debug): recorded in the database only; the broker "
+                "still accepts the credential", purpose)
+    return None
 
 
 def reset_broker_access() -> None:

@@ -62,5 +62,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
 
 
 def client_address(request: Any) -> str | None:
-    """Return the caller's address as the web server saw it."""
-    return request.META.get("REMOTE_ADDR")
+    """Return the caller's address: ``REMOTE_ADDR``, or behind ``TRUSTED_PROXY_COUNT`` proxies
+    the address the outermost trusted one saw (:func:`fleet.core.throttling.client_ip`)."""
+    from fleet.core.throttling import client_ip
+
+    return client_ip(request) or None

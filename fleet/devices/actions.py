@@ -14,7 +14,7 @@ from django.utils import timezone
 from device_sdk.protocol.enrollment import enrollment_message
 from fleet.audit.actions import record_audit
 from fleet.core.errors import Refused
-from fleet.broker.configured import broker_access
+from fleet.broker.configured import broker_access, require_broker_access
 from fleet.devices.choices import DeviceState, TokenState
 from fleet.devices.credentials import (
     InvalidPublicKey,
@@ -308,6 +308,7 @@ def do_revoke_device(device: Device, *, actor: AbstractBaseUser | None) -> Devic
     """
     if device.revoked:
         return device
+    require_broker_access(f"revoke device {device.uid}")  # refuses before writing anything
     before = {"state": device.state}
     device.revoked_at = timezone.now()
     device.state = DeviceState.REVOKED

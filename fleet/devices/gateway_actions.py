@@ -32,7 +32,7 @@ from device_sdk.protocol.enrollment import attach_message
 from device_sdk.protocol.topics import is_valid_uid
 from fleet.audit.actions import record_audit
 from fleet.broker.access import BrokerAccess
-from fleet.broker.configured import broker_access
+from fleet.broker.configured import broker_access, require_broker_access
 from fleet.core.errors import Refused
 from fleet.devices.choices import DeviceState
 from fleet.devices.credentials import hash_secret, new_gateway_token, new_mqtt_password
@@ -199,6 +199,7 @@ def do_revoke_gateway(
     gateway = Gateway.objects.select_for_update().get(pk=gateway.pk)
     if gateway.revoked:
         return gateway
+    require_broker_access(f"revoke gateway {gateway.uid}")  # refuses before writing anything
     gateway.revoked_at = timezone.now()
     _cut_off(gateway, gateway.revoked_at)
     gateway.state = DeviceState.REVOKED

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from fleet.core.uploads import check_upload_sizes
 from fleet.devices.models import HardwareProfile
 from ota.models import ConversionJob, Model, ModelVersion, Package, ProfileCompatibility, SigningKey
+from ota.registry.limits import upload_limits
 
 
 class ModelSerializer(serializers.ModelSerializer):
@@ -69,6 +71,9 @@ class ModelVersionUploadSerializer(serializers.Serializer):
                                     help_text=".npy/.npz representative data (x, optional y)")
 
     def validate(self, data: dict) -> dict:
+        # 413 from the sizes the upload handler measured, before anything is read.
+        check_upload_sizes({f: data.get(f) for f in ("file", "samples", "keras", "dataset")},
+                           upload_limits())
         has_file, has_keras = "file" in data, "keras" in data
         if has_file == has_keras:
             raise serializers.ValidationError("give either a .tflite `file` or a `keras` model")

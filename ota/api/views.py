@@ -14,11 +14,13 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from fleet.core.roles import Role
+from fleet.core.uploads import check_request_size
 from ota.api import serializers as s
 from ota.choices import Encoding
 from ota.models import Model, ModelVersion, Package, SigningKey
 from ota.packaging.actions import do_build_package
 from ota.registry import actions as registry
+from ota.registry.limits import largest_upload_request
 from ota.signing.actions import do_retire_signing_key, do_rotate_signing_key
 
 
@@ -62,7 +64,11 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
                    responses={201: s.ModelVersionDetailSerializer,
                               202: s.ModelVersionDetailSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        """Upload a .tflite (validated now: 201) or a Keras model to convert (queued: 202)."""
+        """Upload a .tflite (validated now: 201) or a Keras model to convert (queued: 202).
+
+        Sizes are checked before any file is read: the request's Content-Length first (413
+        before parsing), then each file's size against its limit (413, ``file_too_large``)."""
+        check_request_size(request, largest_upload_request())
         upload = s.ModelVersionUploadSerializer(data=request.data)
         upload.is_valid(raise_exception=True)
         data = upload.validated_data

@@ -17,6 +17,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from fleet.audit.actions import record_audit
+from fleet.core.child_env import PROJECT_ROOT, child_environment
 from ota.choices import JobState, VersionStatus
 from ota.models import ConversionJob, ModelVersion
 from ota.registry.actions import run_validation
@@ -90,7 +91,9 @@ def run_conversion_job(job: ConversionJob) -> ModelVersion:
 
 def _run_child(job: ConversionJob, args: list[str]) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "ota.jobs.convert_child", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # An allow-listed environment: the Keras file is untrusted, the secrets stay here.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=PROJECT_ROOT, env=child_environment())
     outcome: dict[str, Any] = {"error": "conversion_crashed", "detail": "no result"}
     assert proc.stdout is not None
     for line in proc.stdout:

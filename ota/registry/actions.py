@@ -99,9 +99,11 @@ def do_request_conversion(
     notes: str = "",
 ) -> ModelVersion:
     """Queue a Keras model + representative data for int8 conversion by a worker."""
-    total = len(keras) + len(dataset)
-    if total > settings.MAX_MODEL_UPLOAD_BYTES:
-        raise OtaError("file_too_large", f"Uploads are limited to {settings.MAX_MODEL_UPLOAD_BYTES} bytes.", 413)
+    if len(keras) > settings.MAX_MODEL_UPLOAD_BYTES:
+        raise OtaError("file_too_large", f"Models are limited to {settings.MAX_MODEL_UPLOAD_BYTES} bytes.", 413)
+    if len(dataset) > settings.MAX_DATASET_UPLOAD_BYTES:
+        raise OtaError("file_too_large",
+                       f"Data sets are limited to {settings.MAX_DATASET_UPLOAD_BYTES} bytes.", 413)
     storage = artifact_storage()
     with transaction.atomic():
         _check_new_version(model, version)

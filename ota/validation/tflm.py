@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from fleet.core.child_env import PROJECT_ROOT, child_environment
 from ota.validation.tflm_probe import DEFAULT_MAX_ARENA, DEFAULT_MAX_SAMPLES
 
 __all__ = [
@@ -36,8 +37,6 @@ __all__ = [
     "probe_model",
 ]
 
-# The probe imports this checkout's package, whatever the server's working directory is.
-_PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HOST_POINTER_BITS = struct.calcsize("P") * 8
 DEFAULT_TIMEOUT_S = 30.0
 MAX_LAUNCHES = 4
@@ -203,12 +202,11 @@ def probe_model(
 
 def _launch(args: list[str], deadline: float) -> tuple[list[dict[str, Any]], int | None]:
     """Run one probe child; return its events and exit code (None when it timed out)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
+    # An allow-listed environment: the model under test is untrusted, the secrets stay here.
     proc = subprocess.Popen(
         [sys.executable, "-m", "ota.validation.tflm_probe", *args],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        cwd=_PROJECT_ROOT, env=env,
+        cwd=PROJECT_ROOT, env=child_environment(),
     )  # fmt: skip
     try:
         out, _ = proc.communicate(timeout=max(0.0, deadline - time.monotonic()))

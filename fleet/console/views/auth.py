@@ -5,11 +5,14 @@ from __future__ import annotations
 from django.contrib.auth.views import LoginView, LogoutView
 from django.urls import reverse_lazy
 
+from fleet.core.login_throttle import ThrottledAuthenticationForm
+
 
 class ConsoleLoginView(LoginView):
     """The login form: fields ``username`` and ``password`` (outside checks rely on them)."""
 
     template_name = "console/login.html"
+    authentication_form = ThrottledAuthenticationForm  # failed attempts limited per user/client
     redirect_authenticated_user = True
     next_page = reverse_lazy("console:overview")
 

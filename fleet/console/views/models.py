@@ -11,9 +11,11 @@ from django.views.decorators.http import require_POST
 
 from fleet.console.access import console_view, render_page
 from fleet.console.forms import ModelCreateForm, VersionUploadForm
+from fleet.core.uploads import UploadTooLarge, check_request_size, check_upload_sizes
 from ota.errors import OtaError
 from ota.models import Model, ModelVersion
 from ota.registry.actions import do_create_model, do_request_conversion, do_upload_version
+from ota.registry.limits import largest_upload_request, upload_limits
 
 VERSIONS_SHOWN = 8  # per model on the list page; older versions stay reachable by link
 
@@ -65,10 +67,24 @@ def model_create(request: HttpRequest) -> HttpResponse:
 @require_POST
 @console_view()
 def version_upload(request: HttpRequest) -> HttpResponse:
-    """Store a .tflite and validate it now, or queue a Keras model for int8 conversion."""
+    """Store a .tflite and validate it now, or queue a Keras model for int8 conversion.
+
+    Sizes are checked before any file is read (413 with the reason on the form)."""
+    try:
+        check_request_size(request, largest_upload_request())
+    except UploadTooLarge as exc:
+        form = VersionUploadForm()
+        form.add_error(None, exc.detail)
+        return _render_list(request, upload_form=form, status=413)
     form = VersionUploadForm(request.POST, request.FILES)
     if form.is_valid():
         data = form.cleaned_data
+        try:
+            check_upload_sizes({f: data.get(f) for f in ("file", "samples", "keras", "dataset")},
+                               upload_limits())
+        except UploadTooLarge as exc:
+            form.add_error(None, exc.detail)
+            return _render_list(request, upload_form=form, status=413)
         try:
             if data["file"]:
                 mv = do_upload_version(

@@ -22,6 +22,7 @@ from rest_framework.response import Response
 
 from fleet.core.roles import Role
 from fleet.core.api import client_address
+from fleet.core.throttling import ClientRateThrottle
 from fleet.devices import gateway_actions as actions
 from fleet.devices.api.authentication import gateway_of
 from device_sdk.protocol.enrollment import MAX_NONCE_BYTES, MAX_SIGNATURE_BYTES
@@ -100,6 +101,9 @@ class GatewayViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     write_role = Role.OPERATOR
     # The one thing a gateway's own API token may do (on its own uid only: RolePermission).
     gateway_token_actions = ("children",)
+    # Callers with no user behind them (a gateway's token) are rate-limited per client.
+    throttle_classes = [ClientRateThrottle]
+    throttle_scope = "gateway"
 
     @extend_schema(request=GatewayProvisionSerializer,
                    responses={201: GatewayCredentialSerializer, 200: GatewayCredentialSerializer})

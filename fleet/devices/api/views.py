@@ -11,11 +11,11 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 
 from fleet.core.roles import Role
 from fleet.audit.viewsets import AuditedModelViewSet
 from fleet.core.api import ApiError, client_address
+from fleet.core.throttling import ClientRateThrottle
 from fleet.devices import actions
 from fleet.devices.api import serializers as s
 from fleet.devices.filtersets import (
@@ -136,7 +136,7 @@ class EnrollViewSet(viewsets.GenericViewSet):
     serializer_class = s.EnrollRequestSerializer
     authentication_classes = [GatewayTokenAuthentication]
     public_actions = ("create", "challenge")
-    throttle_classes = [ScopedRateThrottle]
+    throttle_classes = [ClientRateThrottle]
     throttle_scope = "enroll"
 
     def get_queryset(self) -> QuerySet[Device]:

@@ -19,7 +19,9 @@ def test_metrics_expose_devices_dead_letters_and_workers(enroll_body: dict[str, 
     DeadLetter.objects.create(topic="t", reason="CBOR_MALFORMED", size=1, payload=b"x")
     WorkerStats.objects.create(worker="w1", started_at=timezone.now(),
                                heartbeat_at=timezone.now(), counters={"events_stored": 42})
-    body = Client(REMOTE_ADDR="127.0.0.1").get("/metrics").content.decode()
+    with override_settings(METRICS_TOKEN="s3cret"):
+        body = Client(REMOTE_ADDR="127.0.0.1").get(
+            "/metrics", HTTP_AUTHORIZATION="Bearer s3cret").content.decode()
     assert 'fleet_devices{profile="stm32f746",state="enrolled"} 1' in body
     assert 'fleet_dead_letters_total{reason="CBOR_MALFORMED"} 1' in body
     assert 'fleet_worker_up{worker="w1"} 1' in body
@@ -32,3 +34,22 @@ def test_metrics_refuse_remote_callers_without_the_token() -> None:
         client = Client(REMOTE_ADDR="10.1.2.3")
         assert client.get("/metrics").status_code == 403
         assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").status_code == 200
+
+
+def test_metrics_want_the_token_from_loopback_too() -> None:
+    """A reverse proxy on the same host makes every caller loopback: no exemption."""
+    response = Client(REMOTE_ADDR="127.0.0.1").get("/metrics")
+    assert response.status_code == 403
+    assert b"METRICS_TOKEN" in response.content
+    with override_settings(METRICS_TOKEN="s3cret"):
+        assert Client(REMOTE_ADDR="127.0.0.1").get("/metrics").status_code == 403
+        wrong = Client(REMOTE_ADDR="127.0.0.1").get("/metrics",
+                                                   HTTP_AUTHORIZATION="Bearer s3cr\u00e9t")
+        assert wrong.status_code == 403
+
+
+def test_metrics_public_only_when_opened_explicitly() -> None:
+    with override_settings(METRICS_PUBLIC=True):
+        assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 200
+    with override_settings(METRICS_PUBLIC=False, METRICS_TOKEN=""):
+        assert Client(REMOTE_ADDR="10.1.2.3").get("/metrics").status_code == 403
