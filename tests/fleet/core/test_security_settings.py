@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 from fleet.broker.configured import BrokerNotConfigured, require_broker_access, reset_broker_access
 from fleet.devices.actions import do_revoke_device
 from fleet.devices.models import Device
+from tests.conftest import post_enroll
 
 ROOT = Path(__file__).resolve().parents[3]
 SHOWN = ["DEBUG", "SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE",
@@ -86,7 +87,7 @@ def test_http_is_redirected_unless_a_trusted_proxy_says_https() -> None:
 
 @pytest.fixture
 def enrolled_device(enroll_body: dict) -> Device:
-    assert APIClient().post("/api/v1/enroll/", enroll_body, format="json").status_code == 201
+    assert post_enroll(enroll_body).status_code == 201
     return Device.objects.get()
 
 

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
-from rest_framework.test import APIClient
 
 from fleet.audit.models import AuditLog
 from fleet.devices.models import Device, EnrollmentToken
+from tests.conftest import post_enroll
 
 pytestmark = pytest.mark.django_db
 
@@ -47,7 +47,7 @@ def superuser_client() -> Client:
 
 @pytest.fixture
 def device(enroll_body: dict[str, Any]) -> Device:
-    assert APIClient().post("/api/v1/enroll/", enroll_body, format="json").status_code == 201
+    assert post_enroll(enroll_body).status_code == 201
     return Device.objects.get()
 
 
