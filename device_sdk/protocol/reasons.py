@@ -53,6 +53,7 @@ class Reason(IntEnum):
     VALUE_OUT_OF_RANGE = 43  # negative, too large, columns of unequal length
     UNKNOWN_DEVICE = 44  # topic names a device the server does not know or has revoked
     UNKNOWN_MODEL = 45  # batch names a model version the server does not know
+    SEQUENCE_REUSED = 46  # a batch reuses a stored (device, seq) with other content
 
 
 def reason_name(code: int) -> str:

@@ -102,6 +102,9 @@ class Consumers:
             self.counters["batches_stored"] += result.batches
             self.counters["events_stored"] += result.events
             self.counters["batches_duplicate"] += result.duplicates
+            rejected += [Rejected(a.topic, a.uid, Reason.SEQUENCE_REUSED,
+                                  f"seq {a.message.seq} was stored before with other content",
+                                  a.payload) for a in result.reused]
         for channel, items in prepared.grouped.items():
             consumer = self._by_channel.get(channel)
             if consumer is None:

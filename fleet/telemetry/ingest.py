@@ -26,6 +26,7 @@ from functools import lru_cache
 import numpy as np
 import numpy.typing as npt
 from django.db import connection, transaction
+from django.db.models import Q
 
 from device_sdk.protocol.events import (
     EventBatch,
@@ -34,18 +35,27 @@ from device_sdk.protocol.events import (
     Summary,
     unpack_batches,
 )
-from fleet.telemetry.models import LATENCY_BOUNDS_100US
+from fleet.telemetry.models import LATENCY_BOUNDS_100US, IngestedBatch
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Accepted:
-    """A decoded message from a known device, ready to store."""
+    """A decoded message from a known device, ready to store.
+
+    ``digest`` identifies the message's content (intake hashes the payload): a redelivery has
+    the same, another batch that reuses the (device, seq) key has not. ``topic``, ``uid`` and
+    ``payload`` let a refused one be kept as a dead letter.
+    """
 
     device_id: int
     model_version_id: int
     message: PackedBatch | EventBatch | Summary  # the decoder gives PackedBatch, never EventBatch
+    digest: int = 0
+    topic: str = ""
+    uid: str = ""
+    payload: bytes = b""
 
 
 @dataclass
@@ -56,6 +66,7 @@ class StoreResult:
     events: int = 0
     duplicates: int = 0
     devices: set[int] = field(default_factory=set)
+    reused: list[Accepted] = field(default_factory=list)  # other content under a stored key
 
 
 _EVENT_COLUMNS = "device_id, model_version_id, seq, ts, label, score, latency_100us"
@@ -250,8 +261,8 @@ def store_staged(staged: StagedBatches, received_at: datetime) -> StoreResult:
         return result
     nested = connection.in_atomic_block
     with transaction.atomic():
-        new = _claim_new(staged.accepted, staged.claims, received_at)
-        result.duplicates = len(staged.accepted) - len(new)
+        new, result.reused = _claim_new(staged.accepted, staged.claims, received_at)
+        result.duplicates = len(staged.accepted) - len(new) - len(result.reused)
         if not new:
             return result
         if len(new) < len(staged.accepted):  # a redelivery: rows of the new ones only
@@ -265,7 +276,10 @@ def store_staged(staged: StagedBatches, received_at: datetime) -> StoreResult:
     return result
 
 
-def _claim_rows(accepted: list[Accepted]) -> list[tuple[int, int, int, int, int, int, int]]:
+ClaimRow = tuple[int, int, int, int, int, int, int, int]
+
+
+def _claim_rows(accepted: list[Accepted]) -> list[ClaimRow]:
     """Return the dedupe key rows of these messages, sorted by (device, seq)."""
     rows = []
     for a in accepted:
@@ -273,24 +287,26 @@ def _claim_rows(accepted: list[Accepted]) -> list[tuple[int, int, int, int, int,
         assert not isinstance(m, EventBatch)  # stage_batches turned batches into columns
         kind = MessageKind.BATCH if isinstance(m, PackedBatch) else MessageKind.SUMMARY
         rows.append((a.device_id, m.seq, int(kind), a.model_version_id, m.model, m.t0_ms,
-                     _event_count(m)))
+                     _event_count(m), a.digest))
     # Key order: concurrent workers wait on each other's uncommitted keys in one order only.
     rows.sort()
     return rows
 
 
-def _claim_new(accepted: list[Accepted], rows: list[tuple[int, int, int, int, int, int, int]],
-               received_at: datetime) -> list[Accepted]:
-    """Insert the dedupe key ``rows``; return the messages whose key was not there yet."""
+def _claim_new(accepted: list[Accepted], rows: list[ClaimRow],
+               received_at: datetime) -> tuple[list[Accepted], list[Accepted]]:
+    """Insert the dedupe key ``rows``; return the messages whose key was not there yet, and
+    those whose key was, but with other content (a reused sequence number, not a redelivery)."""
     claimed: set[tuple[int, int]] = set()
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(
                 "INSERT INTO telemetry_ingestedbatch (device_id, seq, kind, model_version_id,"
-                " package_id, t0, event_count, received_at)"
+                " package_id, t0, event_count, digest, received_at)"
                 " SELECT d, s, k, mv, p, 'epoch'::timestamptz + t * interval '1 millisecond',"
-                " n, %s FROM unnest(%s::bigint[], %s::bigint[], %s::smallint[], %s::integer[],"
-                " %s::integer[], %s::bigint[], %s::integer[]) AS u(d, s, k, mv, p, t, n)"
+                " n, h, %s FROM unnest(%s::bigint[], %s::bigint[], %s::smallint[],"
+                " %s::integer[], %s::integer[], %s::bigint[], %s::integer[], %s::bigint[])"
+                " AS u(d, s, k, mv, p, t, n, h)"
                 " ON CONFLICT (device_id, seq) DO NOTHING RETURNING device_id, seq",
                 [received_at, *(_pg_array(column) for column in zip(*rows, strict=True))],
             )
@@ -299,24 +315,47 @@ def _claim_new(accepted: list[Accepted], rows: list[tuple[int, int, int, int, in
             received = connection.ops.adapt_datetimefield_value(received_at)
             for start in range(0, len(rows), 100):
                 chunk = rows[start:start + 100]
-                values = ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s)"] * len(chunk))
+                values = ",".join(["(%s,%s,%s,%s,%s,%s,%s,%s,%s)"] * len(chunk))
                 cursor.execute(
                     "INSERT INTO telemetry_ingestedbatch (device_id, seq, kind,"
-                    " model_version_id, package_id, t0, event_count, received_at) VALUES "
-                    + values + " ON CONFLICT (device_id, seq) DO NOTHING"
+                    " model_version_id, package_id, t0, event_count, digest, received_at)"
+                    " VALUES " + values + " ON CONFLICT (device_id, seq) DO NOTHING"
                     " RETURNING device_id, seq",
-                    [v for d, s, k, mv, p, t, n in chunk
-                     for v in (d, s, k, mv, p, _sqlite_ts(t), n, received)],
+                    [v for d, s, k, mv, p, t, n, h in chunk
+                     for v in (d, s, k, mv, p, _sqlite_ts(t), n, h, received)],
                 )
                 claimed.update((d, s) for d, s in cursor.fetchall())
-    # Two copies of one (device, seq) inside one call: keep the first only.
-    new, seen = [], set()
+    # Keys already stored: compare contents (rare: a redelivery, or a device reusing a seq).
+    new: list[Accepted] = []
+    taken: list[Accepted] = []
+    first: dict[tuple[int, int], int] = {}
     for a in accepted:
         key = (a.device_id, a.message.seq)
-        if key in claimed and key not in seen:
-            seen.add(key)
+        if key in claimed and key not in first:
+            first[key] = a.digest
             new.append(a)
-    return new
+        else:
+            taken.append(a)
+    stored = _stored_digests({(a.device_id, a.message.seq) for a in taken} - set(first))
+    stored.update(first)  # two copies inside one call: the first one's content is the stored
+    # A stored 0 is a row from before digests were kept: take it for a redelivery.
+    reused = [a for a in taken
+              if stored.get((a.device_id, a.message.seq), 0) not in (0, a.digest)]
+    return new, reused
+
+
+def _stored_digests(keys: set[tuple[int, int]]) -> dict[tuple[int, int], int]:
+    """Return the content digests stored under these (device, seq) keys."""
+    found: dict[tuple[int, int], int] = {}
+    ordered = sorted(keys)
+    for start in range(0, len(ordered), 200):
+        condition = Q()
+        for device_id, seq in ordered[start:start + 200]:
+            condition |= Q(device_id=device_id, seq=seq)
+        for device_id, seq, digest in IngestedBatch.objects.filter(condition).values_list(
+                "device_id", "seq", "digest"):
+            found[(device_id, seq)] = digest
+    return found
 
 
 def _rollups(events: _EventColumns, summaries: list[tuple[Accepted, Summary]]) -> _RollupCells:

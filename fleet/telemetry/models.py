@@ -40,6 +40,9 @@ class IngestedBatch(models.Model):
     package_id = models.IntegerField(default=0)
     t0 = models.DateTimeField()
     event_count = models.PositiveIntegerField()
+    digest = models.BigIntegerField(
+        default=0, help_text="63 bits of the message's BLAKE2b: tells a redelivery (same) from "
+                             "another batch reusing the sequence number (different)")
     received_at = models.DateTimeField(db_index=True)
 
     class Meta:

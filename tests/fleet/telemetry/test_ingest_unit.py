@@ -341,3 +341,33 @@ def test_directory_looks_up_a_batch_of_devices_in_one_query(
         assert directory.device("nobody-here") is None
     with django_assert_num_queries(0):
         directory.prefetch([device.uid, "nobody-here"])  # all cached: no query
+
+
+@pytest.mark.django_db(transaction=True)  # the consumers close stale connections first
+def test_another_batch_reusing_a_seq_is_dead_lettered_not_dropped(device: Device) -> None:
+    """A device that reuses a sequence number (say, after losing its counter) sends *other*
+    events under a stored (device, seq): that is not a redelivery to absorb silently but a
+    refusal with its reason, kept and counted; a true redelivery still counts as a duplicate."""
+    topic = f"fleet/v1/{device.uid}/events"
+    first = encode_batch(batch(5, (0, 1, 1, 1)))
+    other = encode_batch(batch(5, (0, 2, 200, 9)))  # same seq, other content
+    consumers = Consumers()
+    consumers([Received(topic, first, 1, 1, NOW)])
+    consumers([Received(topic, first, 2, 1, NOW), Received(topic, other, 3, 1, NOW)])
+    assert list(EventRow.objects.values_list("label", flat=True)) == [1]
+    letter = DeadLetter.objects.get()
+    assert (letter.reason, letter.device_uid, bytes(letter.payload)) == (
+        "SEQUENCE_REUSED", device.uid, other)
+    assert consumers.counters["batches_duplicate"] == 1
+    assert consumers.counters["rejected_sequence_reused"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reuse_inside_one_worker_batch_is_caught_too(device: Device) -> None:
+    """Two different batches with one seq in the same worker batch: the first is stored."""
+    topic = f"fleet/v1/{device.uid}/events"
+    consumers = Consumers()
+    consumers([Received(topic, encode_batch(batch(7, (0, 1, 1, 1))), 1, 1, NOW),
+               Received(topic, encode_batch(batch(7, (0, 3, 3, 3))), 2, 1, NOW)])
+    assert list(EventRow.objects.values_list("label", flat=True)) == [1]
+    assert list(DeadLetter.objects.values_list("reason", flat=True)) == ["SEQUENCE_REUSED"]

@@ -1,4 +1,7 @@
-"""Drop raw events older than N days; rollups stay: manage.py prune_telemetry --days 30."""
+"""Drop raw events older than N days, and dedupe keys past the redelivery horizon; rollups stay.
+
+manage.py prune_telemetry --days 30 [--dedupe-days 7]
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection, transaction
 from django.utils import timezone
 
-from fleet.telemetry.models import DeadLetter, Event
+from fleet.telemetry.models import DeadLetter, Event, IngestedBatch
+
+DEDUPE_DAYS = 7.0
 
 
 class Command(BaseCommand):
@@ -18,6 +23,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--days", type=float, default=30.0)
         parser.add_argument("--batch", type=int, default=50_000, help="rows per delete")
+        parser.add_argument(
+            "--dedupe-days", type=float, default=DEDUPE_DAYS,
+            help="keep (device, seq) keys this long: longer than any message can come back "
+                 "(the worker's broker session lives 1 day; devices resend what the broker "
+                 "could not deliver from their outbox within hours)")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         if opts["days"] <= 0:
@@ -30,8 +40,19 @@ class Command(BaseCommand):
                 break
             total += deleted
         letters = DeadLetter.objects.filter(received_at__lt=cutoff).delete()[0]
+        if opts["dedupe_days"] < 1:
+            raise CommandError("--dedupe-days must be at least 1 (the redelivery horizon)")
+        horizon = timezone.now() - timedelta(days=opts["dedupe_days"])
+        keys = 0
+        while True:
+            ids = list(IngestedBatch.objects.filter(received_at__lt=horizon)
+                       .values_list("id", flat=True)[:opts["batch"]])
+            if not ids:
+                break
+            keys += IngestedBatch.objects.filter(id__in=ids).delete()[0]
         self.stdout.write(f"deleted {total} events and {letters} dead letters older than "
-                          f"{cutoff:%Y-%m-%d %H:%M}")
+                          f"{cutoff:%Y-%m-%d %H:%M}, {keys} dedupe keys older than "
+                          f"{horizon:%Y-%m-%d %H:%M}")
 
 
 def _delete_slice(cutoff: datetime, limit: int) -> int:
