@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * TEST SOURCE runner: runs no model. For builds without TensorFlow Lite Micro it "loads" any
+ * TEST SOURCE runner, a unit-test fake: runs no model. For builds without TensorFlow Lite Micro it "loads" any
  * flatbuffer with the TFLite identifier ("TFL3" at offset 4) and produces deterministic
  * synthetic inferences seeded from the model's bytes, so the device loop, events and OTA
- * trial can be exercised on the host and in QEMU. A model whose bytes 8..11 are "FAIL" loads
- * but fails every inference (to exercise a failed trial and the revert).
+ * trial can be exercised on the host (and in the QEMU image built for the OTA test vectors,
+ * whose models are synthetic). A model whose bytes 8..11 are "FAIL" loads but fails every
+ * inference (to exercise a failed trial and the revert). Its "input tensor" is 16 bytes and
+ * invoke_raw() answers 4 deterministic bytes per call (FNV-1a of the model seed and the input).
  */
 #include <string.h>
 
@@ -13,6 +15,7 @@
 
 typedef struct {
     uint32_t state;
+    uint32_t seed; /* the model's: invoke_raw() depends on it and the input only */
     uint16_t labels;
     bool loaded, failing;
 } source_t;
@@ -30,6 +33,7 @@ static tml_status_t load(tml_model_runner_t *r, const uint8_t *model, size_t len
         h = (h ^ model[i]) * 16777619UL;
     }
     s->state = h | 1;
+    s->seed = s->state;
     s->labels = (uint16_t)(4 + h % 7);
     s->failing = memcmp(model + 8, "FAIL", 4) == 0;
     s->loaded = true;
@@ -55,6 +59,35 @@ static void unload(tml_model_runner_t *r)
     ((source_t *)r->ctx)->loaded = false;
 }
 
+#define FAKE_INPUT_BYTES 16
+#define FAKE_OUTPUT_BYTES 4
+
+static size_t input_bytes(tml_model_runner_t *r)
+{
+    return ((source_t *)r->ctx)->loaded ? FAKE_INPUT_BYTES : 0;
+}
+
+static tml_status_t invoke_raw(tml_model_runner_t *r, const uint8_t *input, size_t len,
+                               uint8_t *output, size_t cap, size_t *out_len)
+{
+    source_t *s = r->ctx;
+    if (!s->loaded || s->failing) {
+        return TML_ERR_STATE;
+    }
+    if (len != FAKE_INPUT_BYTES || cap < FAKE_OUTPUT_BYTES) {
+        return TML_ERR_MALFORMED;
+    }
+    uint32_t h = s->seed; /* same model and input, same output */
+    for (size_t i = 0; i < len; i++) {
+        h = (h ^ input[i]) * 16777619UL;
+    }
+    for (size_t i = 0; i < FAKE_OUTPUT_BYTES; i++) {
+        output[i] = (uint8_t)(h >> (8 * i));
+    }
+    *out_len = FAKE_OUTPUT_BYTES;
+    return TML_OK;
+}
+
 tml_model_runner_t *tml_runner_test_source(void)
 {
     static tml_model_runner_t runner;
@@ -67,6 +100,8 @@ tml_model_runner_t *tml_runner_test_source(void)
         .load = load,
         .infer = infer,
         .unload = unload,
+        .input_bytes = input_bytes,
+        .invoke_raw = invoke_raw,
         .ctx = &source,
     };
     runner.op_count = tml_registered_op_count;

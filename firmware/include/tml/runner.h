@@ -3,10 +3,11 @@
  * @file runner.h
  * @brief The model-runner interface the device loop drives, and the two runners.
  *
- * tml_runner_tflm() (src/tflm_adapter.cc) wraps tflite::MicroInterpreter and exists only in
- * builds given TFLM_DIR. tml_runner_test_source() (src/runner_test_source.c) is a TEST SOURCE:
- * it runs no model and produces deterministic synthetic inferences, for builds without TFLM.
- * Both report the op list of ops.h. Not for interrupts.
+ * tml_runner_tflm() (src/tflm_adapter.cc) wraps tflite::MicroInterpreter: the Cortex-M images
+ * run it, on the model in the active slot and the port's sensor samples. tml_runner_test_source()
+ * (src/runner_test_source.c) is a unit-test fake: it runs no model and produces deterministic
+ * synthetic inferences and bytes, for the host tests and the OTA test-vector image. Both report
+ * the op list of ops.h. Not for interrupts.
  */
 #ifndef TML_RUNNER_H
 #define TML_RUNNER_H
@@ -43,6 +44,15 @@ typedef struct tml_model_runner {
     tml_status_t (*infer)(struct tml_model_runner *r, tml_inference_t *out);
     /** @brief Forget the loaded model. */
     void (*unload)(struct tml_model_runner *r);
+    /** @brief Byte size of the loaded model's input tensor 0 (0 when nothing is loaded). */
+    size_t (*input_bytes)(struct tml_model_runner *r);
+    /**
+     * @brief Run the loaded model once on input tensor 0's raw bytes (input_bytes() long) and
+     *        copy output tensor 0's raw bytes into output (capacity cap), its length to *out_len.
+     * @return TML_OK, TML_ERR_STATE when nothing is loaded, TML_ERR_MALFORMED on a size mismatch
+     */
+    tml_status_t (*invoke_raw)(struct tml_model_runner *r, const uint8_t *input, size_t len,
+                               uint8_t *output, size_t cap, size_t *out_len);
     void *ctx;
 } tml_model_runner_t;
 
@@ -58,7 +68,9 @@ extern const size_t tml_registered_op_count;
 tml_model_runner_t *tml_runner_test_source(void);
 
 /**
- * @brief Return the TFLM runner (only linked in builds with TFLM_DIR).
+ * @brief Return the TFLM runner (src/tflm_adapter.cc; linked in the Cortex-M images). Its
+ *        infer() fills input tensor 0 from tml_platform_sensor_read() and times Invoke() with
+ *        tml_platform_micros().
  * @return a static runner
  */
 tml_model_runner_t *tml_runner_tflm(void);
