@@ -15,6 +15,7 @@
 // and exits with a code of probe.h. The resolver registers exactly the ops of tml/ops.h, as
 // the firmware does.
 
+#include <new>
 #include <stdio.h>
 #include <string.h>
 
@@ -34,6 +35,7 @@ namespace {
 #define TML_COUNT_OP(name, method) +1
 constexpr unsigned kOpCount = 0 TML_OPS(TML_COUNT_OP);
 #undef TML_COUNT_OP
+using Resolver = tflite::MicroMutableOpResolver<kOpCount>;
 
 char cmdline[1024];
 
@@ -109,6 +111,9 @@ int32_t read_file(const char *path, uint8_t *buf, size_t cap)
 
 void log_line(const char *s)
 {
+    if (strspn(s, " \r\n") == strlen(s)) {
+        return;  // TFLM ends each message with a separate "\r\n"
+    }
     tml_semihost_print("probe: tflm: ");
     tml_semihost_print(s);
     tml_semihost_print("\n");
@@ -173,12 +178,16 @@ int main(void)
         return fail("model does not verify", PROBE_MODEL);
     }
     RegisterDebugLogCallback(log_line);
-    static tflite::MicroMutableOpResolver<kOpCount> resolver;
+    // Placement-constructed (no heap, no static destructors to register).
+    alignas(Resolver) static uint8_t resolver_storage[sizeof(Resolver)];
+    alignas(tflite::MicroInterpreter) static uint8_t interpreter_storage[sizeof(
+        tflite::MicroInterpreter)];
+    Resolver &resolver = *new (resolver_storage) Resolver();
 #define TML_REGISTER_OP(name, method) resolver.method();
     TML_OPS(TML_REGISTER_OP)
 #undef TML_REGISTER_OP
-    static tflite::MicroInterpreter interpreter(tflite::GetModel(pool), resolver, arena,
-                                                arena_bytes);
+    tflite::MicroInterpreter &interpreter = *new (interpreter_storage)
+        tflite::MicroInterpreter(tflite::GetModel(pool), resolver, arena, arena_bytes);
     if (interpreter.AllocateTensors() != kTfLiteOk) {
         return fail("allocate", PROBE_ALLOCATE);
     }
@@ -233,4 +242,12 @@ int main(void)
              static_cast<unsigned long>(runs));
     tml_semihost_print(line);
     return PROBE_OK;
+}
+
+// The C++ runtime TFLM needs without libstdc++ (nothing is deleted; no pure virtual is called).
+void operator delete(void *) noexcept {}
+void operator delete(void *, size_t) noexcept {}
+extern "C" void __cxa_pure_virtual(void)
+{
+    tml_probe_exit(PROBE_FAULT);
 }
