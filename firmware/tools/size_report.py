@@ -47,10 +47,10 @@ PARTS = {
     "padding": "alignment padding",
     "runner": "model runner: test source (a unit-test fake; no TFLM)",
     "adapter": "TFLM adapter (src/tflm_adapter.cc)",
-    "tflm_runtime": "TFLM runtime (interpreter, allocator, planner, flatbuffers)",
+    "tflm_runtime": "TFLM runtime (interpreter, allocator, planner)",
     "tflm_kernels": "TFLM kernels of the registered ops (ops.h)",
-    "tflm_libc": "C library pulled in by TFLM only (printf, soft-float, math)",
-    "model_port": "port: model hooks (sensor, us clock, log, factory model)",
+    "tflm_libc": "C library pulled in by TFLM only (soft-float, math)",
+    "model_port": "port: model hooks (sensor, clock, log, factory)",
     "arena": "tensor arena (TML_ARENA_BYTES)",
     "other": "other",
 }
@@ -199,7 +199,7 @@ def main(argv: list[str]) -> int:
     without_tflm = total - sum(flash[k] for k in model_side)
     row("without the runner (the goal's core without TFLM)", without_tflm,
         goal(without_tflm, GOAL_FLASH))
-    row("model runner (TFLM + kernels + adapter + hooks + its libc)",
+    row("model runner (TFLM, kernels, adapter, hooks, libc)",
         total - without_tflm)
     if sections[".factory_model"]:
         row("factory model (.factory_model at slot 0; not image)", sections[".factory_model"])

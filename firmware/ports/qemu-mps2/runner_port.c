@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The port's hooks for the TFLM runner: a microsecond clock (SysTick's millisecond count plus
- * its current value) and the sensor. The emulated board's sensor is a synthetic signal, as an ADC behind a filter would give it. A
- * sine whose period drifts between 16 and 47 samples, plus a little noise (an LCG), scaled to
- * -128..127. Integer only (a parabolic sine), so the port needs no libm. Deterministic from
+ * its current value) and the sensor. The emulated board's sensor is a synthetic signal, as an
+ * ADC behind a filter would give it: a sine whose period changes with every read (16 to 47
+ * samples), plus a little noise (an LCG), scaled to -128..127. Integer only (a parabolic sine), so the port needs no libm. Deterministic from
  * reset. Not for interrupts.
  */
 #include "tml/platform.h"
