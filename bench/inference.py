@@ -8,10 +8,12 @@ FULLY_CONNECTED, SOFTMAX), the same bytes on every board:
 
 - ``inference_instructions_reference``: mps2-an385 (Cortex-M3), TFLM reference kernels;
 - ``inference_instructions_cmsis_nn``: mps2-an386 (Cortex-M4 with DSP), CMSIS-NN kernels;
-  baseline: the reference-kernel figure above, ratio = value / baseline.
+  baseline: the reference-kernel figure above, ratio = value / baseline;
+- ``inference_instructions_cmsis_nn_m55``: mps3-an547 (Cortex-M55, MVE), CMSIS-NN, when its
+  probe is built (``make -C firmware BOARD=mps3-an547 probe``), same baseline.
 
 Then the probe's speed (``ota.validation.qemu_probe``): ``arena_probe_seconds`` for the demo
-model over both boards in parallel (bisection to the byte, one Invoke at the end). Without
+model over the built boards in parallel (bisection to the byte, one Invoke at the end). Without
 ``--quick`` also for a ~250 KB int8 MLP (``arena_probe_seconds_250kb``), which TensorFlow
 converts first (a few seconds, not counted).
 
@@ -122,6 +124,13 @@ def main() -> int:
          ratio=round(cmsis / reference, 4), board="mps2-an386", cpu="cortex-m4",
          kernels="cmsis-nn", baseline_board="mps2-an385 (cortex-m3, reference kernels)",
          model="demo_model.tflite (int8 CNN 32x32x1)")
+
+    if qemu_probe.BOARDS["mps3-an547"].elf.exists():  # built apart: make BOARD=mps3-an547 probe
+        m55 = instructions_per_invoke(DEMO_MODEL, "mps3-an547")
+        emit("inference_instructions_cmsis_nn_m55", m55, "instructions", baseline=reference,
+             ratio=round(m55 / reference, 4), board="mps3-an547", cpu="cortex-m55",
+             kernels="cmsis-nn", baseline_board="mps2-an385 (cortex-m3, reference kernels)",
+             model="demo_model.tflite (int8 CNN 32x32x1)")
 
     models = {"arena_probe_seconds": DEMO_MODEL.read_bytes()}
     if not args.quick:

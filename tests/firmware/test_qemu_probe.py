@@ -59,7 +59,7 @@ def test_boards_are_measured_in_parallel_and_fast(demo_model: bytes) -> None:
     started = time.monotonic()
     results = qemu_probe.measure_boards(demo_model)
     elapsed = time.monotonic() - started
-    assert set(results) == {"mps2-an385", "mps2-an386"}
+    assert {"mps2-an385", "mps2-an386"} <= set(results)  # and mps3-an547 when its probe is built
     assert all(r.min_arena_bytes for r in results.values()), results
     assert elapsed < 10, elapsed
 
