@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * TEST SOURCE runner: runs no model. For builds without TensorFlow Lite Micro it "loads" any
+ * TEST SOURCE runner, a unit-test fake: runs no model. For builds without TensorFlow Lite Micro it "loads" any
  * flatbuffer with the TFLite identifier ("TFL3" at offset 4) and produces deterministic
  * synthetic inferences seeded from the model's bytes, so the device loop, events and OTA
  * trial can be exercised on the host and in QEMU. A model whose bytes 8..11 are "FAIL" loads

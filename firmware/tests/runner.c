@@ -187,8 +187,8 @@ size_t vec_file(const char *rel, uint8_t *out, size_t cap)
 }
 
 #define SUITES(X)                                                                              \
-    X(crypto) X(cbor) X(events) X(messages) X(manifest) X(transfer) X(link) X(slots) X(device) \
-    X(powercut) X(golden)
+    X(crypto) X(cbor) X(events) X(messages) X(manifest) X(transfer) X(link) X(slots) X(runner) \
+    X(device) X(powercut) X(golden)
 #define DECLARE(s) void suite_##s(void);
 SUITES(DECLARE)
 

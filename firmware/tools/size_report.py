@@ -1,17 +1,23 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
-"""Print the flash and RAM of the Cortex-M image by part: core, Monocypher, runner, port, libc.
+"""Print the flash and RAM of a Cortex-M image by part: core, Monocypher, port, C library, and
+the model runner's parts (TFLM runtime, kernels of the registered ops, adapter, arena).
 
-Usage: size_report.py BUILD_DIR   (BUILD_DIR/fw.elf, fw.map and layout.o, as `make size` has)
+Usage: size_report.py BUILD_DIR [ARENA]  (BUILD_DIR/fw.elf, fw.map and layout.o, as `make size`)
 
 Every byte the linker placed is attributed through the link map (fw.map) to the object it came
-from, so the parts add up exactly to the sections `arm-none-eabi-size` reports. The core is
-src/'s modules: the objects link-time optimisation produced (the Makefile compiles only those
-with -flto) and libtml's other members. Monocypher, the model runner (src/runner_test_source.c,
-standing in for the TFLM adapter, which this image does not contain), the mps2 port and the C
-library are counted apart. RAM is static data (.data + .bss); the stack is reserved apart and
-its high-water mark is measured by tests/firmware. The OTA buffer (the link's receive frame,
-which holds a chunk, plus the flash staging buffer) lies inside the core's tml_device_t.
+from, so the parts add up exactly to the image's sections. The core is src/'s modules: the
+objects link-time optimisation produced (the Makefile compiles only those with -flto) and
+libtml's other members. Monocypher, the mps2 port and the C library are counted apart; so are
+the model runner's parts: the TFLM adapter (src/tflm_adapter.cc, its tensor arena apart), the
+TFLM runtime (libtflm-runtime.a), the kernels of the ops of ops.h (libtflm-kernels.a: TFLM's
+and CMSIS-NN's), the port's hooks for the model (sensor, microsecond clock, log, factory model
+adoption), and the C library members that only TFLM pulls in (printf for its log, soft-float,
+math), found through the map's archive-member table. An image built with ARM_RUNNER=test_source
+has the test-source runner instead. RAM is static data (.data + .bss); the stack is reserved
+apart and its high-water mark is measured by tests/firmware. The OTA buffer (the link's
+receive frame, which holds a chunk, plus the flash staging buffer) lies inside tml_device_t.
+The factory model (section .factory_model, at slot 0) is a model, not code: reported apart.
 """
 
 from __future__ import annotations
@@ -29,15 +35,23 @@ GOAL_RAM = 6_000
 FLASH_SECTIONS = {".text", ".ARM.exidx", ".data"}  # .data is stored in flash and copied
 RAM_SECTIONS = {".data", ".bss"}
 PORT_OBJECTS = {"main.o", "startup.o", "platform_mps2.o", "trusted_keys.o"}
+MODEL_PORT_OBJECTS = {"runner_port.o", "semihost.o", "factory.o"}
 LIBC_ARCHIVES = ("libc_nano.a", "libc.a", "libgcc.a", "libnosys.a", "libm.a")
+TFLM_SIDE = {"tflm_runtime", "tflm_kernels", "adapter", "arena", "model_port", "tflm_libc"}
 
 PARTS = {
     "core": "core (src/ modules)",
     "monocypher": "Monocypher (Ed25519 group arithmetic)",
-    "runner": "model runner: test source (TFLM builds: the adapter)",
     "port": "port: mps2 start-up, UART, flash, main",
     "libc": "C library (the port's mem.c; newlib-nano if any)",
     "padding": "alignment padding",
+    "runner": "model runner: test source (a unit-test fake; no TFLM)",
+    "adapter": "TFLM adapter (src/tflm_adapter.cc)",
+    "tflm_runtime": "TFLM runtime (interpreter, allocator, planner)",
+    "tflm_kernels": "TFLM kernels of the registered ops (ops.h)",
+    "tflm_libc": "C library pulled in by TFLM only (soft-float, math)",
+    "model_port": "port: model hooks (sensor, clock, log, factory)",
+    "arena": "tensor arena (TML_ARENA_BYTES)",
     "other": "other",
 }
 
@@ -50,20 +64,45 @@ def part_of(obj: str, section: str) -> str:
         return "core"
     if name.startswith(LIBC_ARCHIVES) or name == "mem.o":
         return "libc"
+    if name.startswith("libtflm-runtime.a"):
+        return "tflm_runtime"
+    if name.startswith("libtflm-kernels.a"):
+        return "tflm_kernels"
     if member and name.startswith("libtml.a"):
+        if member.group(1) == "tflm_adapter.o":
+            return "arena" if "arena" in section and section.startswith(".bss") else "adapter"
         return {"monocypher.o": "monocypher", "runner_test_source.o": "runner"}.get(
             member.group(1), "core")
+    if name in MODEL_PORT_OBJECTS:
+        return "model_port"
     if name in PORT_OBJECTS:
         # The core's state is one tml_device_t that the port allocates: count it as the core's.
         return "core" if section.endswith(".device") else "port"
     return "other"
 
 
+def tflm_only_members(text: str) -> set[str]:
+    """Return the C library members (``archive(member)`` basenames) that only TFLM needs.
+
+    The map's first table lists each archive member with the file whose reference pulled it
+    in, in inclusion order; a member pulled in by TFLM, the adapter or such a member is TFLM's.
+    """
+    table = text[:text.find("Discarded input sections")]
+    tflm: set[str] = set()
+    for member, by in re.findall(r"^(\S+\(\S+\))\n\s+(\S+)", table, re.MULTILINE):
+        by_name = by.rsplit("/", 1)[-1]
+        if (by_name.startswith(("libtflm-", "libtml.a(tflm_adapter.o)")) or by_name in tflm
+                or by_name in MODEL_PORT_OBJECTS):
+            tflm.add(member.rsplit("/", 1)[-1])
+    return tflm
+
+
 def read_map(path: Path) -> dict[str, Counter[str]]:
     """Return {output section: Counter(part -> bytes)} for the allocated sections of a map."""
     text = path.read_text()
+    tflm_libc = tflm_only_members(text)
     lines = text[text.index("Linker script and memory map"):].splitlines()
-    placed: dict[str, Counter[str]] = {}
+    entries: list[tuple[str, int, int, str]] = []  # output section, address, size, part
     out = ""
     i = 0
     while i < len(lines):
@@ -78,15 +117,32 @@ def read_map(path: Path) -> dict[str, Counter[str]]:
                 i += 1
                 rest = lines[i].split()
             if len(rest) >= 2 and rest[0].startswith("0x") and rest[1].startswith("0x"):
-                size = int(rest[1], 16)
                 if entry.group(1) == "*fill*":
                     part = "padding"
                 elif len(rest) >= 3:
                     part = part_of(rest[2], entry.group(1))
+                    if part == "libc" and rest[2].rsplit("/", 1)[-1] in tflm_libc:
+                        part = "tflm_libc"
                 else:
                     part = "other"
-                placed.setdefault(out, Counter())[part] += size
+                entries.append((out, int(rest[0], 16), int(rest[1], 16), part))
         i += 1
+    # Merged string sections (.str1.1) overlap in the map: count each byte once, for the first
+    # part that placed it. Alignment padding belongs to the part whose section it aligns.
+    placed: dict[str, Counter[str]] = {}
+    end: dict[str, int] = {}
+    fill = 0
+    for out, address, size, part in sorted(entries, key=lambda e: (e[0], e[1], -e[2])):
+        start = max(address, end.get(out, 0))
+        if address + size > start:
+            if part == "padding":
+                fill += address + size - start
+            else:
+                placed.setdefault(out, Counter())[part] += address + size - start + fill
+                fill = 0
+            end[out] = address + size
+    if fill:
+        placed.setdefault(out, Counter())["padding"] += fill
     return placed
 
 
@@ -133,15 +189,20 @@ def main(argv: list[str]) -> int:
     def goal(value: int, limit: int) -> str:
         return f"goal <= {limit:,}: {'met' if value <= limit else 'NOT MET'}"
 
-    print(f"== Cortex-M3 image {elf} (mps2-an385), in bytes")
+    model_side = TFLM_SIDE | {"runner"}
+    print(f"== Cortex-M image {elf}, in bytes")
     print("flash (.text, .rodata, .data's initial values):")
     for key, label in PARTS.items():
         if flash[key]:
             row(label, flash[key])
     row("total image", total, f"({total / 1024:.1f} KiB)")
-    without_tflm = total - flash["runner"]
+    without_tflm = total - sum(flash[k] for k in model_side)
     row("without the runner (the goal's core without TFLM)", without_tflm,
         goal(without_tflm, GOAL_FLASH))
+    row("model runner (TFLM, kernels, adapter, hooks, libc)",
+        total - without_tflm)
+    if sections[".factory_model"]:
+        row("factory model (.factory_model at slot 0; not image)", sections[".factory_model"])
     print("RAM, static (.data + .bss; the stack is apart):")
     for key, label in PARTS.items():
         if ram[key]:
@@ -149,8 +210,10 @@ def main(argv: list[str]) -> int:
                     if key == "core" else "")
             row(label, ram[key], note)
     row("total static RAM", static)
+    core_static = static - sum(ram[k] for k in model_side)
     row("OTA buffer (link receive frame + flash staging, in core)", ota)
-    row("static RAM besides the OTA buffer", static - ota, goal(static - ota, GOAL_RAM))
+    row("static RAM besides the OTA buffer and the model runner", core_static - ota,
+        goal(core_static - ota, GOAL_RAM))
     row("stack reserved (.stack; high-water mark: tests/firmware)", sections[".stack"])
     return 0
 

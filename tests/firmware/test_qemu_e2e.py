@@ -12,7 +12,10 @@ that can flip a byte in chunk frames, as a compromised gateway would.
 2. A rollout of a validated model version: offer, chunks (unicast and carousel, clipped to the
    UART's MTU), signature and digest checks on the MCU, swap, trial, confirm. The server shows
    the deployment CONFIRMED and the device running the package; events the MCU encodes
-   arrive in the telemetry tables.
+   arrive in the telemetry tables. The image runs TFLite Micro (it boots on its factory demo
+   model, package 0, which the server treats as no package): the trial and the events are
+   real inferences of the uploaded int8 classifier on the port's synthetic sensor, so every
+   event names one of its 4 classes with the int8 softmax's top-1 score (q + 128 >= 64).
 3. A rollout of the next version through a tampering middleman: the MCU refuses it with its
    reason code, and the deployment is FAILED with that reason; the old package keeps running.
 
@@ -324,6 +327,8 @@ def test_mcu_enrolls_through_the_gateway_installs_a_signed_update_and_refuses_a_
         assert device.hardware_profile.name == PROFILE
         assert device.capabilities["pointer_bits"] == 32
         assert device.capabilities["firmware_version"].startswith("tml-fw")
+        assert device.capabilities["tflm_version"].startswith("tflite-micro@")  # not the fake
+        assert device.running_package_id is None  # the factory model is package 0
         assert list(Gateway.objects.get(uid=gateway_uid).children.all()) == [device]
         print(f"\nenrolled through the gateway after {time.monotonic() - started:.1f} s")
 
@@ -339,6 +344,10 @@ def test_mcu_enrolls_through_the_gateway_installs_a_signed_update_and_refuses_a_
         events = Event.objects.filter(device_id=device.pk, model_version_id=v1.pk)
         assert events.count() >= batch.event_count
         assert all(0 <= e.score <= 255 for e in events)
+        # Real inferences of the 4-class int8 model: top-1 of a softmax is >= 1/4 (q + 128 >= 64).
+        assert all(e.label < 4 and e.score >= 63 for e in events), [
+            (e.label, e.score) for e in events[:20]]
+        assert all(e.latency_100us > 0 for e in events)
         print(f"confirmed {package} and {events.count()} events stored after "
               f"{time.monotonic() - started:.1f} s")
 

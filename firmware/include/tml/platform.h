@@ -110,4 +110,29 @@ void tml_platform_reboot(void);
  */
 uint32_t tml_platform_free_ram(void);
 
+/*
+ * Hooks of the model runner (src/tflm_adapter.cc). Only ports that link the TFLM runner
+ * implement them; the core never calls them.
+ */
+
+/**
+ * @brief Read the sensor's next samples, each a signed reading scaled to -128..127.
+ * @param samples where to write count samples (owned by the caller)
+ * @param count how many samples the model's input needs
+ */
+void tml_platform_sensor_read(int8_t *samples, size_t count);
+
+/**
+ * @brief Return a monotonic microsecond clock (wraps after 71 minutes), for inference latency.
+ * @return microseconds
+ */
+uint32_t tml_platform_micros(void);
+
+/**
+ * @brief Write one line of diagnostic text (TFLM's DebugLog) where the port keeps its logs;
+ *        never on the UART, which carries the link. May drop it.
+ * @param text a NUL-terminated string
+ */
+void tml_platform_log(const char *text);
+
 #endif /* TML_PLATFORM_H */

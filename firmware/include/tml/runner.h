@@ -3,10 +3,11 @@
  * @file runner.h
  * @brief The model-runner interface the device loop drives, and the two runners.
  *
- * tml_runner_tflm() (src/tflm_adapter.cc) wraps tflite::MicroInterpreter and exists only in
- * builds given TFLM_DIR. tml_runner_test_source() (src/runner_test_source.c) is a TEST SOURCE:
- * it runs no model and produces deterministic synthetic inferences, for builds without TFLM.
- * Both report the op list of ops.h. Not for interrupts.
+ * tml_runner_tflm() (src/tflm_adapter.cc) wraps tflite::MicroInterpreter: the Cortex-M images
+ * run it, on the model in the active slot and the port's sensor samples. tml_runner_test_source()
+ * (src/runner_test_source.c) is a unit-test fake: it runs no model and produces deterministic
+ * synthetic inferences and bytes, for the host tests and the OTA test-vector image. Both report
+ * the op list of ops.h. Not for interrupts.
  */
 #ifndef TML_RUNNER_H
 #define TML_RUNNER_H
@@ -68,7 +69,9 @@ extern const size_t tml_registered_op_count;
 tml_model_runner_t *tml_runner_test_source(void);
 
 /**
- * @brief Return the TFLM runner (only linked in builds with TFLM_DIR).
+ * @brief Return the TFLM runner (src/tflm_adapter.cc; linked in the Cortex-M images). Its
+ *        infer() fills input tensor 0 from tml_platform_sensor_read() and times Invoke() with
+ *        tml_platform_micros().
  * @return a static runner
  */
 tml_model_runner_t *tml_runner_tflm(void);

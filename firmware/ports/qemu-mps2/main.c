@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * The device on an emulated Cortex-M3: the core loop over UART0, sleeping in wfi. The hardware
- * profile and device id come from the Makefile (HARDWARE_PROFILE, DEVICE_UID).
+ * The device on an emulated Cortex-M3 or M4: the core loop over UART0, sleeping in wfi. The
+ * hardware profile and device id come from the Makefile (HARDWARE_PROFILE, DEVICE_UID); the
+ * model runner is TFLM (TML_RUNNER_TFLM) or, in the OTA test-vector image, the test source.
  */
 #include "mps2.h"
 #include "tml/device.h"
@@ -21,8 +22,15 @@ int main(void)
     size_t nkeys;
     const tml_key_t *keys = tml_trusted_keys(&nkeys);
     tml_mps2_init();
-    tml_device_config_t cfg = {TML_DEVICE_UID, TML_HARDWARE_PROFILE, tml_runner_test_source(),
-                               keys, nkeys, 32};
+#ifdef TML_FACTORY_MODEL
+    tml_mps2_factory_adopt();
+#endif
+#ifdef TML_RUNNER_TFLM
+    tml_model_runner_t *runner = tml_runner_tflm();
+#else
+    tml_model_runner_t *runner = tml_runner_test_source();
+#endif
+    tml_device_config_t cfg = {TML_DEVICE_UID, TML_HARDWARE_PROFILE, runner, keys, nkeys, 32};
     if (tml_device_init(&device, &cfg, uart_write, NULL) != TML_OK) {
         tml_mps2_exit(2);
     }

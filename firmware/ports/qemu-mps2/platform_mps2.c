@@ -88,7 +88,12 @@ size_t tml_platform_uart_read(uint8_t *buf, size_t cap)
         tail++;
     }
     if (n) {
-        UART_CTRL |= CTRL_RX_INT; /* room again */
+        /* Room again. A byte that arrived while the interrupt was off raised none (the UART
+         * flags RX interrupts on arrival only) and holds the line: take it now. */
+        __asm__ volatile("cpsid i" ::: "memory");
+        UART_CTRL |= CTRL_RX_INT;
+        uart0_rx_handler();
+        __asm__ volatile("cpsie i" ::: "memory");
     }
     return n;
 }
