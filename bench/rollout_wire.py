@@ -76,7 +76,7 @@ class SysMonitor:
 def fanout_server_bytes(package_id: int, fanout_bytes: int, chunk: int) -> int:
     """Bytes of the worker's own fan-out publishes (one copy per chunk, QoS 1, and their
     PUBACKs), rebuilt from the bytes it counted: each message framed as delivery frames it."""
-    from device_sdk.lean_client import publish_size
+    from device_sdk.mqtt.lean_client import publish_size
     from device_sdk.protocol.ota_messages import Chunk, encode_fanout_chunk
     from device_sdk.protocol.topics import package_topic
 
@@ -92,7 +92,7 @@ def wire_breakdown(before: dict[tuple[str, str], tuple[int, int]],
     """Where the bytes through the broker went during the rollout, by kind of message.
 
     ``devices`` is what the simulated devices sent and received (every MQTT packet counted
-    whole by device_sdk.link.WireTally); ``server`` the other leg of the same messages
+    whole by device_sdk.mqtt.link.WireTally); ``server`` the other leg of the same messages
     between the broker and the worker, rebuilt from them (an estimate: the worker is another
     process), plus the worker's fan-out publishes; ``unattributed`` the rest of the broker's
     own count ($SYS updates to the monitor, the worker's other traffic, estimate errors).

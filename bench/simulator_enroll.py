@@ -67,7 +67,7 @@ class Enroller:
         from django.conf import settings
         from django.utils import timezone
 
-        from device_sdk.identity import SigningKey, capabilities_json
+        from device_sdk.client.identity import SigningKey, capabilities_json
         from device_sdk.inference import TflmModel, host_capabilities
         from fleet.devices.actions import do_create_enrollment_token
         from fleet.devices.trust import broker_ca_pem, published_signing_keys
@@ -105,7 +105,7 @@ class Enroller:
     def _enroll(self, indexes: range) -> None:
         """Enroll ``indexes``: keys and files in a few threads (each file is fsynced, which
         releases the GIL), the enrollments themselves one after another."""
-        from device_sdk.identity import (
+        from device_sdk.client.identity import (
             CA_FILE,
             DeviceIdentity,
             MqttCredential,

@@ -1,6 +1,6 @@
 """Measure telemetry bytes on the wire: event batches and summaries inside real MQTT 5 packets.
 
-Every payload goes out through the device SDK's own link (``device_sdk.link.Link``: paho, MQTT 5,
+Every payload goes out through the device SDK's own link (``device_sdk.mqtt.link.Link``: paho, MQTT 5,
 QoS 1, topic ``fleet/v1/{uid}/events`` with a 20-character uid, topic aliases as the device
 client asks for them) to a minimal in-process listener that answers CONNACK, PUBACK and PINGRESP
 and records each PUBLISH packet exactly as paho wrote it (fixed header, topic, packet id,

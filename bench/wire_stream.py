@@ -9,7 +9,7 @@ Imported by ``bench/wire.py`` (run as a script: ``bench/`` is on ``sys.path`` as
 
 from __future__ import annotations
 
-from device_sdk.batching import SequenceCounter
+from device_sdk.client.batching import SequenceCounter
 from device_sdk.protocol.events import (
     Event,
     EventBatch,

@@ -20,9 +20,9 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -31,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from device_sdk import paho_speedup
+from device_sdk.mqtt import paho_speedup
 from device_sdk.protocol.topics import Channel, shared_filter
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from device_sdk.identity import (
+from device_sdk.client.identity import (
     CA_FILE,
     DeviceIdentity,
     MqttCredential,

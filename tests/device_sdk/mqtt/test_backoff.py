@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from device_sdk.backoff import Backoff
-from device_sdk.link import BrokerEndpoint, Link, LinkConfig
-from device_sdk.reactor import Reactor
+from device_sdk.mqtt.backoff import Backoff
+from device_sdk.mqtt.link import BrokerEndpoint, Link, LinkConfig
+from device_sdk.mqtt.reactor import Reactor
 
 
 def test_delays_double_up_to_the_maximum_without_jitter() -> None:

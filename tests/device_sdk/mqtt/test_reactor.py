@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from device_sdk.reactor import Reactor
+from device_sdk.mqtt.reactor import Reactor
 
 
 @pytest.fixture

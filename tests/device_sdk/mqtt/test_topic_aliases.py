@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from device_sdk.backoff import Backoff
 from device_sdk.client import DeviceClient
-from device_sdk.identity import DeviceIdentity, MqttCredential
-from device_sdk.link import TopicAliases
+from device_sdk.client.identity import DeviceIdentity, MqttCredential
+from device_sdk.mqtt.backoff import Backoff
+from device_sdk.mqtt.link import TopicAliases
 from device_sdk.protocol.events import Event, EventBatch, decode_batch, encode_batch
 from device_sdk.protocol.status import Capabilities
 from fleet.broker.access import ServiceRole

@@ -1,9 +1,9 @@
-"""One MQTT 5 connection driven by a :class:`~device_sdk.reactor.Reactor`, reconnecting forever.
+"""One MQTT 5 connection driven by a :class:`~device_sdk.mqtt.reactor.Reactor`, reconnecting forever.
 
 A :class:`Link` owns the paho client of one identity. It connects over TLS with
 ``clean_start=False`` and a session expiry, so the broker keeps the device's subscriptions
 and queued QoS 1 messages (OTA offers) while it is away; it registers a last will; and after
-any drop it reconnects after a :class:`~device_sdk.backoff.Backoff` delay.
+any drop it reconnects after a :class:`~device_sdk.mqtt.backoff.Backoff` delay.
 
 Each attempt uses a fresh paho client. paho keeps unacknowledged publishes in memory and would
 resend them itself on reconnect; the device's outbox already does that, durably, so a fresh
@@ -46,9 +46,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from device_sdk.backoff import Backoff
-from device_sdk.lean_client import LeanClient, WireTally
-from device_sdk.link_config import (
+from device_sdk.mqtt.backoff import Backoff
+from device_sdk.mqtt.config import (
     CREDENTIAL_REFUSED,
     BrokerEndpoint,
     LinkConfig,
@@ -56,8 +55,9 @@ from device_sdk.link_config import (
     LinkState,
     Will,
 )
-from device_sdk.reactor import Reactor, Timer
-from device_sdk.topic_aliases import TopicAliases, topic_alias_maximum
+from device_sdk.mqtt.lean_client import LeanClient, WireTally
+from device_sdk.mqtt.reactor import Reactor, Timer
+from device_sdk.mqtt.topic_aliases import TopicAliases, topic_alias_maximum
 
 __all__ = [
     "CREDENTIAL_REFUSED", "BrokerEndpoint", "Link", "LinkConfig", "LinkListener", "LinkState",

@@ -1,6 +1,6 @@
 """paho's MQTT client with a shorter receive path, and a tally of MQTT bytes by kind.
 
-:class:`LeanClient` is what :class:`~device_sdk.link.Link` connects with: a simulated fleet of
+:class:`LeanClient` is what :class:`~device_sdk.mqtt.link.Link` connects with: a simulated fleet of
 thousands shares one core, and paho's own receive path cost ~60 µs of Python per message.
 :class:`WireTally` counts the bytes of every packet the clients send and receive by what they
 carry (benches use it to say where the bytes through the broker go).
@@ -15,7 +15,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
-from device_sdk import paho_speedup
+from device_sdk.mqtt import paho_speedup
 
 __all__ = ["LeanClient", "WireTally", "publish_size"]
 

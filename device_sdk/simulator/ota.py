@@ -14,15 +14,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from device_sdk.identity import DeviceIdentity
+from device_sdk.client.identity import DeviceIdentity
 from device_sdk.inference import SensorStream, TflmModel
 from device_sdk.ota.agent import OtaAgent
 from device_sdk.ota.slots import SlotStore
 from device_sdk.ota.trial import TrialResult, run_trial
 from device_sdk.ota.updater import OtaUpdater
 from device_sdk.protocol.status import Capabilities
-from device_sdk.simulator_config import SimulationConfig
-from device_sdk.simulator_device import SimulatedDevice
+from device_sdk.simulator.config import SimulationConfig
+from device_sdk.simulator.device import SimulatedDevice
 
 __all__ = ["SimulatorOta"]
 
@@ -40,7 +40,7 @@ class SimulatorOta:
     _models_lock: threading.Lock
     _reenroll_pool: ThreadPoolExecutor
 
-    if TYPE_CHECKING:  # device_sdk.simulator_fleet.FleetBuilder
+    if TYPE_CHECKING:  # device_sdk.simulator.fleet.FleetBuilder
         def _make_device(self, n: int, index: int, identity: DeviceIdentity,
                          rng: random.Random) -> SimulatedDevice: ...
 

@@ -1,13 +1,13 @@
 """The device client: one enrolled device's status, telemetry and OTA messages over MQTT.
 
-A :class:`DeviceClient` ties together a :class:`~device_sdk.link.Link` (the MQTT 5 connection,
-TLS, reconnect with back-off, last will), an :class:`~device_sdk.batching.EventBatcher` (events
+A :class:`DeviceClient` ties together a :class:`~device_sdk.mqtt.link.Link` (the MQTT 5 connection,
+TLS, reconnect with back-off, last will), an :class:`~device_sdk.client.batching.EventBatcher` (events
 into batches or summaries, with persisted sequence numbers) and an
-:class:`~device_sdk.outbox.Outbox` (every message on disk until the broker's PUBACK).
+:class:`~device_sdk.client.outbox.Outbox` (every message on disk until the broker's PUBACK).
 
 Threading model
 ---------------
-Each client runs on a :class:`~device_sdk.reactor.Reactor`: its own (one thread, started by
+Each client runs on a :class:`~device_sdk.mqtt.reactor.Reactor`: its own (one thread, started by
 :meth:`DeviceClient.start`) or one shared with other clients (the simulator runs hundreds of
 clients per reactor). On that *network thread* run all socket I/O, all paho calls, the batch
 age timer, and every callback below. The application calls :meth:`record`, :meth:`flush`,
@@ -33,7 +33,7 @@ order within one connection and never lost while the outbox has room.
 Topics: batches and OTA requests use MQTT 5 topic aliases when the broker offers them, so after
 the first of a connection their topic costs 5 bytes instead of ~38; the resend after a
 reconnect names the topic again, because aliases die with their connection
-(:mod:`device_sdk.link`). The retained status keeps its full topic, as the will must.
+(:mod:`device_sdk.mqtt.link`). The retained status keeps its full topic, as the will must.
 
 Status: the first status of each connection carries the capabilities; later ones on the same
 connection (:meth:`DeviceClient.set_model` after an OTA update, :meth:`update_status`) leave
@@ -52,12 +52,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from device_sdk.backoff import Backoff
-from device_sdk.batching import EventBatcher, Message, SequenceCounter
-from device_sdk.identity import DeviceIdentity
-from device_sdk.link import Link, WireTally
-from device_sdk.link_config import BrokerEndpoint, LinkConfig, Will, shared_tls_context
-from device_sdk.outbox import Outbox, OutboxEntry
+from device_sdk.client.batching import EventBatcher, Message, SequenceCounter
+from device_sdk.client.identity import DeviceIdentity
+from device_sdk.client.outbox import Outbox, OutboxEntry
+from device_sdk.mqtt.backoff import Backoff
+from device_sdk.mqtt.config import BrokerEndpoint, LinkConfig, Will, shared_tls_context
+from device_sdk.mqtt.link import Link, WireTally
+from device_sdk.mqtt.reactor import Reactor, Timer
 from device_sdk.protocol.events import Event, EventBatch
 from device_sdk.protocol.reasons import ProtocolError
 from device_sdk.protocol.status import (
@@ -75,7 +76,6 @@ from device_sdk.protocol.topics import (
     device_topic,
     parse_topic,
 )
-from device_sdk.reactor import Reactor, Timer
 
 __all__ = ["ClientStats", "DeviceClient"]
 

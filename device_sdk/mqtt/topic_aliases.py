@@ -1,6 +1,6 @@
 """Client-to-broker MQTT 5 topic aliases of one connection (MQTT 5.0 section 3.3.2.3.4).
 
-:class:`~device_sdk.link.Link` names a topic once per connection and then sends only its
+:class:`~device_sdk.mqtt.link.Link` names a topic once per connection and then sends only its
 alias; see that module's docstring for why the map lives and dies with one connection.
 """
 

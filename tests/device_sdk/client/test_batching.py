@@ -10,7 +10,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from device_sdk.batching import EventBatcher, Message, SequenceCounter
+from device_sdk.client.batching import EventBatcher, Message, SequenceCounter
 from device_sdk.protocol.events import (
     Event,
     EventBatch,

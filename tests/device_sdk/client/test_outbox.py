@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device_sdk.outbox import Outbox
+from device_sdk.client.outbox import Outbox
 
 
 def drain(outbox: Outbox, *, window: int = 3) -> list[int]:

@@ -16,19 +16,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from device_sdk.backoff import Backoff
 from device_sdk.client import DeviceClient
-from device_sdk.identity import DeviceIdentity, EnrollmentError, enroll, ensure_enrolled
+from device_sdk.client.identity import DeviceIdentity, EnrollmentError, enroll, ensure_enrolled
 from device_sdk.inference import SensorStream, TflmModel
-from device_sdk.link import WireTally
+from device_sdk.mqtt.backoff import Backoff
+from device_sdk.mqtt.link import WireTally
+from device_sdk.mqtt.reactor import Reactor
 from device_sdk.ota.slots import SlotStore
 from device_sdk.protocol.ota_messages import DeploymentState
 from device_sdk.protocol.reasons import Reason
 from device_sdk.protocol.status import Capabilities
-from device_sdk.reactor import Reactor
-from device_sdk.simulator_config import SimulationConfig
-from device_sdk.simulator_descriptors import keep_outbox_in_memory
-from device_sdk.simulator_device import SimulatedDevice
+from device_sdk.simulator.config import SimulationConfig
+from device_sdk.simulator.descriptors import keep_outbox_in_memory
+from device_sdk.simulator.device import SimulatedDevice
 
 __all__ = ["FleetBuilder"]
 
@@ -54,7 +54,7 @@ class FleetBuilder:
     _frozen: bool
     _came_up: set[str]
 
-    if TYPE_CHECKING:  # device_sdk.simulator_ota.SimulatorOta
+    if TYPE_CHECKING:  # device_sdk.simulator.ota.SimulatorOta
         def _shared_model(self, model_bytes: bytes) -> TflmModel: ...
 
         def _attach_ota(self, device: SimulatedDevice, n: int, identity: DeviceIdentity,

@@ -6,7 +6,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import MQTTException, Properties
 
-from device_sdk.paho_speedup import SharedTableProperties, install
+from device_sdk.mqtt.paho_speedup import SharedTableProperties, install
 
 
 def _filled(cls: type[Properties]) -> Properties:

@@ -8,8 +8,8 @@ import time
 
 from device_sdk.client import DeviceClient
 from device_sdk.inference import SensorStream
+from device_sdk.mqtt.reactor import Timer
 from device_sdk.ota.agent import OtaAgent
-from device_sdk.reactor import Timer
 
 __all__ = ["SimulatedDevice"]
 

@@ -1,8 +1,9 @@
-"""The types around a :class:`~device_sdk.link.Link`: what one MQTT connection needs (the
+"""The types around a :class:`~device_sdk.mqtt.link.Link`: what one MQTT connection needs (the
 broker's address, the identity, the will, the limits), its states, and its listener interface.
 
 The configuration is plain immutable data, shared freely between threads (the simulator shares
-one TLS context between thousands of links).
+one TLS context between thousands of links). :class:`BrokerEndpoint` and :class:`Will` live
+in :mod:`device_sdk.mqtt.endpoint`, shared with every other MQTT client of the fleet.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit
+
+from device_sdk.mqtt.endpoint import BrokerEndpoint, Will
 
 __all__ = [
     "CREDENTIAL_REFUSED",
@@ -25,34 +27,6 @@ __all__ = [
     "shared_tls_context",
     "tls_context",
 ]
-
-
-@dataclass(frozen=True)
-class BrokerEndpoint:
-    """Where the broker listens: ``mqtt://host:port`` (plain) or ``mqtts://host:port`` (TLS)."""
-
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerEndpoint:
-        """Parse a broker URL; the port defaults to 1883, or 8883 for ``mqtts``."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
-            raise ValueError(f"not a broker URL (mqtt://host:port or mqtts://host:port): {url!r}")
-        tls = parts.scheme in ("mqtts", "ssl")
-        return cls(parts.hostname, parts.port or (8883 if tls else 1883), tls)
-
-
-@dataclass(frozen=True)
-class Will:
-    """The message the broker publishes for the device when it goes away."""
-
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import os
 import resource
 
 from device_sdk.client import DeviceClient
-from device_sdk.outbox import Outbox
+from device_sdk.client.outbox import Outbox
 
 __all__ = ["keep_outbox_in_memory", "outbox_file_budget", "raise_open_file_limit"]
 

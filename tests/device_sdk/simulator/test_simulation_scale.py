@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-import device_sdk.simulator as simulator_module
-from device_sdk.identity import CA_FILE, DeviceIdentity, MqttCredential
+import device_sdk.simulator.simulation as simulator_module
+from device_sdk.client.identity import CA_FILE, DeviceIdentity, MqttCredential
 from device_sdk.simulator import SimulationConfig, Simulator, raise_open_file_limit
 from fleet.broker.mosquitto import FD_RESERVE, MosquittoInstance
 from tests.support.broker import Probe, free_port, require_mosquitto
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def write_fleet(state_dir: Path, creds: list[tuple[str, str]], url: str,
@@ -119,7 +119,7 @@ def test_an_outbox_file_still_holding_messages_is_kept_whatever_the_budget(
     offline_fleet: tuple[Path, int], dense_model_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Unsent telemetry from an earlier run goes out: that device keeps its file."""
-    from device_sdk.outbox import Outbox
+    from device_sdk.client.outbox import Outbox
 
     state_dir, devices = offline_fleet
     with Outbox(state_dir / "devices" / "00011" / "outbox.sqlite3") as leftover:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from device_sdk.__main__ import COMMANDS, build_parser, main
-from device_sdk.identity import DeviceIdentity
+from device_sdk.client.identity import DeviceIdentity
 from device_sdk.protocol.events import EventBatch, Summary, decode_message
 from device_sdk.protocol.status import LinkState, decode_status
 from device_sdk.simulator import SimulationConfig, Simulator

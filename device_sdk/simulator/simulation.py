@@ -15,13 +15,13 @@ drift) and logs progress.
 This module holds :class:`Simulator` (start, run loop, drift, stop, fleet figures) and
 re-exports the rest of the public surface, split by concern:
 
-* :mod:`device_sdk.simulator_config`: :class:`SimulationConfig`, the ``simulate`` options;
-* :mod:`device_sdk.simulator_device`: :class:`SimulatedDevice`, one device's inference timer;
-* :mod:`device_sdk.simulator_fleet`: building the fleet (state dirs, enrollment, each device,
+* :mod:`device_sdk.simulator.config`: :class:`SimulationConfig`, the ``simulate`` options;
+* :mod:`device_sdk.simulator.device`: :class:`SimulatedDevice`, one device's inference timer;
+* :mod:`device_sdk.simulator.fleet`: building the fleet (state dirs, enrollment, each device,
   re-enrollment);
-* :mod:`device_sdk.simulator_ota`: OTA slots, shared interpreters and trials, simulated power
+* :mod:`device_sdk.simulator.ota`: OTA slots, shared interpreters and trials, simulated power
   cuts;
-* :mod:`device_sdk.simulator_descriptors`: the file-descriptor budget
+* :mod:`device_sdk.simulator.descriptors`: the file-descriptor budget
   (:func:`raise_open_file_limit`, in-memory outboxes).
 
 Scale (10,000 connected devices from one process, measured by ``bench/simulator.py``):
@@ -58,19 +58,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 from device_sdk.client import ClientStats
 from device_sdk.inference import TflmModel, host_capabilities
-from device_sdk.link import WireTally
+from device_sdk.mqtt.link import WireTally
+from device_sdk.mqtt.reactor import Reactor
 from device_sdk.ota.trial import TrialResult
 from device_sdk.protocol.status import Capabilities
-from device_sdk.reactor import Reactor
-from device_sdk.simulator_config import SimulationConfig
-from device_sdk.simulator_descriptors import (
+from device_sdk.simulator.config import SimulationConfig
+from device_sdk.simulator.descriptors import (
     _FD_RESERVE,  # noqa: F401 (re-exported: tests size limits by it)
     outbox_file_budget,
     raise_open_file_limit,
 )
-from device_sdk.simulator_device import SimulatedDevice
-from device_sdk.simulator_fleet import FleetBuilder
-from device_sdk.simulator_ota import SimulatorOta
+from device_sdk.simulator.device import SimulatedDevice
+from device_sdk.simulator.fleet import FleetBuilder
+from device_sdk.simulator.ota import SimulatorOta
 
 __all__ = ["SimulatedDevice", "SimulationConfig", "Simulator", "raise_open_file_limit"]
 
@@ -85,8 +85,8 @@ _MAX_DEFAULT_THREADS = 2
 class Simulator(FleetBuilder, SimulatorOta):
     """Enroll, connect and run ``config.devices`` simulated devices.
 
-    Building the devices is :class:`~device_sdk.simulator_fleet.FleetBuilder`'s, their OTA and
-    simulated power cuts :class:`~device_sdk.simulator_ota.SimulatorOta`'s; this class owns
+    Building the devices is :class:`~device_sdk.simulator.fleet.FleetBuilder`'s, their OTA and
+    simulated power cuts :class:`~device_sdk.simulator.ota.SimulatorOta`'s; this class owns
     the threads and the state both read, and runs the fleet.
     """
 

@@ -8,7 +8,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from device_sdk.lean_client import LeanClient, WireTally
+from device_sdk.mqtt.lean_client import LeanClient, WireTally
 from device_sdk.protocol.ota_messages import Chunk, encode_fanout_chunk
 from device_sdk.protocol.topics import package_topic
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from device_sdk.backoff import Backoff
 from device_sdk.client import DeviceClient
-from device_sdk.identity import DeviceIdentity, EnrollmentError, MqttCredential, enroll
+from device_sdk.client.identity import DeviceIdentity, EnrollmentError, MqttCredential, enroll
+from device_sdk.mqtt.backoff import Backoff
 from device_sdk.protocol.events import Event, EventBatch, decode_batch
 from device_sdk.protocol.status import Capabilities, LinkState, decode_status
 from device_sdk.protocol.topics import Channel, package_filter, package_topic
