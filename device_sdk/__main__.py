@@ -190,8 +190,7 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
 
 def _simulate(args: argparse.Namespace) -> int:
     from device_sdk.client.identity import EnrollmentError
-    from device_sdk.ota.agent import Faults
-    from device_sdk.simulator import SimulationConfig, Simulator
+    from device_sdk.simulator import Faults, SimulationConfig, Simulator
 
     if args.drift_after is not None and not args.drift_mix:
         log.error("--drift-after needs --drift-mix")

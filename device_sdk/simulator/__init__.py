@@ -13,6 +13,7 @@ Nothing outside this package (and the ``simulate`` command) imports it: producti
 carries no simulator-only branches.
 """
 
+from device_sdk.simulator.faults import Faults, FaultyOtaAgent
 from device_sdk.simulator.simulation import (
     SimulatedDevice,
     SimulationConfig,
@@ -20,4 +21,11 @@ from device_sdk.simulator.simulation import (
     raise_open_file_limit,
 )
 
-__all__ = ["SimulatedDevice", "SimulationConfig", "Simulator", "raise_open_file_limit"]
+__all__ = [
+    "Faults",
+    "FaultyOtaAgent",
+    "SimulatedDevice",
+    "SimulationConfig",
+    "Simulator",
+    "raise_open_file_limit",
+]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from device_sdk.ota.agent import Faults
+from device_sdk.simulator.faults import Faults
 
 __all__ = ["SimulationConfig"]
 

@@ -9,7 +9,7 @@ import time
 from device_sdk.client import DeviceClient
 from device_sdk.inference import SensorStream
 from device_sdk.mqtt.reactor import Timer
-from device_sdk.ota.agent import OtaAgent
+from device_sdk.simulator.faults import FaultyOtaAgent
 
 __all__ = ["SimulatedDevice"]
 
@@ -27,7 +27,7 @@ class SimulatedDevice:
         self.index = index
         self.client = client
         self.stream = stream
-        self.agent: OtaAgent | None = None
+        self.agent: FaultyOtaAgent | None = None
         self.reporting = reporting
         self.period = 1.0 / rate_hz
         self.inferences = 0

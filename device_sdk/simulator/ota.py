@@ -1,6 +1,7 @@
 """OTA and failure injection for the simulated fleet: each device's A/B slots and OTA agent,
 one shared interpreter and one trial outcome per distinct model, and the simulated power cut
-(``Faults.crash_download``) that drops a device mid-download and reboots it from its state dir.
+(``Faults.crash_download``, acted out by :class:`~device_sdk.simulator.faults.FaultyOtaAgent`)
+that drops a device mid-download and reboots it from its state dir.
 
 :class:`SimulatorOta` is a mixin of :class:`device_sdk.simulator.Simulator`, which owns the
 state it reads (config, capabilities, devices, model caches, pools).
@@ -16,13 +17,13 @@ from typing import TYPE_CHECKING
 
 from device_sdk.client.identity import DeviceIdentity
 from device_sdk.inference import SensorStream, TflmModel
-from device_sdk.ota.agent import OtaAgent
 from device_sdk.ota.slots import SlotStore
 from device_sdk.ota.trial import TrialResult, run_trial
 from device_sdk.ota.updater import OtaUpdater
 from device_sdk.protocol.status import Capabilities
 from device_sdk.simulator.config import SimulationConfig
 from device_sdk.simulator.device import SimulatedDevice
+from device_sdk.simulator.faults import FaultyOtaAgent
 
 __all__ = ["SimulatorOta"]
 
@@ -57,7 +58,7 @@ class SimulatorOta:
             device.stream = SensorStream(self._shared_model(model), mix=device.stream.mix,
                                          seed=rng.randrange(2**31), noise_scale=noise)
 
-        agent = OtaAgent(
+        agent = FaultyOtaAgent(
             device.client, updater, self._trial, faults=cfg.faults,
             repair_after_s=cfg.repair_after_s, rng=random.Random(rng.random()),
             on_installed=installed, on_crash=lambda: self._crash(device, n, identity),

@@ -34,7 +34,6 @@ from device_sdk.client.identity import (
     load_or_create_key,
     public_key_pem,
 )
-from device_sdk.ota.agent import Faults
 from device_sdk.ota.slots import SlotStore
 from device_sdk.protocol.ota_messages import (
     ChunkRequest,
@@ -44,7 +43,7 @@ from device_sdk.protocol.ota_messages import (
 )
 from device_sdk.protocol.reasons import Reason
 from device_sdk.protocol.topics import Channel, PackageTopic, parse_topic
-from device_sdk.simulator import SimulationConfig, Simulator
+from device_sdk.simulator import Faults, SimulationConfig, Simulator
 from fleet.broker.configured import reset_broker_access
 from fleet.broker.mosquitto import MosquittoInstance
 from fleet.devices.models import Device, HardwareProfile
