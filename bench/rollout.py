@@ -74,7 +74,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from lab import CpuMeter, bench_broker, finish, setup_django  # bench/ is this script's folder
 from rollout_fleet import (
@@ -104,8 +103,7 @@ def log(msg: str) -> None:
 
 def run_build_models(out: str) -> None:
     """Train v1 and a retrained v2 of the same MLP; write v1.tflite and v2.tflite to ``out``."""
-    sys.path.insert(0, str(ROOT / "tests" / "ota"))
-    import model_factory
+    from testkit import model_factory
 
     tf = model_factory._tf()
     x, y = model_factory.make_blobs()

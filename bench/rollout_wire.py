@@ -17,14 +17,13 @@ class SysMonitor:
     TOPICS = ("$SYS/broker/bytes/received", "$SYS/broker/bytes/sent")
 
     def __init__(self, broker: Any) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
+        from device_sdk.mqtt import BrokerEndpoint, connect, new_client
 
         self.values: dict[str, tuple[int, float]] = {}
         self.cond = threading.Condition()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sys-monitor",
-                                  protocol=mqtt.MQTTv5)
-        self.client.username_pw_set(broker.admin_username, broker.admin_password)
+        endpoint = BrokerEndpoint(broker.host, broker.port, tls=False)
+        self.client = new_client(endpoint, client_id="bench-sys-monitor",
+                                 username=broker.admin_username, password=broker.admin_password)
         self.subscribed = threading.Event()
         self.granted: list[Any] = []
 
@@ -39,8 +38,7 @@ class SysMonitor:
 
         self.client.on_subscribe = on_subscribe
         self.client.on_message = on_message
-        self.client.connect(broker.host, broker.port, keepalive=30)
-        self.client.loop_start()
+        connect(self.client, endpoint, keepalive=30)
         self.client.subscribe([(t, 0) for t in self.TOPICS])
         if not self.subscribed.wait(30) or any(rc.is_failure for rc in self.granted):
             raise RuntimeError(f"cannot subscribe to $SYS: {self.granted}")

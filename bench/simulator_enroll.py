@@ -36,8 +36,7 @@ def log(msg: str) -> None:
 
 def run_build_model(out: str) -> None:
     """Train the 16-32-4 MLP of the SDK tests; write dense.tflite to ``out``."""
-    sys.path.insert(0, str(ROOT / "tests" / "ota"))
-    import model_factory
+    from testkit import model_factory
 
     target = Path(out)
     artifacts = model_factory.dense_classifier(target / "keras")

@@ -54,17 +54,13 @@ import random
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from wire_capture import Wire  # bench/ is this script's folder
 from wire_layout import ALIAS_MAXIMUM, ALIAS_PROPERTY, FRAMINGS, framed_size, read_varint
 from wire_stream import T0, device_batches, realistic_stream, summaries
 
 from device_sdk.protocol.events import MessageKind, encode_batch
-from tests.support.traffic import naive_json
+from testkit.traffic import naive_json
 
 
 def _metric(name: str, framing: str) -> str:

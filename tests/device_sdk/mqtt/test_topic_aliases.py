@@ -30,10 +30,10 @@ from fleet.broker.access import ServiceRole
 from fleet.broker.dynsec import DynsecAccess
 from fleet.broker.mosquitto import DEFAULT_TEMPLATE, MosquittoInstance
 from fleet.devices.models import HardwareProfile
-from tests.support.broker import Probe, free_port, require_mosquitto
-from tests.support.stored import Fleet, assert_stored_exactly, wait_ingested
-from tests.support.traffic import Ledger
-from tests.support.worker import WorkerFactory
+from testkit.broker import Probe, free_port, require_mosquitto
+from testkit.stored import Fleet, assert_stored_exactly, wait_ingested
+from testkit.traffic import Ledger
+from testkit.worker import WorkerFactory
 
 CAPS = Capabilities(
     firmware_version="alias-test 1.0", tflm_version="tflite-micro test",

@@ -23,7 +23,7 @@ import device_sdk.simulator.simulation as simulator_module
 from device_sdk.client.identity import CA_FILE, DeviceIdentity, MqttCredential
 from device_sdk.simulator import SimulationConfig, Simulator, raise_open_file_limit
 from fleet.broker.mosquitto import FD_RESERVE, MosquittoInstance
-from tests.support.broker import Probe, free_port, require_mosquitto
+from testkit.broker import Probe, free_port, require_mosquitto
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -52,7 +52,7 @@ from ota.models import ModelVersion, Package
 from ota.packaging.actions import do_build_package
 from ota.rollouts import actions
 from ota.rollouts.models import Deployment, Rollout, RolloutState
-from tests.support.worker import READY_LINE, ROOT, WorkerFactory, WorkerProcess
+from testkit.worker import READY_LINE, ROOT, WorkerFactory, WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -66,7 +66,7 @@ DONE = (DeploymentState.CONFIRMED, DeploymentState.FAILED, DeploymentState.ROLLE
 @pytest.fixture(scope="session")
 def wide_tflite(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """A trained int8 16-1024-4 MLP (~22 KB): several carousel chunks long."""
-    import model_factory
+    from testkit import model_factory
 
     tf = model_factory._tf()
     x, y = model_factory.make_blobs()

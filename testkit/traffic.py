@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
+from device_sdk.mqtt import BrokerEndpoint, connect, new_client
 from device_sdk.protocol.events import Event, EventBatch, Summary, encode_batch, encode_summary
 
 Message = EventBatch | Summary
@@ -140,10 +140,9 @@ class DeviceLink:
         self.publishes = self.resends = 0
         self.history: dict[int, list[tuple[float, str]]] = defaultdict(list)  # seq -> events
         self.lock = threading.Lock()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=uid,
-                                  protocol=mqtt.MQTTv5)
-        self.client.username_pw_set(uid, password)
-        self.client.reconnect_delay_set(1, 2)
+        self.endpoint = BrokerEndpoint(host, port, tls=False)
+        self.client = new_client(self.endpoint, client_id=uid, username=uid, password=password,
+                                 reconnect_delay=(1, 2))
         self.client.on_publish = self._on_publish
         self.host, self.port = host, port
 
@@ -154,8 +153,7 @@ class DeviceLink:
 
     def connect(self) -> None:
         """Connect and start paho's network thread (it reconnects by itself)."""
-        self.client.connect(self.host, self.port, keepalive=20)
-        self.client.loop_start()
+        connect(self.client, self.endpoint, keepalive=20)
 
     def queue(self, messages: Iterable[Message]) -> None:
         """Add messages to the outbox."""

@@ -7,7 +7,6 @@ import os
 import queue
 import secrets
 import socket
-import ssl
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,9 +14,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from device_sdk.mqtt import BrokerEndpoint, connect, new_client
 from fleet.broker.dynsec import DynsecAccess
 from fleet.broker.mosquitto import DYNSEC_PLUGIN, BrokerError, MosquittoInstance, find_executable
 
@@ -100,16 +99,12 @@ class Probe:
         ca_certs: str | None = None,
     ) -> None:
         self.host, self.port = host, port
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv5,
-            reconnect_on_failure=False,
+        # TLS exactly when a CA is given; it must then check the broker's certificate.
+        self.endpoint = BrokerEndpoint(host, port, tls=ca_certs is not None)
+        self.client = new_client(
+            self.endpoint, client_id=client_id, username=username, password=password,
+            ca_certs=ca_certs, reconnect_on_failure=False,
         )
-        if username is not None:
-            self.client.username_pw_set(username, password)
-        if ca_certs is not None:
-            self.client.tls_set(ca_certs=ca_certs, cert_reqs=ssl.CERT_REQUIRED)
         self.connack: ReasonCode | None = None
         self.disconnect_reason: ReasonCode | None = None
         self.connected = threading.Event()
@@ -146,8 +141,7 @@ class Probe:
 
     def connect(self) -> ReasonCode:
         """Connect and return the CONNACK reason code."""
-        self.client.connect(self.host, self.port, keepalive=30)
-        self.client.loop_start()
+        connect(self.client, self.endpoint, keepalive=30)
         assert self.connected.wait(TIMEOUT) or self.disconnected.wait(0.1), "no CONNACK"
         if self.connack is None:
             raise AssertionError(f"connection closed before CONNACK: {self.disconnect_reason}")

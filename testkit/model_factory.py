@@ -1,4 +1,5 @@
-"""Build small, real models for the ota tests with TensorFlow (imported lazily: it is slow).
+"""Build small, real models for tests and benches with TensorFlow (imported lazily: it is slow),
+and derive variants of real models (:func:`tweak_weight`).
 
 Each builder returns what a test needs and is deterministic enough to assert exact reasons.
 Use the session fixtures in ``tests/ota/conftest.py`` rather than calling builders per test.
@@ -152,3 +153,22 @@ def with_custom_op(tflite: bytes, builtin: str, custom_name: str) -> bytes:
                 oc.customCode = custom_name
 
     return edit_model(tflite, edit)
+
+
+def tweak_weight(tflite: bytes) -> bytes:
+    """Return the model with one byte flipped in the middle of its largest weight buffer.
+
+    Same structure, same ops, a slightly different weight: a new version that still validates
+    (flipping a byte at a fixed offset may hit the flatbuffer's structure instead).
+    """
+    model = schema.Model.GetRootAs(tflite, 0)
+    largest = b""
+    for i in range(model.BuffersLength()):
+        buf = model.Buffers(i)
+        if buf.DataLength() > len(largest):
+            largest = buf.DataAsNumpy().tobytes()
+    start = tflite.find(largest)
+    assert len(largest) >= 16 and start >= 0, "no weight buffer to tweak"
+    changed = bytearray(tflite)
+    changed[start + len(largest) // 2] ^= 1
+    return bytes(changed)

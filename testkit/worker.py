@@ -16,17 +16,15 @@ import secrets
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
+from device_sdk.mqtt import BrokerEndpoint, connect, new_client
 from fleet.broker.access import ServiceRole
 from fleet.broker.dynsec import DynsecAccess
 from fleet.broker.mosquitto import MosquittoInstance
@@ -144,13 +142,9 @@ def end_session(broker: MosquittoInstance, client_id: str, username: str, passwo
     of every shared subscription and queues it. Connecting with a clean start and no session
     expiry replaces the session, and closing ends it.
     """
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.username_pw_set(username, password)
-    connected = threading.Event()
-    client.on_connect = lambda *args: connected.set()
-    client.connect(broker.host, broker.port, clean_start=True)
-    client.loop_start()
-    connected.wait(5)
+    endpoint = BrokerEndpoint(broker.host, broker.port, tls=False)
+    client = new_client(endpoint, client_id=client_id, username=username, password=password)
+    connect(client, endpoint, clean_start=True, wait_s=5)
     client.disconnect()
     client.loop_stop()
 

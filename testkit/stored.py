@@ -1,5 +1,5 @@
 """The server side of ingest tests: devices known to the server and the broker, and checks of
-what the worker stored against what was sent (tests/support/traffic.py).
+what the worker stored against what was sent (testkit/traffic.py).
 
 Reads and writes the test database: use from tests marked ``django_db(transaction=True)``.
 """
@@ -16,8 +16,8 @@ from fleet.broker.dynsec import DynsecAccess
 from fleet.broker.mosquitto import MosquittoInstance
 from fleet.devices.models import Device, DeviceGroup, HardwareProfile
 from fleet.telemetry.models import Event, IngestedBatch, Rollup
-from tests.support.broker import Probe
-from tests.support.traffic import DeviceLink, FleetPublisher, Ledger
+from testkit.broker import Probe
+from testkit.traffic import DeviceLink, FleetPublisher, Ledger
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
