@@ -29,7 +29,7 @@ from fleet.broker.access import ServiceRole
 from fleet.broker.dynsec import DynsecAccess
 from fleet.broker.mosquitto import MosquittoInstance
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the repository: manage.py, deploy/
 # Logged once the broker granted the worker's shared subscriptions (fleet/broker/worker.py).
 READY_LINE = "subscriptions granted"
 START_TIMEOUT_S = 30.0
