@@ -20,9 +20,9 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import paho.mqtt.client as mqtt
