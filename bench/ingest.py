@@ -47,10 +47,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from bench.ingest_publisher import START_MS
-from bench.lab import cpu_seconds
+from ingest_publisher import START_MS
+from lab import cpu_seconds
 
 READY_LINE = "subscriptions granted"
 
@@ -245,7 +244,7 @@ class Run:
             worker.wait(timeout=30)
             # A stopped worker's session keeps its share of the shared subscription: end it,
             # or the broker would go on queueing for it during the next run.
-            from tests.support.worker import end_session
+            from testkit.worker import end_session
 
             end_session(self.broker, name, *self.worker_identity)
         rows = self.db.scalar("SELECT count(*) FROM telemetry_event")
@@ -347,7 +346,7 @@ def postgres_cpu_seconds() -> float:
 
 def start_postgres(workdir: Path) -> tuple[str, Path, int]:
     """Start a throwaway PostgreSQL with scripts/postgres.sh; return URL, folder and port."""
-    from tests.support.broker import free_port
+    from testkit.broker import free_port
 
     port = free_port()
     folder = workdir / "pg"
@@ -376,7 +375,7 @@ def main() -> None:
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "publisher":
-        from bench.ingest_publisher import run_publisher
+        from ingest_publisher import run_publisher
 
         return run_publisher(args.spec)
     if args.role == "setup-db":
@@ -390,7 +389,7 @@ def main() -> None:
     from fleet.broker.access import ServiceRole
     from fleet.broker.dynsec import DynsecAccess
     from fleet.broker.mosquitto import MosquittoInstance
-    from tests.support.broker import free_port
+    from testkit.broker import free_port
 
     workdir = Path(tempfile.mkdtemp(prefix="fleet-bench-ingest-"))
     os.chmod(workdir, 0o755)  # the postgres user must reach its data folder

@@ -2,8 +2,7 @@
 configured against it with a throwaway SQLite database.
 
 Imported by ``bench/rollout.py`` (and its ``rollout_fleet.py``) and ``bench/simulator.py``
-(run as scripts: ``bench/`` is on ``sys.path`` as their own folder), and by ``bench/ingest.py``
-as ``bench.lab``.
+and ``bench/ingest.py`` (run as scripts: ``bench/`` is on ``sys.path`` as their own folder).
 """
 
 from __future__ import annotations

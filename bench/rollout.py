@@ -42,7 +42,7 @@ Figures (one JSON object per line at the end):
   and the little telemetry the devices send meanwhile. ``broker_bytes_sent`` and
   ``broker_bytes_received`` are printed too. Its ``breakdown`` says where the bytes went, by
   kind of message (``rollout_wire.wire_breakdown``): every packet the devices sent and
-  received, counted whole by device_sdk.link.WireTally, plus the worker's leg of the same
+  received, counted whole by device_sdk.mqtt.link.WireTally, plus the worker's leg of the same
   messages rebuilt from them; ``unattributed`` is the rest of the broker's count (the $SYS
   updates, bytes still in flight when the run ends). The shares add up to ``wire_overhead``.
 - ``rollout_cpu_seconds``: CPU seconds of each process (this one, the worker, the broker,
@@ -74,7 +74,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from lab import CpuMeter, bench_broker, finish, setup_django  # bench/ is this script's folder
 from rollout_fleet import (
@@ -104,8 +103,7 @@ def log(msg: str) -> None:
 
 def run_build_models(out: str) -> None:
     """Train v1 and a retrained v2 of the same MLP; write v1.tflite and v2.tflite to ``out``."""
-    sys.path.insert(0, str(ROOT / "tests" / "ota"))
-    import model_factory
+    from testkit import model_factory
 
     tf = model_factory._tf()
     x, y = model_factory.make_blobs()
@@ -273,7 +271,7 @@ def main() -> None:
         broker.start()
         setup_django(workdir, broker)
 
-        from device_sdk.link import WireTally
+        from device_sdk.mqtt.link import WireTally
         from device_sdk.protocol.ota_messages import DeploymentState
         from device_sdk.simulator import Simulator
         from fleet.broker.access import ServiceRole

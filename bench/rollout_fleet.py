@@ -126,7 +126,7 @@ def run_sim_process(spec_json: str) -> None:
     """Child process: simulate one range of devices; obey ProcessFleet's commands."""
     import logging
 
-    from device_sdk.link import WireTally
+    from device_sdk.mqtt.link import WireTally
     from device_sdk.simulator import Simulator
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
@@ -203,7 +203,7 @@ def _enroll(indexes: range, devices: int, sim: Any, server: str, v1_package_id: 
     from django.conf import settings
     from django.utils import timezone
 
-    from device_sdk.identity import (
+    from device_sdk.client.identity import (
         CA_FILE,
         DeviceIdentity,
         MqttCredential,

@@ -17,14 +17,13 @@ class SysMonitor:
     TOPICS = ("$SYS/broker/bytes/received", "$SYS/broker/bytes/sent")
 
     def __init__(self, broker: Any) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
+        from device_sdk.mqtt import BrokerEndpoint, connect, new_client
 
         self.values: dict[str, tuple[int, float]] = {}
         self.cond = threading.Condition()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sys-monitor",
-                                  protocol=mqtt.MQTTv5)
-        self.client.username_pw_set(broker.admin_username, broker.admin_password)
+        endpoint = BrokerEndpoint(broker.host, broker.port, tls=False)
+        self.client = new_client(endpoint, client_id="bench-sys-monitor",
+                                 username=broker.admin_username, password=broker.admin_password)
         self.subscribed = threading.Event()
         self.granted: list[Any] = []
 
@@ -39,8 +38,7 @@ class SysMonitor:
 
         self.client.on_subscribe = on_subscribe
         self.client.on_message = on_message
-        self.client.connect(broker.host, broker.port, keepalive=30)
-        self.client.loop_start()
+        connect(self.client, endpoint, keepalive=30)
         self.client.subscribe([(t, 0) for t in self.TOPICS])
         if not self.subscribed.wait(30) or any(rc.is_failure for rc in self.granted):
             raise RuntimeError(f"cannot subscribe to $SYS: {self.granted}")
@@ -76,7 +74,7 @@ class SysMonitor:
 def fanout_server_bytes(package_id: int, fanout_bytes: int, chunk: int) -> int:
     """Bytes of the worker's own fan-out publishes (one copy per chunk, QoS 1, and their
     PUBACKs), rebuilt from the bytes it counted: each message framed as delivery frames it."""
-    from device_sdk.lean_client import publish_size
+    from device_sdk.mqtt.lean_client import publish_size
     from device_sdk.protocol.ota_messages import Chunk, encode_fanout_chunk
     from device_sdk.protocol.topics import package_topic
 
@@ -92,7 +90,7 @@ def wire_breakdown(before: dict[tuple[str, str], tuple[int, int]],
     """Where the bytes through the broker went during the rollout, by kind of message.
 
     ``devices`` is what the simulated devices sent and received (every MQTT packet counted
-    whole by device_sdk.link.WireTally); ``server`` the other leg of the same messages
+    whole by device_sdk.mqtt.link.WireTally); ``server`` the other leg of the same messages
     between the broker and the worker, rebuilt from them (an estimate: the worker is another
     process), plus the worker's fan-out publishes; ``unattributed`` the rest of the broker's
     own count ($SYS updates to the monitor, the worker's other traffic, estimate errors).

@@ -61,15 +61,11 @@ monitor subscriber in ``bench/simulator_monitor.py``.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from lab import (  # bench/ is this script's folder
     bench_broker,

@@ -36,8 +36,7 @@ def log(msg: str) -> None:
 
 def run_build_model(out: str) -> None:
     """Train the 16-32-4 MLP of the SDK tests; write dense.tflite to ``out``."""
-    sys.path.insert(0, str(ROOT / "tests" / "ota"))
-    import model_factory
+    from testkit import model_factory
 
     target = Path(out)
     artifacts = model_factory.dense_classifier(target / "keras")
@@ -67,7 +66,7 @@ class Enroller:
         from django.conf import settings
         from django.utils import timezone
 
-        from device_sdk.identity import SigningKey, capabilities_json
+        from device_sdk.client.identity import SigningKey, capabilities_json
         from device_sdk.inference import TflmModel, host_capabilities
         from fleet.devices.actions import do_create_enrollment_token
         from fleet.devices.trust import broker_ca_pem, published_signing_keys
@@ -105,7 +104,7 @@ class Enroller:
     def _enroll(self, indexes: range) -> None:
         """Enroll ``indexes``: keys and files in a few threads (each file is fsynced, which
         releases the GIL), the enrollments themselves one after another."""
-        from device_sdk.identity import (
+        from device_sdk.client.identity import (
             CA_FILE,
             DeviceIdentity,
             MqttCredential,

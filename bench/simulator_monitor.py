@@ -20,18 +20,16 @@ class Monitor:
     """Count delivered events by the second they were inferred; follow $SYS client counts."""
 
     def __init__(self, broker: Any) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
+        from device_sdk.mqtt import BrokerEndpoint, connect, new_client
         from device_sdk.protocol.events import EventBatch, decode_message
 
         self.by_second: Counter[int] = Counter()
         self.messages = 0
         self.clients_connected: list[tuple[float, int]] = []
         self.lock = threading.Lock()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sim-monitor",
-                                  protocol=mqtt.MQTTv5)
-        self.client.username_pw_set(broker.admin_username, broker.admin_password)
+        endpoint = BrokerEndpoint(broker.host, broker.port, tls=False)
+        self.client = new_client(endpoint, client_id="bench-sim-monitor",
+                                 username=broker.admin_username, password=broker.admin_password)
         subscribed = threading.Event()
         granted: list[Any] = []
 
@@ -56,8 +54,7 @@ class Monitor:
 
         self.client.on_subscribe = on_subscribe
         self.client.on_message = on_message
-        self.client.connect(broker.host, broker.port, keepalive=30)
-        self.client.loop_start()
+        connect(self.client, endpoint, keepalive=30)
         self.client.subscribe([("fleet/v1/+/events", 0), ("$SYS/broker/clients/connected", 0)])
         if not subscribed.wait(30) or any(rc.is_failure for rc in granted):
             raise RuntimeError(f"monitor cannot subscribe: {granted}")

@@ -1,6 +1,6 @@
 """Measure telemetry bytes on the wire: event batches and summaries inside real MQTT 5 packets.
 
-Every payload goes out through the device SDK's own link (``device_sdk.link.Link``: paho, MQTT 5,
+Every payload goes out through the device SDK's own link (``device_sdk.mqtt.link.Link``: paho, MQTT 5,
 QoS 1, topic ``fleet/v1/{uid}/events`` with a 20-character uid, topic aliases as the device
 client asks for them) to a minimal in-process listener that answers CONNACK, PUBACK and PINGRESP
 and records each PUBLISH packet exactly as paho wrote it (fixed header, topic, packet id,
@@ -54,17 +54,13 @@ import random
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from wire_capture import Wire  # bench/ is this script's folder
 from wire_layout import ALIAS_MAXIMUM, ALIAS_PROPERTY, FRAMINGS, framed_size, read_varint
 from wire_stream import T0, device_batches, realistic_stream, summaries
 
 from device_sdk.protocol.events import MessageKind, encode_batch
-from tests.support.traffic import naive_json
+from testkit.traffic import naive_json
 
 
 def _metric(name: str, framing: str) -> str:

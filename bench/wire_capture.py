@@ -2,7 +2,7 @@
 
 ``CapturingListener`` answers CONNACK (announcing topic aliases or not), PUBACK and PINGRESP,
 resolves topic aliases per connection as a broker would and records each PUBLISH exactly as
-paho wrote it; ``Wire`` publishes through ``device_sdk.link.Link`` one packet at a time and
+paho wrote it; ``Wire`` publishes through ``device_sdk.mqtt.link.Link`` one packet at a time and
 checks each against the layout of ``bench/wire_layout.py``. Imported by ``bench/wire.py`` (run
 as a script: ``bench/`` is on ``sys.path`` as its folder).
 """
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from wire_layout import ALIAS_PROPERTY, TOPIC, UID, framed_size, read_varint
 
-from device_sdk.backoff import Backoff
-from device_sdk.link import Link
-from device_sdk.link_config import BrokerEndpoint, LinkConfig
-from device_sdk.reactor import Reactor
+from device_sdk.mqtt.backoff import Backoff
+from device_sdk.mqtt.config import BrokerEndpoint, LinkConfig
+from device_sdk.mqtt.link import Link
+from device_sdk.mqtt.reactor import Reactor
 
 TIMEOUT_S = 5.0
 

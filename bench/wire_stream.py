@@ -1,6 +1,6 @@
 """The wire bench's stream: realistic events and the messages a device makes of them.
 
-The stream of the codec's tests (``tests.support.traffic``: ~1 event/s with 100 ms jitter,
+The stream of the codec's tests (``testkit.traffic``: ~1 event/s with 100 ms jitter,
 4-10 skewed classes, top-1 scores between 1/classes and 1, 5-50 ms latencies), cut into
 batches and hourly summaries numbered by the SDK's ``SequenceCounter`` as a device numbers
 them; the naive JSON baseline comes from the same module.
@@ -9,7 +9,7 @@ Imported by ``bench/wire.py`` (run as a script: ``bench/`` is on ``sys.path`` as
 
 from __future__ import annotations
 
-from device_sdk.batching import SequenceCounter
+from device_sdk.client.batching import SequenceCounter
 from device_sdk.protocol.events import (
     Event,
     EventBatch,
@@ -17,13 +17,13 @@ from device_sdk.protocol.events import (
     encode_summary,
     summarize,
 )
-from tests.support import traffic
+from testkit import traffic
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
 def realistic_stream(count: int, seed: int, start_ms: int | None = None) -> list[Event]:
-    """The codec tests' realistic stream (``tests.support.traffic``), from the bench's T0."""
+    """The codec tests' realistic stream (``testkit.traffic``), from the bench's T0."""
     return traffic.realistic_stream(count, seed, epoch_ms=T0, start_ms=start_ms)
 
 

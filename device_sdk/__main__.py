@@ -51,7 +51,7 @@ def _enroll_args(p: argparse.ArgumentParser) -> None:
 
 
 def _enroll(args: argparse.Namespace) -> int:
-    from device_sdk.identity import EnrollmentError, enroll
+    from device_sdk.client.identity import EnrollmentError, enroll
     from device_sdk.inference import TflmModel, host_capabilities
 
     model = TflmModel.from_file(args.model, arena_bytes=args.arena_bytes) if args.model else None
@@ -95,7 +95,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from device_sdk.client import DeviceClient
-    from device_sdk.identity import DeviceIdentity
+    from device_sdk.client.identity import DeviceIdentity
     from device_sdk.inference import SensorStream, TflmModel, host_capabilities
 
     if not DeviceIdentity.exists(args.state_dir):
@@ -190,9 +190,8 @@ def _simulate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from device_sdk.identity import EnrollmentError
-    from device_sdk.ota.agent import Faults
-    from device_sdk.simulator import SimulationConfig, Simulator
+    from device_sdk.client.identity import EnrollmentError
+    from device_sdk.simulator import Faults, SimulationConfig, Simulator
 
     if args.drift_after is not None and not args.drift_mix:
         log.error("--drift-after needs --drift-mix")

@@ -19,7 +19,7 @@ from fleet.devices.actions import do_create_enrollment_token
 from fleet.devices.models import DeviceGroup, HardwareProfile
 
 # Integration fixtures (real Mosquitto) live in a plugin so every test folder can use them.
-pytest_plugins = ["tests.support.broker", "tests.support.worker"]
+pytest_plugins = ["testkit.broker", "testkit.worker"]
 
 
 @pytest.fixture

@@ -20,21 +20,17 @@ wrapped here.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from device_sdk.gateway.presence import GatewayPresence
+from device_sdk.mqtt import BrokerEndpoint, Will, connect, new_client
 
 __all__ = ["CREDENTIAL_REFUSED", "Uplink"]
 
@@ -53,11 +49,8 @@ class Uplink:
     def __init__(self, url: str, username: str, password: str, *, ca_pem: str = "",
                  client_id: str | None = None, keepalive: int = 30,
                  presence: GatewayPresence | None = None) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"broker URL must be mqtt://host:port or mqtts://host:port: {url!r}")
-        self.host = parts.hostname
-        self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+        self.endpoint = BrokerEndpoint.parse(url)  # ValueError naming what is wrong
+        self.host, self.port = self.endpoint.host, self.endpoint.port
         self.keepalive = keepalive
         self.presence = presence
         self.on_message: MessageHandler = lambda topic, payload: None
@@ -70,17 +63,13 @@ class Uplink:
         self._early: dict[int, ReasonCode] = {}  # PUBACKs that beat publish() returning
         self._lock = threading.Lock()
         # The client id is the username: dynsec binds it, so nobody else can take the session.
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or username,
-                                  protocol=mqtt.MQTTv5)
-        self.client.username_pw_set(username, password)
-        if parts.scheme == "mqtts":
-            context = ssl.create_default_context(cadata=ca_pem or None)
-            self.client.tls_set_context(context)
-        self.client.reconnect_delay_set(min_delay=0.2, max_delay=10)
-        if presence is not None:
-            # Published by the broker when the connection ends without a DISCONNECT (crash,
-            # power cut, lost network): the server then marks the children offline.
-            self.client.will_set(presence.topic, presence.offline, qos=1, retain=True)
+        # The will: published by the broker when the connection ends without a DISCONNECT
+        # (crash, power cut, lost network): the server then marks the children offline.
+        will = (Will(presence.topic, presence.offline, qos=1, retain=True)
+                if presence is not None else None)
+        self.client = new_client(self.endpoint, client_id=client_id or username,
+                                 username=username, password=password, ca_pem=ca_pem or None,
+                                 reconnect_delay=(0.2, 10), will=will)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
@@ -89,11 +78,8 @@ class Uplink:
 
     def start(self) -> None:
         """Connect in the background; paho keeps reconnecting until :meth:`stop`."""
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = SESSION_EXPIRY_S
-        self.client.connect_async(self.host, self.port, keepalive=self.keepalive,
-                                  clean_start=False, properties=properties)
-        self.client.loop_start()
+        connect(self.client, self.endpoint, keepalive=self.keepalive, clean_start=False,
+                session_expiry_s=SESSION_EXPIRY_S, background=True)
 
     def stop(self, timeout: float = 3.0) -> None:
         """Publish the offline status (when connected), disconnect cleanly, stop the thread.

@@ -8,15 +8,20 @@ DOWNLOADING → chunks arrive from the fan-out and, for whatever is still missin
 ``repair_after_s`` without progress, from its own ``ota/get`` requests → VERIFIED → INSTALLED
 (the new slot is active, on trial) → TRIAL → CONFIRMED, or FAILED with a reason (the old slot
 stays or comes back). A device that restarts during a trial reverts and reports ROLLED_BACK.
+
+Seam: four hook methods (:meth:`OtaAgent.offer_accepted`, :meth:`~OtaAgent.chunk_received`,
+:meth:`~OtaAgent.download_advanced`, :meth:`~OtaAgent.trial_judged`) do nothing here; a subclass
+overrides them to watch or alter the flow. The fleet simulator's fault injection (power cuts,
+corrupted chunks, failed trials) is such a subclass, in :mod:`device_sdk.simulator.faults`, the
+way the firmware keeps its power-cut simulation in its posix port: this module has no
+simulator-only branch.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from device_sdk.client import DeviceClient
 from device_sdk.ota.trial import TrialResult
@@ -46,45 +51,32 @@ log = logging.getLogger(__name__)
 Trial = Callable[[bytes, TrialSpec | None], TrialResult]
 
 
-@dataclass
-class Faults:
-    """Failure injection for the simulator (each a probability per update)."""
-
-    crash_download: float = 0.0  # "power cut" half-way through the download
-    corrupt_chunk: float = 0.0  # flip a byte of one received chunk
-    fail_trial: float = 0.0  # the trial says no
-    degrade_scores: float = 0.0  # confirm, but report worse scores afterwards (health gates)
-
-
 class OtaAgent:
-    """Run OTA updates for one device."""
+    """Run OTA updates for one device.
+
+    ``on_installed(package_id, model_bytes)`` runs on the network thread once a new model passed
+    its trial, before CONFIRMED is reported (the application swaps its interpreter there).
+    """
 
     def __init__(self, client: DeviceClient, updater: OtaUpdater, trial: Trial, *,
                  chunk_bytes: int = 4096, repair_after_s: float = 2.0,
-                 fanout_wait_s: float = 10.0, faults: Faults | None = None, rng: random.Random | None = None,
-                 on_installed: Callable[[int, bytes], None] | None = None,
-                 on_crash: Callable[[], None] | None = None) -> None:
+                 fanout_wait_s: float = 10.0,
+                 on_installed: Callable[[int, bytes], None] | None = None) -> None:
         self.client = client
         self.updater = updater
         self.trial = trial
         self.chunk_bytes = chunk_bytes
         self.repair_after_s = repair_after_s
         self.fanout_wait_s = fanout_wait_s
-        self.faults = faults or Faults()
-        self.rng = rng or random.Random()
         self.on_installed = on_installed
-        self.on_crash = on_crash
-        self.degraded = False
         self._last_progress = time.monotonic()
         self._awaiting_fanout = False  # offered and subscribed, no fan-out byte yet
         self._quiet_limit = repair_after_s  # grows while repairs bring nothing
         self._fanout: str | None = None  # the filter subscribed to
         self._fanout_topic: str | None = None  # the topic its chunks come on
-        self._corrupt_at: int | None = None
         self._pending: list[tuple[int, DeploymentState, int]] = []
         self._last_report: tuple[int, DeploymentState, int] | None = None
         self._watching: int | None = None
-        self._crash_at: int | None = None
         client.on_message = self._chain(client.on_message, self._on_message)
         client.on_connect = self._chain(client.on_connect, self._on_connect)
 
@@ -161,9 +153,7 @@ class OtaAgent:
         pkg = manifest.package_id
         self._follow_fanout(pkg)
         self.client.subscribe(package_filter(pkg), qos=0)
-        size = manifest.transfer_size
-        self._corrupt_at = self.rng.randrange(size) if self.rng.random() < self.faults.corrupt_chunk else None
-        self._crash_at = self.rng.randrange(size) if self.rng.random() < self.faults.crash_download else None
+        self.offer_accepted(manifest)
         self._report(pkg, DeploymentState.DOWNLOADING)
         self._last_progress = time.monotonic()
         self._awaiting_fanout = True
@@ -176,11 +166,7 @@ class OtaAgent:
         except ProtocolError as exc:
             log.warning("%s: bad chunk: %s", self.client.uid, exc)
             return
-        data = chunk.data
-        if self._corrupt_at is not None and chunk.offset <= self._corrupt_at < chunk.offset + len(data):
-            flipped = bytearray(data)
-            flipped[self._corrupt_at - chunk.offset] ^= 0x40
-            data, self._corrupt_at = bytes(flipped), None
+        data = self.chunk_received(chunk.offset, chunk.data)
         try:
             fresh = self.updater.on_chunk(chunk.pkg, chunk.offset, data)
         except ProtocolError as exc:
@@ -193,10 +179,7 @@ class OtaAgent:
         if not unicast:
             self._awaiting_fanout = False
         download = self.updater.download
-        if (self._crash_at is not None and download is not None
-                and download.received >= self._crash_at and self.on_crash is not None):
-            self._crash_at = None
-            self.on_crash()  # the simulator throws this device away mid-download
+        if download is not None and not self.download_advanced(download.received):
             return
         if self.updater.verified:
             self._install(chunk.pkg)
@@ -245,21 +228,39 @@ class OtaAgent:
         self._report(pkg, DeploymentState.INSTALLED)
         self._report(pkg, DeploymentState.TRIAL)
         model = self.updater.store.read_active()
-        result = self.trial(model, manifest.trial)
-        if result.passed and self.rng.random() < self.faults.fail_trial:
-            result = TrialResult(False, Reason.TRIAL_FAILED, "injected fault")
+        result = self.trial_judged(self.trial(model, manifest.trial))
         self.updater.finish_trial(result.passed)
         if not result.passed:
             log.warning("%s: trial of package %d failed: %s", self.client.uid, pkg, result.detail)
             self._report(pkg, DeploymentState.FAILED, result.reason)
             return
-        self.degraded = self.rng.random() < self.faults.degrade_scores
         if self.on_installed is not None:
             self.on_installed(pkg, model)
         self.client.set_model(pkg, manifest_seq=manifest.sequence)
         self._report(pkg, DeploymentState.CONFIRMED)
         log.info("%s: confirmed package %d (%s@%s)", self.client.uid, pkg, manifest.model_name,
                  manifest.model_version)
+
+    # -- seam: hooks a subclass overrides (device_sdk.simulator.faults); no-ops here ------------
+
+    def offer_accepted(self, manifest: Manifest) -> None:
+        """Hook: an offer passed verification and its download starts; default: nothing."""
+
+    def chunk_received(self, offset: int, data: bytes) -> bytes:
+        """Hook: return the bytes to store for the chunk at ``offset``; default: ``data``."""
+        return data
+
+    def download_advanced(self, received: int) -> bool:
+        """Hook: a chunk added bytes (``received`` in all so far).
+
+        Return False to stop handling that chunk (no install, no repair request), e.g. when
+        the device has just been switched off; default: True.
+        """
+        return True
+
+    def trial_judged(self, result: TrialResult) -> TrialResult:
+        """Hook: return the trial outcome the agent acts on; default: ``result`` itself."""
+        return result
 
     def _give_up(self, pkg: int, reason: Reason, detail: str) -> None:
         log.warning("%s: download of package %d refused: %s", self.client.uid, pkg, detail)

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from device_sdk.mqtt import BrokerEndpoint, connect, new_client
 from fleet.broker.access import BrokerUnavailable
 
 log = logging.getLogger(__name__)
@@ -91,20 +92,18 @@ class ControlChannel:
         client_id = client_id or (
             f"fleet-admin-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        # TLS exactly when a CA is given (DynsecAccess.from_url passes one for mqtts://).
+        endpoint = BrokerEndpoint(host, port, tls=bool(ca_certs))
+        self._client = new_client(
+            endpoint, client_id=client_id, username=username, password=password,
+            ca_certs=ca_certs or None, reconnect_delay=(1, 10),
         )
-        self._client.username_pw_set(username, password)
-        if ca_certs:
-            self._client.tls_set(ca_certs=ca_certs)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_connect_fail = self._on_connect_fail
-        self._client.connect_async(host, port, keepalive=30, clean_start=True)
-        self._client.loop_start()
+        connect(self._client, endpoint, keepalive=30, clean_start=True, background=True)
 
     @property
     def generation(self) -> int:

@@ -28,8 +28,8 @@ import logging
 import time
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import urlsplit
 
+from device_sdk.mqtt import BrokerEndpoint
 from fleet.broker.access import (
     Access,
     BrokerCommandError,
@@ -125,11 +125,8 @@ class DynsecAccess:
     @classmethod
     def from_url(cls, url: str, username: str, password: str, **kwargs: Any) -> DynsecAccess:
         """Connect to ``mqtt://host:port`` or ``mqtts://host:port`` (TLS needs ``ca_certs``)."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"broker URL must be mqtt://host:port or mqtts://host:port: {url!r}")
-        default_port = 8883 if parts.scheme == "mqtts" else 1883
-        return cls(parts.hostname, parts.port or default_port, username, password, **kwargs)
+        endpoint = BrokerEndpoint.parse(url)  # ValueError naming what is wrong with the URL
+        return cls(endpoint.host, endpoint.port, username, password, **kwargs)
 
     # BrokerAccess ------------------------------------------------------------------------
 

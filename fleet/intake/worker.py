@@ -24,14 +24,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from device_sdk import paho_speedup
+from device_sdk.mqtt import BrokerEndpoint, connect, new_client, paho_speedup
 from device_sdk.protocol.topics import Channel, shared_filter
 
 log = logging.getLogger(__name__)
@@ -94,24 +92,20 @@ class MqttWorker:
         self.retiring = False  # see retire(): unsubscribe on connect instead of subscribing
         self.unsubscribed = threading.Event()
         self.stopping = threading.Event()
-        parts = urlsplit(config.mqtt_url)
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=config.name, protocol=mqtt.MQTTv5,
-            manual_ack=True,
+        self.endpoint = BrokerEndpoint.parse(config.mqtt_url)
+        self.host, self.port = self.endpoint.host, self.endpoint.port
+        # Many messages in flight (max_inflight): the consumer batches, and acks arrive after
+        # the commit (manual_ack).
+        self.client = new_client(
+            self.endpoint, client_id=config.name, username=config.username,
+            password=config.password, ca_certs=config.ca_certs, manual_ack=True,
+            max_inflight=1000, reconnect_delay=(1, 30),
         )
-        self.client.username_pw_set(config.username, config.password)
-        if parts.scheme == "mqtts":
-            self.client.tls_set(ca_certs=config.ca_certs)
-        # Many messages in flight: the consumer batches, and acks arrive after the commit.
-        self.client.max_inflight_messages_set(1000)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.client.on_unsubscribe = lambda *args: self.unsubscribed.set()
-        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
 
     # paho callbacks: never raise ---------------------------------------------------------
 
@@ -172,16 +166,13 @@ class MqttWorker:
 
     def start(self) -> None:
         """Connect (persistent session) and start paho's network thread."""
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        # Unacknowledged deliveries the broker may have out to us. Acks wait for the commit, so
-        # the broker's default (Mosquitto's max_inflight_messages, 100) would stall the stream
-        # at every batch; three batches' worth covers one being stored, one prepared and
-        # waiting, and the next arriving.
-        props.ReceiveMaximum = min(3 * self.config.batch_max, 65_535)
-        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=False,
-                                  properties=props)
-        self.client.loop_start()
+        # receive_maximum: unacknowledged deliveries the broker may have out to us. Acks wait
+        # for the commit, so the broker's default (Mosquitto's max_inflight_messages, 100) would
+        # stall the stream at every batch; three batches' worth covers one being stored, one
+        # prepared and waiting, and the next arriving.
+        connect(self.client, self.endpoint, keepalive=30, clean_start=False,
+                session_expiry_s=SESSION_EXPIRY_S,
+                receive_maximum=min(3 * self.config.batch_max, 65_535), background=True)
         if self.store_thread is None:
             self.store_thread = threading.Thread(target=self._store_loop, daemon=True,
                                                  name="store")

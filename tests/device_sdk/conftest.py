@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,12 +15,8 @@ from fleet.broker.access import ServiceRole
 from fleet.broker.configured import reset_broker_access
 from fleet.broker.dynsec import DynsecAccess
 from fleet.broker.mosquitto import MosquittoInstance
-from tests.support.broker import Probe, ProbeFactory
-
-# The ota tests' model factory builds small real models with TensorFlow (imported lazily).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ota"))
-
-import model_factory
+from testkit import model_factory
+from testkit.broker import Probe, ProbeFactory
 
 
 @pytest.fixture(scope="session")

@@ -55,17 +55,15 @@ from ota.packaging.actions import do_build_package
 from ota.rollouts import actions as rollouts
 from ota.rollouts.models import Deployment
 from ota.signing.actions import ensure_signing_key
+from testkit.model_factory import tweak_weight
+from testkit.worker import READY_LINE, WorkerFactory, WorkerProcess
 from tests.firmware.test_firmware_build import FIRMWARE, free_port, require
-from tests.support.models import tweak_weight
-from tests.support.worker import READY_LINE, WorkerFactory, WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow,
               pytest.mark.django_db(transaction=True)]
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = "qemu-mps2-an385"
-
-sys.path.insert(0, str(ROOT / "tests" / "ota"))  # the model factory (TensorFlow, lazily)
 
 
 # -- the firmware image, built with the fleet's key --------------------------------------------
@@ -281,7 +279,7 @@ def test_mcu_enrolls_through_the_gateway_installs_a_signed_update_and_refuses_a_
 ) -> None:
     """Enroll via the gateway, CONFIRMED update with telemetry, FAILED forged update."""
     require("make", "arm-none-eabi-gcc", "qemu-system-arm")
-    import model_factory
+    from testkit import model_factory
 
     started = time.monotonic()
     made, logs = processes

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-# Tests run with --import-mode=importlib and no __init__.py: make the factory importable.
-sys.path.insert(0, str(Path(__file__).parent))
-
-import model_factory
+from testkit import model_factory
 
 
 @pytest.fixture(scope="session")

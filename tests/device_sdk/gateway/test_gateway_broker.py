@@ -34,8 +34,8 @@ from device_sdk.protocol.topics import package_topic
 from fleet.broker.access import ServiceRole
 from fleet.broker.dynsec import DynsecAccess
 from fleet.broker.mosquitto import MosquittoInstance
+from testkit.broker import ProbeFactory
 from tests.device_sdk.gateway.fake_mcu import FakeMcu
-from tests.support.broker import ProbeFactory
 
 pytestmark = pytest.mark.integration
 

@@ -32,9 +32,9 @@ from fleet.broker.dynsec import DynsecAccess, gateway_role
 from fleet.broker.mosquitto import MosquittoInstance
 from fleet.devices.choices import DeviceState
 from fleet.devices.models import Device, Gateway, HardwareProfile
+from testkit.broker import ProbeFactory
+from testkit.worker import WorkerFactory
 from tests.device_sdk.gateway.fake_mcu import FakeMcu, online_status
-from tests.support.broker import ProbeFactory
-from tests.support.worker import WorkerFactory
 
 ROOT = Path(__file__).resolve().parents[3]
 NOT_AUTHORIZED = 135

@@ -38,7 +38,7 @@ from device_sdk.protocol.limits import (
     MIN_T0_MS,
 )
 from device_sdk.protocol.reasons import ProtocolError, Reason
-from tests.support.traffic import naive_json, realistic_stream
+from testkit.traffic import naive_json, realistic_stream
 
 T0 = 1_717_000_000_000  # 2024-05-29T16:26:40Z
 MQTT_FRAMING = 30  # bytes of PUBLISH header, topic and packet id the brief budgets per message

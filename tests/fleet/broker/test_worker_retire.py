@@ -19,9 +19,9 @@ from fleet.broker.dynsec import DynsecAccess
 from fleet.broker.mosquitto import MosquittoInstance
 from fleet.devices.models import HardwareProfile
 from fleet.telemetry.models import IngestedBatch
-from tests.support.stored import Fleet, assert_stored_exactly, wait_ingested
-from tests.support.traffic import FleetPublisher, Ledger, make_stream
-from tests.support.worker import ROOT, WorkerFactory
+from testkit.stored import Fleet, assert_stored_exactly, wait_ingested
+from testkit.traffic import FleetPublisher, Ledger, make_stream
+from testkit.worker import ROOT, WorkerFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

@@ -19,7 +19,7 @@ from rest_framework.test import APIClient
 from rest_framework.throttling import ScopedRateThrottle
 
 from fleet.core.throttling import client_ip
-from tests.support.worker import database_url
+from testkit.worker import database_url
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -1,6 +1,6 @@
 """Ingest end to end: devices publish through the real broker, the real worker stores exactly once.
 
-Each test sends known traffic (tests/support/traffic.py), disturbs the pipeline (worker killed
+Each test sends known traffic (testkit/traffic.py), disturbs the pipeline (worker killed
 with SIGKILL, broker restarted, a second worker, malformed input), waits until every batch is
 stored, then compares the database with what was sent: raw events as a multiset, the dedupe
 keys, and every rollup cell; the query layer and the API against figures computed from the
@@ -25,9 +25,9 @@ from fleet.broker.mosquitto import MosquittoInstance
 from fleet.devices.models import Device, DeviceGroup, HardwareProfile
 from fleet.telemetry import queries
 from fleet.telemetry.models import DeadLetter, IngestedBatch, WorkerStats
-from tests.support.stored import Fleet, assert_stored_exactly, wait_ingested
-from tests.support.traffic import FleetPublisher, Ledger, make_stream, payload_of
-from tests.support.worker import WorkerFactory
+from testkit.stored import Fleet, assert_stored_exactly, wait_ingested
+from testkit.traffic import FleetPublisher, Ledger, make_stream, payload_of
+from testkit.worker import WorkerFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

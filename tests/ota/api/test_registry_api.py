@@ -20,7 +20,7 @@ from device_sdk.protocol.transfer import TransferDecoder
 from device_sdk.protocol.transfer.decoder import bytes_reader
 from fleet.audit.models import AuditLog
 from ota.models import ModelVersion
-from tests.support.models import tweak_weight
+from testkit.model_factory import tweak_weight
 from tests.conftest import post_enroll
 
 pytestmark = pytest.mark.django_db

@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import model_factory
 import numpy as np
 import pytest
 
 from ota.conversion.keras_to_tflite import ConversionError, convert_keras_to_int8
 from ota.validation.inspect import inspect_model
+from testkit import model_factory
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 

@@ -37,7 +37,7 @@ from ota.rollouts.controller import step, tick
 from ota.rollouts.delivery import OtaDelivery, apply_report
 from ota.rollouts.models import Deployment, Rollout, RolloutState
 from ota.rollouts.targeting import wave_of
-from tests.support.models import tweak_weight
+from testkit.model_factory import tweak_weight
 
 pytestmark = pytest.mark.django_db
 

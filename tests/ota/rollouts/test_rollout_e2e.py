@@ -25,7 +25,7 @@ from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from device_sdk.identity import (
+from device_sdk.client.identity import (
     CA_FILE,
     DeviceIdentity,
     MqttCredential,
@@ -34,7 +34,6 @@ from device_sdk.identity import (
     load_or_create_key,
     public_key_pem,
 )
-from device_sdk.ota.agent import Faults
 from device_sdk.ota.slots import SlotStore
 from device_sdk.protocol.ota_messages import (
     ChunkRequest,
@@ -44,7 +43,7 @@ from device_sdk.protocol.ota_messages import (
 )
 from device_sdk.protocol.reasons import Reason
 from device_sdk.protocol.topics import Channel, PackageTopic, parse_topic
-from device_sdk.simulator import SimulationConfig, Simulator
+from device_sdk.simulator import Faults, SimulationConfig, Simulator
 from fleet.broker.configured import reset_broker_access
 from fleet.broker.mosquitto import MosquittoInstance
 from fleet.devices.models import Device, HardwareProfile
@@ -53,7 +52,7 @@ from ota.models import ModelVersion, Package
 from ota.packaging.actions import do_build_package
 from ota.rollouts import actions
 from ota.rollouts.models import Deployment, Rollout, RolloutState
-from tests.support.worker import READY_LINE, ROOT, WorkerFactory, WorkerProcess
+from testkit.worker import READY_LINE, ROOT, WorkerFactory, WorkerProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -67,7 +66,7 @@ DONE = (DeploymentState.CONFIRMED, DeploymentState.FAILED, DeploymentState.ROLLE
 @pytest.fixture(scope="session")
 def wide_tflite(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """A trained int8 16-1024-4 MLP (~22 KB): several carousel chunks long."""
-    import model_factory
+    from testkit import model_factory
 
     tf = model_factory._tf()
     x, y = model_factory.make_blobs()

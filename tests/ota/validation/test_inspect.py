@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import random
 
-import model_factory
 import pytest
 
 from ota.validation.inspect import ModelFormatError, builtin_op_name, inspect_model
+from testkit import model_factory
 
 
 def test_dense_model_lists_ops_tensors_and_quantization(dense_tflite: bytes) -> None:

@@ -9,12 +9,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-import model_factory
 import numpy as np
 import pytest
 
 from ota.validation.tflm import FailureKind, ProbeResult, probe_model
 from ota.validation.tflm_probe import ARENA_FLOOR, parse_allocations, parse_missing_ops
+from testkit import model_factory
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
