@@ -169,6 +169,17 @@ def confidence(score: Any) -> str:
 
 
 @register.filter
+def latency(ms: Any) -> str:
+    """Format a latency given in milliseconds in the unit that reads well: µs below 1 ms."""
+    if ms is None:
+        return "—"
+    value = float(ms)
+    if value < 1:
+        return f"{value * 1000:.0f} µs"
+    return f"{value:.2f} ms" if value < 100 else f"{value:,.0f} ms"
+
+
+@register.filter
 def signed(value: Any, digits: int = 2) -> str:
     """Format a difference with its sign (+0.12, −0.30; 0.00 when it rounds to nothing)."""
     if value is None:
