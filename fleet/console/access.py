@@ -21,8 +21,10 @@ View = Callable[..., HttpResponse]
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
-def console_view(*, post_role: Role = Role.OPERATOR) -> Callable[[View], View]:
-    """Wrap a page: login required, any role to read, ``post_role`` or higher to write."""
+def console_view(*, post_role: Role = Role.OPERATOR,
+                 read_role: Role = Role.VIEWER) -> Callable[[View], View]:
+    """Wrap a page: login required, ``read_role`` (any role by default) to read, ``post_role``
+    or higher to write."""
 
     def decorate(view: View) -> View:
         @wraps(view)
@@ -30,6 +32,8 @@ def console_view(*, post_role: Role = Role.OPERATOR) -> Callable[[View], View]:
             if role_of(request.user) is None:
                 return forbidden(request, "Your account has no console role yet. Ask an admin "
                                           "to add you to the viewer, operator or admin group.")
+            if not has_role(request.user, read_role):
+                return forbidden(request, f"This page needs the {read_role.label} role.")
             if request.method not in SAFE_METHODS and not has_role(request.user, post_role):
                 return forbidden(request, f"This action needs the {post_role.label} role.")
             return view(request, *args, **kwargs)

@@ -151,9 +151,9 @@ class DeviceEditForm(forms.Form):
         return sorted(set(names))
 
 
-RANGE_CHOICES = [("1h", "Last hour"), ("6h", "Last 6 hours"), ("24h", "Last 24 hours"),
+RANGE_CHOICES = [("15m", "Last 15 minutes"), ("1h", "Last hour"), ("6h", "Last 6 hours"), ("24h", "Last 24 hours"),
                  ("7d", "Last 7 days"), ("30d", "Last 30 days"), ("custom", "Custom range")]
-_RANGE = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(days=1),
+_RANGE = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(days=1),
           "7d": timedelta(days=7), "30d": timedelta(days=30)}
 MAX_RANGE = timedelta(days=400)  # what the telemetry API accepts
 

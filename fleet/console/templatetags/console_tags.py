@@ -139,6 +139,14 @@ _ICONS = {
     "menu": '<path d="M3 6h18M3 12h18M3 18h18"/>',
     "copy": '<rect x="9" y="9" width="12" height="12" rx="2"/><path d="M5 15V5a2 2 0 0 1 2-2h8"/>',
     "download": '<path d="M12 3v12M7 10l5 5 5-5M4 21h16"/>',
+    "gateways": '<rect x="3" y="14" width="18" height="6" rx="1"/><path d="M7 14V9M12 14V4M17 14V9'
+                'M7 17h.01M11 17h2"/>',
+    "deadletters": '<path d="M3 6h18v12H3zM3 6l9 7 9-7M15 15l4 4M19 15l-4 4"/>',
+    "profiles": '<rect x="5" y="5" width="14" height="14" rx="1"/><path d="M9 9h6v6H9zM9 2v3'
+                'M15 2v3M9 19v3M15 19v3M2 9h3M2 15h3M19 9h3M19 15h3"/>',
+    "keys": '<circle cx="8" cy="15" r="4"/><path d="M11 12l9-9M17 6l3 3M14 9l2 2"/>',
+    "users": '<circle cx="9" cy="8" r="4"/><path d="M2 21v-1a7 7 0 0 1 14 0v1M16 4a4 4 0 0 1 0 8'
+             'M22 21v-1a7 7 0 0 0-4-6.3"/>',
 }
 
 
@@ -158,6 +166,17 @@ def confidence(score: Any) -> str:
     if score is None:
         return "—"
     return f"{float(score) / 255 * 100:.1f}%"
+
+
+@register.filter
+def latency(ms: Any) -> str:
+    """Format a latency given in milliseconds in the unit that reads well: µs below 1 ms."""
+    if ms is None:
+        return "—"
+    value = float(ms)
+    if value < 1:
+        return f"{value * 1000:.0f} µs"
+    return f"{value:.2f} ms" if value < 100 else f"{value:,.0f} ms"
 
 
 @register.filter

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
+from django.utils import timezone
 
 from fleet.console.access import console_view, render_page
 from fleet.console.forms import TelemetryForm
 from fleet.console.summaries import label_names_for, version_choices
+from fleet.telemetry.models import Rollup
 from fleet.telemetry.queries import (
     TelemetryFilter,
     compare_versions,
@@ -20,6 +23,29 @@ from fleet.telemetry.queries import (
 )
 
 LIVE_REFRESH_S = 30
+# Relative ranges tried, shortest first, when the page opens without one (see default_range).
+_YOUNG = (("15m", timedelta(minutes=15)), ("1h", timedelta(hours=1)), ("6h", timedelta(hours=6)),
+          ("24h", timedelta(hours=24)))
+_QUIET = (("7d", timedelta(days=7)), ("30d", timedelta(days=30)))
+
+
+def default_range(now: datetime) -> str:
+    """Choose the opening range from the data: the shortest that holds all of a young fleet's
+    telemetry (two minutes of data: the last 15 minutes, not one dot on a 24-hour axis), the
+    last 24 hours for an established fleet, longer for one that has been quiet a while.
+
+    Only EXISTS probes on the time-indexed rollups, so the choice stays cheap on a big fleet.
+    """
+    recent = Rollup.objects.filter(bucket__gte=now - _YOUNG[-1][1])
+    if recent.exists():
+        for choice, span in _YOUNG:
+            if not Rollup.objects.filter(bucket__lt=now - span).exists():
+                return choice  # nothing older than this span: all the data fits in it
+        return "24h"
+    for choice, span in _QUIET:
+        if Rollup.objects.filter(bucket__gte=now - span).exists():
+            return choice
+    return "24h"
 
 
 def _api_params(form: TelemetryForm) -> dict[str, Any]:
@@ -41,7 +67,10 @@ def _api_params(form: TelemetryForm) -> dict[str, Any]:
 def telemetry(request: HttpRequest) -> HttpResponse:
     """Chart the selected devices' telemetry over a range; compare two versions if asked."""
     versions = version_choices()
-    form = TelemetryForm(request.GET or {"range": "24h"}, versions=versions)
+    query = request.GET.copy()
+    if not query.get("range"):
+        query["range"] = default_range(timezone.now())
+    form = TelemetryForm(query, versions=versions)
     context: dict[str, Any] = {"nav": "telemetry", "form": form}
     if not form.is_valid():
         return render_page(request, "console/telemetry.html", context, status=400)

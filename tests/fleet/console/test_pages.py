@@ -211,7 +211,8 @@ def test_telemetry_page_embeds_series_labels_and_summary(client_for: Clients,
     data = telemetry_data(page)
     assert sum(p["events"] for p in data["series"]) == fleet.events
     assert data["label_names"] == ["silence", "unknown", "yes", "no"]
-    assert data["bucket"] == 900 and data["live"] is True
+    # The fleet has 3 hours of data: the opening range follows it (6 h in 5-minute buckets).
+    assert data["bucket"] == 300 and data["live"] is True
     assert f'data-summary="events">{fleet.events:,}<' in page
     assert "/api/v1/telemetry/series/?" in page and "format=csv" in page
 

@@ -44,9 +44,10 @@
     return STEPS[STEPS.length - 1] * Math.ceil(spanS / maxTicks / STEPS[STEPS.length - 1]);
   }
 
+  /* Enough decimals that neighbouring ticks differ (0.0125 steps: 4; never "0, 0, 0"). */
   function tickDigits(step) {
-    if (step >= 1 && Math.round(step) === step) { return 0; }
-    return step >= 0.1 ? 2 : 3;
+    if (!(step > 0) || (step >= 1 && Math.round(step) === step)) { return 0; }
+    return Math.min(6, Math.max(1, Math.ceil(-Math.log10(step)) + 1));
   }
 
   function timeLabel(date, spanS) {
@@ -96,13 +97,15 @@
       var t1 = opts.until ? new Date(opts.until).getTime() : values[values.length - 1].t.getTime();
       if (t1 <= t0) { t1 = t0 + 60000; }
       var ymax = niceMax(Math.max.apply(null, values.map(function (p) { return p.v; })) * 1.05);
+      // A bounded quantity (a percentage) never gets an axis past its bound.
+      if (opts.yCap && ymax > opts.yCap) { ymax = opts.yCap; }
       var x = function (t) { return M.left + (t - t0) / (t1 - t0) * w; };
       var y = function (v) { return M.top + h - v / ymax * h; };
       for (var i = 0; i <= 4; i++) {
         var gy = M.top + h - i / 4 * h;
         el("line", { x1: M.left, x2: M.left + w, y1: gy, y2: gy, "class": i ? "grid-line" : "axis" }, svg);
         el("text", { x: M.left - 8, y: gy + 4, "text-anchor": "end", "class": "tick" }, svg)
-          .textContent = fmt(ymax * i / 4, tickDigits(ymax / 4));
+          .textContent = fmt(ymax * i / 4, tickDigits(ymax / 4)) + (opts.tickUnit || "");
       }
       var spanS = (t1 - t0) / 1000;
       var step = timeStep(spanS, Math.max(2, Math.min(7, Math.floor(w / 90))));

@@ -9,13 +9,30 @@
     return index >= 0 && index < names.length ? names[index] : "class " + index;
   }
 
+  /* Latency reads in µs below a millisecond, else in ms: the same unit on axis and card. */
+  function latencyUnit(points) {
+    var max = 0;
+    (points || []).forEach(function (p) { if (p.mean_latency_ms > max) { max = p.mean_latency_ms; } });
+    return max < 1 ? { unit: "µs", factor: 1000, digits: 0 } : { unit: "ms", factor: 1, digits: 2 };
+  }
+
+  function formatLatency(ms) {
+    if (ms === null || ms === undefined) { return "—"; }
+    if (ms < 1) { return Math.round(ms * 1000) + " µs"; }
+    return (ms < 100 ? ms.toFixed(2) : Math.round(ms).toLocaleString("en-US")) + " ms";
+  }
+
   function drawAll(data, since, until) {
     var range = { since: since, until: until, bucket: data.bucket };
     var box = function (name) { return document.querySelector('[data-chart="' + name + '"]'); };
     C.series(box("rate"), data.series, Object.assign({ y: "events_per_s", unit: "events/s", label: "event rate" }, range));
-    C.series(box("score"), data.series, Object.assign({ y: "mean_score", unit: "%", digits: 1, label: "mean confidence",
-      transform: function (s) { return s / 255 * 100; } }, range));
-    C.series(box("latency"), data.series, Object.assign({ y: "mean_latency_ms", unit: "ms", label: "mean latency" }, range));
+    // Confidence in %, as on the card: 0..255 on the wire, an axis capped at 100 %.
+    C.series(box("score"), data.series, Object.assign({ y: "mean_score", unit: "%", tickUnit: "%", digits: 1,
+      yCap: 100, label: "mean confidence", transform: function (s) { return s / 255 * 100; } }, range));
+    var lat = latencyUnit(data.series);
+    C.series(box("latency"), data.series, Object.assign({ y: "mean_latency_ms", unit: lat.unit,
+      tickUnit: " " + lat.unit, digits: lat.digits, label: "mean latency (" + lat.unit + ")",
+      transform: function (ms) { return ms * lat.factor; } }, range));
     C.bars(box("labels"), data.labels.map(function (r) {
       return { name: labelName(data.label_names, r.label), value: r.count };
     }), { label: "label distribution" });
@@ -31,12 +48,16 @@
   }
 
   function updateSummary(summary) {
-    var digits = { events_per_s: 2, mean_latency_ms: 2 };
+    var digits = { events_per_s: 2 };
     document.querySelectorAll("[data-summary]").forEach(function (node) {
       var key = node.getAttribute("data-summary"), value = summary[key];
-      node.textContent = key === "mean_score"
-        ? (value === null ? "—" : (value / 255 * 100).toFixed(1) + "%")
-        : window.Fleet.format(value, digits[key] || 0);
+      if (key === "mean_score") {
+        node.textContent = value === null ? "—" : (value / 255 * 100).toFixed(1) + "%";
+      } else if (key === "mean_latency_ms") {
+        node.textContent = formatLatency(value);
+      } else {
+        node.textContent = window.Fleet.format(value, digits[key] || 0);
+      }
     });
   }
 

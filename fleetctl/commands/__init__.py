@@ -1,0 +1,1 @@
+"""One module per command group, each over one part of the REST API."""
