@@ -210,9 +210,9 @@ def _enroll(indexes: range, devices: int, sim: Any, server: str, v1_package_id: 
         SigningKey,
         capabilities_json,
         load_or_create_key,
-        public_key_pem,
     )
-    from fleet.devices.actions import do_create_enrollment_token, do_enroll_device
+    from fleet.devices.actions import do_create_enrollment_token
+    from testkit.enrollment import enroll_in_process
     from fleet.devices.models import Device
     from fleet.devices.trust import broker_ca_pem, published_signing_keys
 
@@ -228,8 +228,7 @@ def _enroll(indexes: range, devices: int, sim: Any, server: str, v1_package_id: 
     for i in indexes:
         state = sim.device_dir(i)
         key = load_or_create_key(state)
-        result = do_enroll_device(token=token, public_key_pem=public_key_pem(key),
-                                  hardware=hardware, capabilities=caps)
+        result = enroll_in_process(token=token, key=key, hardware=hardware, capabilities=caps)
         (state / CA_FILE).write_text(ca)
         DeviceIdentity(
             device_id=result.device.uid, hardware=hardware, server=server,

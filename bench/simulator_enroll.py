@@ -109,9 +109,9 @@ class Enroller:
             DeviceIdentity,
             MqttCredential,
             load_or_create_key,
-            public_key_pem,
         )
-        from fleet.devices.actions import EnrollmentResult, do_enroll_device
+        from fleet.devices.actions import EnrollmentResult
+        from testkit.enrollment import enroll_in_process
 
         def save(i: int, result: EnrollmentResult) -> None:
             state = self.device_dir(i)
@@ -125,8 +125,8 @@ class Enroller:
             ).save(state)
 
         keys = list(self.pool.map(lambda i: load_or_create_key(self.device_dir(i)), indexes))
-        results = [do_enroll_device(token=self.token, public_key_pem=public_key_pem(key),
-                                    hardware=HARDWARE, capabilities=self.caps) for key in keys]
+        results = [enroll_in_process(token=self.token, key=key, hardware=HARDWARE,
+                                     capabilities=self.caps) for key in keys]
         list(self.pool.map(save, indexes, results))
 
     def enroll_bulk(self, indexes: range) -> tuple[float, dict[str, str]]:

@@ -6,11 +6,13 @@ Layout of the state directory (0700)::
     identity.json    device id, MQTT url/username/credential, signing keys (0600: a secret)
     broker-ca.pem    the CA the broker's TLS certificate chains to
 
-Enrollment (:func:`enroll`) posts the claim token, the public key, the hardware profile name
-and the capabilities to ``POST /api/v1/enroll/`` with the standard library's urllib. The
-server binds the device id to the key, so enrolling again with the same key is idempotent: the
-same device id, no token use consumed, and a fresh MQTT credential (which is why the answer is
-persisted before anything else happens).
+Enrollment (:func:`enroll`) asks the server for a nonce (``POST /api/v1/enroll/challenge/``),
+signs it with the device key together with the claim token, uid, hardware profile and
+capabilities (``device_sdk.protocol.enrollment``: proof that the device holds its key), and
+posts all of it to ``POST /api/v1/enroll/`` with the standard library's urllib. The server
+binds the device id to the key, so enrolling again with the same key is idempotent: the same
+device id, no token use consumed, and a fresh MQTT credential (which is why the answer is
+persisted before anything else happens). Nobody without the key can do that.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from device_sdk.protocol.enrollment import enrollment_message
 from device_sdk.protocol.status import Capabilities
 
 __all__ = [
@@ -41,6 +45,7 @@ __all__ = [
     "ensure_enrolled",
     "load_or_create_key",
     "public_key_pem",
+    "sign_enrollment",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,7 @@ KEY_FILE = "device.key"
 IDENTITY_FILE = "identity.json"
 CA_FILE = "broker-ca.pem"
 ENROLL_PATH = "/api/v1/enroll/"
+CHALLENGE_PATH = "/api/v1/enroll/challenge/"
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})  # throttled or briefly unavailable
 
 
@@ -178,8 +184,18 @@ def enroll(
         body["uid"] = uid
     if name:
         body["name"] = name
-    url = server.rstrip("/") + ENROLL_PATH
-    answer = _post_json(url, body, timeout=timeout, attempts=attempts, ssl_context=ssl_context)
+    base = server.rstrip("/")
+
+    def signed() -> dict[str, Any]:
+        # A fresh nonce for every attempt: a nonce is spent by the request that used it.
+        nonce = bytes.fromhex(_request_json(base + CHALLENGE_PATH, None, timeout=timeout,
+                                            ssl_context=ssl_context)["nonce"])
+        signature = sign_enrollment(key, nonce=nonce, token=token, uid=uid or "",
+                                    hardware=hardware, capabilities=body["capabilities"])
+        return {**body, "nonce": nonce.hex(), "signature": signature.hex()}
+
+    answer = _post_json(base + ENROLL_PATH, signed, timeout=timeout, attempts=attempts,
+                        ssl_context=ssl_context)
     try:
         mqtt = answer["mqtt"]
         ca_pem = mqtt.get("ca_cert") or ""
@@ -221,6 +237,13 @@ def ensure_enrolled(
     )
 
 
+def sign_enrollment(key: ed25519.Ed25519PrivateKey, *, nonce: bytes, token: str, uid: str,
+                    hardware: str, capabilities: dict[str, Any], via: str = "") -> bytes:
+    """Return the device's signature over its enrollment request (proof of possession)."""
+    return key.sign(enrollment_message(nonce=nonce, token=token, uid=uid, hardware=hardware,
+                                       capabilities=capabilities, via=via))
+
+
 def capabilities_json(caps: Capabilities) -> dict[str, Any]:
     """Return capabilities with the enrollment JSON's field names (the status map's too)."""
     return {
@@ -233,21 +256,27 @@ def capabilities_json(caps: Capabilities) -> dict[str, Any]:
     }
 
 
+def _request_json(url: str, body: dict[str, Any] | None, *, timeout: float,
+                  ssl_context: ssl.SSLContext | None) -> dict[str, Any]:
+    """POST ``body`` (or nothing) as JSON and return the JSON answer; HTTP errors raise."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode() if body is not None else b"", method="POST",
+        headers={"Content-Type": "application/json", "Accept": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout, context=ssl_context) as response:
+        return dict(json.loads(response.read()))
+
+
 def _post_json(
-    url: str, body: dict[str, Any], *, timeout: float, attempts: int,
+    url: str, make_body: Callable[[], dict[str, Any]], *, timeout: float, attempts: int,
     ssl_context: ssl.SSLContext | None,
 ) -> dict[str, Any]:
-    data = json.dumps(body).encode()
+    """POST ``make_body()`` (made anew for each attempt), retrying what may pass later."""
     delay = 1.0
     for attempt in range(1, attempts + 1):
-        request = urllib.request.Request(
-            url, data=data, method="POST",
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-        )
         wait = delay * random.uniform(0.5, 1.0)
         try:
-            with urllib.request.urlopen(request, timeout=timeout, context=ssl_context) as response:
-                return dict(json.loads(response.read()))
+            return _request_json(url, make_body(), timeout=timeout, ssl_context=ssl_context)
         except urllib.error.HTTPError as exc:
             answer = _error_body(exc)
             reason = str(answer.get("reason") or f"http_{exc.code}")

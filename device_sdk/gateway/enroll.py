@@ -1,20 +1,22 @@
 """Enroll the MCUs the gateway meets and make them its children, over the server's REST API.
 
-An MCU has no network and no key of its own here, so the gateway enrolls it on its behalf:
+The child's key pair (Ed25519) is kept for it in ``<state>/children/<uid>/``, made once; the
+gateway signs for the child with it, as the child's own firmware signs over the serial link
+where it holds its key. For each new MCU:
 
-1. make (once) an Ed25519 key pair for the child, kept in ``<state>/children/<uid>/``;
-2. ``POST /api/v1/enroll/`` with the claim token, that public key, the hardware profile and
-   the capabilities from the MCU's first STATUS, asking for the uid of its HELLO;
-3. ``POST /api/v1/gateways/{gateway}/children/`` with the gateway's own token
-   (``Authorization: Gateway <gateway_token>``, which opens that endpoint for this gateway and
-   nothing else), which lets the gateway's broker identity use the child's topics (its
-   password stays the same).
+1. ``POST /api/v1/enroll/challenge/`` for a fresh nonce;
+2. ``POST /api/v1/enroll/`` with the claim token, the child's public key, the hardware profile,
+   the capabilities from the MCU's first STATUS, the uid of its HELLO, the nonce and the
+   child key's signature over all of it and this gateway's uid (``via``), sent with the
+   gateway's own token (``Authorization: Gateway <gateway_token>``). The server checks the
+   proof and makes the device this gateway's child in the same step, so the gateway's broker
+   identity may use the child's topics (its password stays the same).
 
-Both calls are idempotent (the same key enrolls the same device again), so a crash between
-them is repaired by doing both again. The child's own MQTT credential from the enrollment
-answer is not kept: the gateway speaks for it under its own identity. Transient failures
-(unreachable server, 429, 5xx) are retried with a growing delay; a refusal is logged and
-retried at the MCU's next HELLO.
+The call is idempotent (the same key enrolls the same device again). A uid enrolled with
+another key is refused, and the gateway never tries to adopt it: nobody gets a device whose
+key it does not hold. The child's own MQTT credential from the answer is not kept: the gateway
+speaks for it under its own identity. Transient failures (unreachable server, 429, 5xx) are
+retried with a growing delay; a refusal is logged and retried at the MCU's next HELLO.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from device_sdk.gateway.config import GatewayConfig
+from device_sdk.protocol.enrollment import enrollment_message
 from device_sdk.protocol.status import Capabilities
 
 __all__ = ["ChildEnroller", "EnrollmentRefused"]
@@ -43,7 +46,7 @@ __all__ = ["ChildEnroller", "EnrollmentRefused"]
 log = logging.getLogger(__name__)
 
 ENROLL_PATH = "/api/v1/enroll/"
-CHILDREN_PATH = "/api/v1/gateways/{uid}/children/"
+CHALLENGE_PATH = "/api/v1/enroll/challenge/"
 KEY_FILE = "device.key"
 STATE_FILE = "child.json"
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -99,32 +102,29 @@ class ChildEnroller:
     # The work -------------------------------------------------------------------------------
 
     def admit(self, uid: str, capabilities: Capabilities) -> None:
-        """Enroll ``uid`` with its own key and add it to our children; raise on refusal."""
+        """Enroll ``uid`` with its own key through this gateway (it becomes our child); raise
+        on refusal."""
         directory = self._child_dir(uid)
         key = _load_or_create_key(directory / KEY_FILE)
         public_pem = key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ).decode()
+        caps = asdict(capabilities)
+        caps["ops"] = list(caps["ops"])
+        nonce = bytes.fromhex(str(self._post(CHALLENGE_PATH, None).get("nonce", "")))
+        message = enrollment_message(nonce=nonce, token=self.config.claim_token, uid=uid,
+                                     hardware=self.config.hardware, capabilities=caps,
+                                     via=self.config.uid)
         body = {"token": self.config.claim_token, "public_key": public_pem,
-                "hardware": self.config.hardware, "capabilities": asdict(capabilities),
-                "uid": uid, "name": f"{uid} via {self.config.uid}"}
-        try:
-            answer = self._post(ENROLL_PATH, body)
-            log.info("child %s enrolled (%s)", uid,
-                     "new" if answer.get("created") else "known key, enrolled before")
-        except EnrollmentRefused as exc:
-            if exc.reason != "uid_key_conflict":
-                raise
-            # Enrolled already with another key (by an operator, or an earlier gateway's
-            # state): becoming its gateway is the children call below, not the key.
-            log.info("child %s is enrolled with another key; asking to become its gateway", uid)
-            answer = {"device_id": uid}
+                "hardware": self.config.hardware, "capabilities": caps,
+                "uid": uid, "name": f"{uid} via {self.config.uid}",
+                "nonce": nonce.hex(), "signature": key.sign(message).hex()}
+        answer = self._post(ENROLL_PATH, body, gateway_token=self.config.gateway_token)
+        log.info("child %s enrolled through gateway %s (%s)", uid, self.config.uid,
+                 "new" if answer.get("created") else "known key, enrolled before")
         self._save_state(uid, {"device_id": answer.get("device_id", uid),
-                               "signing_keys": answer.get("signing_keys", [])})
-        self._post(CHILDREN_PATH.format(uid=self.config.uid), {"children": [uid]},
-                   gateway_token=self.config.gateway_token)
-        self._save_state(uid, {**self._state(uid), "gateway_child": True})
-        log.info("child %s is now spoken for by gateway %s", uid, self.config.uid)
+                               "signing_keys": answer.get("signing_keys", []),
+                               "gateway_child": True})
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -152,13 +152,14 @@ class ChildEnroller:
                     self.on_admitted(uid)
                     break
 
-    def _post(self, path: str, body: dict[str, Any], *,
+    def _post(self, path: str, body: dict[str, Any] | None, *,
               gateway_token: str | None = None) -> dict[str, Any]:
         url = str(self.config.server).rstrip("/") + path
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if gateway_token:
             headers["Authorization"] = f"Gateway {gateway_token}"
-        request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
+        data = json.dumps(body).encode() if body is not None else b""
+        request = urllib.request.Request(url, data, headers, method="POST")
         context = ssl.create_default_context() if url.startswith("https:") else None
         try:
             with urllib.request.urlopen(request, timeout=self.timeout, context=context) as rsp:

@@ -2,7 +2,9 @@
 
 An operator provisions the gateway over the API and writes its answer (with the gateway's own
 token) into the config file, with a claim token; the program meets an MCU it never saw, enrolls
-it with a key of its own making, adds it to its children with its gateway token, and bridges it.
+it with a key of its own making and a signed request relayed with its gateway token (which
+makes it its child), and bridges it. An MCU announcing a uid enrolled with another key is not
+adopted.
 """
 
 from __future__ import annotations
@@ -95,9 +97,10 @@ def test_gateway_enrolls_a_new_mcu_and_bridges_it(
     assert device.hardware_profile.name == "qemu-mps2-an385"
     assert device.capabilities["ops"] == CAPS.ops
     assert list(Gateway.objects.get(uid=gw).children.values_list("uid", flat=True)) == [child]
-    # It added the child with its own gateway token, not an operator's credential.
-    added = AuditLog.objects.get(action="gateway.add_children", object_repr=gw)
-    assert (added.actor, added.actor_label) == (None, f"gateway:{gw}")
+    # It relayed the child's signed enrollment with its own gateway token, not an operator's.
+    assert device.enrolled_via is not None and device.enrolled_via.uid == gw
+    enrolled = AuditLog.objects.get(action="device.enroll", object_repr=child)
+    assert enrolled.after["via"] == gw
     assert api_token not in config.read_text()
 
     batch = encode_batch(EventBatch(1, T0, 0, [Event(T0, 2, 180, 4)]))
@@ -114,3 +117,46 @@ def test_gateway_enrolls_a_new_mcu_and_bridges_it(
     watch.collect(lambda got: watch.on(f"fleet/v1/{child}/status")[-1:] == [OFFLINE_PAYLOAD])
     mcu.close()
 
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_gateway_does_not_adopt_an_mcu_announcing_a_foreign_uid(
+    fleet_server: str, enrollment_token_factory: Callable[..., str], user_factory: Any,
+    gateway_process: Callable[..., subprocess.Popen[str]], uid: Callable[[str], str],
+    tmp_path: Path, hardware_profile: Any,
+) -> None:
+    """The takeover: a serial MCU said HELLO with an enrolled device's uid, the enrollment
+    answered uid_key_conflict, and the gateway made itself that device's gateway. Now the
+    enrollment is refused and the gateway never speaks for a device whose key it lacks."""
+    import time
+
+    from tests.conftest import CAPABILITIES, make_public_key_pem, post_enroll
+
+    operator = user_factory(Role.OPERATOR)
+    gw, victim = uid("gw"), uid("victim")
+    victim_key = make_public_key_pem()
+    assert post_enroll({"token": enrollment_token_factory(), "public_key": victim_key,
+                        "hardware": "qemu-mps2-an385", "capabilities": dict(CAPABILITIES),
+                        "uid": victim}).status_code == 201
+    answer = APIClient(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=operator).key}") \
+        .post("/api/v1/gateways/", {"uid": gw, "children": []}, format="json")
+    config = tmp_path / "gateway.json"
+    config.write_text(json.dumps({
+        **answer.json(), "server": fleet_server,
+        "claim_token": enrollment_token_factory(max_uses=3), "hardware": "qemu-mps2-an385",
+    }))
+    config.chmod(0o600)
+    mcu = FakeMcu()
+    gateway_process("--port", mcu.url, "--config", str(config))
+    mcu.wait_connected()
+    mcu.boot(victim)
+    log = tmp_path / "gateway-0.log"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "cannot admit child" not in log.read_text():
+        time.sleep(0.2)
+    assert "uid_not_allowed" in log.read_text()
+    assert not Gateway.objects.get(uid=gw).children.exists()
+    assert Device.objects.get(uid=victim).public_key_pem == victim_key
+    assert Device.objects.get(uid=victim).enrolled_via is None
+    mcu.close()

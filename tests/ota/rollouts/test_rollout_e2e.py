@@ -32,7 +32,6 @@ from device_sdk.client.identity import (
     SigningKey,
     capabilities_json,
     load_or_create_key,
-    public_key_pem,
 )
 from device_sdk.ota.slots import SlotStore
 from device_sdk.protocol.ota_messages import (
@@ -133,7 +132,8 @@ class Lab:
         """Enroll ``devices`` (in-process) and start them on v1."""
         from django.conf import settings
 
-        from fleet.devices.actions import do_create_enrollment_token, do_enroll_device
+        from fleet.devices.actions import do_create_enrollment_token
+        from testkit.enrollment import enroll_in_process
         from fleet.devices.trust import broker_ca_pem, published_signing_keys
 
         _, token = do_create_enrollment_token(
@@ -151,8 +151,8 @@ class Lab:
         for i in range(devices):
             state = sim.device_dir(i)
             key = load_or_create_key(state)
-            result = do_enroll_device(token=token, public_key_pem=public_key_pem(key),
-                                      hardware=HARDWARE, capabilities=caps)
+            result = enroll_in_process(token=token, key=key, hardware=HARDWARE,
+                                       capabilities=caps)
             (state / CA_FILE).write_text(ca)
             DeviceIdentity(
                 device_id=result.device.uid, hardware=HARDWARE, server=self.server,
