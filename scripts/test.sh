@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 FLEET_EXTRAS=test,convert bash scripts/bootstrap.sh
 
 export CI=${CI:-}
+# Firmware builds (TFLM for each board) use every core; make runs them from several tests.
+export MAKEFLAGS="${MAKEFLAGS:--j$(nproc)}"
 run_dir=$(mktemp -d /tmp/fleet-test.XXXXXX)
 chmod 755 "$run_dir"  # the postgres user must reach its data folder
 pg_port=${FLEET_TEST_PG_PORT:-55432}
