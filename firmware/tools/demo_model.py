@@ -4,7 +4,7 @@
 
 Usage: demo_model.py OUT.tflite
 
-The model is ``tests/ota/model_factory.conv_model()`` (CONV_2D, MAX_POOL_2D, MEAN,
+The model is ``testkit.model_factory.conv_model()`` (CONV_2D, MAX_POOL_2D, MEAN,
 FULLY_CONNECTED, SOFTMAX; int8 in and out; seeded, so the same TensorFlow gives the same bytes),
 converted with TensorFlow at build time: nothing binary is committed. Its input is 1,024 samples
 in [0, 1], which the Cortex-M images fill from the port's synthetic sensor.
@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def main(argv: list[str]) -> int:
     """Convert the model and write it to argv[1]."""
     out = Path(argv[1])
-    sys.path.insert(0, str(ROOT / "tests" / "ota"))
-    import model_factory
+    sys.path.insert(0, str(ROOT))  # testkit/, when the project is not installed
+    from testkit import model_factory
 
     data = model_factory.conv_model()
     out.parent.mkdir(parents=True, exist_ok=True)
