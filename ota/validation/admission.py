@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from ota.validation import qemu_probe
-
 from ota.validation.golden import (
     OutputsMeasurer,
     TrialExpectation,

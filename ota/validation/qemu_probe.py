@@ -175,12 +175,13 @@ def marker_address(elf: Path) -> int:
 def run_probe(model_path: Path, board: str, arena_bytes: int, *, invoke: int = 0,
               inputs: Path | None = None, outputs: Path | None = None,
               watchdog_ms: int = 2000, timeout_s: float = 20.0, probe_dir: Path | None = None,
-              plugin: Path | None = None) -> ProbeRun:
+              plugin: Path | None = None, icount: bool = True) -> ProbeRun:
     """Run the probe once in a fresh QEMU process and return what it reported.
 
-    ``watchdog_ms`` is guest time (QEMU runs with ``-icount shift=0``: 1 ms is 1 million
-    instructions); ``timeout_s`` is wall-clock, for a QEMU that locks up. ``plugin``: the
-    instruction-counting TCG plugin (its figures are in the log).
+    ``watchdog_ms`` is guest time (with ``icount``, QEMU runs with ``-icount shift=0``: 1 ms is
+    1 million instructions, deterministic; without, the guest clock follows the host's and
+    QEMU runs about twice as fast: for long Invokes); ``timeout_s`` is wall-clock, for a QEMU
+    that locks up. ``plugin``: the instruction-counting TCG plugin (its figures are in the log).
     """
     spec = BOARDS[board]
     elf = spec.elf_in(probe_dir)
@@ -191,8 +192,9 @@ def run_probe(model_path: Path, board: str, arena_bytes: int, *, invoke: int = 0
     for word in args:
         if " " in word or "," in word:
             raise ValueError(f"probe arguments may not hold spaces or commas: {word!r}")
-    command = [QEMU, "-M", spec.name, "-nographic", "-monitor", "none", "-icount", "shift=0",
-               "-kernel", str(elf), "-semihosting-config",
+    command = [QEMU, "-M", spec.name, "-nographic", "-monitor", "none",
+               *(["-icount", "shift=0"] if icount else []), "-kernel", str(elf),
+               "-semihosting-config",
                "enable=on,target=native," + ",".join(f"arg={a}" for a in args)]
     if plugin is not None:
         command[-2:-2] = ["-plugin", f"{plugin},marker={marker_address(elf):#x}"]
@@ -226,14 +228,17 @@ def _failure(run: ProbeRun) -> str:
 
 
 def measure_min_arena(model: bytes, board: str, *, timeout_s: float = 20.0,
-                      probe_dir: Path | None = None, plugin: Path | None = None) -> ProbeResult:
+                      invoke_timeout_s: float = 120.0, probe_dir: Path | None = None,
+                      plugin: Path | None = None) -> ProbeResult:
     """Return the smallest arena in which ``model`` allocates and runs one Invoke on ``board``.
 
     Steps: one allocate-only run with the largest arena the board has (``arena_used_bytes``,
     or the reason the model cannot run at all); allocate-only runs that bracket and bisect the
     minimum to the byte; one run with one Invoke at the size found (if that fails, the size is
-    bisected again between it and the generous size, with Invoke). With ``plugin`` the Invoke
-    runs count the instructions of one inference.
+    bisected again between it and the generous size, with Invoke). Allocate-only runs use
+    ``-icount`` (a deterministic guest watchdog) and ``timeout_s``; Invoke runs, which may take
+    seconds on reference kernels, run without it (twice as fast) within ``invoke_timeout_s``.
+    With ``plugin`` the Invoke runs count the instructions of one inference.
     """
     spec = BOARDS[board]
     started = time.monotonic()
@@ -250,9 +255,10 @@ def measure_min_arena(model: bytes, board: str, *, timeout_s: float = 20.0,
             nonlocal runs
             if (size, invoke) not in known:
                 runs += 1
-                run = run_probe(path, board, size, invoke=invoke, timeout_s=timeout_s,
+                run = run_probe(path, board, size, invoke=invoke,
+                                timeout_s=invoke_timeout_s if invoke else timeout_s,
                                 watchdog_ms=2000 if invoke == 0 else 60_000, probe_dir=probe_dir,
-                                plugin=plugin if invoke else None)
+                                plugin=plugin if invoke else None, icount=invoke == 0)
                 tried.append((size, run.ok))
                 known[size, invoke] = run
             return known[size, invoke]
@@ -358,7 +364,8 @@ def run_golden(model: bytes, board: str, inputs: bytes, arena_bytes: int, *,
         model_path.write_bytes(model)
         in_path.write_bytes(inputs)
         run = run_probe(model_path, board, arena_bytes, inputs=in_path, outputs=out_path,
-                        watchdog_ms=600_000, timeout_s=timeout_s, probe_dir=probe_dir)
+                        watchdog_ms=600_000, timeout_s=timeout_s, probe_dir=probe_dir,
+                        icount=False)
         if not run.ok:
             raise RuntimeError(f"probe on {board} failed: {_failure(run)}")
         return out_path.read_bytes()
