@@ -16,6 +16,11 @@ mkdir -p test-artifacts
 echo "== import contracts (docs/ARCHITECTURE.md)"
 .venv/bin/lint-imports --no-cache
 
+# Admission measures Cortex-M arenas with the firmware's probe images in QEMU
+# (settings.ADMISSION_PROBE_DIR, default firmware/build/probe); in CI it must not estimate.
+echo "== firmware: probe images and instruction counter for admission"
+make -C firmware probes insn-plugin -j2 >/dev/null
+
 # The shared throttle cache table (fleet_throttle_cache) is made with each test database:
 # Django's test setup runs createcachetable, and migrate does too (fleet.core.apps).
 echo "== tests on SQLite"
