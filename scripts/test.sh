@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 FLEET_EXTRAS=test,convert bash scripts/bootstrap.sh
 
 export CI=${CI:-}
+# In CI, admission must measure Cortex-M arenas in QEMU, never fall back to an estimate.
+if [ "${CI,,}" = true ]; then export ADMISSION_REQUIRE_MEASURED=${ADMISSION_REQUIRE_MEASURED:-1}; fi
 run_dir=$(mktemp -d /tmp/fleet-test.XXXXXX)
 chmod 755 "$run_dir"  # the postgres user must reach its data folder
 pg_port=${FLEET_TEST_PG_PORT:-55432}
