@@ -16,7 +16,12 @@ from ota.choices import VersionSource, VersionStatus
 from ota.errors import OtaError
 from ota.models import ConversionJob, Model, ModelVersion, ProfileCompatibility
 from ota.registry.storage import artifact_storage
-from ota.validation.admission import ProfileSpec, TargetMeasurement, validate_model
+from ota.validation.admission import (
+    MeasurementUnavailable,
+    ProfileSpec,
+    TargetMeasurement,
+    validate_model,
+)
 from ota.validation.inspect import ModelFormatError, inspect_model
 from ota.validation.targets import core_of
 
@@ -133,8 +138,12 @@ def run_validation(mv: ModelVersion) -> ModelVersion:
     data = storage.get(mv.sha256)
     samples = storage.path(mv.dataset_sha256) if mv.dataset_sha256 else None
     profiles = list(HardwareProfile.objects.all())
-    report = validate_model(data, [profile_spec(p) for p in profiles], samples=samples,
-                            targets=target_measurement())
+    try:
+        report = validate_model(data, [profile_spec(p) for p in profiles], samples=samples,
+                                targets=target_measurement())
+    except MeasurementUnavailable as exc:
+        # Required, not possible here: the version stays `validating` (the worker re-checks it).
+        raise OtaError("measurement_unavailable", str(exc), 503) from None
     by_name = {p.name: p for p in profiles}
     with transaction.atomic():
         mv.validation = report.to_dict()

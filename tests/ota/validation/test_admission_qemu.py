@@ -209,3 +209,25 @@ def test_qemu_runs_with_the_allow_listed_environment(
     assert qemu_probe.run_probe(model, "mps2-an385", 65536, invoke=1).ok
     (env,) = seen
     assert "FLEET_KEK" not in env and "DATABASE_URL" not in env and env["PATH"]
+
+
+@pytest.mark.django_db
+def test_an_upload_that_cannot_be_measured_when_required_is_refused_not_estimated(
+    operator_client: object, hardware_profile: object, dense_tflite: bytes, tmp_path: Path,
+    settings: object,
+) -> None:
+    """ADMISSION_REQUIRE_MEASURED and no probe images: 503 measurement_unavailable, the
+    version stays `validating` (the worker re-checks it), no verdict is stored."""
+    from ota.models import ModelVersion, ProfileCompatibility
+    from tests.ota.api.test_registry_api import make_model, upload
+
+    settings.ADMISSION_REQUIRE_MEASURED = True  # type: ignore[attr-defined]
+    settings.ADMISSION_PROBE_DIR = tmp_path  # type: ignore[attr-defined]
+    make_model(operator_client)
+    response = upload(operator_client, dense_tflite, "1.0.0")
+    assert response.status_code == 503
+    assert response.json()["reason"] == "measurement_unavailable"
+    assert "probe image" in response.json()["detail"]
+    mv = ModelVersion.objects.get(version="1.0.0")
+    assert mv.status == "validating" and not ProfileCompatibility.objects.filter(
+        model_version=mv).exists()
