@@ -10,7 +10,10 @@ guest watchdog (SysTick) and a wall-clock timeout.
 
 :func:`measure_min_arena` bisects on "AllocateTensors succeeds" from the ``arena_used_bytes``
 a generous run reports (the minimum is a little above it), then checks one ``Invoke`` at the
-size found (and steps up if that fails). :func:`measure_boards` runs several boards in
+size found (and steps up if that fails). Allocate-only runs use ``-icount shift=0`` (a
+deterministic guest watchdog); Invoke runs do not (twice as fast; instruction counts then vary
+by a few hundred from run to run: the watchdog's SysTick interrupts land at other points).
+:func:`measure_boards` runs several boards in
 parallel. :func:`run_golden` runs raw input tensors and returns the raw outputs, so a server can
 know the exact outputs of a kernel set. No Django imports: this module only needs QEMU.
 
