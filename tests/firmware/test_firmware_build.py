@@ -55,7 +55,7 @@ def require(*tools: str) -> None:
 def make(*targets: str) -> subprocess.CompletedProcess[str]:
     """Run make in firmware/ (targets may include VAR=value overrides); return the process."""
     return subprocess.run(["make", "-C", str(FIRMWARE), *targets], capture_output=True,
-                          text=True, timeout=900, check=False)
+                          text=True, timeout=1800, check=False)  # first build: TFLM x 2
 
 
 def make_variable(name: str) -> str:
