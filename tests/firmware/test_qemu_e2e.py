@@ -64,6 +64,7 @@ from fleet.core.roles import Role
 from fleet.devices.models import Device, Gateway, HardwareProfile
 from fleet.telemetry.models import Event, IngestedBatch
 from ota.choices import VersionStatus
+from ota.errors import OtaError
 from ota.models import ModelVersion, Package, ProfileCompatibility
 from ota.packaging.actions import do_build_package
 from ota.rollouts import actions as rollouts
@@ -476,7 +477,7 @@ def test_mcu_boots_the_servers_v1_in_tflm_confirms_v2_and_reverts_what_its_trial
         big = upload(client, "demo-cnn", "3.0.0-big", big_arena_model())
         row = ProfileCompatibility.objects.get(model_version=big, hardware_profile=profile)
         assert not row.compatible and "arena" in json.dumps(row.reasons), row.reasons
-        with pytest.raises(Exception, match="does not fit"):
+        with pytest.raises(OtaError, match="does not fit"):
             do_build_package(big, profile, actor=None)
         print(f"admission: {row.reasons[0]['message']}")
         status, saved = big.status, (row.reasons, row.arena_bytes_required)
