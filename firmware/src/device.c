@@ -9,6 +9,8 @@
 
 #include <string.h>
 
+#include "tml/cbor.h"
+#include "tml/enroll.h"
 #include "tml/golden.h"
 #include "tml/messages.h"
 #include "tml/platform.h"
@@ -294,6 +296,10 @@ static void handle_frame(tml_device_t *d, const tml_link_frame_t *f)
     case TML_LINK_CHUNK: handle_chunk(d, f->payload, f->len); break;
     case TML_LINK_ROTATION: handle_rotation(d, f->payload, f->len); break;
     case TML_LINK_STATUS_REQUEST: d->status_due = true; break;
+    case TML_LINK_ENROLL_CHALLENGE:
+        d->proof_due = tml_enroll_prove(f->payload, f->len, d->cfg.uid, d->cfg.hardware_profile,
+                                        d->proof) == TML_OK;
+        break;
     case TML_LINK_TIME:
         if (tml_time_decode(f->payload, f->len, &unix_ms) == TML_OK &&
             unix_ms >= TML_MIN_T0_MS && unix_ms <= TML_MAX_T0_MS) {
@@ -392,8 +398,16 @@ static void send_due(tml_device_t *d, uint32_t now)
     tml_status_t st;
     if (d->hello_due) {
         d->hello_due = false;
-        st = tml_hello_encode(d->cfg.uid, TML_LINK_MAX_PAYLOAD, p, cap, &len);
+        st = tml_enroll_hello(d->cfg.uid, d->cfg.hardware_profile, TML_LINK_MAX_PAYLOAD, p, cap,
+                              &len);
         send(d, TML_LINK_HELLO, st, len, now);
+    } else if (d->proof_due) {
+        tml_cbor_writer_t w;
+        d->proof_due = false;
+        tml_cbor_writer_init(&w, p, cap);
+        tml_cbor_put_bytes(&w, d->proof, sizeof(d->proof));
+        st = tml_cbor_finish(&w, &len);
+        send(d, TML_LINK_ENROLL_PROOF, st, len, now);
     } else if (d->report_count) {
         tml_report_t r = d->reports[0];
         memmove(d->reports, d->reports + 1, sizeof(r) * (size_t)(--d->report_count));
@@ -457,7 +471,7 @@ uint32_t tml_device_next_ms(const tml_device_t *d)
     uint32_t now = tml_platform_millis();
     uint32_t next = tml_link_next_ms(&d->link, now), t;
     bool free = !tml_link_busy(&d->link);
-    if (free && (d->hello_due || d->report_count || d->status_due ||
+    if (free && (d->hello_due || d->proof_due || d->report_count || d->status_due ||
                  (d->request_due && d->ota.state == TML_OTA_DOWNLOADING) || batch_due(d, now))) {
         return 0;
     }

@@ -3,6 +3,10 @@
  * Ed25519 verification, RFC 8032 section 5.1.7: k = SHA-512(R || A || M) mod L, then
  * [S]B = R + [k]A. The hash is ours; the group equation is Monocypher's (which also refuses
  * S >= L and points off the curve).
+ *
+ * Signing, RFC 8032 section 5.1.6: h = SHA-512(seed), a = clamp(h[0..32)), A = [a]B;
+ * r = SHA-512(h[32..64) || M) mod L, R = [r]B, k = SHA-512(R || A || M) mod L, S = r + k a mod L.
+ * The hashes are ours; trim, scalarbase, reduce and mul_add are Monocypher's.
  */
 #include "tml/ed25519.h"
 
@@ -39,4 +43,51 @@ bool tml_ed25519_verify(const uint8_t signature[64], const uint8_t public_key[32
     tml_ed25519_verify_start(&v, signature, public_key);
     tml_ed25519_verify_update(&v, msg, len);
     return tml_ed25519_verify_finish(&v);
+}
+
+/* a (clamped) and the nonce prefix from the seed: h = SHA-512(seed). */
+static void expand(uint8_t h[64], const uint8_t seed[32])
+{
+    tml_sha512(seed, 32, h);
+    crypto_eddsa_trim_scalar(h, h);
+}
+
+void tml_ed25519_public_key(uint8_t public_key[32], const uint8_t seed[32])
+{
+    uint8_t h[64];
+    expand(h, seed);
+    crypto_eddsa_scalarbase(public_key, h);
+    crypto_wipe(h, sizeof(h));
+}
+
+/* SHA-512(a || b || msg) mod L. */
+static void hash_reduce(uint8_t out[32], const uint8_t *a, const uint8_t *b, const uint8_t *msg,
+                        size_t len)
+{
+    tml_sha512_t sha;
+    uint8_t hash[64];
+    tml_sha512_init(&sha);
+    tml_sha512_update(&sha, a, 32);
+    if (b) {
+        tml_sha512_update(&sha, b, 32);
+    }
+    tml_sha512_update(&sha, msg, len);
+    tml_sha512_final(&sha, hash);
+    crypto_eddsa_reduce(out, hash);
+    crypto_wipe(hash, sizeof(hash));
+    crypto_wipe(&sha, sizeof(sha));
+}
+
+void tml_ed25519_sign(uint8_t signature[64], const uint8_t seed[32], const uint8_t *msg,
+                      size_t len)
+{
+    uint8_t h[64], public_key[32], r[32], k[32];
+    expand(h, seed);
+    crypto_eddsa_scalarbase(public_key, h);
+    hash_reduce(r, h + 32, NULL, msg, len);
+    crypto_eddsa_scalarbase(signature, r);
+    hash_reduce(k, signature, public_key, msg, len);
+    crypto_eddsa_mul_add(signature + 32, k, h, r);
+    crypto_wipe(h, sizeof(h));
+    crypto_wipe(r, sizeof(r));
 }
