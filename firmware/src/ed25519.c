@@ -6,7 +6,9 @@
  *
  * Signing, RFC 8032 section 5.1.6: h = SHA-512(seed), a = clamp(h[0..32)), A = [a]B;
  * r = SHA-512(h[32..64) || M) mod L, R = [r]B, k = SHA-512(R || A || M) mod L, S = r + k a mod L.
- * The hashes are ours; trim, scalarbase, reduce and mul_add are Monocypher's.
+ * The hashes are ours; trim, reduce and mul_add are Monocypher's, and [x]B is
+ * tml_eddsa_scalarbase_small() (src/monocypher_base.c: Monocypher's point arithmetic without
+ * crypto_eddsa_scalarbase()'s 1,920 bytes of comb tables; same results, constant time).
  */
 #include "tml/ed25519.h"
 
@@ -56,7 +58,7 @@ void tml_ed25519_public_key(uint8_t public_key[32], const uint8_t seed[32])
 {
     uint8_t h[64];
     expand(h, seed);
-    crypto_eddsa_scalarbase(public_key, h);
+    tml_eddsa_scalarbase_small(public_key, h);
     crypto_wipe(h, sizeof(h));
 }
 
@@ -83,9 +85,9 @@ void tml_ed25519_sign(uint8_t signature[64], const uint8_t seed[32], const uint8
 {
     uint8_t h[64], public_key[32], r[32], k[32];
     expand(h, seed);
-    crypto_eddsa_scalarbase(public_key, h);
+    tml_eddsa_scalarbase_small(public_key, h);
     hash_reduce(r, h + 32, NULL, msg, len);
-    crypto_eddsa_scalarbase(signature, r);
+    tml_eddsa_scalarbase_small(signature, r);
     hash_reduce(k, signature, public_key, msg, len);
     crypto_eddsa_mul_add(signature + 32, k, h, r);
     crypto_wipe(h, sizeof(h));

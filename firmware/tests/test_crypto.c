@@ -2,6 +2,7 @@
 /* SHA-256/512 against FIPS 180-4 examples; Ed25519 against RFC 8032 section 7.1. */
 #include <string.h>
 
+#include "monocypher.h"
 #include "tml/ed25519.h"
 #include "tml/sha.h"
 #include "tml_test.h"
@@ -84,8 +85,39 @@ static void hex_eq(const uint8_t *got, const char *hex, size_t n)
     CHECK(memcmp(got, want, n) == 0);
 }
 
+/* The small fixed-base multiplication gives crypto_eddsa_scalarbase()'s bytes: edge scalars
+ * (0, 1, L - 1, L, 2^255 - 1 clamped and not, all ones) and SHA-512-derived ones. */
+static void scalarbase_matches_monocypher(void)
+{
+    static const char *const edges[] = {
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "ecd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010",
+        "edd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010",
+        "f8ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    };
+    uint8_t s[64], want[32], got[32];
+    for (int i = 0; i < 70; i++) {
+        tml_case("crypto", "ed25519_small_scalarbase_matches_monocypher");
+        if (i < 6) {
+            vec_parse_hex(edges[i], s, 32);
+        } else {
+            uint8_t seed = (uint8_t)i;
+            tml_sha512(&seed, 1, s);
+            if (i & 1) {
+                crypto_eddsa_trim_scalar(s, s);
+            }
+        }
+        crypto_eddsa_scalarbase(want, s);
+        tml_eddsa_scalarbase_small(got, s);
+        CHECK(memcmp(got, want, 32) == 0);
+    }
+}
+
 void suite_crypto(void)
 {
+    scalarbase_matches_monocypher();
     static uint8_t million[1000000];
     uint8_t d[64];
     memset(million, 'a', sizeof(million));
