@@ -203,6 +203,7 @@ static void finish_download(tml_device_t *d)
 static void handle_offer(tml_device_t *d, const uint8_t *cose, size_t len)
 {
     uint64_t unix_s = div1000(tml_device_unix_ms(d));
+    d->proof_due = false; /* its signature sits in the transfer decoder's memory */
     tml_manifest_policy_t policy = {
         .keyring = &d->keyring,
         .hardware_profile = d->cfg.hardware_profile,
@@ -297,8 +298,12 @@ static void handle_frame(tml_device_t *d, const tml_link_frame_t *f)
     case TML_LINK_ROTATION: handle_rotation(d, f->payload, f->len); break;
     case TML_LINK_STATUS_REQUEST: d->status_due = true; break;
     case TML_LINK_ENROLL_CHALLENGE:
-        d->proof_due = tml_enroll_prove(f->payload, f->len, d->cfg.uid, d->cfg.hardware_profile,
-                                        d->proof) == TML_OK;
+        /* The signature waits for the link in the transfer decoder's memory, idle unless a
+         * download runs (the gateway enrolls a child before it offers it anything; during a
+         * download it asks again later). An offer cancels the answer: it reuses that memory. */
+        d->proof_due = d->ota.state != TML_OTA_DOWNLOADING &&
+                       tml_enroll_prove(f->payload, f->len, d->cfg.uid, d->cfg.hardware_profile,
+                                        (uint8_t *)&d->ota.transfer) == TML_OK;
         break;
     case TML_LINK_TIME:
         if (tml_time_decode(f->payload, f->len, &unix_ms) == TML_OK &&
@@ -405,7 +410,7 @@ static void send_due(tml_device_t *d, uint32_t now)
         tml_cbor_writer_t w;
         d->proof_due = false;
         tml_cbor_writer_init(&w, p, cap);
-        tml_cbor_put_bytes(&w, d->proof, sizeof(d->proof));
+        tml_cbor_put_bytes(&w, &d->ota.transfer, TML_ENROLL_SIGNATURE);
         st = tml_cbor_finish(&w, &len);
         send(d, TML_LINK_ENROLL_PROOF, st, len, now);
     } else if (d->report_count) {

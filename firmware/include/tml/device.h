@@ -50,7 +50,7 @@ typedef struct {
     tml_keyring_t keyring; /**< built-in keys not retired, then rotated ones (in slots.meta) */
     uint8_t running; /**< slot whose model is loaded, or TML_SLOT_NONE */
     bool hello_due, status_due, request_due;
-    bool proof_due; /**< proof holds the answer to the gateway's ENROLL_CHALLENGE */
+    bool proof_due; /**< an ENROLL_PROOF is due: its signature is in ota.transfer's memory */
     bool time_synced;
     uint64_t time_base_ms; /**< unix ms at tick time_base_tick */
     uint32_t time_base_tick;
@@ -66,7 +66,6 @@ typedef struct {
     uint16_t event_count;
     uint32_t events_dropped;
     uint32_t inferences;
-    uint8_t proof[64]; /**< Ed25519 signature of the enroll-message (enroll.h) */
 } tml_device_t;
 
 /**
