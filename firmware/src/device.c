@@ -9,7 +9,6 @@
 
 #include <string.h>
 
-#include "tml/cbor.h"
 #include "tml/enroll.h"
 #include "tml/golden.h"
 #include "tml/messages.h"
@@ -407,12 +406,11 @@ static void send_due(tml_device_t *d, uint32_t now)
                               &len);
         send(d, TML_LINK_HELLO, st, len, now);
     } else if (d->proof_due) {
-        tml_cbor_writer_t w;
         d->proof_due = false;
-        tml_cbor_writer_init(&w, p, cap);
-        tml_cbor_put_bytes(&w, &d->ota.transfer, TML_ENROLL_SIGNATURE);
-        st = tml_cbor_finish(&w, &len);
-        send(d, TML_LINK_ENROLL_PROOF, st, len, now);
+        p[0] = 0x58; /* bstr, one length byte: 64 */
+        p[1] = TML_ENROLL_SIGNATURE;
+        memcpy(p + 2, &d->ota.transfer, TML_ENROLL_SIGNATURE);
+        send(d, TML_LINK_ENROLL_PROOF, TML_OK, 2 + TML_ENROLL_SIGNATURE, now);
     } else if (d->report_count) {
         tml_report_t r = d->reports[0];
         memmove(d->reports, d->reports + 1, sizeof(r) * (size_t)(--d->report_count));

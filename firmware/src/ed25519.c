@@ -29,12 +29,19 @@ void tml_ed25519_verify_update(tml_ed25519_verify_t *v, const void *data, size_t
     tml_sha512_update(&v->sha, data, len);
 }
 
-bool tml_ed25519_verify_finish(tml_ed25519_verify_t *v)
+/* out = SHA-512(what sha hashed) mod L; the hash is wiped (it may be the secret nonce's). */
+static void final_reduce(tml_sha512_t *sha, uint8_t out[32])
 {
     uint8_t hash[64];
+    tml_sha512_final(sha, hash);
+    crypto_eddsa_reduce(out, hash);
+    crypto_wipe(hash, sizeof(hash));
+}
+
+bool tml_ed25519_verify_finish(tml_ed25519_verify_t *v)
+{
     uint8_t h_ram[32];
-    tml_sha512_final(&v->sha, hash);
-    crypto_eddsa_reduce(h_ram, hash);
+    final_reduce(&v->sha, h_ram);
     return crypto_eddsa_check_equation(v->signature, v->public_key, h_ram) == 0;
 }
 
@@ -62,34 +69,23 @@ void tml_ed25519_public_key(uint8_t public_key[32], const uint8_t seed[32])
     crypto_wipe(h, sizeof(h));
 }
 
-/* SHA-512(a || b || msg) mod L. */
-static void hash_reduce(uint8_t out[32], const uint8_t *a, const uint8_t *b, const uint8_t *msg,
-                        size_t len)
-{
-    tml_sha512_t sha;
-    uint8_t hash[64];
-    tml_sha512_init(&sha);
-    tml_sha512_update(&sha, a, 32);
-    if (b) {
-        tml_sha512_update(&sha, b, 32);
-    }
-    tml_sha512_update(&sha, msg, len);
-    tml_sha512_final(&sha, hash);
-    crypto_eddsa_reduce(out, hash);
-    crypto_wipe(hash, sizeof(hash));
-    crypto_wipe(&sha, sizeof(sha));
-}
-
 void tml_ed25519_sign(uint8_t signature[64], const uint8_t seed[32], const uint8_t *msg,
                       size_t len)
 {
     uint8_t h[64], public_key[32], r[32], k[32];
+    tml_ed25519_verify_t v; /* its hash: r = H(prefix || M), then k = H(R || A || M) */
     expand(h, seed);
     tml_eddsa_scalarbase_small(public_key, h);
-    hash_reduce(r, h + 32, NULL, msg, len);
+    tml_sha512_init(&v.sha);
+    tml_sha512_update(&v.sha, h + 32, 32);
+    tml_ed25519_verify_update(&v, msg, len);
+    final_reduce(&v.sha, r);
     tml_eddsa_scalarbase_small(signature, r);
-    hash_reduce(k, signature, public_key, msg, len);
+    tml_ed25519_verify_start(&v, signature, public_key);
+    tml_ed25519_verify_update(&v, msg, len);
+    final_reduce(&v.sha, k);
     crypto_eddsa_mul_add(signature + 32, k, h, r);
     crypto_wipe(h, sizeof(h));
     crypto_wipe(r, sizeof(r));
+    crypto_wipe(&v, sizeof(v));
 }

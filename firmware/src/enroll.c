@@ -21,34 +21,31 @@ tml_status_t tml_enroll_hello(const char *uid, const char *hardware, uint32_t mt
     return tml_hello_encode(uid, announced ? hardware : NULL, announced, mtu, out, cap, out_len);
 }
 
-/* Read one string item of `major` whose length is lo..hi, in its canonical (shortest) form. */
-static const uint8_t *string_item(tml_cbor_reader_t *r, int major, uint64_t lo, uint64_t hi)
-{
-    tml_cbor_item_t it;
-    if (tml_cbor_expect(r, major, &it) != TML_OK || !it.shortest || it.arg < lo || it.arg > hi) {
-        return NULL;
-    }
-    return it.start;
-}
-
 tml_status_t tml_enroll_message(const uint8_t *challenge, size_t len, const char *uid,
                                 const char *hardware, uint8_t *out, size_t cap, size_t *out_len)
 {
+    /* [nonce, token_sha256, capabilities_sha256, via]: major type and length bounds */
+    static const uint8_t spec[4][3] = {{TML_CBOR_BYTES, 1, TML_ENROLL_MAX_NONCE},
+                                       {TML_CBOR_BYTES, 32, 32},
+                                       {TML_CBOR_BYTES, 32, 32},
+                                       {TML_CBOR_TEXT, 1, TML_ENROLL_MAX_VIA}};
     tml_cbor_reader_t r;
-    tml_cbor_item_t a;
+    tml_cbor_item_t it;
     const uint8_t *item[5];
     tml_cbor_reader_init(&r, challenge, len);
-    if (tml_cbor_expect(&r, TML_CBOR_ARRAY, &a) != TML_OK || a.arg != 4) {
+    if (tml_cbor_expect(&r, TML_CBOR_ARRAY, &it) != TML_OK || it.arg != 4) {
         return TML_ERR_MALFORMED;
     }
-    item[0] = string_item(&r, TML_CBOR_BYTES, 1, TML_ENROLL_MAX_NONCE);
-    item[1] = string_item(&r, TML_CBOR_BYTES, 32, 32);
-    item[2] = string_item(&r, TML_CBOR_BYTES, 32, 32);
-    item[3] = string_item(&r, TML_CBOR_TEXT, 1, TML_ENROLL_MAX_VIA);
+    for (int i = 0; i < 4; i++) {
+        item[i] = r.p;
+        if (tml_cbor_expect(&r, spec[i][0], &it) != TML_OK || !it.shortest ||
+            it.arg < spec[i][1] || it.arg > spec[i][2]) {
+            return TML_ERR_MALFORMED;
+        }
+    }
     item[4] = r.p;
-    if (!item[0] || !item[1] || !item[2] || !item[3] || r.p != r.end ||
-        !tml_utf8_valid(item[3], (size_t)(r.end - item[3]))) {
-        return TML_ERR_MALFORMED; /* (the head is ASCII: checking it with the text is harmless) */
+    if (r.p != r.end || !tml_utf8_valid(it.data, (size_t)it.arg)) {
+        return TML_ERR_MALFORMED;
     }
     /* ["fleet/v1/enroll", nonce, token_sha256, uid, hardware, capabilities_sha256, via]: the
      * challenge's items are canonical, so they are copied as they are. */
