@@ -200,6 +200,25 @@ static void device_loop(void)
     pump(20);
     CHECK_EQ(proofs, 1);
 
+    tml_case("enroll", "device_ignores_a_challenge_during_a_download");
+    dev.ota.state = TML_OTA_DOWNLOADING; /* the proof's memory is the decoder's */
+    gw_send(TML_LINK_ENROLL_CHALLENGE, challenge, cn);
+    pump(1);
+    CHECK(!dev.proof_due);
+    dev.ota.state = TML_OTA_IDLE;
+    pump(20);
+    CHECK_EQ(proofs, 1);
+
+    tml_case("enroll", "an_offer_cancels_a_pending_proof");
+    static const uint8_t junk_offer[] = {0x84, 0x40, 0xa0, 0x40, 0x40};
+    gw_send(TML_LINK_ENROLL_CHALLENGE, challenge, cn);
+    gw_send(TML_LINK_OFFER, junk_offer, sizeof(junk_offer)); /* both arrive before a poll */
+    tml_device_input(&dev, to_dev, to_dev_len);
+    to_dev_len = 0;
+    CHECK(!dev.proof_due);
+    pump(20);
+    CHECK_EQ(proofs, 1);
+
     tml_case("enroll", "device_without_a_key_says_the_v1_hello_and_signs_nothing");
     boot(NULL);
     static const uint8_t v1[] = {0xa3, 0x63, 'm', 't', 'u', 0x19, 0x02, 0x20, 0x63, 'u', 'i', 'd',
