@@ -2,7 +2,9 @@
 /*
  * Monocypher 4 (fetched at build time into third_party/, never committed), compiled together
  * with one function of ours over its internal point arithmetic: the fixed-base scalar
- * multiplication Ed25519 signing needs, in a small form.
+ * multiplication Ed25519 signing needs, in a small form. By default the Monocypher compiled is
+ * the copy tools/monocypher_small.py makes at build time, whose field multiplication is
+ * compact (the same results; MONO_COMPACT=0 compiles monocypher.c as it is).
  *
  * crypto_eddsa_scalarbase() uses two comb tables (16 precomputed points, 1,920 bytes) and their
  * constant-time lookup; this firmware signs only at enrollment, so it trades speed for flash:
@@ -13,7 +15,12 @@
  * and doublings need no special case). Results are identical to crypto_eddsa_scalarbase()
  * (tests/test_crypto.c compares them, and checks RFC 8032's keys and signatures).
  */
+#ifdef TML_MONOCYPHER_PRISTINE
 #include "monocypher.c"
+#else
+/* build/gen: monocypher.c with a compact fe_mul and fe_sq = fe_mul (tools/monocypher_small.py) */
+#include "monocypher_small.c"
+#endif
 
 void tml_eddsa_scalarbase_small(u8 point[32], const u8 scalar[32]);
 
