@@ -38,9 +38,9 @@ import json
 import logging
 import os
 import queue
-import time
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable

@@ -31,10 +31,10 @@ from device_sdk.protocol.topics import Channel
 __all__ = [
     "CHANNEL_OF_KIND",
     "ENROLL_SIGNATURE_BYTES",
-    "EnrollChallenge",
     "FLAG_RST",
     "LINK_VERSION",
     "Endpoint",
+    "EnrollChallenge",
     "Frame",
     "FrameDecoder",
     "Hello",

@@ -24,8 +24,8 @@ import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device_sdk.protocol import link
-from device_sdk.protocol.enrollment import capabilities_digest, enrollment_message
 from device_sdk.protocol.cose import PROTECTED_EDDSA, key_id, raw_public_key, sign1
+from device_sdk.protocol.enrollment import capabilities_digest, enrollment_message
 from device_sdk.protocol.events import Event, EventBatch, encode_batch, encode_summary, summarize
 from device_sdk.protocol.golden import OutputType, golden_input, outputs_digest, top1_label
 from device_sdk.protocol.manifest import (

@@ -30,8 +30,8 @@ from device_sdk.protocol import link
 from device_sdk.protocol.cose import raw_public_key
 from device_sdk.protocol.events import Event, EventBatch, encode_batch
 from device_sdk.protocol.status import OFFLINE_PAYLOAD, LinkState, decode_status
-from fleet.core.roles import Role
 from fleet.audit.models import AuditLog
+from fleet.core.roles import Role
 from fleet.devices.models import Device, Gateway
 from tests.device_sdk.gateway.fake_mcu import CAPS, FakeMcu
 
