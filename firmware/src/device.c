@@ -9,6 +9,7 @@
 
 #include <string.h>
 
+#include "tml/enroll.h"
 #include "tml/golden.h"
 #include "tml/messages.h"
 #include "tml/platform.h"
@@ -201,6 +202,7 @@ static void finish_download(tml_device_t *d)
 static void handle_offer(tml_device_t *d, const uint8_t *cose, size_t len)
 {
     uint64_t unix_s = div1000(tml_device_unix_ms(d));
+    d->proof_due = false; /* its signature sits in the transfer decoder's memory */
     tml_manifest_policy_t policy = {
         .keyring = &d->keyring,
         .hardware_profile = d->cfg.hardware_profile,
@@ -294,6 +296,14 @@ static void handle_frame(tml_device_t *d, const tml_link_frame_t *f)
     case TML_LINK_CHUNK: handle_chunk(d, f->payload, f->len); break;
     case TML_LINK_ROTATION: handle_rotation(d, f->payload, f->len); break;
     case TML_LINK_STATUS_REQUEST: d->status_due = true; break;
+    case TML_LINK_ENROLL_CHALLENGE:
+        /* The signature waits for the link in the transfer decoder's memory, idle unless a
+         * download runs (the gateway enrolls a child before it offers it anything; during a
+         * download it asks again later). An offer cancels the answer: it reuses that memory. */
+        d->proof_due = d->ota.state != TML_OTA_DOWNLOADING &&
+                       tml_enroll_prove(f->payload, f->len, d->cfg.uid, d->cfg.hardware_profile,
+                                        (uint8_t *)&d->ota.transfer) == TML_OK;
+        break;
     case TML_LINK_TIME:
         if (tml_time_decode(f->payload, f->len, &unix_ms) == TML_OK &&
             unix_ms >= TML_MIN_T0_MS && unix_ms <= TML_MAX_T0_MS) {
@@ -392,8 +402,15 @@ static void send_due(tml_device_t *d, uint32_t now)
     tml_status_t st;
     if (d->hello_due) {
         d->hello_due = false;
-        st = tml_hello_encode(d->cfg.uid, TML_LINK_MAX_PAYLOAD, p, cap, &len);
+        st = tml_enroll_hello(d->cfg.uid, d->cfg.hardware_profile, TML_LINK_MAX_PAYLOAD, p, cap,
+                              &len);
         send(d, TML_LINK_HELLO, st, len, now);
+    } else if (d->proof_due) {
+        d->proof_due = false;
+        p[0] = 0x58; /* bstr, one length byte: 64 */
+        p[1] = TML_ENROLL_SIGNATURE;
+        memcpy(p + 2, &d->ota.transfer, TML_ENROLL_SIGNATURE);
+        send(d, TML_LINK_ENROLL_PROOF, TML_OK, 2 + TML_ENROLL_SIGNATURE, now);
     } else if (d->report_count) {
         tml_report_t r = d->reports[0];
         memmove(d->reports, d->reports + 1, sizeof(r) * (size_t)(--d->report_count));
@@ -457,7 +474,7 @@ uint32_t tml_device_next_ms(const tml_device_t *d)
     uint32_t now = tml_platform_millis();
     uint32_t next = tml_link_next_ms(&d->link, now), t;
     bool free = !tml_link_busy(&d->link);
-    if (free && (d->hello_due || d->report_count || d->status_due ||
+    if (free && (d->hello_due || d->proof_due || d->report_count || d->status_due ||
                  (d->request_due && d->ota.state == TML_OTA_DOWNLOADING) || batch_due(d, now))) {
         return 0;
     }
