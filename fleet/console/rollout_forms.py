@@ -16,7 +16,7 @@ from django import forms
 from fleet.devices.models import Device, DeviceGroup, HardwareProfile
 from ota.choices import VersionStatus
 from ota.models import ModelVersion
-from ota.rollouts.targeting import check_waves, target_devices
+from ota.rollouts.targeting import check_waves, new_wave_seed, target_devices
 
 SCORE_PER_POINT = 255 / 100  # wire scores are 0..255; operators read confidence in percent
 
@@ -85,6 +85,11 @@ class RolloutForm(forms.Form):
                                          label="Window until (UTC hour)",
                                          help_text="Optional: offer only inside the window.")
 
+    # The salt of the wave hash, drawn at the first preview and carried in a hidden field, so
+    # the preview counts the waves the rollout will have (not those of some other salt).
+    wave_seed = forms.IntegerField(required=False, min_value=1, max_value=2**62,
+                                   widget=forms.HiddenInput)
+
     SECTIONS = (
         ("Release", ("name", "model_version", "base_version")),
         ("Target", ("group", "tags", "hardware_profile", "devices")),
@@ -140,6 +145,14 @@ class RolloutForm(forms.Form):
 
     # -- what the cleaned form means, for the actions ---------------------------------------
 
+    @classmethod
+    def with_wave_seed(cls, data: Any) -> RolloutForm:
+        """Bind ``data``, drawing a wave seed when it carries none (the first preview)."""
+        data = data.copy()
+        if not data.get("wave_seed"):
+            data["wave_seed"] = str(new_wave_seed())
+        return cls(data)
+
     def target(self) -> dict[str, Any]:
         """Return the target criteria as ``do_create_rollout`` takes them."""
         d = self.cleaned_data
@@ -176,6 +189,7 @@ class RolloutForm(forms.Form):
             "max_concurrent": d["max_concurrent"],
             "window_start_hour": d["window_start_hour"],
             "window_end_hour": d["window_end_hour"],
+            "wave_seed": d.get("wave_seed"),
         }
 
     def digest(self) -> str:

@@ -19,7 +19,7 @@ from ota.errors import OtaError
 from ota.models import ModelVersion, Package
 from ota.packaging.actions import check_packageable, do_build_package
 from ota.rollouts.models import ACTIVE_STATES, Deployment, Rollout, RolloutState
-from ota.rollouts.targeting import check_waves, target_devices, wave_of
+from ota.rollouts.targeting import check_waves, new_wave_seed, target_devices, wave_of
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,12 @@ class RolloutPreview:
 
 
 def preview_rollout(mv: ModelVersion, devices: list[Device], waves: list[float],
-                    rollout_id: int = 0) -> RolloutPreview:
-    """Count devices per wave and per profile, and check the version against each profile."""
+                    wave_seed: int) -> RolloutPreview:
+    """Count devices per wave and per profile, and check the version against each profile.
+
+    ``wave_seed`` is the salt the rollout will hash with (pass it on to
+    :func:`do_create_rollout`), so these per-wave counts are the rollout's.
+    """
     per_profile = Counter(d.hardware_profile.name for d in devices)
     refusals: dict[str, str] = {}
     for profile in {d.hardware_profile for d in devices}:
@@ -44,7 +48,7 @@ def preview_rollout(mv: ModelVersion, devices: list[Device], waves: list[float],
             check_packageable(mv, profile)
         except OtaError as exc:
             refusals[profile.name] = exc.detail
-    per_wave_new = Counter(wave_of(rollout_id, d.uid, waves) for d in devices)
+    per_wave_new = Counter(wave_of(wave_seed, d.uid, waves) for d in devices)
     cumulative, running = [], 0
     for index in range(len(waves)):
         running += per_wave_new.get(index, 0)
@@ -64,13 +68,16 @@ def do_create_rollout(
     devices: list[Device] | None = None,
     base_version: ModelVersion | None = None,
     rollback_of: Rollout | None = None,
+    wave_seed: int | None = None,
     **settings_: Any,
 ) -> Rollout:
     """Create a rollout (draft) after checking the version fits every targeted profile.
 
     Packages are built (or reused) per targeted hardware profile; a delta from
-    ``base_version`` is used where it is smaller.
+    ``base_version`` is used where it is smaller. ``wave_seed``: the one a preview used
+    (a fresh one when None), so the waves are the ones the preview counted.
     """
+    wave_seed = wave_seed if wave_seed is not None else new_wave_seed()
     try:
         waves = check_waves(waves)
     except ValueError as exc:
@@ -82,7 +89,7 @@ def do_create_rollout(
     ).select_related("hardware_profile"))
     if not targets:
         raise OtaError("no_targets", "The target matches no (unrevoked) device.")
-    preview = preview_rollout(model_version, targets, waves)
+    preview = preview_rollout(model_version, targets, waves, wave_seed)
     if preview.refusals:
         text = "; ".join(f"{p}: {why}" for p, why in sorted(preview.refusals.items()))
         raise OtaError("incompatible", f"Refused for {text}", 409, refusals=preview.refusals)
@@ -96,7 +103,7 @@ def do_create_rollout(
         rollout = Rollout.objects.create(
             name=name, model_version=model_version, base_version=base_version, waves=waves,
             target_group=group, target_tags=tags or [], target_profile=profile,
-            rollback_of=rollback_of,
+            rollback_of=rollback_of, wave_seed=wave_seed,
             created_by=actor if actor is not None and actor.is_authenticated else None,
             **settings_,
         )
@@ -150,7 +157,7 @@ def do_start_rollout(rollout: Rollout, *, actor: AbstractBaseUser | None) -> Rol
         if package is None:  # a device of a new profile joined the target after creation
             continue
         rows.append(Deployment(rollout=rollout, device=device, package=package,
-                               wave=wave_of(rollout.pk, device.uid, rollout.waves),
+                               wave=wave_of(rollout.wave_salt, device.uid, rollout.waves),
                                previous_package_id=device.running_package_id))
     Deployment.objects.bulk_create(rows, batch_size=1000)
     now = timezone.now()

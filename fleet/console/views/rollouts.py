@@ -139,7 +139,8 @@ def build_preview(form: RolloutForm) -> Preview:
     """Count the target per wave and per profile, and check the version fits each profile."""
     devices = form.target_devices()
     waves = form.cleaned_data["waves"]
-    result = actions.preview_rollout(form.cleaned_data["model_version"], devices, waves)
+    result = actions.preview_rollout(form.cleaned_data["model_version"], devices, waves,
+                                     form.cleaned_data["wave_seed"])
     previous = 0
     wave_rows = []
     for index, (percent, cumulative) in enumerate(zip(waves, result.per_wave, strict=True)):
@@ -166,7 +167,7 @@ def rollout_create(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return _create_page(request, RolloutForm(initial={"model_version":
                                                           request.GET.get("version")}))
-    form = RolloutForm(request.POST)
+    form = RolloutForm.with_wave_seed(request.POST)
     if not form.is_valid():
         return _create_page(request, form, status=400)
     preview = build_preview(form)
