@@ -18,7 +18,14 @@ from fleet.devices.models import Device, DeviceGroup, HardwareProfile
 from ota.errors import OtaError
 from ota.models import ModelVersion, Package
 from ota.packaging.actions import check_packageable, do_build_package
-from ota.rollouts.models import ACTIVE_STATES, Deployment, Rollout, RolloutState
+from ota.rollouts.health import BEFORE_WINDOW
+from ota.rollouts.models import (
+    ACTIVE_STATES,
+    Deployment,
+    FactoryVersion,
+    Rollout,
+    RolloutState,
+)
 from ota.rollouts.targeting import check_waves, new_wave_seed, target_devices, wave_of
 
 log = logging.getLogger(__name__)
@@ -163,6 +170,8 @@ def do_start_rollout(rollout: Rollout, *, actor: AbstractBaseUser | None) -> Rol
     now = timezone.now()
     rollout.state = RolloutState.RUNNING
     rollout.started_at = rollout.wave_started_at = now
+    # The health gates' baseline when the devices' old version has no telemetry of its own.
+    rollout.baseline_from, rollout.baseline_until = now - BEFORE_WINDOW, now
     rollout.current_wave = 0
     rollout.save()
     record_audit(actor=actor, action="rollout.start", obj=rollout,
@@ -229,14 +238,19 @@ def do_rollback_rollout(rollout: Rollout, *, actor: AbstractBaseUser | None) -> 
     """
     took = Deployment.objects.filter(rollout=rollout, state__in=[
         DeploymentState.CONFIRMED, DeploymentState.INSTALLED, DeploymentState.TRIAL,
-        DeploymentState.VERIFIED]).exclude(previous_package_id=None)
-    previous = Counter(took.values_list("previous_package_id", flat=True)).most_common(1)
+        DeploymentState.VERIFIED])
+    # None or 0: the device ran its factory model (package 0) before this rollout.
+    previous = Counter(p or 0 for p in took.values_list("previous_package_id", flat=True)
+                       ).most_common(1)
     if not previous:
-        raise OtaError("nothing_to_roll_back", "No device took this rollout's version with a "
-                       "known previous version.", 409)
-    old_package = Package.objects.filter(pk=previous[0][0]).first()
-    if old_package is None:
-        raise OtaError("nothing_to_roll_back", "The previous package no longer exists.", 409)
+        raise OtaError("nothing_to_roll_back", "No device took this rollout's version.", 409)
+    if previous[0][0] == 0:
+        old_version = _factory_version(took)
+    else:
+        old_package = Package.objects.filter(pk=previous[0][0]).first()
+        if old_package is None:
+            raise OtaError("nothing_to_roll_back", "The previous package no longer exists.", 409)
+        old_version = old_package.model_version
     devices = list(Device.objects.filter(id__in=took.values("device_id")))
     if Rollout.objects.get(pk=rollout.pk).state in (RolloutState.RUNNING, RolloutState.PAUSED):
         try:
@@ -244,8 +258,43 @@ def do_rollback_rollout(rollout: Rollout, *, actor: AbstractBaseUser | None) -> 
         except OtaError:
             pass  # the controller completed it meanwhile: nothing left to stop
     back = do_create_rollout(
-        actor=actor, name=f"rollback of {rollout.name}", model_version=old_package.model_version,
+        actor=actor, name=f"rollback of {rollout.name}", model_version=old_version,
         waves=[100], devices=devices, rollback_of=rollout,
         offers_per_minute=rollout.offers_per_minute, max_concurrent=rollout.max_concurrent,
     )
     return do_start_rollout(back, actor=actor)
+
+
+def _factory_version(took: Any) -> ModelVersion:
+    """Return the registered factory version of the devices in ``took`` (one for all)."""
+    profiles = set(took.values_list("device__hardware_profile_id", flat=True))
+    versions = {f.hardware_profile_id: f.model_version
+                for f in FactoryVersion.objects.filter(hardware_profile_id__in=profiles)
+                .select_related("model_version")}
+    missing = sorted(HardwareProfile.objects.filter(pk__in=profiles - set(versions))
+                     .values_list("name", flat=True))
+    if missing:
+        raise OtaError("nothing_to_roll_back", "The devices ran their factory model before, and "
+                       f"no factory version is registered for {', '.join(missing)}.", 409)
+    distinct = {v.pk: v for v in versions.values()}
+    if len(distinct) != 1:
+        raise OtaError("nothing_to_roll_back", "The devices' profiles have different factory "
+                       "versions: roll each profile back on its own.", 409)
+    return next(iter(distinct.values()))
+
+
+@transaction.atomic
+def do_register_factory_version(model_version: ModelVersion, profile: HardwareProfile, *,
+                                actor: AbstractBaseUser | None) -> FactoryVersion:
+    """Record ``model_version`` as what ``profile``'s devices leave the factory with.
+
+    A rollback of devices that ran package 0 then ships a fresh package of this version.
+    """
+    check_packageable(model_version, profile)
+    before = FactoryVersion.objects.filter(hardware_profile=profile).first()
+    factory, _ = FactoryVersion.objects.update_or_create(
+        hardware_profile=profile, defaults={"model_version": model_version})
+    record_audit(actor=actor, action="factory_version.register", obj=factory,
+                 before={"model_version": str(before.model_version)} if before else None,
+                 after={"model_version": str(model_version), "profile": profile.name})
+    return factory
