@@ -11,3 +11,7 @@ class OtaConfig(AppConfig):
         from ota.signing.keys import published_public_keys
 
         register_signing_key_source(published_public_keys)
+
+        from ota.jobs.revalidation import connect_profile_signal
+
+        connect_profile_signal()

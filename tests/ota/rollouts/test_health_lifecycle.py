@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (fixtures imported from test_controller are redefined as arguments)
 """Health gates for every fleet: a factory-model fleet is judged, a gate that cannot judge
 times out with a reason, and a registered factory version is a rollback target.
 
