@@ -161,7 +161,7 @@ def _attach_ota(client: object, identity: object, store: object, arena_bytes: in
     agent = OtaAgent(client, updater,  # type: ignore[arg-type]
                      lambda m, spec: run_trial(m, arena_bytes=arena_bytes, spec=spec))
     agent.boot()
-    updater.resume()
+    agent.resume()
     return agent
 
 

@@ -269,7 +269,9 @@ def test_power_cut_at_every_write_always_boots_a_valid_model(tmp_path: Path) -> 
         outcomes["new" if active == new else "old"] += 1
         for leftover in folder.iterdir():
             leftover.unlink()
-    assert outcomes["old"] > 0 and outcomes["new"] >= 0
+    # Every cut here falls before the confirm's write, so the device always comes back on the
+    # old model; test_power_cuts.py cuts through confirm, tears writes and resumes the update.
+    assert outcomes == {"old": 500, "new": 0}
 
 
 def test_disk_stays_bounded(tmp_path: Path) -> None:
