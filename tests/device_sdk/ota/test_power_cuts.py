@@ -40,7 +40,7 @@ class Disk:
         self.rng = rng
         self.synced: dict[str, bytes | None] = {p.name: p.read_bytes()
                                                 for p in folder.iterdir() if p.is_file()}
-        self.durable: set[bytes] = set(v for v in self.synced.values() if v is not None)
+        self.durable: set[bytes] = {v for v in self.synced.values() if v is not None}
         self.torn = self.lost = 0
 
     def fsynced(self, fd: int) -> None:
