@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -14,9 +14,10 @@ from django.utils import timezone
 from device_sdk.protocol.ota_messages import DeploymentState
 from device_sdk.protocol.reasons import Reason
 from fleet.audit.actions import record_audit
+from fleet.devices.capabilities import cannot_take
 from fleet.devices.models import Device, DeviceGroup, HardwareProfile
 from ota.errors import OtaError
-from ota.models import ModelVersion, Package
+from ota.models import ModelVersion, Package, ProfileCompatibility
 from ota.packaging.actions import check_packageable, do_build_package
 from ota.rollouts.health import BEFORE_WINDOW
 from ota.rollouts.models import (
@@ -39,6 +40,9 @@ class RolloutPreview:
     per_wave: list[int]
     per_profile: dict[str, int]
     refusals: dict[str, str]  # profile name -> why the version does not fit
+    # device uid -> why that device cannot take the version (its reported capabilities fall
+    # short of what the model needs on its profile); listed, not refused: the offer would fail
+    device_refusals: dict[str, str] = field(default_factory=dict)
 
 
 def preview_rollout(mv: ModelVersion, devices: list[Device], waves: list[float],
@@ -56,11 +60,21 @@ def preview_rollout(mv: ModelVersion, devices: list[Device], waves: list[float],
         except OtaError as exc:
             refusals[profile.name] = exc.detail
     per_wave_new = Counter(wave_of(wave_seed, d.uid, waves) for d in devices)
+    arena_by_profile = dict(ProfileCompatibility.objects.filter(model_version=mv).values_list(
+        "hardware_profile_id", "arena_bytes_required"))
+    model_ops = list((mv.validation or {}).get("ops") or [])
+    device_refusals = {}
+    for d in devices:
+        why = cannot_take(d.capabilities, ops=model_ops,
+                          arena_bytes=arena_by_profile.get(d.hardware_profile_id),
+                          model_bytes=mv.size_bytes)
+        if why:
+            device_refusals[d.uid] = "; ".join(why)
     cumulative, running = [], 0
     for index in range(len(waves)):
         running += per_wave_new.get(index, 0)
         cumulative.append(running)
-    return RolloutPreview(len(devices), cumulative, dict(per_profile), refusals)
+    return RolloutPreview(len(devices), cumulative, dict(per_profile), refusals, device_refusals)
 
 
 def do_create_rollout(

@@ -129,6 +129,7 @@ class Preview:
     refusals: dict[str, str]
     digest: str
     problems: list[str] = field(default_factory=list)
+    device_refusals: dict[str, str] = field(default_factory=dict)  # uid -> why it cannot
 
     @property
     def ok(self) -> bool:
@@ -150,7 +151,8 @@ def build_preview(form: RolloutForm) -> Preview:
     profiles = [{"name": name, "devices": n, "refusal": result.refusals.get(name)}
                 for name, n in sorted(result.per_profile.items())]
     problems = [] if devices else ["The target matches no device (revoked devices never count)."]
-    return Preview(result.total, wave_rows, profiles, result.refusals, form.digest(), problems)
+    return Preview(result.total, wave_rows, profiles, result.refusals, form.digest(), problems,
+                   result.device_refusals)
 
 
 def _create_page(request: HttpRequest, form: RolloutForm, preview: Preview | None = None,
