@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["capability_issues", "cannot_take"]
+__all__ = ["cannot_take", "capability_issues"]
 
 
 def capability_issues(profile: Any, caps: dict[str, Any] | None) -> list[dict[str, str]]:

@@ -20,8 +20,8 @@ from django.db.models import Q
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.status import LinkState, Status
 from fleet.audit.actions import record_audit
-from fleet.devices.choices import DeviceState
 from fleet.devices.capabilities import capability_issues
+from fleet.devices.choices import DeviceState
 from fleet.devices.models import Device, Gateway
 
 log = logging.getLogger(__name__)
