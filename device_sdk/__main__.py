@@ -73,7 +73,9 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def _telemetry_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=Path, help="the .tflite to run")
+    p.add_argument("--model", required=True, type=Path,
+                   help="the factory .tflite (run: fills the slots on first start; then the "
+                   "device runs its active slot)")
     p.add_argument("--rate", type=float, default=1.0, help="inferences per second (per device)")
     p.add_argument("--batch", type=int, default=32, help="events per batch")
     p.add_argument("--batch-age", type=float, default=30.0, help="seconds a batch may stay open")
@@ -116,14 +118,14 @@ def _run(args: argparse.Namespace) -> int:
                            latency_scale=args.latency_scale)
         return SensorStream(loaded, mix=args.mix)
 
-    factory = TflmModel(store.read_active(), arena_bytes=args.arena_bytes)
+    active = TflmModel(store.read_active(), arena_bytes=args.arena_bytes)
     client = DeviceClient(
-        identity, state_dir=args.state_dir, capabilities=host_capabilities(factory),
+        identity, state_dir=args.state_dir, capabilities=host_capabilities(active),
         model=store.meta.package, manifest_seq=store.meta.sequence,
         broker_url=args.broker_url, batch_events=args.batch, batch_age_s=args.batch_age,
-        summary_window_s=args.summary_window, num_labels=factory.num_classes,
+        summary_window_s=args.summary_window, num_labels=active.num_classes,
     )
-    agent = _attach_ota(client, identity, store, factory.arena_bytes)
+    agent = _attach_ota(client, identity, store, active.arena_bytes)
     running = ActiveSlotModel(store, client, load)  # after boot(): a revert is already done
     agent.on_installed = running.installed
     client.start()

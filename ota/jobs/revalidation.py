@@ -81,8 +81,14 @@ def _profile_saved(sender: type, instance: HardwareProfile, raw: bool = False,
     if raw:  # loading fixtures
         return
     profile_id = instance.pk
-    transaction.on_commit(lambda: do_request_revalidation(
-        actor=None, profile=HardwareProfile.objects.filter(pk=profile_id).first()))
+
+    def queue() -> None:
+        if not ModelVersion.objects.filter(status__in=REVALIDATED_STATES).exists():
+            return  # nothing was ever validated: nothing to renew
+        do_request_revalidation(
+            actor=None, profile=HardwareProfile.objects.filter(pk=profile_id).first())
+
+    transaction.on_commit(queue)
 
 
 def connect_profile_signal() -> None:
