@@ -86,3 +86,19 @@ def test_the_console_device_page_shows_the_contradiction(
     page = client.get(f"/console/devices/{Device.objects.get().uid}/").content.decode()
     assert 'id="capability-issues"' in page and 'data-issue="slot_smaller"' in page
     assert "model slot 4096 bytes, stm32f746 promises 393216" in page
+
+
+def test_the_devices_api_filters_flagged_devices(
+    enroll_body: dict[str, Any], hardware_profile: HardwareProfile, admin_client: APIClient,
+    enrollment_token_factory: Any,
+) -> None:
+    from tests.conftest import make_public_key_pem
+
+    post_enroll({**enroll_body, "capabilities": fitting(hardware_profile), "uid": "dev-fit"})
+    post_enroll({**enroll_body, "token": enrollment_token_factory(),
+                 "public_key": make_public_key_pem(), "uid": "dev-short",
+                 "capabilities": {**fitting(hardware_profile), "arena_bytes": 1024}})
+    flagged = admin_client.get("/api/v1/devices/?capability_issues=true").json()["results"]
+    clean = admin_client.get("/api/v1/devices/?capability_issues=false").json()["results"]
+    assert [d["uid"] for d in flagged] == ["dev-short"]
+    assert [d["uid"] for d in clean] == ["dev-fit"]
