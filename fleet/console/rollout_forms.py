@@ -72,6 +72,10 @@ class RolloutForm(forms.Form):
         help_text="Total variation distance of the label mix.")
     max_latency_rise = _pct("Latency rise (%)", None, "Mean inference latency.", high=10_000)
     max_rate_drop = _pct("Event rate drop (%)", None, "Events per second.")
+    health_timeout_min = forms.FloatField(
+        label="Judge within (minutes)", required=False, min_value=1, max_value=7 * 24 * 60,
+        help_text="A gate that cannot judge this long after a wave succeeded pauses the "
+                  "rollout (default 60).")
     offers_per_minute = forms.IntegerField(initial=600, min_value=1, max_value=1_000_000,
                                            label="Offers per minute")
     jitter_s = forms.FloatField(initial=0, min_value=0, max_value=86_400, label="Jitter (s)",
@@ -95,7 +99,7 @@ class RolloutForm(forms.Form):
         ("Target", ("group", "tags", "hardware_profile", "devices")),
         ("Waves", ("waves", "success_pct", "failure_pct", "soak_min")),
         ("Health gates", ("max_confidence_drop", "max_label_shift", "max_latency_rise",
-                          "max_rate_drop")),
+                          "max_rate_drop", "health_timeout_min")),
         ("Pacing", ("offers_per_minute", "jitter_s", "max_concurrent", "window_start_hour",
                     "window_end_hour")),
     )
@@ -184,6 +188,7 @@ class RolloutForm(forms.Form):
             "max_label_shift": d["max_label_shift"],
             "max_latency_rise": share(d["max_latency_rise"]),
             "max_rate_drop": share(d["max_rate_drop"]),
+            "health_timeout_s": round((d.get("health_timeout_min") or 60) * 60),
             "offers_per_minute": d["offers_per_minute"],
             "jitter_s": d["jitter_s"],
             "max_concurrent": d["max_concurrent"],

@@ -230,6 +230,7 @@ def test_create_after_preview_starts_the_rollout(client_for: Clients, fleet: Any
     assert response.status_code == 302
     assert response.headers["Location"] == f"/console/rollouts/{rollout.pk}/"
     assert rollout.state == RolloutState.RUNNING and rollout.waves == [50.0, 100.0]
+    assert rollout.health_timeout_s == 3600  # the form's default: judge within an hour
     assert rollout.model_version == fleet.v2 and rollout.target_group == fleet.lab
     assert rollout.target_profile == fleet.profile
     assert Deployment.objects.filter(rollout=rollout).count() == 2
