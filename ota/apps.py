@@ -20,3 +20,7 @@ class OtaConfig(AppConfig):
 
         register_outputs_measurer("cmsis-nn", QemuOutputsMeasurer(
             probe_dir=settings.ADMISSION_PROBE_DIR))
+
+        from ota.jobs.revalidation import connect_profile_signal
+
+        connect_profile_signal()

@@ -90,6 +90,9 @@ tml_status_t tml_device_init(tml_device_t *d, const tml_device_config_t *cfg, tm
         return TML_ERR_FLASH;
     }
     rebuild_keyring(d);
+    if (tml_slots_seq_floor(&d->slots) > 0) { /* seqs below the floor may have been sent */
+        d->last_seq = tml_slots_seq_floor(&d->slots) - 1;
+    }
     if (!load_slot(d, run) && run != TML_SLOT_NONE && run == d->slots.meta.trial) {
         /* The trial model does not load: revert now rather than at the next restart. */
         uint32_t pkg = d->slots.meta.slot[run].package_id;
@@ -429,6 +432,9 @@ static void send_due(tml_device_t *d, uint32_t now)
         send_status(d, now);
     } else if (batch_due(d, now)) {
         uint64_t seq = d->events[0].t_ms > d->last_seq ? d->events[0].t_ms : d->last_seq + 1;
+        if (tml_slots_reserve_seq(&d->slots, seq, TML_SEQ_RESERVE_MS) != TML_OK) {
+            return; /* not persisted: sending it could reuse it after a reboot; retry later */
+        }
         st = tml_events_encode_batch(seq, d->batch_model, d->events, d->event_count, p, cap,
                                      &len);
         d->last_seq = seq;

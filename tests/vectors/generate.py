@@ -815,6 +815,61 @@ def enroll_vectors() -> list[dict[str, Any]]:
 # -- everything ----------------------------------------------------------------------------------
 
 
+# Anti-rollback scenarios: operations on one device's slots, the floor after each, and whether
+# an offer of that sequence passes the floor. The reference is the SDK's SlotStore; the C
+# firmware (tml_slots) must give the same floors (firmware/tests/test_rollback.c).
+ROLLBACK_SCENARIOS: dict[str, list[str]] = {
+    "confirm_raises_the_floor": ["offer 5", "install 5", "offer 5", "confirm", "offer 5",
+                                 "offer 6", "install 6", "confirm", "offer 4", "offer 7"],
+    "install_alone_does_not": ["install 9", "offer 9", "offer 3", "confirm", "offer 9"],
+    "failed_trial_keeps_the_floor": ["install 2", "confirm", "install 5", "fail", "offer 5",
+                                     "offer 3", "install 5", "confirm", "offer 5", "offer 6"],
+    "reboot_in_trial_reverts_and_keeps_the_floor": ["install 4", "confirm", "install 8",
+                                                    "reboot", "offer 8", "install 8", "reboot",
+                                                    "offer 8", "install 8", "confirm",
+                                                    "reboot", "offer 8", "offer 9"],
+    "a_lower_confirmed_sequence_never_lowers_it": ["install 10", "confirm", "install 7",
+                                                   "confirm", "offer 8", "offer 11"],
+}
+NOT_AN_OFFER = 2
+
+
+def rollback_vectors() -> list[dict[str, Any]]:
+    """Run each scenario on the SDK's A/B slot store; record the floor after every step."""
+    import tempfile
+
+    from device_sdk.ota.slots import SlotStore
+
+    out: list[dict[str, Any]] = []
+    for name, ops in ROLLBACK_SCENARIOS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            store = SlotStore(Path(tmp), durable=False)
+            store.install_factory(b"factory", package=0)
+            floors, accepts = [], []
+            for op in ops:
+                verb, _, arg = op.partition(" ")
+                accept = NOT_AN_OFFER
+                if verb == "offer":
+                    accept = int(int(arg) > store.meta.sequence)  # verify_manifest's rule
+                elif verb == "install":
+                    model = b"model %d" % int(arg)
+                    store.slot_path(store.inactive).write_bytes(model)
+                    store.activate_for_trial(int(arg), int(arg), sha(model).hex(), len(model))
+                elif verb == "confirm":
+                    store.confirm()
+                elif verb == "fail":
+                    store.revert()
+                elif verb == "reboot":
+                    store = SlotStore(Path(tmp), durable=False)
+                    store.boot()
+                else:
+                    raise ValueError(op)
+                floors.append(store.meta.sequence)
+                accepts.append(accept)
+        out.append({"name": name, "ops": ",".join(ops), "floors": floors, "accepts": accepts})
+    return out
+
+
 def generate(out_dir: Path) -> None:
     """Write every vector file into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -849,6 +904,12 @@ def generate(out_dir: Path) -> None:
               "Updates judged by golden-input trials (manifest key 15) on the test source\n"
               "runner (firmware/src/runner_test_source.c); same format as ota.vec.",
               trial_vectors(out_dir))
+    write_vec(out_dir, "rollback.vec",
+              "Anti-rollback: the floor rises at confirm, never at install; a failed or\n"
+              "interrupted trial keeps it (device_sdk/protocol/ANTI_ROLLBACK.md). ops: install N\n"
+              "(model of sequence N on trial), confirm, fail (trial failed: revert), reboot,\n"
+              "offer N; floors: the floor after each op; accepts: 1/0 for an offer (N > floor),\n"
+              f"{NOT_AN_OFFER} for other ops.", rollback_vectors())
 
 
 if __name__ == "__main__":
