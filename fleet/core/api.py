@@ -67,3 +67,15 @@ def client_address(request: Any) -> str | None:
     from fleet.core.throttling import client_ip
 
     return client_ip(request) or None
+
+
+def not_found(request: Any, exception: Exception | None = None) -> Any:
+    """Django's 404 for paths no route matches: under ``/api/`` the API's error shape (an id
+    that cannot be in a URL, such as one with a slash, answers as an unknown id does); HTML
+    elsewhere."""
+    from django.http import JsonResponse
+    from django.views.defaults import page_not_found
+
+    if request.path.startswith("/api/"):
+        return JsonResponse({"reason": "not_found", "detail": "Not found."}, status=404)
+    return page_not_found(request, exception)

@@ -58,3 +58,70 @@ class DeadLetterSerializer(serializers.ModelSerializer):
 
     def get_payload_hex(self, obj: DeadLetter) -> str:
         return bytes(obj.payload)[:256].hex()
+
+
+# Outputs (documentation of the responses in the OpenAPI schema; the views return the query
+# functions' dicts as they are).
+
+class SeriesPointSerializer(serializers.Serializer):
+    t = serializers.DateTimeField()
+    events = serializers.IntegerField()
+    events_per_s = serializers.FloatField()
+    mean_score = serializers.FloatField(allow_null=True)
+    mean_latency_ms = serializers.FloatField(allow_null=True)
+
+
+class SeriesSerializer(serializers.Serializer):
+    bucket_s = serializers.IntegerField()
+    points = SeriesPointSerializer(many=True)
+
+
+class LabelShareSerializer(serializers.Serializer):
+    label = serializers.IntegerField()
+    count = serializers.IntegerField()
+    share = serializers.FloatField()
+    mean_score = serializers.FloatField(allow_null=True)
+
+
+class LabelsSerializer(serializers.Serializer):
+    labels = LabelShareSerializer(many=True)
+
+
+class LatencyHistogramSerializer(serializers.Serializer):
+    le_1ms = serializers.IntegerField()
+    le_5ms = serializers.IntegerField()
+    le_20ms = serializers.IntegerField()
+    le_100ms = serializers.IntegerField()
+    gt_100ms = serializers.IntegerField()
+
+
+class SummarySerializer(serializers.Serializer):
+    events = serializers.IntegerField()
+    devices = serializers.IntegerField()
+    events_per_s = serializers.FloatField()
+    mean_score = serializers.FloatField(allow_null=True)
+    mean_latency_ms = serializers.FloatField(allow_null=True)
+    latency_histogram = LatencyHistogramSerializer()
+
+
+class CompareSideSerializer(SummarySerializer):
+    model_version = serializers.IntegerField()
+    labels = LabelShareSerializer(many=True)
+
+
+class DriftSerializer(serializers.Serializer):
+    total_variation = serializers.FloatField()
+    psi = serializers.FloatField()
+
+
+class CompareDeltaSerializer(serializers.Serializer):
+    mean_score = serializers.FloatField(allow_null=True)
+    mean_latency_ms = serializers.FloatField(allow_null=True)
+    events_per_s = serializers.FloatField()
+
+
+class CompareSerializer(serializers.Serializer):
+    a = CompareSideSerializer()
+    b = CompareSideSerializer()
+    drift = DriftSerializer()
+    delta = CompareDeltaSerializer()
