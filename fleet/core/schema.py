@@ -11,7 +11,8 @@ declares, so no view lists them by hand:
   scope, and the refusals of the public enrollment actions);
 - 404: the path names an object;
 - 409: a write (actions refuse conflicting state: ``in_use``, ``incompatible``, ...);
-- 413: an upload (multipart body) or a view with a body-size limit (``max_body_errors``);
+- 413: a write with a body (over ``DATA_UPLOAD_MAX_MEMORY_SIZE``, an upload's or a view's own
+  limit);
 - 429: the view is rate-limited (``throttle_classes``);
 - 503: a write that must reach the broker (``broker_errors``: the broker is unavailable).
 
@@ -69,11 +70,8 @@ class FleetAutoSchema(AutoSchema):
             codes.add(409)
             if action in getattr(view, "broker_errors", ()):
                 codes.add(503)
-        body = operation.get("requestBody", {}).get("content", {})
-        if "multipart/form-data" in body and self.method in _WRITES:
-            codes.add(413)
-        if action in getattr(view, "max_body_errors", ()):
-            codes.add(413)
+        if "requestBody" in operation and self.method in _WRITES:
+            codes.add(413)  # over DATA_UPLOAD_MAX_MEMORY_SIZE, or a view's own limit
         throttles = getattr(view, "throttle_classes", None)
         if throttles is None:
             throttles = api_settings.DEFAULT_THROTTLE_CLASSES

@@ -102,6 +102,23 @@ def test_every_operation_documents_the_error_shape(client: Any) -> None:
     assert {"413", "429"} <= set(enroll)
     upload = schema["paths"]["/api/v1/model-versions/"]["post"]["responses"]
     assert "413" in upload
+    revoke = schema["paths"]["/api/v1/devices/{uid}/revoke/"]["post"]["responses"]
+    assert {"400", "401", "403", "404", "409", "503"} <= set(revoke)
+    assert "429" not in revoke  # not rate-limited
+    listing = schema["paths"]["/api/v1/devices/"]["get"]["responses"]
+    assert set(listing) == {"200", "400", "401", "403"}
+
+
+@pytest.mark.django_db
+def test_a_body_over_django_s_limit_is_413_in_the_error_shape(admin_client: Any) -> None:
+    """Django's DATA_UPLOAD_MAX_MEMORY_SIZE met while DRF parses: 413 as documented, not
+    Django's HTML 400."""
+    from django.conf import settings
+
+    body = {"name": "lab", "description": "x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)}
+    answer = admin_client.post("/api/v1/groups/", body, format="json")
+    assert answer.status_code == 413
+    assert answer.json()["reason"] == "payload_too_large"
 
 
 def test_unmatched_api_paths_answer_in_the_error_shape(client: Any) -> None:
