@@ -18,10 +18,14 @@ of ``heatshrink_decoder.h``); detools from ``sizeof(struct detools_apply_patch_t
 Cortex-M4 with arm-none-eabi-gcc (``DETOOLS_C_DIR``: a checkout's ``c/`` folder; else the
 figure measured that way for detools 0.53.0, see ``DETOOLS_STATE_BYTES``).
 
-Decode speed is measured on the host (x86-64), not on a Cortex-M: ours is the pure-Python
-reference decoder, heatshrink and detools run their C code through their Python bindings, so
-those figures compare implementations, not formats. Every transfer is decoded and compared
-with the model before a figure is printed.
+Decode cost on a Cortex-M4: each C decoder (ours: firmware/src/lz.c and delta.c; heatshrink's
+and detools' own C sources) decodes the transfer in QEMU's mps2-an386 under the firmware's
+instruction-counting plugin (bench/codecs_m4/): instructions per model byte (QEMU models no
+cycles). Needs arm-none-eabi-gcc, qemu-system-arm and ``DETOOLS_C_DIR`` (a detools checkout's
+``c/``, which also holds the heatshrink decoder); without them those figures are skipped with
+a note on stderr. Host decode speed is printed too, and labelled as such: ours there is the
+pure-Python reference decoder, heatshrink and detools their C code through Python bindings.
+Every transfer is decoded and compared with the model before a figure is printed.
 
 Prints JSON lines ``{"metric", "value", "unit", "baseline", "ratio"}``; the baseline of a byte
 figure is ours (ratio > 1: theirs is larger).
@@ -120,8 +124,36 @@ def detools_apply(base: bytes, patch: bytes) -> bytes:
     return out.getvalue()
 
 
-def measure_case(name: str, target: bytes, base: bytes | None, rows: list[dict[str, Any]]
-                 ) -> None:
+class CortexM4:
+    """Decode instructions on QEMU's Cortex-M4 (bench/codecs_m4/), when the tools are here."""
+
+    def __init__(self, workdir: Path) -> None:
+        from codecs_m4 import build
+
+        self.build = build
+        self.workdir = workdir
+        source = os.environ.get("DETOOLS_C_DIR")
+        missing = build.missing_tools() + ([] if source else ["DETOOLS_C_DIR"])
+        self.detools = Path(source) if source else None
+        self.enabled = not missing
+        if missing:
+            print(f"Cortex-M4 decode figures skipped: missing {', '.join(missing)}",
+                  file=sys.stderr)
+        else:
+            self.plugin = build.plugin(workdir)
+
+    def per_byte(self, codec: str, transfer: bytes, model: bytes, base: bytes,
+                 heatshrink_params: tuple[int, int] = (8, 4)) -> float:
+        """Return the decode's instructions per model byte."""
+        assert self.detools is not None
+        elf = self.build.build(self.workdir, codec, transfer, model, base,
+                               heatshrink_src=self.detools / "heatshrink",
+                               heatshrink_params=heatshrink_params, detools_src=self.detools)
+        return round(self.build.decode_instructions(elf, self.plugin) / len(model), 1)
+
+
+def measure_case(name: str, target: bytes, base: bytes | None, rows: list[dict[str, Any]],
+                 m4: CortexM4) -> None:
     """Append the figures of one model pair to ``rows``."""
     import heatshrink2
 
@@ -142,6 +174,11 @@ def measure_case(name: str, target: bytes, base: bytes | None, rows: list[dict[s
     add("ours_decoder_state_bytes", peak, "bytes", 4096)
     add("ours_decode_mb_per_s_host_python", round(len(target) / ours_seconds / 1e6, 3),
         "MB/s", round(len(target) / ours_seconds / 1e6, 3))
+    ours_m4 = 0.0
+    if m4.enabled:
+        codec = "ours_lz" if base is None else "ours_delta"
+        ours_m4 = m4.per_byte(codec, ours, target, base or b"")
+        add("ours_m4_instructions_per_byte", ours_m4, "instructions/B", ours_m4)
 
     for window in HEATSHRINK_WINDOWS:
         packed = heatshrink2.compress(target, window_sz2=window,
@@ -154,6 +191,10 @@ def measure_case(name: str, target: bytes, base: bytes | None, rows: list[dict[s
             "bytes", peak)
         add(f"heatshrink_w{window}_decode_mb_per_s_host_c", round(len(target) / seconds / 1e6, 2),
             "MB/s", round(len(target) / ours_seconds / 1e6, 3))
+        if m4.enabled and window in (8, 11):
+            add(f"heatshrink_w{window}_m4_instructions_per_byte",
+                m4.per_byte("heatshrink", packed, target, b"", (window, HEATSHRINK_LOOKAHEAD)),
+                "instructions/B", ours_m4)
 
     for compression in ("heatshrink", "crle", "lzma"):
         patch = detools_patch(base or b"", target, compression)
@@ -162,6 +203,9 @@ def measure_case(name: str, target: bytes, base: bytes | None, rows: list[dict[s
         add(f"detools_{compression}_bytes", len(patch), "bytes", len(chosen))
         add(f"detools_{compression}_decode_mb_per_s_host_c", round(len(target) / seconds / 1e6, 2),
             "MB/s", round(len(target) / ours_seconds / 1e6, 3))
+        if m4.enabled and compression != "lzma":  # its C library's LZMA is liblzma: not built
+            add(f"detools_{compression}_m4_instructions_per_byte",
+                m4.per_byte("detools", patch, target, base or b""), "instructions/B", ours_m4)
 
 
 def main() -> None:
@@ -171,9 +215,11 @@ def main() -> None:
     args = parser.parse_args()
     base, head, retrained = make_models(args.quick)
     rows: list[dict[str, Any]] = []
-    measure_case("first_install", base, None, rows)
-    measure_case("head_finetune", head, base, rows)
-    measure_case("full_retrain", retrained, base, rows)
+    with tempfile.TemporaryDirectory(prefix="fleet-bench-codecs-") as tmp:
+        m4 = CortexM4(Path(tmp))
+        measure_case("first_install", base, None, rows, m4)
+        measure_case("head_finetune", head, base, rows, m4)
+        measure_case("full_retrain", retrained, base, rows, m4)
     state, how = detools_state_bytes()
     if state:
         rows.append(figure(f"detools_decoder_state_bytes_{how}", state, "bytes", 4096))
