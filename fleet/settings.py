@@ -207,6 +207,7 @@ REST_FRAMEWORK = {
         "rest_framework.filters.OrderingFilter",
     ],
     "DEFAULT_PAGINATION_CLASS": "fleet.core.pagination.BoundedLimitOffsetPagination",
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "fleet.core.api.QueryFormatNegotiation",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "fleet.core.schema.FleetAutoSchema",
     "DEFAULT_THROTTLE_RATES": {

@@ -10,7 +10,9 @@ from typing import Any
 
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from rest_framework import exceptions, status
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
@@ -36,6 +38,20 @@ _DEFAULT_REASONS = {
     415: "unsupported_media_type",
     429: "throttled",
 }
+
+
+class QueryFormatNegotiation(DefaultContentNegotiation):
+    """DRF's content negotiation, with an unknown ``?format=`` answered as the bad query value
+    it is (400 ``unknown_format``, documented) instead of DRF's 404."""
+
+    def select_renderer(self, request: Any, renderers: list[Any],
+                        format_suffix: str | None = None) -> Any:
+        param = api_settings.URL_FORMAT_OVERRIDE
+        asked = request.query_params.get(param) if param and not format_suffix else None
+        if asked and not any(renderer.format == asked for renderer in renderers):
+            known = ", ".join(sorted({r.format for r in renderers}))
+            raise ApiError("unknown_format", f"?{param}= takes one of: {known}.")
+        return super().select_renderer(request, renderers, format_suffix)
 
 
 def refused_response(exc: Refused) -> Response:

@@ -10,6 +10,7 @@ from fleet.telemetry.models import DeadLetter
 from fleet.telemetry.queries import TelemetryFilter, default_range
 
 MAX_RANGE = timedelta(days=400)
+MAX_ID = 2**63 - 1  # ids are 64-bit: a larger number reached the database and failed (a 500)
 
 
 class TelemetryQuerySerializer(serializers.Serializer):
@@ -19,7 +20,8 @@ class TelemetryQuerySerializer(serializers.Serializer):
     group = serializers.CharField(required=False, max_length=64)
     hardware_profile = serializers.CharField(required=False, max_length=64)
     tag = serializers.CharField(required=False, max_length=64)
-    model_version = serializers.ListField(child=serializers.IntegerField(min_value=0),
+    model_version = serializers.ListField(child=serializers.IntegerField(min_value=0,
+                                                                         max_value=MAX_ID),
                                           required=False, max_length=50)
     bucket = serializers.ChoiceField(choices=[60, 300, 900, 3600, 86400], default=60,
                                      required=False, help_text="seconds per point (series)")
@@ -44,8 +46,10 @@ class TelemetryQuerySerializer(serializers.Serializer):
 
 
 class CompareQuerySerializer(TelemetryQuerySerializer):
-    a = serializers.IntegerField(min_value=0, help_text="model version id (the old one)")
-    b = serializers.IntegerField(min_value=0, help_text="model version id (the new one)")
+    a = serializers.IntegerField(min_value=0, max_value=MAX_ID,
+                                 help_text="model version id (the old one)")
+    b = serializers.IntegerField(min_value=0, max_value=MAX_ID,
+                                 help_text="model version id (the new one)")
 
 
 class DeadLetterSerializer(serializers.ModelSerializer):

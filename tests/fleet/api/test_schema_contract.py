@@ -121,6 +121,22 @@ def test_a_body_over_django_s_limit_is_413_in_the_error_shape(admin_client: Any)
     assert answer.json()["reason"] == "payload_too_large"
 
 
+@pytest.mark.django_db
+def test_found_by_schemathesis_huge_ids_and_unknown_formats_are_400(admin_client: Any) -> None:
+    """A model version id past 64 bits reached the database (500); ``?format=`` with no such
+    renderer was DRF's undocumented 404. Both are bad query values: 400 in the error shape."""
+    huge = "159375641940197233393664"
+    for query in ({"a": huge, "b": "1"}, {"a": "1", "b": "2", "model_version": huge}):
+        answer = admin_client.get("/api/v1/telemetry/compare/", query)
+        assert answer.status_code == 400, answer.content
+        assert answer.json()["reason"] == "invalid"
+    answer = admin_client.get("/api/v1/telemetry/series/", {"format": "AAA"})
+    assert answer.status_code == 400
+    assert answer.json()["reason"] == "unknown_format"
+    assert admin_client.get("/api/v1/telemetry/series/", {"format": "csv"}).status_code == 200
+    assert admin_client.get("/api/v1/devices/", {"format": "json"}).status_code == 200
+
+
 def test_unmatched_api_paths_answer_in_the_error_shape(client: Any) -> None:
     answer = client.get("/api/v1/devices/a/b/c/")
     assert answer.status_code == 404
