@@ -137,6 +137,22 @@ def test_found_by_schemathesis_huge_ids_and_unknown_formats_are_400(admin_client
     assert admin_client.get("/api/v1/devices/", {"format": "json"}).status_code == 200
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("value", ["0083-02-01T20:20:53+19:24", "0001-01-01T00:00:00+05:00",
+                                   "9999-12-31T23:59:59-05:00", "2026-12-06T10:00:00-15:59"])
+def test_found_by_schemathesis_odd_time_zone_offsets_never_give_a_5xx(
+        admin_client: Any, value: str) -> None:
+    """PostgreSQL refused an offset of +19:24 in a date-time filter (500); near year 1 or 9999
+    the conversion to UTC overflows. Filters pass UTC to the database, or answer 400."""
+    for path, names in (("/api/v1/audit-log/", ("since", "until")),
+                        ("/api/v1/devices/", ("last_seen_after", "last_seen_before"))):
+        for name in names:
+            answer = admin_client.get(path, {name: value})
+            assert answer.status_code in (200, 400), (path, name, answer.content)
+            if answer.status_code == 400:
+                assert answer.json()["reason"] == "invalid"
+
+
 def test_unmatched_api_paths_answer_in_the_error_shape(client: Any) -> None:
     answer = client.get("/api/v1/devices/a/b/c/")
     assert answer.status_code == 404
