@@ -211,8 +211,9 @@ REST_FRAMEWORK = {
         "rest_framework.filters.OrderingFilter",
     ],
     "DEFAULT_PAGINATION_CLASS": "fleet.core.pagination.BoundedLimitOffsetPagination",
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "fleet.core.api.QueryFormatNegotiation",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "fleet.core.schema.FleetAutoSchema",
     "DEFAULT_THROTTLE_RATES": {
         "enroll": os.environ.get("ENROLL_RATE", "30/min"),
         "enroll_challenge": os.environ.get("ENROLL_CHALLENGE_RATE", "60/min"),

@@ -119,7 +119,8 @@ class PackageSerializer(serializers.ModelSerializer):
 
 
 class SigningKeySerializer(serializers.ModelSerializer):
-    introduced_by = serializers.SlugRelatedField(slug_field="kid", read_only=True)
+    introduced_by = serializers.SlugRelatedField(slug_field="kid", read_only=True,
+                                                 allow_null=True)  # null: the first key
     rotation_record = serializers.SerializerMethodField()
 
     class Meta:
