@@ -136,7 +136,8 @@ class SigningKeySerializer(serializers.ModelSerializer):
 class RevalidationJobSerializer(serializers.ModelSerializer):
     """A re-validation of every version (or one) after a hardware profile changed."""
 
-    hardware_profile = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    hardware_profile = serializers.SlugRelatedField(slug_field="name", read_only=True,
+                                                    allow_null=True)
     progress = serializers.FloatField(read_only=True)
 
     class Meta:
