@@ -234,11 +234,19 @@ class Poller(threading.Thread):
         self.batches = 0
 
     def run(self) -> None:
-        conn = self.db.connect()
+        conn = None
         while not self.stop.is_set():
-            rows = conn.execute(
-                "SELECT id, (extract(epoch FROM t0) * 1000)::bigint FROM"
-                " telemetry_ingestedbatch WHERE id > %s ORDER BY id", [self.last_id]).fetchall()
+            try:  # a dead poller would freeze the figures: reconnect and go on
+                conn = conn or self.db.connect()
+                rows = conn.execute(
+                    "SELECT id, (extract(epoch FROM t0) * 1000)::bigint FROM"
+                    " telemetry_ingestedbatch WHERE id > %s ORDER BY id",
+                    [self.last_id]).fetchall()
+            except Exception as exc:  # noqa: BLE001
+                log(f"poller: {exc!r}; reconnecting")
+                conn = None
+                time.sleep(0.5)
+                continue
             seen_ms = time.time() * 1000
             if rows:
                 self.last_id = rows[-1][0]
@@ -246,7 +254,8 @@ class Poller(threading.Thread):
                 self.latencies_ms += [seen_ms - t0 for _, t0 in rows]
                 self.timeline.append((time.monotonic(), self.batches))
             time.sleep(0.01)
-        conn.close()
+        if conn is not None:
+            conn.close()
 
 
 def fill_old_days(db: Database, rows_per_day: int) -> list[str]:
@@ -386,7 +395,12 @@ def main() -> None:
         want = warm + messages
         deadline = time.monotonic() + 600
         while poller.batches < want and time.monotonic() < deadline:
-            time.sleep(0.05)
+            if db.scalar("SELECT count(*) FROM telemetry_ingestedbatch") >= want:
+                time.sleep(0.2)  # let the poller see the last ones
+                break
+            time.sleep(0.5)
+        log(f"stored {db.scalar('SELECT count(*) FROM telemetry_ingestedbatch') - warm} of "
+            f"{messages} timed batches; the poller saw {poller.batches - warm}")
         elapsed = (poller.timeline[-1][0] if poller.timeline else time.monotonic()) - started
         poller.stop.set()
         poller.join()
