@@ -29,6 +29,7 @@ SQLite keeps one plain table; every function here is a no-op there.
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
 from dataclasses import dataclass
@@ -45,8 +46,10 @@ LEGACY = "telemetry_event_legacy"
 DAY_PREFIX = "telemetry_event_p"
 COLUMNS = "id, device_id, model_version_id, seq, ts, label, score, latency_100us"
 DAYS_AHEAD = 3  # partitions made ahead: a worker that is down for 3 days still finds its day
-LOCK_TIMEOUT_MS = 2000
-LOCK_RETRIES = 10
+# While a DROP waits for its lock, ingest's COPY queues behind it: each attempt may stall
+# ingest this long, so keep it short and try often (measured: bench/soak.py).
+LOCK_TIMEOUT_MS = 300
+LOCK_RETRIES = 50
 _DAY_NAME = re.compile(r"^telemetry_event_p(\d{8})$")
 
 
@@ -133,7 +136,7 @@ def _with_lock_retries(statements: list[tuple[str, list[object]]], what: str) ->
                 raise
             log.info("%s: lock not granted within %d ms (try %d), retrying", what,
                      LOCK_TIMEOUT_MS, attempt + 1)
-            time.sleep(0.2 * (attempt + 1))
+            time.sleep(min(0.1 * (attempt + 1), 2.0) * random.uniform(0.5, 1.5))
 
 
 def create_day(day: date) -> bool:

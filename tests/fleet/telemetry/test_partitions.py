@@ -1,6 +1,7 @@
 """Raw events partitioned by day on PostgreSQL: made ahead, rows never stranded, whole days
 dropped by retention, an existing table converted without copying (migration 0007)."""
 
+import time
 from datetime import UTC, date, datetime, timedelta
 from io import StringIO
 
@@ -131,3 +132,33 @@ def test_migration_attaches_the_existing_table_without_copying_and_numbers_on() 
     out = StringIO()
     call_command("prune_telemetry", "--days", "25", stdout=out)  # legacy: row by row
     assert sorted(Event.objects.values_list("seq", flat=True)) == [1, 2, 6, 7]
+
+
+@pytest.mark.django_db(transaction=True)  # the reader must see the committed partition
+def test_drop_waits_for_a_long_reader_in_short_tries(caplog: pytest.LogCaptureFixture) -> None:
+    """A reader holding the table makes the DROP give up its place in the lock queue every
+    LOCK_TIMEOUT_MS (so ingest is never held longer than that) and try again until it can."""
+    import threading
+
+    import psycopg
+
+    day = date(2035, 1, 1)  # after any legacy partition of an earlier test
+    partitions.create_day(day)
+    s = connection.settings_dict
+    reader = psycopg.connect(host=s["HOST"] or "127.0.0.1", port=s["PORT"] or 5432,
+                             user=s["USER"], password=s["PASSWORD"] or None, dbname=s["NAME"])
+    reader.execute("LOCK TABLE telemetry_event IN ACCESS SHARE MODE")  # a transaction, open
+    timer = threading.Timer(1.0, reader.commit)
+    timer.start()
+    try:
+        with caplog.at_level("INFO", logger="fleet.telemetry.partitions"):
+            started = time.monotonic()
+            partitions._with_lock_retries(
+                [(f"DROP TABLE {partitions.day_name(day)}", [])], "drop")
+            waited = time.monotonic() - started
+    finally:
+        timer.join()
+        reader.close()
+    assert partitions.day_name(day) not in {p.name for p in partitions.partitions()}
+    assert "lock not granted" in caplog.text
+    assert waited >= 0.9
