@@ -245,3 +245,21 @@ def test_revocation_cuts_the_live_connection_and_refuses_the_certificate(
     finally:
         device.close()
         bystander.close()
+
+
+def test_settings_select_the_x509_backend(tmp_path: Path) -> None:
+    from django.test import override_settings
+
+    from fleet.broker.configured import broker_access, reset_broker_access
+
+    reset_broker_access()
+    try:
+        with override_settings(BROKER_ACCESS="x509", BROKER_X509_DIR=tmp_path / "pki",
+                               BROKER_PID_FILE=tmp_path / "mosquitto.pid",
+                               MQTT_URL="mqtt://127.0.0.1:1", MQTT_ADMIN_PASSWORD="pw"):
+            access = broker_access()
+            assert isinstance(access, X509Access)
+            assert (tmp_path / "pki" / "device-ca.pem").exists()
+            assert "pattern write fleet/v1/%u/events" in (tmp_path / "pki" / "acl").read_text()
+    finally:
+        reset_broker_access()
