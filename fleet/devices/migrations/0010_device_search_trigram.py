@@ -39,7 +39,7 @@ def _drop(apps, schema_editor) -> None:  # noqa: ANN001
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("devices", "0007_proof_of_possession"),
+        ("devices", "0009_device_capability_issues"),
     ]
 
     operations = [migrations.RunPython(_create, _drop)]
