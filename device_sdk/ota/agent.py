@@ -33,6 +33,7 @@ from device_sdk.protocol.ota_messages import (
     DeploymentState,
     Report,
     decode_chunk,
+    decode_withdrawal,
     encode_chunk_request,
     encode_report,
 )
@@ -40,7 +41,9 @@ from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.topics import (
     Channel,
     DeviceTopic,
+    FleetChannel,
     PackageTopic,
+    fleet_topic,
     package_filter,
     package_topic,
     parse_topic,
@@ -77,6 +80,8 @@ class OtaAgent:
         self._pending: list[tuple[int, DeploymentState, int]] = []
         self._last_report: tuple[int, DeploymentState, int] | None = None
         self._watching: int | None = None
+        self._keys_topic = fleet_topic(FleetChannel.KEYS)
+        client.trusted_kids = tuple(updater.trusted_kids())
         client.on_message = self._chain(client.on_message, self._on_message)
         client.on_connect = self._chain(client.on_connect, self._on_connect)
 
@@ -95,12 +100,20 @@ class OtaAgent:
     # -- start-up ------------------------------------------------------------------------
 
     def boot(self) -> None:
-        """Revert a model whose trial a restart interrupted; tell the server once connected."""
-        meta = self.updater.store.meta
+        """Revert a model whose trial a restart interrupted, and never run an active slot
+        whose bytes do not match its digest; tell the server once connected."""
+        store = self.updater.store
+        meta = store.meta
         if meta.trial:
             interrupted = meta.package
-            self.updater.store.boot()
+            store.boot()
             self.report_later(interrupted, DeploymentState.ROLLED_BACK, Reason.TRIAL_INTERRUPTED)
+        if store.meta.sha256 and not store.check_active():
+            log.error("%s: active slot of package %d does not match its digest%s",
+                      self.client.uid, meta.package,
+                      "; back on the other slot" if store.verify_active() else "")
+            if store.meta.package != meta.package:
+                self.report_later(meta.package, DeploymentState.ROLLED_BACK, Reason.FLASH_ERROR)
 
     def report_later(self, pkg: int, state: DeploymentState, reason: Reason | int = 0) -> None:
         """Send a report at the next connection (reports are not queued while offline)."""
@@ -126,6 +139,7 @@ class OtaAgent:
                 self._follow_fanout(wanted[0])
             if self._fanout:
                 client.subscribe(self._fanout, qos=0)
+        client.subscribe(self._keys_topic, qos=1)  # retained: the broker sends it at once
         self._repair()  # resume a download the disconnect (or a restart) interrupted
         if wanted is not None:
             self._watch(wanted[0])
@@ -136,9 +150,14 @@ class OtaAgent:
         if topic == self._fanout_topic:
             self._chunk(payload, unicast=False)  # the hot path: every chunk of a wave
             return
+        if topic == self._keys_topic:
+            self._trust_bundle(payload)
+            return
         parsed = parse_topic(topic)
         if isinstance(parsed, DeviceTopic) and parsed.channel == Channel.OTA_OFFER:
             self._offer(payload)
+        elif isinstance(parsed, DeviceTopic) and parsed.channel == Channel.OTA_WITHDRAW:
+            self._withdraw(payload)
         elif (isinstance(parsed, PackageTopic)
               or (isinstance(parsed, DeviceTopic) and parsed.channel == Channel.OTA_CHUNK)):
             self._chunk(payload, unicast=isinstance(parsed, DeviceTopic))
@@ -159,6 +178,39 @@ class OtaAgent:
         self._awaiting_fanout = True
         self._quiet_limit = self.repair_after_s
         self._watch(pkg)
+
+    def _trust_bundle(self, payload: bytes) -> None:
+        """Apply the fleet's signed trust records; say the keys now trusted in the status."""
+        try:
+            self.updater.apply_trust_bundle(payload)
+        except ProtocolError as exc:
+            log.warning("%s: trust bundle refused: %s", self.client.uid, exc)
+            return
+        for pkg, state in self.updater.stop_revoked():
+            self._stopped(pkg, state)
+        kids = tuple(self.updater.trusted_kids())
+        if kids != self.client.trusted_kids:
+            self.client.trusted_kids = kids
+            self.client.update_status()
+
+    def _withdraw(self, payload: bytes) -> None:
+        """Stop a withdrawn package (abort or rollback of its rollout) and report it."""
+        try:
+            withdrawal = decode_withdrawal(payload)
+        except ProtocolError as exc:
+            log.warning("%s: bad withdrawal: %s", self.client.uid, exc)
+            return
+        state = self.updater.withdraw(withdrawal.pkg)
+        if state is not None:
+            self._stopped(withdrawal.pkg, state, withdrawal.reason)
+
+    def _stopped(self, pkg: int, state: DeploymentState, reason: int = int(Reason.ABORTED)) -> None:
+        log.info("%s: package %d withdrawn (%s)", self.client.uid, pkg, state.name)
+        if self._fanout == package_filter(pkg):
+            self._leave_fanout()
+        if self._watching == pkg:
+            self._watching = None
+        self._report(pkg, state, reason)
 
     def _chunk(self, payload: bytes, *, unicast: bool) -> None:
         try:
