@@ -265,6 +265,11 @@ ARTIFACT_ROOT = Path(os.environ.get("ARTIFACT_ROOT", VAR_DIR / "artifacts"))
 FLEET_KEK = os.environ.get("FLEET_KEK", "")
 # How long a signed manifest stays valid (manifest key 13).
 PACKAGE_VALIDITY_DAYS = int(os.environ.get("PACKAGE_VALIDITY_DAYS", "30"))
+# Packages a rollout builds expire sooner: a pulled manifest is installable until it expires
+# (by a device that missed both the withdrawal and the signed revocation).
+ROLLOUT_PACKAGE_VALIDITY_DAYS = int(os.environ.get("ROLLOUT_PACKAGE_VALIDITY_DAYS", "7"))
+# A rotated signing key becomes the signer only once this share of the devices trusts it.
+KEY_ACTIVATION_SHARE = float(os.environ.get("KEY_ACTIVATION_SHARE", "0.95"))
 # Largest uploads accepted (bytes), checked from the upload's size before it is read: a
 # .tflite or .keras model, and a data set (.npy/.npz: conversion data or validation samples).
 MAX_MODEL_UPLOAD_BYTES = _env_int("MAX_MODEL_UPLOAD_BYTES", 16 * 1024 * 1024, minimum=1)
