@@ -139,7 +139,8 @@ class OtaAgent:
                 self._follow_fanout(wanted[0])
             if self._fanout:
                 client.subscribe(self._fanout, qos=0)
-        client.subscribe(self._keys_topic, qos=1)  # retained: the broker sends it at once
+        if not session_present:  # a resumed session still has it (and its retained copy)
+            client.subscribe(self._keys_topic, qos=1)  # retained: the broker sends it at once
         self._repair()  # resume a download the disconnect (or a restart) interrupted
         if wanted is not None:
             self._watch(wanted[0])
