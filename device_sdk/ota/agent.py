@@ -141,7 +141,11 @@ class OtaAgent:
                 client.subscribe(self._fanout, qos=0)
         if not session_present:  # a resumed session still has it (and its retained copy)
             client.subscribe(self._keys_topic, qos=1)  # retained: the broker sends it at once
-        self._repair()  # resume a download the disconnect (or a restart) interrupted
+        if not (self._awaiting_fanout and download is not None and download.received == 0):
+            self._repair()  # resume a download the disconnect (or a restart) interrupted
+        # (An offer that has not had a fan-out byte yet waits for the carousel as before: the
+        # broker drops a device once when its deployment's fan-out grant is added, and
+        # fetching the whole package by request after that would defeat the fan-out.)
         if wanted is not None:
             self._watch(wanted[0])
 
