@@ -8,7 +8,8 @@ trust: every manifest is signed and every transferred byte digested, and the MCU
     CHUNK_REQUEST                 -> answered from the chunk cache, else fleet/v1/{child}/ota/get
     fleet/v1/{child}/ota/offer    -> OFFER
     fleet/v1/{child}/ota/chunk    -> CHUNK (the answer to the pending request)
-    fleet/v1/pkg/{pkg}/chunk      -> cached; answers pending requests, clipped to the MTU
+    fleet/v1/{child}/ota/key      -> the key of a package's fan-out (kept; decrypts it)
+    fleet/v1/pkg/{pkg}/chunk      -> decrypted, cached; answers pending requests, clipped
     fleet/v1/keys (retained)      -> ROTATION, one frame per record of the trust bundle, to
                                      every child (again to one that attaches or restarts);
                                      the MCU verifies each and skips those it applied
@@ -36,6 +37,7 @@ from typing import Final, Protocol
 from device_sdk.gateway.chunk_cache import ChunkCache
 from device_sdk.protocol import link
 from device_sdk.protocol.cose import parse_sign1
+from device_sdk.protocol.fanout import crypt
 from device_sdk.protocol.limits import MAX_OFFER_BYTES
 from device_sdk.protocol.manifest import Manifest, decode_trust_bundle
 from device_sdk.protocol.ota_messages import (
@@ -44,6 +46,7 @@ from device_sdk.protocol.ota_messages import (
     DeploymentState,
     decode_chunk,
     decode_chunk_request,
+    decode_fanout_key,
     decode_report,
     encode_chunk,
     encode_chunk_request,
@@ -133,6 +136,7 @@ class Bridge:
         self._parked_offers: dict[str, bytes] = {}  # offers for a child whose port is down
         self._fanout: set[int] = set()
         self._trust_records: list[bytes] = []  # the latest trust bundle, for new children
+        self._fanout_keys: dict[int, bytes] = {}  # package -> key of its encrypted fan-out
         self._trust_subscribed = False
         self._lock = threading.Lock()
 
@@ -182,6 +186,7 @@ class Bridge:
         if child.admitted:
             self.uplink.unsubscribe(device_topic(child.uid, Channel.OTA_OFFER))
             self.uplink.unsubscribe(device_topic(child.uid, Channel.OTA_CHUNK))
+            self.uplink.unsubscribe(device_topic(child.uid, Channel.OTA_KEY))
         for pkg in list(child.downloading):
             self._download_over(child, pkg)
 
@@ -341,10 +346,22 @@ class Bridge:
                     self._offer(parsed.uid, payload)
                 elif parsed.channel is Channel.OTA_CHUNK:
                     self._chunk(decode_chunk(payload), parsed.uid)
+                elif parsed.channel is Channel.OTA_KEY:
+                    message = decode_fanout_key(payload)
+                    with self._lock:
+                        self._fanout_keys[message.pkg] = message.key
+                        while len(self._fanout_keys) > 64:  # the oldest packages are done
+                            del self._fanout_keys[next(iter(self._fanout_keys))]
                 else:
                     self.counters["messages_ignored"] += 1
             else:
-                self._chunk(decode_chunk(payload), None)
+                chunk = decode_chunk(payload)
+                with self._lock:
+                    key = self._fanout_keys.get(chunk.pkg)
+                if key is not None:  # the fan-out is encrypted; a child was offered it
+                    chunk = Chunk(chunk.pkg, chunk.offset, crypt(key, chunk.pkg, chunk.offset,
+                                                                 chunk.data))
+                self._chunk(chunk, None)
         except ProtocolError as exc:
             self.counters["messages_refused"] += 1
             log.warning("message on %s refused: %s", topic, exc)
@@ -418,6 +435,7 @@ class Bridge:
     def _subscribe(self, uid: str) -> None:
         self.uplink.subscribe(device_topic(uid, Channel.OTA_OFFER))
         self.uplink.subscribe(device_topic(uid, Channel.OTA_CHUNK))
+        self.uplink.subscribe(device_topic(uid, Channel.OTA_KEY))
         if not self._trust_subscribed:
             # Every child's role may read it; one subscription serves them all.
             self._trust_subscribed = True

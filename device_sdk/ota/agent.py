@@ -27,12 +27,14 @@ from device_sdk.client import DeviceClient
 from device_sdk.ota.trial import TrialResult
 from device_sdk.ota.updater import OtaUpdater
 from device_sdk.protocol.cose import parse_sign1
+from device_sdk.protocol.fanout import crypt
 from device_sdk.protocol.manifest import Manifest, TrialSpec
 from device_sdk.protocol.ota_messages import (
     ChunkRequest,
     DeploymentState,
     Report,
     decode_chunk,
+    decode_fanout_key,
     decode_withdrawal,
     encode_chunk_request,
     encode_report,
@@ -163,6 +165,13 @@ class OtaAgent:
             self._offer(payload)
         elif isinstance(parsed, DeviceTopic) and parsed.channel == Channel.OTA_WITHDRAW:
             self._withdraw(payload)
+        elif isinstance(parsed, DeviceTopic) and parsed.channel == Channel.OTA_KEY:
+            try:
+                message = decode_fanout_key(payload)
+            except ProtocolError as exc:
+                log.warning("%s: bad fan-out key: %s", self.client.uid, exc)
+                return
+            self.updater.set_fanout_key(message.pkg, message.key)
         elif (isinstance(parsed, PackageTopic)
               or (isinstance(parsed, DeviceTopic) and parsed.channel == Channel.OTA_CHUNK)):
             self._chunk(payload, unicast=isinstance(parsed, DeviceTopic))
@@ -223,7 +232,12 @@ class OtaAgent:
         except ProtocolError as exc:
             log.warning("%s: bad chunk: %s", self.client.uid, exc)
             return
-        data = self.chunk_received(chunk.offset, chunk.data)
+        data = chunk.data
+        if not unicast:
+            key = self.updater.fanout_key(chunk.pkg)
+            if key is not None:  # encrypted fan-out (only offered devices hold the key)
+                data = crypt(key, chunk.pkg, chunk.offset, data)
+        data = self.chunk_received(chunk.offset, data)
         try:
             fresh = self.updater.on_chunk(chunk.pkg, chunk.offset, data)
         except ProtocolError as exc:

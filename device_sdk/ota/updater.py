@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 OFFER_FILE = "offer.cose"
 PART_FILE = "download.part"
 RANGES_FILE = "download.ranges"  # journal: one "start end" line per chunk kept
+FANOUT_KEY_FILE = "fanout.key"  # package id (8 bytes) || the key of its encrypted fan-out
 
 
 @dataclass
@@ -100,6 +101,7 @@ class OtaUpdater:
         self.arena_bytes = arena_bytes
         self.clock = clock
         self.download: Download | None = None
+        self._fanout_key: tuple[int, bytes] | None = None
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -186,6 +188,25 @@ class OtaUpdater:
             if state is not None:
                 stopped.append((pkg, state))
         return stopped
+
+    # -- fan-out key ---------------------------------------------------------------------
+
+    def set_fanout_key(self, pkg: int, key: bytes) -> None:
+        """Keep the key of package ``pkg``'s encrypted fan-out (sent before its offer); kept on
+        disk beside the download, so a download resumed after a restart can still read it."""
+        self._fanout_key = (pkg, bytes(key))
+        (self.store.dir / FANOUT_KEY_FILE).write_bytes(pkg.to_bytes(8, "big") + bytes(key))
+
+    def fanout_key(self, pkg: int) -> bytes | None:
+        """Return the key of ``pkg``'s fan-out, or None (no key: the fan-out is in the clear)."""
+        if self._fanout_key is None:
+            stored = self.store.dir / FANOUT_KEY_FILE
+            data = stored.read_bytes() if stored.exists() else b""
+            if len(data) == 24:
+                self._fanout_key = (int.from_bytes(data[:8], "big"), data[8:])
+        if self._fanout_key is not None and self._fanout_key[0] == pkg:
+            return self._fanout_key[1]
+        return None
 
     # -- download ------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ Wire forms (CDDL in ``CDDL.md``), each a CBOR array:
     chunk         = [pkg, offset, data]       ; fleet/v1/{uid}/ota/chunk, server -> device
     report        = [pkg, state, detail]      ; fleet/v1/{uid}/ota/report, device -> server
     withdraw      = [pkg, reason]             ; fleet/v1/{uid}/ota/withdraw, server -> device
+    fanout-key    = [pkg, key: bstr .size 16] ; fleet/v1/{uid}/ota/key, server -> device
 
 A withdrawal tells a device to stop package ``pkg`` (its rollout was aborted or rolled back):
 a device downloading it drops the download and reports FAILED with ``reason`` (ABORTED); one
@@ -61,15 +62,18 @@ __all__ = [
     "ChunkRequest",
     "DeploymentState",
     "Report",
+    "FanoutKey",
     "Withdrawal",
     "decode_chunk",
     "decode_chunk_request",
     "decode_report",
+    "decode_fanout_key",
     "decode_withdrawal",
     "encode_chunk",
     "encode_chunk_request",
     "encode_fanout_chunk",
     "encode_report",
+    "encode_fanout_key",
     "encode_withdrawal",
 ]
 
@@ -146,6 +150,32 @@ def decode_withdrawal(payload: bytes) -> Withdrawal:
     items = wire_array(loads_bounded(payload, cap=MAX_WITHDRAW_BYTES), "withdraw", length=2)
     return Withdrawal(wire_uint(items[0], "pkg", MAX_PACKAGE_ID),
                       wire_uint(items[1], "reason", MAX_REASON_CODE))
+
+
+@dataclass(frozen=True, slots=True)
+class FanoutKey:
+    """The key that decrypts package ``pkg``'s fan-out (``fanout.py``), sent before its offer."""
+
+    pkg: int
+    key: bytes
+
+
+def encode_fanout_key(message: FanoutKey) -> bytes:
+    """Encode ``[pkg, key]``."""
+    pkg = coerce_uint(message.pkg, "pkg", MAX_PACKAGE_ID)
+    if not isinstance(message.key, bytes) or len(message.key) != 16:
+        raise ProtocolError(Reason.SCHEMA_MISMATCH, "key: expected 16 bytes")
+    return cbor2.dumps([pkg, message.key])
+
+
+def decode_fanout_key(payload: bytes) -> FanoutKey:
+    """Decode a fan-out key message; raise ProtocolError and nothing else on refusal."""
+    items = wire_array(loads_bounded(payload, cap=MAX_WITHDRAW_BYTES), "fanout key", length=2)
+    pkg = wire_uint(items[0], "pkg", MAX_PACKAGE_ID)
+    key = wire_bytes(items[1], "key", 16)
+    if len(key) != 16:
+        raise ProtocolError(Reason.SCHEMA_MISMATCH, "key: expected 16 bytes")
+    return FanoutKey(pkg, key)
 
 
 def encode_chunk_request(request: ChunkRequest) -> bytes:

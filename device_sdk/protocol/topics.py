@@ -2,6 +2,7 @@
 
     fleet/v1/{uid}/events | status | ota/offer | ota/get | ota/chunk | ota/report
     fleet/v1/{uid}/ota/withdraw               server -> device: stop a package (abort, rollback)
+    fleet/v1/{uid}/ota/key                    server -> device: the key of a package's fan-out
     fleet/v1/pkg/{pkg}/c                      fan-out of one package's chunks to a whole wave
     fleet/v1/keys                             the fleet's signed trust records (retained, read-only)
     $share/{group}/fleet/v1/+/{channel}       what each worker of a group subscribes to
@@ -78,6 +79,7 @@ class Channel(StrEnum):
     OTA_CHUNK = "ota/chunk"
     OTA_REPORT = "ota/report"
     OTA_WITHDRAW = "ota/withdraw"
+    OTA_KEY = "ota/key"
 
 
 class PackageChannel(StrEnum):
@@ -107,7 +109,8 @@ class FleetChannel(StrEnum):
 DEVICE_PUBLISHES: Final = frozenset(
     {Channel.EVENTS, Channel.STATUS, Channel.OTA_GET, Channel.OTA_REPORT}
 )
-DEVICE_SUBSCRIBES: Final = frozenset({Channel.OTA_OFFER, Channel.OTA_CHUNK, Channel.OTA_WITHDRAW})
+DEVICE_SUBSCRIBES: Final = frozenset(
+    {Channel.OTA_OFFER, Channel.OTA_CHUNK, Channel.OTA_WITHDRAW, Channel.OTA_KEY})
 
 # Size caps a receiver applies before parsing anything it got on a channel.
 PAYLOAD_CAPS: Final[Mapping[Channel | PackageChannel | FleetChannel, int]] = {
@@ -118,6 +121,7 @@ PAYLOAD_CAPS: Final[Mapping[Channel | PackageChannel | FleetChannel, int]] = {
     Channel.OTA_CHUNK: MAX_CHUNK_MSG_BYTES,
     Channel.OTA_REPORT: MAX_REPORT_BYTES,
     Channel.OTA_WITHDRAW: MAX_WITHDRAW_BYTES,
+    Channel.OTA_KEY: MAX_WITHDRAW_BYTES,
     PackageChannel.CHUNK: MAX_CHUNK_MSG_BYTES,
     FleetChannel.KEYS: MAX_TRUST_BUNDLE_BYTES,
 }

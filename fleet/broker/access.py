@@ -9,8 +9,13 @@ exactly the same thing.
 
 Topics are the v1 wire protocol (docs/ARCHITECTURE.md, Topics): a device owns ``fleet/v1/{uid}/...``;
 ``fleet/v1/pkg/{pkg}/...`` carries signed package chunks to many devices at once, and only
-devices offered that package may read it: the rollout controller grants a package's fan-out
-(`package_grants`) at the offer and takes it back when the deployment ends. ``fleet/v1/keys``
+devices offered that package may read it. Two ways, chosen by ``FANOUT_ACCESS``:
+``"encrypt"`` (the default) lets every device subscribe, and the chunks are encrypted with a
+key sent only to offered devices (``device_sdk.protocol.fanout``); ``"grant"`` lets no device
+subscribe until the rollout controller grants the package's fan-out (`package_grants`) at the
+offer, and takes it back when the deployment ends: Mosquitto 2.0.11 drops a client whenever
+its roles change, so each grant and each revocation costs the device a reconnect (about 1.5
+KB with its status: +3 % of a 100 KB package, measured by bench/rollout.py). ``fleet/v1/keys``
 (the fleet's signed trust records, retained) is read-only for every device.
 """
 
@@ -24,7 +29,7 @@ from typing import Protocol, runtime_checkable
 TOPIC_ROOT = "fleet/v1"
 # Wire values: firmware and SDK build the same strings. Never rename.
 DEVICE_TO_SERVER = ("events", "status", "ota/get", "ota/report")
-SERVER_TO_DEVICE = ("ota/offer", "ota/chunk", "ota/withdraw")
+SERVER_TO_DEVICE = ("ota/offer", "ota/chunk", "ota/withdraw", "ota/key")
 PACKAGE_FANOUT = f"{TOPIC_ROOT}/pkg/#"
 TRUST_TOPIC = f"{TOPIC_ROOT}/keys"
 # `pkg` is the fan-out subtree: a device with that id would own a piece of it.
@@ -135,11 +140,20 @@ def device_topic(uid: str, leaf: str) -> str:
     return f"{TOPIC_ROOT}/{check_uid(uid)}/{leaf}"
 
 
-def device_grants(uid: str) -> tuple[Grant, ...]:
-    """Return what device ``uid`` may do: its own subtree and read the trust records.
+def fanout_by_grant() -> bool:
+    """Whether package fan-out is granted per deployment (``FANOUT_ACCESS=grant``) rather
+    than readable by every device and encrypted (``encrypt``, the default)."""
+    from django.conf import settings
 
-    No package fan-out: that is granted per deployment (`package_grants`).
+    return getattr(settings, "FANOUT_ACCESS", "encrypt") == "grant"
+
+
+def device_grants(uid: str, *, package_fanout: bool | None = None) -> tuple[Grant, ...]:
+    """Return what device ``uid`` may do: its own subtree, read the trust records, and (unless
+    fan-out is granted per deployment, see `fanout_by_grant`) read the encrypted fan-out.
     """
+    if package_fanout is None:
+        package_fanout = not fanout_by_grant()
     grants = [Grant(Access.PUBLISH, device_topic(uid, leaf)) for leaf in DEVICE_TO_SERVER]
     for leaf in SERVER_TO_DEVICE:
         grants += [
@@ -147,6 +161,8 @@ def device_grants(uid: str) -> tuple[Grant, ...]:
             Grant(Access.RECEIVE, device_topic(uid, leaf)),
         ]
     grants += [Grant(Access.SUBSCRIBE, TRUST_TOPIC), Grant(Access.RECEIVE, TRUST_TOPIC)]
+    if package_fanout:
+        grants += [Grant(Access.SUBSCRIBE, PACKAGE_FANOUT), Grant(Access.RECEIVE, PACKAGE_FANOUT)]
     return tuple(grants)
 
 

@@ -17,13 +17,20 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from device_sdk.protocol.ota_messages import DeploymentState, Withdrawal, encode_withdrawal
+from device_sdk.protocol.ota_messages import (
+    DeploymentState,
+    FanoutKey,
+    Withdrawal,
+    encode_fanout_key,
+    encode_withdrawal,
+)
 from device_sdk.protocol.reasons import Reason
 from device_sdk.protocol.topics import Channel, FleetChannel, device_topic, fleet_topic
 from fleet.audit.actions import record_audit
 from fleet.devices.models import Gateway
 from ota.models import TrustRecord
 from ota.rollouts.actions import do_pause_rollout
+from ota.rollouts.delivery_keys import fanout_key
 from ota.rollouts.health import BEFORE_WINDOW, cohort, tripped_gates
 from ota.rollouts.models import ACTIVE_STATES, Deployment, Rollout, RolloutState
 
@@ -79,8 +86,13 @@ def _with_gateways(device_uids: dict[int, str]) -> dict[int, list[str]]:
 
 
 def change_fanout(grant: bool, by_package: dict[int, list[str]]) -> None:
-    """Grant (or take back) package fan-out at the broker; failures are logged, not raised:
-    a device without the grant falls back to repairs by request."""
+    """Grant (or take back) package fan-out at the broker (``FANOUT_ACCESS=grant``; with
+    ``encrypt`` there is nothing to change); failures are logged, not raised: a device without
+    the grant falls back to repairs by request."""
+    from fleet.broker.access import fanout_by_grant
+
+    if not fanout_by_grant():
+        return
     access = _broker_access()
     if access is None:
         return
@@ -330,11 +342,17 @@ def _offer(rollout: Rollout, publisher: Publisher, now: datetime) -> None:
                 attempts=dep.attempts + 1, fanout_granted=True)
         offers = [(device_topic(d.device.uid, Channel.OTA_OFFER), bytes(d.package.manifest))
                   for d in due]
+        keys = {pkg: fanout_key(pkg) for pkg in grants}
+        key_messages = [(device_topic(d.device.uid, Channel.OTA_KEY),
+                         encode_fanout_key(FanoutKey(d.package_id, keys[d.package_id])))
+                        for d in due if keys[d.package_id] is not None]
 
         def send() -> None:
-            # Grant first: the broker lets the device read this package's fan-out from now
-            # on (it reconnects once and finds the offer queued in its session).
+            # First what lets the device read this package's fan-out: its key (encrypt), or
+            # the broker's grant (the device reconnects once and finds its offer queued).
             change_fanout(True, grants)
+            for topic, message in key_messages:
+                publisher.publish(topic, message, 1)
             for topic, manifest in offers:
                 publisher.publish(topic, manifest, 1)
 

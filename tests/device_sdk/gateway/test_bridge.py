@@ -113,7 +113,7 @@ def test_hello_subscribes_the_childs_downlink_and_sends_the_time(
     """Attaching a child subscribes its offer and chunk topics (and, once, the fleet's trust
     records); the MCU gets the clock."""
     assert uplink.filters == {"fleet/v1/mcu-1/ota/offer", "fleet/v1/mcu-1/ota/chunk",
-                              "fleet/v1/keys"}
+                              "fleet/v1/mcu-1/ota/key", "fleet/v1/keys"}
     assert drain(child.outbox) == [(link.Kind.TIME, cbor2.dumps(T0))]
 
 
@@ -317,3 +317,14 @@ def test_trust_records_reach_every_child_as_rotation_frames(
     assert [p for k, p in drain(later) if k == link.Kind.ROTATION] == records
     bridge.restarted(child, 544)
     assert [p for k, p in drain(child.outbox) if k == link.Kind.ROTATION] == records
+
+
+def test_an_encrypted_fanout_is_decrypted_with_the_childs_key_before_caching(
+        bridge: Bridge, uplink: RecordingUplink, child: Child) -> None:
+    from device_sdk.protocol.fanout import crypt
+    from device_sdk.protocol.ota_messages import FanoutKey, encode_fanout_key, encode_fanout_chunk
+
+    key, data = bytes(range(16)), bytes(range(256)) * 8
+    bridge.on_message("fleet/v1/mcu-1/ota/key", encode_fanout_key(FanoutKey(3, key)))
+    bridge.on_message(package_topic(3), encode_fanout_chunk(Chunk(3, 16, crypt(key, 3, 16, data))))
+    assert bridge.cache.get(3, 16, len(data)) == data

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from django.test import override_settings
 
 from fleet.broker.access import (
     Access,
@@ -36,9 +37,14 @@ def refused(reason_code: object) -> bool:
 
 
 def test_device_grants_cover_only_the_devices_subtree_and_the_trust_records() -> None:
-    """A device publishes its four upstream leaves, reads offer, chunk and withdrawal and the
-    fleet's trust records; no package fan-out until a deployment grants it."""
-    grants = set(device_grants("a1"))
+    """A device publishes its four upstream leaves, reads offer, chunk, key and withdrawal and
+    the fleet's trust records; the (encrypted) package fan-out read-only, or with
+    FANOUT_ACCESS=grant none until a deployment grants it."""
+    encrypted = set(device_grants("a1"))
+    assert Grant(Access.RECEIVE, "fleet/v1/pkg/#") in encrypted
+    assert Grant(Access.SUBSCRIBE, "fleet/v1/a1/ota/key") in encrypted
+    assert not any(g.access is Access.PUBLISH and "pkg" in g.topic for g in encrypted)
+    grants = set(device_grants("a1", package_fanout=False))
     assert Grant(Access.PUBLISH, "fleet/v1/a1/events") in grants
     assert Grant(Access.PUBLISH, "fleet/v1/a1/ota/report") in grants
     assert Grant(Access.SUBSCRIBE, "fleet/v1/a1/ota/offer") in grants
@@ -387,8 +393,9 @@ def test_only_devices_offered_a_package_read_its_fanout_and_only_until_revoked(
     """Package fan-out is granted per deployment: another device, or the same one after its
     deployment ended, cannot subscribe; no device may publish the trust records."""
     offered, other, svc = uid("deva"), uid("devb"), uid("svc")
-    for dev in (offered, other):
-        broker_access.provision_device(dev, "pw")
+    with override_settings(FANOUT_ACCESS="grant"):
+        for dev in (offered, other):
+            broker_access.provision_device(dev, "pw")
     broker_access.provision_service(svc, "spw", ServiceRole.WORKER)
     broker_access.grant_package(9, [offered])
     a, b = probe(offered, "pw"), probe(other, "pw")

@@ -54,6 +54,11 @@ def access(monkeypatch: pytest.MonkeyPatch) -> RecordingAccess:
     return recorder
 
 
+@pytest.fixture
+def grant_mode(settings: Any) -> None:
+    settings.FANOUT_ACCESS = "grant"
+
+
 def committed_tick(publisher: RecordingPublisher, capture: Any) -> None:
     with capture(execute=True):
         controller.tick("w", publisher)
@@ -110,6 +115,36 @@ def test_retirement_is_a_signed_record_devices_apply(fleet_on_v1: list[Device]) 
     assert state.retired == (bytes.fromhex(old.kid),)
 
 
+def test_offers_send_the_fanout_key_first_and_the_carousel_encrypts_with_it(
+        versions: Any, fleet_on_v1: list[Device], access: RecordingAccess) -> None:
+    """FANOUT_ACCESS=encrypt (the default): every offered device gets the package's key just
+    before its offer; the fan-out is unreadable without it; the broker is not touched."""
+    from device_sdk.protocol.fanout import crypt
+    from device_sdk.protocol.ota_messages import decode_chunk, decode_fanout_key
+    from ota.registry.storage import artifact_storage
+    from ota.rollouts.delivery import OtaDelivery
+
+    rollout = new_rollout(versions, fleet_on_v1[:3], waves=[100])
+    publisher = RecordingPublisher()
+    controller.step(rollout.pk, publisher)
+    package = Package.objects.get(rollouts=rollout)
+    topics = [t.split("/", 3)[3] for t, _ in publisher.sent]
+    assert topics == ["ota/key"] * 3 + ["ota/offer"] * 3
+    [key] = {decode_fanout_key(p).key for t, p in publisher.sent if t.endswith("/ota/key")}
+    assert access.calls == []
+    Deployment.objects.filter(rollout=rollout).update(state=DeploymentState.DOWNLOADING)
+    carousel = RecordingPublisher()
+    delivery = OtaDelivery(carousel, max_wait_s=0)
+    for _ in range(5):
+        delivery.carousel_tick()
+    chunk = decode_chunk(carousel.sent[0][1])
+    plain = artifact_storage().get(package.transfer_sha256)
+    assert chunk.data != plain[chunk.offset:chunk.offset + len(chunk.data)]
+    assert crypt(key, package.pk, chunk.offset, chunk.data) == \
+        plain[chunk.offset:chunk.offset + len(chunk.data)]
+
+
+@pytest.mark.usefixtures("grant_mode")
 def test_offers_grant_the_fanout_and_the_end_of_a_deployment_takes_it_back(
         versions: Any, fleet_on_v1: list[Device], access: RecordingAccess,
         django_capture_on_commit_callbacks: Any) -> None:
@@ -127,6 +162,7 @@ def test_offers_grant_the_fanout_and_the_end_of_a_deployment_takes_it_back(
     assert Deployment.objects.filter(rollout=rollout, fanout_granted=True).count() == 35
 
 
+@pytest.mark.usefixtures("grant_mode")
 def test_abort_withdraws_offered_devices_and_revokes_the_package_for_all(
         versions: Any, fleet_on_v1: list[Device], access: RecordingAccess,
         django_capture_on_commit_callbacks: Any) -> None:
