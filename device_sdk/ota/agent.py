@@ -83,6 +83,7 @@ class OtaAgent:
         self._last_report: tuple[int, DeploymentState, int] | None = None
         self._watching: int | None = None
         self._keys_topic = fleet_topic(FleetChannel.KEYS)
+        self._keys_subscribed = False
         client.trusted_kids = tuple(updater.trusted_kids())
         client.on_message = self._chain(client.on_message, self._on_message)
         client.on_connect = self._chain(client.on_connect, self._on_connect)
@@ -141,8 +142,11 @@ class OtaAgent:
                 self._follow_fanout(wanted[0])
             if self._fanout:
                 client.subscribe(self._fanout, qos=0)
-        if not session_present:  # a resumed session still has it (and its retained copy)
-            client.subscribe(self._keys_topic, qos=1)  # retained: the broker sends it at once
+        if not (session_present and self._keys_subscribed):
+            # Retained: the broker sends the bundle at once. A session this agent subscribed
+            # in still has the subscription, and a new bundle reaches it live.
+            client.subscribe(self._keys_topic, qos=1)
+            self._keys_subscribed = True
         if not (self._awaiting_fanout and download is not None and download.received == 0):
             self._repair()  # resume a download the disconnect (or a restart) interrupted
         # (An offer that has not had a fan-out byte yet waits for the carousel as before: the
