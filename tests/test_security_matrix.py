@@ -15,7 +15,7 @@ def test_every_test_the_attack_matrix_names_exists() -> None:
     assert len(named) >= 20
     missing = [f"{path}::{name}" for path, name in named
                if not (ROOT / path).exists()
-               or not re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M)]
+               or not re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.MULTILINE)]
     assert not missing, missing
     rows = [line for line in text.splitlines() if line.startswith("| **")]
     assert len(rows) >= 9 and all(NAMED.search(row) for row in rows)

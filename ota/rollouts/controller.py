@@ -66,7 +66,7 @@ def publish_trust(publisher: Publisher) -> bool:
     return True
 
 
-def _broker_access():  # noqa: ANN202  (BrokerAccess | None)
+def _broker_access():
     from fleet.broker.configured import broker_access
 
     try:
@@ -235,7 +235,7 @@ def _gates_configured(rollout: Rollout) -> bool:
                                        rollout.max_latency_rise, rollout.max_rate_drop))
 
 
-def _cohorts(rollout: Rollout, now: datetime):  # noqa: ANN202  (pair of Cohort)
+def _cohorts(rollout: Rollout, now: datetime):
     confirmed = Deployment.objects.filter(rollout=rollout, state=DeploymentState.CONFIRMED)
     device_ids = list(confirmed.values_list("device_id", flat=True))
     from ota.models import Package

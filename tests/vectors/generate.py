@@ -494,7 +494,7 @@ def trust_vectors() -> list[dict[str, Any]]:
     """
     third = private_key("tml test signing key 3")
     fourth = private_key("tml test signing key 4")
-    kid = lambda k: key_id(k.public_key())  # noqa: E731
+    kid = lambda k: key_id(k.public_key())
     steps: list[tuple[str, bytes]] = [
         ("rotate_in_key3", sign_rotation(rotation_for(third.public_key(), sequence=1), SIGNER)),
         ("replay", sign_rotation(rotation_for(third.public_key(), sequence=1), SIGNER)),

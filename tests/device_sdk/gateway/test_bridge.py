@@ -322,7 +322,7 @@ def test_trust_records_reach_every_child_as_rotation_frames(
 def test_an_encrypted_fanout_is_decrypted_with_the_childs_key_before_caching(
         bridge: Bridge, uplink: RecordingUplink, child: Child) -> None:
     from device_sdk.protocol.fanout import crypt
-    from device_sdk.protocol.ota_messages import FanoutKey, encode_fanout_key, encode_fanout_chunk
+    from device_sdk.protocol.ota_messages import FanoutKey, encode_fanout_chunk, encode_fanout_key
 
     key, data = bytes(range(16)), bytes(range(256)) * 8
     bridge.on_message("fleet/v1/mcu-1/ota/key", encode_fanout_key(FanoutKey(3, key)))

@@ -51,7 +51,7 @@ def test_a_bundle_teaches_the_new_key_and_is_idempotent(tmp_path: Path) -> None:
     assert updater.trusted_kids() == [KID, NEW_KID]
     bundle = encode_trust_bundle([sign_rotation(rotation_for(NEW.public_key(), sequence=1), KEY)])
     assert updater.apply_trust_bundle(bundle) == []  # the retained bundle again: nothing new
-    cose, transfer = package(model_bytes(2), 5, key=NEW)
+    cose, _ = package(model_bytes(2), 5, key=NEW)
     updater.offer(cose)  # signed by the new key: accepted
 
 

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from the module that defines them)
 """Server side of the trust chain and of withdrawals: pending keys and their activation by
 trust share, signed retirement and revocation records in the trust bundle, per-deployment
 fan-out grants, withdrawal of aborted deployments, short-lived rollout manifests."""
@@ -183,7 +184,7 @@ def test_abort_withdraws_offered_devices_and_revokes_the_package_for_all(
     assert set(withdrawn) == offered  # the devices never offered hear nothing
     assert {(w.pkg, w.reason) for w in withdrawn.values()} == {(package.pk, Reason.ABORTED)}
     assert access.calls[-1] == ("revoke", package.pk, sorted(offered))
-    [(topic, bundle)] = [(t, p) for t, p in publisher.sent if t == "fleet/v1/keys"]
+    [bundle] = [p for t, p in publisher.sent if t == "fleet/v1/keys"]
     state, errors = enrolled.apply_bundle(bundle)
     assert errors == [] and package.pk in state.revoked
     assert state.min_sequence >= (package.sequence or package.pk)

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from the module that defines them)
 """The trust chain end to end: the real broker (dynamic security ACLs), the real worker
 (controller, carousel, trust bundle on fleet/v1/keys) and a simulated fleet on the Python SDK.
 
