@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from device_sdk.protocol import link
 from device_sdk.protocol.cose import PROTECTED_EDDSA, key_id, raw_public_key, sign1
 from device_sdk.protocol.events import Event, EventBatch, encode_batch, encode_summary, summarize
+from device_sdk.protocol.fanout import crypt as fanout_crypt
 from device_sdk.protocol.golden import OutputType, golden_input, outputs_digest, top1_label
 from device_sdk.protocol.manifest import (
     Encoding,
@@ -46,10 +47,12 @@ from device_sdk.protocol.ota_messages import (
     Chunk,
     ChunkRequest,
     DeploymentState,
+    FanoutKey,
     Report,
     Withdrawal,
     encode_chunk,
     encode_chunk_request,
+    encode_fanout_key,
     encode_report,
     encode_withdrawal,
 )
@@ -566,6 +569,14 @@ def trust_vectors() -> list[dict[str, Any]]:
     out.append({"step": "status", "name": "status_with_keys", "payload": encode_status(status),
                 "keys": ",".join(k.hex() for k in status.keys or ())})
     del valid
+    key = sha(b"tml test fan-out key")[:16]
+    plain = bytes(range(256)) * 3
+    out.append({"step": "fanout_key", "name": "fanout_key_message",
+                "payload": encode_fanout_key(FanoutKey(77, key)), "pkg": 77, "key": key})
+    for offset in (0, 2048, 4101):  # the keystream position is the byte offset in the stream
+        out.append({"step": "fanout_crypt", "name": f"fanout_chunk_at_{offset}", "pkg": 77,
+                    "key": key, "offset": offset, "plain": plain,
+                    "cipher": fanout_crypt(key, 77, offset, plain)})
     return out
 
 
@@ -850,7 +861,9 @@ def generate(out_dir: Path) -> None:
               "The trust chain (manifest.py, trust rules): rotation and policy records applied\n"
               "in order to one device state (initial: keys/trusted_public.hex, sequence 0),\n"
               "offers checked against it, the fleet/v1/keys bundle, ota/withdraw, the status\n"
-              "field keys. Lists: comma-separated; '-': empty.", trust_vectors())
+              "field keys, ota/key and the fan-out's AES-128-CTR (fanout.py; only a gateway\n"
+              "written in C would need it). Lists: comma-separated; '-': empty.",
+              trust_vectors())
     write_vec(out_dir, "transfers.vec",
               "Transfer streams (transfers/*.bin), fed in chunks, and TransferDecoder's verdict.",
               transfer_vectors(out_dir))
