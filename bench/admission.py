@@ -1,9 +1,16 @@
-"""Time the admission check of a ~250 KB int8 model against four hardware profiles.
+"""Time the admission check of a ~250 KB int8 model against every stock hardware profile.
 
 Run as ``.venv/bin/python bench/admission.py [--quick]``. Builds the model with TensorFlow
-(imported here only), then times ``validate_model`` (inspection, one sandboxed TFLM probe with
-the arena search, four verdicts). The baseline is one plain in-process TFLM load + invoke of
-the same model, measured in the same run. Ends with one JSON object per figure per line.
+(imported here only) and the firmware's probe images (``make -C firmware probes insn-plugin``),
+then times ``validate_model`` as the server runs it: inspection, one sandboxed host TFLM probe
+with the arena search and the golden inputs, and at the same time the exact arena bisection in
+QEMU on every probe board a stock profile maps to (M3 reference, M4 CMSIS-NN; in parallel,
+allocate-only runs, one Invoke at the end, counting its instructions), CMSIS-NN's golden
+outputs from the M4 probe, and a verdict per profile. Nothing is cached between repetitions.
+The baseline is one plain in-process TFLM load + invoke of the same model, measured in the same
+run. ``--quick``: fewer repetitions and a smaller representative set, same model. Ends with one
+JSON object per figure per line (``admission_seconds_250kb`` first; the arena per board and how
+each profile's figure was obtained follow).
 """
 
 from __future__ import annotations
@@ -13,24 +20,23 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ota.validation.admission import ProfileSpec, validate_model
+from fleet.devices.stock_profiles import STOCK_PROFILES
+from ota.validation.admission import ProfileSpec, TargetMeasurement, validate_model
+from ota.validation.golden import register_outputs_measurer
+from ota.validation.targets import QemuOutputsMeasurer
 
-OPS = [
-    "CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "SOFTMAX", "RESHAPE", "SHAPE",
-    "STRIDED_SLICE", "PACK", "MAX_POOL_2D", "AVERAGE_POOL_2D", "ADD", "MEAN",
-]  # fmt: skip
-PROFILES = [
-    ProfileSpec("cortex-m0-32k", 32 * 1024, 128 * 1024, 32, ["FULLY_CONNECTED", "SOFTMAX"]),
-    ProfileSpec("cortex-m4-128k", 128 * 1024, 512 * 1024, 32, OPS),
-    ProfileSpec("cortex-m7-512k", 512 * 1024, 2048 * 1024, 32, OPS),
-    ProfileSpec("linux-host", 4096 * 1024, 8192 * 1024, 64, OPS),
-]
+FIRMWARE = Path(__file__).resolve().parents[1] / "firmware"
+PROFILES = [ProfileSpec.from_fields(p) for p in STOCK_PROFILES]
+# Measured or nothing: a bench that silently estimated would time the wrong thing.
+TARGETS = TargetMeasurement(require=True, cache=False)
 
 
 def log(message: str) -> None:
@@ -39,13 +45,16 @@ def log(message: str) -> None:
 
 
 def build_model(representative: int) -> bytes:
-    """Build and quantize a 96x96 CNN whose int8 weights make it about 250 KB."""
+    """Build and quantize a 96x96 CNN whose int8 weights make it about 250 KB.
+
+    Batch 1, so Flatten is one RESHAPE: every op is one the firmware registers (ops.h).
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(0)
     model = tf.keras.Sequential([
-        tf.keras.Input((96, 96, 1)),
+        tf.keras.Input((96, 96, 1), batch_size=1),  # static shapes: no SHAPE/PACK ops
         tf.keras.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu"),
         tf.keras.layers.DepthwiseConv2D(3, padding="same", activation="relu"),
         tf.keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
@@ -94,6 +103,10 @@ def main() -> int:
     args = parser.parse_args()
     repeats = 3 if args.quick else 10
 
+    log("building the probe images (make -C firmware probes insn-plugin)...")
+    subprocess.run(["make", "-C", str(FIRMWARE), "probes", "insn-plugin", "-j2"], check=True,
+                   stdout=subprocess.DEVNULL)
+    register_outputs_measurer("cmsis-nn", QemuOutputsMeasurer())
     log("building the model (TensorFlow)...")
     with contextlib.redirect_stdout(sys.stderr):  # TF prints its export summary on stdout
         model = build_model(representative=10 if args.quick else 100)
@@ -103,15 +116,18 @@ def main() -> int:
     timings, report = [], None
     for i in range(repeats):
         started = time.perf_counter()
-        report = validate_model(model, PROFILES)
+        report = validate_model(model, PROFILES, targets=TARGETS)
         timings.append(time.perf_counter() - started)
         log(f"admission {i + 1}/{repeats}: {timings[-1]:.3f} s, "
             f"compatible: {', '.join(report.compatible_profiles)}")  # fmt: skip
     assert report is not None and report.probe.ok, report and report.probe.failure
     probe = report.probe
     for verdict in report.compatibility:
+        log(f"  {verdict.profile}: {'fits' if verdict.ok else 'refused'}, arena "
+            f"{verdict.arena_required_bytes} B ({verdict.arena_method}"
+            f"{': ' + verdict.arena_method_reason if verdict.arena_method_reason else ''})")
         for reason in verdict.reasons:
-            log(f"  {verdict.profile}: {reason.code}: {reason.message}")
+            log(f"    {reason.code}: {reason.message}")
 
     admission = statistics.median(timings)
     baseline = statistics.median(baselines)
@@ -122,6 +138,21 @@ def main() -> int:
         figure("min_arena_bytes", probe.arena_bytes or 0, "B", total),  # vs TFLM's own total
         figure("arena_attempts", probe.attempts, "count", None),
     ]
+    boards = {}
+    for verdict in report.compatibility:
+        if verdict.measured is not None:
+            boards[verdict.measured.board] = verdict.measured
+    for board, m in sorted(boards.items()):
+        # The exact minimum on the target vs TFLM's own arena_used_bytes there.
+        figures.append({**figure(f"min_arena_bytes_{board}", m.min_arena_bytes, "B",
+                                 m.arena_used_bytes), "method": f"measured: {m.core}, {m.kernels}",
+                        "qemu_runs": m.qemu_runs, "seconds": m.seconds})
+        if m.instructions_per_inference:
+            figures.append(figure(f"instructions_per_inference_{board}",
+                                  m.instructions_per_inference, "instructions", None))
+    methods = {v.profile: v.arena_method for v in report.compatibility}
+    figures.append({"metric": "arena_method_per_profile", "value": methods, "unit": None,
+                    "baseline": None, "ratio": None})
     for line in figures:
         print(json.dumps(line))
     return 0

@@ -34,9 +34,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from ota.validation import qemu_probe
+from ota.validation import qemu_probe  # noqa: E402
 
 FIRMWARE = ROOT / "firmware"
 PLUGIN = FIRMWARE / "build" / "qemu_insn.so"
@@ -82,8 +81,7 @@ def mlp_250kb() -> bytes:
     """Return a ~250 KB int8 MLP (256-480-256-64-4), converted with TensorFlow."""
     import numpy as np
 
-    sys.path.insert(0, str(ROOT / "tests" / "ota"))
-    import model_factory
+    from testkit import model_factory
 
     tf = model_factory._tf()
     model = tf.keras.Sequential([

@@ -73,7 +73,9 @@ def _enroll(args: argparse.Namespace) -> int:
 
 
 def _telemetry_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=Path, help="the .tflite to run")
+    p.add_argument("--model", required=True, type=Path,
+                   help="the factory .tflite (run: fills the slots on first start; then the "
+                   "device runs its active slot)")
     p.add_argument("--rate", type=float, default=1.0, help="inferences per second (per device)")
     p.add_argument("--batch", type=int, default=32, help="events per batch")
     p.add_argument("--batch-age", type=float, default=30.0, help="seconds a batch may stay open")
@@ -97,26 +99,38 @@ def _run(args: argparse.Namespace) -> int:
     from device_sdk.client import DeviceClient
     from device_sdk.client.identity import DeviceIdentity
     from device_sdk.inference import SensorStream, TflmModel, host_capabilities
+    from device_sdk.ota.active_model import ActiveSlotModel
+    from device_sdk.ota.slots import SlotStore
 
     if not DeviceIdentity.exists(args.state_dir):
         log.error("%s holds no enrolled device: run `python -m device_sdk enroll` first",
                   args.state_dir)
         return 1
     identity = DeviceIdentity.load(args.state_dir)
-    model = TflmModel.from_file(
-        args.model, arena_bytes=args.arena_bytes, package_id=args.package_id,
-        latency_scale=args.latency_scale,
-    )
+    # --model and --package-id are the factory model: they fill the slots on first start only.
+    # From then on the device runs, and tags its events with, whatever its active slot holds.
+    store = SlotStore(Path(args.state_dir) / "slots")
+    if not (store.dir / "meta.json").exists():
+        store.install_factory(Path(args.model).read_bytes(), package=args.package_id)
+
+    def load(model_bytes: bytes) -> SensorStream:
+        loaded = TflmModel(model_bytes, arena_bytes=args.arena_bytes,
+                           latency_scale=args.latency_scale)
+        return SensorStream(loaded, mix=args.mix)
+
+    active = TflmModel(store.read_active(), arena_bytes=args.arena_bytes)
     client = DeviceClient(
-        identity, state_dir=args.state_dir, capabilities=host_capabilities(model),
-        model=args.package_id, broker_url=args.broker_url, batch_events=args.batch,
-        batch_age_s=args.batch_age, summary_window_s=args.summary_window,
-        num_labels=model.num_classes,
+        identity, state_dir=args.state_dir, capabilities=host_capabilities(active),
+        model=store.meta.package, manifest_seq=store.meta.sequence,
+        broker_url=args.broker_url, batch_events=args.batch, batch_age_s=args.batch_age,
+        summary_window_s=args.summary_window, num_labels=active.num_classes,
     )
-    stream = SensorStream(model, mix=args.mix)
-    _attach_ota(client, identity, model, args)
+    agent = _attach_ota(client, identity, store, active.arena_bytes)
+    running = ActiveSlotModel(store, client, load)  # after boot(): a revert is already done
+    agent.on_installed = running.installed
     client.start()
-    log.info("device %s running %s at %.2f inferences/s", identity.device_id, args.model, args.rate)
+    log.info("device %s running package %d at %.2f inferences/s", identity.device_id,
+             running.package, args.rate)
     # This is the application thread: infer on a fixed schedule, hand events to the client.
     started = time.monotonic()
     next_at = started
@@ -125,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
             while not stop.is_set():
                 if args.duration is not None and time.monotonic() - started >= args.duration:
                     break
-                client.record(stream.infer())
+                running.step()
                 next_at += 1.0 / args.rate
                 stop.wait(max(0.0, next_at - time.monotonic()))
         finally:
@@ -136,25 +150,21 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _attach_ota(client: object, identity: object, model: object, args: argparse.Namespace) -> None:
-    """Give a single device A/B slots under its state dir and the OTA agent."""
+def _attach_ota(client: object, identity: object, store: object, arena_bytes: int) -> object:
+    """Give a single device's A/B slots the OTA agent; revert an interrupted trial."""
     from device_sdk.ota.agent import OtaAgent
-    from device_sdk.ota.slots import SlotStore
     from device_sdk.ota.trial import run_trial
     from device_sdk.ota.updater import OtaUpdater
 
-    store = SlotStore(Path(args.state_dir) / "slots")
-    if not (store.dir / "meta.json").exists():
-        store.install_factory(model.model_bytes, package=args.package_id)  # type: ignore[attr-defined]
-    updater = OtaUpdater(store, hardware=identity.hardware,  # type: ignore[attr-defined]
-                         arena_bytes=model.arena_bytes)  # type: ignore[attr-defined]
-    if not store.meta.trusted_keys:
+    updater = OtaUpdater(store, hardware=identity.hardware,  # type: ignore[attr-defined,arg-type]
+                         arena_bytes=arena_bytes)
+    if not store.meta.trusted_keys:  # type: ignore[attr-defined]
         updater.trust({k.kid: k.public_key for k in identity.signing_keys})  # type: ignore[attr-defined]
     agent = OtaAgent(client, updater,  # type: ignore[arg-type]
-                     lambda m, spec: run_trial(m, arena_bytes=model.arena_bytes,  # type: ignore[attr-defined]
-                                               spec=spec))
+                     lambda m, spec: run_trial(m, arena_bytes=arena_bytes, spec=spec))
     agent.boot()
-    updater.resume()
+    agent.resume()
+    return agent
 
 
 # -- simulate ---------------------------------------------------------------------------------

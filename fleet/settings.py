@@ -21,6 +21,10 @@ Environment:
   BROKER_ACCESS      "dynsec" (default outside debug) or "none" (only with FLEET_DEBUG=1).
   METRICS_TOKEN, METRICS_PUBLIC  /metrics wants the bearer token unless METRICS_PUBLIC=1.
   MAX_MODEL_UPLOAD_BYTES, MAX_DATASET_UPLOAD_BYTES  largest accepted model / data set upload.
+  ADMISSION_PROBE_DIR  the firmware's QEMU probe images (default firmware/build/probe).
+  ADMISSION_REQUIRE_MEASURED  1: refuse to validate when a Cortex-M profile's arena cannot be
+                     measured in QEMU (default 0: estimate, saying why; the test command
+                     sets 1 when CI=true).
 """
 
 from __future__ import annotations
@@ -275,6 +279,13 @@ if FANOUT_ACCESS not in ("encrypt", "grant"):
     raise ImproperlyConfigured("FANOUT_ACCESS is encrypt or grant")
 # A rotated signing key becomes the signer only once this share of the devices trusts it.
 KEY_ACTIVATION_SHARE = float(os.environ.get("KEY_ACTIVATION_SHARE", "0.95"))
+# Admission measures Cortex-M arenas with the firmware's probe images in QEMU
+# (ota/validation/qemu_probe.py; `make -C firmware probes`). Missing images or QEMU: the
+# figure is estimated and the report says why, unless measurement is required
+# (scripts/test.sh requires it when CI=true).
+ADMISSION_PROBE_DIR = Path(os.environ.get("ADMISSION_PROBE_DIR",
+                                          BASE_DIR / "firmware" / "build" / "probe"))
+ADMISSION_REQUIRE_MEASURED = _env_flag("ADMISSION_REQUIRE_MEASURED", False)
 # Largest uploads accepted (bytes), checked from the upload's size before it is read: a
 # .tflite or .keras model, and a data set (.npy/.npz: conversion data or validation samples).
 MAX_MODEL_UPLOAD_BYTES = _env_int("MAX_MODEL_UPLOAD_BYTES", 16 * 1024 * 1024, minimum=1)

@@ -200,4 +200,5 @@ class Package(models.Model):
         return f"pkg {self.pk}: {self.model_version} for {self.hardware_profile}"
 
 
-from ota.rollouts.models import Deployment, Rollout  # noqa: E402,F401  (models of this app)
+from ota.jobs.models import RevalidationJob  # noqa: E402,F401  (models of this app)
+from ota.rollouts.models import Deployment, FactoryVersion, Rollout  # noqa: E402,F401  (models of this app)

@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 FLEET_EXTRAS=test,convert bash scripts/bootstrap.sh
 
 export CI=${CI:-}
+# Firmware builds (TFLM for each board) use every core; make runs them from several tests.
+export MAKEFLAGS="${MAKEFLAGS:--j$(nproc)}"
+# In CI, admission must measure Cortex-M arenas in QEMU, never fall back to an estimate.
+if [ "${CI,,}" = true ]; then export ADMISSION_REQUIRE_MEASURED=${ADMISSION_REQUIRE_MEASURED:-1}; fi
 run_dir=$(mktemp -d /tmp/fleet-test.XXXXXX)
 chmod 755 "$run_dir"  # the postgres user must reach its data folder
 pg_port=${FLEET_TEST_PG_PORT:-55432}
@@ -15,6 +19,11 @@ trap cleanup EXIT
 mkdir -p test-artifacts
 echo "== import contracts (docs/ARCHITECTURE.md)"
 .venv/bin/lint-imports --no-cache
+
+# Admission measures Cortex-M arenas with the firmware's probe images in QEMU
+# (settings.ADMISSION_PROBE_DIR, default firmware/build/probe); in CI it must not estimate.
+echo "== firmware: probe images and instruction counter for admission"
+make -C firmware probes insn-plugin >/dev/null
 
 # The shared throttle cache table (fleet_throttle_cache) is made with each test database:
 # Django's test setup runs createcachetable, and migrate does too (fleet.core.apps).

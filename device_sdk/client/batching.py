@@ -70,7 +70,9 @@ class SequenceCounter:
     minute (not one per batch), and after a restart puts ``seq`` at most a minute ahead of
     ``t0`` (an offset of three bytes, not one) until the clock catches up. A counter without a file starts at the current
     unix time in milliseconds rather than 0, so a device whose state was wiped still counts
-    above the numbers it used before (which the server would drop as duplicates).
+    above the numbers it used before (which the server would drop as duplicates). ``floor``
+    (the outbox's persisted :attr:`~device_sdk.client.outbox.Outbox.seq_floor`) is a second
+    line: numbering never starts below it, whatever the file or the clock say.
     Thread-safe.
     """
 
@@ -81,6 +83,7 @@ class SequenceCounter:
         block: int = 60_000,
         durable: bool = True,
         clock: Callable[[], float] = time.time,
+        floor: int = 0,
     ) -> None:
         if block < 1:
             raise ValueError("block must be at least 1")
@@ -89,7 +92,7 @@ class SequenceCounter:
         self.durable = durable
         self._lock = threading.Lock()
         stored = self._read()
-        self._next = stored if stored is not None else int(clock() * 1000)
+        self._next = max(stored if stored is not None else int(clock() * 1000), floor)
         self._reserved = self._next  # numbers below this are covered by the file
 
     def next(self, at_least: int = 0) -> int:
@@ -133,6 +136,12 @@ class SequenceCounter:
                 fh.flush()
                 os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+        if self.durable:  # the rename itself must survive a power cut too
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
 
 class EventBatcher:

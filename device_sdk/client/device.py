@@ -161,7 +161,8 @@ class DeviceClient:
         )
         self.batcher = EventBatcher(
             self._enqueue,
-            SequenceCounter(self.state_dir / SEQUENCE_FILE, durable=durable),
+            SequenceCounter(self.state_dir / SEQUENCE_FILE, durable=durable,
+                            floor=self.outbox.seq_floor),
             model=model, max_events=batch_events, max_age_s=batch_age_s,
             summary_window_s=summary_window_s, num_labels=num_labels,
         )

@@ -14,6 +14,12 @@ Bounds: at most ``max_entries`` messages and ``max_bytes`` of payload. When a ne
 not fit, the oldest ones are dropped (the newest telemetry is the most useful after a long
 outage) and counted in :attr:`Outbox.dropped`, which is persisted and logged.
 
+Sequence floor: the outbox also remembers, in the same transaction as each append, one past
+the highest ``seq`` it was ever given (:attr:`Outbox.seq_floor`), acknowledged entries
+included. The sequence counter starts at or above it after a reboot, so a lost or rolled-back
+counter file (or a clock set back) can never make the device reuse a number the server has
+seen (it would dead-letter the batch as SEQUENCE_REUSED).
+
 Thread-safe: one lock serializes every call, so an application thread may ``put`` while the
 network thread does ``pending`` and ``ack``.
 """
@@ -84,6 +90,10 @@ class Outbox:
         self._bytes: int = size
         row = self._db.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
         self._dropped: int = row[0] if row else 0
+        row = self._db.execute(
+            "SELECT MAX(COALESCE((SELECT value FROM meta WHERE key = 'seq_floor'), 0), "
+            "COALESCE((SELECT MAX(seq) + 1 FROM entry), 0))").fetchone()
+        self._seq_floor: int = row[0]
 
     # -- queries --------------------------------------------------------------------------
 
@@ -100,6 +110,11 @@ class Outbox:
     def dropped(self) -> int:
         """Return how many messages were dropped because the outbox was full, ever."""
         return self._dropped
+
+    @property
+    def seq_floor(self) -> int:
+        """Return one past the highest ``seq`` ever put here (0: none), persisted."""
+        return self._seq_floor
 
     def pending(self, *, after_id: int = 0, limit: int = 16) -> list[OutboxEntry]:
         """Return up to ``limit`` entries with an id above ``after_id``, oldest first."""
@@ -138,6 +153,12 @@ class Outbox:
                 cursor = self._db.execute(
                     "INSERT INTO entry (seq, payload) VALUES (?, ?)", (seq, payload)
                 )
+                if seq + 1 > self._seq_floor:
+                    self._db.execute(
+                        "INSERT INTO meta (key, value) VALUES ('seq_floor', ?) "
+                        "ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+                        (seq + 1,),
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -146,6 +167,7 @@ class Outbox:
             self._count += 1
             self._bytes += size
             self._dropped += dropped
+            self._seq_floor = max(self._seq_floor, seq + 1)
         if dropped:
             log.warning(
                 "%s: outbox full (%d messages, %d bytes): dropped the %d oldest (%d in total)",

@@ -15,7 +15,10 @@ trust: every manifest is signed and every transferred byte digested, and the MCU
                                      the MCU verifies each and skips those it applied
 
 Until a child is admitted (enrolled and added to the gateway's children) what it sends is
-held, the newest status and up to ``HELD_MAX`` other messages, and sent once it is.
+held, the newest status and up to ``HELD_MAX`` other messages, and sent once it is. An MCU whose
+HELLO announces its own Ed25519 key proves it at enrollment: the admission sends it an
+ENROLL_CHALLENGE through :meth:`Bridge.challenge` and gets its ENROLL_PROOF back
+(``Admission.proof``); the MCU signs, the gateway relays.
 
 Threading: serial threads call :meth:`Bridge.attach`, :meth:`Bridge.on_frame` and friends for
 their own child; the MQTT thread calls :meth:`Bridge.on_message`; the enrollment thread calls
@@ -99,7 +102,10 @@ class Admission(Protocol):
         ...
 
     def request(self, uid: str, capabilities: Capabilities) -> None:
-        """Start admitting ``uid`` in the background; call ``Bridge.admitted`` when done."""
+        """Start admitting ``uid`` in the background; call ``Bridge.admitted`` when done. For an
+        MCU with its own key the bridge passes ``key=`` (32 raw bytes) and ``hardware=`` too,
+        and calls ``is_admitted(uid, key=...)``; it hands its ENROLL_PROOF payloads to
+        ``proof(uid, signature)`` when the admission has that method."""
         ...
 
 
@@ -111,6 +117,8 @@ class Child:
     mtu: int  # largest link payload the MCU accepts (its HELLO)
     port: str
     outbox: Outbox
+    key: bytes | None = None  # the MCU's own Ed25519 public key (its HELLO), if it has one
+    hardware: str | None = None  # the hardware profile its HELLO names (what it signs)
     admitted: bool = False
     admission_requested: bool = False
     offline: bool = False
@@ -142,11 +150,15 @@ class Bridge:
 
     # -- children ----------------------------------------------------------------------------
 
-    def attach(self, uid: str, mtu: int, port: str, outbox: Outbox) -> Child:
-        """Register the MCU that said HELLO on ``port``; send it the time. Raise ProtocolError
-        for an id that cannot name topics."""
-        child = Child(validate_uid(uid), mtu, port, outbox)
-        child.admitted = self.admission is None or self.admission.is_admitted(uid)
+    def attach(self, uid: str, mtu: int, port: str, outbox: Outbox, *, key: bytes | None = None,
+               hardware: str | None = None) -> Child:
+        """Register the MCU that said HELLO on ``port`` (with its own public ``key`` if it
+        announced one); send it the time. Raise ProtocolError for an id that cannot name
+        topics."""
+        child = Child(validate_uid(uid), mtu, port, outbox, key, hardware)
+        child.admitted = self.admission is None or (
+            self.admission.is_admitted(uid, key=key) if key is not None  # type: ignore[call-arg]
+            else self.admission.is_admitted(uid))
         with self._lock:
             replaced = self._children.get(uid)
             self._children[uid] = child
@@ -160,7 +172,8 @@ class Bridge:
             self._offer(uid, offer)
         if child.admitted:
             self._subscribe(uid)
-        log.info("child %s on %s (mtu %d)%s", uid, port, mtu,
+        log.info("child %s on %s (mtu %d, %s)%s", uid, port, mtu,
+                 "its own key" if key is not None else "no key of its own",
                  "" if child.admitted else ": not yet our child, holding its messages")
         return child
 
@@ -217,6 +230,17 @@ class Bridge:
             self._publish(uid, channel, payload)
         log.info("child %s admitted; %d held messages sent", uid, len(held) + bool(status))
 
+    def challenge(self, uid: str, payload: bytes) -> bool:
+        """Send an ENROLL_CHALLENGE to ``uid``'s MCU (the admission thread calls this); return
+        False when it is not attached or announced no key."""
+        with self._lock:
+            child = self._children.get(uid)
+        if child is None or child.key is None:
+            return False
+        child.outbox.put((link.Kind.ENROLL_CHALLENGE, payload))
+        self.counters["enroll_challenges_sent"] += 1
+        return True
+
     def children(self) -> list[Child]:
         """Return the attached children."""
         with self._lock:
@@ -244,6 +268,8 @@ class Bridge:
             self._chunk_request(child, frame.payload)
         elif kind is link.Kind.REPORT:
             self._report(child, frame.payload)
+        elif kind is link.Kind.ENROLL_PROOF:
+            self._proof(child, frame.payload)
         else:
             self.counters["frames_ignored"] += 1  # kinds the gateway sends, or HELLO again
 
@@ -265,7 +291,24 @@ class Bridge:
             return
         if caps is not None and self.admission is not None and not child.admission_requested:
             child.admission_requested = True
-            self.admission.request(child.uid, caps)
+            if child.key is not None:
+                self.admission.request(child.uid, caps, key=child.key,  # type: ignore[call-arg]
+                                       hardware=child.hardware)
+            else:
+                self.admission.request(child.uid, caps)
+
+    def _proof(self, child: Child, payload: bytes) -> None:
+        try:
+            signature = link.decode_enroll_proof(payload)
+        except ProtocolError as exc:
+            self.counters["enroll_proofs_undecodable"] += 1
+            log.warning("enroll proof of %s refused: %s", child.uid, exc)
+            return
+        deliver = getattr(self.admission, "proof", None)
+        if deliver is None or child.key is None:
+            self.counters["enroll_proofs_unasked"] += 1
+            return
+        deliver(child.uid, signature)
 
     def _send_or_hold(self, child: Child, channel: Channel, payload: bytes) -> None:
         with self._lock:

@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     _stop_on_signals(stop)
     if enroller is not None:
         enroller.on_admitted = bridge.admitted
+        enroller.send_challenge = bridge.challenge
         enroller.start()
     uplink.start()
     memory = PortMemory(config.state_dir)

@@ -6,8 +6,9 @@ which alone touches the port and its endpoint. It reads with a short timeout, so
 bridge queued for the MCU go out within ``read_timeout``; one frame is in flight at a time
 (stop-and-wait, firmware/LINK.md), the rest wait in the child's outbox.
 
-An MCU says HELLO only when it boots. The uid and MTU last seen on each port are remembered in
-the state directory, so a restarted gateway speaks for an MCU that kept running. The link is
+An MCU says HELLO only when it boots. The uid, MTU and public key (for an MCU with its own key)
+last seen on each port are remembered in the state directory, so a restarted gateway speaks for
+an MCU that kept running, and still knows which key it announced. The link is
 kept alive with TIME frames (which also keep the MCU's clock right); when nothing comes back
 for ``offline_s`` the child is published offline, and when it answers again it is asked for a
 fresh status. A closed port is reopened after a growing delay.
@@ -42,7 +43,7 @@ def open_port(url: str) -> serial.SerialBase:
 
 
 class PortMemory:
-    """The uid and MTU last seen on each port, in ``<state_dir>/ports.json``."""
+    """The HELLO last seen on each port, in ``<state_dir>/ports.json``."""
 
     def __init__(self, state_dir: Path | None) -> None:
         self.path = state_dir / "ports.json" if state_dir is not None else None
@@ -50,18 +51,36 @@ class PortMemory:
 
     def recall(self, port: str) -> tuple[str, int] | None:
         """Return ``(uid, mtu)`` last seen on ``port``, or None."""
-        entry = self._read().get(port)
-        if isinstance(entry, dict) and isinstance(entry.get("uid"), str):
-            return entry["uid"], int(entry.get("mtu", 0))
-        return None
+        hello = self.recall_hello(port)
+        return (hello.uid, hello.mtu) if hello is not None else None
 
-    def remember(self, port: str, uid: str, mtu: int) -> None:
+    def recall_hello(self, port: str) -> link.Hello | None:
+        """Return the HELLO last seen on ``port`` (uid, mtu, key, hardware), or None."""
+        entry = self._read().get(port)
+        if not (isinstance(entry, dict) and isinstance(entry.get("uid"), str)):
+            return None
+        key, hardware = entry.get("key"), entry.get("hardware")
+        try:
+            raw = bytes.fromhex(key) if isinstance(key, str) else None
+        except ValueError:
+            raw = None
+        return link.Hello(entry["uid"], int(entry.get("mtu", 0)),
+                          key=raw if raw is not None and len(raw) == 32 else None,
+                          hardware=hardware if isinstance(hardware, str) else None)
+
+    def remember(self, port: str, uid: str, mtu: int, *, key: bytes | None = None,
+                 hardware: str | None = None) -> None:
         """Note who said HELLO on ``port``."""
         if self.path is None:
             return
         with self._lock:
             data = self._read()
-            data[port] = {"uid": uid, "mtu": mtu}
+            entry: dict[str, Any] = {"uid": uid, "mtu": mtu}
+            if key is not None:
+                entry["key"] = key.hex()
+            if hardware is not None:
+                entry["hardware"] = hardware
+            data[port] = entry
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -132,10 +151,11 @@ class SerialChild(threading.Thread):
         outbox: Outbox = Outbox()
         now = time.monotonic()
         last_rx = last_keepalive = now
-        remembered = self.memory.recall(self.url)
+        remembered = self.memory.recall_hello(self.url)
         if remembered is not None:
             # Speak for whoever was here before; a HELLO corrects it if the MCU changed.
-            self._attach(remembered[0], remembered[1] or 544, outbox)
+            self._attach(link.Hello(remembered.uid, remembered.mtu or 544, key=remembered.key,
+                                    hardware=remembered.hardware), outbox)
             outbox.put((link.Kind.STATUS_REQUEST, b""))
         log.info("serving %s", self.url)
         while not self.stop_event.is_set():
@@ -172,15 +192,17 @@ class SerialChild(threading.Thread):
             except ProtocolError as exc:
                 log.warning("bad HELLO on %s: %s", self.url, exc)
                 return
-            if self.child is not None and self.child.uid == hello.uid:
+            if (self.child is not None and self.child.uid == hello.uid
+                    and self.child.key == hello.key):
                 self.bridge.restarted(self.child, hello.mtu)
-            else:
+            else:  # another MCU, or the same uid with another key: admitted afresh
                 if self.child is not None:
                     self.bridge.detach(self.child)
                     self.child = None
-                self._attach(hello.uid, hello.mtu, outbox)
+                self._attach(hello, outbox)
             if self.child is not None:
-                self.memory.remember(self.url, hello.uid, hello.mtu)
+                self.memory.remember(self.url, hello.uid, hello.mtu, key=hello.key,
+                                     hardware=hello.hardware)
             return
         if self.child is None:
             self.bridge.counters["frames_before_hello"] += 1
@@ -191,9 +213,10 @@ class SerialChild(threading.Thread):
             return
         self.bridge.on_frame(self.child, frame)
 
-    def _attach(self, uid: str, mtu: int, outbox: Outbox) -> None:
+    def _attach(self, hello: link.Hello, outbox: Outbox) -> None:
         try:
-            self.child = self.bridge.attach(uid, mtu, self.url, outbox)
+            self.child = self.bridge.attach(hello.uid, hello.mtu, self.url, outbox, key=hello.key,
+                                            hardware=hello.hardware)
         except ProtocolError as exc:
             log.error("MCU on %s has an id that cannot name topics: %s", self.url, exc)
             self.child = None

@@ -118,6 +118,13 @@ class OtaAgent:
             if store.meta.package != meta.package:
                 self.report_later(meta.package, DeploymentState.ROLLED_BACK, Reason.FLASH_ERROR)
 
+    def resume(self) -> None:
+        """After :meth:`boot`: pick up a download left on disk, and install it at once when a
+        restart came after its last byte (no chunk would arrive to trigger the install)."""
+        manifest = self.updater.resume()
+        if manifest is not None and self.updater.verified:
+            self._install(manifest.package_id)
+
     def report_later(self, pkg: int, state: DeploymentState, reason: Reason | int = 0) -> None:
         """Send a report at the next connection (reports are not queued while offline)."""
         self._pending.append((pkg, state, int(reason)))

@@ -9,6 +9,12 @@ Layout of a slot directory::
 so after a power cut it is either the old or the new version, never a mix. The active slot
 is only ever a slot whose every byte was verified; downloads write the other one. A device
 that restarts while a new model is on trial goes back to the previous slot.
+
+Anti-rollback, the same rule as the C firmware (``firmware/src/slots.c``) and pinned for both by
+``tests/vectors/rollback.vec`` (``device_sdk/protocol/ANTI_ROLLBACK.md``): the floor
+(``sequence``) is raised when a model is *confirmed*, to that model's manifest sequence, and
+never at install: a trial that fails or is interrupted leaves the floor where it was, so the
+same package may be offered again, and nothing at or below a confirmed sequence ever is.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ class SlotMeta:
     active: int = 0  # slot the device boots from
     previous: int | None = None  # slot to go back to while the active one is on trial
     trial: bool = False  # the active slot is new and not yet confirmed
-    sequence: int = 0  # highest manifest sequence accepted (anti-rollback; never decreases)
+    sequence: int = 0  # anti-rollback floor: highest confirmed manifest sequence (never decreases)
+    trial_sequence: int = 0  # manifest sequence of the model on trial (the floor at confirm)
     rotation_sequence: int = 0  # highest key-rotation record applied
     package: int = 0  # package id of the active model (0: factory model)
     previous_package: int = 0
@@ -118,18 +125,24 @@ class SlotStore:
         return SlotWriter(self.slot_path(self.inactive), self.hook, durable=self.durable)
 
     def activate_for_trial(self, package: int, sequence: int, sha256: str, size: int) -> None:
-        """Boot from the freshly written slot next, on trial; remember the way back."""
+        """Boot from the freshly written slot next, on trial; remember the way back.
+
+        The floor stays: it rises at :meth:`confirm` (the anti-rollback rule of the firmware)."""
         meta = self.meta
         new = self.inactive
         self.save(replace(
             meta, active=new, previous=meta.active, trial=True, package=package,
-            previous_package=meta.package, sequence=max(meta.sequence, sequence),
+            previous_package=meta.package, trial_sequence=sequence,
             sha256={**meta.sha256, str(new): sha256}, sizes={**meta.sizes, str(new): size},
         ))
 
     def confirm(self) -> None:
-        """Keep the trial model: it becomes the plain active one."""
-        self.save(replace(self.meta, trial=False, previous=None))
+        """Keep the trial model: it becomes the plain active one and its sequence the floor."""
+        meta = self.meta
+        if not meta.trial:
+            return
+        self.save(replace(meta, trial=False, previous=None, trial_sequence=0,
+                          sequence=max(meta.sequence, meta.trial_sequence)))
 
     def revert(self) -> None:
         """Go back to the previous slot (trial failed or interrupted)."""
@@ -137,7 +150,8 @@ class SlotStore:
         if meta.previous is None:
             return
         self.save(replace(meta, active=meta.previous, previous=None, trial=False,
-                          package=meta.previous_package, reverted_package=meta.package))
+                          trial_sequence=0, package=meta.previous_package,
+                          reverted_package=meta.package))
 
     def boot(self) -> bool:
         """Start up: a model still on trial was never confirmed, so revert. True if reverted."""
@@ -158,7 +172,7 @@ class SlotStore:
         other = 1 - self.meta.active
         if self.verify_slot(other):
             meta = self.meta
-            self.save(replace(meta, active=other, previous=None, trial=False,
+            self.save(replace(meta, active=other, previous=None, trial=False, trial_sequence=0,
                               package=meta.previous_package, reverted_package=meta.package))
         return False
 

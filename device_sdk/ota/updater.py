@@ -316,7 +316,13 @@ class OtaUpdater:
         if not offer.exists():
             return None
         try:
-            return self.offer(offer.read_bytes())
+            manifest = self.offer(offer.read_bytes())
+            d = self.download
+            if d is not None and not d.done and d.missing() is None:
+                # Cut after the last byte was journaled, before (or while) the slot was
+                # written: no chunk will come to trigger the decode, so do it now.
+                self._decode(d)
+            return manifest
         except ProtocolError:
             self._forget_download()
             return None

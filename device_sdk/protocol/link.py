@@ -30,9 +30,11 @@ from device_sdk.protocol.topics import Channel
 
 __all__ = [
     "CHANNEL_OF_KIND",
+    "ENROLL_SIGNATURE_BYTES",
     "FLAG_RST",
     "LINK_VERSION",
     "Endpoint",
+    "EnrollChallenge",
     "Frame",
     "FrameDecoder",
     "Hello",
@@ -40,8 +42,12 @@ __all__ = [
     "cobs_decode",
     "cobs_encode",
     "decode_body",
+    "decode_enroll_challenge",
+    "decode_enroll_proof",
     "decode_hello",
     "encode_body",
+    "encode_enroll_challenge",
+    "encode_enroll_proof",
     "encode_frame",
     "encode_hello",
     "encode_time",
@@ -52,14 +58,17 @@ FLAG_RST: Final = 0x01  # first frame of the sender's session (it restarted)
 HEADER: Final = struct.Struct("<BBB")  # kind, seq, flags
 CRC_BYTES: Final = 4
 MAX_PAYLOAD: Final = 32_800 + 64  # the largest MQTT payload a frame carries (a chunk) and room
-MAX_HELLO_BYTES: Final = 128
+MAX_HELLO_BYTES: Final = 256
+KEY_BYTES: Final = 32  # an Ed25519 public key (RFC 8032)
+ENROLL_SIGNATURE_BYTES: Final = 64  # an Ed25519 signature
+MAX_ENROLL_BYTES: Final = 256
 
 
 class Kind(IntEnum):
     """Message kinds on the link. Wire values: never renumber (firmware/include/tml/link.h)."""
 
     ACK = 0  # both: acknowledges seq; no payload
-    HELLO = 1  # dev -> gw: {"uid", "link", "mtu"}
+    HELLO = 1  # dev -> gw: {"uid", "link", "mtu"[, "key", "hardware"]}
     STATUS = 2  # dev -> gw: status map -> fleet/v1/{uid}/status
     EVENTS = 3  # dev -> gw: batch / summary -> fleet/v1/{uid}/events
     OFFER = 4  # gw -> dev: COSE_Sign1 manifest <- fleet/v1/{uid}/ota/offer
@@ -69,6 +78,8 @@ class Kind(IntEnum):
     TIME = 8  # gw -> dev: uint, unix milliseconds
     STATUS_REQUEST = 9  # gw -> dev: empty; the device answers STATUS
     ROTATION = 10  # gw -> dev: COSE_Sign1 key rotation record
+    ENROLL_CHALLENGE = 11  # gw -> dev: [nonce, token_sha256, capabilities_sha256, via]
+    ENROLL_PROOF = 12  # dev -> gw: bstr .size 64, the MCU's signature of its enroll-message
 
 
 # What a gateway does with each kind: the MQTT channel of the device's topic it maps to.
@@ -274,27 +285,85 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """Who is on this UART: the device id, the link version and its largest payload."""
+    """Who is on this UART: the device id, the link version, its largest payload and, for an MCU
+    with its own Ed25519 key, the public key and its hardware profile (what it signs)."""
 
     uid: str
     mtu: int
     link: int = LINK_VERSION
+    key: bytes | None = None  # 32 bytes, raw Ed25519 public key
+    hardware: str | None = None
 
 
 def encode_hello(hello: Hello) -> bytes:
     """Encode a HELLO payload as the firmware does (canonical CBOR map)."""
-    return cbor2.dumps({"uid": hello.uid, "link": hello.link, "mtu": hello.mtu}, canonical=True)
+    value: dict[str, object] = {"uid": hello.uid, "link": hello.link, "mtu": hello.mtu}
+    if hello.key is not None:
+        value["key"] = bytes(hello.key)
+    if hello.hardware is not None:
+        value["hardware"] = hello.hardware
+    return cbor2.dumps(value, canonical=True)
 
 
 def decode_hello(payload: bytes) -> Hello:
-    """Decode a HELLO payload; raise ProtocolError on anything else."""
+    """Decode a HELLO payload; raise ProtocolError on anything else. ``key`` and ``hardware``
+    are optional (a v1 HELLO has neither)."""
     value = loads_bounded(payload, cap=MAX_HELLO_BYTES)
     if not isinstance(value, dict) or not {"uid", "link", "mtu"} <= set(value):
         raise ProtocolError(Reason.SCHEMA_MISMATCH, "hello: expected uid, link, mtu")
     uid, link, mtu = value["uid"], value["link"], value["mtu"]
+    key, hardware = value.get("key"), value.get("hardware")
     if not isinstance(uid, str) or type(link) is not int or type(mtu) is not int:
         raise ProtocolError(Reason.SCHEMA_MISMATCH, "hello: wrong types")
-    return Hello(uid, mtu, link)
+    if key is not None and not (isinstance(key, bytes) and len(key) == KEY_BYTES):
+        raise ProtocolError(Reason.SCHEMA_MISMATCH, "hello: key is not 32 bytes")
+    if hardware is not None and not isinstance(hardware, str):
+        raise ProtocolError(Reason.SCHEMA_MISMATCH, "hello: hardware is not text")
+    return Hello(uid, mtu, link, key, hardware)
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollChallenge:
+    """What the gateway asks its MCU to sign: the server's nonce, SHA-256 of the claim token,
+    SHA-256 of the capabilities (``enrollment.capabilities_digest``) and the gateway's uid. The
+    MCU adds its own uid and hardware profile to make the enroll-message (enrollment.py)."""
+
+    nonce: bytes
+    token_sha256: bytes
+    capabilities_sha256: bytes
+    via: str
+
+
+def encode_enroll_challenge(challenge: EnrollChallenge) -> bytes:
+    """Encode an ENROLL_CHALLENGE payload: [nonce, token_sha256, capabilities_sha256, via]."""
+    return cbor2.dumps([bytes(challenge.nonce), bytes(challenge.token_sha256),
+                        bytes(challenge.capabilities_sha256), challenge.via], canonical=True)
+
+
+def decode_enroll_challenge(payload: bytes) -> EnrollChallenge:
+    """Decode an ENROLL_CHALLENGE payload with the firmware's limits; raise ProtocolError."""
+    value = loads_bounded(payload, cap=MAX_ENROLL_BYTES)
+    if not (isinstance(value, list) and len(value) == 4
+            and all(isinstance(v, bytes) for v in value[:3]) and isinstance(value[3], str)):
+        raise ProtocolError(Reason.SCHEMA_MISMATCH, "enroll challenge: expected 3 bstr, 1 tstr")
+    nonce, token, caps, via = value
+    if not (1 <= len(nonce) <= 64 and len(token) == 32 and len(caps) == 32
+            and 1 <= len(via.encode()) <= 64):
+        raise ProtocolError(Reason.SCHEMA_MISMATCH, "enroll challenge: wrong sizes")
+    return EnrollChallenge(nonce, token, caps, via)
+
+
+def encode_enroll_proof(signature: bytes) -> bytes:
+    """Encode an ENROLL_PROOF payload: the 64-byte signature as a CBOR byte string."""
+    return cbor2.dumps(bytes(signature))
+
+
+def decode_enroll_proof(payload: bytes) -> bytes:
+    """Decode an ENROLL_PROOF payload; raise ProtocolError unless it is bstr .size 64."""
+    value = loads_bounded(payload, cap=MAX_ENROLL_BYTES)
+    if not isinstance(value, bytes) or len(value) != ENROLL_SIGNATURE_BYTES:
+        raise ProtocolError(Reason.SCHEMA_MISMATCH, "enroll proof: expected bstr .size 64")
+    return value
 
 
 def encode_time(unix_ms: int) -> bytes:

@@ -112,8 +112,11 @@ class FleetBuilder:
                 store.install_factory(self.model.model_bytes, package=cfg.package_id)
             interrupted = store.meta.package if store.meta.trial else None
             store.boot()  # a model left on trial by the "power cut" goes back to the old one
-            if store.meta.package != cfg.package_id:
-                model, package = self._shared_model(store.read_active()), store.meta.package
+            # Run (and tag events with) what the active slot holds, not the --model file.
+            active = store.read_active()
+            package = store.meta.package
+            if active != self.model.model_bytes:
+                model = self._shared_model(active)
         client = DeviceClient(
             identity,
             state_dir=self.device_dir(index),

@@ -65,7 +65,7 @@ class SimulatorOta:
             on_installed=installed, on_crash=lambda: self._crash(device, n, identity),
         )
         device.agent = agent
-        updater.resume()
+        agent.resume()
 
     def _shared_model(self, model_bytes: bytes) -> TflmModel:
         """Return the one interpreter of these model bytes, loading it on first use."""

@@ -9,6 +9,8 @@
 #   TFLM_MCPU  -mcpu for TFLM (cortex-m3, cortex-m4+nofp, cortex-m55)
 #   TFLM_CORE  CMSIS core name (M3, M4, M55)   TFLM_FLOAT  soft or hard
 #   TFLM_OUT   build folder of this variant (shared by the firmware and the probe image)
+# TFLM_CORE=host builds the same subset for the host (tflm-host tree, the host's g++, -O2): the
+# posix port's TFLM runner for the power-cut tests (Makefile: `make test-tflm`).
 
 # The ops of ops.h -> the kernel sources (stems, in kernels/cmsis_nn/ when the tree has one,
 # else kernels/) and the CMSIS-NN source folders they call. An op missing here is an error.
@@ -65,7 +67,7 @@ TFLM_CORE_SRCS := \
   $(addprefix $(M)/memory_planner/,greedy_memory_planner.cc linear_memory_planner.cc \
     non_persistent_buffer_planner_shim.cc) \
   $(M)/tflite_bridge/flatbuffer_conversions_bridge.cc $(M)/tflite_bridge/micro_error_reporter.cc \
-  $(M)/cortex_m_generic/micro_time.cc \
+  $(if $(filter host,$(TFLM_CORE)),$(M)/micro_time.cc,$(M)/cortex_m_generic/micro_time.cc) \
   $(addprefix $(M)/,flatbuffer_utils.cc memory_helpers.cc micro_allocation_info.cc \
     micro_allocator.cc micro_context.cc micro_interpreter.cc micro_interpreter_context.cc \
     micro_interpreter_graph.cc micro_log.cc micro_op_resolver.cc micro_profiler.cc \
@@ -77,9 +79,16 @@ TFLM_ARCH := -mcpu=$(TFLM_MCPU) -mthumb -mfloat-abi=$(TFLM_FLOAT) -mlittle-endia
   -DCMSIS_DEVICE_ARM_CORTEX_M_XX_HEADER_FILE='"ARMC$(TFLM_CORE).h"' -DARMC$(TFLM_CORE) \
   $(if $(TFLM_NN),-DCMSIS_NN -DARM_NN_ENABLE_F16=0 -DARM_NN_ENABLE_F32=0) \
   $(if $(filter M55 M85,$(TFLM_CORE)),-DARM_MODEL_USE_PMU_COUNTERS)
+ifeq ($(TFLM_CORE),host)
+  TFLM_ARCH := -O2
+  TFLM_TOOL :=
+else
+  TFLM_ARCH += -Os
+  TFLM_TOOL := arm-none-eabi-
+endif
 TFLM_COMMON := -fno-unwind-tables -fno-asynchronous-unwind-tables -ffunction-sections \
   -fdata-sections -fmessage-length=0 -DTF_LITE_STATIC_MEMORY -DTF_LITE_DISABLE_X86_NEON \
-  -DKERNELS_OPTIMIZED_FOR_SPEED -Wno-type-limits -Os -g0 $(TFLM_ARCH)
+  -DKERNELS_OPTIMIZED_FOR_SPEED -Wno-type-limits -g0 $(TFLM_ARCH)
 TFLM_INC := -I$(TFLM_TREE) -I$(TFLM_TREE)/third_party/gemmlowp \
   -I$(TFLM_TREE)/third_party/flatbuffers/include -I$(TFLM_TREE)/third_party/ruy \
   -I$(TFLM_TREE)/third_party/cmsis/Cortex_DFP/Device/ARMC$(TFLM_CORE)/Include \
@@ -107,13 +116,13 @@ TFLM_KERNEL_OBJS := $(TFLM_KERNEL_SRCS:%.cc=$(TFLM_OUT)/%.o) $(TFLM_NN_SRCS:%.c=
 
 $(TFLM_OUT)/%.o: $(TFLM_TREE)/%.cc
 	@mkdir -p $(dir $@)
-	$(ARM_CXX) $(TFLM_CXXFLAGS) -c $< -o $@
+	$(TFLM_TOOL)g++ $(TFLM_CXXFLAGS) -c $< -o $@
 $(TFLM_OUT)/%.o: $(TFLM_TREE)/%.c
 	@mkdir -p $(dir $@)
-	$(ARM_CC) $(TFLM_CFLAGS) -c $< -o $@
+	$(TFLM_TOOL)gcc $(TFLM_CFLAGS) -c $< -o $@
 $(TFLM_RUNTIME_LIB): $(TFLM_CORE_OBJS)
 	@test -f $(TFLM_TREE)/VERSIONS.txt || { echo "no TFLM tree at $(TFLM_TREE)" \
 	  "(scripts/fetch_tflm.sh makes one; or set TFLM_DIR / TFLM_NN_DIR)"; exit 1; }
-	rm -f $@ && arm-none-eabi-ar rcs $@ $^
+	rm -f $@ && $(TFLM_TOOL)ar rcs $@ $^
 $(TFLM_KERNELS_LIB): $(TFLM_KERNEL_OBJS)
-	rm -f $@ && arm-none-eabi-ar rcs $@ $^
+	rm -f $@ && $(TFLM_TOOL)ar rcs $@ $^

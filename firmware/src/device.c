@@ -9,6 +9,7 @@
 
 #include <string.h>
 
+#include "tml/enroll.h"
 #include "tml/golden.h"
 #include "tml/messages.h"
 #include "tml/platform.h"
@@ -89,6 +90,9 @@ tml_status_t tml_device_init(tml_device_t *d, const tml_device_config_t *cfg, tm
         return TML_ERR_FLASH;
     }
     rebuild_keyring(d);
+    if (tml_slots_seq_floor(&d->slots) > 0) { /* seqs below the floor may have been sent */
+        d->last_seq = tml_slots_seq_floor(&d->slots) - 1;
+    }
     if (!load_slot(d, run) && run != TML_SLOT_NONE && run == d->slots.meta.trial) {
         /* The trial model does not load: revert now rather than at the next restart. */
         uint32_t pkg = d->slots.meta.slot[run].package_id;
@@ -201,6 +205,7 @@ static void finish_download(tml_device_t *d)
 static void handle_offer(tml_device_t *d, const uint8_t *cose, size_t len)
 {
     uint64_t unix_s = div1000(tml_device_unix_ms(d));
+    d->proof_due = false; /* its signature sits in the transfer decoder's memory */
     tml_manifest_policy_t policy = {
         .keyring = &d->keyring,
         .hardware_profile = d->cfg.hardware_profile,
@@ -294,6 +299,14 @@ static void handle_frame(tml_device_t *d, const tml_link_frame_t *f)
     case TML_LINK_CHUNK: handle_chunk(d, f->payload, f->len); break;
     case TML_LINK_ROTATION: handle_rotation(d, f->payload, f->len); break;
     case TML_LINK_STATUS_REQUEST: d->status_due = true; break;
+    case TML_LINK_ENROLL_CHALLENGE:
+        /* The signature waits for the link in the transfer decoder's memory, idle unless a
+         * download runs (the gateway enrolls a child before it offers it anything; during a
+         * download it asks again later). An offer cancels the answer: it reuses that memory. */
+        d->proof_due = d->ota.state != TML_OTA_DOWNLOADING &&
+                       tml_enroll_prove(f->payload, f->len, d->cfg.uid, d->cfg.hardware_profile,
+                                        (uint8_t *)&d->ota.transfer) == TML_OK;
+        break;
     case TML_LINK_TIME:
         if (tml_time_decode(f->payload, f->len, &unix_ms) == TML_OK &&
             unix_ms >= TML_MIN_T0_MS && unix_ms <= TML_MAX_T0_MS) {
@@ -392,8 +405,15 @@ static void send_due(tml_device_t *d, uint32_t now)
     tml_status_t st;
     if (d->hello_due) {
         d->hello_due = false;
-        st = tml_hello_encode(d->cfg.uid, TML_LINK_MAX_PAYLOAD, p, cap, &len);
+        st = tml_enroll_hello(d->cfg.uid, d->cfg.hardware_profile, TML_LINK_MAX_PAYLOAD, p, cap,
+                              &len);
         send(d, TML_LINK_HELLO, st, len, now);
+    } else if (d->proof_due) {
+        d->proof_due = false;
+        p[0] = 0x58; /* bstr, one length byte: 64 */
+        p[1] = TML_ENROLL_SIGNATURE;
+        memcpy(p + 2, &d->ota.transfer, TML_ENROLL_SIGNATURE);
+        send(d, TML_LINK_ENROLL_PROOF, TML_OK, 2 + TML_ENROLL_SIGNATURE, now);
     } else if (d->report_count) {
         tml_report_t r = d->reports[0];
         memmove(d->reports, d->reports + 1, sizeof(r) * (size_t)(--d->report_count));
@@ -412,6 +432,9 @@ static void send_due(tml_device_t *d, uint32_t now)
         send_status(d, now);
     } else if (batch_due(d, now)) {
         uint64_t seq = d->events[0].t_ms > d->last_seq ? d->events[0].t_ms : d->last_seq + 1;
+        if (tml_slots_reserve_seq(&d->slots, seq, TML_SEQ_RESERVE_MS) != TML_OK) {
+            return; /* not persisted: sending it could reuse it after a reboot; retry later */
+        }
         st = tml_events_encode_batch(seq, d->batch_model, d->events, d->event_count, p, cap,
                                      &len);
         d->last_seq = seq;
@@ -457,7 +480,7 @@ uint32_t tml_device_next_ms(const tml_device_t *d)
     uint32_t now = tml_platform_millis();
     uint32_t next = tml_link_next_ms(&d->link, now), t;
     bool free = !tml_link_busy(&d->link);
-    if (free && (d->hello_due || d->report_count || d->status_due ||
+    if (free && (d->hello_due || d->proof_due || d->report_count || d->status_due ||
                  (d->request_due && d->ota.state == TML_OTA_DOWNLOADING) || batch_due(d, now))) {
         return 0;
     }

@@ -46,18 +46,27 @@ tml_status_t tml_status_encode(const tml_status_msg_t *s, uint8_t *out, size_t c
     return tml_cbor_finish(&w, out_len);
 }
 
-tml_status_t tml_hello_encode(const char *uid, uint32_t mtu, uint8_t *out, size_t cap,
-                              size_t *out_len)
+tml_status_t tml_hello_encode(const char *uid, const char *hardware, const uint8_t *key,
+                              uint32_t mtu, uint8_t *out, size_t cap, size_t *out_len)
 {
+    /* Canonical order: "key", "mtu", "uid", "link", "hardware". */
     tml_cbor_writer_t w;
     tml_cbor_writer_init(&w, out, cap);
-    tml_cbor_put_head(&w, TML_CBOR_MAP, 3);
+    tml_cbor_put_head(&w, TML_CBOR_MAP, 3 + (key != NULL) + (hardware != NULL));
+    if (key) {
+        tml_cbor_put_text(&w, "key");
+        tml_cbor_put_bytes(&w, key, 32);
+    }
     tml_cbor_put_text(&w, "mtu");
     tml_cbor_put_uint(&w, mtu);
     tml_cbor_put_text(&w, "uid");
     tml_cbor_put_text(&w, uid);
     tml_cbor_put_text(&w, "link");
     tml_cbor_put_uint(&w, 1);
+    if (hardware) {
+        tml_cbor_put_text(&w, "hardware");
+        tml_cbor_put_text(&w, hardware);
+    }
     return tml_cbor_finish(&w, out_len);
 }
 

@@ -201,3 +201,22 @@ uint64_t tml_slots_floor(const tml_slots_t *s)
 {
     return s->meta.floor_sequence;
 }
+
+tml_status_t tml_slots_reserve_seq(tml_slots_t *s, uint64_t seq, uint64_t block)
+{
+    uint64_t before = s->meta.seq_reserved;
+    if (seq < before) {
+        return TML_OK;
+    }
+    s->meta.seq_reserved = seq + block;
+    if (tml_slots_save(s) != TML_OK) {
+        s->meta.seq_reserved = before;
+        return TML_ERR_FLASH;
+    }
+    return TML_OK;
+}
+
+uint64_t tml_slots_seq_floor(const tml_slots_t *s)
+{
+    return s->meta.seq_reserved;
+}

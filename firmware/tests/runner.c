@@ -186,9 +186,13 @@ size_t vec_file(const char *rel, uint8_t *out, size_t cap)
     return n;
 }
 
+#ifdef TML_TEST_TFLM /* build/host-tflm/tml-tests-tflm: the posix port with TFLM (test_tflm.c) */
+#define SUITES(X) X(tflm) X(tflm_device) X(tflm_powercut)
+#else
 #define SUITES(X)                                                                              \
     X(crypto) X(cbor) X(events) X(messages) X(manifest) X(transfer) X(link) X(slots) X(runner) \
-    X(device) X(powercut) X(golden)
+    X(device) X(powercut) X(golden) X(enroll) X(rollback) X(seqfloor)
+#endif
 #define DECLARE(s) void suite_##s(void);
 SUITES(DECLARE)
 

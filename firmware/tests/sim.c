@@ -16,6 +16,7 @@
 
 tml_device_t sim_device;
 sim_seen_t sim_seen;
+tml_model_runner_t *sim_runner;
 
 static uint8_t to_dev[70000], to_gw[70000];
 static size_t to_dev_len, to_gw_len;
@@ -69,16 +70,26 @@ size_t sim_load_update_file(const char *name, sim_update_t *u, size_t cap)
     return n;
 }
 
+/* A power cycle clears RAM: the runner forgets its model before the flash under it changes
+ * (TFLM's interpreter reads the model when it is torn down). */
+static void sim_power_off(void)
+{
+    if (sim_runner) {
+        sim_runner->unload(sim_runner);
+    }
+    tml_posix_flash_close();
+}
+
 void sim_flash_fresh(void)
 {
-    tml_posix_flash_close();
+    sim_power_off();
     unlink(tml_flash_path);
     tml_posix_flash_open(tml_flash_path, 64 * 1024, 1024);
 }
 
 void sim_flash_reopen(void)
 {
-    tml_posix_flash_close();
+    sim_power_off();
     tml_posix_flash_open(tml_flash_path, 64 * 1024, 1024);
 }
 
@@ -87,7 +98,8 @@ tml_status_t sim_boot(void)
     tml_posix_clock_manual(true);
     size_t n;
     const tml_key_t *keys = tml_trusted_keys(&n);
-    tml_device_config_t cfg = {"sim-0001", "mps2-an385", tml_runner_test_source(), keys, n, 64};
+    tml_device_config_t cfg = {"sim-0001", "mps2-an385",
+                                 sim_runner ? sim_runner : tml_runner_test_source(), keys, n, 64};
     to_dev_len = to_gw_len = 0;
     memset(&sim_seen, 0, sizeof(sim_seen));
     tml_link_init(&gw, gw_write, NULL);

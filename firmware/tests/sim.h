@@ -34,6 +34,8 @@ typedef struct {
 
 extern tml_device_t sim_device;
 extern sim_seen_t sim_seen;
+/** @brief The runner sim_boot() gives the device (NULL: the test-source fake). */
+extern tml_model_runner_t *sim_runner;
 
 /** @brief Load ota.vec; returns how many updates (<= cap). */
 size_t sim_load_updates(sim_update_t *u, size_t cap);

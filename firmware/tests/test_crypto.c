@@ -2,6 +2,7 @@
 /* SHA-256/512 against FIPS 180-4 examples; Ed25519 against RFC 8032 section 7.1. */
 #include <string.h>
 
+#include "monocypher.h"
 #include "tml/ed25519.h"
 #include "tml/sha.h"
 #include "tml_test.h"
@@ -54,6 +55,12 @@ static const char *const pad_sha512[] = {
 };
 
 /* RFC 8032 7.1: TEST 1, 2, 3 and TEST SHA(abc): public key, message, signature. */
+static const char *const ed_secret[] = {
+    "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+    "4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb",
+    "c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7",
+    "833fe62409237b9d62ec77587520911e9a759cec1d19755b7da901b96dca3d42",
+};
 static const char *const ed[][3] = {
     {"d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a", "",
      "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701c"
@@ -78,8 +85,39 @@ static void hex_eq(const uint8_t *got, const char *hex, size_t n)
     CHECK(memcmp(got, want, n) == 0);
 }
 
+/* The small fixed-base multiplication gives crypto_eddsa_scalarbase()'s bytes: edge scalars
+ * (0, 1, L - 1, L, 2^255 - 1 clamped and not, all ones) and SHA-512-derived ones. */
+static void scalarbase_matches_monocypher(void)
+{
+    static const char *const edges[] = {
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "ecd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010",
+        "edd3f55c1a631258d69cf7a2def9de1400000000000000000000000000000010",
+        "f8ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+    };
+    uint8_t s[64], want[32], got[32];
+    for (int i = 0; i < 70; i++) {
+        tml_case("crypto", "ed25519_small_scalarbase_matches_monocypher");
+        if (i < 6) {
+            vec_parse_hex(edges[i], s, 32);
+        } else {
+            uint8_t seed = (uint8_t)i;
+            tml_sha512(&seed, 1, s);
+            if (i & 1) {
+                crypto_eddsa_trim_scalar(s, s);
+            }
+        }
+        crypto_eddsa_scalarbase(want, s);
+        tml_eddsa_scalarbase_small(got, s);
+        CHECK(memcmp(got, want, 32) == 0);
+    }
+}
+
 void suite_crypto(void)
 {
+    scalarbase_matches_monocypher();
     static uint8_t million[1000000];
     uint8_t d[64];
     memset(million, 'a', sizeof(million));
@@ -141,6 +179,14 @@ void suite_crypto(void)
         vec_parse_hex(ed[i][2], sig, 64);
         tml_case("crypto", "ed25519_rfc8032_valid");
         CHECK(tml_ed25519_verify(sig, pk, msg, n));
+        uint8_t seed[32], got_pk[32], got_sig[64];
+        vec_parse_hex(ed_secret[i], seed, 32);
+        tml_case("crypto", "ed25519_rfc8032_public_key");
+        tml_ed25519_public_key(got_pk, seed);
+        CHECK(memcmp(got_pk, pk, 32) == 0);
+        tml_case("crypto", "ed25519_rfc8032_sign");
+        tml_ed25519_sign(got_sig, seed, msg, n);
+        CHECK(memcmp(got_sig, sig, 64) == 0);
         tml_case("crypto", "ed25519_rfc8032_tampered_message_refused");
         msg[0] ^= 1;
         CHECK(!tml_ed25519_verify(sig, pk, msg, n ? n : 1));

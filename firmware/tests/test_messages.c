@@ -45,7 +45,10 @@ void suite_messages(void)
             };
             CHECK(tml_status_encode(&s, got, sizeof(got), &len) == TML_OK);
         } else if (!strcmp(kind, "hello")) {
-            CHECK(tml_hello_encode(vec_get(&r, "uid"), (uint32_t)vec_u64(&r, "mtu"), got,
+            uint8_t key[32];
+            bool has_key = vec_hex(&r, "key", key, sizeof(key)) == 32;
+            CHECK(tml_hello_encode(vec_get(&r, "uid"), vec_get(&r, "hardware"),
+                                   has_key ? key : NULL, (uint32_t)vec_u64(&r, "mtu"), got,
                                    sizeof(got), &len) == TML_OK);
         } else if (!strcmp(kind, "chunk_request")) {
             CHECK(tml_chunk_request_encode((uint32_t)vec_u64(&r, "pkg"),

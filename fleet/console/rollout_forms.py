@@ -16,7 +16,7 @@ from django import forms
 from fleet.devices.models import Device, DeviceGroup, HardwareProfile
 from ota.choices import VersionStatus
 from ota.models import ModelVersion
-from ota.rollouts.targeting import check_waves, target_devices
+from ota.rollouts.targeting import check_waves, new_wave_seed, target_devices
 
 SCORE_PER_POINT = 255 / 100  # wire scores are 0..255; operators read confidence in percent
 
@@ -72,6 +72,10 @@ class RolloutForm(forms.Form):
         help_text="Total variation distance of the label mix.")
     max_latency_rise = _pct("Latency rise (%)", None, "Mean inference latency.", high=10_000)
     max_rate_drop = _pct("Event rate drop (%)", None, "Events per second.")
+    health_timeout_min = forms.FloatField(
+        label="Judge within (minutes)", required=False, min_value=1, max_value=7 * 24 * 60,
+        help_text="A gate that cannot judge this long after a wave succeeded pauses the "
+                  "rollout (default 60).")
     offers_per_minute = forms.IntegerField(initial=600, min_value=1, max_value=1_000_000,
                                            label="Offers per minute")
     jitter_s = forms.FloatField(initial=0, min_value=0, max_value=86_400, label="Jitter (s)",
@@ -85,12 +89,17 @@ class RolloutForm(forms.Form):
                                          label="Window until (UTC hour)",
                                          help_text="Optional: offer only inside the window.")
 
+    # The salt of the wave hash, drawn at the first preview and carried in a hidden field, so
+    # the preview counts the waves the rollout will have (not those of some other salt).
+    wave_seed = forms.IntegerField(required=False, min_value=1, max_value=2**62,
+                                   widget=forms.HiddenInput)
+
     SECTIONS = (
         ("Release", ("name", "model_version", "base_version")),
         ("Target", ("group", "tags", "hardware_profile", "devices")),
         ("Waves", ("waves", "success_pct", "failure_pct", "soak_min")),
         ("Health gates", ("max_confidence_drop", "max_label_shift", "max_latency_rise",
-                          "max_rate_drop")),
+                          "max_rate_drop", "health_timeout_min")),
         ("Pacing", ("offers_per_minute", "jitter_s", "max_concurrent", "window_start_hour",
                     "window_end_hour")),
     )
@@ -140,6 +149,14 @@ class RolloutForm(forms.Form):
 
     # -- what the cleaned form means, for the actions ---------------------------------------
 
+    @classmethod
+    def with_wave_seed(cls, data: Any) -> RolloutForm:
+        """Bind ``data``, drawing a wave seed when it carries none (the first preview)."""
+        data = data.copy()
+        if not data.get("wave_seed"):
+            data["wave_seed"] = str(new_wave_seed())
+        return cls(data)
+
     def target(self) -> dict[str, Any]:
         """Return the target criteria as ``do_create_rollout`` takes them."""
         d = self.cleaned_data
@@ -171,11 +188,13 @@ class RolloutForm(forms.Form):
             "max_label_shift": d["max_label_shift"],
             "max_latency_rise": share(d["max_latency_rise"]),
             "max_rate_drop": share(d["max_rate_drop"]),
+            "health_timeout_s": round((d.get("health_timeout_min") or 60) * 60),
             "offers_per_minute": d["offers_per_minute"],
             "jitter_s": d["jitter_s"],
             "max_concurrent": d["max_concurrent"],
             "window_start_hour": d["window_start_hour"],
             "window_end_hour": d["window_end_hour"],
+            "wave_seed": d.get("wave_seed"),
         }
 
     def digest(self) -> str:

@@ -24,6 +24,7 @@ from fleet.devices.credentials import (
     new_mqtt_password,
     parse_public_key,
 )
+from fleet.devices.capabilities import capability_issues
 from fleet.devices.models import (
     Device,
     DeviceGroup,
@@ -200,7 +201,7 @@ def do_enroll_device(
         key_algorithm=key.algorithm,
         enrolled_with=claim,
         enrolled_via=via,
-        **_capability_fields(capabilities),
+        **_capability_fields(capabilities, profile),
     )
     claim.uses += 1
     claim.save(update_fields=["uses"])
@@ -244,7 +245,7 @@ def _re_enroll(
             f"Device {device.uid} enrolled as {device.hardware_profile.name}, not {profile.name}.",
             409,
         )
-    for field, value in _capability_fields(capabilities).items():
+    for field, value in _capability_fields(capabilities, profile).items():
         setattr(device, field, value)
     device.save()
     password = _provision(device)
@@ -273,9 +274,14 @@ def _attach_to_gateway(gateway: Gateway, device: Device) -> None:
             ) from exc
 
 
-def _capability_fields(capabilities: dict[str, Any]) -> dict[str, Any]:
+def _capability_fields(capabilities: dict[str, Any], profile: HardwareProfile) -> dict[str, Any]:
+    issues = capability_issues(profile, capabilities)
+    if issues:
+        log.warning("device enrolling as %s contradicts its profile: %s", profile.name,
+                    "; ".join(i["message"] for i in issues))
     return {
         "capabilities": capabilities,
+        "capability_issues": issues,
         "firmware_version": capabilities.get("firmware_version", ""),
         "tflm_version": capabilities.get("tflm_version", ""),
     }

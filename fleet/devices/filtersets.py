@@ -1,5 +1,7 @@
 """Filters for the devices app's lists, one class per listable model."""
 
+from typing import Any
+
 import django_filters
 
 from fleet.devices.choices import DeviceState, KernelSet
@@ -15,10 +17,19 @@ class DeviceFilterSet(django_filters.FilterSet):
                                            exclude=True)
     last_seen_after = django_filters.IsoDateTimeFilter(field_name="last_seen", lookup_expr="gte")
     last_seen_before = django_filters.IsoDateTimeFilter(field_name="last_seen", lookup_expr="lt")
+    capability_issues = django_filters.BooleanFilter(
+        method="filter_capability_issues",
+        help_text="true: only devices whose capabilities contradict their profile")
 
     class Meta:
         model = Device
         fields = ["hardware_profile", "group", "tag", "state", "firmware_version", "tflm_version"]
+
+    def filter_capability_issues(self, queryset: Any, name: str, value: bool | None) -> Any:
+        if value is None:
+            return queryset
+        clean = queryset.filter(capability_issues=[])
+        return queryset.exclude(pk__in=clean.values("pk")) if value else clean
 
 
 class HardwareProfileFilterSet(django_filters.FilterSet):

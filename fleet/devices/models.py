@@ -100,6 +100,9 @@ class Device(models.Model):
     running_package_id = models.IntegerField(
         null=True, blank=True, help_text="OTA package the device last said it runs"
     )
+    capability_issues = models.JSONField(
+        default=list, blank=True,
+        help_text="how the reported capabilities contradict the profile ([{code, message}])")
 
     class Meta:
         ordering = ["uid"]

@@ -20,6 +20,7 @@ from django.db.models import Q
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.status import LinkState, Status
 from fleet.audit.actions import record_audit
+from fleet.devices.capabilities import capability_issues
 from fleet.devices.choices import DeviceState
 from fleet.devices.models import Device, Gateway
 
@@ -34,7 +35,8 @@ def apply_status(device_id: int, status: Status, received_at: datetime) -> None:
     unchanged: the stored ones, from enrollment or an earlier status, stay as they are.
     Presence changes are frequent and not audited; a change of firmware is.
     """
-    device = Device.objects.select_for_update().filter(pk=device_id).first()
+    device = (Device.objects.select_for_update().select_related("hardware_profile")
+              .filter(pk=device_id).first())
     if device is None or device.revoked:
         return
     fields = ["state", "last_seen"]
@@ -53,7 +55,13 @@ def apply_status(device_id: int, status: Status, received_at: datetime) -> None:
         device.capabilities = caps
         device.firmware_version = caps.get("firmware_version", "")
         device.tflm_version = caps.get("tflm_version", "")
-        fields += ["capabilities", "firmware_version", "tflm_version"]
+        issues = capability_issues(device.hardware_profile, caps)
+        if issues != device.capability_issues:
+            record_audit(actor=None, actor_label=f"device:{device.uid}",
+                         action="device.capability_issues", obj=device,
+                         before={"issues": device.capability_issues}, after={"issues": issues})
+        device.capability_issues = issues
+        fields += ["capabilities", "firmware_version", "tflm_version", "capability_issues"]
     if status.state == LinkState.ONLINE:
         device.running_package_id = status.model or None
         fields.append("running_package_id")

@@ -11,7 +11,8 @@ from ota.rollouts.progress import failure_reasons, wave_progress
 
 _SETTINGS = [
     "success_threshold", "failure_threshold", "soak_s", "max_score_drop", "max_label_shift",
-    "max_latency_rise", "max_rate_drop", "health_min_events", "offers_per_minute", "rate_growth",
+    "max_latency_rise", "max_rate_drop", "health_min_events", "health_timeout_s",
+    "offers_per_minute", "rate_growth",
     "jitter_s", "max_concurrent", "window_start_hour", "window_end_hour", "step_timeout_s",
     "max_attempts",
 ]
@@ -40,9 +41,10 @@ class RolloutSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "model_version", "base_version", "state", "target_group",
                   "target_tags", "target_profile", "target_devices", "waves", "current_wave",
                   "paused_reason", "packages", "rollback_of", "started_at", "finished_at",
-                  "created_at", "start", *_SETTINGS]
+                  "created_at", "start", "baseline_from", "baseline_until", *_SETTINGS]
         read_only_fields = ["state", "current_wave", "paused_reason", "rollback_of",
-                            "started_at", "finished_at", "created_at"]
+                            "started_at", "finished_at", "created_at", "baseline_from",
+                            "baseline_until"]
 
     def validate(self, data: dict) -> dict:
         for name in ("success_threshold", "failure_threshold"):

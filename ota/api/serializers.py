@@ -6,7 +6,16 @@ from rest_framework import serializers
 
 from fleet.core.uploads import check_upload_sizes
 from fleet.devices.models import HardwareProfile
-from ota.models import ConversionJob, Model, ModelVersion, Package, ProfileCompatibility, SigningKey
+from ota.models import (
+    ConversionJob,
+    FactoryVersion,
+    Model,
+    ModelVersion,
+    Package,
+    ProfileCompatibility,
+    RevalidationJob,
+    SigningKey,
+)
 from ota.registry.limits import upload_limits
 
 
@@ -131,3 +140,30 @@ class SigningKeySerializer(serializers.ModelSerializer):
     def get_rotation_record(self, key: SigningKey) -> str | None:
         """The COSE_Sign1 record introducing this key, hex (devices apply it before use)."""
         return bytes(key.rotation_record).hex() if key.rotation_record else None
+
+
+class RevalidationJobSerializer(serializers.ModelSerializer):
+    """A re-validation of every version (or one) after a hardware profile changed."""
+
+    hardware_profile = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    progress = serializers.FloatField(read_only=True)
+
+    class Meta:
+        model = RevalidationJob
+        fields = ["id", "hardware_profile", "model_version", "state", "total", "done", "progress",
+                  "message", "created_at", "finished_at"]
+
+
+class FactoryVersionRequestSerializer(serializers.Serializer):
+    """Register a version as a profile's factory model (a rollback target for package 0)."""
+
+    hardware_profile = serializers.SlugRelatedField(slug_field="name",
+                                                    queryset=HardwareProfile.objects.all())
+
+
+class FactoryVersionSerializer(serializers.ModelSerializer):
+    hardware_profile = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = FactoryVersion
+        fields = ["hardware_profile", "model_version", "registered_at"]

@@ -9,5 +9,6 @@ router.register("model-versions", views.ModelVersionViewSet)
 router.register("packages", views.PackageViewSet)
 router.register("signing-keys", views.SigningKeyViewSet)
 router.register("rollouts", RolloutViewSet)
+router.register("revalidation-jobs", views.RevalidationJobViewSet)
 
 urlpatterns = router.urls

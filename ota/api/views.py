@@ -17,10 +17,12 @@ from fleet.core.roles import Role
 from fleet.core.uploads import check_request_size
 from ota.api import serializers as s
 from ota.choices import Encoding
-from ota.models import Model, ModelVersion, Package, SigningKey
+from ota.jobs.revalidation import do_request_revalidation
+from ota.models import Model, ModelVersion, Package, RevalidationJob, SigningKey
 from ota.packaging.actions import do_build_package
 from ota.registry import actions as registry
 from ota.registry.limits import largest_upload_request
+from ota.rollouts.actions import do_register_factory_version
 from ota.signing.actions import (
     do_activate_signing_key,
     do_retire_signing_key,
@@ -91,6 +93,36 @@ class ModelVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
             code = status.HTTP_202_ACCEPTED
         mv = self.get_queryset().get(pk=mv.pk)
         return Response(s.ModelVersionDetailSerializer(mv).data, status=code)
+
+    @extend_schema(request=None, responses={202: s.RevalidationJobSerializer})
+    @action(detail=True, methods=["post"])
+    def revalidate(self, request: Request, pk: str | None = None) -> Response:
+        """Queue the admission check of this version against every current profile (a worker
+        runs it; progress under /api/v1/revalidation-jobs/)."""
+        job = do_request_revalidation(actor=request.user, version=self.get_object())
+        return Response(s.RevalidationJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=s.FactoryVersionRequestSerializer,
+                   responses={200: s.FactoryVersionSerializer})
+    @action(detail=True, methods=["post"])
+    def factory(self, request: Request, pk: str | None = None) -> Response:
+        """Register this version as what a profile's devices run from the factory (package 0):
+        a rollback of devices that ran package 0 then ships it."""
+        body = s.FactoryVersionRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        factory = do_register_factory_version(self.get_object(), body.validated_data[
+            "hardware_profile"], actor=request.user)
+        return Response(s.FactoryVersionSerializer(factory).data)
+
+
+class RevalidationJobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                             viewsets.GenericViewSet):
+    """Re-validations of versions after a hardware profile was created or edited."""
+
+    queryset = RevalidationJob.objects.select_related("hardware_profile")
+    serializer_class = s.RevalidationJobSerializer
+    filterset_fields = ["state", "hardware_profile__name", "model_version"]
+    ordering_fields = ["created_at"]
 
 
 class PackageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,

@@ -161,7 +161,10 @@ def convert_keras_to_int8(
                 report(0.25 + 0.5 * i / len(rep), f"calibrating: sample {i} of {len(rep)}")
             yield [rep[i : i + 1]]
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    # A fixed batch of 1, as a device runs it: with the batch left dynamic the converter keeps
+    # run-time shape arithmetic (a Flatten becomes SHAPE, STRIDED_SLICE, PACK and RESHAPE);
+    # with it fixed, a Flatten is one RESHAPE and nothing else is computed per inference.
+    converter = tf.lite.TFLiteConverter.from_keras_model(_batch_of_one(model, tf))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative
     # Int8 kernels only: conversion fails rather than leaving float ops a device cannot run.
@@ -192,6 +195,13 @@ def convert_keras_to_int8(
         tensorflow_version=tf.__version__,
         elapsed_s=time.perf_counter() - started,
     )
+
+
+def _batch_of_one(model: Any, tf: Any) -> Any:
+    """Return ``model`` called on an input of static shape ``(1, ...)``: same weights."""
+    spec = model.inputs[0]
+    fixed = tf.keras.Input(batch_shape=(1, *spec.shape[1:]), dtype=spec.dtype)
+    return tf.keras.Model(fixed, model(fixed))
 
 
 def _int8_scores(

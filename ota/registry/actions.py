@@ -16,8 +16,14 @@ from ota.choices import VersionSource, VersionStatus
 from ota.errors import OtaError
 from ota.models import ConversionJob, Model, ModelVersion, ProfileCompatibility
 from ota.registry.storage import artifact_storage
-from ota.validation.admission import ProfileSpec, validate_model
+from ota.validation.admission import (
+    MeasurementUnavailable,
+    ProfileSpec,
+    TargetMeasurement,
+    validate_model,
+)
 from ota.validation.inspect import ModelFormatError, inspect_model
+from ota.validation.targets import core_of
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +39,14 @@ def profile_spec(profile: HardwareProfile) -> ProfileSpec:
         pointer_bits=profile.pointer_bits,
         supported_ops=list(profile.supported_ops),
         kernel_set=profile.kernel_set,
+        core=core_of(profile.mcu),
     )
+
+
+def target_measurement() -> TargetMeasurement:
+    """How admission measures arenas on emulated targets, from the settings."""
+    return TargetMeasurement(probe_dir=settings.ADMISSION_PROBE_DIR,
+                             require=settings.ADMISSION_REQUIRE_MEASURED)
 
 
 @transaction.atomic
@@ -125,7 +138,12 @@ def run_validation(mv: ModelVersion) -> ModelVersion:
     data = storage.get(mv.sha256)
     samples = storage.path(mv.dataset_sha256) if mv.dataset_sha256 else None
     profiles = list(HardwareProfile.objects.all())
-    report = validate_model(data, [profile_spec(p) for p in profiles], samples=samples)
+    try:
+        report = validate_model(data, [profile_spec(p) for p in profiles], samples=samples,
+                                targets=target_measurement())
+    except MeasurementUnavailable as exc:
+        # Required, not possible here: the version stays `validating` (the worker re-checks it).
+        raise OtaError("measurement_unavailable", str(exc), 503) from None
     by_name = {p.name: p for p in profiles}
     with transaction.atomic():
         mv.validation = report.to_dict()
@@ -136,7 +154,7 @@ def run_validation(mv: ModelVersion) -> ModelVersion:
             ProfileCompatibility(
                 model_version=mv, hardware_profile=by_name[c.profile], compatible=c.ok,
                 reasons=[{"code": str(r.code), "message": r.message} for r in c.reasons],
-                arena_bytes_required=c.arena.required_bytes if c.arena else None,
+                arena_bytes_required=c.arena_required_bytes,
             )
             for c in report.compatibility
         ])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from datetime import timedelta
@@ -17,12 +17,20 @@ from django.utils import timezone
 from device_sdk.protocol.ota_messages import DeploymentState
 from device_sdk.protocol.reasons import Reason
 from fleet.audit.actions import record_audit
+from fleet.devices.capabilities import cannot_take
 from fleet.devices.models import Device, DeviceGroup, HardwareProfile
 from ota.errors import OtaError
-from ota.models import ModelVersion, Package
+from ota.models import ModelVersion, Package, ProfileCompatibility
 from ota.packaging.actions import check_packageable, do_build_package
-from ota.rollouts.models import ACTIVE_STATES, Deployment, Rollout, RolloutState
-from ota.rollouts.targeting import check_waves, target_devices, wave_of
+from ota.rollouts.health import BEFORE_WINDOW
+from ota.rollouts.models import (
+    ACTIVE_STATES,
+    Deployment,
+    FactoryVersion,
+    Rollout,
+    RolloutState,
+)
+from ota.rollouts.targeting import check_waves, new_wave_seed, target_devices, wave_of
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +43,18 @@ class RolloutPreview:
     per_wave: list[int]
     per_profile: dict[str, int]
     refusals: dict[str, str]  # profile name -> why the version does not fit
+    # device uid -> why that device cannot take the version (its reported capabilities fall
+    # short of what the model needs on its profile); listed, not refused: the offer would fail
+    device_refusals: dict[str, str] = field(default_factory=dict)
 
 
 def preview_rollout(mv: ModelVersion, devices: list[Device], waves: list[float],
-                    rollout_id: int = 0) -> RolloutPreview:
-    """Count devices per wave and per profile, and check the version against each profile."""
+                    wave_seed: int) -> RolloutPreview:
+    """Count devices per wave and per profile, and check the version against each profile.
+
+    ``wave_seed`` is the salt the rollout will hash with (pass it on to
+    :func:`do_create_rollout`), so these per-wave counts are the rollout's.
+    """
     per_profile = Counter(d.hardware_profile.name for d in devices)
     refusals: dict[str, str] = {}
     for profile in {d.hardware_profile for d in devices}:
@@ -47,12 +62,22 @@ def preview_rollout(mv: ModelVersion, devices: list[Device], waves: list[float],
             check_packageable(mv, profile)
         except OtaError as exc:
             refusals[profile.name] = exc.detail
-    per_wave_new = Counter(wave_of(rollout_id, d.uid, waves) for d in devices)
+    per_wave_new = Counter(wave_of(wave_seed, d.uid, waves) for d in devices)
+    arena_by_profile = dict(ProfileCompatibility.objects.filter(model_version=mv).values_list(
+        "hardware_profile_id", "arena_bytes_required"))
+    model_ops = list((mv.validation or {}).get("ops") or [])
+    device_refusals = {}
+    for d in devices:
+        why = cannot_take(d.capabilities, ops=model_ops,
+                          arena_bytes=arena_by_profile.get(d.hardware_profile_id),
+                          model_bytes=mv.size_bytes)
+        if why:
+            device_refusals[d.uid] = "; ".join(why)
     cumulative, running = [], 0
     for index in range(len(waves)):
         running += per_wave_new.get(index, 0)
         cumulative.append(running)
-    return RolloutPreview(len(devices), cumulative, dict(per_profile), refusals)
+    return RolloutPreview(len(devices), cumulative, dict(per_profile), refusals, device_refusals)
 
 
 def do_create_rollout(
@@ -67,13 +92,16 @@ def do_create_rollout(
     devices: list[Device] | None = None,
     base_version: ModelVersion | None = None,
     rollback_of: Rollout | None = None,
+    wave_seed: int | None = None,
     **settings_: Any,
 ) -> Rollout:
     """Create a rollout (draft) after checking the version fits every targeted profile.
 
     Packages are built (or reused) per targeted hardware profile; a delta from
-    ``base_version`` is used where it is smaller.
+    ``base_version`` is used where it is smaller. ``wave_seed``: the one a preview used
+    (a fresh one when None), so the waves are the ones the preview counted.
     """
+    wave_seed = wave_seed if wave_seed is not None else new_wave_seed()
     try:
         waves = check_waves(waves)
     except ValueError as exc:
@@ -85,7 +113,7 @@ def do_create_rollout(
     ).select_related("hardware_profile"))
     if not targets:
         raise OtaError("no_targets", "The target matches no (unrevoked) device.")
-    preview = preview_rollout(model_version, targets, waves)
+    preview = preview_rollout(model_version, targets, waves, wave_seed)
     if preview.refusals:
         text = "; ".join(f"{p}: {why}" for p, why in sorted(preview.refusals.items()))
         raise OtaError("incompatible", f"Refused for {text}", 409, refusals=preview.refusals)
@@ -99,7 +127,7 @@ def do_create_rollout(
         rollout = Rollout.objects.create(
             name=name, model_version=model_version, base_version=base_version, waves=waves,
             target_group=group, target_tags=tags or [], target_profile=profile,
-            rollback_of=rollback_of,
+            rollback_of=rollback_of, wave_seed=wave_seed,
             created_by=actor if actor is not None and actor.is_authenticated else None,
             **settings_,
         )
@@ -158,12 +186,14 @@ def do_start_rollout(rollout: Rollout, *, actor: AbstractBaseUser | None) -> Rol
         if package is None:  # a device of a new profile joined the target after creation
             continue
         rows.append(Deployment(rollout=rollout, device=device, package=package,
-                               wave=wave_of(rollout.pk, device.uid, rollout.waves),
+                               wave=wave_of(rollout.wave_salt, device.uid, rollout.waves),
                                previous_package_id=device.running_package_id))
     Deployment.objects.bulk_create(rows, batch_size=1000)
     now = timezone.now()
     rollout.state = RolloutState.RUNNING
     rollout.started_at = rollout.wave_started_at = now
+    # The health gates' baseline when the devices' old version has no telemetry of its own.
+    rollout.baseline_from, rollout.baseline_until = now - BEFORE_WINDOW, now
     rollout.current_wave = 0
     rollout.save()
     record_audit(actor=actor, action="rollout.start", obj=rollout,
@@ -256,14 +286,19 @@ def do_rollback_rollout(rollout: Rollout, *, actor: AbstractBaseUser | None) -> 
     """
     took = Deployment.objects.filter(rollout=rollout, state__in=[
         DeploymentState.CONFIRMED, DeploymentState.INSTALLED, DeploymentState.TRIAL,
-        DeploymentState.VERIFIED]).exclude(previous_package_id=None)
-    previous = Counter(took.values_list("previous_package_id", flat=True)).most_common(1)
+        DeploymentState.VERIFIED])
+    # None or 0: the device ran its factory model (package 0) before this rollout.
+    previous = Counter(p or 0 for p in took.values_list("previous_package_id", flat=True)
+                       ).most_common(1)
     if not previous:
-        raise OtaError("nothing_to_roll_back", "No device took this rollout's version with a "
-                       "known previous version.", 409)
-    old_package = Package.objects.filter(pk=previous[0][0]).first()
-    if old_package is None:
-        raise OtaError("nothing_to_roll_back", "The previous package no longer exists.", 409)
+        raise OtaError("nothing_to_roll_back", "No device took this rollout's version.", 409)
+    if previous[0][0] == 0:
+        old_version = _factory_version(took)
+    else:
+        old_package = Package.objects.filter(pk=previous[0][0]).first()
+        if old_package is None:
+            raise OtaError("nothing_to_roll_back", "The previous package no longer exists.", 409)
+        old_version = old_package.model_version
     devices = list(Device.objects.filter(id__in=took.values("device_id")))
     if Rollout.objects.get(pk=rollout.pk).state in (RolloutState.RUNNING, RolloutState.PAUSED):
         try:
@@ -271,8 +306,43 @@ def do_rollback_rollout(rollout: Rollout, *, actor: AbstractBaseUser | None) -> 
         except OtaError:
             pass  # the controller completed it meanwhile: nothing left to stop
     back = do_create_rollout(
-        actor=actor, name=f"rollback of {rollout.name}", model_version=old_package.model_version,
+        actor=actor, name=f"rollback of {rollout.name}", model_version=old_version,
         waves=[100], devices=devices, rollback_of=rollout,
         offers_per_minute=rollout.offers_per_minute, max_concurrent=rollout.max_concurrent,
     )
     return do_start_rollout(back, actor=actor)
+
+
+def _factory_version(took: Any) -> ModelVersion:
+    """Return the registered factory version of the devices in ``took`` (one for all)."""
+    profiles = set(took.values_list("device__hardware_profile_id", flat=True))
+    versions = {f.hardware_profile_id: f.model_version
+                for f in FactoryVersion.objects.filter(hardware_profile_id__in=profiles)
+                .select_related("model_version")}
+    missing = sorted(HardwareProfile.objects.filter(pk__in=profiles - set(versions))
+                     .values_list("name", flat=True))
+    if missing:
+        raise OtaError("nothing_to_roll_back", "The devices ran their factory model before, and "
+                       f"no factory version is registered for {', '.join(missing)}.", 409)
+    distinct = {v.pk: v for v in versions.values()}
+    if len(distinct) != 1:
+        raise OtaError("nothing_to_roll_back", "The devices' profiles have different factory "
+                       "versions: roll each profile back on its own.", 409)
+    return next(iter(distinct.values()))
+
+
+@transaction.atomic
+def do_register_factory_version(model_version: ModelVersion, profile: HardwareProfile, *,
+                                actor: AbstractBaseUser | None) -> FactoryVersion:
+    """Record ``model_version`` as what ``profile``'s devices leave the factory with.
+
+    A rollback of devices that ran package 0 then ships a fresh package of this version.
+    """
+    check_packageable(model_version, profile)
+    before = FactoryVersion.objects.filter(hardware_profile=profile).first()
+    factory, _ = FactoryVersion.objects.update_or_create(
+        hardware_profile=profile, defaults={"model_version": model_version})
+    record_audit(actor=actor, action="factory_version.register", obj=factory,
+                 before={"model_version": str(before.model_version)} if before else None,
+                 after={"model_version": str(model_version), "profile": profile.name})
+    return factory

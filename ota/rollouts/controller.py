@@ -31,7 +31,7 @@ from fleet.devices.models import Gateway
 from ota.models import TrustRecord
 from ota.rollouts.actions import do_pause_rollout
 from ota.rollouts.delivery_keys import fanout_key
-from ota.rollouts.health import BEFORE_WINDOW, cohort, tripped_gates
+from ota.rollouts.health import BEFORE_WINDOW, cohort, cohort_before, tripped_gates
 from ota.rollouts.models import ACTIVE_STATES, Deployment, Rollout, RolloutState
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,16 @@ def _judge_wave(rollout: Rollout, now: datetime) -> bool:
         log.warning("rollout %s paused by a health gate: %s", rollout.pk, verdict)
         return False
     if _gates_configured(rollout) and not _health_judged(rollout, now):
-        return True  # not enough telemetry yet to judge; hold the wave
+        waited = (now - rollout.wave_succeeded_at).total_seconds()
+        if waited < rollout.health_timeout_s:
+            return True  # not enough telemetry yet to judge; hold the wave
+        old, new = _cohorts(rollout, now)
+        reason = (f"health gate: cannot judge wave {rollout.current_wave + 1} within "
+                  f"{rollout.health_timeout_s} s: {old.events} baseline and {new.events} new "
+                  f"events (needs {rollout.health_min_events} of each)")
+        do_pause_rollout(rollout, actor=None, reason=reason)
+        log.warning("rollout %s paused: %s", rollout.pk, reason)
+        return False
     if now - rollout.wave_succeeded_at >= timedelta(seconds=rollout.soak_s):
         return _advance(rollout, now)
     return True
@@ -245,6 +254,14 @@ def _cohorts(rollout: Rollout, now: datetime):
     ).values_list("model_version_id", flat=True).distinct())
     start = rollout.wave_started_at or rollout.started_at or now
     old = cohort(device_ids, old_versions, start - BEFORE_WINDOW, start)
+    if old.events < rollout.health_min_events and rollout.baseline_until is not None:
+        # No (or too little) old-version telemetry: a fleet on its factory model, say. The
+        # baseline is then these devices' own telemetry before the rollout started.
+        before = cohort_before(device_ids, rollout.model_version_id,
+                               rollout.baseline_from or rollout.baseline_until - BEFORE_WINDOW,
+                               rollout.baseline_until)
+        if before.events > old.events:
+            old = before
     # Rollups are per minute: the new version's events of the minute the wave started are in
     # the bucket that starts before ``start``. The version filter keeps the cohorts apart.
     new = cohort(device_ids, [rollout.model_version_id], start.replace(second=0, microsecond=0),

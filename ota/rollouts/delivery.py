@@ -265,6 +265,8 @@ def apply_reports(reports: list[ReportRow]) -> list[bool]:
         dep.state_changed_at = now
         if state == DeploymentState.FAILED:
             dep.reason = detail or int(Reason.TRIAL_FAILED)
+        if state == DeploymentState.ROLLED_BACK and detail:
+            dep.reason = detail  # why the trial reverted (MODEL_LOAD_FAILED, TRIAL_OUTPUT_...)
         if state == DeploymentState.CONFIRMED:
             dep.confirmed_at = now
             running[device_id] = package_id

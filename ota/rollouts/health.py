@@ -1,4 +1,11 @@
-"""Health gates: compare the new version with the old one on the same devices, from telemetry."""
+"""Health gates: compare the new version with the old one on the same devices, from telemetry.
+
+The baseline is the old version's telemetry on the same devices in the hour before the wave
+started. A fleet on its factory model (package 0, stored as model version 0) has no "old
+version" in the registry; then, and whenever the old version's telemetry is too thin to
+judge, the baseline is the same devices' own telemetry of any other version in the window the
+rollout recorded when it started (``Rollout.baseline_from`` .. ``baseline_until``).
+"""
 
 from __future__ import annotations
 
@@ -44,6 +51,25 @@ def cohort(device_ids: list[int], model_version_ids: list[int], since: datetime,
     labels, events, score, latency = {}, 0, 0, 0
     for row in rows:
         labels[row["label"]] = row["n"]
+        events += row["n"]
+        score += row["s"]
+        latency += row["lat"]
+    return Cohort(events, score, latency, max((until - since).total_seconds(), 1.0), labels)
+
+
+def cohort_before(device_ids: list[int], new_version_id: int, since: datetime,
+                  until: datetime) -> Cohort:
+    """Sum the rollups of ``device_ids`` in [since, until) of every version but the new one.
+
+    Version 0 (a factory model, or a package the server did not know) included: this is
+    "what these devices did before", whatever they ran.
+    """
+    rows = (Rollup.objects.filter(device_id__in=device_ids, bucket__gte=since, bucket__lt=until)
+            .exclude(model_version_id=new_version_id)
+            .values("label").annotate(n=Sum("count"), s=Sum("score_sum"), lat=Sum("latency_sum")))
+    labels, events, score, latency = {}, 0, 0, 0
+    for row in rows:
+        labels[row["label"]] = labels.get(row["label"], 0) + row["n"]
         events += row["n"]
         score += row["s"]
         latency += row["lat"]

@@ -70,6 +70,15 @@ class Rollout(models.Model):
                                       help_text="pause if event rate falls by this ratio")
     health_min_events = models.PositiveIntegerField(default=100,
                                                     help_text="events needed to judge health")
+    health_timeout_s = models.PositiveIntegerField(
+        default=3600, help_text="pause when a gate cannot judge this long after a wave succeeded")
+    # The same devices' telemetry before the rollout: the baseline when no old version has
+    # telemetry (a fleet on its factory model, package 0). Recorded at start.
+    baseline_from = models.DateTimeField(null=True, blank=True)
+    baseline_until = models.DateTimeField(null=True, blank=True)
+    wave_seed = models.BigIntegerField(
+        null=True, blank=True,
+        help_text="salt of the wave hash, fixed when the rollout is previewed (None: its id)")
     # pacing
     offers_per_minute = models.PositiveIntegerField(default=600)
     rate_growth = models.FloatField(default=1.0, help_text="x per minute (>1: exponential ramp)")
@@ -97,6 +106,28 @@ class Rollout(models.Model):
 
     def __str__(self) -> str:
         return f"rollout {self.pk} {self.name} ({self.state})"
+
+    @property
+    def wave_salt(self) -> int:
+        """What wave membership hashes with: the seed fixed at preview, else the id."""
+        return self.wave_seed if self.wave_seed is not None else int(self.pk or 0)
+
+
+class FactoryVersion(models.Model):
+    """The model version a hardware profile's devices leave the factory with (package 0).
+
+    Registering it makes the factory model a rollback target: devices that ran package 0
+    before a rollout get a fresh package of this version when the rollout is rolled back.
+    """
+
+    hardware_profile = models.OneToOneField(HardwareProfile, on_delete=models.CASCADE,
+                                            related_name="factory_version")
+    model_version = models.ForeignKey("ota.ModelVersion", on_delete=models.PROTECT,
+                                      related_name="factory_for")
+    registered_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"factory {self.model_version} on {self.hardware_profile}"
 
 
 class Deployment(models.Model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import secrets
 
 from django.db.models import QuerySet
 
@@ -25,15 +26,27 @@ def target_devices(
     return qs.distinct()
 
 
-def wave_position(rollout_id: int, uid: str) -> float:
-    """Return a stable position in [0, 100) for a device in a rollout (hash, not random)."""
-    digest = hashlib.sha256(f"{rollout_id}:{uid}".encode()).digest()
+def new_wave_seed() -> int:
+    """Return a fresh salt for wave membership, fixed when a rollout is first previewed.
+
+    The preview and the rollout it leads to hash with the same salt, so the preview's
+    per-wave counts are the rollout's (a rollout's id is unknown while it is previewed).
+    """
+    return secrets.randbelow(2**62) + 1
+
+
+def wave_position(salt: int, uid: str) -> float:
+    """Return a stable position in [0, 100) for a device in a rollout (hash, not random).
+
+    ``salt`` is the rollout's ``wave_salt``: its wave seed, or its id for older rollouts.
+    """
+    digest = hashlib.sha256(f"{salt}:{uid}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 * 100
 
 
-def wave_of(rollout_id: int, uid: str, waves: list[float]) -> int:
+def wave_of(salt: int, uid: str, waves: list[float]) -> int:
     """Return the index of the first wave whose cumulative percentage covers the device."""
-    position = wave_position(rollout_id, uid)
+    position = wave_position(salt, uid)
     for index, percent in enumerate(waves):
         if position < percent:
             return index

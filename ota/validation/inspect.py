@@ -122,6 +122,10 @@ class ModelInspection:
     outputs: list[TensorInfo]
     constant_bytes: int  # total size of the model's data buffers (weights, biases)
     metadata: list[str] = field(default_factory=list)  # names of metadata entries
+    # Ops that are there only because the input's batch dimension is dynamic (-1): run-time
+    # shape arithmetic (SHAPE, STRIDED_SLICE, PACK, ...) a fixed batch of 1 folds away.
+    dynamic_batch_ops: list[str] = field(default_factory=list)
+    dynamic_batch_advice: str = ""
 
     @property
     def operator_count(self) -> int:
@@ -203,6 +207,7 @@ def _parse(buf: bytes) -> ModelInspection:
             if op.op not in ops:
                 ops.append(op.op)
     main = subgraphs[0]
+    batch_ops = dynamic_batch_ops(main, buffer_sizes)
     metadata = [
         _text(model.Metadata(i).Name())
         for i in range(_checked_len(buf, model.MetadataLength(), "metadata"))
@@ -217,7 +222,51 @@ def _parse(buf: bytes) -> ModelInspection:
         outputs=[main.tensors[i] for i in main.outputs],
         constant_bytes=sum(buffer_sizes),
         metadata=metadata,
+        dynamic_batch_ops=batch_ops,
+        dynamic_batch_advice=DYNAMIC_BATCH_ADVICE.format(ops=", ".join(batch_ops))
+        if batch_ops else "",
     )
+
+
+DYNAMIC_BATCH_ADVICE = (
+    "The input's batch dimension is dynamic (-1), so the converter computes shapes at run time "
+    "with {ops}: kernels the device must register and run on every inference for nothing. "
+    "Convert with a fixed batch of 1 (tf.keras.Input(batch_shape=(1, ...)), or a concrete "
+    "function of tf.TensorSpec([1, ...])); a Flatten then becomes a single RESHAPE. Uploading "
+    "the Keras model with a data set converts it that way."
+)
+
+
+def dynamic_batch_ops(sg: SubgraphInfo, buffer_sizes: list[int]) -> list[str]:
+    """Name the ops of ``sg`` that only a dynamic batch brought in (empty: none, or static).
+
+    Starting from every SHAPE op, follow the operators whose every non-constant input is
+    computed from a shape: that chain is shape arithmetic. The op that finally uses the shape
+    (a RESHAPE taking it as its new shape) also takes real data, so it stays; op names the
+    model also uses outside the chain stay too.
+    """
+    if not any(t.shape_signature[:1] == [-1] for t in (sg.tensors[i] for i in sg.inputs)):
+        return []
+
+    def constant(t: int) -> bool:
+        tensor = sg.tensors[t]
+        return t == -1 or (tensor.buffer > 0 and tensor.buffer < len(buffer_sizes)
+                           and buffer_sizes[tensor.buffer] > 0)
+
+    shaped: set[int] = set()
+    chain: list[OperatorInfo] = []
+    for op in sg.operators:  # TFLite stores operators in execution order
+        live = [t for t in op.inputs if not constant(t)]
+        if op.op == "SHAPE" or (live and all(t in shaped for t in live)):
+            shaped.update(op.outputs)
+            chain.append(op)
+    in_chain = {op.index for op in chain}
+    elsewhere = {op.op for op in sg.operators if op.index not in in_chain}
+    names: list[str] = []
+    for op in chain:
+        if op.op not in elsewhere and op.op not in names:
+            names.append(op.op)
+    return names
 
 
 def _checked_len(buf: bytes, length: int, what: str, elem_size: int = 4) -> int:

@@ -84,6 +84,16 @@ def test_limits_and_envelope_constants_are_identical() -> None:
     assert c["TML_DIGEST_BYTES"] == manifest.DIGEST_BYTES
 
 
+def test_enroll_limits_are_identical() -> None:
+    """enroll.h's challenge limits and proof size match enrollment.py, limits.py and link.py."""
+    from device_sdk.protocol import enrollment
+
+    c = c_constants("enroll.h")
+    assert c["TML_ENROLL_MAX_NONCE"] == enrollment.MAX_NONCE_BYTES
+    assert c["TML_ENROLL_MAX_VIA"] == limits.MAX_UID_CHARS
+    assert c["TML_ENROLL_SIGNATURE"] == link.ENROLL_SIGNATURE_BYTES
+
+
 def test_link_kinds_and_flags_are_identical() -> None:
     """link.h's message kinds and flags match link.py."""
     c = c_constants("link.h")

@@ -10,7 +10,6 @@ In CI (``CI=true``) a missing toolchain or QEMU fails these tests instead of ski
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from tests.firmware.test_firmware_build import FIRMWARE, make, require
 
 pytestmark = pytest.mark.slow
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ota"))  # model_factory
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +64,7 @@ def test_boards_are_measured_in_parallel_and_fast(demo_model: bytes) -> None:
 
 def test_a_model_with_an_op_the_firmware_lacks_is_named(demo_model: bytes) -> None:
     """A model using an op outside ops.h fails with TFLM's message naming the op."""
-    import model_factory
+    from testkit import model_factory
 
     flat = model_factory.with_custom_op(demo_model, "SOFTMAX", "MY_SOFTMAX")
     result = qemu_probe.measure_min_arena(flat, "mps2-an385")

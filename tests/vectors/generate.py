@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device_sdk.protocol import link
 from device_sdk.protocol.cose import PROTECTED_EDDSA, key_id, raw_public_key, sign1
+from device_sdk.protocol.enrollment import capabilities_digest, enrollment_message
 from device_sdk.protocol.events import Event, EventBatch, encode_batch, encode_summary, summarize
 from device_sdk.protocol.fanout import crypt as fanout_crypt
 from device_sdk.protocol.golden import OutputType, golden_input, outputs_digest, top1_label
@@ -77,6 +78,8 @@ def private_key(label: str) -> Ed25519PrivateKey:
 SIGNER = private_key("tml test signing key 1")
 OTHER = private_key("tml test signing key 2")
 STRANGER = private_key("tml untrusted key")
+MCU_SEED = hashlib.sha256(b"tml test mcu identity seed").digest()  # an MCU's own key (enroll.vec)
+MCU = Ed25519PrivateKey.from_private_bytes(MCU_SEED)
 
 
 def sha(data: bytes) -> bytes:
@@ -220,6 +223,11 @@ def message_vectors() -> list[dict[str, Any]]:
     for uid, mtu in (("mcu-0001", 544), ("dev-0123456789abcdef", 33_000)):
         out.append({"name": f"hello_{uid}", "kind": "hello", "uid": uid, "mtu": mtu,
                     "expect": link.encode_hello(link.Hello(uid, mtu))})
+    key = raw_public_key(MCU.public_key())
+    for uid, hardware in (("mcu-0001", "qemu-mps2-an385"), ("m" * 64, "h" * 64)):
+        out.append({"name": f"hello_key_{uid[:8]}", "kind": "hello", "uid": uid, "mtu": 544,
+                    "key": key, "hardware": hardware,
+                    "expect": link.encode_hello(link.Hello(uid, 544, key=key, hardware=hardware))})
     for pkg, offset, length in ((1, 0, 512), (2**31 - 1, 67_108_864 - 1, 1), (300, 70_000, 24)):
         out.append({"name": f"request_{pkg}_{offset}", "kind": "chunk_request", "pkg": pkg,
                     "offset": offset, "length": length,
@@ -833,13 +841,136 @@ def link_vectors() -> list[dict[str, Any]]:
     for size in (253, 254, 255, 508, 530):
         payload = bytes(rng.randrange(1, 256) for _ in range(size))
         frames.append((f"nonzero_{size}", link.Frame(link.Kind.CHUNK, size & 0xFF, 0, payload)))
+    frames.append(("hello_key", link.Frame(link.Kind.HELLO, 0, link.FLAG_RST, link.encode_hello(
+        link.Hello("mcu-0001", 544, key=raw_public_key(MCU.public_key()),
+                   hardware="qemu-mps2-an385")))))
+    frames.append(("enroll_challenge", link.Frame(link.Kind.ENROLL_CHALLENGE, 2, 0,
+                                                  link.encode_enroll_challenge(ENROLL_CHALLENGE))))
+    frames.append(("enroll_proof", link.Frame(link.Kind.ENROLL_PROOF, 5, 0,
+                                              link.encode_enroll_proof(bytes(range(64))))))
     frames.append(("chunk_mixed", link.Frame(link.Kind.CHUNK, 9, 0, encode_chunk(
         Chunk(5, 1024, bytes(rng.randrange(256) for _ in range(512)))))))
     return [{"name": name, "kind": int(f.kind), "seq": f.seq, "flags": f.flags,
              "payload": f.payload, "wire": link.encode_frame(f)} for name, f in frames]
 
 
+# -- enrollment: the MCU signs for itself ------------------------------------------------------
+
+ENROLL_CAPS = {"firmware_version": "tml-fw 0.1.0", "tflm_version": "test-source", "ops": OPS,
+               "arena_bytes": ARENA_BYTES, "slot_bytes": SLOT_BYTES, "pointer_bits": 32}
+ENROLL_CHALLENGE = link.EnrollChallenge(bytes(range(40)), sha(b"claim-token-1"),
+                                        capabilities_digest(ENROLL_CAPS), "gw-0001")
+
+
+def enroll_vectors() -> list[dict[str, Any]]:
+    """Return the MCU's HELLO for a fixed seed, challenges with the enroll-message the MCU must
+    build and its (deterministic) Ed25519 signature, and challenges it must refuse."""
+    key = raw_public_key(MCU.public_key())
+    out: list[dict[str, Any]] = [
+        {"name": "hello_with_key", "kind": "hello", "seed": MCU_SEED, "uid": "mcu-0001",
+         "hardware": "qemu-mps2-an385", "mtu": 544, "public_key": key,
+         "expect": link.encode_hello(link.Hello("mcu-0001", 544, key=key,
+                                                hardware="qemu-mps2-an385"))}]
+    cases = [
+        ("challenge_gateway", "mcu-0001", "qemu-mps2-an385", ENROLL_CHALLENGE, "claim-token-1",
+         ENROLL_CAPS),
+        ("challenge_long", "d" * 64, "h" * 64, link.EnrollChallenge(
+            bytes(range(200, 256)) + bytes(8), sha(b"t"), capabilities_digest({}), "g" * 64),
+         "t", {}),
+        ("challenge_short_nonce", "mcu-0002", "qemu-mps2-an386", link.EnrollChallenge(
+            b"\x00", sha(b"tok"), capabilities_digest(ENROLL_CAPS), "gw-\u00e9"), "tok",
+         ENROLL_CAPS),
+    ]
+    for name, uid, hardware, challenge, token, caps in cases:
+        assert challenge.token_sha256 == sha(token.encode())
+        assert challenge.capabilities_sha256 == capabilities_digest(caps)
+        message = enrollment_message(nonce=challenge.nonce, token=token, uid=uid,
+                                     hardware=hardware, capabilities=caps, via=challenge.via)
+        signature = MCU.sign(message)
+        out.append({"name": name, "kind": "challenge", "seed": MCU_SEED, "uid": uid,
+                    "hardware": hardware, "challenge": link.encode_enroll_challenge(challenge),
+                    "message": message, "public_key": key, "signature": signature,
+                    "proof": link.encode_enroll_proof(signature)})
+    c = ENROLL_CHALLENGE
+    bad = [
+        ("bad_empty", b""),
+        ("bad_map", canonical({"nonce": c.nonce})),
+        ("bad_three_items", canonical([c.nonce, c.token_sha256, c.capabilities_sha256])),
+        ("bad_five_items", canonical([c.nonce, c.token_sha256, c.capabilities_sha256, c.via, 1])),
+        ("bad_empty_nonce", canonical([b"", c.token_sha256, c.capabilities_sha256, c.via])),
+        ("bad_long_nonce", canonical([bytes(65), c.token_sha256, c.capabilities_sha256, c.via])),
+        ("bad_token_31", canonical([c.nonce, c.token_sha256[:31], c.capabilities_sha256, c.via])),
+        ("bad_caps_33", canonical([c.nonce, c.token_sha256, c.capabilities_sha256 + b"x", c.via])),
+        ("bad_via_bytes", canonical([c.nonce, c.token_sha256, c.capabilities_sha256, b"gw"])),
+        ("bad_via_empty", canonical([c.nonce, c.token_sha256, c.capabilities_sha256, ""])),
+        ("bad_via_long", canonical([c.nonce, c.token_sha256, c.capabilities_sha256, "g" * 65])),
+        ("bad_via_utf8", b"\x84" + canonical(c.nonce) + canonical(c.token_sha256)
+         + canonical(c.capabilities_sha256) + b"\x62\xc3\x28"),
+        ("bad_nonce_not_shortest", b"\x84\x58\x05" + bytes(5) + canonical(c.token_sha256)
+         + canonical(c.capabilities_sha256) + canonical(c.via)),
+        ("bad_trailing", link.encode_enroll_challenge(c) + b"\x00"),
+        ("bad_truncated", link.encode_enroll_challenge(c)[:-1]),
+    ]
+    out += [{"name": name, "kind": "bad_challenge", "challenge": payload} for name, payload in bad]
+    return out
+
+
 # -- everything ----------------------------------------------------------------------------------
+
+
+# Anti-rollback scenarios: operations on one device's slots, the floor after each, and whether
+# an offer of that sequence passes the floor. The reference is the SDK's SlotStore; the C
+# firmware (tml_slots) must give the same floors (firmware/tests/test_rollback.c).
+ROLLBACK_SCENARIOS: dict[str, list[str]] = {
+    "confirm_raises_the_floor": ["offer 5", "install 5", "offer 5", "confirm", "offer 5",
+                                 "offer 6", "install 6", "confirm", "offer 4", "offer 7"],
+    "install_alone_does_not": ["install 9", "offer 9", "offer 3", "confirm", "offer 9"],
+    "failed_trial_keeps_the_floor": ["install 2", "confirm", "install 5", "fail", "offer 5",
+                                     "offer 3", "install 5", "confirm", "offer 5", "offer 6"],
+    "reboot_in_trial_reverts_and_keeps_the_floor": ["install 4", "confirm", "install 8",
+                                                    "reboot", "offer 8", "install 8", "reboot",
+                                                    "offer 8", "install 8", "confirm",
+                                                    "reboot", "offer 8", "offer 9"],
+    "a_lower_confirmed_sequence_never_lowers_it": ["install 10", "confirm", "install 7",
+                                                   "confirm", "offer 8", "offer 11"],
+}
+NOT_AN_OFFER = 2
+
+
+def rollback_vectors() -> list[dict[str, Any]]:
+    """Run each scenario on the SDK's A/B slot store; record the floor after every step."""
+    import tempfile
+
+    from device_sdk.ota.slots import SlotStore
+
+    out: list[dict[str, Any]] = []
+    for name, ops in ROLLBACK_SCENARIOS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            store = SlotStore(Path(tmp), durable=False)
+            store.install_factory(b"factory", package=0)
+            floors, accepts = [], []
+            for op in ops:
+                verb, _, arg = op.partition(" ")
+                accept = NOT_AN_OFFER
+                if verb == "offer":
+                    accept = int(int(arg) > store.meta.sequence)  # verify_manifest's rule
+                elif verb == "install":
+                    model = b"model %d" % int(arg)
+                    store.slot_path(store.inactive).write_bytes(model)
+                    store.activate_for_trial(int(arg), int(arg), sha(model).hex(), len(model))
+                elif verb == "confirm":
+                    store.confirm()
+                elif verb == "fail":
+                    store.revert()
+                elif verb == "reboot":
+                    store = SlotStore(Path(tmp), durable=False)
+                    store.boot()
+                else:
+                    raise ValueError(op)
+                floors.append(store.meta.sequence)
+                accepts.append(accept)
+        out.append({"name": name, "ops": ",".join(ops), "floors": floors, "accepts": accepts})
+    return out
 
 
 def generate(out_dir: Path) -> None:
@@ -870,6 +1001,11 @@ def generate(out_dir: Path) -> None:
     write_vec(out_dir, "ota.vec",
               "An update chain for one device (profile mps2-an385): offers, streams, outcomes.",
               ota_vectors(out_dir))
+    write_vec(out_dir, "enroll.vec",
+              "The MCU's identity (enroll.h): its HELLO for a fixed seed, ENROLL_CHALLENGE\n"
+              "payloads with the enroll-message it builds (enrollment.py) and its Ed25519\n"
+              "signature (deterministic, RFC 8032), and challenges it must refuse.",
+              enroll_vectors())
     write_vec(out_dir, "link.vec", "Link frames (link.py) and their wire bytes.", link_vectors())
     write_vec(out_dir, "golden.vec",
               "Golden inputs, top-1 labels and outputs digests (golden.py): the trial's rule.",
@@ -878,6 +1014,12 @@ def generate(out_dir: Path) -> None:
               "Updates judged by golden-input trials (manifest key 15) on the test source\n"
               "runner (firmware/src/runner_test_source.c); same format as ota.vec.",
               trial_vectors(out_dir))
+    write_vec(out_dir, "rollback.vec",
+              "Anti-rollback: the floor rises at confirm, never at install; a failed or\n"
+              "interrupted trial keeps it (device_sdk/protocol/ANTI_ROLLBACK.md). ops: install N\n"
+              "(model of sequence N on trial), confirm, fail (trial failed: revert), reboot,\n"
+              "offer N; floors: the floor after each op; accepts: 1/0 for an offer (N > floor),\n"
+              f"{NOT_AN_OFFER} for other ops.", rollback_vectors())
 
 
 if __name__ == "__main__":

@@ -102,6 +102,16 @@
 #define TML_INFER_PERIOD_MS 1000
 #endif
 
+/**
+ * Events sequences reserved per metadata save (milliseconds, as sequences follow the clock).
+ * The device persists a floor: after a reboot it numbers batches from it, so it never reuses
+ * a seq the server stored. Larger: fewer flash erases (about one per this many ms of events);
+ * smaller: a seq closer to its batch's t0 after a reboot (fewer wire bytes until caught up).
+ */
+#ifndef TML_SEQ_RESERVE_MS
+#define TML_SEQ_RESERVE_MS 3600000ULL /* one hour: ~8760 saves a year over two sectors */
+#endif
+
 /** Labels a summary accumulator counts (index = label). */
 #ifndef TML_SUMMARY_MAX_LABELS
 #define TML_SUMMARY_MAX_LABELS 16
@@ -127,6 +137,7 @@
 TML_STATIC_ASSERT(TML_LINK_MAX_PAYLOAD >= TML_OTA_CHUNK_BYTES + 16,
                "a chunk message ([pkg, offset, data]) must fit one link frame");
 TML_STATIC_ASSERT(TML_LINK_MAX_PAYLOAD <= 4096, "the link length field and RAM budget");
+TML_STATIC_ASSERT(TML_SEQ_RESERVE_MS >= 1000ULL, "a save per batch would wear the flash out");
 TML_STATIC_ASSERT(TML_LINK_TX_MAX_PAYLOAD >= 64, "requests and reports need 32 bytes");
 TML_STATIC_ASSERT(TML_OTA_CHUNK_BYTES >= 16 && TML_OTA_CHUNK_BYTES <= TML_MAX_CHUNK_BYTES,
                "chunk requests ask for 1..32768 bytes");

@@ -50,6 +50,7 @@ typedef struct {
     tml_keyring_t keyring; /**< built-in keys not retired, then rotated ones (in slots.meta) */
     uint8_t running; /**< slot whose model is loaded, or TML_SLOT_NONE */
     bool hello_due, status_due, request_due;
+    bool proof_due; /**< an ENROLL_PROOF is due: its signature is in ota.transfer's memory */
     bool time_synced;
     uint64_t time_base_ms; /**< unix ms at tick time_base_tick */
     uint32_t time_base_tick;

@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /**
  * @file ed25519.h
- * @brief Ed25519 signature verification (RFC 8032, SHA-512), verify only.
+ * @brief Ed25519 (RFC 8032, SHA-512): verification, and signing with the device's own key.
  *
  * SHA-512 is this firmware's; the curve arithmetic is Monocypher 4's low-level
- * crypto_eddsa_reduce() and crypto_eddsa_check_equation() (fetched at build time). The message
+ * crypto_eddsa_reduce() and crypto_eddsa_check_equation() to verify, and
+ * crypto_eddsa_trim_scalar(), crypto_eddsa_mul_add() and (over Monocypher's point arithmetic)
+ * tml_eddsa_scalarbase_small() to sign
+ * (fetched at build time). Keys are RFC 8032 32-byte seeds; signing is deterministic. The message
  * can be hashed in pieces, so a COSE Sig_structure never needs to be assembled in RAM.
  * Uses about 2-3 KB of stack. Not for interrupts.
  */
@@ -58,5 +61,31 @@ bool tml_ed25519_verify_finish(tml_ed25519_verify_t *v);
  */
 bool tml_ed25519_verify(const uint8_t signature[64], const uint8_t public_key[32],
                         const uint8_t *msg, size_t len);
+
+/**
+ * @brief Derive the public key A of a 32-byte secret seed (RFC 8032 5.1.5).
+ * @param public_key receives 32 bytes
+ * @param seed the secret seed (owned by the caller; wipe it after use)
+ */
+void tml_ed25519_public_key(uint8_t public_key[32], const uint8_t seed[32]);
+
+/**
+ * @brief Sign a message with the key of a 32-byte secret seed (RFC 8032 5.1.6, PureEdDSA).
+ *        Constant time in the secret; intermediate secrets are wiped.
+ * @param signature receives R || S, 64 bytes
+ * @param seed the secret seed
+ * @param msg the message (hashed twice: it must stay unchanged during the call)
+ * @param len its length
+ */
+void tml_ed25519_sign(uint8_t signature[64], const uint8_t seed[32], const uint8_t *msg,
+                      size_t len);
+
+/**
+ * @brief [scalar]B, B the Ed25519 base point, encoded (RFC 8032): crypto_eddsa_scalarbase()'s
+ *        result without its comb tables, in constant time (src/monocypher_base.c).
+ * @param point receives the encoded point
+ * @param scalar 32 bytes, little-endian, any value below 2^256
+ */
+void tml_eddsa_scalarbase_small(uint8_t point[32], const uint8_t scalar[32]);
 
 #endif /* TML_ED25519_H */

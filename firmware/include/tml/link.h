@@ -25,7 +25,7 @@
 /** @brief Message kinds. Wire values: never renumber (link.py Kind mirrors them). */
 typedef enum {
     TML_LINK_ACK = 0,            /**< both: acknowledges seq; no payload */
-    TML_LINK_HELLO = 1,          /**< dev->gw: {"uid", "link", "mtu"}: who is on this UART */
+    TML_LINK_HELLO = 1,          /**< dev->gw: {"uid", "link", "mtu"[, "key", "hardware"]} */
     TML_LINK_STATUS = 2,         /**< dev->gw: status.py map -> fleet/v1/{uid}/status */
     TML_LINK_EVENTS = 3,         /**< dev->gw: events.py batch/summary -> .../events */
     TML_LINK_OFFER = 4,          /**< gw->dev: COSE_Sign1 manifest <- .../ota/offer */
@@ -34,7 +34,9 @@ typedef enum {
     TML_LINK_REPORT = 7,         /**< dev->gw: [pkg, state, detail] -> .../ota/report */
     TML_LINK_TIME = 8,           /**< gw->dev: uint, unix milliseconds */
     TML_LINK_STATUS_REQUEST = 9, /**< gw->dev: empty; the device answers STATUS */
-    TML_LINK_ROTATION = 10       /**< gw->dev: COSE_Sign1 key rotation record */
+    TML_LINK_ROTATION = 10,      /**< gw->dev: COSE_Sign1 key rotation record */
+    TML_LINK_ENROLL_CHALLENGE = 11, /**< gw->dev: [nonce, token_sha256, caps_sha256, via] */
+    TML_LINK_ENROLL_PROOF = 12      /**< dev->gw: bstr .size 64, signed enroll-message */
 } tml_link_kind_t;
 
 #define TML_LINK_FLAG_RST 0x01 /**< first frame of the sender's session (it restarted) */

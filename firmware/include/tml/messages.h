@@ -42,16 +42,19 @@ tml_status_t tml_status_encode(const tml_status_msg_t *s, uint8_t *out, size_t c
                                size_t *out_len);
 
 /**
- * @brief Encode the HELLO payload {"uid": uid, "link": 1, "mtu": mtu} (canonical order).
+ * @brief Encode the HELLO payload {"uid": uid, "link": 1, "mtu": mtu}, with "key" (the device's
+ *        Ed25519 public key) and "hardware" (its profile) when given (canonical order).
  * @param uid device id
+ * @param hardware hardware profile, or NULL
+ * @param key 32-byte public key, or NULL
  * @param mtu largest payload the device accepts
  * @param out destination
  * @param cap its size
  * @param out_len receives the length
  * @return TML_OK or TML_ERR_NOSPACE
  */
-tml_status_t tml_hello_encode(const char *uid, uint32_t mtu, uint8_t *out, size_t cap,
-                              size_t *out_len);
+tml_status_t tml_hello_encode(const char *uid, const char *hardware, const uint8_t *key,
+                              uint32_t mtu, uint8_t *out, size_t cap, size_t *out_len);
 
 /**
  * @brief Encode [pkg, offset, length] (ota_messages.py encode_chunk_request).

@@ -110,6 +110,15 @@ void tml_platform_reboot(void);
  */
 uint32_t tml_platform_free_ram(void);
 
+/**
+ * @brief Copy the device's secret Ed25519 seed (RFC 8032, 32 bytes): its identity key. A product
+ *        port reads its provisioned secret (OTP, secure element); the QEMU port has one made at
+ *        build time (build/gen/device_seed.h), the posix port a file from /dev/urandom.
+ * @param seed receives the seed; the core wipes it after use
+ * @return TML_OK, or an error when the device has no key (its HELLO then announces none)
+ */
+tml_status_t tml_platform_device_seed(uint8_t seed[32]);
+
 /*
  * Hooks of the model runner (src/tflm_adapter.cc). Only ports that link the TFLM runner
  * implement them; the core never calls them.

@@ -46,6 +46,7 @@ typedef struct {
     tml_slot_info_t slot[2];
     uint64_t floor_sequence;    /**< anti-rollback: highest confirmed manifest sequence */
     uint64_t rotation_sequence; /**< last key rotation applied */
+    uint64_t seq_reserved;      /**< events seqs below this may have been sent: the floor */
     uint8_t active;             /**< confirmed slot, or TML_SLOT_NONE */
     uint8_t trial;              /**< slot on trial, or TML_SLOT_NONE */
     uint8_t trial_started;      /**< 1: the trial began; a restart now reverts it */
@@ -140,5 +141,22 @@ tml_status_t tml_slots_revert(tml_slots_t *s);
  * @return the highest confirmed sequence (0 on a new device)
  */
 uint64_t tml_slots_floor(const tml_slots_t *s);
+
+/**
+ * @brief Make sure the persisted events-sequence floor covers seq before it is sent: when seq
+ *        reaches the reservation, reserve up to seq + block and save (one erase per block).
+ * @param s the state
+ * @param seq the sequence about to be sent
+ * @param block how many sequences to reserve past seq (TML_SEQ_RESERVE_MS)
+ * @return TML_OK (seq is covered) or TML_ERR_FLASH (it is not: do not send it)
+ */
+tml_status_t tml_slots_reserve_seq(tml_slots_t *s, uint64_t seq, uint64_t block);
+
+/**
+ * @brief Return the persisted events-sequence floor: the next batch's seq is at least this.
+ * @param s the state
+ * @return 0 on a new device
+ */
+uint64_t tml_slots_seq_floor(const tml_slots_t *s);
 
 #endif /* TML_SLOTS_H */

@@ -3,6 +3,8 @@
  * The device as a host process: its UART is stdin/stdout, or a TCP port it listens on
  * (--listen PORT); its flash is an image file (--flash PATH). Usage:
  *   tml-device [--flash PATH] [--listen PORT] [--uid UID] [--profile NAME]
+ * Its Ed25519 identity key is the seed file PATH.seed next to the flash image (made at first
+ * boot from /dev/urandom).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <arpa/inet.h>
@@ -62,6 +64,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "cannot open flash image %s\n", flash);
         return 2;
     }
+    static char seed[4096];
+    snprintf(seed, sizeof(seed), "%s.seed", flash);
+    tml_posix_seed_file(seed);
     if (port) {
         int c = listen_once(port);
         tml_posix_uart_fds(c, c);

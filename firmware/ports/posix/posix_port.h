@@ -45,4 +45,14 @@ void tml_posix_clock_advance(uint32_t ms);
 /** @brief Set the file descriptors the UART uses. @param in read side @param out write side */
 void tml_posix_uart_fds(int in, int out);
 
+/**
+ * @brief Keep the device's secret Ed25519 seed in this file: read at each use, made from
+ *        /dev/urandom (mode 0600) when missing. Without a file or a fixed seed, no key.
+ * @param path the seed file (NULL: none)
+ */
+void tml_posix_seed_file(const char *path);
+
+/** @brief Use a fixed seed (tests). @param seed 32 bytes, copied, or NULL for none */
+void tml_posix_seed_set(const uint8_t *seed);
+
 #endif /* TML_POSIX_PORT_H */

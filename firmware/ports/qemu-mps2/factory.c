@@ -1,13 +1,19 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * First boot with a factory model: the image carries a model at slot 0 (factory_model.S) but
- * the metadata has no model yet. Record it as the active model (package 0, manifest sequence 0,
- * so any signed update supersedes it) before the device loop starts. Later boots find the
+ * the metadata has no model yet. Record it as the active model before the device loop starts:
+ * package TML_FACTORY_PACKAGE (make FACTORY_PACKAGE=..., the id of the server's package for that
+ * model, so events and status name it; default 0, none) with that id as its sequence, so any
+ * later signed package supersedes it. Later boots find the
  * record, or an update that replaced it, and change nothing.
  */
 #include "mps2.h"
 #include "tml/sha.h"
 #include "tml/slots.h"
+
+#ifndef TML_FACTORY_PACKAGE
+#define TML_FACTORY_PACKAGE 0
+#endif
 
 extern const uint8_t tml_factory_model[], tml_factory_model_end[];
 
@@ -19,9 +25,9 @@ void tml_mps2_factory_adopt(void)
         s.meta.trial != TML_SLOT_NONE || s.meta.slot[0].valid) {
         return;
     }
-    s.meta.slot[0].sequence = 0;
+    s.meta.slot[0].sequence = TML_FACTORY_PACKAGE;
     s.meta.slot[0].size = size;
-    s.meta.slot[0].package_id = 0;
+    s.meta.slot[0].package_id = TML_FACTORY_PACKAGE;
     tml_sha256(tml_factory_model, size, s.meta.slot[0].sha256);
     s.meta.slot[0].valid = 1;
     s.meta.active = 0;

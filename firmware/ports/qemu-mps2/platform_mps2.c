@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "device_seed.h" /* build/gen: made per build folder, never committed */
 #include "mps2.h"
 #include "tml/platform.h"
 
@@ -180,6 +181,14 @@ void tml_platform_reboot(void)
     SCB_AIRCR = 0x05FA0004UL; /* SYSRESETREQ */
     for (;;) {
     }
+}
+
+tml_status_t tml_platform_device_seed(uint8_t seed[32])
+{
+    /* A product port would read its provisioned secret (OTP, a secure element) here. */
+    static const uint8_t device_seed[32] = TML_DEVICE_SEED;
+    memcpy(seed, device_seed, sizeof(device_seed));
+    return TML_OK;
 }
 
 uint32_t tml_platform_free_ram(void)

@@ -12,7 +12,7 @@ from fleet.console.admin_forms import HardwareProfileForm
 from fleet.core.roles import Role
 from fleet.devices.models import HardwareProfile
 from fleet.devices.profile_actions import do_create_hardware_profile, do_update_hardware_profile
-from ota.models import ProfileCompatibility
+from ota.models import ProfileCompatibility, RevalidationJob
 
 
 @console_view()
@@ -58,4 +58,8 @@ def profile_detail(request: HttpRequest, name: str) -> HttpResponse:
         "slot_share": profile.model_slot_bytes / profile.flash_bytes
         if profile.flash_bytes else 0,
         "editing": bool(form.errors),
+        # The re-validation that saving this profile queued (or the latest over every version).
+        "revalidation": RevalidationJob.objects.filter(
+            Q(hardware_profile=profile) | Q(hardware_profile=None, model_version=None))
+        .order_by("-created_at").first(),
     }, status=400 if form.errors else 200)

@@ -129,6 +129,7 @@ class Preview:
     refusals: dict[str, str]
     digest: str
     problems: list[str] = field(default_factory=list)
+    device_refusals: dict[str, str] = field(default_factory=dict)  # uid -> why it cannot
 
     @property
     def ok(self) -> bool:
@@ -139,7 +140,8 @@ def build_preview(form: RolloutForm) -> Preview:
     """Count the target per wave and per profile, and check the version fits each profile."""
     devices = form.target_devices()
     waves = form.cleaned_data["waves"]
-    result = actions.preview_rollout(form.cleaned_data["model_version"], devices, waves)
+    result = actions.preview_rollout(form.cleaned_data["model_version"], devices, waves,
+                                     form.cleaned_data["wave_seed"])
     previous = 0
     wave_rows = []
     for index, (percent, cumulative) in enumerate(zip(waves, result.per_wave, strict=True)):
@@ -149,7 +151,8 @@ def build_preview(form: RolloutForm) -> Preview:
     profiles = [{"name": name, "devices": n, "refusal": result.refusals.get(name)}
                 for name, n in sorted(result.per_profile.items())]
     problems = [] if devices else ["The target matches no device (revoked devices never count)."]
-    return Preview(result.total, wave_rows, profiles, result.refusals, form.digest(), problems)
+    return Preview(result.total, wave_rows, profiles, result.refusals, form.digest(), problems,
+                   result.device_refusals)
 
 
 def _create_page(request: HttpRequest, form: RolloutForm, preview: Preview | None = None,
@@ -166,7 +169,7 @@ def rollout_create(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return _create_page(request, RolloutForm(initial={"model_version":
                                                           request.GET.get("version")}))
-    form = RolloutForm(request.POST)
+    form = RolloutForm.with_wave_seed(request.POST)
     if not form.is_valid():
         return _create_page(request, form, status=400)
     preview = build_preview(form)

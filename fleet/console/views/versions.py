@@ -34,7 +34,11 @@ def profile_rows(mv: ModelVersion) -> list[dict[str, Any]]:
             "arena_required": need,
             "arena_available": profile.arena_ram_bytes,
             "arena_percent": _percent(need, profile.arena_ram_bytes),
-            "arena_margin": arena.get("margin_bytes"),
+            "arena_margin": figures.get("arena_margin_bytes", arena.get("margin_bytes")),
+            # "measured: cortex-m4, cmsis-nn" or "estimated" (and why), per profile.
+            "arena_method": figures.get("arena_method"),
+            "arena_method_reason": figures.get("arena_method_reason"),
+            "instructions": figures.get("instructions_per_inference"),
             "model_bytes": figures.get("model_bytes", mv.size_bytes),
             "slot_bytes": profile.model_slot_bytes,
             "slot_percent": _percent(figures.get("model_bytes", mv.size_bytes),

@@ -66,7 +66,8 @@ class DeviceSerializer(serializers.ModelSerializer):
         fields = [
             "uid", "name", "hardware_profile", "group", "tags", "state", "created_at",
             "first_seen", "last_seen", "firmware_version", "tflm_version", "capabilities",
-            "public_key_fingerprint", "key_algorithm", "revoked", "revoked_at",
+            "capability_issues", "public_key_fingerprint", "key_algorithm", "revoked",
+            "revoked_at",
         ]
         read_only_fields = [
             f for f in fields if f not in ("name", "group", "tags")

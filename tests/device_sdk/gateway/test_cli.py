@@ -2,9 +2,10 @@
 
 An operator provisions the gateway over the API and writes its answer (with the gateway's own
 token) into the config file, with a claim token; the program meets an MCU it never saw, enrolls
-it with a key of its own making and a signed request relayed with its gateway token (which
-makes it its child), and bridges it. An MCU announcing a uid enrolled with another key is not
-adopted.
+it (an MCU with its own key signs its enrollment itself over the link; for one without, the
+gateway makes and keeps a key) with a signed request relayed with its gateway token (which
+makes it its child), and bridges it. A forged proof is never relayed; an MCU announcing a uid
+enrolled with another key is not adopted.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from device_sdk.gateway.cli import main
 from device_sdk.protocol import link
+from device_sdk.protocol.cose import raw_public_key
 from device_sdk.protocol.events import Event, EventBatch, encode_batch
 from device_sdk.protocol.status import OFFLINE_PAYLOAD, LinkState, decode_status
-from fleet.core.roles import Role
 from fleet.audit.models import AuditLog
+from fleet.core.roles import Role
 from fleet.devices.models import Device, Gateway
 from tests.device_sdk.gateway.fake_mcu import CAPS, FakeMcu
 
@@ -107,10 +110,16 @@ def test_gateway_enrolls_a_new_mcu_and_bridges_it(
     mcu.send(link.Kind.EVENTS, batch)
     watch.collect(lambda got: watch.on(f"fleet/v1/{child}/events") == [batch])
 
+    # The MCU signed with its own key: the device is enrolled with it, the gateway holds none.
+    assert mcu.public_key is not None
+    assert raw_public_key(serialization.load_pem_public_key(
+        device.public_key_pem.encode())) == mcu.public_key  # type: ignore[arg-type]
+    assert len(mcu.challenges) == 1 and mcu.challenges[0].via == gw
     state = config.parent / "gateway.json.state" / "children" / child
-    assert stat.S_IMODE(os.stat(state / "device.key").st_mode) == 0o600
+    assert not (state / "device.key").exists()
     kept = json.loads((state / "child.json").read_text())
     assert kept["gateway_child"] is True and "credential" not in json.dumps(kept)
+    assert kept["mcu_key"] == mcu.public_key.hex()
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=15) == 0
@@ -159,4 +168,75 @@ def test_gateway_does_not_adopt_an_mcu_announcing_a_foreign_uid(
     assert not Gateway.objects.get(uid=gw).children.exists()
     assert Device.objects.get(uid=victim).public_key_pem == victim_key
     assert Device.objects.get(uid=victim).enrolled_via is None
+    mcu.close()
+
+
+def _provision(gw: str, fleet_server: str, token: str, user: Any, tmp_path: Path) -> Path:
+    answer = APIClient(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}") \
+        .post("/api/v1/gateways/", {"uid": gw, "children": []}, format="json")
+    assert answer.status_code == 201, answer.json()
+    config = tmp_path / "gateway.json"
+    config.write_text(json.dumps({**answer.json(), "server": fleet_server, "claim_token": token,
+                                  "hardware": "qemu-mps2-an385"}))
+    config.chmod(0o600)
+    return config
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_gateway_enrolls_an_mcu_without_a_key_with_a_key_it_keeps(
+    fleet_server: str, enrollment_token_factory: Callable[..., str], user_factory: Any,
+    gateway_process: Callable[..., subprocess.Popen[str]], uid: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """An MCU whose HELLO has no key gets no challenge; the gateway's key for it (0600) signs."""
+    import time
+
+    gw, child = uid("gw"), uid("mcu")
+    config = _provision(gw, fleet_server, enrollment_token_factory(max_uses=3),
+                        user_factory(Role.OPERATOR), tmp_path)
+    mcu = FakeMcu(seed=None)
+    gateway_process("--port", mcu.url, "--config", str(config))
+    mcu.wait_connected()
+    mcu.boot(child)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not Gateway.objects.get(uid=gw).children.exists():
+        time.sleep(0.2)
+    assert list(Gateway.objects.get(uid=gw).children.values_list("uid", flat=True)) == [child]
+    state = config.parent / "gateway.json.state" / "children" / child
+    assert stat.S_IMODE(os.stat(state / "device.key").st_mode) == 0o600
+    held = serialization.load_pem_private_key((state / "device.key").read_bytes(), None)
+    assert Device.objects.get(uid=child).public_key_pem == held.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    assert mcu.challenges == []
+    mcu.close()
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_gateway_refuses_a_forged_proof_and_enrolls_nothing(
+    fleet_server: str, enrollment_token_factory: Callable[..., str], user_factory: Any,
+    gateway_process: Callable[..., subprocess.Popen[str]], uid: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """An MCU announcing a key but answering with a signature that does not verify: the
+    gateway refuses the proof itself (never relays it), retries with fresh nonces, and nothing
+    is enrolled, neither with the MCU's key nor with one of the gateway's."""
+    import time
+
+    gw, child = uid("gw"), uid("mcu")
+    config = _provision(gw, fleet_server, enrollment_token_factory(max_uses=3),
+                        user_factory(Role.OPERATOR), tmp_path)
+    mcu = FakeMcu(forge=True)
+    gateway_process("--port", mcu.url, "--config", str(config))
+    mcu.wait_connected()
+    mcu.boot(child)
+    log = tmp_path / "gateway-0.log"
+    deadline = time.monotonic() + 25
+    while time.monotonic() < deadline and log.read_text().count("refused") < 2:
+        time.sleep(0.2)
+    assert "does not verify with the key it announced" in log.read_text()
+    assert len(mcu.challenges) >= 2 and len({c.nonce for c in mcu.challenges}) >= 2
+    assert not Device.objects.filter(uid=child).exists()
+    assert not (config.parent / "gateway.json.state" / "children" / child / "device.key").exists()
     mcu.close()

@@ -200,7 +200,9 @@ def test_failed_trial_and_restart_in_trial_both_revert(tmp_path: Path) -> None:
             updater = device(tmp_path, old)  # power comes back: a new process, same disk
             assert updater.store.boot() is True
         assert updater.store.read_active() == old
-        assert updater.store.meta.sequence == seq  # anti-rollback kept even when reverted
+        # The floor rises at confirm only (the C rule, tests/vectors/rollback.vec): a reverted
+        # trial leaves it where it was, so the same package may be offered again.
+        assert updater.store.meta.sequence == 0
 
 
 def test_key_rotation_must_come_from_a_trusted_key(tmp_path: Path) -> None:
@@ -267,7 +269,9 @@ def test_power_cut_at_every_write_always_boots_a_valid_model(tmp_path: Path) -> 
         outcomes["new" if active == new else "old"] += 1
         for leftover in folder.iterdir():
             leftover.unlink()
-    assert outcomes["old"] > 0 and outcomes["new"] >= 0
+    # Every cut here falls before the confirm's write, so the device always comes back on the
+    # old model; test_power_cuts.py cuts through confirm, tears writes and resumes the update.
+    assert outcomes == {"old": 500, "new": 0}
 
 
 def test_disk_stays_bounded(tmp_path: Path) -> None:

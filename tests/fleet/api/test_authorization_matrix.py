@@ -72,6 +72,12 @@ MATRIX = [
     Row("get", "/api/v1/model-versions/{model_version}/", "viewer"),
     # allowed roles get past the permission check to validation: 400 (no file given)
     Row("post", "/api/v1/model-versions/", "operator", lambda: {"version": "1.0.0"}, 400),
+    Row("post", "/api/v1/model-versions/{model_version}/revalidate/", "operator", None, 202),
+    # allowed roles reach the action: the seeded version has no admission result (409)
+    Row("post", "/api/v1/model-versions/{model_version}/factory/", "operator",
+        lambda: {"hardware_profile": "esp32-s3"}, 409),
+    Row("get", "/api/v1/revalidation-jobs/", "viewer"),
+    Row("get", "/api/v1/revalidation-jobs/{revalidation_job}/", "viewer"),
     Row("get", "/api/v1/packages/", "viewer"),
     Row("get", "/api/v1/packages/{package}/", "viewer"),
     Row("get", "/api/v1/packages/{package}/manifest/", "viewer"),
@@ -136,7 +142,11 @@ def seeded(enroll_body: dict[str, Any], device_group: Any, user_factory: Any) ->
     from fleet.devices.models import Gateway
 
     gateway = Gateway.objects.create(uid="gw-seeded")
+    from ota.models import RevalidationJob
+
+    revalidation = RevalidationJob.objects.create(hardware_profile=spare)
     return {
+        "revalidation_job": str(revalidation.pk),
         "gateway": gateway.uid,
         "rollout": str(rollout.pk),
         "dead_letter": str(dead.pk),

@@ -122,7 +122,7 @@ def test_unknown_device_is_404(client_for: Clients, fleet: Any) -> None:
 def test_models_page_lists_versions_with_profile_fit(client_for: Clients, fleet: Any) -> None:
     page = html(client_for("viewer"), "/console/models/")
     assert "kws" in page and "1.0.0" in page and "1.1.0" in page
-    assert "3 / 4 profiles" in page
+    assert "4 / 5 profiles" in page
 
 
 def test_tflite_upload_validates_and_reports(client_for: Clients, fleet: Any,
@@ -136,7 +136,8 @@ def test_tflite_upload_validates_and_reports(client_for: Clients, fleet: Any,
     assert mv.status == VersionStatus.READY
     page = html(client, f"/console/models/versions/{mv.pk}/")
     assert "FULLY_CONNECTED" in page and "measured minimum" in page
-    assert page.count('data-profile="') == 4
+    assert page.count('data-profile="') == 5
+    assert page.count("data-arena-method") == 5  # how each profile's arena figure was obtained
     assert "serving_default_dense_input:0" in page  # the input tensor
 
 

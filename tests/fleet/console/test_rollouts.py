@@ -60,6 +60,13 @@ def digest_of(page: str) -> str:
     return found.group(1)
 
 
+def seed_of(page: str) -> str:
+    """The wave seed the preview drew (a hidden field the browser posts back)."""
+    found = re.search(r'name="wave_seed" value="(\d+)"', page)
+    assert found, "the form carries no wave seed"
+    return found.group(1)
+
+
 def start(fleet: Any, uids: tuple[str, ...] = ("dev-a1", "dev-a2"), **kwargs: Any) -> Rollout:
     """Create and start a rollout of kws@1.1.0 on the given devices (they run 1.0.0)."""
     rollout = actions.do_create_rollout(
@@ -159,6 +166,30 @@ def test_preview_counts_the_target_per_wave_and_profile(client_for: Clients,
     assert not Rollout.objects.exists()  # a preview writes nothing
 
 
+def test_preview_counts_the_waves_the_rollout_will_have(client_for: Clients, fleet: Any) -> None:
+    """The preview hashes waves with the salt the rollout keeps: its counts are the rollout's.
+
+    Before, the preview hashed with rollout id 0 and the rollout with its own id.
+    """
+    from tests.fleet.console.conftest import make_device
+
+    for i in range(60):
+        make_device(f"dev-w{i:02d}", fleet.profile, group=fleet.lab, package=fleet.pkg1)
+    client = client_for("operator")
+    body = form_body(fleet, waves="10,40,100")
+    _, page = preview(client, body)
+    shown = [int(n) for n in re.findall(r'data-wave-new="(\d+)"', page)]
+    response = client.post(NEW, {**body, "step": "create", "digest": digest_of(page),
+                                 "wave_seed": seed_of(page)})
+    assert response.status_code == 302
+    rollout = Rollout.objects.get()
+    actual = [Deployment.objects.filter(rollout=rollout, wave=w).count() for w in range(3)]
+    assert sum(actual) == 62 and shown == actual
+    # A later preview of the same form draws another seed: nothing pins one rollout's waves
+    # on every future rollout of the same devices.
+    assert seed_of(preview(client, body)[1]) != seed_of(page)
+
+
 def test_preview_refuses_a_profile_the_version_does_not_fit(client_for: Clients,
                                                             fleet: Any) -> None:
     client = client_for("operator")
@@ -193,11 +224,13 @@ def test_create_after_preview_starts_the_rollout(client_for: Clients, fleet: Any
     body = form_body(fleet, max_confidence_drop="5", max_latency_rise="30", soak_min="15",
                      window_start_hour="1", window_end_hour="5", jitter_s="2.5")
     _, page = preview(client, body)
-    response = client.post(NEW, {**body, "step": "create", "digest": digest_of(page)})
+    response = client.post(NEW, {**body, "step": "create", "digest": digest_of(page),
+                                 "wave_seed": seed_of(page)})
     rollout = Rollout.objects.get()
     assert response.status_code == 302
     assert response.headers["Location"] == f"/console/rollouts/{rollout.pk}/"
     assert rollout.state == RolloutState.RUNNING and rollout.waves == [50.0, 100.0]
+    assert rollout.health_timeout_s == 3600  # the form's default: judge within an hour
     assert rollout.model_version == fleet.v2 and rollout.target_group == fleet.lab
     assert rollout.target_profile == fleet.profile
     assert Deployment.objects.filter(rollout=rollout).count() == 2
@@ -217,7 +250,8 @@ def test_create_with_settings_changed_since_the_preview_previews_again(
     client = client_for("operator")
     _, page = preview(client, form_body(fleet))
     changed = form_body(fleet, waves="10,100")
-    response = client.post(NEW, {**changed, "step": "create", "digest": digest_of(page)})
+    response = client.post(NEW, {**changed, "step": "create", "digest": digest_of(page),
+                                 "wave_seed": seed_of(page)})
     assert response.status_code == 409
     assert "changed since the preview" in response.content.decode()
     assert not Rollout.objects.exists()

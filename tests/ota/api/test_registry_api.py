@@ -60,7 +60,7 @@ def test_upload_validates_against_every_profile(operator_client: APIClient, hard
     assert body["validation"]["arena_bytes_host"] > 0
     verdicts = compat(body)
     assert set(verdicts) == {"arduino-nano-33-ble-sense", "esp32-s3", "stm32f746",
-                             "qemu-mps2-an385"}
+                             "qemu-mps2-an385", "qemu-mps2-an386"}
     assert all(v["compatible"] for v in verdicts.values())
     assert AuditLog.objects.filter(action="model_version.validate").exists()
 

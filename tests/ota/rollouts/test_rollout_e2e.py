@@ -255,6 +255,16 @@ def test_a_signed_package_reaches_every_device_and_each_runs_the_exact_bytes(lab
                .values_list("running_package_id", flat=True)) == {package.pk}
     wait_until(lambda: Rollout.objects.get(pk=rollout.pk).state == RolloutState.COMPLETED, 10,
                "rollout completed")
+    # What the demo shows right after a rollout: each device infers with the new model and its
+    # events are stored under the new version.
+    for d in sim.devices:
+        assert hashlib.sha256(d.stream.model.model_bytes).hexdigest() == lab.v2.sha256
+    from fleet.telemetry.models import Rollup
+
+    ids = [dev.pk for dev in lab.devices(sim)]
+    wait_until(lambda: Rollup.objects.filter(device_id__in=ids, model_version_id=lab.v2.pk)
+               .values("device_id").distinct().count() == FLEET, 30,
+               "events of the new version from every device")
     # Egress did not grow with the fleet: the worker sent the package about once (fan-out),
     # far from once per device. Its counters are saved every 5 s.
     done = timezone.now()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from typing import Any
 
@@ -20,6 +21,7 @@ from ota.validation.golden import (
     trial_expectation,
     trial_spec_for,
 )
+from ota.validation.targets import QemuOutputsMeasurer
 
 GOLDEN = {"applicable": True, "n": 3, "input_bytes": 16, "output_type": 0,
           "labels": [1, 0, 3], "outputs_sha256": "ab" * 32}
@@ -106,7 +108,9 @@ def test_admission_expectations_confirm_the_model_on_the_device(conv_tflite: byt
 def test_packages_carry_key_15_for_their_profiles_kernel_set(
     operator_client: APIClient, hardware_profile: Any, dense_tflite: bytes
 ) -> None:
-    """qemu-mps2-an385 (reference): labels + digest; stm32f746 (cmsis-nn): labels only."""
+    """qemu-mps2-an385 (reference): the host's labels + digest; stm32f746 (cmsis-nn): labels
+    + digest of CMSIS-NN's own outputs, measured on the M4 probe in QEMU (registered by
+    ota.apps), or the host's labels only when QEMU cannot run here (never in CI)."""
     from tests.ota.api.test_registry_api import make_model, trusted, upload
 
     make_model(operator_client)
@@ -125,7 +129,15 @@ def test_packages_carry_key_15_for_their_profiles_kernel_set(
         specs[profile] = manifest.trial
     assert specs["qemu-mps2-an385"].outputs_sha256 is not None
     assert specs["qemu-mps2-an385"].max_label_mismatches == 0
-    assert specs["stm32f746"].outputs_sha256 is None
+    cmsis = mv["validation"]["trial"]["stm32f746"]
+    if os.environ.get("CI", "").lower() == "true" or cmsis["source"] == "measured":
+        assert cmsis["source"] == "measured"
+        outputs = QemuOutputsMeasurer()(dense_tflite, "cmsis-nn", specs["stm32f746"].n)
+        assert outputs is not None
+        assert specs["stm32f746"].outputs_sha256 == outputs_digest(outputs)
+        assert specs["stm32f746"].max_label_mismatches == 0
+    else:
+        assert specs["stm32f746"].outputs_sha256 is None
     assert specs["stm32f746"].labels == specs["qemu-mps2-an385"].labels
     assert mv["sha256"] == hashlib.sha256(dense_tflite).hexdigest()
     assert run_trial(dense_tflite, arena_bytes=256 * 1024, spec=specs["qemu-mps2-an385"]).passed

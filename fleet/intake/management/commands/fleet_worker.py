@@ -90,12 +90,14 @@ class Command(BaseCommand):
 def _jobs_loop(name: str, stop: threading.Event) -> None:
     """Conversion jobs and stuck validations, off the ingest thread (they take seconds)."""
     from ota.jobs.conversion import revalidate_stuck_versions, run_pending_jobs
+    from ota.jobs.revalidation import run_pending_revalidations
 
     while not stop.wait(JOBS_EVERY_S):
         try:
             close_old_connections()
             run_pending_jobs(name)
             revalidate_stuck_versions()
+            run_pending_revalidations(name)
         except Exception:
             log.exception("background jobs failed; retrying")
 

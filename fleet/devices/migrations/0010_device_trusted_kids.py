@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('devices', '0007_proof_of_possession'),
+        ('devices', '0009_device_capability_issues'),
     ]
 
     operations = [

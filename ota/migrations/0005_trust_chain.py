@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('ota', '0002_rollout_deployment'),
+        ('ota', '0004_revalidation_job'),
     ]
 
     operations = [
