@@ -323,7 +323,7 @@ def main() -> None:
             "MQTT_URL": broker.url, "MQTT_WORKER_USERNAME": identity[0],
             "MQTT_WORKER_PASSWORD": identity[1], "MQTT_WORKER_GROUP": "bench",
             "FLEET_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
-            # It grants each offered device its package's fan-out, and takes it back.
+            # With FANOUT_ACCESS=grant it grants each offered device its package's fan-out.
             "BROKER_ACCESS": "dynsec", "MQTT_ADMIN_USERNAME": broker.admin_username,
             "MQTT_ADMIN_PASSWORD": broker.admin_password,
         })
@@ -344,14 +344,7 @@ def main() -> None:
             f"({processes} simulator process{'es' if processes > 1 else ''})")
 
         # -- the rollout ------------------------------------------------------------------
-        from datetime import timedelta
-
-        from django.conf import settings as django_settings
-
-        # With a rollout's lifetime (ROLLOUT_PACKAGE_VALIDITY_DAYS), or the rollout builds anew.
-        package = do_build_package(
-            v2, profile, actor=None, encoding=Encoding.RAW,
-            validity=timedelta(days=django_settings.ROLLOUT_PACKAGE_VALIDITY_DAYS))
+        package = do_build_package(v2, profile, actor=None, encoding=Encoding.RAW)
         rollout = actions.do_create_rollout(
             actor=None, name="bench", model_version=v2,
             devices=list(Device.objects.filter(hardware_profile=profile)), waves=[100],

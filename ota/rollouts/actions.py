@@ -157,13 +157,13 @@ def _package_for(mv: ModelVersion, profile: HardwareProfile, base: ModelVersion 
                       if d.hardware_profile_id == profile.pk),
                  *Deployment.objects.filter(device_id__in=ids)
                  .values_list("package_id", flat=True).distinct()])
-    # Reused only while it has days to live and is not past the rollout's lifetime: a pulled
-    # manifest stays installable until it expires, so rollouts sign short-lived ones.
+    # Reused only while it has a day to live. Packages a rollout builds are short-lived (a
+    # pulled manifest stays installable until it expires, unless a signed revocation reached
+    # the device); one built by hand keeps the lifetime it was built with.
     now = timezone.now()
     existing = (Package.objects.filter(model_version=mv, hardware_profile=profile,
                                        base_version=base if base else None,
-                                       expires_at__gt=now + timedelta(days=1),
-                                       expires_at__lte=now + validity, pk__gt=floor)
+                                       expires_at__gt=now + timedelta(days=1), pk__gt=floor)
                 .order_by("-id").first())
     return existing or do_build_package(mv, profile, actor=actor, base=base, validity=validity)
 
