@@ -126,8 +126,11 @@ def run_sim_process(spec_json: str) -> None:
     """Child process: simulate one range of devices; obey ProcessFleet's commands."""
     import logging
 
+    from device_sdk.mqtt import paho_speedup
     from device_sdk.mqtt.link import WireTally
     from device_sdk.simulator import Simulator
+
+    paho_speedup.install()  # opt-in, per process: this child is a simulator's entry point
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

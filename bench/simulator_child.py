@@ -49,8 +49,10 @@ def run_simulate(spec_path: str) -> None:
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="[simulator child] %(levelname)s %(name)s: %(message)s")
+    from device_sdk.mqtt import paho_speedup
     from device_sdk.simulator import SimulationConfig, Simulator
 
+    paho_speedup.install()  # opt-in, per process: this child is a simulator's entry point
     spec = json.loads(Path(spec_path).read_text())
     devices, reporting = spec["devices"], spec["reporting"]
     rss_start = rss_mb()

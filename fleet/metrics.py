@@ -1,4 +1,19 @@
-"""Prometheus text exposition at /metrics: fleet state and worker counters for scrapers.
+"""Prometheus exposition at /metrics: fleet state and worker counters for scrapers.
+
+Rendered by ``prometheus_client`` from a registry of its own (not the library's global one:
+nothing else of the process leaks into the page) holding one custom collector, which reads
+the database at scrape time, so every web process answers the same and keeps no state:
+
+| metric | type | labels |
+|---|---|---|
+| ``fleet_devices`` | gauge | ``profile``, ``state`` |
+| ``fleet_rollouts`` | gauge | ``state`` |
+| ``fleet_dead_letters_total`` | counter | ``reason`` |
+| ``fleet_worker_up`` | gauge (1: reported within 30 s) | ``worker`` |
+| ``fleet_worker_counter`` | untyped (each worker's counters since it started) | ``counter``, ``worker`` |
+
+``fleet_worker_counter`` keeps its name from before prometheus_client, so it is exposed untyped:
+as a counter the client library would rename its samples ``fleet_worker_counter_total``.
 
 Closed unless configured: it needs ``Authorization: Bearer $METRICS_TOKEN``, or
 ``METRICS_PUBLIC=1`` opens it to everyone. Loopback gets no exemption (behind a reverse proxy on
@@ -8,17 +23,69 @@ the same host every caller is loopback).
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterator
 from datetime import timedelta
 
 from django.conf import settings
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    UnknownMetricFamily,
+)
+from prometheus_client.registry import Collector
 
 from fleet.devices.models import Device
 from fleet.telemetry.models import DeadLetter, WorkerStats
 
 WORKER_ALIVE = timedelta(seconds=30)
+
+
+class FleetCollector(Collector):
+    """Read devices, rollouts, dead letters and worker stats from the database per scrape."""
+
+    def collect(self) -> Iterator[Metric]:
+        from ota.rollouts.models import Rollout
+
+        devices = GaugeMetricFamily("fleet_devices", "Devices by state and hardware profile.",
+                                    labels=["profile", "state"])
+        for row in Device.objects.values("state", "hardware_profile__name").annotate(
+                n=Count("id")):
+            devices.add_metric([row["hardware_profile__name"], row["state"]], row["n"])
+        yield devices
+
+        rollouts = GaugeMetricFamily("fleet_rollouts", "Rollouts by state.", labels=["state"])
+        for row in Rollout.objects.values("state").annotate(n=Count("id")):
+            rollouts.add_metric([row["state"]], row["n"])
+        yield rollouts
+
+        dead = CounterMetricFamily("fleet_dead_letters",
+                                   "Device messages refused at ingest, by reason.",
+                                   labels=["reason"])
+        for row in DeadLetter.objects.values("reason").annotate(n=Count("id")):
+            dead.add_metric([row["reason"]], row["n"])
+        yield dead
+
+        up = GaugeMetricFamily("fleet_worker_up", "1 when the worker reported in the last 30 s.",
+                               labels=["worker"])
+        counters = UnknownMetricFamily("fleet_worker_counter",
+                                       "Counters of each worker since it started.",
+                                       labels=["counter", "worker"])
+        now = timezone.now()
+        for stats in WorkerStats.objects.order_by("worker"):
+            up.add_metric([stats.worker], 1 if now - stats.heartbeat_at < WORKER_ALIVE else 0)
+            for name, value in sorted(stats.counters.items()):
+                counters.add_metric([name, stats.worker], value)
+        yield up
+        yield counters
+
+
+REGISTRY = CollectorRegistry(auto_describe=False)
+REGISTRY.register(FleetCollector())
 
 
 def _allowed(request: HttpRequest) -> bool:
@@ -33,41 +100,10 @@ def _allowed(request: HttpRequest) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode("utf-8"))
 
 
-def _line(name: str, value: float, **labels: str) -> str:
-    if labels:
-        inner = ",".join(f'{k}="{str(v).replace(chr(34), "")}"' for k, v in sorted(labels.items()))
-        return f"{name}{{{inner}}} {value}"
-    return f"{name} {value}"
-
-
 def metrics(request: HttpRequest) -> HttpResponse:
     """Render the metrics page."""
     if not _allowed(request):
         return HttpResponse(
             "forbidden: send Authorization: Bearer <METRICS_TOKEN> (METRICS_PUBLIC=1 opens "
             "/metrics to everyone)\n", status=403, content_type="text/plain")
-    from ota.rollouts.models import Rollout
-
-    lines = ["# HELP fleet_devices Devices by state and hardware profile.",
-             "# TYPE fleet_devices gauge"]
-    for row in Device.objects.values("state", "hardware_profile__name").annotate(n=Count("id")):
-        lines.append(_line("fleet_devices", row["n"], state=row["state"],
-                           profile=row["hardware_profile__name"]))
-    lines += ["# HELP fleet_rollouts Rollouts by state.", "# TYPE fleet_rollouts gauge"]
-    for row in Rollout.objects.values("state").annotate(n=Count("id")):
-        lines.append(_line("fleet_rollouts", row["n"], state=row["state"]))
-    lines += ["# HELP fleet_dead_letters_total Device messages refused at ingest, by reason.",
-              "# TYPE fleet_dead_letters_total counter"]
-    for row in DeadLetter.objects.values("reason").annotate(n=Count("id")):
-        lines.append(_line("fleet_dead_letters_total", row["n"], reason=row["reason"]))
-    lines += ["# HELP fleet_worker_counter Counters of each worker since it started.",
-              "# TYPE fleet_worker_counter counter",
-              "# HELP fleet_worker_up 1 when the worker reported in the last 30 s.",
-              "# TYPE fleet_worker_up gauge"]
-    now = timezone.now()
-    for stats in WorkerStats.objects.all():
-        alive = now - stats.heartbeat_at < WORKER_ALIVE
-        lines.append(_line("fleet_worker_up", 1 if alive else 0, worker=stats.worker))
-        for name, value in sorted(stats.counters.items()):
-            lines.append(_line("fleet_worker_counter", value, worker=stats.worker, counter=name))
-    return HttpResponse("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")
+    return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)

@@ -211,8 +211,9 @@ REST_FRAMEWORK = {
         "rest_framework.filters.OrderingFilter",
     ],
     "DEFAULT_PAGINATION_CLASS": "fleet.core.pagination.BoundedLimitOffsetPagination",
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "fleet.core.api.QueryFormatNegotiation",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "fleet.core.schema.FleetAutoSchema",
     "DEFAULT_THROTTLE_RATES": {
         "enroll": os.environ.get("ENROLL_RATE", "30/min"),
         "enroll_challenge": os.environ.get("ENROLL_CHALLENGE_RATE", "60/min"),
@@ -254,8 +255,13 @@ MQTT_ADMIN_PASSWORD = os.environ.get("MQTT_ADMIN_PASSWORD", "")
 BROKER_ACCESS = os.environ.get(
     "BROKER_ACCESS", "dynsec" if MQTT_ADMIN_PASSWORD or not DEBUG else "none"
 )
-if BROKER_ACCESS not in ("dynsec", "none"):
-    raise ImproperlyConfigured(f"BROKER_ACCESS must be 'dynsec' or 'none', not {BROKER_ACCESS!r}")
+if BROKER_ACCESS not in ("dynsec", "x509", "none"):
+    raise ImproperlyConfigured(
+        f"BROKER_ACCESS must be 'dynsec', 'x509' or 'none', not {BROKER_ACCESS!r}")
+# BROKER_ACCESS=x509 (fleet/broker/x509.py): the device CA, CRL and ACL folder the broker
+# reads, and the broker's pid file (revocations and service changes reload it with SIGHUP).
+BROKER_X509_DIR = Path(os.environ.get("BROKER_X509_DIR", VAR_DIR / "broker" / "pki"))
+BROKER_PID_FILE = Path(os.environ.get("BROKER_PID_FILE", VAR_DIR / "broker" / "mosquitto.pid"))
 if BROKER_ACCESS == "none" and not DEBUG:
     raise ImproperlyConfigured(
         "BROKER_ACCESS=none is refused unless FLEET_DEBUG=1: without broker administration "

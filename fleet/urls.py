@@ -9,6 +9,9 @@ from rest_framework.permissions import AllowAny
 from fleet.core.login_throttle import ThrottledAdminAuthenticationForm
 from fleet.metrics import metrics
 
+# Unmatched paths under /api/ answer in the API's error shape (fleet.core.api.not_found).
+handler404 = "fleet.core.api.not_found"
+
 # The admin's login counts failed attempts per username and per client, as the console's does.
 admin.site.login_form = ThrottledAdminAuthenticationForm
 

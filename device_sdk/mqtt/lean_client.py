@@ -15,11 +15,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
-from device_sdk.mqtt import paho_speedup
-
 __all__ = ["LeanClient", "WireTally", "publish_size"]
 
-paho_speedup.install()  # what still takes paho's own path decodes cheaper too
+# paho's own decoding of what still takes its path is cheaper with device_sdk.mqtt.paho_speedup,
+# which the process's entry point installs (opt-in, never at import).
 
 
 class LeanClient(mqtt.Client):

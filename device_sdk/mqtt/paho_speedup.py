@@ -7,8 +7,12 @@ worker's receive thread at ~100k messages/s, a simulated fleet receiving OTA chu
 tables never change, so ``SharedTableProperties`` keeps them on the class and is otherwise
 paho's own class: the same validation on assignment, ``unpack``, ``json``, ``str``.
 
-``install`` swaps it in for paho's packet decoder, once per process, and only for the paho
-version it was written against (``PAHO_VERSION``); with any other version it does nothing.
+Opt-in: importing this module changes nothing. A process's entry point calls ``install()``
+to swap it in for paho's packet decoder, once, and only for the paho version it was written
+against (``PAHO_VERSION``); with any other version it logs that it is skipped and paho decodes
+as it ships. The worker (``manage.py fleet_worker``), the simulator (``python -m device_sdk
+simulate``) and the benchmarks that run either call it; libraries and the device client never
+do. ``uninstall()`` restores paho's own class (tests, measurements without it).
 """
 
 from __future__ import annotations
@@ -43,15 +47,42 @@ class SharedTableProperties(Properties):
 
 
 def install() -> bool:
-    """Use ``SharedTableProperties`` when paho decodes received packets; return whether it is on."""
+    """Use ``SharedTableProperties`` when paho decodes received packets in this process; return
+    whether it is on. Call it from an entry point, never at import."""
     try:
         version = metadata.version("paho-mqtt")
         from paho.mqtt import _packet
-    except (metadata.PackageNotFoundError, ImportError):
+    except (metadata.PackageNotFoundError, ImportError) as exc:
+        log.warning("paho speed-up skipped: paho-mqtt not found (%s)", exc)
         return False
-    if version != PAHO_VERSION or getattr(_packet, "Properties", None) not in (
-            Properties, SharedTableProperties):
-        log.debug("paho-mqtt %s: packet decoding left as it is", version)
+    if version != PAHO_VERSION:
+        log.warning("paho speed-up skipped: paho-mqtt is %s, it is written for %s only; "
+                    "paho decodes packets as it ships", version, PAHO_VERSION)
         return False
+    if getattr(_packet, "Properties", None) not in (Properties, SharedTableProperties):
+        log.warning("paho speed-up skipped: paho's decoder uses another Properties class "
+                    "(patched by someone else?); left as it is")
+        return False
+    if _packet.Properties is not SharedTableProperties:  # type: ignore[attr-defined]
+        log.info("paho speed-up installed (paho-mqtt %s: shared Properties tables)", version)
     _packet.Properties = SharedTableProperties  # type: ignore[attr-defined]
     return True
+
+
+def installed() -> bool:
+    """Tell whether paho's decoder uses ``SharedTableProperties`` in this process."""
+    try:
+        from paho.mqtt import _packet
+    except ImportError:
+        return False
+    return getattr(_packet, "Properties", None) is SharedTableProperties
+
+
+def uninstall() -> None:
+    """Give paho's decoder its own ``Properties`` class back."""
+    try:
+        from paho.mqtt import _packet
+    except ImportError:
+        return
+    if getattr(_packet, "Properties", None) is SharedTableProperties:
+        _packet.Properties = Properties  # type: ignore[attr-defined]

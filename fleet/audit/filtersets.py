@@ -3,11 +3,12 @@
 import django_filters
 
 from fleet.audit.models import AuditLog
+from fleet.core.filters import UtcIsoDateTimeFilter
 
 
 class AuditLogFilterSet(django_filters.FilterSet):
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
     action = django_filters.CharFilter(lookup_expr="startswith")
 
     class Meta:

@@ -32,14 +32,23 @@ def broker_access() -> BrokerAccess | None:
     broker learns them when it is configured and the devices re-enroll.
     """
     global _instance
-    if settings.BROKER_ACCESS != "dynsec":
+    if settings.BROKER_ACCESS not in ("dynsec", "x509"):
         return None
     if not settings.MQTT_ADMIN_PASSWORD:
         raise BrokerNotConfigured(
-            "BROKER_ACCESS=dynsec but MQTT_ADMIN_PASSWORD is not set in this process: it cannot "
-            "administer the broker."
+            f"BROKER_ACCESS={settings.BROKER_ACCESS} but MQTT_ADMIN_PASSWORD is not set in this "
+            "process: it cannot administer the broker."
         )
     with _lock:
+        if _instance is None and settings.BROKER_ACCESS == "x509":
+            from device_sdk.mqtt import BrokerEndpoint
+            from fleet.broker.x509 import X509Access
+
+            endpoint = BrokerEndpoint.parse(settings.MQTT_URL)
+            _instance = X509Access(
+                settings.BROKER_X509_DIR, pid_file=settings.BROKER_PID_FILE,
+                admin=(endpoint.host, endpoint.port, settings.MQTT_ADMIN_USERNAME,
+                       settings.MQTT_ADMIN_PASSWORD))
         if _instance is None:
             from fleet.broker.dynsec import DynsecAccess
 

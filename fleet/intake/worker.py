@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from device_sdk.mqtt import BrokerEndpoint, connect, new_client, paho_speedup
+from device_sdk.mqtt import BrokerEndpoint, connect, new_client
 from device_sdk.protocol.topics import Channel, shared_filter
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,6 @@ class MqttWorker:
     def __init__(self, config: WorkerConfig, handle: Handler) -> None:
         self.config = config
         self.handle = handle
-        paho_speedup.install()  # paho's per-message decoding was most of the receive thread
         self.inbox: queue.Queue[Received] = queue.Queue()
         # Prepared batches for the store thread; one waits while another is being stored.
         self.prepared: queue.Queue[tuple[list[Received], Any] | None] = queue.Queue(maxsize=1)

@@ -108,6 +108,39 @@ class Rollup(models.Model):
                    models.Index(fields=["model_version_id", "bucket"])]
 
 
+class FleetRollup(models.Model):
+    """Rollups summed over every device, per (model version, minute, label): what a query
+    over the whole fleet reads on PostgreSQL instead of one row per device and minute.
+
+    Kept exactly in step with ``Rollup`` by statement triggers on PostgreSQL (migration 0008:
+    any insert, upsert, update or delete of rollups adds its difference here, in the same
+    transaction), so exactly-once ingest holds for it too. ``shard`` (the writing session's
+    pid modulo 4) lets concurrent workers update the current minute without waiting for each
+    other's row locks; readers sum the shards. SQLite does not maintain it (queries there
+    read ``Rollup``).
+    """
+
+    shard = models.SmallIntegerField(default=0)
+    model_version_id = models.IntegerField(default=0)
+    bucket = models.DateTimeField(help_text="start of the minute")
+    label = models.SmallIntegerField()
+    count = models.BigIntegerField(default=0)
+    score_sum = models.BigIntegerField(default=0)
+    latency_sum = models.BigIntegerField(default=0, help_text="100 µs units")
+    lat_le_1ms = models.BigIntegerField(default=0)
+    lat_le_5ms = models.BigIntegerField(default=0)
+    lat_le_20ms = models.BigIntegerField(default=0)
+    lat_le_100ms = models.BigIntegerField(default=0)
+    lat_gt_100ms = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["model_version_id", "bucket", "label", "shard"],
+                                    name="unique_fleet_rollup_key")
+        ]
+        indexes = [TimeIndex(fields=["bucket"], name="telemetry_fleetrollup_time")]
+
+
 class DeadLetter(models.Model):
     """A device message refused at ingest, kept (truncated) with the reason, for diagnosis."""
 

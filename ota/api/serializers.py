@@ -119,7 +119,8 @@ class PackageSerializer(serializers.ModelSerializer):
 
 
 class SigningKeySerializer(serializers.ModelSerializer):
-    introduced_by = serializers.SlugRelatedField(slug_field="kid", read_only=True)
+    introduced_by = serializers.SlugRelatedField(slug_field="kid", read_only=True,
+                                                 allow_null=True)  # null: the first key
     rotation_record = serializers.SerializerMethodField()
     trust = serializers.SerializerMethodField(
         help_text="devices (not revoked) reporting that they trust this key, and their share")
@@ -145,7 +146,8 @@ class SigningKeySerializer(serializers.ModelSerializer):
 class RevalidationJobSerializer(serializers.ModelSerializer):
     """A re-validation of every version (or one) after a hardware profile changed."""
 
-    hardware_profile = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    hardware_profile = serializers.SlugRelatedField(slug_field="name", read_only=True,
+                                                    allow_null=True)
     progress = serializers.FloatField(read_only=True)
 
     class Meta:

@@ -101,6 +101,7 @@ class GatewayViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     write_role = Role.OPERATOR
     # The one thing a gateway's own API token may do (on its own uid only: RolePermission).
     gateway_token_actions = ("children",)
+    broker_errors = ("create", "children", "revoke")  # 503 in the schema: broker changes
     # Callers with no user behind them (a gateway's token) are rate-limited per client.
     throttle_classes = [ClientRateThrottle]
     throttle_scope = "gateway"

@@ -44,11 +44,17 @@ class HardwareProfileSerializer(serializers.ModelSerializer):
 
 
 class DeviceGroupSerializer(serializers.ModelSerializer):
-    device_count = serializers.IntegerField(read_only=True)
+    device_count = serializers.SerializerMethodField()
 
     class Meta:
         model = DeviceGroup
         fields = ["id", "name", "description", "created_at", "device_count"]
+
+    def get_device_count(self, group: DeviceGroup) -> int:
+        """The list's annotation, or a count for a group just created or edited (the schema
+        promises the field in every answer)."""
+        count = getattr(group, "device_count", None)
+        return group.device_set.count() if count is None else count
 
 
 class DeviceSerializer(serializers.ModelSerializer):

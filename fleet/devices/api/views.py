@@ -67,6 +67,7 @@ class DeviceViewSet(
     lookup_field = "uid"
     read_role = Role.VIEWER
     write_role = Role.OPERATOR
+    broker_errors = ("revoke",)  # 503 in the schema: the broker must learn of it
 
     def perform_update(self, serializer: s.DeviceSerializer) -> None:
         data = serializer.validated_data
@@ -136,6 +137,7 @@ class EnrollViewSet(viewsets.GenericViewSet):
     serializer_class = s.EnrollRequestSerializer
     authentication_classes = [GatewayTokenAuthentication]
     public_actions = ("create", "challenge")
+    broker_errors = ("create",)  # 503 in the schema: the broker must learn the credential
     throttle_classes = [ClientRateThrottle]
     throttle_scope = "enroll"
 

@@ -10,6 +10,7 @@ from fleet.telemetry.models import DeadLetter
 from fleet.telemetry.queries import TelemetryFilter, default_range
 
 MAX_RANGE = timedelta(days=400)
+MAX_ID = 2**63 - 1  # ids are 64-bit: a larger number reached the database and failed (a 500)
 
 
 class TelemetryQuerySerializer(serializers.Serializer):
@@ -19,7 +20,8 @@ class TelemetryQuerySerializer(serializers.Serializer):
     group = serializers.CharField(required=False, max_length=64)
     hardware_profile = serializers.CharField(required=False, max_length=64)
     tag = serializers.CharField(required=False, max_length=64)
-    model_version = serializers.ListField(child=serializers.IntegerField(min_value=0),
+    model_version = serializers.ListField(child=serializers.IntegerField(min_value=0,
+                                                                         max_value=MAX_ID),
                                           required=False, max_length=50)
     bucket = serializers.ChoiceField(choices=[60, 300, 900, 3600, 86400], default=60,
                                      required=False, help_text="seconds per point (series)")
@@ -44,8 +46,10 @@ class TelemetryQuerySerializer(serializers.Serializer):
 
 
 class CompareQuerySerializer(TelemetryQuerySerializer):
-    a = serializers.IntegerField(min_value=0, help_text="model version id (the old one)")
-    b = serializers.IntegerField(min_value=0, help_text="model version id (the new one)")
+    a = serializers.IntegerField(min_value=0, max_value=MAX_ID,
+                                 help_text="model version id (the old one)")
+    b = serializers.IntegerField(min_value=0, max_value=MAX_ID,
+                                 help_text="model version id (the new one)")
 
 
 class DeadLetterSerializer(serializers.ModelSerializer):
@@ -58,3 +62,70 @@ class DeadLetterSerializer(serializers.ModelSerializer):
 
     def get_payload_hex(self, obj: DeadLetter) -> str:
         return bytes(obj.payload)[:256].hex()
+
+
+# Outputs (documentation of the responses in the OpenAPI schema; the views return the query
+# functions' dicts as they are).
+
+class SeriesPointSerializer(serializers.Serializer):
+    t = serializers.DateTimeField()
+    events = serializers.IntegerField()
+    events_per_s = serializers.FloatField()
+    mean_score = serializers.FloatField(allow_null=True)
+    mean_latency_ms = serializers.FloatField(allow_null=True)
+
+
+class SeriesSerializer(serializers.Serializer):
+    bucket_s = serializers.IntegerField()
+    points = SeriesPointSerializer(many=True)
+
+
+class LabelShareSerializer(serializers.Serializer):
+    label = serializers.IntegerField()
+    count = serializers.IntegerField()
+    share = serializers.FloatField()
+    mean_score = serializers.FloatField(allow_null=True)
+
+
+class LabelsSerializer(serializers.Serializer):
+    labels = LabelShareSerializer(many=True)
+
+
+class LatencyHistogramSerializer(serializers.Serializer):
+    le_1ms = serializers.IntegerField()
+    le_5ms = serializers.IntegerField()
+    le_20ms = serializers.IntegerField()
+    le_100ms = serializers.IntegerField()
+    gt_100ms = serializers.IntegerField()
+
+
+class SummarySerializer(serializers.Serializer):
+    events = serializers.IntegerField()
+    devices = serializers.IntegerField()
+    events_per_s = serializers.FloatField()
+    mean_score = serializers.FloatField(allow_null=True)
+    mean_latency_ms = serializers.FloatField(allow_null=True)
+    latency_histogram = LatencyHistogramSerializer()
+
+
+class CompareSideSerializer(SummarySerializer):
+    model_version = serializers.IntegerField()
+    labels = LabelShareSerializer(many=True)
+
+
+class DriftSerializer(serializers.Serializer):
+    total_variation = serializers.FloatField()
+    psi = serializers.FloatField()
+
+
+class CompareDeltaSerializer(serializers.Serializer):
+    mean_score = serializers.FloatField(allow_null=True)
+    mean_latency_ms = serializers.FloatField(allow_null=True)
+    events_per_s = serializers.FloatField()
+
+
+class CompareSerializer(serializers.Serializer):
+    a = CompareSideSerializer()
+    b = CompareSideSerializer()
+    drift = DriftSerializer()
+    delta = CompareDeltaSerializer()

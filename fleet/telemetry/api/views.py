@@ -58,7 +58,7 @@ class TelemetryViewSet(viewsets.ViewSet):
         query.is_valid(raise_exception=True)
         return query
 
-    @extend_schema(parameters=[s.TelemetryQuerySerializer])
+    @extend_schema(parameters=[s.TelemetryQuerySerializer], responses=s.SeriesSerializer)
     @action(detail=False, methods=["get"], renderer_classes=[JSONRenderer, SeriesCsvRenderer])
     def series(self, request: Request) -> Response:
         """Events, rate, mean score, mean latency per bucket; ``?format=csv`` for a CSV file."""
@@ -66,19 +66,19 @@ class TelemetryViewSet(viewsets.ViewSet):
         points = queries.series(query.to_filter(), query.validated_data["bucket"])
         return Response({"bucket_s": query.validated_data["bucket"], "points": points})
 
-    @extend_schema(parameters=[s.TelemetryQuerySerializer])
+    @extend_schema(parameters=[s.TelemetryQuerySerializer], responses=s.LabelsSerializer)
     @action(detail=False, methods=["get"])
     def labels(self, request: Request) -> Response:
         """Label distribution (count, share, mean score per class)."""
         return Response({"labels": queries.label_distribution(self._filter(request).to_filter())})
 
-    @extend_schema(parameters=[s.TelemetryQuerySerializer])
+    @extend_schema(parameters=[s.TelemetryQuerySerializer], responses=s.SummarySerializer)
     @action(detail=False, methods=["get"])
     def summary(self, request: Request) -> Response:
         """Totals over the range: events, devices, mean score and latency, latency histogram."""
         return Response(queries.summary(self._filter(request).to_filter()))
 
-    @extend_schema(parameters=[s.CompareQuerySerializer])
+    @extend_schema(parameters=[s.CompareQuerySerializer], responses=s.CompareSerializer)
     @action(detail=False, methods=["get"])
     def compare(self, request: Request) -> Response:
         """Compare model versions ``a`` (old) and ``b`` (new): health deltas and label drift."""

@@ -22,10 +22,35 @@ def test_metrics_expose_devices_dead_letters_and_workers(enroll_body: dict[str, 
     with override_settings(METRICS_TOKEN="s3cret"):
         body = Client(REMOTE_ADDR="127.0.0.1").get(
             "/metrics", HTTP_AUTHORIZATION="Bearer s3cret").content.decode()
-    assert 'fleet_devices{profile="stm32f746",state="enrolled"} 1' in body
-    assert 'fleet_dead_letters_total{reason="CBOR_MALFORMED"} 1' in body
-    assert 'fleet_worker_up{worker="w1"} 1' in body
-    assert 'fleet_worker_counter{counter="events_stored",worker="w1"} 42' in body
+    assert 'fleet_devices{profile="stm32f746",state="enrolled"} 1.0' in body
+    assert 'fleet_dead_letters_total{reason="CBOR_MALFORMED"} 1.0' in body
+    assert 'fleet_worker_up{worker="w1"} 1.0' in body
+    assert 'fleet_worker_counter{counter="events_stored",worker="w1"} 42.0' in body
+
+
+def test_metrics_parse_as_prometheus_text_with_their_types(enroll_body: dict[str, Any]) -> None:
+    """prometheus_client renders the page: it parses back with the same names, labels and
+    types, and a label value with a quote is escaped, not dropped."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert post_enroll(enroll_body).status_code == 201
+    DeadLetter.objects.create(topic="t", reason='odd"reason', size=1, payload=b"x")
+    WorkerStats.objects.create(worker="w1", started_at=timezone.now(),
+                               heartbeat_at=timezone.now() - timezone.timedelta(minutes=5),
+                               counters={"events_stored": 7, "batches": 2})
+    with override_settings(METRICS_PUBLIC=True):
+        response = Client(REMOTE_ADDR="10.1.2.3").get("/metrics")
+    assert response["Content-Type"].startswith("text/plain; version=")
+    families = {f.name: f for f in text_string_to_metric_families(response.content.decode())}
+    assert {n: f.type for n, f in families.items()} == {
+        "fleet_devices": "gauge", "fleet_rollouts": "gauge", "fleet_dead_letters": "counter",
+        "fleet_worker_up": "gauge", "fleet_worker_counter": "unknown"}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in families.values() for s in f.samples}
+    assert samples[("fleet_devices", (("profile", "stm32f746"), ("state", "enrolled")))] == 1
+    assert samples[("fleet_dead_letters_total", (("reason", 'odd"reason'),))] == 1
+    assert samples[("fleet_worker_up", (("worker", "w1"),))] == 0  # no report for 5 minutes
+    assert samples[("fleet_worker_counter", (("counter", "batches"), ("worker", "w1")))] == 2
 
 
 def test_metrics_refuse_remote_callers_without_the_token() -> None:

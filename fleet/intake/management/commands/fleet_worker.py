@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 from django.utils import timezone
 
+from device_sdk.mqtt import paho_speedup
 from device_sdk.protocol.topics import Channel
 from fleet.intake.consumers import Consumers
 from fleet.intake.deployments import DeploymentConsumers
@@ -26,6 +27,7 @@ STATS_EVERY_S = 5.0
 JOBS_EVERY_S = 2.0
 CONTROLLER_EVERY_S = 1.0
 CAROUSEL_EVERY_S = 0.2
+PARTITIONS_EVERY_S = 3600.0
 
 
 class Command(BaseCommand):
@@ -39,9 +41,14 @@ class Command(BaseCommand):
         parser.add_argument("--retire", action="store_true",
                             help="take the worker NAME out of service for good: store what its "
                                  "broker session still holds, then end the session")
+        parser.add_argument("--no-paho-speedup", action="store_true",
+                            help="decode MQTT packets with paho's own code (for comparisons)")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         name = opts["name"]
+        if not opts["no_paho_speedup"]:
+            # paho's per-message decoding was most of the receive thread (paho_speedup.py).
+            paho_speedup.install()
         consumers = Consumers()
         worker = MqttWorker(
             WorkerConfig(
@@ -70,6 +77,8 @@ class Command(BaseCommand):
         if not opts["no_rollouts"]:
             threading.Thread(target=_rollouts_loop, args=(name, worker, delivery, stop),
                              daemon=True, name="rollouts").start()
+        threading.Thread(target=_partitions_loop, args=(stop,), daemon=True,
+                         name="partitions").start()
         started = timezone.now()
         worker.start()
         log.info("worker %s started (ingest, OTA%s%s)", name,
@@ -85,6 +94,21 @@ class Command(BaseCommand):
                     log.exception("could not save worker stats")
         worker.stop()
         log.info("worker %s stopped", name)
+
+
+def _partitions_loop(stop: threading.Event) -> None:
+    """Make the raw event table's day partitions ahead (PostgreSQL; a no-op elsewhere)."""
+    from fleet.telemetry.partitions import ensure_partitions
+
+    while True:
+        try:
+            ensure_partitions()
+        except Exception:
+            log.exception("could not make telemetry partitions ahead")
+        finally:
+            close_old_connections()
+        if stop.wait(PARTITIONS_EVERY_S):
+            return
 
 
 def _jobs_loop(name: str, stop: threading.Event) -> None:

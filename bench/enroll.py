@@ -1,0 +1,331 @@
+"""Enrollment into a big fleet on the real broker: per-device X.509 access against dynsec.
+
+Everything real but HTTP: PostgreSQL (throwaway, fsync on), ``do_enroll_device`` with the
+device's signed proof of possession (``testkit.enrollment``), and Mosquitto 2 with the X.509
+broker-access backend (``BROKER_ACCESS=x509``, ``fleet/broker/x509.py``): each timed
+enrollment is the enrollment transaction plus signing the device's certificate, which is what
+the backend adds to an enrollment. Then:
+
+1. ``enroll_ms_per_device`` with an empty fleet, then with ``--fleet`` devices already
+   enrolled (rows in the database; issuance records, 1 % of them revoked on the CRL, in the
+   device CA's folder; the prefill writes records, it does not sign 100,000 certificates);
+2. a sample of the devices enrolled last connect to the broker's device listener with their
+   certificates and publish on their own topic (``enrolled_devices_connected``);
+3. some of them are revoked with ``do_revoke_device`` while connected: the time until the
+   broker drops them (``revoke_cut_seconds``, the worst) and whether their reconnection fails;
+4. baseline: dynamic security holding ``--fleet`` devices (written into its JSON while the
+   broker is stopped, as ``bench/lab.py`` does): the broker step of a few enrollments alone
+   (``DynsecAccess.provision_device`` with a long timeout: at 100,000 devices one takes longer
+   than the server's 5 s admin timeout, so a real enrollment would be refused with 503).
+
+Prints JSON lines ``{metric, value, unit, baseline, ratio, fleet_devices, load_avg...}``.
+Run: ``.venv/bin/python bench/enroll.py [--quick]`` (quick: a 5,000-device fleet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ingest import postgres_cpu_seconds, start_postgres  # noqa: E402
+from lab import write_dynsec_devices  # noqa: E402
+
+HARDWARE = "stm32f746"
+
+
+def log(msg: str) -> None:
+    print(f"[enroll] {msg}", file=sys.stderr, flush=True)
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def prefill_database(count: int) -> list[str]:
+    """Create ``count`` enrolled devices in bulk; return their uids."""
+    from fleet.devices.models import Device, HardwareProfile
+
+    profile = HardwareProfile.objects.get(name=HARDWARE)
+    tag = secrets.token_hex(3)
+    uids = [f"fleet-{tag}-{i:06d}" for i in range(count)]
+    for start in range(0, count, 10_000):
+        Device.objects.bulk_create([
+            Device(uid=u, hardware_profile=profile, public_key_pem="-",
+                   public_key_fingerprint=hashlib.sha256(u.encode()).hexdigest(),
+                   key_algorithm="ed25519") for u in uids[start:start + 10_000]])
+    return uids
+
+
+def prefill_pki(access: Any, uids: list[str], revoked_share: float = 0.01) -> None:
+    """Write what issuing ``uids`` certificates leaves (serial records), revoke a share."""
+    from cryptography import x509
+
+    ca = access.ca
+    now = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    revoked_lines = []
+    for i, uid in enumerate(uids):
+        serial = x509.random_serial_number()
+        path = ca._issued_file(uid)
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f"{serial:x}\n")
+        if i % int(1 / revoked_share) == 0:
+            revoked_lines.append(f"{serial:x} {uid} {now}\n")
+    with open(ca.revoked_path, "a") as fh:
+        fh.writelines(revoked_lines)
+    ca.write_crl()
+    access._reload()
+
+
+class Timer:
+    """Enroll devices one by one through the real action and time each."""
+
+    def __init__(self, token: str, issue: bool) -> None:
+        self.token, self.issue = token, issue
+        self.caps = {"firmware_version": "bench-1", "tflm_version": "bench", "ops": [],
+                     "arena_bytes": 100_000, "slot_bytes": 500_000, "pointer_bits": 32}
+
+    def run(self, count: int) -> tuple[list[float], list[tuple[Any, Any, str | None]]]:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        from device_sdk.client.identity import public_key_pem
+        from fleet.broker.configured import broker_access
+        from testkit.enrollment import enroll_in_process
+
+        keys = [ed25519.Ed25519PrivateKey.generate() for _ in range(count)]
+        times, out = [], []
+        cpu0 = time.process_time(), postgres_cpu_seconds()
+        issue_s = 0.0
+        for key in keys:
+            started = time.perf_counter()
+            result = enroll_in_process(token=self.token, key=key, hardware=HARDWARE,
+                                       capabilities=self.caps)
+            cert = None
+            if self.issue:
+                t = time.perf_counter()
+                cert = broker_access().issue_device_certificate(  # type: ignore[union-attr]
+                    result.device.uid, public_key_pem(key))
+                issue_s += time.perf_counter() - t
+            times.append((time.perf_counter() - started) * 1000)
+            out.append((result.device, key, cert))
+        # CPU per enrollment holds up better than wall time on a shared machine.
+        self.cpu_ms = {"server": (time.process_time() - cpu0[0]) / count * 1000,
+                       "postgres": (postgres_cpu_seconds() - cpu0[1]) / count * 1000,
+                       "certificate_wall": issue_s / count * 1000}
+        return times, out
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    times = sorted(times)
+    return {"mean": round(statistics.fmean(times), 2), "p50": round(times[len(times) // 2], 2),
+            "p95": round(times[min(len(times) - 1, int(0.95 * len(times)))], 2),
+            "n": len(times)}
+
+
+def connect_device(broker: Any, device_port: int, folder: Path, uid: str, key: Any,
+                   cert: str) -> dict[str, Any]:
+    import paho.mqtt.client as mqtt
+    from cryptography.hazmat.primitives import serialization
+
+    (folder / f"{uid}.crt").write_text(cert)
+    (folder / f"{uid}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    state: dict[str, Any] = {"connects": [], "disconnects": [], "acks": {},
+                             "ready": threading.Event()}
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=uid, protocol=mqtt.MQTTv5)
+    c.tls_set(ca_certs=str(broker.ca_cert), certfile=str(folder / f"{uid}.crt"),
+              keyfile=str(folder / f"{uid}.key"))
+    c.reconnect_delay_set(0.2, 1)
+
+    def on_connect(cl: Any, u: Any, f: Any, rc: Any, p: Any) -> None:
+        state["connects"].append(rc.value)
+        if rc.value == 0:
+            state["ready"].set()
+
+    c.on_connect = on_connect
+    c.on_disconnect = lambda cl, u, f, rc, p: state["disconnects"].append(time.monotonic())
+    c.on_publish = lambda cl, u, mid, rc, p: state["acks"].__setitem__(mid, rc.value)
+    c.connect(broker.host, device_port)
+    c.loop_start()
+    state["client"] = c
+    state["ok"] = state["ready"].wait(10)
+    if state["ok"]:
+        mid = c.publish(f"fleet/v1/{uid}/events", b"x", qos=1).mid
+        deadline = time.monotonic() + 5
+        while mid not in state["acks"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        state["ok"] = state["acks"].get(mid, 255) < 128
+    return state
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--fleet", type=int, help="devices already enrolled (100k; quick 5k)")
+    parser.add_argument("--measure", type=int, help="timed enrollments per point (300; quick 60)")
+    parser.add_argument("--dynsec", type=int, default=3, help="timed dynsec enrollments")
+    parser.add_argument("--connect", type=int, default=20)
+    parser.add_argument("--revoke", type=int, default=5)
+    args = parser.parse_args()
+    args.fleet = args.fleet or (5_000 if args.quick else 100_000)
+    args.measure = args.measure or (30 if args.quick else 300)
+    if args.quick:
+        args.dynsec = min(args.dynsec, 2)
+
+    from fleet.broker.mosquitto import MosquittoInstance
+    from fleet.broker.x509 import write_broker_template
+    from testkit.broker import free_port
+
+    workdir = Path(tempfile.mkdtemp(prefix="fleet-bench-enroll-"))
+    os.chmod(workdir, 0o755)
+    pg = None
+    brokers: list[Any] = []
+    results: list[dict[str, Any]] = []
+    clients: list[Any] = []
+    try:
+        pg = start_postgres(workdir)
+        admin_password = secrets.token_urlsafe(16)
+        pki = workdir / "broker" / "pki"
+        device_port = free_port()
+        broker = MosquittoInstance(workdir / "broker", free_port(), free_port(), admin_password,
+                                   template=write_broker_template(pki, device_port))
+        brokers.append(broker)
+        os.environ.update({
+            "DJANGO_SETTINGS_MODULE": "fleet.settings", "FLEET_DEBUG": "0",
+            "SECRET_KEY": "bench-" + secrets.token_hex(24), "DATABASE_URL": pg[0],
+            "FLEET_VAR_DIR": str(workdir / "var"), "FLEET_KEK": "bench-" + secrets.token_hex(16),
+            "MQTT_URL": broker.url, "MQTT_DEVICE_URL": f"mqtts://127.0.0.1:{device_port}",
+            "MQTT_ADMIN_USERNAME": broker.admin_username, "MQTT_ADMIN_PASSWORD": admin_password,
+            "BROKER_ACCESS": "x509", "BROKER_X509_DIR": str(pki),
+            "BROKER_PID_FILE": str(broker.pid_file), "FLEET_LOG_LEVEL": "WARNING",
+            "PYTHONPATH": str(ROOT)})
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+        from django.utils import timezone
+
+        call_command("migrate", verbosity=0)
+        from fleet.broker.configured import broker_access
+        from fleet.devices.actions import do_create_enrollment_token, do_revoke_device
+
+        access = broker_access()
+        access.ensure_admin()  # type: ignore[union-attr]
+        broker.start()
+        _, token = do_create_enrollment_token(
+            actor=None, expires_at=timezone.now() + timezone.timedelta(days=1),
+            max_uses=3 * args.measure + args.dynsec + 10)
+        timer = Timer(token, issue=True)
+        timer.run(5)  # warm-up: imports, connections, caches
+        empty_times, _ = timer.run(args.measure)
+        empty = summary(empty_times)
+        log(f"x509, empty fleet: {empty}")
+        t = time.monotonic()
+        uids = prefill_database(args.fleet)
+        prefill_pki(access, uids)
+        log(f"prefilled {args.fleet:,} devices (database, issuance records, "
+            f"{len(uids) // 100} revoked) in {time.monotonic() - t:.1f} s")
+        load_before = load_average()
+        full_times, enrolled = timer.run(args.measure)
+        load_after = load_average()
+        full = summary(full_times)
+        cpu = {k: round(v, 2) for k, v in timer.cpu_ms.items()}
+        log(f"x509, {args.fleet:,} devices: {full}; per enrollment (ms): {cpu}")
+        # Enrolled devices use their certificates at the broker.
+        folder = workdir / "devices"
+        folder.mkdir()
+        clients = [connect_device(broker, device_port, folder, d.uid, k, c)
+                   for d, k, c in enrolled[-args.connect:]]
+        connected = sum(1 for c in clients if c["ok"])
+        # Revocation while connected.
+        cuts, refused = [], 0
+        for (device, _, _), state in zip(enrolled[-args.revoke:], clients[-args.revoke:]):
+            started = time.monotonic()
+            do_revoke_device(device, actor=None)
+            while not state["disconnects"] and time.monotonic() - started < 10:
+                time.sleep(0.005)
+            cuts.append(state["disconnects"][0] - started if state["disconnects"] else 99.0)
+        time.sleep(2.0)  # paho retries every 0.2-1 s: every handshake must fail
+        for state in clients[-args.revoke:]:
+            refused += len(state["connects"]) == 1
+            state["client"].loop_stop()
+        log(f"{connected} of {len(clients)} connected; revoked {args.revoke}: cut after "
+            f"{', '.join(f'{c:.3f}' for c in cuts)} s, {refused} never got back in")
+        # Baseline: dynamic security holding the same fleet.
+        dyn_password = secrets.token_urlsafe(16)
+        dyn = MosquittoInstance(workdir / "dynsec", free_port(), free_port(), dyn_password)
+        brokers.append(dyn)
+        dyn.prepare()
+        t = time.monotonic()
+        write_dynsec_devices(dyn.dynsec_file, {u: secrets.token_urlsafe(8) for u in uids})
+        dyn.start(timeout=300)
+        log(f"dynsec with {args.fleet:,} devices written and started in "
+            f"{time.monotonic() - t:.1f} s")
+        # The broker step alone, with time to answer (the server's admin timeout is 5 s:
+        # past that an enrollment is refused with 503 broker_unavailable).
+        from fleet.broker.dynsec import DynsecAccess
+
+        dyn_times, refused_5s = [], 0
+        with DynsecAccess(dyn.host, dyn.port, dyn.admin_username, dyn_password,
+                          timeout=600) as admin:
+            for _ in range(args.dynsec):
+                t = time.perf_counter()
+                admin.provision_device(f"dyn-{secrets.token_hex(4)}", secrets.token_urlsafe(12))
+                dyn_times.append((time.perf_counter() - t) * 1000)
+        refused_5s = sum(1 for x in dyn_times if x > 5000)
+        dynsec = summary(dyn_times)
+        log(f"dynsec provision_device alone, {args.fleet:,} devices: {dynsec}; "
+            f"{refused_5s} over the 5 s admin timeout")
+        common = {"fleet_devices": args.fleet, "load_avg_before": load_before,
+                  "load_avg_after": load_after}
+        results += [
+            {"metric": "enroll_ms_per_device", "value": full["mean"], "unit": "ms",
+             "baseline": dynsec["mean"], "ratio": round(full["mean"] / dynsec["mean"], 4),
+             "backend": "x509", "p50": full["p50"], "p95": full["p95"], "n": full["n"],
+             "baseline_is": f"dynsec provision_device alone at the same fleet size (n="
+                            f"{dynsec['n']}, {refused_5s} over the 5 s admin timeout)",
+             "cpu_ms": cpu, **common},
+            {"metric": "enroll_ms_per_device_empty_fleet", "value": empty["mean"], "unit": "ms",
+             "baseline": None, "ratio": None, "backend": "x509", "p50": empty["p50"],
+             "p95": empty["p95"], "n": empty["n"], "fleet_devices": 0},
+            {"metric": "enrolled_devices_connected", "value": connected, "unit": "devices",
+             "baseline": len(clients), "ratio": round(connected / max(len(clients), 1), 3),
+             **common},
+            {"metric": "revoke_cut_seconds", "value": round(max(cuts), 3), "unit": "s",
+             "baseline": 5.0, "ratio": round(max(cuts) / 5.0, 3), "revoked": len(cuts),
+             "reconnect_refused": refused, **common},
+        ]
+    finally:
+        for state in clients:
+            try:
+                state["client"].loop_stop()
+            except Exception:
+                pass
+        for b in brokers:
+            b.stop()
+        if pg is not None:
+            subprocess.run(["bash", "scripts/postgres.sh", "stop", str(pg[1]), str(pg[2])],
+                           cwd=ROOT, check=False)
+        if not os.environ.get("FLEET_BENCH_KEEP"):
+            shutil.rmtree(workdir, ignore_errors=True)
+    for item in results:
+        print(json.dumps(item))
+
+
+if __name__ == "__main__":
+    main()
