@@ -322,7 +322,10 @@ def main() -> None:
         worker_env.update({
             "MQTT_URL": broker.url, "MQTT_WORKER_USERNAME": identity[0],
             "MQTT_WORKER_PASSWORD": identity[1], "MQTT_WORKER_GROUP": "bench",
-            "FLEET_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",  # administers no broker
+            "FLEET_LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
+            # With FANOUT_ACCESS=grant it grants each offered device its package's fan-out.
+            "BROKER_ACCESS": "dynsec", "MQTT_ADMIN_USERNAME": broker.admin_username,
+            "MQTT_ADMIN_PASSWORD": broker.admin_password,
         })
         worker = start_worker(workdir, worker_env)
         monitor = SysMonitor(broker)  # before the fleet loads this process

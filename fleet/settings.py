@@ -275,6 +275,16 @@ ARTIFACT_ROOT = Path(os.environ.get("ARTIFACT_ROOT", VAR_DIR / "artifacts"))
 FLEET_KEK = os.environ.get("FLEET_KEK", "")
 # How long a signed manifest stays valid (manifest key 13).
 PACKAGE_VALIDITY_DAYS = int(os.environ.get("PACKAGE_VALIDITY_DAYS", "30"))
+# Packages a rollout builds expire sooner: a pulled manifest is installable until it expires
+# (by a device that missed both the withdrawal and the signed revocation).
+ROLLOUT_PACKAGE_VALIDITY_DAYS = int(os.environ.get("ROLLOUT_PACKAGE_VALIDITY_DAYS", "7"))
+# How only offered devices read a package's fan-out (fleet/broker/access.py): "encrypt"
+# (a key per package, sent to offered devices) or "grant" (broker ACL per deployment).
+FANOUT_ACCESS = os.environ.get("FANOUT_ACCESS", "encrypt")
+if FANOUT_ACCESS not in ("encrypt", "grant"):
+    raise ImproperlyConfigured("FANOUT_ACCESS is encrypt or grant")
+# A rotated signing key becomes the signer only once this share of the devices trusts it.
+KEY_ACTIVATION_SHARE = float(os.environ.get("KEY_ACTIVATION_SHARE", "0.95"))
 # Admission measures Cortex-M arenas with the firmware's probe images in QEMU
 # (ota/validation/qemu_probe.py; `make -C firmware probes`). Missing images or QEMU: the
 # figure is estimated and the report says why, unless measurement is required

@@ -26,6 +26,9 @@ class JobState(models.TextChoices):
 
 
 class KeyState(models.TextChoices):
+    # Trusted by devices (rotation record published), not yet signing: an operator activates
+    # it once enough of the fleet reports trusting it.
+    PENDING = "pending", "pending activation"
     ACTIVE = "active", "active"
     RETIRED = "retired", "retired"
 

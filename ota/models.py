@@ -122,6 +122,7 @@ class SigningKey(models.Model):
     )
     introduced_by = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
     retired_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -137,6 +138,32 @@ class SigningKey(models.Model):
     @property
     def public_key_hex(self) -> str:
         return self.public_key
+
+
+class TrustRecord(models.Model):
+    """A signed record of the fleet's trust chain, as devices get it on ``fleet/v1/keys``.
+
+    Rotation records (introducing a key) and policy records (retiring keys, raising the
+    minimum manifest sequence, revoking packages) share one sequence: devices apply them in
+    order (device_sdk/protocol/manifest.py, trust rules).
+    """
+
+    class Kind(models.TextChoices):
+        ROTATION = "rotation", "rotation"
+        POLICY = "policy", "policy"
+
+    sequence = models.PositiveBigIntegerField(unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    record = models.BinaryField(help_text="COSE_Sign1")
+    signed_by = models.ForeignKey(SigningKey, on_delete=models.PROTECT, related_name="+")
+    summary = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["sequence"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} record {self.sequence}"
 
 
 class Package(models.Model):

@@ -165,7 +165,10 @@ def worker_env(broker: MosquittoInstance, username: str, password: str, group: s
         "MQTT_WORKER_USERNAME": username,
         "MQTT_WORKER_PASSWORD": password,
         "MQTT_WORKER_GROUP": group,
-        "BROKER_ACCESS": "none",
+        # The worker grants each offered device its package's fan-out (and takes it back).
+        "MQTT_ADMIN_USERNAME": broker.admin_username,
+        "MQTT_ADMIN_PASSWORD": broker.admin_password,
+        "BROKER_ACCESS": "dynsec",
         "PYTHONUNBUFFERED": "1",
     })
     return env

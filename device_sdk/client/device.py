@@ -146,6 +146,9 @@ class DeviceClient:
         self.capabilities = capabilities
         self.state_dir = Path(state_dir)
         self.manifest_seq = manifest_seq
+        # Ids of the OTA signing keys the device trusts, for its status (None: not reported);
+        # the OTA agent keeps it current.
+        self.trusted_kids: tuple[bytes, ...] | None = None
         self.stats = ClientStats()
         self._started_at = time.monotonic()
         self._owns_reactor = reactor is None
@@ -306,6 +309,7 @@ class DeviceClient:
             free_ram=_free_ram(),
             seq=self.manifest_seq,
             capabilities=self.capabilities if with_capabilities else None,
+            keys=self.trusted_kids,
         )
 
     # -- internals ------------------------------------------------------------------------

@@ -8,7 +8,11 @@ trust: every manifest is signed and every transferred byte digested, and the MCU
     CHUNK_REQUEST                 -> answered from the chunk cache, else fleet/v1/{child}/ota/get
     fleet/v1/{child}/ota/offer    -> OFFER
     fleet/v1/{child}/ota/chunk    -> CHUNK (the answer to the pending request)
-    fleet/v1/pkg/{pkg}/chunk      -> cached; answers pending requests, clipped to the MTU
+    fleet/v1/{child}/ota/key      -> the key of a package's fan-out (kept; decrypts it)
+    fleet/v1/pkg/{pkg}/chunk      -> decrypted, cached; answers pending requests, clipped
+    fleet/v1/keys (retained)      -> ROTATION, one frame per record of the trust bundle, to
+                                     every child (again to one that attaches or restarts);
+                                     the MCU verifies each and skips those it applied
 
 Until a child is admitted (enrolled and added to the gateway's children) what it sends is
 held, the newest status and up to ``HELD_MAX`` other messages, and sent once it is. An MCU whose
@@ -36,14 +40,16 @@ from typing import Final, Protocol
 from device_sdk.gateway.chunk_cache import ChunkCache
 from device_sdk.protocol import link
 from device_sdk.protocol.cose import parse_sign1
+from device_sdk.protocol.fanout import crypt
 from device_sdk.protocol.limits import MAX_OFFER_BYTES
-from device_sdk.protocol.manifest import Manifest
+from device_sdk.protocol.manifest import Manifest, decode_trust_bundle
 from device_sdk.protocol.ota_messages import (
     Chunk,
     ChunkRequest,
     DeploymentState,
     decode_chunk,
     decode_chunk_request,
+    decode_fanout_key,
     decode_report,
     encode_chunk,
     encode_chunk_request,
@@ -53,8 +59,11 @@ from device_sdk.protocol.status import OFFLINE_PAYLOAD, Capabilities, decode_sta
 from device_sdk.protocol.topics import (
     Channel,
     DeviceTopic,
+    FleetChannel,
+    FleetTopic,
     PackageChannel,
     device_topic,
+    fleet_topic,
     package_topic,
     parse_topic,
     validate_uid,
@@ -134,6 +143,9 @@ class Bridge:
         self._children: dict[str, Child] = {}
         self._parked_offers: dict[str, bytes] = {}  # offers for a child whose port is down
         self._fanout: set[int] = set()
+        self._trust_records: list[bytes] = []  # the latest trust bundle, for new children
+        self._fanout_keys: dict[int, bytes] = {}  # package -> key of its encrypted fan-out
+        self._trust_subscribed = False
         self._lock = threading.Lock()
 
     # -- children ----------------------------------------------------------------------------
@@ -155,6 +167,7 @@ class Bridge:
             log.error("%s said HELLO on %s but is also on %s: two MCUs with one id?", uid, port,
                       replaced.port)
         outbox.put((link.Kind.TIME, self.time_payload()))
+        self._send_trust(child)
         if offer is not None:
             self._offer(uid, offer)
         if child.admitted:
@@ -171,6 +184,7 @@ class Bridge:
             child.pending = None
             child.admission_requested = False  # a refused admission is tried again
         child.outbox.put((link.Kind.TIME, self.time_payload()))
+        self._send_trust(child)
         log.info("child %s restarted", child.uid)
 
     def detach(self, child: Child) -> None:
@@ -185,6 +199,7 @@ class Bridge:
         if child.admitted:
             self.uplink.unsubscribe(device_topic(child.uid, Channel.OTA_OFFER))
             self.uplink.unsubscribe(device_topic(child.uid, Channel.OTA_CHUNK))
+            self.uplink.unsubscribe(device_topic(child.uid, Channel.OTA_KEY))
         for pkg in list(child.downloading):
             self._download_over(child, pkg)
 
@@ -366,15 +381,30 @@ class Bridge:
         """Handle one MQTT message (called on the MQTT thread)."""
         try:
             parsed = parse_topic(topic)
-            if isinstance(parsed, DeviceTopic):
+            if isinstance(parsed, FleetTopic):
+                if parsed.channel is FleetChannel.KEYS:
+                    self._trust_bundle(payload)
+            elif isinstance(parsed, DeviceTopic):
                 if parsed.channel is Channel.OTA_OFFER:
                     self._offer(parsed.uid, payload)
                 elif parsed.channel is Channel.OTA_CHUNK:
                     self._chunk(decode_chunk(payload), parsed.uid)
+                elif parsed.channel is Channel.OTA_KEY:
+                    message = decode_fanout_key(payload)
+                    with self._lock:
+                        self._fanout_keys[message.pkg] = message.key
+                        while len(self._fanout_keys) > 64:  # the oldest packages are done
+                            del self._fanout_keys[next(iter(self._fanout_keys))]
                 else:
                     self.counters["messages_ignored"] += 1
             else:
-                self._chunk(decode_chunk(payload), None)
+                chunk = decode_chunk(payload)
+                with self._lock:
+                    key = self._fanout_keys.get(chunk.pkg)
+                if key is not None:  # the fan-out is encrypted; a child was offered it
+                    chunk = Chunk(chunk.pkg, chunk.offset, crypt(key, chunk.pkg, chunk.offset,
+                                                                 chunk.data))
+                self._chunk(chunk, None)
         except ProtocolError as exc:
             self.counters["messages_refused"] += 1
             log.warning("message on %s refused: %s", topic, exc)
@@ -399,6 +429,26 @@ class Bridge:
             # The carousel sends a package's pass right after the offers: follow it now, not at
             # the MCU's first request. (Unverified, it only picks a subscription.)
             self._follow(child, pkg)
+
+    def _trust_bundle(self, payload: bytes) -> None:
+        """Keep the fleet's trust records and send each to every child as a ROTATION frame."""
+        records = decode_trust_bundle(payload)
+        with self._lock:
+            self._trust_records = records
+            children = list(self._children.values())
+        for child in children:
+            self._send_trust(child)
+
+    def _send_trust(self, child: Child) -> None:
+        """Send a child every trust record that fits its link (the MCU skips old ones)."""
+        with self._lock:
+            records = list(self._trust_records)
+        for record in records:
+            if len(record) > child.mtu:
+                self.counters["rotations_too_large"] += 1
+                continue
+            child.outbox.put((link.Kind.ROTATION, record))
+            self.counters["rotations_forwarded"] += 1
 
     def _chunk(self, chunk: Chunk, uid: str | None) -> None:
         self.cache.put(chunk.pkg, chunk.offset, chunk.data)
@@ -428,6 +478,11 @@ class Bridge:
     def _subscribe(self, uid: str) -> None:
         self.uplink.subscribe(device_topic(uid, Channel.OTA_OFFER))
         self.uplink.subscribe(device_topic(uid, Channel.OTA_CHUNK))
+        self.uplink.subscribe(device_topic(uid, Channel.OTA_KEY))
+        if not self._trust_subscribed:
+            # Every child's role may read it; one subscription serves them all.
+            self._trust_subscribed = True
+            self.uplink.subscribe(fleet_topic(FleetChannel.KEYS))
 
     def _publish(self, uid: str, channel: Channel, payload: bytes) -> None:
         self.uplink.publish(device_topic(uid, channel), payload,

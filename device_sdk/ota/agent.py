@@ -27,12 +27,15 @@ from device_sdk.client import DeviceClient
 from device_sdk.ota.trial import TrialResult
 from device_sdk.ota.updater import OtaUpdater
 from device_sdk.protocol.cose import parse_sign1
+from device_sdk.protocol.fanout import crypt
 from device_sdk.protocol.manifest import Manifest, TrialSpec
 from device_sdk.protocol.ota_messages import (
     ChunkRequest,
     DeploymentState,
     Report,
     decode_chunk,
+    decode_fanout_key,
+    decode_withdrawal,
     encode_chunk_request,
     encode_report,
 )
@@ -40,7 +43,9 @@ from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.topics import (
     Channel,
     DeviceTopic,
+    FleetChannel,
     PackageTopic,
+    fleet_topic,
     package_filter,
     package_topic,
     parse_topic,
@@ -77,6 +82,9 @@ class OtaAgent:
         self._pending: list[tuple[int, DeploymentState, int]] = []
         self._last_report: tuple[int, DeploymentState, int] | None = None
         self._watching: int | None = None
+        self._keys_topic = fleet_topic(FleetChannel.KEYS)
+        self._keys_subscribed = False
+        client.trusted_kids = tuple(updater.trusted_kids())
         client.on_message = self._chain(client.on_message, self._on_message)
         client.on_connect = self._chain(client.on_connect, self._on_connect)
 
@@ -95,12 +103,20 @@ class OtaAgent:
     # -- start-up ------------------------------------------------------------------------
 
     def boot(self) -> None:
-        """Revert a model whose trial a restart interrupted; tell the server once connected."""
-        meta = self.updater.store.meta
+        """Revert a model whose trial a restart interrupted, and never run an active slot
+        whose bytes do not match its digest; tell the server once connected."""
+        store = self.updater.store
+        meta = store.meta
         if meta.trial:
             interrupted = meta.package
-            self.updater.store.boot()
+            store.boot()
             self.report_later(interrupted, DeploymentState.ROLLED_BACK, Reason.TRIAL_INTERRUPTED)
+        if store.meta.sha256 and not store.check_active():
+            log.error("%s: active slot of package %d does not match its digest%s",
+                      self.client.uid, meta.package,
+                      "; back on the other slot" if store.verify_active() else "")
+            if store.meta.package != meta.package:
+                self.report_later(meta.package, DeploymentState.ROLLED_BACK, Reason.FLASH_ERROR)
 
     def resume(self) -> None:
         """After :meth:`boot`: pick up a download left on disk, and install it at once when a
@@ -133,7 +149,16 @@ class OtaAgent:
                 self._follow_fanout(wanted[0])
             if self._fanout:
                 client.subscribe(self._fanout, qos=0)
-        self._repair()  # resume a download the disconnect (or a restart) interrupted
+        if not (session_present and self._keys_subscribed):
+            # Retained: the broker sends the bundle at once. A session this agent subscribed
+            # in still has the subscription, and a new bundle reaches it live.
+            client.subscribe(self._keys_topic, qos=1)
+            self._keys_subscribed = True
+        if not (self._awaiting_fanout and download is not None and download.received == 0):
+            self._repair()  # resume a download the disconnect (or a restart) interrupted
+        # (An offer that has not had a fan-out byte yet waits for the carousel as before: the
+        # broker drops a device once when its deployment's fan-out grant is added, and
+        # fetching the whole package by request after that would defeat the fan-out.)
         if wanted is not None:
             self._watch(wanted[0])
 
@@ -143,9 +168,21 @@ class OtaAgent:
         if topic == self._fanout_topic:
             self._chunk(payload, unicast=False)  # the hot path: every chunk of a wave
             return
+        if topic == self._keys_topic:
+            self._trust_bundle(payload)
+            return
         parsed = parse_topic(topic)
         if isinstance(parsed, DeviceTopic) and parsed.channel == Channel.OTA_OFFER:
             self._offer(payload)
+        elif isinstance(parsed, DeviceTopic) and parsed.channel == Channel.OTA_WITHDRAW:
+            self._withdraw(payload)
+        elif isinstance(parsed, DeviceTopic) and parsed.channel == Channel.OTA_KEY:
+            try:
+                message = decode_fanout_key(payload)
+            except ProtocolError as exc:
+                log.warning("%s: bad fan-out key: %s", self.client.uid, exc)
+                return
+            self.updater.set_fanout_key(message.pkg, message.key)
         elif (isinstance(parsed, PackageTopic)
               or (isinstance(parsed, DeviceTopic) and parsed.channel == Channel.OTA_CHUNK)):
             self._chunk(payload, unicast=isinstance(parsed, DeviceTopic))
@@ -167,13 +204,51 @@ class OtaAgent:
         self._quiet_limit = self.repair_after_s
         self._watch(pkg)
 
+    def _trust_bundle(self, payload: bytes) -> None:
+        """Apply the fleet's signed trust records; say the keys now trusted in the status."""
+        try:
+            self.updater.apply_trust_bundle(payload)
+        except ProtocolError as exc:
+            log.warning("%s: trust bundle refused: %s", self.client.uid, exc)
+            return
+        for pkg, state in self.updater.stop_revoked():
+            self._stopped(pkg, state)
+        kids = tuple(self.updater.trusted_kids())
+        if kids != self.client.trusted_kids:
+            self.client.trusted_kids = kids
+            self.client.update_status()
+
+    def _withdraw(self, payload: bytes) -> None:
+        """Stop a withdrawn package (abort or rollback of its rollout) and report it."""
+        try:
+            withdrawal = decode_withdrawal(payload)
+        except ProtocolError as exc:
+            log.warning("%s: bad withdrawal: %s", self.client.uid, exc)
+            return
+        state = self.updater.withdraw(withdrawal.pkg)
+        if state is not None:
+            self._stopped(withdrawal.pkg, state, withdrawal.reason)
+
+    def _stopped(self, pkg: int, state: DeploymentState, reason: int = int(Reason.ABORTED)) -> None:
+        log.info("%s: package %d withdrawn (%s)", self.client.uid, pkg, state.name)
+        if self._fanout == package_filter(pkg):
+            self._leave_fanout()
+        if self._watching == pkg:
+            self._watching = None
+        self._report(pkg, state, reason)
+
     def _chunk(self, payload: bytes, *, unicast: bool) -> None:
         try:
             chunk = decode_chunk(payload)
         except ProtocolError as exc:
             log.warning("%s: bad chunk: %s", self.client.uid, exc)
             return
-        data = self.chunk_received(chunk.offset, chunk.data)
+        data = chunk.data
+        if not unicast:
+            key = self.updater.fanout_key(chunk.pkg)
+            if key is not None:  # encrypted fan-out (only offered devices hold the key)
+                data = crypt(key, chunk.pkg, chunk.offset, data)
+        data = self.chunk_received(chunk.offset, data)
         try:
             fresh = self.updater.on_chunk(chunk.pkg, chunk.offset, data)
         except ProtocolError as exc:

@@ -51,6 +51,11 @@ class SlotMeta:
     sha256: dict[str, str] = field(default_factory=dict)  # slot index -> digest of its bytes
     sizes: dict[str, int] = field(default_factory=dict)
     trusted_keys: dict[str, str] = field(default_factory=dict)  # kid hex -> raw key hex
+    # The trust chain (manifest.py, trust rules): retired kids never return; the fleet's
+    # minimum manifest sequence and the packages revoked by signed policy records.
+    retired_keys: list[str] = field(default_factory=list)
+    min_sequence: int = 0
+    revoked_packages: list[int] = field(default_factory=list)
 
 
 class SlotStore:
@@ -155,10 +160,30 @@ class SlotStore:
             return True
         return False
 
+    def check_active(self) -> bool:
+        """At boot: make sure the active slot holds the bytes its metadata names.
+
+        A corrupt active slot (flash decay, a write the metadata does not describe) is never
+        run: the device goes back to the other slot if that one verifies. Returns True when
+        the active slot was fine, False when it was not (fallen back, or nothing verifies).
+        """
+        if self.verify_active():
+            return True
+        other = 1 - self.meta.active
+        if self.verify_slot(other):
+            meta = self.meta
+            self.save(replace(meta, active=other, previous=None, trial=False, trial_sequence=0,
+                              package=meta.previous_package, reverted_package=meta.package))
+        return False
+
     def verify_active(self) -> bool:
         """Tell whether the active slot holds exactly the bytes its metadata names."""
-        path = self.slot_path(self.meta.active)
-        want = self.meta.sha256.get(str(self.meta.active))
+        return self.verify_slot(self.meta.active)
+
+    def verify_slot(self, index: int) -> bool:
+        """Tell whether slot ``index`` holds exactly the bytes its metadata names."""
+        path = self.slot_path(index)
+        want = self.meta.sha256.get(str(index))
         return path.exists() and want == hashlib.sha256(path.read_bytes()).hexdigest()
 
 

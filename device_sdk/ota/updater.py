@@ -24,7 +24,9 @@ from typing import BinaryIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from device_sdk.ota.slots import SlotStore
-from device_sdk.protocol.manifest import Encoding, Manifest, verify_manifest
+from device_sdk.protocol.cose import raw_public_key
+from device_sdk.protocol.manifest import Encoding, Manifest, TrustState, verify_manifest
+from device_sdk.protocol.ota_messages import DeploymentState
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.transfer import TransferDecoder
 
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 OFFER_FILE = "offer.cose"
 PART_FILE = "download.part"
 RANGES_FILE = "download.ranges"  # journal: one "start end" line per chunk kept
+FANOUT_KEY_FILE = "fanout.key"  # package id (8 bytes) || the key of its encrypted fan-out
 
 
 @dataclass
@@ -98,6 +101,7 @@ class OtaUpdater:
         self.arena_bytes = arena_bytes
         self.clock = clock
         self.download: Download | None = None
+        self._fanout_key: tuple[int, bytes] | None = None
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -112,20 +116,97 @@ class OtaUpdater:
 
         self.store.save(replace(self.store.meta, trusted_keys=dict(keys)))
 
-    def apply_rotation(self, record: bytes) -> None:
-        """Learn a new signing key from a rotation record signed by a trusted one."""
+    def trust_state(self) -> TrustState:
+        """Return the persisted trust chain state (keys in the order they came to be trusted)."""
+        meta = self.store.meta
+        return TrustState(self.trusted_keys(), meta.rotation_sequence,
+                          tuple(bytes.fromhex(k) for k in meta.retired_keys),
+                          meta.min_sequence, tuple(meta.revoked_packages))
+
+    def _save_trust(self, state: TrustState) -> None:
         from dataclasses import replace
 
-        from device_sdk.protocol.cose import raw_public_key
-        from device_sdk.protocol.manifest import verify_rotation
+        self.store.save(replace(
+            self.store.meta, rotation_sequence=state.sequence,
+            trusted_keys={kid.hex(): raw_public_key(key).hex() for kid, key in state.keys.items()},
+            retired_keys=[k.hex() for k in state.retired], min_sequence=state.min_sequence,
+            revoked_packages=list(state.revoked)))
 
+    def apply_rotation(self, record: bytes) -> None:
+        """Apply one signed rotation or policy record (raises ProtocolError if refused)."""
+        self._save_trust(self.trust_state().apply(record))
+
+    def apply_trust_bundle(self, bundle: bytes) -> list[ProtocolError]:
+        """Apply the records of a ``fleet/v1/keys`` bundle this device has not seen yet.
+
+        Returns the refusals (the other records still apply). Persisted before returning;
+        a download of a package the bundle revoked, or under the new minimum, is dropped
+        (see :meth:`stop_revoked`).
+        """
+        before = self.trust_state()
+        state, errors = before.apply_bundle(bundle)
+        if state != before:
+            self._save_trust(state)
+        for exc in errors:
+            log.warning("trust record refused: %s", exc)
+        return errors
+
+    def trusted_kids(self) -> list[bytes]:
+        """Return the ids of the keys this device trusts, in the order it came to trust them."""
+        return [bytes.fromhex(k) for k in self.store.meta.trusted_keys]
+
+    def withdraw(self, package_id: int) -> DeploymentState | None:
+        """Stop ``package_id``: drop its download (FAILED) or revert its trial (ROLLED_BACK).
+
+        Returns the state to report, or None when the device had nothing of that package
+        in progress (never heard of it, or already confirmed it).
+        """
+        d = self.download
+        if d is not None and d.manifest.package_id == package_id:
+            self._forget_download()
+            return DeploymentState.FAILED
         meta = self.store.meta
-        trusted = self.trusted_keys()
-        rotation = verify_rotation(record, trusted_keys=trusted,
-                                   current_sequence=meta.rotation_sequence)
-        keys = rotation.apply(trusted)
-        self.store.save(replace(meta, rotation_sequence=rotation.sequence, trusted_keys={
-            kid.hex(): raw_public_key(key).hex() for kid, key in keys.items()}))
+        if meta.trial and meta.package == package_id:
+            self.store.revert()
+            return DeploymentState.ROLLED_BACK
+        return None
+
+    def stop_revoked(self) -> list[tuple[int, DeploymentState]]:
+        """Withdraw whatever the trust state no longer allows; return (package, state) pairs."""
+        meta = self.store.meta
+        stopped = []
+        d = self.download
+        if d is not None and (d.manifest.package_id in meta.revoked_packages
+                              or d.manifest.sequence <= meta.min_sequence):
+            pkg = d.manifest.package_id
+            state = self.withdraw(pkg)
+            if state is not None:
+                stopped.append((pkg, state))
+        if meta.trial and meta.package in meta.revoked_packages:
+            pkg = meta.package
+            state = self.withdraw(pkg)
+            if state is not None:
+                stopped.append((pkg, state))
+        return stopped
+
+    # -- fan-out key ---------------------------------------------------------------------
+
+    def set_fanout_key(self, pkg: int, key: bytes) -> None:
+        """Keep the key of package ``pkg``'s encrypted fan-out (sent before its offer); kept on
+        disk beside the download, so a download resumed after a restart can still read it."""
+        self._fanout_key = (pkg, bytes(key))
+        (self.store.dir / FANOUT_KEY_FILE).write_bytes(pkg.to_bytes(8, "big") + bytes(key))
+
+    def fanout_key(self, pkg: int) -> bytes | None:
+        """Return the key of ``pkg``'s fan-out, or None (no key: the fan-out is in the clear)."""
+        if self._fanout_key is None:
+            stored = self.store.dir / FANOUT_KEY_FILE
+            data = stored.read_bytes() if stored.exists() else b""
+            if len(data) == 24:
+                self._fanout_key = (int.from_bytes(data[:8], "big"), data[8:])
+        if self._fanout_key is not None and self._fanout_key[0] == pkg:
+            return self._fanout_key[1]
+        return None
 
     # -- download ------------------------------------------------------------------------
 
@@ -136,10 +217,12 @@ class OtaUpdater:
 
         def verify(current_sequence: int) -> Manifest:
             return verify_manifest(
-                cose, trusted_keys=self.trusted_keys(), current_sequence=current_sequence,
+                cose, trusted_keys=self.trusted_keys(),
+                current_sequence=max(current_sequence, meta.min_sequence),
                 hardware_profile=self.hardware, now=int(self.clock()),
                 slot_bytes=self.slot_bytes, arena_bytes=self.arena_bytes,
                 running_model_sha256=hashlib.sha256(active).digest(),
+                revoked_packages=meta.revoked_packages,
             )
 
         try:
@@ -199,6 +282,10 @@ class OtaUpdater:
         part, journal = d.files or self._open_files(d)
         self.store.hook("part-write")
         os.pwrite(part.fileno(), data, offset)
+        if self.store.durable:
+            # The data reaches the flash before the journal says it is there: a power cut
+            # between the two loses bytes, never lies about them.
+            os.fsync(part.fileno())
         # After the data: a cut between the two loses bytes, never lies.
         self._journal(journal, offset, end)
         if d.missing() is None:
@@ -272,6 +359,8 @@ class OtaUpdater:
         """
         self.store.hook("ranges")
         journal.write(b"%d %d\n" % (start, end))
+        if self.store.durable:
+            os.fsync(journal.fileno())
 
     def _forget_download(self) -> None:
         if self.download is not None:
@@ -281,7 +370,20 @@ class OtaUpdater:
         self.download = None
 
     def _decode(self, d: Download) -> None:
-        """Stream the complete transfer through the decoder into the inactive slot."""
+        """Stream the complete transfer through the decoder into the inactive slot.
+
+        The whole transfer is hashed first: no byte reaches a decoder (nor the inactive slot)
+        unless all of them are the ones the manifest signed, so a stream built to expand
+        (a decompression bomb) is only ever decoded if the signer made it, and then the
+        decoders' output is bounded by the signed sizes as well.
+        """
+        digest = hashlib.sha256()
+        with open(d.part, "rb") as f:
+            while block := f.read(65536):
+                digest.update(block)
+        if digest.digest() != d.manifest.transfer_sha256:
+            self._forget_download()
+            raise ProtocolError(Reason.TRANSFER_DIGEST_MISMATCH, "transferred bytes differ")
         base = self.store.read_active() if d.manifest.encoding == Encoding.DELTA else None
         decoder = TransferDecoder(d.manifest, base)
         writer = self.store.open_inactive()

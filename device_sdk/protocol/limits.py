@@ -59,6 +59,9 @@ MAX_CHUNK_MSG_BYTES: Final = MAX_CHUNK_BYTES + 32  # [pkg, offset, bytes]: 3 uin
 MAX_CHUNK_REQUEST_BYTES: Final = 32  # [pkg, offset, length]
 MAX_REPORT_BYTES: Final = 32  # [pkg, state, detail]
 MAX_REASON_CODE: Final = 0xFFFF  # detail: unknown codes from newer firmware are kept, not refused
+MAX_TRUST_BUNDLE_BYTES: Final = 32_768  # fleet/v1/keys: up to MAX_TRUST_RECORDS records
+MAX_TRUST_RECORDS: Final = 64
+MAX_WITHDRAW_BYTES: Final = 32  # [pkg, reason]; also [pkg, key] of ota/key (at most 24)
 MAX_OFFER_BYTES: Final = 16_384  # the COSE_Sign1 manifest: cose.MAX_MESSAGE_BYTES, the same
 # Golden inputs of a model trial (manifest key 15): the device keeps one expected label per
 # input in RAM (2 bytes each), so this stays small.

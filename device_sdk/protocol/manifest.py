@@ -35,8 +35,33 @@ definite lengths, keys ascending) with integer keys. Wire values: never renumber
         21 => bstr .size 32,  ; the new Ed25519 public key, raw
         ? 22 => bstr,      ; key id of a key to stop trusting (often the signer's own)
     }
+    policy = {             ; a signed trust policy: retire keys, raise the floor, revoke
+        1 => 1,            ; format version
+        2 => uint,         ; sequence: the same counter as rotation records (one chain)
+        ? 30 => [1*8 bstr .size 8],  ; key ids to retire
+        ? 31 => uint,      ; the fleet's minimum manifest sequence: refuse any at or below it
+        ? 32 => [1*16 uint],  ; package ids (key 14) revoked: refuse them, stop them
+    }                      ; at least one of 30, 31, 32
+    trust-bundle = [* bstr]  ; fleet/v1/keys, retained: rotation and policy records
+                             ; (each a COSE_Sign1), ascending sequence, at most 64
 
-The two key sets overlap only in 1 and 2, so no payload decodes as both.
+The key sets overlap only in 1 and 2, so no payload decodes as two kinds of record.
+
+Trust rules (a device applies rotation and policy records in sequence order, one counter):
+
+- A record is signed by a key the device trusts now; a new key never vouches for itself.
+- Keys are ordered by when the device came to trust them (enrollment order, then rotation
+  order). A record may retire its own signer or keys older than it, never a newer key: a
+  compromised old key cannot lock the fleet out of the key that replaced it. The last trusted
+  key is never retired.
+- A retired key never returns: the device remembers retired key ids and refuses a rotation
+  that introduces one (MANIFEST_BAD_ROTATION), and a manifest signed by one is
+  MANIFEST_UNKNOWN_KEY.
+- Key 31 only ever raises the device's sequence floor (an offer at or below it is
+  MANIFEST_SEQUENCE_REPLAY); key 32 adds to the revoked packages the device keeps (the newest
+  16): an offer of one is refused with ABORTED, and a download or trial of one in progress
+  stops (the trial reverts, reported ROLLED_BACK).
+- A record at or below the device's record sequence is a replay (MANIFEST_SEQUENCE_REPLAY).
 
 Key 15 (the trial) follows :mod:`device_sdk.protocol.golden`: the device runs golden inputs
 0..n-1 derived from key 6 through the installed model and passes when its top-1 labels differ
@@ -52,7 +77,7 @@ MANIFEST_BAD_SIGNATURE and no unauthenticated field is ever interpreted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -108,6 +133,12 @@ K_PACKAGE_ID = 14
 K_TRIAL = 15
 # Rotation keys beyond 1 and 2. Wire values: never renumber.
 K_NEW_KID, K_NEW_PUBLIC_KEY, K_RETIRE_KID = 20, 21, 22
+# Policy keys beyond 1 and 2. Wire values: never renumber. (KP_, not K_: the firmware's
+# protocol.h mirrors every K_ constant, and its C side of policy records is still to come;
+# tests/firmware/test_contract.py will take these in once it mirrors them as TML_K_*.)
+KP_RETIRE_KIDS, KP_MIN_SEQUENCE, KP_REVOKE_PACKAGES = 30, 31, 32
+MAX_RETIRE_KIDS = 8
+MAX_REVOKED_PACKAGES = 16
 
 _TEXT, _DIGEST, _U32, _U64, _ENCODING = "text", "digest", "u32", "u64", "encoding"
 _TRIAL = "trial"
@@ -327,6 +358,7 @@ def verify_manifest(
     slot_bytes: int | None = None,
     arena_bytes: int | None = None,
     running_model_sha256: bytes | None = None,
+    revoked_packages: Collection[int] = (),
 ) -> Manifest:
     """Check a signed manifest as a device does and return it, or raise ``ProtocolError``.
 
@@ -338,6 +370,7 @@ def verify_manifest(
     (MANIFEST_TOO_LARGE), arena within ``arena_bytes`` (MANIFEST_ARENA_TOO_SMALL), and for a
     delta, base digest equal to ``running_model_sha256`` (DELTA_BASE_MISMATCH). A limit given
     as None is not checked; the transfer decoder checks a delta's base again as it reads it.
+    Right after the sequence, a package among ``revoked_packages`` (policy key 32) is ABORTED.
     """
     _kid, payload = verify_sign1(cose_bytes, trusted_keys)
     manifest = Manifest.decode(payload)
@@ -346,6 +379,8 @@ def verify_manifest(
             Reason.MANIFEST_SEQUENCE_REPLAY,
             f"sequence {manifest.sequence}, device is at {current_sequence}",
         )
+    if manifest.package_id in revoked_packages:
+        raise ProtocolError(Reason.ABORTED, f"package {manifest.package_id} was revoked")
     if now >= manifest.expires_at:
         raise ProtocolError(Reason.MANIFEST_EXPIRED, f"expired at {manifest.expires_at}")
     if manifest.hardware_profile != hardware_profile:
@@ -429,14 +464,23 @@ class KeyRotation:
         return rotation
 
     def apply(
-        self, trusted_keys: Mapping[bytes, Ed25519PublicKey]
+        self, trusted_keys: Mapping[bytes, Ed25519PublicKey], *, signer: bytes | None = None,
+        retired: Collection[bytes] = (),
     ) -> dict[bytes, Ed25519PublicKey]:
-        """Return the key set after this rotation, refusing one that makes no sense for it."""
+        """Return the key set after this rotation, refusing one that makes no sense for it.
+
+        ``signer`` (the record's kid) is checked against the retirement rule when given;
+        ``retired`` are the key ids the device retired before, which never return.
+        """
         new_kid = self.new_kid
         if new_kid in trusted_keys:
             raise ProtocolError(Reason.MANIFEST_BAD_ROTATION, "the new key is already trusted")
+        if new_kid in retired:
+            raise ProtocolError(Reason.MANIFEST_BAD_ROTATION, "a retired key never returns")
         if self.retire_kid is not None and self.retire_kid not in trusted_keys:
             raise ProtocolError(Reason.MANIFEST_BAD_ROTATION, "the retired key is not trusted")
+        if self.retire_kid is not None and signer is not None:
+            check_retirement(signer, [self.retire_kid], trusted_keys, replacement=True)
         keys = dict(trusted_keys)
         keys[new_kid] = self.public_key()
         if self.retire_kid is not None:
@@ -454,6 +498,7 @@ def verify_rotation(
     *,
     trusted_keys: Mapping[bytes, Ed25519PublicKey],
     current_sequence: int,
+    retired: Collection[bytes] = (),
 ) -> KeyRotation:
     """Check a signed rotation record against the keys a device trusts and return it.
 
@@ -461,8 +506,25 @@ def verify_rotation(
     ``trusted_keys`` (MANIFEST_BAD_ROTATION: a new or unknown key cannot vouch for itself),
     signature (MANIFEST_BAD_SIGNATURE), payload (MANIFEST_MALFORMED, _UNSUPPORTED_VERSION),
     sequence above ``current_sequence`` (MANIFEST_SEQUENCE_REPLAY), then consistency of the new
-    and retired key ids with ``trusted_keys`` (MANIFEST_BAD_ROTATION).
+    and retired key ids with ``trusted_keys`` and ``retired`` (MANIFEST_BAD_ROTATION: a key
+    may retire itself or older keys only, and a retired key never returns).
     """
+    kid, payload = _verified_record(cose_bytes, trusted_keys)
+    rotation = KeyRotation.decode(payload)
+    if rotation.sequence <= current_sequence:
+        raise ProtocolError(
+            Reason.MANIFEST_SEQUENCE_REPLAY,
+            f"rotation sequence {rotation.sequence}, device is at {current_sequence}",
+        )
+    # raises if the record does not fit these keys
+    rotation.apply(trusted_keys, signer=kid, retired=retired)
+    return rotation
+
+
+def _verified_record(
+    cose_bytes: bytes, trusted_keys: Mapping[bytes, Ed25519PublicKey]
+) -> tuple[bytes, bytes]:
+    """Check a record's envelope, signer and signature; return (signer kid, payload)."""
     message = parse_sign1(cose_bytes)
     check_algorithm(message.protected)
     signer = trusted_keys.get(message.kid)
@@ -471,14 +533,24 @@ def verify_rotation(
             Reason.MANIFEST_BAD_ROTATION, f"signed by kid {message.kid.hex()}, which is not trusted"
         )
     verify_signature(message, signer)
-    rotation = KeyRotation.decode(message.payload)
-    if rotation.sequence <= current_sequence:
-        raise ProtocolError(
-            Reason.MANIFEST_SEQUENCE_REPLAY,
-            f"rotation sequence {rotation.sequence}, device is at {current_sequence}",
-        )
-    rotation.apply(trusted_keys)  # raises if the record does not fit these keys
-    return rotation
+    return message.kid, message.payload
+
+
+def check_retirement(signer: bytes, retire: Collection[bytes],
+                     trusted_keys: Mapping[bytes, Ed25519PublicKey], *,
+                     replacement: bool = False) -> None:
+    """Refuse (MANIFEST_BAD_ROTATION) retiring a key newer than ``signer``, an untrusted key,
+    or the last trusted key (``replacement``: a rotation brings one more key, so it may retire
+    the only one). ``trusted_keys`` is in the order the device came to trust them."""
+    order = list(trusted_keys)
+    for kid in retire:
+        if kid not in trusted_keys:
+            raise ProtocolError(Reason.MANIFEST_BAD_ROTATION, f"kid {kid.hex()} is not trusted")
+        if order.index(kid) > order.index(signer):
+            raise ProtocolError(Reason.MANIFEST_BAD_ROTATION,
+                                f"kid {signer.hex()} cannot retire the newer kid {kid.hex()}")
+    if not replacement and not set(trusted_keys) - set(retire):
+        raise ProtocolError(Reason.MANIFEST_BAD_ROTATION, "would retire every trusted key")
 
 
 def apply_rotation(
@@ -508,3 +580,174 @@ def rotation_for(
 ) -> KeyRotation:
     """Return a rotation record introducing ``new_key``."""
     return KeyRotation(sequence, raw_public_key(new_key), retire_kid)
+
+
+_POLICY_FIELDS = {K_SEQUENCE, KP_RETIRE_KIDS, KP_MIN_SEQUENCE, KP_REVOKE_PACKAGES}
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """A signed record that retires keys, raises the minimum sequence or revokes packages."""
+
+    sequence: int
+    retire_kids: tuple[bytes, ...] = ()
+    min_sequence: int | None = None
+    revoke_packages: tuple[int, ...] = ()
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "retire_kids", tuple(self.retire_kids))
+        object.__setattr__(self, "revoke_packages", tuple(self.revoke_packages))
+        problem = self.problem()
+        if problem:
+            raise ValueError(problem)
+
+    def problem(self) -> str | None:
+        """Return what makes this record unfit for the wire, or None."""
+        if _problem(_U64, self.sequence):
+            return "sequence: not a uint"
+        if not (self.retire_kids or self.min_sequence is not None or self.revoke_packages):
+            return "a policy retires, raises the minimum or revokes something"
+        if len(self.retire_kids) > MAX_RETIRE_KIDS or not all(
+                isinstance(k, bytes) and len(k) == KEY_ID_BYTES for k in self.retire_kids):
+            return f"retire_kids: at most {MAX_RETIRE_KIDS} bstr of {KEY_ID_BYTES} bytes"
+        if self.min_sequence is not None and _problem(_U64, self.min_sequence):
+            return "min_sequence: not a uint"
+        if len(self.revoke_packages) > MAX_REVOKED_PACKAGES or any(
+                _problem(_U64, p) for p in self.revoke_packages):
+            return f"revoke_packages: at most {MAX_REVOKED_PACKAGES} uints"
+        return None
+
+    def encode(self) -> bytes:
+        """Return the deterministic CBOR payload."""
+        item: dict[int, Any] = {K_VERSION: self.format_version, K_SEQUENCE: self.sequence}
+        if self.retire_kids:
+            item[KP_RETIRE_KIDS] = list(self.retire_kids)
+        if self.min_sequence is not None:
+            item[KP_MIN_SEQUENCE] = self.min_sequence
+        if self.revoke_packages:
+            item[KP_REVOKE_PACKAGES] = list(self.revoke_packages)
+        return cbor2.dumps(item, canonical=True)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> TrustPolicy:
+        """Parse a payload, raising MANIFEST_MALFORMED or MANIFEST_UNSUPPORTED_VERSION."""
+        item = _decode_map(payload, _POLICY_FIELDS)
+        if K_SEQUENCE not in item:
+            raise ProtocolError(Reason.MANIFEST_MALFORMED, "policy key 2 missing")
+        retire, revoke = item.get(KP_RETIRE_KIDS, []), item.get(KP_REVOKE_PACKAGES, [])
+        if not isinstance(retire, list) or (KP_RETIRE_KIDS in item and not retire) \
+                or not isinstance(revoke, list) or (KP_REVOKE_PACKAGES in item and not revoke):
+            raise ProtocolError(Reason.MANIFEST_MALFORMED, "policy keys 30 and 32 are non-empty arrays")
+        try:
+            return cls(item[K_SEQUENCE], tuple(retire), item.get(KP_MIN_SEQUENCE), tuple(revoke))
+        except (ValueError, TypeError) as exc:
+            raise ProtocolError(Reason.MANIFEST_MALFORMED, str(exc)) from None
+
+
+def sign_policy(policy: TrustPolicy, private_key: Ed25519PrivateKey) -> bytes:
+    """Return ``policy`` as a COSE_Sign1 message signed by ``private_key`` (a trusted key)."""
+    return sign1(policy.encode(), private_key, key_id(private_key.public_key()))
+
+
+@dataclass(frozen=True)
+class TrustState:
+    """What a device persists of the trust chain; the result of applying records in order.
+
+    ``keys`` is ordered by when the device came to trust each key (the retirement rule needs
+    it); ``retired`` only grows; ``revoked`` keeps the newest MAX_REVOKED_PACKAGES package ids.
+    """
+
+    keys: Mapping[bytes, Ed25519PublicKey]
+    sequence: int = 0  # the record sequence reached (rotations and policies share it)
+    retired: tuple[bytes, ...] = ()
+    min_sequence: int = 0
+    revoked: tuple[int, ...] = ()
+
+    def apply(self, cose_bytes: bytes) -> TrustState:
+        """Verify one rotation or policy record against this state; return the state after it.
+
+        Raises ``ProtocolError`` as :func:`verify_rotation` does, for either kind of record.
+        """
+        from dataclasses import replace
+
+        kid, payload = _verified_record(cose_bytes, self.keys)
+        record = decode_trust_record(payload)
+        if record.sequence <= self.sequence:
+            raise ProtocolError(
+                Reason.MANIFEST_SEQUENCE_REPLAY,
+                f"record sequence {record.sequence}, device is at {self.sequence}",
+            )
+        if isinstance(record, KeyRotation):
+            keys = record.apply(self.keys, signer=kid, retired=self.retired)
+            gone = () if record.retire_kid is None else (record.retire_kid,)
+            return replace(self, keys=keys, sequence=record.sequence,
+                           retired=self.retired + gone)
+        check_retirement(kid, record.retire_kids, self.keys)
+        keys = {k: v for k, v in self.keys.items() if k not in record.retire_kids}
+        revoked = tuple(dict.fromkeys(self.revoked + record.revoke_packages))
+        return replace(
+            self, keys=keys, sequence=record.sequence,
+            retired=self.retired + tuple(k for k in record.retire_kids if k not in self.retired),
+            min_sequence=max(self.min_sequence, record.min_sequence or 0),
+            revoked=revoked[-MAX_REVOKED_PACKAGES:],
+        )
+
+    def apply_bundle(self, bundle: bytes) -> tuple[TrustState, list[ProtocolError]]:
+        """Apply every record of a trust bundle newer than this state, in order.
+
+        A record at or below the state's sequence is skipped silently (already applied, or
+        older than the keys the device enrolled with); a record that fails its checks changes
+        nothing and is returned among the errors; the others still apply.
+        """
+        state, errors = self, []
+        for record in decode_trust_bundle(bundle):
+            try:
+                # Skipping needs no signature (it changes nothing): a record already applied
+                # may be signed by a key retired since.
+                if decode_trust_record(parse_sign1(record).payload).sequence <= state.sequence:
+                    continue
+                state = state.apply(record)
+            except ProtocolError as exc:
+                if exc.reason != Reason.MANIFEST_SEQUENCE_REPLAY:
+                    errors.append(exc)
+        return state, errors
+
+
+def decode_trust_record(payload: bytes) -> KeyRotation | TrustPolicy:
+    """Parse a rotation or a policy payload (told apart by key 20)."""
+    try:
+        item = loads_strict(payload)
+    except (ValueError, cbor2.CBORError, RecursionError) as exc:
+        raise ProtocolError(Reason.MANIFEST_MALFORMED, f"payload not CBOR: {exc}") from None
+    if isinstance(item, Mapping) and K_NEW_KID in item:
+        return KeyRotation.decode(payload)
+    return TrustPolicy.decode(payload)
+
+
+def encode_trust_bundle(records: list[bytes]) -> bytes:
+    """Return the retained ``fleet/v1/keys`` payload: a CBOR array of COSE_Sign1 records."""
+    from device_sdk.protocol.limits import MAX_TRUST_BUNDLE_BYTES, MAX_TRUST_RECORDS
+
+    if len(records) > MAX_TRUST_RECORDS:
+        raise ValueError(f"at most {MAX_TRUST_RECORDS} trust records")
+    out = cbor2.dumps([bytes(r) for r in records])
+    if len(out) > MAX_TRUST_BUNDLE_BYTES:
+        raise ValueError(f"trust bundle of {len(out)} bytes > {MAX_TRUST_BUNDLE_BYTES}")
+    return out
+
+
+def decode_trust_bundle(payload: bytes) -> list[bytes]:
+    """Parse a trust bundle into its records (not yet verified), raising MANIFEST_MALFORMED."""
+    from device_sdk.protocol.limits import MAX_TRUST_BUNDLE_BYTES, MAX_TRUST_RECORDS
+
+    if len(payload) > MAX_TRUST_BUNDLE_BYTES:
+        raise ProtocolError(Reason.MANIFEST_MALFORMED, "trust bundle too large")
+    try:
+        item = loads_strict(payload)
+    except (ValueError, cbor2.CBORError, RecursionError) as exc:
+        raise ProtocolError(Reason.MANIFEST_MALFORMED, f"bundle not CBOR: {exc}") from None
+    if not isinstance(item, list) or len(item) > MAX_TRUST_RECORDS or not all(
+            isinstance(r, bytes) for r in item):
+        raise ProtocolError(Reason.MANIFEST_MALFORMED, "bundle is not an array of bstr")
+    return list(item)

@@ -5,6 +5,16 @@ Wire forms (CDDL in ``CDDL.md``), each a CBOR array:
     chunk-request = [pkg, offset, length]     ; fleet/v1/{uid}/ota/get, device -> server
     chunk         = [pkg, offset, data]       ; fleet/v1/{uid}/ota/chunk, server -> device
     report        = [pkg, state, detail]      ; fleet/v1/{uid}/ota/report, device -> server
+    withdraw      = [pkg, reason]             ; fleet/v1/{uid}/ota/withdraw, server -> device
+    fanout-key    = [pkg, key: bstr .size 16] ; fleet/v1/{uid}/ota/key, server -> device
+
+A withdrawal tells a device to stop package ``pkg`` (its rollout was aborted or rolled back):
+a device downloading it drops the download and reports FAILED with ``reason`` (ABORTED); one
+running it on trial reverts and reports ROLLED_BACK with ``reason``; a device that never heard
+of ``pkg``, or already confirmed it, ignores it. It is unsigned, as offers' transport is: the
+broker's ACL lets only the server publish it, and it can only stop an update, never start one.
+The durable, signed form of a withdrawal is a policy record on ``fleet/v1/keys`` (manifest.py)
+revoking the package or raising the fleet's minimum sequence.
 
 The package fan-out (``fleet/v1/pkg/{pkg}/c``, server -> every device of a wave) carries the
 same three items without the array's header and the byte string's::
@@ -38,6 +48,7 @@ from device_sdk.protocol.limits import (
     MAX_REASON_CODE,
     MAX_REPORT_BYTES,
     MAX_TRANSFER_BYTES,
+    MAX_WITHDRAW_BYTES,
     coerce_uint,
     loads_bounded,
     wire_array,
@@ -50,14 +61,20 @@ __all__ = [
     "Chunk",
     "ChunkRequest",
     "DeploymentState",
+    "FanoutKey",
     "Report",
+    "Withdrawal",
     "decode_chunk",
     "decode_chunk_request",
+    "decode_fanout_key",
     "decode_report",
+    "decode_withdrawal",
     "encode_chunk",
     "encode_chunk_request",
     "encode_fanout_chunk",
+    "encode_fanout_key",
     "encode_report",
+    "encode_withdrawal",
 ]
 
 
@@ -111,6 +128,54 @@ class Report:
             return Reason(self.detail)
         except ValueError:
             return None
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """Tell a device to stop package ``pkg`` (abort or rollback); ``reason`` is a Reason code."""
+
+    pkg: int
+    reason: int = 35  # Reason.ABORTED
+
+
+def encode_withdrawal(withdrawal: Withdrawal) -> bytes:
+    """Encode a withdrawal ``[pkg, reason]``."""
+    pkg = coerce_uint(withdrawal.pkg, "pkg", MAX_PACKAGE_ID)
+    reason = coerce_uint(withdrawal.reason, "reason", MAX_REASON_CODE)
+    return cbor2.dumps([pkg, reason])
+
+
+def decode_withdrawal(payload: bytes) -> Withdrawal:
+    """Decode a withdrawal; raise ProtocolError and nothing else on refusal."""
+    items = wire_array(loads_bounded(payload, cap=MAX_WITHDRAW_BYTES), "withdraw", length=2)
+    return Withdrawal(wire_uint(items[0], "pkg", MAX_PACKAGE_ID),
+                      wire_uint(items[1], "reason", MAX_REASON_CODE))
+
+
+@dataclass(frozen=True, slots=True)
+class FanoutKey:
+    """The key that decrypts package ``pkg``'s fan-out (``fanout.py``), sent before its offer."""
+
+    pkg: int
+    key: bytes
+
+
+def encode_fanout_key(message: FanoutKey) -> bytes:
+    """Encode ``[pkg, key]``."""
+    pkg = coerce_uint(message.pkg, "pkg", MAX_PACKAGE_ID)
+    if not isinstance(message.key, bytes) or len(message.key) != 16:
+        raise ProtocolError(Reason.SCHEMA_MISMATCH, "key: expected 16 bytes")
+    return cbor2.dumps([pkg, message.key])
+
+
+def decode_fanout_key(payload: bytes) -> FanoutKey:
+    """Decode a fan-out key message; raise ProtocolError and nothing else on refusal."""
+    items = wire_array(loads_bounded(payload, cap=MAX_WITHDRAW_BYTES), "fanout key", length=2)
+    pkg = wire_uint(items[0], "pkg", MAX_PACKAGE_ID)
+    key = wire_bytes(items[1], "key", 16)
+    if len(key) != 16:
+        raise ProtocolError(Reason.SCHEMA_MISMATCH, "key: expected 16 bytes")
+    return FanoutKey(pkg, key)
 
 
 def encode_chunk_request(request: ChunkRequest) -> bytes:

@@ -52,6 +52,8 @@ __all__ = [
 # The op names as TFLite spells them; the same pattern enrollment applies.
 _OP_NAME: Final = re.compile(rf"[A-Z][A-Z0-9_]{{0,{MAX_OP_NAME - 1}}}")
 _POINTER_BITS: Final = (32, 64)
+KEY_ID_BYTES: Final = 8  # cose.KEY_ID_BYTES
+MAX_TRUSTED_KEYS: Final = 16
 
 # Wire keys: never rename. Capability keys match the enrollment JSON field names.
 CAPABILITY_KEYS: Final = (
@@ -101,6 +103,7 @@ class Status:
     free_ram: int | None = None  # bytes
     seq: int | None = None  # sequence of the manifest installed (anti-rollback)
     capabilities: Capabilities | None = None  # None: unchanged (see above)
+    keys: tuple[bytes, ...] | None = None  # ids of the signing keys trusted; None: unknown
 
 
 def parse_capabilities(fields: Mapping[str, object]) -> Capabilities:
@@ -142,6 +145,8 @@ def encode_status(status: Status) -> bytes:
         value = getattr(status, key)
         if value is not None:
             fields[key] = coerce_int(value, key)
+    if status.keys is not None:
+        fields["keys"] = [bytes(kid) for kid in status.keys]
     caps = status.capabilities
     if caps is not None:
         fields.update(
@@ -182,11 +187,25 @@ def _status_from(fields: Mapping[str, object]) -> Status:
     free_ram = _optional_uint(fields, "free_ram", MAX_UINT63)
     seq = _optional_uint(fields, "seq", MAX_UINT63)
     caps = _optional_capabilities(fields)
+    keys = _optional_keys(fields)
     if state is LinkState.ONLINE:
         missing = [key for key in _ONLINE_REQUIRED if key not in fields]
         if missing:
             raise ProtocolError(Reason.SCHEMA_MISMATCH, f"online status: missing {missing}")
-    return Status(state, model, slot, uptime_s, free_ram, seq, caps)
+    return Status(state, model, slot, uptime_s, free_ram, seq, caps, keys)
+
+
+def _optional_keys(fields: Mapping[str, object]) -> tuple[bytes, ...] | None:
+    # Absent: unknown (older firmware). Present: the key ids the device trusts, 8 bytes each.
+    if "keys" not in fields:
+        return None
+    kids = wire_array(fields["keys"], "keys", max_length=MAX_TRUSTED_KEYS)
+    out = []
+    for kid in kids:
+        if not isinstance(kid, bytes) or len(kid) != KEY_ID_BYTES:
+            raise ProtocolError(Reason.SCHEMA_MISMATCH, "keys: each a bstr of 8 bytes")
+        out.append(kid)
+    return tuple(out)
 
 
 def _optional_capabilities(fields: Mapping[str, object]) -> Capabilities | None:

@@ -1,7 +1,10 @@
 """Build and parse the MQTT topics of wire protocol v1, and the filters workers subscribe to.
 
     fleet/v1/{uid}/events | status | ota/offer | ota/get | ota/chunk | ota/report
+    fleet/v1/{uid}/ota/withdraw               server -> device: stop a package (abort, rollback)
+    fleet/v1/{uid}/ota/key                    server -> device: the key of a package's fan-out
     fleet/v1/pkg/{pkg}/c                      fan-out of one package's chunks to a whole wave
+    fleet/v1/keys                             the fleet's signed trust records (retained, read-only)
     $share/{group}/fleet/v1/+/{channel}       what each worker of a group subscribes to
 
 A device id is 1..64 characters of ``[A-Za-z0-9_-]``, which keeps the MQTT wildcards ``+``
@@ -26,7 +29,9 @@ from device_sdk.protocol.limits import (
     MAX_PACKAGE_ID,
     MAX_REPORT_BYTES,
     MAX_STATUS_BYTES,
+    MAX_TRUST_BUNDLE_BYTES,
     MAX_UID_CHARS,
+    MAX_WITHDRAW_BYTES,
 )
 from device_sdk.protocol.reasons import ProtocolError, Reason
 
@@ -38,11 +43,14 @@ __all__ = [
     "RESERVED_UIDS",
     "Channel",
     "DeviceTopic",
+    "FleetChannel",
+    "FleetTopic",
     "PackageChannel",
     "PackageTopic",
     "channel_filter",
     "device_filter",
     "device_topic",
+    "fleet_topic",
     "is_valid_uid",
     "package_filter",
     "package_topic",
@@ -70,6 +78,8 @@ class Channel(StrEnum):
     OTA_GET = "ota/get"
     OTA_CHUNK = "ota/chunk"
     OTA_REPORT = "ota/report"
+    OTA_WITHDRAW = "ota/withdraw"
+    OTA_KEY = "ota/key"
 
 
 class PackageChannel(StrEnum):
@@ -85,20 +95,35 @@ class PackageChannel(StrEnum):
     CHUNK = "c"
 
 
+class FleetChannel(StrEnum):
+    """Say which fleet-wide message a ``fleet/v1/{name}`` topic (one level) carries.
+
+    Wire values: never rename. ``keys`` is the trust bundle (``manifest.py``: rotation and
+    policy records, COSE_Sign1 each, in a CBOR array), retained by the broker; devices may
+    only read it.
+    """
+
+    KEYS = "keys"
+
+
 DEVICE_PUBLISHES: Final = frozenset(
     {Channel.EVENTS, Channel.STATUS, Channel.OTA_GET, Channel.OTA_REPORT}
 )
-DEVICE_SUBSCRIBES: Final = frozenset({Channel.OTA_OFFER, Channel.OTA_CHUNK})
+DEVICE_SUBSCRIBES: Final = frozenset(
+    {Channel.OTA_OFFER, Channel.OTA_CHUNK, Channel.OTA_WITHDRAW, Channel.OTA_KEY})
 
 # Size caps a receiver applies before parsing anything it got on a channel.
-PAYLOAD_CAPS: Final[Mapping[Channel | PackageChannel, int]] = {
+PAYLOAD_CAPS: Final[Mapping[Channel | PackageChannel | FleetChannel, int]] = {
     Channel.EVENTS: MAX_EVENTS_BYTES,
     Channel.STATUS: MAX_STATUS_BYTES,
     Channel.OTA_OFFER: MAX_OFFER_BYTES,
     Channel.OTA_GET: MAX_CHUNK_REQUEST_BYTES,
     Channel.OTA_CHUNK: MAX_CHUNK_MSG_BYTES,
     Channel.OTA_REPORT: MAX_REPORT_BYTES,
+    Channel.OTA_WITHDRAW: MAX_WITHDRAW_BYTES,
+    Channel.OTA_KEY: MAX_WITHDRAW_BYTES,
     PackageChannel.CHUNK: MAX_CHUNK_MSG_BYTES,
+    FleetChannel.KEYS: MAX_TRUST_BUNDLE_BYTES,
 }
 
 
@@ -116,6 +141,13 @@ class PackageTopic:
 
     pkg: int
     channel: PackageChannel
+
+
+@dataclass(frozen=True, slots=True)
+class FleetTopic:
+    """A parsed fleet-wide ``fleet/v1/{channel}`` topic (one level below the prefix)."""
+
+    channel: FleetChannel
 
 
 def is_valid_uid(uid: object) -> bool:
@@ -145,6 +177,11 @@ def package_topic(pkg: int, channel: PackageChannel = PackageChannel.CHUNK) -> s
     return f"{PREFIX}/{_PACKAGE_LEVEL}/{_check_pkg(pkg)}/{_member(PackageChannel, channel)}"
 
 
+def fleet_topic(channel: FleetChannel = FleetChannel.KEYS) -> str:
+    """Return the fleet-wide topic of ``channel`` (``fleet/v1/keys``)."""
+    return f"{PREFIX}/{_member(FleetChannel, channel)}"
+
+
 def package_filter(pkg: int) -> str:
     """Return the filter a device subscribes to for package ``pkg``'s fan-out."""
     return f"{PREFIX}/{_PACKAGE_LEVEL}/{_check_pkg(pkg)}/#"
@@ -166,11 +203,13 @@ def shared_filter(group: str, channel: Channel) -> str:
     return f"$share/{group}/{channel_filter(channel)}"
 
 
-def parse_topic(topic: object) -> DeviceTopic | PackageTopic:
+def parse_topic(topic: object) -> DeviceTopic | PackageTopic | FleetTopic:
     """Parse a topic of the v1 tree, refusing any other topic with ProtocolError."""
     if not isinstance(topic, str) or not topic.startswith(PREFIX + "/"):
         raise ProtocolError(Reason.SCHEMA_MISMATCH, f"not a {PREFIX} topic")
-    head, _, rest = topic[len(PREFIX) + 1 :].partition("/")
+    head, slash, rest = topic[len(PREFIX) + 1 :].partition("/")
+    if not slash and head in set(FleetChannel):
+        return FleetTopic(FleetChannel(head))
     if head == _PACKAGE_LEVEL:
         pkg, _, name = rest.partition("/")
         if not _PACKAGE_ID.fullmatch(pkg) or int(pkg) > MAX_PACKAGE_ID:

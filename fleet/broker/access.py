@@ -8,7 +8,15 @@ may use, is plain data here (`device_grants`, `service_grants`) so every backend
 exactly the same thing.
 
 Topics are the v1 wire protocol (docs/ARCHITECTURE.md, Topics): a device owns ``fleet/v1/{uid}/...``;
-``fleet/v1/pkg/{pkg}/...`` carries signed package chunks to many devices at once.
+``fleet/v1/pkg/{pkg}/...`` carries signed package chunks to many devices at once, and only
+devices offered that package may read it. Two ways, chosen by ``FANOUT_ACCESS``:
+``"encrypt"`` (the default) lets every device subscribe, and the chunks are encrypted with a
+key sent only to offered devices (``device_sdk.protocol.fanout``); ``"grant"`` lets no device
+subscribe until the rollout controller grants the package's fan-out (`package_grants`) at the
+offer, and takes it back when the deployment ends: Mosquitto 2.0.11 drops a client whenever
+its roles change, so each grant and each revocation costs the device a reconnect (about 1.5
+KB with its status: +3 % of a 100 KB package, measured by bench/rollout.py). ``fleet/v1/keys``
+(the fleet's signed trust records, retained) is read-only for every device.
 """
 
 from __future__ import annotations
@@ -21,8 +29,9 @@ from typing import Protocol, runtime_checkable
 TOPIC_ROOT = "fleet/v1"
 # Wire values: firmware and SDK build the same strings. Never rename.
 DEVICE_TO_SERVER = ("events", "status", "ota/get", "ota/report")
-SERVER_TO_DEVICE = ("ota/offer", "ota/chunk")
+SERVER_TO_DEVICE = ("ota/offer", "ota/chunk", "ota/withdraw", "ota/key")
 PACKAGE_FANOUT = f"{TOPIC_ROOT}/pkg/#"
+TRUST_TOPIC = f"{TOPIC_ROOT}/keys"
 # `pkg` is the fan-out subtree: a device with that id would own a piece of it.
 RESERVED_UIDS = frozenset({"pkg"})
 # One topic level, printable, no MQTT wildcards or `$` prefix; long enough for a UUID.
@@ -98,6 +107,15 @@ class BrokerAccess(Protocol):
         """Let existing gateway ``uid`` also use ``children``'s topics; keep its password."""
         ...
 
+    def grant_package(self, pkg: int, uids: list[str]) -> None:
+        """Let each of ``uids`` (devices, or gateways speaking for them) read package
+        ``pkg``'s fan-out, on top of what they may do already."""
+        ...
+
+    def revoke_package(self, pkg: int, uids: list[str]) -> None:
+        """Take back what :meth:`grant_package` gave; unknown identities are skipped."""
+        ...
+
     def ping(self) -> float:
         """Check the broker answers admin commands; return the round trip in seconds."""
         ...
@@ -122,16 +140,43 @@ def device_topic(uid: str, leaf: str) -> str:
     return f"{TOPIC_ROOT}/{check_uid(uid)}/{leaf}"
 
 
-def device_grants(uid: str) -> tuple[Grant, ...]:
-    """Return what device ``uid`` may do: its own subtree and read-only package fan-out."""
+def fanout_by_grant() -> bool:
+    """Whether package fan-out is granted per deployment (``FANOUT_ACCESS=grant``) rather
+    than readable by every device and encrypted (``encrypt``, the default)."""
+    from django.conf import settings
+
+    return getattr(settings, "FANOUT_ACCESS", "encrypt") == "grant"
+
+
+def device_grants(uid: str, *, package_fanout: bool | None = None) -> tuple[Grant, ...]:
+    """Return what device ``uid`` may do: its own subtree, read the trust records, and (unless
+    fan-out is granted per deployment, see `fanout_by_grant`) read the encrypted fan-out.
+    """
+    if package_fanout is None:
+        package_fanout = not fanout_by_grant()
     grants = [Grant(Access.PUBLISH, device_topic(uid, leaf)) for leaf in DEVICE_TO_SERVER]
     for leaf in SERVER_TO_DEVICE:
         grants += [
             Grant(Access.SUBSCRIBE, device_topic(uid, leaf)),
             Grant(Access.RECEIVE, device_topic(uid, leaf)),
         ]
-    grants += [Grant(Access.SUBSCRIBE, PACKAGE_FANOUT), Grant(Access.RECEIVE, PACKAGE_FANOUT)]
+    grants += [Grant(Access.SUBSCRIBE, TRUST_TOPIC), Grant(Access.RECEIVE, TRUST_TOPIC)]
+    if package_fanout:
+        grants += [Grant(Access.SUBSCRIBE, PACKAGE_FANOUT), Grant(Access.RECEIVE, PACKAGE_FANOUT)]
     return tuple(grants)
+
+
+def package_filter(pkg: int) -> str:
+    """Return the fan-out filter of package ``pkg`` (what a device subscribes to)."""
+    if type(pkg) is not int or pkg < 0:
+        raise ValueError(f"invalid package id {pkg!r}")
+    return f"{TOPIC_ROOT}/pkg/{pkg}/#"
+
+
+def package_grants(pkg: int) -> tuple[Grant, ...]:
+    """Return what a device offered package ``pkg`` may do on top: read its fan-out."""
+    topic = package_filter(pkg)
+    return (Grant(Access.SUBSCRIBE, topic), Grant(Access.RECEIVE, topic))
 
 
 def service_grants(role: ServiceRole | str) -> tuple[Grant, ...]:
@@ -152,4 +197,5 @@ def service_grants(role: ServiceRole | str) -> tuple[Grant, ...]:
         # Only the server-to-device leaves: a service must not forge a device's reports.
         grants += [Grant(Access.PUBLISH, f"{TOPIC_ROOT}/+/{leaf}") for leaf in SERVER_TO_DEVICE]
         grants.append(Grant(Access.PUBLISH, PACKAGE_FANOUT))
+        grants.append(Grant(Access.PUBLISH, TRUST_TOPIC))
     return tuple(grants)

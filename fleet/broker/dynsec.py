@@ -38,6 +38,7 @@ from fleet.broker.access import (
     check_uid,
     device_grants,
     device_topic,
+    package_grants,
     service_grants,
 )
 from fleet.broker.control import Command, ControlChannel, failed_with, response_error
@@ -87,6 +88,11 @@ def gateway_grants(uid: str) -> tuple[Grant, ...]:
     return (Grant(Access.PUBLISH, device_topic(uid, "status")),)
 
 
+def package_role(pkg: int) -> str:
+    """Return the name of the role that lets its holders read package ``pkg``'s fan-out."""
+    return f"fanout-{int(pkg)}"
+
+
 def service_role(role: ServiceRole | str) -> str:
     """Return the name of the role shared by the services of ``role``."""
     return f"service-{ServiceRole(role).value}"
@@ -118,6 +124,7 @@ class DynsecAccess:
         # device could take over another's session (same client id) and knock it off.
         self.bind_client_id = bind_client_id
         self._defaults_generation = -1
+        self._package_roles: set[str] = set()  # fan-out roles known to exist
         self._channel = ControlChannel(
             host, port, username, password, ca_certs=ca_certs, timeout=timeout, client_id=client_id
         )
@@ -239,6 +246,32 @@ class DynsecAccess:
         if absent:
             raise BrokerCommandError(f"gateway {uid} still lacks {', '.join(sorted(absent))}")
         log.info("broker: gateway %s now also holds %s", uid, ", ".join(missing))
+
+    def grant_package(self, pkg: int, uids: list[str]) -> None:
+        """Give each of ``uids`` the role ``fanout-<pkg>`` (made once, never changed).
+
+        A role added to a client disconnects it once (2.0.11); it resumes its persistent
+        session, where a queued offer waits. One command per identity, all in one batch;
+        identities that are not clients (a gateway's child) are skipped.
+        """
+        role = package_role(pkg)
+        if role not in self._package_roles:
+            self._ensure_defaults()
+            self._ensure_roles({role: package_grants(pkg)})
+            self._package_roles.add(role)
+        uids = sorted({check_uid(uid) for uid in uids})
+        if uids:
+            # "Internal error": the client holds the role already (see the module's facts).
+            self._run([{"command": "addClientRole", "username": uid, "rolename": role}
+                       for uid in uids], benign=("not found", "Internal error"))
+
+    def revoke_package(self, pkg: int, uids: list[str]) -> None:
+        """Take ``fanout-<pkg>`` from each of ``uids`` (disconnecting each once)."""
+        role = package_role(pkg)
+        uids = sorted({check_uid(uid) for uid in uids})
+        if uids:
+            self._run([{"command": "removeClientRole", "username": uid, "rolename": role}
+                       for uid in uids], benign=("not found", "Internal error", "not have"))
 
     def ping(self) -> float:
         """Check the plugin answers commands; return the round trip in seconds."""

@@ -411,6 +411,17 @@ class X509Access:
             self._write_acl(state)
         self._reload()
 
+    def grant_package(self, pkg: int, uids: list[str]) -> None:
+        """Per-deployment fan-out grants need per-device ACL entries, which this backend keeps
+        out of the broker on purpose (one ``pattern`` for every device): with X.509 access the
+        fan-out is encrypted instead (``FANOUT_ACCESS=encrypt``, the default)."""
+        raise BrokerCommandError(
+            "X.509 broker access cannot grant a package's fan-out per device: use "
+            "FANOUT_ACCESS=encrypt")
+
+    def revoke_package(self, pkg: int, uids: list[str]) -> None:
+        """Nothing was granted (see :meth:`grant_package`): nothing to take back."""
+
     def ping(self) -> float:
         start = time.monotonic()
         client = self._admin_client(f"fleet-admin-ping-{os.getpid()}")

@@ -44,6 +44,8 @@ urlpatterns = [
     path("audit/", audit.audit, name="audit"),
     path("signing-keys/", signing.signing_keys, name="signing-keys"),
     path("signing-keys/rotate/", signing.signing_key_rotate, name="signing-key-rotate"),
+    path("signing-keys/<str:kid>/activate/", signing.signing_key_activate,
+         name="signing-key-activate"),
     path("signing-keys/<str:kid>/retire/", signing.signing_key_retire,
          name="signing-key-retire"),
     path("hardware-profiles/", profiles.profile_list, name="profiles"),

@@ -83,6 +83,9 @@ class Device(models.Model):
     firmware_version = models.CharField(max_length=64, blank=True)
     tflm_version = models.CharField(max_length=64, blank=True)
     capabilities = models.JSONField(default=dict, blank=True)
+    trusted_kids = models.JSONField(
+        null=True, blank=True, help_text="OTA signing key ids the device reports trusting "
+        "(hex); null: never reported")
     public_key_pem = models.TextField()
     public_key_fingerprint = models.CharField(max_length=64, unique=True, help_text="SHA-256 of SPKI")
     key_algorithm = models.CharField(max_length=16, choices=KeyAlgorithm.choices)

@@ -65,6 +65,9 @@ def apply_status(device_id: int, status: Status, received_at: datetime) -> None:
     if status.state == LinkState.ONLINE:
         device.running_package_id = status.model or None
         fields.append("running_package_id")
+    if status.keys is not None:  # None: not reported (older firmware), never a reason to clear
+        device.trusted_kids = sorted(kid.hex() for kid in status.keys)
+        fields.append("trusted_kids")
     device.save(update_fields=fields)
 
 

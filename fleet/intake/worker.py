@@ -246,9 +246,9 @@ class MqttWorker:
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish to devices (thread-safe; paho queues while the broker is away)."""
-        self.client.publish(topic, payload, qos=qos)
+        self.client.publish(topic, payload, qos=qos, retain=retain)
 
     def retire(self, quiet_s: float = 2.0, timeout_s: float = 600.0) -> int:
         """Leave the group for good; return the number of messages handled meanwhile.

@@ -122,11 +122,21 @@ class SigningKeySerializer(serializers.ModelSerializer):
     introduced_by = serializers.SlugRelatedField(slug_field="kid", read_only=True,
                                                  allow_null=True)  # null: the first key
     rotation_record = serializers.SerializerMethodField()
+    trust = serializers.SerializerMethodField(
+        help_text="devices (not revoked) reporting that they trust this key, and their share")
 
     class Meta:
         model = SigningKey
-        fields = ["kid", "public_key", "state", "introduced_by", "rotation_record", "created_at",
-                  "retired_at"]
+        fields = ["kid", "public_key", "state", "introduced_by", "rotation_record", "trust",
+                  "created_at", "activated_at", "retired_at"]
+
+    def get_trust(self, key: SigningKey) -> dict:
+        """``{trusting, devices, unknown, share}``: what activation is judged on."""
+        from ota.signing.actions import trust_share
+
+        share = trust_share(key)
+        return {"trusting": share.trusting, "devices": share.devices, "unknown": share.unknown,
+                "share": round(share.share, 4)}
 
     def get_rotation_record(self, key: SigningKey) -> str | None:
         """The COSE_Sign1 record introducing this key, hex (devices apply it before use)."""

@@ -23,7 +23,11 @@ from ota.packaging.actions import do_build_package
 from ota.registry import actions as registry
 from ota.registry.limits import largest_upload_request
 from ota.rollouts.actions import do_register_factory_version
-from ota.signing.actions import do_retire_signing_key, do_rotate_signing_key
+from ota.signing.actions import (
+    do_activate_signing_key,
+    do_retire_signing_key,
+    do_rotate_signing_key,
+)
 
 
 class ModelViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
@@ -167,6 +171,15 @@ class SigningKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin,
         """Create a new key introduced by a rotation record signed with the current key."""
         key = do_rotate_signing_key(actor=request.user)
         return Response(self.get_serializer(key).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=s.SigningKeySerializer)
+    @action(detail=True, methods=["post"])
+    def activate(self, request: Request, kid: str | None = None) -> Response:
+        """Make a pending key the signer, once enough of the fleet trusts it (``trust.share``
+        at least KEY_ACTIVATION_SHARE); ``{"force": true}`` skips that check."""
+        force = str(request.data.get("force", "")).lower() in ("1", "true", "yes")
+        key = do_activate_signing_key(self.get_object(), actor=request.user, force=force)
+        return Response(self.get_serializer(key).data)
 
     @extend_schema(request=None, responses=s.SigningKeySerializer)
     @action(detail=True, methods=["post"])

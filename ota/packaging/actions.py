@@ -41,6 +41,7 @@ def check_packageable(mv: ModelVersion, profile: HardwareProfile) -> None:
 def do_build_package(
     mv: ModelVersion, profile: HardwareProfile, *, actor: AbstractBaseUser | None,
     base: ModelVersion | None = None, encoding: Encoding | None = None,
+    validity: timedelta | None = None,
 ) -> Package:
     """Encode the transfer (raw, compressed, or delta from ``base``) and sign its manifest.
 
@@ -63,7 +64,7 @@ def do_build_package(
     compat = ProfileCompatibility.objects.get(model_version=mv, hardware_profile=profile)
     key = ensure_signing_key()
     with transaction.atomic():
-        expires = timezone.now() + timedelta(days=settings.PACKAGE_VALIDITY_DAYS)
+        expires = timezone.now() + (validity or timedelta(days=settings.PACKAGE_VALIDITY_DAYS))
         package = Package.objects.create(
             model_version=mv, hardware_profile=profile,
             base_version=base if chosen == Encoding.DELTA else None, encoding=int(chosen),

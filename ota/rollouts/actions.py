@@ -7,6 +7,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from datetime import timedelta
+
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
@@ -146,18 +149,23 @@ def _package_for(mv: ModelVersion, profile: HardwareProfile, base: ModelVersion 
     A package is reused only if its sequence (= its id) is above every package the target
     devices run or were offered: a device refuses anything at or below its sequence.
     """
+    validity = timedelta(days=settings.ROLLOUT_PACKAGE_VALIDITY_DAYS)
     if fresh:
-        return do_build_package(mv, profile, actor=actor, base=base)
+        return do_build_package(mv, profile, actor=actor, base=base, validity=validity)
     ids = [d.pk for d in devices or [] if d.hardware_profile_id == profile.pk]
     floor = max([0, *(d.running_package_id or 0 for d in devices or []
                       if d.hardware_profile_id == profile.pk),
                  *Deployment.objects.filter(device_id__in=ids)
                  .values_list("package_id", flat=True).distinct()])
+    # Reused only while it has a day to live. Packages a rollout builds are short-lived (a
+    # pulled manifest stays installable until it expires, unless a signed revocation reached
+    # the device); one built by hand keeps the lifetime it was built with.
+    now = timezone.now()
     existing = (Package.objects.filter(model_version=mv, hardware_profile=profile,
                                        base_version=base if base else None,
-                                       expires_at__gt=timezone.now(), pk__gt=floor)
+                                       expires_at__gt=now + timedelta(days=1), pk__gt=floor)
                 .order_by("-id").first())
-    return existing or do_build_package(mv, profile, actor=actor, base=base)
+    return existing or do_build_package(mv, profile, actor=actor, base=base, validity=validity)
 
 
 @transaction.atomic
@@ -232,7 +240,14 @@ def do_resume_rollout(rollout: Rollout, *, actor: AbstractBaseUser | None) -> Ro
 
 @transaction.atomic
 def do_abort_rollout(rollout: Rollout, *, actor: AbstractBaseUser | None) -> Rollout:
-    """Stop for good: no further offers; devices not yet done are marked failed (aborted)."""
+    """Stop for good: no further offers; devices not yet done are marked failed (aborted).
+
+    Devices hear of it twice: the controller sends each device it had offered the package a
+    withdrawal (``ota/withdraw``: stop downloading, revert a trial), and a signed policy record
+    on ``fleet/v1/keys`` revokes the rollout's packages (and raises the fleet's minimum
+    sequence past them when no live rollout needs a lower one), so an unexpired manifest of a
+    pulled package is refused even by a device that missed the withdrawal.
+    """
     aborted = _transition(rollout, (RolloutState.DRAFT, RolloutState.RUNNING,
                                     RolloutState.PAUSED), RolloutState.ABORTED, "rollout.abort",
                           actor, finished_at=timezone.now())
@@ -241,7 +256,26 @@ def do_abort_rollout(rollout: Rollout, *, actor: AbstractBaseUser | None) -> Rol
         state=DeploymentState.FAILED, reason=int(Reason.ABORTED),
         state_changed_at=timezone.now(),
     )
+    if aborted.started_at is not None:
+        _revoke_packages(aborted, actor)
     return aborted
+
+
+def _revoke_packages(rollout: Rollout, actor: AbstractBaseUser | None) -> None:
+    """Sign a policy revoking ``rollout``'s packages that no other live rollout offers."""
+    from ota.signing.actions import record_policy
+
+    live = Rollout.objects.filter(state__in=(RolloutState.DRAFT, RolloutState.RUNNING,
+                                             RolloutState.PAUSED)).exclude(pk=rollout.pk)
+    needed = set(Package.objects.filter(rollouts__in=live).values_list("id", flat=True))
+    pulled = [p for p in rollout.packages.all() if p.pk not in needed]
+    if not pulled:
+        return
+    top = max(p.sequence or p.pk for p in pulled)
+    lower_needed = Package.objects.filter(pk__in=needed, sequence__lte=top).exists()
+    record_policy(actor=actor, revoke_packages=[p.pk for p in pulled],
+                  min_sequence=None if lower_needed else top,
+                  why=f"rollout {rollout.pk} aborted")
 
 
 def do_rollback_rollout(rollout: Rollout, *, actor: AbstractBaseUser | None) -> Rollout:

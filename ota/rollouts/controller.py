@@ -17,11 +17,20 @@ from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from device_sdk.protocol.ota_messages import DeploymentState
+from device_sdk.protocol.ota_messages import (
+    DeploymentState,
+    FanoutKey,
+    Withdrawal,
+    encode_fanout_key,
+    encode_withdrawal,
+)
 from device_sdk.protocol.reasons import Reason
-from device_sdk.protocol.topics import Channel, device_topic
+from device_sdk.protocol.topics import Channel, FleetChannel, device_topic, fleet_topic
 from fleet.audit.actions import record_audit
+from fleet.devices.models import Gateway
+from ota.models import TrustRecord
 from ota.rollouts.actions import do_pause_rollout
+from ota.rollouts.delivery_keys import fanout_key
 from ota.rollouts.health import BEFORE_WINDOW, cohort, cohort_before, tripped_gates
 from ota.rollouts.models import ACTIVE_STATES, Deployment, Rollout, RolloutState
 
@@ -32,8 +41,102 @@ LEASE = timedelta(seconds=15)
 class Publisher(Protocol):
     """Something that can publish to the broker (the worker's MQTT client)."""
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         """Publish ``payload`` on ``topic``."""
+
+
+FINAL_STATES = (DeploymentState.CONFIRMED, DeploymentState.FAILED, DeploymentState.ROLLED_BACK)
+_LIVE_ROLLOUTS = (RolloutState.RUNNING, RolloutState.PAUSED)
+_published_trust: dict[int, int] = {}  # id(publisher) -> newest trust record sequence published
+
+
+def publish_trust(publisher: Publisher) -> bool:
+    """Publish the trust bundle, retained on ``fleet/v1/keys``, when it changed (or on this
+    publisher's first call). True when something was published."""
+    from django.db.models import Max
+
+    from ota.signing.actions import trust_bundle
+
+    newest = TrustRecord.objects.aggregate(m=Max("sequence"))["m"]
+    if newest is None or _published_trust.get(id(publisher)) == newest:
+        return False
+    publisher.publish(fleet_topic(FleetChannel.KEYS), trust_bundle(), 1, retain=True)
+    _published_trust[id(publisher)] = newest
+    log.info("trust bundle published (records up to %d)", newest)
+    return True
+
+
+def _broker_access():
+    from fleet.broker.configured import broker_access
+
+    try:
+        return broker_access()
+    except Exception:  # not configured in this process: nothing to grant with
+        log.exception("broker access unavailable: package fan-out not granted")
+        return None
+
+
+def _with_gateways(device_uids: dict[int, str]) -> dict[int, list[str]]:
+    """Return, per device id, the broker identities that read for it: itself and its gateways."""
+    out = {pk: [uid] for pk, uid in device_uids.items()}
+    for gw_uid, child in Gateway.objects.filter(children__in=list(device_uids)).values_list(
+            "uid", "children"):
+        out[child].append(gw_uid)
+    return out
+
+
+def change_fanout(grant: bool, by_package: dict[int, list[str]]) -> None:
+    """Grant (or take back) package fan-out at the broker (``FANOUT_ACCESS=grant``; with
+    ``encrypt`` there is nothing to change); failures are logged, not raised: a device without
+    the grant falls back to repairs by request."""
+    from fleet.broker.access import fanout_by_grant
+
+    if not fanout_by_grant():
+        return
+    access = _broker_access()
+    if access is None:
+        return
+    for pkg, uids in by_package.items():
+        try:
+            (access.grant_package if grant else access.revoke_package)(pkg, uids)
+        except Exception:
+            log.exception("broker: could not %s package %d fan-out for %d identities",
+                          "grant" if grant else "revoke", pkg, len(uids))
+
+
+def release(publisher: Publisher, limit: int = 5000) -> int:
+    """End the fan-out grants of deployments that are over; withdraw aborted ones.
+
+    A deployment granted at its offer keeps the grant while it is in progress; once final, or
+    once its rollout is no longer live, the grant is taken back. A deployment an abort stopped
+    (reason ABORTED) also gets a withdrawal on ``ota/withdraw``: a device downloading the
+    package drops it, one on trial reverts. Idempotent, so any worker may run it.
+    """
+    rows = list(Deployment.objects.filter(fanout_granted=True).filter(
+        Q(state__in=FINAL_STATES) | ~Q(rollout__state__in=_LIVE_ROLLOUTS))
+        .values_list("id", "device_id", "device__uid", "package_id", "reason")[:limit])
+    if not rows:
+        return 0
+    readers = _with_gateways({device_id: uid for _, device_id, uid, _, _ in rows})
+    revoke: dict[int, list[str]] = {}
+    withdraw: list[tuple[str, int]] = []
+    for _, device_id, uid, pkg, reason in rows:
+        revoke.setdefault(pkg, []).extend(readers[device_id])
+        if reason == Reason.ABORTED:
+            withdraw.append((uid, pkg))
+    with transaction.atomic():
+        Deployment.objects.filter(id__in=[r[0] for r in rows]).update(fanout_granted=False)
+
+        def after() -> None:
+            for uid, pkg in withdraw:
+                publisher.publish(device_topic(uid, Channel.OTA_WITHDRAW),
+                                  encode_withdrawal(Withdrawal(pkg, int(Reason.ABORTED))), 1)
+            change_fanout(False, revoke)
+
+        transaction.on_commit(after)
+    if withdraw:
+        log.info("withdrew %d aborted deployments", len(withdraw))
+    return len(rows)
 
 
 def claim(rollout_id: int, owner: str, now: datetime) -> bool:
@@ -45,7 +148,10 @@ def claim(rollout_id: int, owner: str, now: datetime) -> bool:
 
 
 def tick(owner: str, publisher: Publisher) -> list[int]:
-    """Step every running rollout this worker can lease; return the ids stepped."""
+    """Publish the trust bundle if it changed, end finished deployments' fan-out grants, then
+    step every running rollout this worker can lease; return the ids stepped."""
+    publish_trust(publisher)
+    release(publisher)
     stepped = []
     now = timezone.now()
     for rollout_id in Rollout.objects.filter(state=RolloutState.RUNNING).values_list("id",
@@ -138,7 +244,7 @@ def _gates_configured(rollout: Rollout) -> bool:
                                        rollout.max_latency_rise, rollout.max_rate_drop))
 
 
-def _cohorts(rollout: Rollout, now: datetime):  # noqa: ANN202  (pair of Cohort)
+def _cohorts(rollout: Rollout, now: datetime):
     confirmed = Deployment.objects.filter(rollout=rollout, state=DeploymentState.CONFIRMED)
     device_ids = list(confirmed.values_list("device_id", flat=True))
     from ota.models import Package
@@ -242,13 +348,31 @@ def _offer(rollout: Rollout, publisher: Publisher, now: datetime) -> None:
                .select_related("device", "package").order_by("id")[:allowance])
     if not due:
         return
+    readers = _with_gateways({d.device_id: d.device.uid for d in due})
+    grants: dict[int, list[str]] = {}
+    for d in due:
+        grants.setdefault(d.package_id, []).extend(readers[d.device_id])
     with transaction.atomic():
         for dep in due:
             Deployment.objects.filter(id=dep.id, state=DeploymentState.PENDING).update(
                 state=DeploymentState.OFFERED, offered_at=now, state_changed_at=now,
-                attempts=dep.attempts + 1)
+                attempts=dep.attempts + 1, fanout_granted=True)
         offers = [(device_topic(d.device.uid, Channel.OTA_OFFER), bytes(d.package.manifest))
                   for d in due]
+        keys = {pkg: fanout_key(pkg) for pkg in grants}
+        key_messages = [(device_topic(d.device.uid, Channel.OTA_KEY),
+                         encode_fanout_key(FanoutKey(d.package_id, keys[d.package_id])))
+                        for d in due if keys[d.package_id] is not None]
+
+        def send() -> None:
+            # First what lets the device read this package's fan-out: its key (encrypt), or
+            # the broker's grant (the device reconnects once and finds its offer queued).
+            change_fanout(True, grants)
+            for topic, message in key_messages:
+                publisher.publish(topic, message, 1)
+            for topic, manifest in offers:
+                publisher.publish(topic, manifest, 1)
+
         # Publish only what is committed: a rolled-back step sends nothing.
-        transaction.on_commit(lambda: [publisher.publish(t, m, 1) for t, m in offers])
+        transaction.on_commit(send)
     log.info("rollout %s: offered %d devices", rollout.pk, len(due))

@@ -7,7 +7,10 @@ downloading, the server publishes the package's chunks on ``fleet/v1/pkg/{pkg}/c
 carousel, scheduled by ``ota.rollouts.carousel``) and the broker copies them to every
 subscribed device. A device keeps chunks at their offsets and asks ``ota/get`` only for what
 it missed (a repair). The path is safe to share because every byte is checked against the
-signed manifest's digests.
+signed manifest's digests. Only offered devices can read it: with ``FANOUT_ACCESS=encrypt``
+(the default) the chunks are encrypted with the package's fan-out key (:func:`fanout_key`,
+``device_sdk.protocol.fanout``), which the controller sends to each device it offers the
+package; with ``grant`` the broker lets only them subscribe.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from django.db import transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
+from device_sdk.protocol.fanout import crypt
 from device_sdk.protocol.limits import MAX_CHUNK_BYTES
 from device_sdk.protocol.ota_messages import (
     Chunk,
@@ -36,6 +40,7 @@ from ota.models import Package
 from ota.registry.storage import artifact_storage
 from ota.rollouts.carousel import PackageCarousel
 from ota.rollouts.controller import Publisher
+from ota.rollouts.delivery_keys import fanout_key
 from ota.rollouts.models import ACTIVE_STATES, Deployment, RolloutState
 
 log = logging.getLogger(__name__)
@@ -175,14 +180,16 @@ class OtaDelivery:
         share = budget // max(len(running), 1)
         for carousel, package_id, data in running:
             spent = 0
+            key = fanout_key(package_id)
             while spent < share and carousel.pending > 0:
                 offset, length = carousel.next_chunk(carousel.chunk, timezone.now())
+                piece = data[offset:offset + length]
+                if key is not None:
+                    piece = crypt(key, package_id, offset, piece)
                 # QoS 1 to the broker (docs/ARCHITECTURE.md, Topics); devices subscribe at QoS 0, so nothing is
                 # queued for offline ones and a chunk lost on the way is repaired by request.
                 self.publisher.publish(package_topic(package_id, PackageChannel.CHUNK),
-                                       encode_fanout_chunk(Chunk(package_id, offset,
-                                                                 data[offset:offset + length])),
-                                       1)
+                                       encode_fanout_chunk(Chunk(package_id, offset, piece)), 1)
                 spent += length
             sent += spent
         self.counters["ota_fanout_bytes"] += sent

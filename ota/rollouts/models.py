@@ -148,6 +148,8 @@ class Deployment(models.Model):
     state_changed_at = models.DateTimeField(null=True, blank=True)
     confirmed_at = models.DateTimeField(null=True, blank=True)
     bytes_served = models.BigIntegerField(default=0)
+    fanout_granted = models.BooleanField(
+        default=False, help_text="the broker lets the device read this package's fan-out")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["rollout", "device"],

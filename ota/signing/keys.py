@@ -60,15 +60,18 @@ def new_signing_key_row(private_key: Ed25519PrivateKey) -> SigningKey:
 
 
 def active_public_keys() -> QuerySet[SigningKey]:
-    """Return the keys devices should trust now, oldest first."""
-    return SigningKey.objects.filter(state=KeyState.ACTIVE).order_by("created_at", "id")
+    """Return the keys devices should trust now (active, and pending activation), oldest first:
+    the order devices come to trust them in, which the retirement rule relies on."""
+    return SigningKey.objects.filter(state__in=(KeyState.ACTIVE, KeyState.PENDING)).order_by(
+        "created_at", "id")
 
 
 def published_public_keys() -> list[dict[str, str]]:
-    """Return the active keys as devices receive them at enrollment: ``[{kid, public_key}]``."""
+    """Return the trusted keys as devices receive them at enrollment: ``[{kid, public_key}]``."""
     return [{"kid": k.kid_hex, "public_key": k.public_key_hex} for k in active_public_keys()]
 
 
 def current_signing_key() -> SigningKey | None:
-    """Return the key that signs new packages: the newest active one."""
-    return active_public_keys().order_by("-created_at", "-id").first()
+    """Return the key that signs new packages: the newest active one (never a pending one)."""
+    return (SigningKey.objects.filter(state=KeyState.ACTIVE)
+            .order_by("-created_at", "-id").first())

@@ -27,13 +27,18 @@ from device_sdk.protocol import link
 from device_sdk.protocol.cose import PROTECTED_EDDSA, key_id, raw_public_key, sign1
 from device_sdk.protocol.enrollment import capabilities_digest, enrollment_message
 from device_sdk.protocol.events import Event, EventBatch, encode_batch, encode_summary, summarize
+from device_sdk.protocol.fanout import crypt as fanout_crypt
 from device_sdk.protocol.golden import OutputType, golden_input, outputs_digest, top1_label
 from device_sdk.protocol.manifest import (
     Encoding,
     Manifest,
     TrialSpec,
+    TrustPolicy,
+    TrustState,
+    encode_trust_bundle,
     rotation_for,
     sign_manifest,
+    sign_policy,
     sign_rotation,
     trusted_key_set,
     verify_manifest,
@@ -43,10 +48,14 @@ from device_sdk.protocol.ota_messages import (
     Chunk,
     ChunkRequest,
     DeploymentState,
+    FanoutKey,
     Report,
+    Withdrawal,
     encode_chunk,
     encode_chunk_request,
+    encode_fanout_key,
     encode_report,
+    encode_withdrawal,
 )
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.status import Capabilities, LinkState, Status, encode_status
@@ -485,6 +494,100 @@ def rotation_vectors() -> list[dict[str, Any]]:
     return out
 
 
+def trust_vectors() -> list[dict[str, Any]]:
+    """Return the trust chain as a device walks it: records applied in order to one state.
+
+    Every ``record`` step starts from the state the previous step left (a refused record
+    changes nothing) and lists the state after it. ``offer`` steps check a manifest against
+    that state (its minimum sequence and revoked packages); ``bundle`` is every record in one
+    ``fleet/v1/keys`` payload, applied to the initial state; ``withdraw`` and ``status`` are
+    the new messages' bytes.
+    """
+    third = private_key("tml test signing key 3")
+    fourth = private_key("tml test signing key 4")
+    kid = lambda k: key_id(k.public_key())
+    steps: list[tuple[str, bytes]] = [
+        ("rotate_in_key3", sign_rotation(rotation_for(third.public_key(), sequence=1), SIGNER)),
+        ("replay", sign_rotation(rotation_for(third.public_key(), sequence=1), SIGNER)),
+        ("old_key_retires_newer", sign_policy(TrustPolicy(2, retire_kids=(kid(third),)), SIGNER)),
+        ("rotation_retires_newer", sign_rotation(
+            rotation_for(fourth.public_key(), sequence=2, retire_kid=kid(third)), OTHER)),
+        ("newer_key_retires_signer1", sign_policy(TrustPolicy(2, retire_kids=(kid(SIGNER),)),
+                                                  third)),
+        ("signed_by_retired", sign_policy(TrustPolicy(3, min_sequence=5), SIGNER)),
+        ("retired_key_never_returns", sign_rotation(
+            rotation_for(SIGNER.public_key(), sequence=3), third)),
+        ("revoke_and_raise_floor", sign_policy(TrustPolicy(3, min_sequence=12,
+                                                           revoke_packages=(77, 78)), third)),
+        ("floor_never_lowers", sign_policy(TrustPolicy(4, min_sequence=2), third)),
+        ("retire_every_key", sign_policy(TrustPolicy(5, retire_kids=(kid(OTHER), kid(third))),
+                                         third)),
+        ("malformed_empty_policy", sign1(canonical({1: 1, 2: 5}), third, kid(third))),
+        ("policy_unknown_key", sign1(canonical({1: 1, 2: 5, 33: 1}), third, kid(third))),
+        ("self_retirement", sign_policy(TrustPolicy(5, retire_kids=(kid(OTHER),)), OTHER)),
+    ]
+    initial = TrustState(trusted_key_set(SIGNER.public_key(), OTHER.public_key()))
+    state = initial
+    out: list[dict[str, Any]] = []
+
+    def describe(st: TrustState) -> dict[str, Any]:
+        return {"trusted": ",".join(k.hex() for k in st.keys) or "-",
+                "retired": ",".join(k.hex() for k in st.retired) or "-",
+                "record_sequence": st.sequence, "min_sequence": st.min_sequence,
+                "revoked": list(st.revoked) or "-"}
+
+    valid = []
+    for name, cose in steps:
+        fields: dict[str, Any] = {"step": "record", "name": name, "cose": cose}
+        try:
+            state = state.apply(cose)
+        except ProtocolError as exc:
+            fields.update(reason=int(exc.reason), reason_name=exc.reason.name)
+        else:
+            fields.update(reason=0, reason_name="OK")
+            valid.append(cose)
+        out.append({**fields, **describe(state)})
+    # Offers checked against the final state (device sequence 10; floor 12; 77, 78 revoked).
+    for name, changes in (("offer_revoked_package", {"sequence": 20, "package_id": 78}),
+                          ("offer_at_the_floor", {"sequence": 12, "package_id": 90}),
+                          ("offer_above_the_floor", {"sequence": 13, "package_id": 91})):
+        cose = sign_manifest(base_manifest(**changes), third)
+        fields = {"step": "offer", "name": name, "cose": cose, "current_sequence": 10,
+                  "hardware_profile": PROFILE, "now": NOW}
+        try:
+            verify_manifest(cose, trusted_keys=state.keys,
+                            current_sequence=max(10, state.min_sequence),
+                            hardware_profile=PROFILE, now=NOW,
+                            revoked_packages=state.revoked)
+        except ProtocolError as exc:
+            fields.update(reason=int(exc.reason), reason_name=exc.reason.name)
+        else:
+            fields.update(reason=0, reason_name="OK")
+        out.append(fields)
+    bundle = encode_trust_bundle(steps_all := [cose for _, cose in steps])
+    final, errors = initial.apply_bundle(bundle)
+    assert final == state, "a bundle ends where the records applied one by one end"
+    out.append({"step": "bundle", "name": "every_record_in_one_bundle", "payload": bundle,
+                "records": len(steps_all), "refused": len(errors), **describe(final)})
+    out.append({"step": "withdraw", "name": "withdraw_aborted",
+                "payload": encode_withdrawal(Withdrawal(77, int(Reason.ABORTED))), "pkg": 77,
+                "reason": int(Reason.ABORTED)})
+    status = Status(LinkState.ONLINE, model=3, slot=1, uptime_s=60, free_ram=2048, seq=10,
+                    keys=(kid(OTHER), kid(third)))
+    out.append({"step": "status", "name": "status_with_keys", "payload": encode_status(status),
+                "keys": ",".join(k.hex() for k in status.keys or ())})
+    del valid
+    key = sha(b"tml test fan-out key")[:16]
+    plain = bytes(range(256)) * 3
+    out.append({"step": "fanout_key", "name": "fanout_key_message",
+                "payload": encode_fanout_key(FanoutKey(77, key)), "pkg": 77, "key": key})
+    for offset in (0, 2048, 4101):  # the keystream position is the byte offset in the stream
+        out.append({"step": "fanout_crypt", "name": f"fanout_chunk_at_{offset}", "pkg": 77,
+                    "key": key, "offset": offset, "plain": plain,
+                    "cipher": fanout_crypt(key, 77, offset, plain)})
+    return out
+
+
 # -- transfers ----------------------------------------------------------------------------------
 
 
@@ -885,6 +988,13 @@ def generate(out_dir: Path) -> None:
               "Trusted keys: keys/trusted_public.hex.", manifest_vectors())
     write_vec(out_dir, "rotations.vec", "Key rotation records and verify_rotation's verdict.",
               rotation_vectors())
+    write_vec(out_dir, "trust.vec",
+              "The trust chain (manifest.py, trust rules): rotation and policy records applied\n"
+              "in order to one device state (initial: keys/trusted_public.hex, sequence 0),\n"
+              "offers checked against it, the fleet/v1/keys bundle, ota/withdraw, the status\n"
+              "field keys, ota/key and the fan-out's AES-128-CTR (fanout.py; only a gateway\n"
+              "written in C would need it). Lists: comma-separated; '-': empty.",
+              trust_vectors())
     write_vec(out_dir, "transfers.vec",
               "Transfer streams (transfers/*.bin), fed in chunks, and TransferDecoder's verdict.",
               transfer_vectors(out_dir))

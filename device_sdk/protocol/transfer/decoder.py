@@ -6,7 +6,8 @@ import hashlib
 
 from device_sdk.protocol.manifest import Encoding, Manifest
 from device_sdk.protocol.reasons import ProtocolError, Reason
-from device_sdk.protocol.transfer.delta import BaseReader, DeltaApplier
+from device_sdk.protocol.transfer.delta import HEADER as DELTA_HEADER
+from device_sdk.protocol.transfer.delta import MAX_OP_HEAD, BaseReader, DeltaApplier
 from device_sdk.protocol.transfer.lz_decoder import LzDecoder
 
 SHA256_STATE_BYTES = 112  # a typical C SHA-256 context: state, length, one block
@@ -21,6 +22,11 @@ def bytes_reader(data: bytes) -> BaseReader:
         return bytes(view[offset : offset + length])
 
     return read
+
+
+def max_instruction_bytes(model_size: int) -> int:
+    """Return the longest delta instruction stream that can build ``model_size`` bytes."""
+    return DELTA_HEADER.size + (MAX_OP_HEAD + 1) * model_size
 
 
 class TransferDecoder:
@@ -53,7 +59,11 @@ class TransferDecoder:
                 raise ProtocolError(Reason.DELTA_BASE_MISMATCH, "a delta needs the base model")
             if isinstance(base_reader, bytes | bytearray | memoryview):
                 base_reader = bytes_reader(bytes(base_reader))
-            self._lz = LzDecoder()  # its output is the instruction stream, of any length
+            # Its output is the instruction stream: each operation makes at least one model
+            # byte and costs at most MAX_OP_HEAD head bytes plus the bytes it carries, so the
+            # stream of a signed model size has a bound, and a header declaring more (a
+            # decompression bomb) is refused before a byte is decoded.
+            self._lz = LzDecoder(max_size=max_instruction_bytes(manifest.model_size))
             self._delta = DeltaApplier(base_reader, manifest.base_sha256, manifest.model_size)
 
     def state_bytes(self) -> int:

@@ -32,8 +32,9 @@ class LzDecoder:
     decoder never stops mid-token and keeps fewer than that many input bytes between calls.
     """
 
-    def __init__(self, expected_size: int | None = None) -> None:
+    def __init__(self, expected_size: int | None = None, max_size: int | None = None) -> None:
         self.expected_size = expected_size  # refuse a header declaring another size
+        self.max_size = max_size  # refuse a header declaring more (TRANSFER_OVERFLOW)
         self.params: LzParams | None = None
         self.size = -1  # decoded size from the header, -1 until the header arrived
         self.produced = 0
@@ -67,6 +68,9 @@ class LzDecoder:
             if magic != MAGIC or version != VERSION:
                 raise ProtocolError(Reason.DECODE_ERROR, "not a version 1 compressed stream")
             check_declared_size(size, self.expected_size)
+            if self.max_size is not None and size > self.max_size:
+                raise ProtocolError(Reason.TRANSFER_OVERFLOW,
+                                    f"stream declares {size} bytes, at most {self.max_size}")
             self.params = LzParams.unpack(packed)
             self.size = size
             self._window = bytearray(1 << self.params.window_log)

@@ -374,6 +374,8 @@ def test_an_offer_sent_while_the_device_is_away_waits_in_its_session(
     offer_topic = f"fleet/v1/{identity.device_id}/ota/offer"
     assert publisher.publish(offer_topic, b"\x84signed-manifest").value == 0  # a subscriber
 
+    # Package fan-out is granted per deployment (the controller does it at the offer).
+    broker_access.grant_package(7, [identity.device_id])
     received: queue.Queue[tuple[str, bytes]] = queue.Queue()
     second = make_client(identity, tmp_path)
     second.on_message = lambda c, topic, payload: received.put((topic, payload))

@@ -110,8 +110,10 @@ def child(bridge: Bridge) -> Iterator[Child]:
 def test_hello_subscribes_the_childs_downlink_and_sends_the_time(
     bridge: Bridge, uplink: RecordingUplink, child: Child
 ) -> None:
-    """Attaching a child subscribes its offer and chunk topics; the MCU gets the clock."""
-    assert uplink.filters == {"fleet/v1/mcu-1/ota/offer", "fleet/v1/mcu-1/ota/chunk"}
+    """Attaching a child subscribes its offer and chunk topics (and, once, the fleet's trust
+    records); the MCU gets the clock."""
+    assert uplink.filters == {"fleet/v1/mcu-1/ota/offer", "fleet/v1/mcu-1/ota/chunk",
+                              "fleet/v1/mcu-1/ota/key", "fleet/v1/keys"}
     assert drain(child.outbox) == [(link.Kind.TIME, cbor2.dumps(T0))]
 
 
@@ -289,3 +291,40 @@ def test_chunk_cache_serves_exact_offsets_across_segments() -> None:
     cache.put(2, 0, PACKAGE)  # 10 KiB more: package 1 is the least recently used, it goes
     cache.put(3, 0, PACKAGE)
     assert cache.get(1, 0, 10) is None and cache.get(3, 0, 10) == PACKAGE[:10]
+
+
+def test_trust_records_reach_every_child_as_rotation_frames(
+        bridge: Bridge, uplink: RecordingUplink, child: Child) -> None:
+    """The retained fleet/v1/keys bundle goes to each MCU, one ROTATION frame per record, and
+    again to an MCU that attaches later or restarts."""
+    from device_sdk.protocol.manifest import (
+        TrustPolicy,
+        encode_trust_bundle,
+        rotation_for,
+        sign_policy,
+        sign_rotation,
+    )
+
+    assert "fleet/v1/keys" in uplink.filters
+    old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    records = [sign_rotation(rotation_for(new.public_key(), sequence=1), old),
+               sign_policy(TrustPolicy(2, revoke_packages=(9,)), new)]
+    drain(child.outbox)
+    bridge.on_message("fleet/v1/keys", encode_trust_bundle(records))
+    assert drain(child.outbox) == [(link.Kind.ROTATION, r) for r in records]
+    later: Outbox = queue.SimpleQueue()
+    bridge.attach("mcu-2", 544, "socket://other", later)
+    assert [p for k, p in drain(later) if k == link.Kind.ROTATION] == records
+    bridge.restarted(child, 544)
+    assert [p for k, p in drain(child.outbox) if k == link.Kind.ROTATION] == records
+
+
+def test_an_encrypted_fanout_is_decrypted_with_the_childs_key_before_caching(
+        bridge: Bridge, uplink: RecordingUplink, child: Child) -> None:
+    from device_sdk.protocol.fanout import crypt
+    from device_sdk.protocol.ota_messages import FanoutKey, encode_fanout_chunk, encode_fanout_key
+
+    key, data = bytes(range(16)), bytes(range(256)) * 8
+    bridge.on_message("fleet/v1/mcu-1/ota/key", encode_fanout_key(FanoutKey(3, key)))
+    bridge.on_message(package_topic(3), encode_fanout_chunk(Chunk(3, 16, crypt(key, 3, 16, data))))
+    assert bridge.cache.get(3, 16, len(data)) == data

@@ -138,6 +138,7 @@ def test_server_ota_traffic_reaches_the_mcu_clipped_and_cached(
     """Offer and unicast chunk come down; a carousel chunk answers requests from the cache."""
     gw, child = uid("gw"), uid("child")
     broker_access.provision_gateway(gw, "gw-password", [child])
+    broker_access.grant_package(3, [child, gw])  # as the controller does at the offer
     watch = monitor(f"fleet/v1/{child}/ota/get", f"fleet/v1/{child}/status")
     gateway = gateway_factory(gw, "gw-password")
     mcu = FakeMcu()

@@ -10,6 +10,7 @@ from device_sdk.protocol.limits import MAX_PACKAGE_ID
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.topics import (
     DEVICE_PUBLISHES,
+    FleetChannel,
     DEVICE_SUBSCRIBES,
     PAYLOAD_CAPS,
     Channel,
@@ -53,7 +54,7 @@ def test_every_channel_has_a_direction_and_a_cap() -> None:
     """A device publishes or subscribes to each channel, and each has a payload cap."""
     assert DEVICE_PUBLISHES | DEVICE_SUBSCRIBES == set(Channel)
     assert not DEVICE_PUBLISHES & DEVICE_SUBSCRIBES
-    assert set(PAYLOAD_CAPS) == set(Channel) | set(PackageChannel)
+    assert set(PAYLOAD_CAPS) == set(Channel) | set(PackageChannel) | set(FleetChannel)
 
 
 def test_package_fan_out_topics() -> None:

@@ -16,7 +16,8 @@ from device_sdk.simulator.faults import Faults, FaultyOtaAgent
 
 def _agent(cls: type[OtaAgent] = FaultyOtaAgent, **options: Any) -> Any:
     client = SimpleNamespace(on_message=None, on_connect=None, uid="dev-1")
-    return cls(client, SimpleNamespace(), lambda model: TrialResult(True), **options)  # type: ignore[arg-type]
+    updater = SimpleNamespace(trusted_kids=list)  # the agent reads the keys for the status
+    return cls(client, updater, lambda model: TrialResult(True), **options)  # type: ignore[arg-type]
 
 
 def test_production_agent_hooks_change_nothing() -> None:

@@ -85,6 +85,7 @@ MATRIX = [
     Row("get", "/api/v1/signing-keys/", "viewer"),
     Row("get", "/api/v1/signing-keys/{kid}/", "viewer"),
     Row("post", "/api/v1/signing-keys/rotate/", "admin", None, 201),
+    Row("post", "/api/v1/signing-keys/{kid}/activate/", "admin", None, 409),  # not pending
     Row("post", "/api/v1/signing-keys/{kid}/retire/", "admin", None, 409),  # the only key
     Row("get", "/api/v1/telemetry/series/", "viewer"),
     Row("get", "/api/v1/telemetry/labels/", "viewer"),

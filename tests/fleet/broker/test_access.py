@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from django.test import override_settings
 
 from fleet.broker.access import (
     Access,
@@ -17,6 +18,7 @@ from fleet.broker.access import (
     ServiceRole,
     check_uid,
     device_grants,
+    package_grants,
     service_grants,
 )
 from fleet.broker.dynsec import DynsecAccess, _role_fixes
@@ -34,15 +36,25 @@ def refused(reason_code: object) -> bool:
 # Policy, no broker -------------------------------------------------------------------------
 
 
-def test_device_grants_cover_only_the_devices_subtree_and_package_fanout() -> None:
-    """A device publishes its four upstream leaves and reads offer, chunk and pkg fan-out."""
-    grants = set(device_grants("a1"))
+def test_device_grants_cover_only_the_devices_subtree_and_the_trust_records() -> None:
+    """A device publishes its four upstream leaves, reads offer, chunk, key and withdrawal and
+    the fleet's trust records; the (encrypted) package fan-out read-only, or with
+    FANOUT_ACCESS=grant none until a deployment grants it."""
+    encrypted = set(device_grants("a1"))
+    assert Grant(Access.RECEIVE, "fleet/v1/pkg/#") in encrypted
+    assert Grant(Access.SUBSCRIBE, "fleet/v1/a1/ota/key") in encrypted
+    assert not any(g.access is Access.PUBLISH and "pkg" in g.topic for g in encrypted)
+    grants = set(device_grants("a1", package_fanout=False))
     assert Grant(Access.PUBLISH, "fleet/v1/a1/events") in grants
     assert Grant(Access.PUBLISH, "fleet/v1/a1/ota/report") in grants
     assert Grant(Access.SUBSCRIBE, "fleet/v1/a1/ota/offer") in grants
-    assert Grant(Access.RECEIVE, "fleet/v1/pkg/#") in grants
-    assert not any(g.access is Access.PUBLISH and "pkg" in g.topic for g in grants)
-    assert all(g.topic.startswith(("fleet/v1/a1/", "fleet/v1/pkg/")) for g in grants)
+    assert Grant(Access.SUBSCRIBE, "fleet/v1/a1/ota/withdraw") in grants
+    assert Grant(Access.RECEIVE, "fleet/v1/keys") in grants
+    assert not any("pkg" in g.topic for g in grants)
+    assert not any(g.access is Access.PUBLISH and g.topic == "fleet/v1/keys" for g in grants)
+    assert all(g.topic.startswith("fleet/v1/a1/") or g.topic == "fleet/v1/keys" for g in grants)
+    assert set(package_grants(7)) == {Grant(Access.SUBSCRIBE, "fleet/v1/pkg/7/#"),
+                                      Grant(Access.RECEIVE, "fleet/v1/pkg/7/#")}
 
 
 def test_service_roles_split_reading_from_sending() -> None:
@@ -201,7 +213,11 @@ def test_device_receives_its_offer_chunks_and_package_fanout(
     device, worker = probe(dev, "pw"), probe(svc, "spw")
     device.connect()
     worker.connect()
-    for topic in (f"fleet/v1/{dev}/ota/offer", f"fleet/v1/{dev}/ota/chunk", "fleet/v1/pkg/#"):
+    broker_access.grant_package(7, [dev])  # disconnects the device once
+    device.close()
+    device = probe(dev, "pw")
+    device.connect()
+    for topic in (f"fleet/v1/{dev}/ota/offer", f"fleet/v1/{dev}/ota/chunk", "fleet/v1/pkg/7/#"):
         assert not device.subscribe(topic).is_failure, topic
     sent = [
         (f"fleet/v1/{dev}/ota/offer", b"offer"),
@@ -368,3 +384,36 @@ def test_service_shares_device_events_between_workers(
     assert got[0] and got[1], "both workers should get a share"
     assert refused(workers[0].publish(f"fleet/v1/{a}/events")), "a worker must not forge events"
     assert not workers[0].publish(f"fleet/v1/{a}/ota/offer").is_failure
+
+
+@pytest.mark.integration
+def test_only_devices_offered_a_package_read_its_fanout_and_only_until_revoked(
+    broker_access: DynsecAccess, probe, uid: Uid
+) -> None:
+    """Package fan-out is granted per deployment: another device, or the same one after its
+    deployment ended, cannot subscribe; no device may publish the trust records."""
+    offered, other, svc = uid("deva"), uid("devb"), uid("svc")
+    with override_settings(FANOUT_ACCESS="grant"):
+        for dev in (offered, other):
+            broker_access.provision_device(dev, "pw")
+    broker_access.provision_service(svc, "spw", ServiceRole.WORKER)
+    broker_access.grant_package(9, [offered])
+    a, b = probe(offered, "pw"), probe(other, "pw")
+    a.connect()
+    b.connect()
+    assert not a.subscribe("fleet/v1/pkg/9/#").is_failure
+    assert b.subscribe("fleet/v1/pkg/9/#").is_failure
+    assert b.subscribe("fleet/v1/pkg/#").is_failure
+    assert a.subscribe("fleet/v1/pkg/10/#").is_failure
+    assert not b.subscribe("fleet/v1/keys").is_failure
+    assert refused(b.publish("fleet/v1/keys", b"forged", retain=True))
+    worker = probe(svc, "spw")
+    worker.connect()
+    assert not worker.publish("fleet/v1/keys", b"bundle", retain=True).is_failure
+    message = b.receive()
+    assert message is not None and message.payload == b"bundle"
+    broker_access.revoke_package(9, [offered, "nobody-here"])
+    a.close()
+    a = probe(offered, "pw")
+    a.connect()
+    assert a.subscribe("fleet/v1/pkg/9/#").is_failure

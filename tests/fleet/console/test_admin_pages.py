@@ -102,9 +102,16 @@ def test_admin_rotates_then_retires_a_key_but_never_the_last(
     page = admin.get("/console/signing-keys/").content.decode()
     assert "only active key" in page and "retire-key" not in page
     response = admin.post("/console/signing-keys/rotate/", follow=True)
-    assert "is active; new packages use it" in response.content.decode()
+    assert "is pending" in response.content.decode()
     second = SigningKey.objects.exclude(pk=first.pk).get()
     assert second.introduced_by_id == first.pk
+    page = admin.get("/console/signing-keys/").content.decode()
+    assert "activate-key" in page and 'class="num trust-share"' in page  # the share shown
+    response = admin.post(f"/console/signing-keys/{second.kid}/activate/", follow=True)
+    assert "Not activated" in response.content.decode()  # no device reported trusting it
+    response = admin.post(f"/console/signing-keys/{second.kid}/activate/", {"force": "1"},
+                          follow=True)
+    assert "is active; new packages use it" in response.content.decode()
     admin.post(f"/console/signing-keys/{first.kid}/retire/")
     first.refresh_from_db()
     assert first.state == "retired"

@@ -45,7 +45,7 @@ def compat(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def trusted(client: APIClient) -> dict[bytes, Ed25519PublicKey]:
     keys = client.get("/api/v1/signing-keys/").json()["results"]
     return {bytes.fromhex(k["kid"]): Ed25519PublicKey.from_public_bytes(bytes.fromhex(k["public_key"]))
-            for k in keys if k["state"] == "active"}
+            for k in keys if k["state"] in ("active", "pending")}
 
 
 def test_upload_validates_against_every_profile(operator_client: APIClient, hardware_profile: Any,
@@ -189,6 +189,9 @@ def test_rotation_is_published_and_verifiable(admin_client: APIClient, operator_
     now_trusted = apply_rotation(record, old, current_sequence=0)
     assert bytes.fromhex(rotated.json()["kid"]) in now_trusted
     assert len(trusted(admin_client)) == 2
+    assert rotated.json()["state"] == "pending"  # trusted by devices, signing nothing yet
+    activated = admin_client.post(f"/api/v1/signing-keys/{rotated.json()['kid']}/activate/")
+    assert activated.status_code == 200 and activated.json()["state"] == "active"
     old_kid = next(iter(old)).hex()
     assert admin_client.post(f"/api/v1/signing-keys/{old_kid}/retire/").status_code == 200
     last = admin_client.post(f"/api/v1/signing-keys/{rotated.json()['kid']}/retire/")

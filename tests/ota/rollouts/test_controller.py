@@ -48,7 +48,7 @@ class RecordingPublisher:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
         self.sent.append((topic, payload))
 
     def topics(self, suffix: str) -> list[str]:
@@ -134,7 +134,7 @@ def test_rollout_runs_wave_by_wave_to_completion(versions: Any, fleet_on_v1: lis
     assert len(publisher.topics("/ota/offer")) == first_wave
     assert Deployment.objects.filter(rollout=rollout, state=DeploymentState.OFFERED).count() == first_wave
     package = Package.objects.get(rollouts=rollout)
-    assert all(p == bytes(package.manifest) for t, p in publisher.sent)
+    assert all(p == bytes(package.manifest) for t, p in publisher.sent if t.endswith("/offer"))
     for _ in range(10):
         report_all(rollout, DeploymentState.CONFIRMED)
         step(rollout.pk, publisher)
@@ -173,10 +173,10 @@ def test_abort_stops_offers(versions: Any, fleet_on_v1: list[Device]) -> None:
     rollout = new_rollout(versions, fleet_on_v1, waves=[100], offers_per_minute=5)
     publisher = RecordingPublisher()
     step(rollout.pk, publisher)
-    assert len(publisher.sent) == 5  # the rate limit
+    assert len(publisher.topics("/ota/offer")) == 5  # the rate limit
     actions.do_abort_rollout(rollout, actor=None)
     tick("w", publisher)
-    assert len(publisher.sent) == 5
+    assert len(publisher.topics("/ota/offer")) == 5  # (the trust bundle now revokes it)
     failed = Deployment.objects.filter(rollout=rollout, state=DeploymentState.FAILED)
     assert failed.count() == 40
     assert set(failed.values_list("reason", flat=True)) == {Reason.ABORTED}
@@ -300,8 +300,15 @@ def test_carousel_turns_once_for_a_rate_limited_wave_of_joiners(
     delivery = OtaDelivery(publisher, max_wait_s=0.3, carousel_bytes_per_s=10**9)
     fanout = package_topic(package.pk)
 
-    def chunks() -> list[Chunk]:
-        return [decode_chunk(p) for t, p in publisher.sent if t == fanout]
+    from device_sdk.protocol.fanout import crypt
+    from ota.rollouts.delivery_keys import fanout_key
+
+    key = fanout_key(package.pk)
+
+    def chunks() -> list[Chunk]:  # decrypted with the key offered devices get
+        out = [decode_chunk(p) for t, p in publisher.sent if t == fanout]
+        return [Chunk(c.pkg, c.offset, crypt(key, c.pkg, c.offset, c.data)) if key else c
+                for c in out]
 
     assert delivery.carousel_tick() == 0  # nobody joined yet
     report_all(rollout, DeploymentState.DOWNLOADING)  # the 20 offered join
