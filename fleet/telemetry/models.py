@@ -77,13 +77,9 @@ class Event(models.Model):
 LATENCY_BOUNDS_100US = (10, 50, 200, 1000)
 
 
-class Rollup(models.Model):
-    """Counts per (device, model version, minute, label), kept up to date at ingest.
+class RollupCells(models.Model):
+    """The counts of one (model version, minute, label) cell, shared by both rollup tables."""
 
-    Queries read these, never the raw events; retention keeps them when raw events go.
-    """
-
-    device_id = models.BigIntegerField()
     model_version_id = models.IntegerField(default=0)
     bucket = models.DateTimeField(help_text="start of the minute")
     label = models.SmallIntegerField()
@@ -97,6 +93,18 @@ class Rollup(models.Model):
     lat_gt_100ms = models.BigIntegerField(default=0)
 
     class Meta:
+        abstract = True
+
+
+class Rollup(RollupCells):
+    """Counts per (device, model version, minute, label), kept up to date at ingest.
+
+    Queries read these, never the raw events; retention keeps them when raw events go.
+    """
+
+    device_id = models.BigIntegerField()
+
+    class Meta:
         constraints = [
             models.UniqueConstraint(fields=["device_id", "model_version_id", "bucket", "label"],
                                     name="unique_rollup_key")
@@ -108,7 +116,7 @@ class Rollup(models.Model):
                    models.Index(fields=["model_version_id", "bucket"])]
 
 
-class FleetRollup(models.Model):
+class FleetRollup(RollupCells):
     """Rollups summed over every device, per (model version, minute, label): what a query
     over the whole fleet reads on PostgreSQL instead of one row per device and minute.
 
@@ -121,17 +129,6 @@ class FleetRollup(models.Model):
     """
 
     shard = models.SmallIntegerField(default=0)
-    model_version_id = models.IntegerField(default=0)
-    bucket = models.DateTimeField(help_text="start of the minute")
-    label = models.SmallIntegerField()
-    count = models.BigIntegerField(default=0)
-    score_sum = models.BigIntegerField(default=0)
-    latency_sum = models.BigIntegerField(default=0, help_text="100 µs units")
-    lat_le_1ms = models.BigIntegerField(default=0)
-    lat_le_5ms = models.BigIntegerField(default=0)
-    lat_le_20ms = models.BigIntegerField(default=0)
-    lat_le_100ms = models.BigIntegerField(default=0)
-    lat_gt_100ms = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [
