@@ -145,7 +145,7 @@ class TrustRecord(models.Model):
 
     Rotation records (introducing a key) and policy records (retiring keys, raising the
     minimum manifest sequence, revoking packages) share one sequence: devices apply them in
-    order (device_sdk/protocol/manifest.py, trust rules).
+    order (device_sdk/protocol/trust.py, trust rules).
     """
 
     class Kind(models.TextChoices):

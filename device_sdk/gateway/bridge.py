@@ -42,7 +42,7 @@ from device_sdk.protocol import link
 from device_sdk.protocol.cose import parse_sign1
 from device_sdk.protocol.fanout import crypt
 from device_sdk.protocol.limits import MAX_OFFER_BYTES
-from device_sdk.protocol.manifest import Manifest, decode_trust_bundle
+from device_sdk.protocol.manifest import Manifest
 from device_sdk.protocol.ota_messages import (
     Chunk,
     ChunkRequest,
@@ -68,6 +68,7 @@ from device_sdk.protocol.topics import (
     parse_topic,
     validate_uid,
 )
+from device_sdk.protocol.trust import decode_trust_bundle
 
 __all__ = ["CHUNK_OVERHEAD", "Admission", "Bridge", "Child", "Outbox", "UplinkLike"]
 

@@ -25,10 +25,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from device_sdk.ota.slots import SlotStore
 from device_sdk.protocol.cose import raw_public_key
-from device_sdk.protocol.manifest import Encoding, Manifest, TrustState, verify_manifest
+from device_sdk.protocol.manifest import Encoding, Manifest, verify_manifest
 from device_sdk.protocol.ota_messages import DeploymentState
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.transfer import TransferDecoder
+from device_sdk.protocol.trust import TrustState
 
 log = logging.getLogger(__name__)
 

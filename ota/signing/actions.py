@@ -1,7 +1,7 @@
 """Every write on signing keys and the trust chain: create the first key, rotate, activate,
 retire, and sign policy records (minimum sequence, revoked packages). All audited.
 
-The trust chain (device_sdk/protocol/manifest.py, trust rules) is the list of ``TrustRecord``
+The trust chain (device_sdk/protocol/trust.py, trust rules) is the list of ``TrustRecord``
 rows, published retained on ``fleet/v1/keys`` by the worker (:func:`trust_bundle`). A rotation
 makes a PENDING key: devices learn it from the record, report it in their status, and only an
 operator's activation (by default once ``KEY_ACTIVATION_SHARE`` of the fleet trusts it) makes it
@@ -20,7 +20,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from device_sdk.protocol.limits import MAX_TRUST_RECORDS
-from device_sdk.protocol.manifest import (
+from device_sdk.protocol.trust import (
     TrustPolicy,
     encode_trust_bundle,
     rotation_for,

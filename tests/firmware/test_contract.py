@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from device_sdk.protocol import cose, events, limits, link, manifest, ota_messages, status
+from device_sdk.protocol import cose, events, limits, link, manifest, ota_messages, status, trust
 from device_sdk.protocol.reasons import Reason
 
 INCLUDE = Path(__file__).resolve().parents[2] / "firmware" / "include" / "tml"
@@ -57,8 +57,8 @@ def test_protocol_enums_are_identical(prefix: str, enum: type[IntEnum]) -> None:
 
 
 def test_manifest_keys_are_identical() -> None:
-    """Manifest and rotation payload keys match manifest.py's K_* constants."""
-    python = {name[2:]: value for name, value in vars(manifest).items()
+    """Manifest, rotation and policy payload keys match manifest.py's and trust.py's K_*."""
+    python = {name[2:]: value for module in (manifest, trust) for name, value in vars(module).items()
               if name.startswith("K_") and isinstance(value, int)}
     assert with_prefix(c_constants("protocol.h"), "TML_K_") == python
 

@@ -33,16 +33,8 @@ from device_sdk.protocol.manifest import (
     Encoding,
     Manifest,
     TrialSpec,
-    TrustPolicy,
-    TrustState,
-    encode_trust_bundle,
-    rotation_for,
     sign_manifest,
-    sign_policy,
-    sign_rotation,
-    trusted_key_set,
     verify_manifest,
-    verify_rotation,
 )
 from device_sdk.protocol.ota_messages import (
     Chunk,
@@ -60,6 +52,16 @@ from device_sdk.protocol.ota_messages import (
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.status import Capabilities, LinkState, Status, encode_status
 from device_sdk.protocol.transfer import TransferDecoder, compress, encode_transfer
+from device_sdk.protocol.trust import (
+    TrustPolicy,
+    TrustState,
+    encode_trust_bundle,
+    rotation_for,
+    sign_policy,
+    sign_rotation,
+    trusted_key_set,
+    verify_rotation,
+)
 
 HERE = Path(__file__).resolve().parent
 T0 = 1_717_000_000_000
@@ -989,7 +991,7 @@ def generate(out_dir: Path) -> None:
     write_vec(out_dir, "rotations.vec", "Key rotation records and verify_rotation's verdict.",
               rotation_vectors())
     write_vec(out_dir, "trust.vec",
-              "The trust chain (manifest.py, trust rules): rotation and policy records applied\n"
+              "The trust chain (trust.py, trust rules): rotation and policy records applied\n"
               "in order to one device state (initial: keys/trusted_public.hex, sequence 0),\n"
               "offers checked against it, the fleet/v1/keys bundle, ota/withdraw, the status\n"
               "field keys, ota/key and the fan-out's AES-128-CTR (fanout.py; only a gateway\n"

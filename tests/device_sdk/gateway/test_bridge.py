@@ -297,7 +297,7 @@ def test_trust_records_reach_every_child_as_rotation_frames(
         bridge: Bridge, uplink: RecordingUplink, child: Child) -> None:
     """The retained fleet/v1/keys bundle goes to each MCU, one ROTATION frame per record, and
     again to an MCU that attaches later or restarts."""
-    from device_sdk.protocol.manifest import (
+    from device_sdk.protocol.trust import (
         TrustPolicy,
         encode_trust_bundle,
         rotation_for,

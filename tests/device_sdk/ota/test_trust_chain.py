@@ -14,20 +14,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from device_sdk.ota import updater as updater_module
 from device_sdk.ota.updater import OtaUpdater
 from device_sdk.protocol.cose import key_id
-from device_sdk.protocol.manifest import (
-    Encoding,
-    Manifest,
+from device_sdk.protocol.manifest import Encoding, Manifest
+from device_sdk.protocol.ota_messages import DeploymentState
+from device_sdk.protocol.reasons import ProtocolError, Reason
+from device_sdk.protocol.transfer import TransferDecoder, compress
+from device_sdk.protocol.transfer.decoder import max_instruction_bytes
+from device_sdk.protocol.transfer.delta import HEADER as DELTA_HEADER
+from device_sdk.protocol.trust import (
     TrustPolicy,
     encode_trust_bundle,
     rotation_for,
     sign_policy,
     sign_rotation,
 )
-from device_sdk.protocol.ota_messages import DeploymentState
-from device_sdk.protocol.reasons import ProtocolError, Reason
-from device_sdk.protocol.transfer import TransferDecoder, compress
-from device_sdk.protocol.transfer.decoder import max_instruction_bytes
-from device_sdk.protocol.transfer.delta import HEADER as DELTA_HEADER
 from tests.device_sdk.ota.test_updater import KEY, device, feed_all, model_bytes, package
 
 NEW = Ed25519PrivateKey.generate()

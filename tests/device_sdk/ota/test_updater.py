@@ -14,15 +14,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from device_sdk.ota.slots import SlotStore
 from device_sdk.ota.updater import OtaUpdater
 from device_sdk.protocol.cose import key_id, raw_public_key
-from device_sdk.protocol.manifest import (
-    Encoding,
-    Manifest,
-    rotation_for,
-    sign_manifest,
-    sign_rotation,
-)
+from device_sdk.protocol.manifest import Encoding, Manifest, sign_manifest
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.transfer import encode_transfer
+from device_sdk.protocol.trust import rotation_for, sign_rotation
 
 KEY = Ed25519PrivateKey.generate()
 PROFILE = "esp32-s3"

@@ -13,14 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from device_sdk.protocol.cose import key_id, sign1
-from device_sdk.protocol.manifest import (
-    Encoding,
-    Manifest,
-    sign_manifest,
-    trusted_key_set,
-    verify_manifest,
-)
+from device_sdk.protocol.manifest import Encoding, Manifest, sign_manifest, verify_manifest
 from device_sdk.protocol.reasons import ProtocolError, Reason
+from device_sdk.protocol.trust import trusted_key_set
 
 NOW = 1_800_000_000
 MODEL = b"\x1c\x00\x00\x00TFL3" + bytes(range(256)) * 4

@@ -10,19 +10,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device_sdk.protocol.cose import key_id, raw_public_key, sign1
-from device_sdk.protocol.manifest import (
-    Encoding,
+from device_sdk.protocol.manifest import Encoding, Manifest, sign_manifest, verify_manifest
+from device_sdk.protocol.reasons import ProtocolError, Reason
+from device_sdk.protocol.trust import (
     KeyRotation,
-    Manifest,
     apply_rotation,
     rotation_for,
-    sign_manifest,
     sign_rotation,
     trusted_key_set,
-    verify_manifest,
     verify_rotation,
 )
-from device_sdk.protocol.reasons import ProtocolError, Reason
 
 
 @pytest.fixture(scope="module")
@@ -214,9 +211,9 @@ def test_rotation_record_missing_the_new_key_is_malformed_not_a_crash() -> None:
 
     from device_sdk.protocol.cose import key_id as _kid
     from device_sdk.protocol.cose import sign1 as _sign1
-    from device_sdk.protocol.manifest import verify_rotation as _verify
     from device_sdk.protocol.reasons import ProtocolError as _Err
     from device_sdk.protocol.reasons import Reason as _Reason
+    from device_sdk.protocol.trust import verify_rotation as _verify
 
     signer = _Key.generate()
     payload = cbor2.dumps({1: 1, 2: 5, 20: b"\x01" * 8, 22: b"\x02" * 8}, canonical=True)

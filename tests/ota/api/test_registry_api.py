@@ -175,7 +175,7 @@ def test_delta_package_from_base_version(operator_client: APIClient, hardware_pr
 
 def test_rotation_is_published_and_verifiable(admin_client: APIClient, operator_client: APIClient,
                                               hardware_profile: Any, dense_tflite: bytes) -> None:
-    from device_sdk.protocol.manifest import apply_rotation
+    from device_sdk.protocol.trust import apply_rotation
 
     make_model(operator_client)
     mv = upload(operator_client, dense_tflite, "1.0.0").json()

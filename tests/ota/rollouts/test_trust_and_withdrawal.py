@@ -13,10 +13,11 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from device_sdk.protocol.cose import parse_sign1
-from device_sdk.protocol.manifest import Manifest, TrustState, trusted_key_set
+from device_sdk.protocol.manifest import Manifest
 from device_sdk.protocol.ota_messages import DeploymentState, decode_withdrawal
 from device_sdk.protocol.reasons import Reason
 from device_sdk.protocol.status import LinkState, Status
+from device_sdk.protocol.trust import TrustState, trusted_key_set
 from fleet.devices.models import Device, HardwareProfile
 from fleet.devices.presence import apply_status
 from ota.models import Package, SigningKey
