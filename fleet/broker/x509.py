@@ -178,11 +178,11 @@ class X509Access:
         """Revoke every certificate of ``uid`` (CRL, reload) and cut its live connection."""
         check_uid(uid)
         state = self._state()
-        changed = False
+        changed = was_gateway = False
         with self._lock:
             if uid in state["gateways"]:  # a gateway's own identity
                 del state["gateways"][uid]
-                changed = True
+                changed = was_gateway = True
             for children in state["gateways"].values():  # nobody speaks for it any more
                 if uid in children:
                     children.remove(uid)
@@ -190,6 +190,8 @@ class X509Access:
             if changed:
                 self._save_state(state)
                 self._write_acl(state)
+            if was_gateway:
+                self._delete_password(uid)  # its own login
         new = self.ca.revoke(uid)
         if new or changed:
             self._reload()
@@ -211,6 +213,8 @@ class X509Access:
         time.sleep(self.reload_wait_s)
 
     def provision_gateway(self, uid: str, password: str, children: list[str]) -> None:
+        """Let gateway ``uid`` log in with ``password`` (on the listeners that take passwords:
+        the device listener takes certificates only) and use exactly ``children``'s topics."""
         check_uid(uid)
         kids = sorted({check_uid(c) for c in children})
         if uid in kids:
@@ -219,8 +223,10 @@ class X509Access:
             state = self._state()
             state["gateways"][uid] = kids
             self._save_state(state)
+            self._set_password(uid, password)
             self._write_acl(state)
         self._reload()
+        time.sleep(self.reload_wait_s)  # the new password counts once the broker reloaded
 
     def add_gateway_children(self, uid: str, children: list[str]) -> None:
         check_uid(uid)
@@ -302,6 +308,12 @@ class X509Access:
         if result.returncode != 0:
             raise BrokerCommandError(f"mosquitto_passwd failed: {result.stderr.strip()}")
         os.chmod(self.passwd_path, 0o644)
+
+    def _delete_password(self, username: str) -> None:
+        if self.passwd_path.exists():
+            subprocess.run([self.passwd_bin, "-D", str(self.passwd_path), username],
+                           capture_output=True, text=True, check=False)  # absent: fine
+            os.chmod(self.passwd_path, 0o644)
 
     def _write_acl(self, state: dict[str, Any]) -> None:
         """Write the ACL file (``render_acl``) atomically."""

@@ -122,7 +122,7 @@ class GatewayViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         gateway = result.gateway
         gateway.created = result.created
         gateway.mqtt = {
-            "url": settings.MQTT_DEVICE_URL,
+            "url": settings.MQTT_GATEWAY_URL or settings.MQTT_DEVICE_URL,
             "username": gateway.uid,
             "credential": result.password,
             "ca_cert": broker_ca_pem(),

@@ -267,6 +267,50 @@ def test_gateway_speaks_for_its_children_only(x509_broker: Broker) -> None:
 
 
 @pytest.mark.integration
+def test_gateway_logs_in_with_its_password_over_tls_until_revoked(x509_broker: Broker) -> None:
+    """A serial gateway has no device certificate: its provisioned password opens the TLS
+    listener that takes passwords (the device listener takes certificates only), with its
+    children's topics; revoking it cuts it and its password stops working."""
+    gw, child = f"gwp-{secrets.token_hex(3)}", f"kid-{secrets.token_hex(3)}"
+    password = secrets.token_urlsafe(12)
+    x509_broker.access.provision_gateway(gw, password, [child])
+    gateway = connect_password_tls(x509_broker, gw, password)
+    try:
+        assert gateway.publish(f"fleet/v1/{child}/events") < 128
+        assert gateway.publish(f"fleet/v1/{gw}/status") < 128
+        assert gateway.publish("fleet/v1/someone-else/events") == NOT_AUTHORIZED
+        with pytest.raises(AssertionError):  # a wrong password is refused
+            connect_password_tls(x509_broker, gw, "wrong", reconnect=False)
+        started = time.monotonic()
+        x509_broker.access.revoke_device(gw)
+        while not gateway.disconnects and time.monotonic() - started < TIMEOUT:
+            time.sleep(0.01)
+        assert gateway.disconnects and gateway.disconnects[0] - started < 5.0
+        with pytest.raises(AssertionError):
+            connect_password_tls(x509_broker, gw, password, reconnect=False)
+    finally:
+        gateway.close()
+
+
+def connect_password_tls(broker: Broker, username: str, password: str,
+                         reconnect: bool = True) -> Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5)
+    rec = Client(c)
+    c.on_connect = lambda cl, u, f, rc, p: (rec.connects.append(rc), rc.value == 0 and rec.ready.set())
+    c.on_disconnect = lambda cl, u, f, rc, p: rec.disconnects.append(time.monotonic())
+    c.on_publish = lambda cl, u, mid, rc, p: rec.acks.__setitem__(mid, rc.value)
+    c.username_pw_set(username, password)
+    c.tls_set(ca_certs=str(broker.instance.ca_cert))
+    c.reconnect_delay_set(0.2, 1)
+    c.connect(broker.instance.host, broker.instance.tls_port)
+    c.loop_start()
+    if not rec.ready.wait(TIMEOUT if reconnect else 2.0):
+        c.loop_stop()
+        raise AssertionError(rec.connects)
+    return rec
+
+
+@pytest.mark.integration
 def test_revocation_cuts_the_live_connection_and_refuses_the_certificate(
         x509_broker: Broker) -> None:
     uid, bystander_uid = f"rev-{secrets.token_hex(3)}", f"stay-{secrets.token_hex(3)}"
