@@ -134,6 +134,28 @@ class Timer:
                        / count * 1000}
         return times, out
 
+    def statements(self) -> int:
+        """Return how many SQL statements one enrollment sends (each a round trip)."""
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        with CaptureQueriesContext(connection) as queries:
+            self.run(1)
+        log("one enrollment: " + "; ".join(q["sql"][:48] for q in queries.captured_queries))
+        return len(queries.captured_queries)
+
+    def profile(self, count: int) -> None:
+        """Profile ``count`` enrollments by CPU time; log the top functions."""
+        import cProfile
+        import io
+        import pstats
+
+        profiler = cProfile.Profile(time.process_time)
+        profiler.runcall(self.run, count)
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(30)
+        log(f"CPU profile of {count} enrollments:\n{out.getvalue()}")
+
 
 def summary(times: list[float]) -> dict[str, float]:
     times = sorted(times)
@@ -187,6 +209,9 @@ def main() -> None:
     parser.add_argument("--dynsec", type=int, default=3, help="timed dynsec enrollments")
     parser.add_argument("--connect", type=int, default=20)
     parser.add_argument("--revoke", type=int, default=5)
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile 100 enrollments into the full fleet (CPU time, "
+                             "cProfile) and print the top functions to stderr")
     args = parser.parse_args()
     args.fleet = args.fleet or (5_000 if args.quick else 100_000)
     args.measure = args.measure or (30 if args.quick else 300)
@@ -235,7 +260,7 @@ def main() -> None:
         broker.start()
         _, token = do_create_enrollment_token(
             actor=None, expires_at=timezone.now() + timezone.timedelta(days=1),
-            max_uses=3 * args.measure + args.dynsec + 10)
+            max_uses=2 * args.measure + 120)  # warm-up, statements, profile
         timer = Timer(token, pg[1])
         timer.run(5)  # warm-up: imports, connections, caches
         empty_times, _ = timer.run(args.measure)
@@ -252,6 +277,9 @@ def main() -> None:
         full = summary(full_times)
         cpu = {k: round(v, 2) for k, v in timer.cpu_ms.items()}
         log(f"x509, {args.fleet:,} devices: {full}; per enrollment (ms): {cpu}")
+        statements = timer.statements()
+        if args.profile:
+            timer.profile(100)
         # Enrolled devices use their certificates at the broker.
         folder = workdir / "devices"
         folder.mkdir()
@@ -305,7 +333,7 @@ def main() -> None:
              "backend": "x509", "p50": full["p50"], "p95": full["p95"], "n": full["n"],
              "baseline_is": f"dynsec provision_device alone at the same fleet size (n="
                             f"{dynsec['n']}, {refused_5s} over the 5 s admin timeout)",
-             "cpu_ms": cpu, **common},
+             "cpu_ms": cpu, "statements_per_enrollment": statements, **common},
             {"metric": "enroll_ms_per_device_empty_fleet", "value": empty["mean"], "unit": "ms",
              "baseline": None, "ratio": None, "backend": "x509", "p50": empty["p50"],
              "p95": empty["p95"], "n": empty["n"], "fleet_devices": 0},
