@@ -175,16 +175,20 @@ def test_device_enrolls_connects_with_its_certificate_and_is_cut_off_when_revoke
         again.loop_stop()
 
 
+@pytest.mark.parametrize("wrong", ["key", "name"])
 def test_sdk_refuses_a_certificate_for_another_key_or_device(
         x509_fleet: X509Fleet, enrollment_token_factory: Any, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, wrong: str) -> None:
     """An answer whose certificate is not for this device's key and id is not kept: the
     device could not log in with it, or would log in as someone else."""
     from device_sdk.client import identity as identity_module
 
     token = enrollment_token_factory(max_uses=5)
     stranger = enroll_device(x509_fleet, tmp_path / "stranger", token, "x509-stranger")
-    foreign = Path(stranger.mqtt.cert_file or "").read_text()
+    victim_key = identity_module.load_or_create_key(tmp_path / "victim")
+    foreign = (Path(stranger.mqtt.cert_file or "").read_text() if wrong == "key"
+               else x509_fleet.access.ca.issue(  # the victim's key, someone else's name
+                   "x509-stranger", identity_module.public_key_pem(victim_key)).certificate_pem)
     real_request = identity_module._request_json
 
     def swap(url: str, body: Any, **kwargs: Any) -> dict[str, Any]:
