@@ -301,13 +301,23 @@ def main() -> None:
         log(f"{connected} of {len(clients)} connected; revoked {args.revoke}: cut after "
             f"{', '.join(f'{c:.3f}' for c in cuts)} s, {refused} never got back in")
         # Baseline: dynamic security holding the same fleet.
+        from fleet.broker.mosquitto import BrokerError
+
         dyn_password = secrets.token_urlsafe(16)
-        dyn = MosquittoInstance(workdir / "dynsec", free_port(), free_port(), dyn_password)
-        brokers.append(dyn)
-        dyn.prepare()
-        t = time.monotonic()
-        write_dynsec_devices(dyn.dynsec_file, {u: secrets.token_urlsafe(8) for u in uids})
-        dyn.start(timeout=300)
+        for attempt in range(3):  # a free port may be taken by another process meanwhile
+            dyn = MosquittoInstance(workdir / f"dynsec{attempt}", free_port(), free_port(),
+                                    dyn_password)
+            brokers.append(dyn)
+            dyn.prepare()
+            t = time.monotonic()
+            write_dynsec_devices(dyn.dynsec_file, {u: secrets.token_urlsafe(8) for u in uids})
+            try:
+                dyn.start(timeout=300)
+                break
+            except BrokerError as exc:
+                if "Address already in use" not in str(exc) or attempt == 2:
+                    raise
+                log("dynsec baseline: port taken meanwhile; again on other ports")
         log(f"dynsec with {args.fleet:,} devices written and started in "
             f"{time.monotonic() - t:.1f} s")
         # The broker step alone, with time to answer (the server's admin timeout is 5 s:
