@@ -8,6 +8,8 @@ revocation finds a device's serial from its uid alone. With an Ed25519 CA (the d
 new CA) signatures are deterministic too, so a re-issued certificate is byte-identical; with an
 older P-256 CA the re-issued certificate has the same content and serial and another signature.
 
+The uid names the certificate: a uid once revoked stays refused at the broker, whatever key a
+later device under that uid would bring (the server refuses to enroll a revoked device anyway).
 Older releases recorded random serials per device under ``issued/``; those are still revoked
 (``serials``). State in ``directory``: ``device-ca.pem``, ``device-ca.key`` (0600),
 ``revoked.txt`` (serial, uid, time), ``crl.pem``, ``crl.lock``.
