@@ -7,6 +7,8 @@ Environment:
   ALLOWED_HOSTS      comma-separated; default localhost,127.0.0.1.
   MQTT_URL           broker for the server and worker, e.g. mqtt://127.0.0.1:1883.
   MQTT_DEVICE_URL    broker URL handed to devices at enrollment (TLS listener).
+  MQTT_GATEWAY_URL   broker URL handed to serial gateways (default MQTT_DEVICE_URL; with
+                     BROKER_ACCESS=x509, the TLS listener that takes passwords).
   FLEET_VAR_DIR      where run-time files live (artifacts, keys, broker state); default ./var.
   ENROLL_RATE        enrollment attempts per client address, DRF rate syntax; default 30/min.
   ENROLL_CHALLENGE_RATE  proof-of-possession nonces per client address; default 60/min.
@@ -238,6 +240,9 @@ ENROLL_MAX_BODY_BYTES = 16 * 1024
 
 MQTT_URL = os.environ.get("MQTT_URL", "mqtt://127.0.0.1:1883")
 MQTT_DEVICE_URL = os.environ.get("MQTT_DEVICE_URL", MQTT_URL)
+# Gateways log in with a password: with BROKER_ACCESS=x509 the device listener takes
+# certificates only, so they get the password TLS listener.
+MQTT_GATEWAY_URL = os.environ.get("MQTT_GATEWAY_URL", "")  # empty: MQTT_DEVICE_URL
 
 LOGGING = {
     "version": 1,

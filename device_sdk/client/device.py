@@ -56,7 +56,13 @@ from device_sdk.client.batching import EventBatcher, Message, SequenceCounter
 from device_sdk.client.identity import DeviceIdentity
 from device_sdk.client.outbox import Outbox, OutboxEntry
 from device_sdk.mqtt.backoff import Backoff
-from device_sdk.mqtt.config import BrokerEndpoint, LinkConfig, Will, shared_tls_context
+from device_sdk.mqtt.config import (
+    BrokerEndpoint,
+    LinkConfig,
+    Will,
+    shared_tls_context,
+    tls_context,
+)
 from device_sdk.mqtt.link import Link, WireTally
 from device_sdk.mqtt.reactor import Reactor, Timer
 from device_sdk.protocol.events import Event, EventBatch
@@ -169,13 +175,16 @@ class DeviceClient:
         self.events_topic = device_topic(self.uid, Channel.EVENTS)
         self.status_topic = device_topic(self.uid, Channel.STATUS)
         endpoint = BrokerEndpoint.parse(broker_url or identity.mqtt.url)
+        certified = bool(identity.mqtt.cert_file)  # X.509 broker access: no password
         if endpoint.tls and ssl_context is None:
-            ssl_context = shared_tls_context(identity.mqtt.ca_file)
+            ssl_context = (tls_context(identity.mqtt.ca_file, identity.mqtt.cert_file,
+                                       identity.mqtt.key_file) if certified
+                           else shared_tls_context(identity.mqtt.ca_file))
         config = LinkConfig(
             endpoint=endpoint,
             client_id=self.uid,  # the broker binds the client id to the username
             username=identity.mqtt.username,
-            password=identity.mqtt.credential,
+            password=None if certified else identity.mqtt.credential,
             ssl_context=ssl_context,
             will=Will(self.status_topic, OFFLINE_PAYLOAD),
             subscriptions=tuple(sorted(device_topic(self.uid, c) for c in DEVICE_SUBSCRIBES)),
@@ -281,7 +290,8 @@ class DeviceClient:
         if identity.device_id != self.uid:
             raise ValueError(f"identity of {identity.device_id}, not {self.uid}")
         self.identity = identity
-        self.link.set_credentials(identity.mqtt.username, identity.mqtt.credential)
+        self.link.set_credentials(identity.mqtt.username,
+                                  None if identity.mqtt.cert_file else identity.mqtt.credential)
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until the broker accepted the connection; return whether it did in time."""

@@ -5,6 +5,7 @@ Layout of the state directory (0700)::
     device.key       Ed25519 private key, PKCS#8 PEM, mode 0600. Made once, never sent.
     identity.json    device id, MQTT url/username/credential, signing keys (0600: a secret)
     broker-ca.pem    the CA the broker's TLS certificate chains to
+    device.crt       with X.509 broker access: the client certificate for device.key
 
 Enrollment (:func:`enroll`) asks the server for a nonce (``POST /api/v1/enroll/challenge/``),
 signs it with the device key together with the claim token, uid, hardware profile and
@@ -13,6 +14,13 @@ posts all of it to ``POST /api/v1/enroll/`` with the standard library's urllib. 
 binds the device id to the key, so enrolling again with the same key is idempotent: the same
 device id, no token use consumed, and a fresh MQTT credential (which is why the answer is
 persisted before anything else happens). Nobody without the key can do that.
+
+With X.509 broker access the answer carries no password but ``mqtt.client_certificate``: the
+server's device CA certifies the very public key the device just proved it holds (CN = device
+id). The device checks that before keeping it, and presents it with ``device.key`` in the TLS
+handshake; the private key never leaves the device, and no CSR is needed (the signed, fresh
+enrollment request is a stronger proof of possession than a CSR's self-signature, which could
+be replayed).
 """
 
 from __future__ import annotations
@@ -30,8 +38,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
 
 from device_sdk.protocol.enrollment import enrollment_message
 from device_sdk.protocol.status import Capabilities
@@ -53,6 +63,7 @@ log = logging.getLogger(__name__)
 KEY_FILE = "device.key"
 IDENTITY_FILE = "identity.json"
 CA_FILE = "broker-ca.pem"
+CERT_FILE = "device.crt"
 ENROLL_PATH = "/api/v1/enroll/"
 CHALLENGE_PATH = "/api/v1/enroll/challenge/"
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})  # throttled or briefly unavailable
@@ -82,8 +93,12 @@ class MqttCredential:
 
     url: str  # mqtts://host:port
     username: str
-    credential: str
+    credential: str  # the MQTT password; empty with a client certificate
     ca_file: str | None  # absolute path of the broker CA; None: the system trust store
+    # With X.509 broker access: absolute paths of the client certificate and its key (the
+    # device key), presented in the TLS handshake instead of a password.
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -203,11 +218,18 @@ def enroll(
         if ca_pem:
             _write_private(state / CA_FILE, ca_pem)
             ca_file = str((state / CA_FILE).resolve())
+        cert_file = key_file = None
+        if mqtt.get("client_certificate"):
+            _check_certificate(mqtt["client_certificate"], key, answer["device_id"])
+            _write_private(state / CERT_FILE, mqtt["client_certificate"])
+            cert_file = str((state / CERT_FILE).resolve())
+            key_file = str((state / KEY_FILE).resolve())
         identity = DeviceIdentity(
             device_id=answer["device_id"],
             hardware=hardware,
             server=server,
-            mqtt=MqttCredential(mqtt["url"], mqtt["username"], mqtt["credential"], ca_file),
+            mqtt=MqttCredential(mqtt["url"], mqtt["username"], mqtt["credential"], ca_file,
+                                cert_file, key_file),
             signing_keys=tuple(
                 SigningKey(k["kid"], k["public_key"]) for k in answer.get("signing_keys", [])
             ),
@@ -222,6 +244,21 @@ def enroll(
         "new device" if answer.get("created") else "same key, enrolled again", server,
     )
     return identity
+
+
+def _check_certificate(pem: str, key: ed25519.Ed25519PrivateKey, device_id: str) -> None:
+    """Refuse a client certificate that is not for this device's own key and id: it would not
+    work at the broker (or would be someone else's identity)."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError as exc:
+        raise EnrollmentError("bad_answer", f"client certificate unreadable: {exc}") from None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if cert.public_key() != key.public_key():
+        raise EnrollmentError("bad_answer", "the client certificate is not for this device's key")
+    if [n.value for n in names] != [device_id]:
+        raise EnrollmentError("bad_answer",
+                              f"the client certificate names {names!r}, not {device_id!r}")
 
 
 def ensure_enrolled(

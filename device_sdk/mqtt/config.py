@@ -81,10 +81,14 @@ class LinkListener(Protocol):
 CREDENTIAL_REFUSED = frozenset({0x86, 0x87})  # bad user name or password, not authorized
 
 
-def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """Return a client TLS context that trusts ``ca_file`` (or the system store) and checks names."""
+def tls_context(ca_file: str | None, cert_file: str | None = None,
+                key_file: str | None = None) -> ssl.SSLContext:
+    """Return a client TLS context that trusts ``ca_file`` (or the system store) and checks
+    names; with ``cert_file`` and ``key_file``, it presents that client certificate."""
     context = ssl.create_default_context(cafile=ca_file)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file:
+        context.load_cert_chain(cert_file, key_file)
     return context
 
 

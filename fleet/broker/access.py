@@ -125,6 +125,24 @@ class BrokerAccess(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class DeviceCertificate:
+    """A device's MQTT client certificate and the CA that issued it (both PEM)."""
+
+    certificate_pem: str  # CN = the device uid; the public key the device enrolled with
+    ca_pem: str  # the device CA the broker trusts it by (the chain up to that root)
+
+
+@runtime_checkable
+class IssuesDeviceCertificates(Protocol):
+    """A `BrokerAccess` whose devices log in with client certificates instead of passwords
+    (``fleet.broker.x509``): enrollment hands the device its certificate."""
+
+    def issue_device_certificate(self, uid: str, public_key_pem: str) -> DeviceCertificate:
+        """Return ``uid``'s certificate for the public key it proved it holds (O(1))."""
+        ...
+
+
 def check_uid(uid: str) -> str:
     """Return ``uid`` if it can name a device's topic subtree, else raise ValueError."""
     if not isinstance(uid, str) or not _UID_RE.fullmatch(uid) or uid in RESERVED_UIDS:

@@ -9,12 +9,15 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from device_sdk.protocol.enrollment import enrollment_message
 from fleet.audit.actions import record_audit
-from fleet.core.errors import Refused
+from fleet.broker.access import DeviceCertificate, IssuesDeviceCertificates
 from fleet.broker.configured import broker_access, require_broker_access
+from fleet.core.errors import Refused
+from fleet.devices.capabilities import capability_issues
 from fleet.devices.choices import DeviceState, TokenState
 from fleet.devices.credentials import (
     InvalidPublicKey,
@@ -24,7 +27,6 @@ from fleet.devices.credentials import (
     new_mqtt_password,
     parse_public_key,
 )
-from fleet.devices.capabilities import capability_issues
 from fleet.devices.models import (
     Device,
     DeviceGroup,
@@ -44,12 +46,15 @@ class EnrollmentError(Refused):
 
 @dataclass(frozen=True)
 class EnrollmentResult:
-    """What an enrolled device is told once: its id and its MQTT credential."""
+    """What an enrolled device is told once: its id and its MQTT credential, which is a
+    password, or (``certificate``: X.509 broker access) a client certificate for its own key
+    and no password (``mqtt_password`` empty)."""
 
     device: Device
     mqtt_username: str
     mqtt_password: str
     created: bool
+    certificate: DeviceCertificate | None = None
 
 
 @transaction.atomic
@@ -157,17 +162,14 @@ def do_enroll_device(
                                  capabilities=proof.capabilities, via=via.uid if via else "")
     check_proof(key.pem, message, proof.nonce, proof.signature)
 
-    claim = (
-        EnrollmentToken.objects.select_for_update()
-        .filter(token_hash=hash_secret(token))
-        .first()
-    )
+    claim = _one(EnrollmentToken.objects.select_for_update()
+                 .filter(token_hash=hash_secret(token)))
     if claim is None:
         raise EnrollmentError("token_unknown", "No such enrollment token.", 403)
     if claim.revoked_at is not None:
         raise EnrollmentError(*_TOKEN_REFUSALS[TokenState.REVOKED], 403)
 
-    profile = HardwareProfile.objects.filter(name=hardware).first()
+    profile = _one(HardwareProfile.objects.filter(name=hardware))
     if profile is None:
         raise EnrollmentError("unknown_hardware", f"No hardware profile named {hardware!r}.", 400)
     if claim.hardware_profile_id is not None and claim.hardware_profile_id != profile.id:
@@ -177,15 +179,16 @@ def do_enroll_device(
             403,
         )
 
-    existing = Device.objects.select_for_update().filter(
-        public_key_fingerprint=key.fingerprint
-    ).first()
+    derived = default_uid(key.fingerprint)
+    # One query for both questions: is this key enrolled, and is the uid asked for taken?
+    found = list(Device.objects.select_for_update().order_by().filter(
+        Q(public_key_fingerprint=key.fingerprint) | Q(uid=uid or derived)))
+    existing = next((d for d in found if d.public_key_fingerprint == key.fingerprint), None)
     if existing is not None:
         return _re_enroll(existing, claim, uid, profile, capabilities, via, remote_addr)
 
-    derived = default_uid(key.fingerprint)
     uid = uid or derived
-    if not claim.admits_uid(uid, derived) or Device.objects.filter(uid=uid).exists():
+    if not claim.admits_uid(uid, derived) or found:  # found: the uid has another key
         raise EnrollmentError(*_UID_REFUSAL, 403)
     state = claim.state
     if state != TokenState.ACTIVE:
@@ -205,7 +208,7 @@ def do_enroll_device(
     )
     claim.uses += 1
     claim.save(update_fields=["uses"])
-    password = _provision(device)
+    password, certificate = _provision(device)
     if via is not None:
         _attach_to_gateway(via, device)
     record_audit(
@@ -217,7 +220,14 @@ def do_enroll_device(
     )
     log.info("device %s enrolled (%s, token %s…%s)", uid, profile.name, claim.prefix,
              f", via gateway {via.uid}" if via else "")
-    return EnrollmentResult(device, uid, password, created=True)
+    return EnrollmentResult(device, uid, password, created=True, certificate=certificate)
+
+
+def _one(rows: QuerySet[Any]) -> Any:
+    """Return the row a lookup on a unique column finds, or None, without the ORDER BY that
+    ``first()`` adds (CPU in the ORM, on the path of every enrollment)."""
+    found = list(rows.order_by()[:1])
+    return found[0] if found else None
 
 
 def _re_enroll(
@@ -248,12 +258,13 @@ def _re_enroll(
     for field, value in _capability_fields(capabilities, profile).items():
         setattr(device, field, value)
     device.save()
-    password = _provision(device)
+    password, certificate = _provision(device)
     if via is not None:  # the key's holder signed this relay: it may speak for the device
         _attach_to_gateway(via, device)
     record_audit(actor=None, actor_label=f"device:{device.uid}", action="device.re_enroll",
                  obj=device, after={"via": via.uid if via else None}, remote_addr=remote_addr)
-    return EnrollmentResult(device, device.uid, password, created=False)
+    return EnrollmentResult(device, device.uid, password, created=False,
+                            certificate=certificate)
 
 
 def _attach_to_gateway(gateway: Gateway, device: Device) -> None:
@@ -287,23 +298,29 @@ def _capability_fields(capabilities: dict[str, Any], profile: HardwareProfile) -
     }
 
 
-def _provision(device: Device) -> str:
-    """Issue a fresh MQTT password and give it to the broker, inside the enrollment transaction.
+def _provision(device: Device) -> tuple[str, DeviceCertificate | None]:
+    """Give the device its broker credential, inside the enrollment transaction: a fresh MQTT
+    password the broker learns, or (a backend that `IssuesDeviceCertificates`) a client
+    certificate for the public key the device just proved it holds, and no password.
 
     A broker failure raises and rolls the enrollment back, so a device is never told a
     credential the broker does not know.
     """
-    password = new_mqtt_password()
     access = broker_access()
+    issuer = access if isinstance(access, IssuesDeviceCertificates) else None
+    password = "" if issuer is not None else new_mqtt_password()
+    certificate = None
     if access is not None:
         try:
             access.provision_device(device.uid, password)
+            if issuer is not None:
+                certificate = issuer.issue_device_certificate(device.uid, device.public_key_pem)
         except Exception as exc:  # any broker failure: refuse cleanly, write nothing
             log.error("broker refused to provision %s: %s", device.uid, exc)
             raise EnrollmentError(
                 "broker_unavailable", "The message broker is unavailable; retry later.", 503
             ) from exc
-    return password
+    return password, certificate
 
 
 @transaction.atomic

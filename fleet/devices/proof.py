@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import connection
 from django.utils import timezone
 
 from fleet.core.errors import Refused
@@ -78,14 +78,19 @@ def consume_nonce(nonce: bytes) -> None:
     """Record that ``nonce`` has been used; refuse it if it was before (a replay).
 
     Runs inside the caller's transaction: a refusal later in the request rolls it back, so the
-    device may retry with the same signed request only if nothing was granted.
+    device may retry with the same signed request only if nothing was granted. One statement
+    (``ON CONFLICT DO NOTHING``: no savepoint round trips); a replay inserts no row.
     """
     digest = hashlib.sha256(nonce).hexdigest()
-    try:
-        with transaction.atomic():
-            UsedNonce.objects.create(digest=digest)
-    except IntegrityError:
-        raise ProofRefused("proof_replayed", "This signed request was used before.", 403) from None
+    table = connection.ops.quote_name(UsedNonce._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (digest, used_at) VALUES (%s, %s) "
+            "ON CONFLICT (digest) DO NOTHING",
+            [digest, connection.ops.adapt_datetimefield_value(timezone.now())])
+        inserted = cursor.rowcount
+    if inserted != 1:
+        raise ProofRefused("proof_replayed", "This signed request was used before.", 403)
     cutoff = timezone.now() - timedelta(seconds=2 * NONCE_LIFETIME_S)
     if secrets.randbelow(64) == 0:  # now and then: prune what can no longer be replayed
         UsedNonce.objects.filter(used_at__lt=cutoff).delete()

@@ -20,12 +20,12 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from fleet.core.roles import Role
+from device_sdk.protocol.enrollment import MAX_NONCE_BYTES, MAX_SIGNATURE_BYTES
 from fleet.core.api import client_address
+from fleet.core.roles import Role
 from fleet.core.throttling import ClientRateThrottle
 from fleet.devices import gateway_actions as actions
 from fleet.devices.api.authentication import gateway_of
-from device_sdk.protocol.enrollment import MAX_NONCE_BYTES, MAX_SIGNATURE_BYTES
 from fleet.devices.api.serializers import HexBytesField, MqttCredentialSerializer
 from fleet.devices.models import Gateway
 from fleet.devices.trust import broker_ca_pem
@@ -122,7 +122,7 @@ class GatewayViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         gateway = result.gateway
         gateway.created = result.created
         gateway.mqtt = {
-            "url": settings.MQTT_DEVICE_URL,
+            "url": settings.MQTT_GATEWAY_URL or settings.MQTT_DEVICE_URL,
             "username": gateway.uid,
             "credential": result.password,
             "ca_cert": broker_ca_pem(),

@@ -11,7 +11,6 @@ from rest_framework import serializers
 
 from device_sdk.protocol.enrollment import MAX_NONCE_BYTES, MAX_SIGNATURE_BYTES
 from device_sdk.protocol.topics import is_valid_uid
-
 from fleet.devices.models import Device, DeviceGroup, EnrollmentToken, HardwareProfile, Tag
 
 OP_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
@@ -140,8 +139,24 @@ class EnrollChallengeSerializer(serializers.Serializer):
 class MqttCredentialSerializer(serializers.Serializer):
     url = serializers.CharField()
     username = serializers.CharField()
-    credential = serializers.CharField()
+    credential = serializers.CharField(
+        allow_blank=True,
+        help_text="MQTT password; empty when the broker authenticates the device by its client "
+                  "certificate (client_certificate)")
     ca_cert = serializers.CharField(help_text="PEM of the CA the broker's TLS certificate chains to")
+
+
+class EnrollMqttSerializer(MqttCredentialSerializer):
+    client_certificate = serializers.CharField(
+        required=False,
+        help_text="with X.509 broker access (BROKER_ACCESS=x509) only: PEM client certificate, "
+                  "CN = device_id, for the public key the device enrolled with (it never sends "
+                  "its private key). Present it in the TLS handshake with that key; the broker "
+                  "takes the CN as username and client id")
+    client_ca = serializers.CharField(
+        required=False,
+        help_text="with client_certificate: PEM of the device CA that issued it (the chain up to "
+                  "the root the broker trusts device certificates by)")
 
 
 class SigningKeyRefSerializer(serializers.Serializer):
@@ -152,7 +167,7 @@ class SigningKeyRefSerializer(serializers.Serializer):
 class EnrollResponseSerializer(serializers.Serializer):
     device_id = serializers.CharField()
     created = serializers.BooleanField()
-    mqtt = MqttCredentialSerializer()
+    mqtt = EnrollMqttSerializer()
     signing_keys = SigningKeyRefSerializer(many=True)
     topics_prefix = serializers.CharField()
 

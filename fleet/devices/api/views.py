@@ -12,18 +12,18 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from fleet.core.roles import Role
 from fleet.audit.viewsets import AuditedModelViewSet
 from fleet.core.api import ApiError, client_address
+from fleet.core.roles import Role
 from fleet.core.throttling import ClientRateThrottle
 from fleet.devices import actions
 from fleet.devices.api import serializers as s
+from fleet.devices.api.authentication import GatewayTokenAuthentication, gateway_of
 from fleet.devices.filtersets import (
     DeviceFilterSet,
     EnrollmentTokenFilterSet,
     HardwareProfileFilterSet,
 )
-from fleet.devices.api.authentication import GatewayTokenAuthentication, gateway_of
 from fleet.devices.models import Device, DeviceGroup, EnrollmentToken, Gateway, HardwareProfile
 from fleet.devices.proof import NONCE_LIFETIME_S, issue_nonce
 from fleet.devices.trust import broker_ca_pem, published_signing_keys
@@ -157,7 +157,9 @@ class EnrollViewSet(viewsets.GenericViewSet):
     def create(self, request: Request) -> Response:
         """Enroll a device: token, public key, hardware profile, capabilities and a signature
         by the device's key over them and a fresh nonce in; id and MQTT credential out (201
-        when created, 200 when the same key enrolls again)."""
+        when created, 200 when the same key enrolls again). With X.509 broker access the
+        credential is a client certificate for the enrolled key (``mqtt.client_certificate``)
+        and ``mqtt.credential`` is empty."""
         length = int(request.META.get("CONTENT_LENGTH") or 0)
         if length > settings.ENROLL_MAX_BODY_BYTES or len(request.body) > settings.ENROLL_MAX_BODY_BYTES:
             raise ApiError("payload_too_large",
@@ -179,15 +181,19 @@ class EnrollViewSet(viewsets.GenericViewSet):
             via=Gateway.objects.get(pk=caller.gateway_id) if caller else None,
             remote_addr=client_address(request),
         )
+        mqtt = {
+            "url": settings.MQTT_DEVICE_URL,
+            "username": result.mqtt_username,
+            "credential": result.mqtt_password,
+            "ca_cert": broker_ca_pem(),
+        }
+        if result.certificate is not None:  # X.509 broker access: no password
+            mqtt["client_certificate"] = result.certificate.certificate_pem
+            mqtt["client_ca"] = result.certificate.ca_pem
         body = {
             "device_id": result.device.uid,
             "created": result.created,
-            "mqtt": {
-                "url": settings.MQTT_DEVICE_URL,
-                "username": result.mqtt_username,
-                "credential": result.mqtt_password,
-                "ca_cert": broker_ca_pem(),
-            },
+            "mqtt": mqtt,
             "signing_keys": published_signing_keys(),
             "topics_prefix": f"fleet/v1/{result.device.uid}/",
         }

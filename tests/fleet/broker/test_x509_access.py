@@ -23,7 +23,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from fleet.broker.access import BrokerAccess, ServiceRole, device_grants
 from fleet.broker.mosquitto import MosquittoInstance
-from fleet.broker.x509 import DeviceCA, X509Access, _merge, device_patterns, write_broker_template
+from fleet.broker.x509 import (
+    DeviceCA,
+    X509Access,
+    device_patterns,
+    merge_grants,
+    write_broker_template,
+)
 from testkit.broker import free_port, require_mosquitto
 
 NOT_AUTHORIZED = 135
@@ -34,22 +40,62 @@ def test_patterns_grant_exactly_device_grants() -> None:
     """The %u patterns, expanded for a uid, are that uid's device_grants, nothing more."""
     expanded = {line.split(" ", 2)[2].replace("%u", "d1"): line.split(" ", 2)[1]
                 for line in device_patterns()}
-    assert expanded == _merge(device_grants("d1"))
+    assert expanded == merge_grants(device_grants("d1"))
 
 
-def test_issuance_and_revocation_survive_a_new_process(tmp_path: Path) -> None:
-    ca = DeviceCA(tmp_path).ensure()
+def _public_pem(key: Any) -> str:
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+@pytest.mark.parametrize("ca_key", ["ed25519", "p256"])
+def test_issuance_and_revocation_survive_a_new_process(tmp_path: Path, ca_key: str) -> None:
+    ca = DeviceCA(tmp_path).ensure(ca_key)
     key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                        serialization.PublicFormat.SubjectPublicKeyInfo)
-    cert = cx509.load_pem_x509_certificate(ca.issue("dev-1", pem).encode())
+    issued = ca.issue("dev-1", _public_pem(key))
+    cert = cx509.load_pem_x509_certificate(issued.certificate_pem.encode())
     assert cert.subject.rfc4514_string() == "CN=dev-1"
+    assert cert.public_key() == key.public_key()
+    assert issued.ca_pem == ca.cert_path.read_text()
     assert ca.revoke("dev-1") == [cert.serial_number]
     assert ca.revoke("dev-1") == []  # idempotent
     again = DeviceCA(tmp_path).ensure()
     crl = cx509.load_pem_x509_crl(again.crl_path.read_bytes())
     assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
-    assert crl.is_signature_valid(again._cert.public_key())  # type: ignore[union-attr]
+    assert crl.is_signature_valid(again._cert.public_key())  # type: ignore[union-attr,arg-type]
+    assert cert.verify_directly_issued_by(again._cert) is None  # type: ignore[func-returns-value,arg-type]
+
+
+def test_issuing_writes_nothing_and_any_process_finds_the_serial(tmp_path: Path) -> None:
+    """A certificate is a function of (uid, key, CA): issuing writes no record, another
+    process (another web host with the CA key) issues the same one, and revocation finds its
+    serial from the uid alone."""
+    ca = DeviceCA(tmp_path).ensure()
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    key = ed25519.Ed25519PrivateKey.generate()
+    first = ca.issue("dev-2", _public_pem(key)).certificate_pem
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    assert DeviceCA(tmp_path).ensure().issue("dev-2", _public_pem(key)).certificate_pem == first
+    serial = cx509.load_pem_x509_certificate(first.encode()).serial_number
+    other = cx509.load_pem_x509_certificate(ca.issue("dev-3", _public_pem(key)).certificate_pem
+                                            .encode()).serial_number
+    assert serial != other
+    assert DeviceCA(tmp_path).ensure().revoke("dev-2") == [serial]
+
+
+def test_serials_are_secret_to_whoever_lacks_the_ca_key(tmp_path: Path) -> None:
+    """Two CAs give the same uid unrelated serials: the serial is keyed by the CA key."""
+    one, two = DeviceCA(tmp_path / "a").ensure(), DeviceCA(tmp_path / "b").ensure()
+    assert one.serial_for("dev-1") != two.serial_for("dev-1")
+    assert 0 < one.serial_for("dev-1") < 2 ** 120
+
+
+def test_serials_recorded_by_older_releases_are_revoked_too(tmp_path: Path) -> None:
+    ca = DeviceCA(tmp_path).ensure()
+    legacy = ca._legacy_file("dev-old")
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text("abc123\n")
+    assert sorted(ca.revoke("dev-old")) == sorted([ca.serial_for("dev-old"), 0xabc123])
 
 
 @dataclass
@@ -135,7 +181,7 @@ def enroll(broker: Broker, uid: str, algorithm: str = "ed25519") -> tuple[Path, 
                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode()
     broker.access.provision_device(uid, "unused")
     cert = broker.pki / f"{uid}.crt"
-    cert.write_text(broker.access.issue_device_certificate(uid, pem))
+    cert.write_text(broker.access.issue_device_certificate(uid, pem).certificate_pem)
     key_path = broker.pki / f"{uid}.key"
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
                                            serialization.PrivateFormat.PKCS8,
@@ -218,6 +264,50 @@ def test_gateway_speaks_for_its_children_only(x509_broker: Broker) -> None:
         assert gateway.publish(f"fleet/v1/{stranger}/events") == NOT_AUTHORIZED
     finally:
         gateway.close()
+
+
+@pytest.mark.integration
+def test_gateway_logs_in_with_its_password_over_tls_until_revoked(x509_broker: Broker) -> None:
+    """A serial gateway has no device certificate: its provisioned password opens the TLS
+    listener that takes passwords (the device listener takes certificates only), with its
+    children's topics; revoking it cuts it and its password stops working."""
+    gw, child = f"gwp-{secrets.token_hex(3)}", f"kid-{secrets.token_hex(3)}"
+    password = secrets.token_urlsafe(12)
+    x509_broker.access.provision_gateway(gw, password, [child])
+    gateway = connect_password_tls(x509_broker, gw, password)
+    try:
+        assert gateway.publish(f"fleet/v1/{child}/events") < 128
+        assert gateway.publish(f"fleet/v1/{gw}/status") < 128
+        assert gateway.publish("fleet/v1/someone-else/events") == NOT_AUTHORIZED
+        with pytest.raises(AssertionError):  # a wrong password is refused
+            connect_password_tls(x509_broker, gw, "wrong", reconnect=False)
+        started = time.monotonic()
+        x509_broker.access.revoke_device(gw)
+        while not gateway.disconnects and time.monotonic() - started < TIMEOUT:
+            time.sleep(0.01)
+        assert gateway.disconnects and gateway.disconnects[0] - started < 5.0
+        with pytest.raises(AssertionError):
+            connect_password_tls(x509_broker, gw, password, reconnect=False)
+    finally:
+        gateway.close()
+
+
+def connect_password_tls(broker: Broker, username: str, password: str,
+                         reconnect: bool = True) -> Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5)
+    rec = Client(c)
+    c.on_connect = lambda cl, u, f, rc, p: (rec.connects.append(rc), rc.value == 0 and rec.ready.set())
+    c.on_disconnect = lambda cl, u, f, rc, p: rec.disconnects.append(time.monotonic())
+    c.on_publish = lambda cl, u, mid, rc, p: rec.acks.__setitem__(mid, rc.value)
+    c.username_pw_set(username, password)
+    c.tls_set(ca_certs=str(broker.instance.ca_cert))
+    c.reconnect_delay_set(0.2, 1)
+    c.connect(broker.instance.host, broker.instance.tls_port)
+    c.loop_start()
+    if not rec.ready.wait(TIMEOUT if reconnect else 2.0):
+        c.loop_stop()
+        raise AssertionError(rec.connects)
+    return rec
 
 
 @pytest.mark.integration
