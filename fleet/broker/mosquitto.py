@@ -56,6 +56,14 @@ DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 MAX_PAYLOAD = 256 * 1024
 # Topic, properties and fixed header on top of the largest allowed payload.
 PACKET_OVERHEAD = 4 * 1024
+# What Mosquitto queues per client session beyond what is in flight. Past either limit it drops
+# further messages for that client *after* acknowledging them to their publisher (Mosquitto 2.0
+# never pushes back on a QoS 1 publisher: bench/soak.py measured it), so the limits are sized
+# for the backlog a worker may build while it restarts or lags: 512 MiB is ~2M event batches,
+# ~14 minutes of 80k events/s. The count limit stays above what the bytes allow. Devices come
+# nowhere near: fan-out chunks are QoS 0 to them, and offers are few (deploy/README.md).
+MAX_QUEUED_MESSAGES = 4_000_000
+MAX_QUEUED_BYTES = 512 * 1024 * 1024
 # Descriptors the broker needs besides its clients: listeners, log, persistence, the dynsec
 # JSON while it is rewritten, epoll, stdio.
 FD_RESERVE = 64
@@ -83,7 +91,8 @@ class MosquittoInstance:
         dynsec_plugin: str = DYNSEC_PLUGIN,
         template: str | os.PathLike[str] = DEFAULT_TEMPLATE,
         autosave_interval: int = 10,
-        max_queued_messages: int = 100_000,
+        max_queued_messages: int = MAX_QUEUED_MESSAGES,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
         max_inflight_messages: int = 100,
         max_payload: int = MAX_PAYLOAD,
         max_connections: int | None = None,
@@ -110,6 +119,7 @@ class MosquittoInstance:
         self.cert_hosts = cert_hosts
         self.autosave_interval = autosave_interval
         self.max_queued_messages = max_queued_messages
+        self.max_queued_bytes = max_queued_bytes
         self.max_inflight_messages = max_inflight_messages
         self.max_payload = max_payload
         self.max_connections = (
@@ -185,6 +195,7 @@ class MosquittoInstance:
             "persistence_dir": self.workdir / "data",
             "autosave_interval": self.autosave_interval,
             "max_queued_messages": self.max_queued_messages,
+            "max_queued_bytes": self.max_queued_bytes,
             "max_inflight_messages": self.max_inflight_messages,
             "max_packet_size": self.max_packet_size,
             "max_connections": self.max_connections,
