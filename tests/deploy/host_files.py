@@ -66,6 +66,11 @@ def exec_start(unit: str, env: dict[str, str], layout: HostLayout, instance: str
     return shlex.split(layout.port(layout.place(line)))
 
 
+def exec_stop(unit: str, layout: HostLayout) -> list[str]:
+    """Return a unit's ExecStop as argv (the broker's stop command)."""
+    return shlex.split(layout.port(layout.place(unit_directives(unit)["ExecStop"][0])))
+
+
 def readme_host_steps() -> list[str]:
     """Return the shell lines of deploy/README.md's "On a host (systemd)" block."""
     text = (DEPLOY / "README.md").read_text()

@@ -26,6 +26,7 @@ from tests.deploy.host_files import (
     HostLayout,
     env_file,
     exec_start,
+    exec_stop,
     readme_host_steps,
     translate,
     unit_directives,
@@ -108,20 +109,20 @@ def host_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostStack]:
     # Outside pytest's private (0700) folders: initdb runs as user postgres.
     pg_dir = Path(tempfile.mkdtemp(prefix="fleet-host-pg-")) / "pg"
     pg_dir.parent.chmod(0o755)
-    started = subprocess.run(["bash", str(POSTGRES_SH), "start", str(pg_dir),
-                              str(layout.ports[5432])], capture_output=True, text=True,
-                             check=False, timeout=120)
-    assert started.returncode == 0, started.stderr
-    admin_url = started.stdout.strip().splitlines()[-1]
-    subprocess.run(["psql", admin_url, "-qc", "CREATE DATABASE fleet"], check=True,
-                   capture_output=True, timeout=60)
     env = _host_env(layout)
     cert, key = self_signed(folder)
     https_port, http_port = free_port(), free_port()
     stack = HostStack(layout, env, https_port, cert, env["DATABASE_URL"])
     processes: list[subprocess.Popen] = []
-    broker_stop: list[str] | None = None
+    broker_stop = exec_stop("fleet-broker.service", layout)
     try:
+        started = subprocess.run(["bash", str(POSTGRES_SH), "start", str(pg_dir),
+                                  str(layout.ports[5432])], capture_output=True, text=True,
+                                 check=False, timeout=120)
+        assert started.returncode == 0, started.stderr
+        admin_url = started.stdout.strip().splitlines()[-1]
+        subprocess.run(["psql", admin_url, "-qc", "CREATE DATABASE fleet"], check=True,
+                       capture_output=True, timeout=60)
         for n, step in enumerate(translate(readme_host_steps())):
             if step.kind == "manage":
                 argv = [layout.place(a) for a in step.argv]
@@ -136,7 +137,6 @@ def host_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostStack]:
                     kind = unit_directives(name)["Type"][0]
                     if kind == "forking":  # the broker: the start command returns once it runs
                         _run(argv, env, log)
-                        broker_stop = exec_start_stop(name, env, layout)
                     else:
                         with log.open("wb") as out:
                             processes.append(subprocess.Popen(
@@ -155,7 +155,7 @@ def host_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostStack]:
                     [nginx, "-c", str(conf), "-p", str(folder), "-g", "daemon off;"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 _wait_port(https_port, processes[-1], folder / "error.log")
-        assert broker_stop is not None and len(processes) == 4, "web, 2 workers, nginx"
+        assert len(processes) == 4, "web, 2 workers, nginx"
         _wait_workers(stack)
         stack.token = _operator_token(stack)
         yield stack
@@ -167,19 +167,10 @@ def host_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostStack]:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
-        if broker_stop is not None:
-            subprocess.run(broker_stop, cwd=REPO, env=env, check=False, timeout=60)
+        subprocess.run(broker_stop, cwd=REPO, env=env, check=False, timeout=60)
         subprocess.run(["bash", str(POSTGRES_SH), "stop", str(pg_dir),
                         str(layout.ports[5432])], check=False, timeout=60)
         shutil.rmtree(pg_dir.parent, ignore_errors=True)
-
-
-def exec_start_stop(name: str, env: dict[str, str], layout: HostLayout) -> list[str]:
-    """The unit's ExecStop as argv (the broker's stop command)."""
-    import shlex
-
-    line = unit_directives(name)["ExecStop"][0]
-    return shlex.split(layout.port(layout.place(line)))
 
 
 def _wait_workers(stack: HostStack, timeout: float = 60) -> None:
