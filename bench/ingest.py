@@ -72,6 +72,15 @@ def django_env(db_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def broker_admin_settings() -> None:
+    """Give this process the one setting the broker admin reads (a device's grants depend on
+    FANOUT_ACCESS), as the server has it, without a database or Django apps."""
+    from django.conf import settings
+
+    if not settings.configured:
+        settings.configure(FANOUT_ACCESS=os.environ.get("FANOUT_ACCESS", "encrypt"))
+
+
 def run_setup_db(count: int) -> None:
     """Create ``count`` devices in the database of DATABASE_URL; print uid -> id as JSON."""
     import django
@@ -281,6 +290,7 @@ class Run:
         """Create the devices' rows and broker credentials; return uid -> password."""
         from fleet.broker.dynsec import DynsecAccess
 
+        broker_admin_settings()
         passwords = {uid: secrets.token_urlsafe(12) for uid in self.db.devices(self.args.devices)}
         with DynsecAccess(self.broker.host, self.broker.port, self.broker.admin_username,
                           self.broker.admin_password) as access:

@@ -15,7 +15,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mqtt_raw import RawDevice
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: the streams' start
 PUBLISH_WINDOW = 50  # QoS 1 messages in flight per device, below the broker's maximum (100)
@@ -88,44 +91,6 @@ def _publish_paho(spec: dict[str, Any], payloads: dict[str, list[bytes]]) -> tup
     return total - warmup, acked["refused"], seconds
 
 
-def _mqtt_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        value, digit = value >> 7, value & 0x7F
-        out.append(digit | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _mqtt_str(text: str | bytes) -> bytes:
-    data = text.encode() if isinstance(text, str) else text
-    return len(data).to_bytes(2, "big") + data
-
-
-def _mqtt_packet(first_byte: int, body: bytes) -> bytes:
-    return bytes([first_byte]) + _mqtt_varint(len(body)) + body
-
-
-def _mqtt_packets(buffer: bytearray) -> list[tuple[int, bytes]]:
-    """Take the complete MQTT packets off the front of ``buffer``: (first byte, body)."""
-    packets = []
-    while len(buffer) >= 2:
-        length, shift, pos = 0, 0, 1
-        while pos < len(buffer):
-            byte = buffer[pos]
-            length |= (byte & 0x7F) << shift
-            shift, pos = shift + 7, pos + 1
-            if byte < 0x80:
-                break
-        else:
-            break  # the length itself is not complete yet
-        if len(buffer) < pos + length:
-            break
-        packets.append((buffer[0], bytes(buffer[pos:pos + length])))
-        del buffer[:pos + length]
-    return packets
-
-
 def _publish_raw(spec: dict[str, Any], payloads: dict[str, list[bytes]]) -> tuple[int, int, float]:
     """Publish pre-encoded MQTT 5 PUBLISH packets (QoS 1) over one plain socket per device.
 
@@ -135,40 +100,27 @@ def _publish_raw(spec: dict[str, Any], payloads: dict[str, list[bytes]]) -> tupl
     counted once its PUBACK arrived; a PUBACK reason >= 0x80 is a refusal.
     """
     import selectors
-    import socket
+
+    from mqtt_raw import connect_device, publish_packet
 
     selector = selectors.DefaultSelector()
-    queues: dict[socket.socket, list[bytes]] = {}
+    queues: dict[RawDevice, list[bytes]] = {}
     for uid, password in spec["devices"]:
-        sock = socket.create_connection((spec["host"], spec["port"]))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # MQTT 5 CONNECT: clean start, username and password, keepalive 60 s, no properties.
-        variable = _mqtt_str("MQTT") + bytes([5, 0xC2]) + (60).to_bytes(2, "big") + b"\x00"
-        sock.sendall(_mqtt_packet(0x10, variable + _mqtt_str(uid) + _mqtt_str(uid)
-                                  + _mqtt_str(password)))
-        buffer = bytearray()
-        while not (packets := _mqtt_packets(buffer)):
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise RuntimeError(f"broker closed the connection of {uid}")
-            buffer += chunk
-        (first, body), = packets
-        if first != 0x20 or body[1] != 0:
-            raise RuntimeError(f"broker refused {uid}: CONNACK {first:#x} reason {body[1]:#x}")
-        topic = _mqtt_str(f"fleet/v1/{uid}/events")
+        device = connect_device(spec["host"], spec["port"], uid, password)
         # Packet ids cycle through 1..65535; never more than PUBLISH_WINDOW are in flight.
-        queues[sock] = [_mqtt_packet(0x32, topic + (i % 65_535 + 1).to_bytes(2, "big") + b"\x00"
-                                     + payload) for i, payload in enumerate(payloads[uid])]
-        queues[sock].reverse()  # popped from the end
-        selector.register(sock, selectors.EVENT_READ, bytearray())
+        queues[device] = [publish_packet(device.topic, i % 65_535 + 1, payload)
+                          for i, payload in enumerate(payloads[uid])]
+        queues[device].reverse()  # popped from the end
+        selector.register(device.sock, selectors.EVENT_READ, device)
     acked = refused = 0
 
-    def send(sock: socket.socket, count: int) -> None:
-        queue = queues[sock]
+    def send(device: RawDevice, count: int) -> None:
+        queue = queues[device]
         if queue and count:
             batch = queue[-count:]
             del queue[-count:]
-            sock.sendall(b"".join(reversed(batch)))
+            device.inflight += len(batch)
+            device.sock.sendall(b"".join(reversed(batch)))
 
     def pump(until: int, refill: bool) -> None:
         """Read PUBACKs until ``until`` in all; with ``refill``, send one message per ack."""
@@ -178,32 +130,23 @@ def _publish_raw(spec: dict[str, Any], payloads: dict[str, list[bytes]]) -> tupl
             if not events:
                 raise RuntimeError(f"no PUBACK for 60 s ({acked} of {until} acknowledged)")
             for key, _ in events:
-                sock, buffer = key.fileobj, key.data
-                chunk = sock.recv(65_536)
-                if not chunk:
-                    raise RuntimeError("broker closed a device connection")
-                buffer += chunk
-                done = 0
-                for first, body in _mqtt_packets(buffer):
-                    if first >> 4 != 4:  # PUBACK
-                        raise RuntimeError(f"unexpected packet {first:#x} from the broker")
-                    done += 1
-                    refused += len(body) > 2 and body[2] >= 0x80
+                device = key.data
+                done, no = device.read_pubacks()
                 acked += done
+                refused += no
                 if refill:
-                    send(sock, done)
+                    send(device, done)
 
-    for sock in queues:  # the warm-up: each device's first batch
-        send(sock, 1)
+    for device in queues:  # the warm-up: each device's first batch
+        send(device, 1)
     warmup = len(queues)
     pump(warmup, refill=False)
     total = warmup + sum(len(q) for q in queues.values())
     started = _wait_for_go()
-    for sock in queues:
-        send(sock, PUBLISH_WINDOW)
+    for device in queues:
+        send(device, PUBLISH_WINDOW)
     pump(total, refill=True)
     seconds = time.monotonic() - started
-    for sock in queues:
-        sock.sendall(b"\xe0\x00")  # DISCONNECT, normal
-        sock.close()
+    for device in queues:
+        device.close()
     return total - warmup, refused, seconds

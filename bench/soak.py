@@ -1,8 +1,14 @@
 """Soak telemetry ingest into the day-partitioned raw event table on PostgreSQL.
 
-Devices publish event batches at a steady offered rate (``--rate`` events/s, batches of 32,
-QoS 1, raw MQTT 5 sockets as in ``bench/ingest.py``) for ``--seconds``, through Mosquitto and
-the real worker (``manage.py fleet_worker``) into PostgreSQL (fsync on), while:
+Devices publish event batches on a fixed schedule (``--rate`` events/s offered, batches of 32,
+QoS 1 with at most 50 in flight per device, raw MQTT 5 sockets shared with ``bench/ingest.py``:
+``bench/mqtt_raw.py``) for ``--seconds``, through Mosquitto and the real worker
+(``manage.py fleet_worker``) into PostgreSQL (fsync on). The publishers are flow-controlled end
+to end (``bench/soak_publisher.py``): at most ``--backlog-s`` seconds of the offered rate are
+published and not yet committed, because Mosquitto never pushes back on a QoS 1 publisher and
+drops what overflows a lagging worker's queue after acknowledging it. A rate the pipeline does
+not sustain shows as the publishers' deficit and held time, not as loss; loss must be 0.
+Meanwhile:
 
 - a query process runs the telemetry queries the API serves (series, labels, summary, version
   comparison over the last hour of rollups) plus a raw-event count over the last minute, in a
@@ -18,7 +24,8 @@ Figures (JSON lines): ``soak_events_per_s`` (committed events over the time from
 publish to the last commit; baseline: the offered rate), ``soak_min_10s_events_per_s`` (the
 slowest 10-second window), ``soak_latency_p50_ms`` / ``p99``, ``soak_lost_events``,
 ``soak_duplicated_events``, ``soak_partition_drop_seconds``, ``soak_query_p95_ms``; each with
-the load average and the duration. Stderr carries CPU per event of each process.
+the load average, the duration and the publishers' deficit. Stderr carries CPU per event of
+each process.
 
 Run: ``.venv/bin/python bench/soak.py [--quick]`` (quick: 40 s in all, 30k events/s offered
 for 15 s). The full run: 3 minutes at 150k events/s offered.
@@ -31,6 +38,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,12 +52,17 @@ sys.path.insert(0, str(ROOT))  # this checkout's packages, whatever the venv's e
 os.environ["PYTHONPATH"] = os.pathsep.join(  # and in every subprocess (bench/ingest.py roles)
     [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 
-from ingest import Database, django_env, postgres_cpu_seconds, start_postgres  # noqa: E402
-from lab import cpu_seconds  # noqa: E402
+from ingest import (
+    Database,
+    broker_admin_settings,
+    django_env,
+    postgres_cpu_seconds,
+    start_postgres,
+)
+from lab import cpu_seconds
+from soak_publisher import PER_BATCH, run_publisher
 
 READY_LINE = "subscriptions granted"
-PER_BATCH = 32
-WINDOW = 50  # QoS 1 messages in flight per device
 OLD_DAYS = (45, 44, 43)  # days ago of the partitions dropped during the run
 
 
@@ -59,122 +72,6 @@ def log(msg: str) -> None:
 
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
-
-
-# -- the device side ------------------------------------------------------------------------
-
-
-def run_publisher(spec_path: str) -> None:
-    """Connect the devices, send a warm-up batch each, say ready; on 'go' publish at the
-    spec's rate for its seconds (at most WINDOW unacknowledged per device), then wait for
-    every PUBACK and print ``{"messages", "refused", "behind"}``."""
-    import selectors
-    import socket
-
-    import cbor2
-
-    from ingest_publisher import _mqtt_packet, _mqtt_packets, _mqtt_str
-    from device_sdk.protocol.events import Event, EventBatch, MessageKind, encode_batch
-
-    spec = json.loads(Path(spec_path).read_text())
-    # The columns of a few template batches; each message gets its own seq and t0 (= now).
-    t = 1_767_225_600_000
-    templates = []
-    for k in range(8):
-        events = [Event(t + i * 997, (i * 7 + k) % 8, 90 + (i * 37 + k) % 160,
-                        20 + (i * 131 + k * 17) % 2400) for i in range(PER_BATCH)]
-        items = cbor2.loads(encode_batch(EventBatch.of(1, 0, events)))
-        assert items[0] == MessageKind.BATCH2 and len(items) == 6
-        templates.append(items[4:])
-
-    def payload(seq: int, t0: int) -> bytes:
-        return cbor2.dumps([int(MessageKind.BATCH2), seq - t0, t0, 0,
-                            *templates[seq % len(templates)]])
-
-    selector = selectors.DefaultSelector()
-    devices = []
-    for uid, password in spec["devices"]:
-        sock = socket.create_connection((spec["host"], spec["port"]))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        variable = _mqtt_str("MQTT") + bytes([5, 0xC2]) + (60).to_bytes(2, "big") + b"\x00"
-        sock.sendall(_mqtt_packet(0x10, variable + _mqtt_str(uid) + _mqtt_str(uid)
-                                  + _mqtt_str(password)))
-        buffer = bytearray()
-        while not (packets := _mqtt_packets(buffer)):
-            buffer += sock.recv(4096)
-        (first, body), = packets
-        if first != 0x20 or body[1] != 0:
-            raise RuntimeError(f"broker refused {uid}: {first:#x} {body[1]:#x}")
-        state = {"sock": sock, "topic": _mqtt_str(f"fleet/v1/{uid}/events"), "seq": 0,
-                 "inflight": 0, "buffer": bytearray()}
-        selector.register(sock, selectors.EVENT_READ, state)
-        devices.append(state)
-    counts = {"acked": 0, "refused": 0}
-
-    def send(dev: dict[str, Any], out: dict[int, list[bytes]]) -> None:
-        dev["seq"] += 1
-        dev["inflight"] += 1
-        packet = _mqtt_packet(0x32, dev["topic"] + ((dev["seq"] - 1) % 65_535 + 1).to_bytes(
-            2, "big") + b"\x00" + payload(dev["seq"], int(time.time() * 1000)))
-        out.setdefault(id(dev), [dev["sock"]]).append(packet)
-
-    def flush(out: dict[int, list[Any]]) -> None:
-        for sock, *packets in out.values():
-            sock.sendall(b"".join(packets))
-
-    def read(timeout: float) -> None:
-        for key, _ in selector.select(timeout=timeout):
-            dev = key.data
-            chunk = dev["sock"].recv(65_536)
-            if not chunk:
-                raise RuntimeError("broker closed a device connection")
-            dev["buffer"] += chunk
-            for first, body in _mqtt_packets(dev["buffer"]):
-                if first >> 4 != 4:
-                    raise RuntimeError(f"unexpected packet {first:#x}")
-                dev["inflight"] -= 1
-                counts["acked"] += 1
-                counts["refused"] += len(body) > 2 and body[2] >= 0x80
-
-    out: dict[int, list[Any]] = {}
-    for dev in devices:  # warm-up
-        send(dev, out)
-    flush(out)
-    while counts["acked"] < len(devices):
-        read(1.0)
-    print("ready", flush=True)
-    sys.stdin.readline()
-    rate = spec["messages_per_s"]
-    started = time.monotonic()
-    sent = behind = 0
-    turn = 0
-    while (elapsed := time.monotonic() - started) < spec["seconds"]:
-        due = int(elapsed * rate) - sent
-        out = {}
-        tries = 0
-        while due > 0 and tries < len(devices):
-            dev = devices[turn % len(devices)]
-            turn += 1
-            if dev["inflight"] < WINDOW:
-                send(dev, out)
-                sent += 1
-                due -= 1
-                tries = 0
-            else:
-                tries += 1
-        flush(out)
-        if due > 0:
-            behind = max(behind, due)
-        read(0.002)
-    total = sent + len(devices)
-    deadline = time.monotonic() + 300
-    while counts["acked"] < total and time.monotonic() < deadline:
-        read(1.0)
-    for dev in devices:
-        dev["sock"].sendall(b"\xe0\x00")
-        dev["sock"].close()
-    print(json.dumps({"messages": sent, "acked": counts["acked"] - len(devices),
-                      "refused": counts["refused"], "behind_max": behind}), flush=True)
 
 
 # -- the query side -------------------------------------------------------------------------
@@ -203,10 +100,10 @@ def run_queries() -> None:
         since, until = queries.default_range(1)
         flt = queries.TelemetryFilter(since=since, until=until)
         for name, call in (
-                ("series", lambda: queries.series(flt)),
-                ("labels", lambda: queries.label_distribution(flt)),
-                ("summary", lambda: queries.summary(flt)),
-                ("compare", lambda: queries.compare_versions(flt, 0, 1)),
+                ("series", lambda flt=flt: queries.series(flt)),
+                ("labels", lambda flt=flt: queries.label_distribution(flt)),
+                ("summary", lambda flt=flt: queries.summary(flt)),
+                ("compare", lambda flt=flt: queries.compare_versions(flt, 0, 1)),
                 ("raw_last_minute", raw_last_minute)):
             t = time.perf_counter()
             call()
@@ -260,6 +157,21 @@ class Poller(threading.Thread):
             conn.close()
 
 
+def feed_allowance(publishers: list[subprocess.Popen[Any]], poller: Poller, warm: int,
+                   backlog: int, stop: threading.Event) -> None:
+    """Every 20 ms, tell each publisher how many batches it may have published in all: its
+    share of those committed so far plus of the backlog allowance (soak_publisher.py)."""
+    while not stop.wait(0.02):
+        allow = ((poller.batches - warm) + backlog) // len(publishers)
+        for p in publishers:
+            try:
+                assert p.stdin is not None
+                p.stdin.write(f"allow {allow}\n")
+                p.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                pass  # that publisher has finished
+
+
 def fill_old_days(db: Database, rows_per_day: int) -> list[str]:
     """Make the old day partitions and fill them (device -1); return their names."""
     from datetime import UTC, datetime, timedelta
@@ -286,12 +198,19 @@ def fill_old_days(db: Database, rows_per_day: int) -> list[str]:
 
 
 def main() -> None:
+    # SIGTERM (timeout, Ctrl-C in a wrapper) unwinds through the cleanup below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rate", type=int, help="offered events/s (default 150k; quick 30k)")
     parser.add_argument("--seconds", type=float, help="publishing time (default 180; quick 15)")
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--publishers", type=int, default=2)
+    parser.add_argument("--backlog-s", type=float, default=2.0,
+                        help="seconds of the offered rate that may be published, not committed")
+    parser.add_argument("--broker-queue", type=int,
+                        help="the broker's max_queued_messages (default: the deploy template's);"
+                        " small, with a large --backlog-s, it shows the loss flow control avoids")
     parser.add_argument("--old-rows", type=int, help="rows per old day (default 1M; quick 50k)")
     parser.add_argument("--role", choices=["publisher", "queries"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -314,8 +233,9 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="fleet-bench-soak-"))
     os.chmod(workdir, 0o755)
+    queue = {} if args.broker_queue is None else {"max_queued_messages": args.broker_queue}
     broker = MosquittoInstance(workdir / "broker", free_port(), free_port(),
-                               secrets.token_urlsafe(16))
+                               secrets.token_urlsafe(16), **queue)
     pg = None
     procs: list[subprocess.Popen[Any]] = []
     results: list[dict[str, Any]] = []
@@ -330,6 +250,7 @@ def main() -> None:
         log(f"old partitions {', '.join(old)}: {args.old_rows:,} rows each")
         identity = ("soak-worker", secrets.token_urlsafe(16))
         passwords = {uid: secrets.token_urlsafe(12) for uid in db.devices(args.devices)}
+        broker_admin_settings()
         with DynsecAccess(broker.host, broker.port, broker.admin_username,
                           broker.admin_password) as access:
             access.provision_service(*identity, ServiceRole.WORKER)
@@ -340,10 +261,11 @@ def main() -> None:
                          FLEET_VAR_DIR=str(workdir / "var"), FLEET_LOG_LEVEL="INFO",
                          PYTHONPATH=str(ROOT))
         worker_log = workdir / "worker.log"
-        worker = subprocess.Popen(
-            [sys.executable, "manage.py", "fleet_worker", "--name", "soak", "--no-jobs",
-             "--no-rollouts"], cwd=ROOT, env=env, stdout=open(worker_log, "ab"),
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        with worker_log.open("ab") as worker_out:
+            worker = subprocess.Popen(
+                [sys.executable, "manage.py", "fleet_worker", "--name", "soak", "--no-jobs",
+                 "--no-rollouts"], cwd=ROOT, env=env, stdout=worker_out,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         procs.append(worker)
         deadline = time.monotonic() + 60
         while READY_LINE not in worker_log.read_text(errors="replace"):
@@ -382,11 +304,19 @@ def main() -> None:
             assert p.stdin is not None
             p.stdin.write("go\n")
             p.stdin.flush()
+        feeding = threading.Event()
+        backlog = int(args.backlog_s * args.rate / PER_BATCH)
+        if backlog >= (args.broker_queue or broker.max_queued_messages):
+            log(f"the backlog allowance ({backlog:,} batches) reaches the broker's queue limit:"
+                " a lagging worker's queue can overflow, and Mosquitto then drops")
+        feeder = threading.Thread(target=feed_allowance, daemon=True,
+                                  args=(publishers, poller, warm, backlog, feeding))
+        feeder.start()
         time.sleep(args.seconds / 2)
         log(f"half-way ({poller.batches - warm} batches so far): prune_telemetry --days 30")
         t = time.monotonic()
         prune = subprocess.run([sys.executable, "manage.py", "prune_telemetry", "--days", "30"],
-                               cwd=ROOT, env=env, capture_output=True, text=True)
+                               cwd=ROOT, env=env, capture_output=True, text=True, check=False)
         command_s = time.monotonic() - t
         import re
 
@@ -396,14 +326,26 @@ def main() -> None:
             f"{prune.stdout.strip()} {prune.stderr.strip()[-300:]}")
         left = [n for n in old if db.scalar(f"SELECT count(*) FROM pg_class WHERE relname ="
                                             f" '{n}'")]
-        published = [json.loads(p.communicate(timeout=args.seconds + 400)[0].strip()
-                                .splitlines()[-1]) for p in publishers]
+        published = [json.loads(p.stdout.readline()) for p in publishers]  # type: ignore[union-attr]
+        feeding.set()
+        feeder.join()
+        for p in publishers:
+            p.communicate(timeout=60)
         messages = sum(p["messages"] for p in published)
+        deficit = sum(p["deficit"] for p in published) * PER_BATCH
+        held = max(p["held_s"] for p in published)
         want = warm + messages
-        deadline = time.monotonic() + 600
+        # Until every batch is in, or nothing new was committed for 20 s (what is missing then
+        # was lost: the broker dropped it), or 10 minutes.
+        deadline, seen, idle_since = time.monotonic() + 600, -1, time.monotonic()
         while poller.batches < want and time.monotonic() < deadline:
-            if db.scalar("SELECT count(*) FROM telemetry_ingestedbatch") >= want:
+            stored = db.scalar("SELECT count(*) FROM telemetry_ingestedbatch")
+            if stored >= want:
                 time.sleep(0.2)  # let the poller see the last ones
+                break
+            if stored != seen:
+                seen, idle_since = stored, time.monotonic()
+            elif time.monotonic() - idle_since > 20:
                 break
             time.sleep(0.5)
         log(f"stored {db.scalar('SELECT count(*) FROM telemetry_ingestedbatch') - warm} of "
@@ -448,15 +390,18 @@ def main() -> None:
         per_event = {k: v / max(stored_timed, 1) * 1e6 for k, v in cpu.items() if v}
         log(f"{messages} messages ({timed:,} events, {stored_timed:,} stored) offered at "
             f"{args.rate:,}/s for "
-            f"{args.seconds:.0f} s; committed in {elapsed:.1f} s; publishers behind at most "
-            f"{max(p['behind_max'] for p in published)} messages; refused "
+            f"{args.seconds:.0f} s; committed in {elapsed:.1f} s; publishers short of the "
+            f"schedule by {deficit:,} events, held back by the pipeline for up to "
+            f"{held:.1f} s (backlog allowance {backlog:,} batches); refused "
             f"{sum(p['refused'] for p in published)}; old partitions left {left}")
         log("CPU per event (us): " + ", ".join(f"{k} {v:.2f}" for k, v in per_event.items()))
         log("query ms p50/p95: " + ", ".join(
             f"{k} {percentile(v, 0.5):.1f}/{percentile(v, 0.95):.1f} (n={len(v)})"
             for k, v in timings.items()))
         extra = {"load_avg_before": load_before, "load_avg_after": load_after,
-                 "seconds": round(elapsed, 1), "offered_events_per_s": args.rate}
+                 "seconds": round(elapsed, 1), "offered_events_per_s": args.rate,
+                 "publisher_deficit_events": deficit, "publisher_held_s": held,
+                 "backlog_s": args.backlog_s}
         results += [
             {"metric": "soak_events_per_s", "value": round(rate), "unit": "events/s",
              "baseline": args.rate, "ratio": round(rate / args.rate, 3), **extra},

@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(curl mosquitto mosquitto-clients postgresql chromium gcc make gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm nginx systemd)
+# FLEET_PROFILE=server: what the service itself runs on (deploy/Dockerfile); the rest is for
+# tests, firmware builds and the demo. PostgreSQL and nginx are their own hosts/containers there.
+SERVER_PACKAGES=(ca-certificates mosquitto)
+[ "${FLEET_PROFILE:-dev}" = server ] && APT_PACKAGES=("${SERVER_PACKAGES[@]}")
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -63,11 +63,13 @@ class WorkerProcess:
 
     ``kill`` sends SIGKILL (no clean disconnect, no ack of what it was handling); ``start``
     again with the same name resumes the broker session, as a restarted service would.
+    ``jobs=True`` runs its conversion-job loop too (as the deployed worker does).
     """
 
     def __init__(self, name: str, env: dict[str, str], log_path: Path,
-                 broker: MosquittoInstance) -> None:
+                 broker: MosquittoInstance, *, jobs: bool = False) -> None:
         self.name = name
+        self.jobs = jobs
         self.broker = broker
         self.env = env
         self.log_path = log_path
@@ -89,8 +91,8 @@ class WorkerProcess:
             log.write(f"---- start #{self.starts} of {self.name}\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "fleet_worker", "--name", self.name, "--no-jobs",
-                 "--no-rollouts"],
+                [sys.executable, "manage.py", "fleet_worker", "--name", self.name,
+                 *(() if self.jobs else ("--no-jobs",)), "--no-rollouts"],
                 cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
@@ -179,7 +181,7 @@ def worker_factory(request: pytest.FixtureRequest,
                    tmp_path: Path) -> Iterator[WorkerFactory]:
     """Return a maker of real worker subprocesses; every one is stopped at teardown.
 
-    ``make(broker, name=..., group=...)`` provisions the worker identity on ``broker`` (the
+    ``make(broker, name=..., jobs=...)`` provisions the worker identity on ``broker`` (the
     session broker or a ``fresh_broker``), then starts the worker and waits until it consumes.
     Workers of one test share one identity and, by default, one shared-subscription group.
     """
@@ -190,7 +192,7 @@ def worker_factory(request: pytest.FixtureRequest,
     provisioned: set[int] = set()
 
     def make(broker: MosquittoInstance, name: str | None = None, *,
-             start: bool = True) -> WorkerProcess:
+             start: bool = True, jobs: bool = False) -> WorkerProcess:
         if broker.port not in provisioned:
             with DynsecAccess(broker.host, broker.port, broker.admin_username,
                               broker.admin_password) as access:
@@ -200,7 +202,7 @@ def worker_factory(request: pytest.FixtureRequest,
         var_dir = tmp_path / f"worker-{name}"
         var_dir.mkdir(exist_ok=True)
         env = worker_env(broker, identity[0], identity[1], group, var_dir)
-        worker = WorkerProcess(name, env, tmp_path / f"worker-{name}.log", broker)
+        worker = WorkerProcess(name, env, tmp_path / f"worker-{name}.log", broker, jobs=jobs)
         made.append(worker)
         if start:
             worker.start()

@@ -46,7 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from fleet.broker.tls import TlsFiles, ensure_tls_files, tls_files
+from fleet.broker.tls import DEFAULT_HOSTS, TlsFiles, ensure_tls_files, tls_files
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,14 @@ DYNSEC_PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
 MAX_PAYLOAD = 256 * 1024
 # Topic, properties and fixed header on top of the largest allowed payload.
 PACKET_OVERHEAD = 4 * 1024
+# What Mosquitto queues per client session beyond what is in flight. Past either limit it drops
+# further messages for that client *after* acknowledging them to their publisher (Mosquitto 2.0
+# never pushes back on a QoS 1 publisher: bench/soak.py measured it), so the limits are sized
+# for the backlog a worker may build while it restarts or lags: 512 MiB is ~2M event batches,
+# ~14 minutes of 80k events/s. The count limit stays above what the bytes allow. Devices come
+# nowhere near: fan-out chunks are QoS 0 to them, and offers are few (deploy/README.md).
+MAX_QUEUED_MESSAGES = 4_000_000
+MAX_QUEUED_BYTES = 512 * 1024 * 1024
 # Descriptors the broker needs besides its clients: listeners, log, persistence, the dynsec
 # JSON while it is rewritten, epoll, stdio.
 FD_RESERVE = 64
@@ -83,15 +91,19 @@ class MosquittoInstance:
         dynsec_plugin: str = DYNSEC_PLUGIN,
         template: str | os.PathLike[str] = DEFAULT_TEMPLATE,
         autosave_interval: int = 10,
-        max_queued_messages: int = 100_000,
+        max_queued_messages: int = MAX_QUEUED_MESSAGES,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
         max_inflight_messages: int = 100,
         max_payload: int = MAX_PAYLOAD,
         max_connections: int | None = None,
+        cert_hosts: tuple[str, ...] = DEFAULT_HOSTS,
     ) -> None:
         """Describe a broker; nothing starts before :meth:`start`.
 
         ``max_connections`` caps the clients of each listener; None derives it from the
         open-file limit the broker gets (:func:`open_file_limit`), minus :data:`FD_RESERVE`.
+        ``cert_hosts``: the names the server certificate carries when it is first made (the
+        devices' broker host must be one of them: they verify it).
         """
         self.workdir = Path(workdir).resolve()
         self.port = port
@@ -104,8 +116,10 @@ class MosquittoInstance:
         self.ctrl_bin = ctrl_bin or find_executable("mosquitto_ctrl")
         self.dynsec_plugin = dynsec_plugin
         self.template = Path(template)
+        self.cert_hosts = cert_hosts
         self.autosave_interval = autosave_interval
         self.max_queued_messages = max_queued_messages
+        self.max_queued_bytes = max_queued_bytes
         self.max_inflight_messages = max_inflight_messages
         self.max_payload = max_payload
         self.max_connections = (
@@ -161,7 +175,7 @@ class MosquittoInstance:
         self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o700)
         (self.workdir / "data").mkdir(mode=0o700, exist_ok=True)
-        tls = ensure_tls_files(self.workdir)
+        tls = ensure_tls_files(self.workdir, self.cert_hosts)
         if not self.dynsec_file.exists():
             self._init_dynsec()
         self.config_file.write_text(self.render_config(tls))
@@ -181,6 +195,7 @@ class MosquittoInstance:
             "persistence_dir": self.workdir / "data",
             "autosave_interval": self.autosave_interval,
             "max_queued_messages": self.max_queued_messages,
+            "max_queued_bytes": self.max_queued_bytes,
             "max_inflight_messages": self.max_inflight_messages,
             "max_packet_size": self.max_packet_size,
             "max_connections": self.max_connections,
@@ -240,9 +255,9 @@ class MosquittoInstance:
                     f"mosquitto exited with {self._process.returncode} at start: "
                     f"{self._tail(stderr_path)} {self._tail(self.log_file)}"
                 )
-            if _port_open(self.host, self.port) and _tls_ready(
-                self.host, self.tls_port, self.tls.ca_cert
-            ):
+            # A wildcard bind (0.0.0.0, as deployed) is probed on loopback, which it covers.
+            probe = _LOOPBACK.get(self.host, self.host)
+            if _port_open(probe, self.port) and _tls_ready(probe, self.tls_port, self.tls.ca_cert):
                 log.info(
                     "mosquitto pid %d listening on %s and %s",
                     self._process.pid,
@@ -355,6 +370,9 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
+_LOOPBACK = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+
+
 def _tls_ready(host: str, port: int, ca_cert: Path) -> bool:
     # A full handshake, not a bare TCP connect: that would log an SSL error at every start,
     # and this also proves the listener serves a certificate our CA signed.
@@ -400,6 +418,17 @@ def _is_zombie(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
+def _default_cert_hosts(device_url: str | None) -> list[str]:
+    """Loopback names, plus the host devices are told to use (they verify the certificate)."""
+    from urllib.parse import urlsplit
+
+    hosts = list(DEFAULT_HOSTS)
+    device_host = urlsplit(device_url).hostname if device_url else None
+    if device_host and device_host not in hosts:
+        hosts.append(device_host)
+    return hosts
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start or stop a broker from the command line; return the exit status."""
     parser = argparse.ArgumentParser(prog="python -m fleet.broker.mosquitto")
@@ -418,7 +447,13 @@ def main(argv: list[str] | None = None) -> int:
         default="MQTT_ADMIN_PASSWORD",
         help="environment variable holding the admin password (kept off the command line)",
     )
+    parser.add_argument(
+        "--cert-host", action="append", default=None,
+        help="a name the server certificate carries (repeatable; made once: delete server.pem "
+        "to remake it). Default: localhost, 127.0.0.1 and the host of MQTT_DEVICE_URL",
+    )
     args = parser.parse_args(argv)
+    cert_hosts = tuple(args.cert_host or _default_cert_hosts(os.environ.get("MQTT_DEVICE_URL")))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     password = os.environ.get(args.admin_password_env, "")
@@ -431,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         password,
         admin_username=args.admin_username,
         host=args.host,
+        cert_hosts=cert_hosts,
     )
     try:
         if args.action == "start":

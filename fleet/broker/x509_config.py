@@ -113,6 +113,7 @@ persistence_location $${persistence_dir}/
 autosave_interval $${autosave_interval}
 persistent_client_expiration 14d
 max_queued_messages $${max_queued_messages}
+max_queued_bytes $${max_queued_bytes}
 max_inflight_messages $${max_inflight_messages}
 max_packet_size $${max_packet_size}
 set_tcp_nodelay true

@@ -3,7 +3,9 @@ the compose file."""
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -63,3 +65,102 @@ def test_compose_file_runs_the_whole_stack() -> None:
         assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
     assert "gunicorn --config deploy/gunicorn.conf.py" in services["web"]["command"]
     assert services["worker"]["deploy"]["replicas"] >= 2
+
+
+# --- compose and the Dockerfile run what the units and the README's bootstrap run ----------------
+
+APP = "/srv/fleet/app"
+
+
+def _unit(name: str) -> dict[str, str]:
+    pairs = re.findall(r"^([A-Za-z]+)=(.*)$", (DEPLOY / "systemd" / name).read_text(), re.MULTILINE)
+    return dict(pairs)
+
+
+def _unit_argv(name: str) -> list[str]:
+    """A unit's ExecStart relative to its WorkingDirectory, programs by their base name (the
+    image puts the virtualenv on PATH), ``${VAR}`` as the shell writes it."""
+    unit = _unit(name)
+    assert unit["WorkingDirectory"] == APP
+    line = unit["ExecStart"].replace(APP + "/", "")
+    argv = shlex.split(re.sub(r"\$\{([A-Z_]+)\}", r"$\1", line))
+    return [argv[0].rsplit("/", 1)[-1], *argv[1:]]
+
+
+def _compose_argv(service: dict) -> list[str]:
+    """The program a compose service ends up running (the command after ``exec``, or the one
+    before ``&&`` for the broker, whose start returns), ``$$`` unescaped, ``${X}`` as ``$X``."""
+    command = service["command"]
+    text = command if isinstance(command, str) else command[-1]
+    text = text.removeprefix("sh -c ").strip('"')
+    parts = [p.strip() for p in text.split("&&")]
+    main = next((p for p in parts if p.startswith("exec ") and "tail --pid" not in p),
+                parts[0]).removeprefix("exec ")
+    main = re.sub(r"\$\$\{?([A-Z_]+)\}?", r"$\1", main)
+    return shlex.split(main)
+
+
+def test_compose_services_run_the_units_commands() -> None:
+    """web, worker and broker run the very command of their systemd unit, from the same
+    working directory (the image's WORKDIR is the units' /srv/fleet/app); only the worker's
+    name differs (per host and instance vs per container: both distinct per process)."""
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    docker = (DEPLOY / "Dockerfile").read_text()
+    assert f"WORKDIR {APP}" in docker
+    assert _compose_argv(compose["web"]) == _unit_argv("fleet-web.service")
+    assert _compose_argv(compose["broker"]) == _unit_argv("fleet-broker.service")
+    worker, unit_worker = _compose_argv(compose["worker"]), _unit_argv("fleet-worker@.service")
+    name_at = unit_worker.index("--name") + 1
+    assert worker[:name_at] == unit_worker[:name_at] and len(worker) == len(unit_worker)
+    assert "$HOSTNAME" in worker[name_at] and unit_worker[name_at] == "%H-%i"
+    # The image's default command is the web unit's.
+    cmd = json.loads(re.search(r"^CMD (.*)$", docker, re.MULTILINE)[1])
+    assert cmd == _unit_argv("fleet-web.service")
+
+
+def test_every_variable_compose_and_the_units_use_is_documented_and_read() -> None:
+    """The units and compose share one env file whose every key the example documents; every
+    variable they name is in it; every key of the example is read by the settings, the
+    gunicorn config or a unit (no dead setting); compose's own interpolations are explained in
+    its header."""
+    example = set(re.findall(r"^([A-Z_][A-Z0-9_]*)=", (DEPLOY / "fleet.env.example").read_text(),
+                             re.MULTILINE))
+    units = {n: _unit(n) for n in UNITS}
+    for name in ("fleet-web.service", "fleet-worker@.service", "fleet-broker.service"):
+        assert units[name]["EnvironmentFile"] == "/etc/fleet/fleet.env"
+    unit_vars = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)\}", "".join(
+        (DEPLOY / "systemd" / n).read_text() for n in UNITS)))
+    compose_text = (DEPLOY / "compose.yaml").read_text()
+    compose = yaml.safe_load(compose_text)
+    app_env = set(compose["services"]["web"]["environment"])
+    shell_vars = set(re.findall(r"\$\$\{?([A-Z_][A-Z0-9_]*)", compose_text)) - {"HOSTNAME"}
+    assert unit_vars and unit_vars <= example
+    assert app_env <= example, app_env - example
+    assert shell_vars <= example, shell_vars - example
+    interpolated = set(re.findall(r"(?<!\$)\$\{([A-Z_][A-Z0-9_]*)", compose_text))
+    header = "".join(line for line in compose_text.splitlines(True) if line.startswith("#"))
+    assert interpolated and all(f"{v} " in header for v in interpolated), interpolated
+    readers = ((REPO / "fleet" / "settings.py").read_text()
+               + (DEPLOY / "gunicorn.conf.py").read_text())
+    unread = {k for k in example if f'"{k}"' not in readers and k not in unit_vars}
+    assert unread == set(), unread
+
+
+def test_the_dockerfile_installs_with_the_readme_bootstrap() -> None:
+    """The image runs scripts/bootstrap.sh (server profile) rather than steps of its own; that
+    profile's Debian packages are a subset of the developer's; the image copies every package
+    pyproject installs and the bootstrap itself."""
+    docker = (DEPLOY / "Dockerfile").read_text()
+    boot = (REPO / "scripts" / "bootstrap.sh").read_text()
+    runs = " ".join(re.findall(r"^RUN (.*(?:\n [^\n]*)*)", docker, re.MULTILINE))
+    assert "FLEET_PROFILE=server" in runs and "bash scripts/bootstrap.sh" in runs
+    assert "pip install" not in runs  # the bootstrap installs; the image does not on its own
+    dev = set(re.search(r"^APT_PACKAGES=\((.*)\)$", boot, re.MULTILINE)[1].split())
+    server = set(re.search(r"^SERVER_PACKAGES=\((.*)\)$", boot, re.MULTILINE)[1].split())
+    assert "mosquitto" in server and server - {"ca-certificates"} <= dev
+    copied = {p.split()[0] for p in re.findall(r"^COPY (.*)$", docker, re.MULTILINE)}
+    pyproject = (REPO / "pyproject.toml").read_text()
+    packages = re.search(r"^include = \[(.*)\]$", pyproject, re.MULTILINE)[1]
+    for package in re.findall(r'"(\w+)\*"', packages):
+        assert package in copied, package
+    assert "scripts" in copied and "ENV PATH=/srv/fleet/app/.venv/bin" in docker

@@ -3,8 +3,12 @@
  * The device as a host process: its UART is stdin/stdout, or a TCP port it listens on
  * (--listen PORT); its flash is an image file (--flash PATH). Usage:
  *   tml-device [--flash PATH] [--listen PORT] [--uid UID] [--profile NAME]
- * Its Ed25519 identity key is the seed file PATH.seed next to the flash image (made at first
- * boot from /dev/urandom).
+ *              [--factory MODEL.tflite [--factory-package ID]]
+ * It runs models in TFLite Micro (src/tflm_adapter.cc on TFLM's host build, the runner of the
+ * Cortex-M images) on the port's synthetic sensor (runner_posix.c); the test-source runner is
+ * only the host unit tests' fake. --factory puts a model in slot 0 at first boot, as the
+ * Cortex-M images' factory model. Its Ed25519 identity key is the seed file PATH.seed next to
+ * the flash image (made at first boot from /dev/urandom).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <arpa/inet.h>
@@ -48,6 +52,8 @@ static int listen_once(int port)
 int main(int argc, char **argv)
 {
     const char *flash = "tml-flash.bin", *uid = TML_DEVICE_UID, *profile = TML_HARDWARE_PROFILE;
+    const char *factory = NULL;
+    unsigned long factory_package = 0;
     int port = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--flash")) {
@@ -58,10 +64,21 @@ int main(int argc, char **argv)
             uid = argv[i + 1];
         } else if (!strcmp(argv[i], "--profile")) {
             profile = argv[i + 1];
+        } else if (!strcmp(argv[i], "--factory")) {
+            factory = argv[i + 1];
+        } else if (!strcmp(argv[i], "--factory-package")) {
+            factory_package = strtoul(argv[i + 1], NULL, 10);
+        } else {
+            fprintf(stderr, "unknown option %s\n", argv[i]);
+            return 2;
         }
     }
     if (tml_posix_flash_open(flash, 64 * 1024, 1024) != TML_OK) {
         fprintf(stderr, "cannot open flash image %s\n", flash);
+        return 2;
+    }
+    if (factory != NULL && tml_posix_factory_adopt(factory, (uint32_t)factory_package) != TML_OK) {
+        fprintf(stderr, "cannot install factory model %s\n", factory);
         return 2;
     }
     static char seed[4096];
@@ -73,7 +90,7 @@ int main(int argc, char **argv)
     }
     size_t nkeys;
     const tml_key_t *keys = tml_trusted_keys(&nkeys);
-    tml_device_config_t cfg = {uid, profile, tml_runner_test_source(), keys, nkeys, 64};
+    tml_device_config_t cfg = {uid, profile, tml_runner_tflm(), keys, nkeys, 64};
     if (tml_device_init(&device, &cfg, uart_write, NULL) != TML_OK) {
         fprintf(stderr, "boot failed: flash error\n");
         return 2;

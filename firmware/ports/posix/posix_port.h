@@ -55,4 +55,14 @@ void tml_posix_seed_file(const char *path);
 /** @brief Use a fixed seed (tests). @param seed 32 bytes, copied, or NULL for none */
 void tml_posix_seed_set(const uint8_t *seed);
 
+/**
+ * @brief On first boot, write a factory model into slot 0 and make it the active model
+ *        (package and sequence ``package``); later boots change nothing. Call after
+ *        tml_posix_flash_open(), before tml_device_init().
+ * @param path the .tflite file
+ * @param package its package id (0: none), so events and status name it
+ * @return TML_OK, TML_ERR_ARG (unreadable, empty or larger than a slot), TML_ERR_FLASH
+ */
+tml_status_t tml_posix_factory_adopt(const char *path, uint32_t package);
+
 #endif /* TML_POSIX_PORT_H */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * The posix port's hooks for the TFLM runner (linked only in the host TFLM build, make
- * test-tflm): a microsecond clock, TFLM's log on stderr (when TML_LOG is set), and the same
+ * The posix port's hooks for the TFLM runner (linked into the posix device, tml-device, and
+ * the host TFLM tests, make test-tflm): a microsecond clock, TFLM's log on stderr (when TML_LOG is set), and the same
  * synthetic sensor as ports/qemu-mps2/runner_port.c (a sine whose period changes with every
  * read, plus LCG noise; deterministic from start), so host and board see the same inputs.
  */

@@ -41,7 +41,8 @@ def test_rendered_config_has_the_settings_the_fleet_relies_on(tmp_path: Path) ->
         "listener 18883 127.0.0.1",
         "persistence true",
         "autosave_interval 10",
-        "max_queued_messages 100000",
+        "max_queued_messages 4000000",
+        f"max_queued_bytes {512 * 1024 * 1024}",
         f"max_packet_size {256 * 1024 + 4096}",
         f"plugin_opt_config_file {tmp_path.resolve() / 'dynamic-security.json'}",
     ):
