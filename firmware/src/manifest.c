@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * COSE_Sign1 manifests and key rotation records, checked in manifest.py's order with its
+ * COSE_Sign1 manifests and trust records (rotation, policy), checked in manifest.py's order with its
  * reason codes. The Sig_structure is hashed in pieces straight from the message, so checking
  * needs no copy of it.
  */
@@ -13,7 +13,7 @@
 #include "tml/ed25519.h"
 #include "tml/sha.h"
 
-#define MAX_KEY 23 /* every payload key of v1 is a one-byte uint */
+#define MAX_KEY 32 /* every payload key of v1 is a one-byte uint: 1..15, 20..22, 30..32 */
 #define DEPTH 8    /* cbor2's max_depth in cose.loads_strict */
 
 typedef struct {
@@ -132,17 +132,22 @@ static tml_reason_t check_algorithm(const sign1_t *m)
     return TML_REASON_OK;
 }
 
-static const tml_key_t *find_key(const tml_keyring_t *ring, const uint8_t *kid, size_t len)
+/* Index of the key with this id in the keyring, or -1. */
+static int find_key(const tml_keyring_t *ring, const uint8_t *kid, size_t len)
 {
-    if (len != TML_KEY_ID_BYTES) {
-        return NULL;
-    }
-    for (size_t i = 0; i < ring->count; i++) {
+    for (size_t i = 0; len == TML_KEY_ID_BYTES && i < ring->count; i++) {
         if (memcmp(ring->keys[i]->kid, kid, TML_KEY_ID_BYTES) == 0) {
-            return ring->keys[i];
+            return (int)i;
         }
     }
-    return NULL;
+    return -1;
+}
+
+/* A payload key's bit in an allowed-keys mask: keys 30..32 take the unused bits 24..26. */
+#define KEY_BIT(k) (1UL << ((k) < 24 ? (k) : (k) - 6))
+static uint32_t key_bit(uint64_t k)
+{
+    return (k < 24 || (k >= 30 && k <= MAX_KEY)) ? KEY_BIT(k) : 0;
 }
 
 static void hash_bstr_head(tml_ed25519_verify_t *v, size_t len)
@@ -228,8 +233,8 @@ static tml_reason_t decode_map(const uint8_t *payload, size_t len, uint32_t allo
     int last = -1;
     for (uint64_t i = 0; i < map.arg; i++) {
         (void)tml_cbor_read(&r, &k);
-        if (k.major != TML_CBOR_UINT || k.arg > MAX_KEY || !k.shortest || (int)k.arg <= last ||
-            !(allowed & (1UL << k.arg))) {
+        if (k.major != TML_CBOR_UINT || !(allowed & key_bit(k.arg)) || !k.shortest ||
+            (int)k.arg <= last) {
             return TML_REASON_MANIFEST_MALFORMED;
         }
         last = (int)k.arg;
@@ -408,7 +413,9 @@ static tml_reason_t decode_manifest(const fields_t *f, tml_manifest_t *m, tml_cb
 }
 
 #define MANIFEST_KEYS 0xFFFEUL /* keys 1..15 */
-#define ROTATION_KEYS ((1UL << 1) | (1UL << 2) | (1UL << 20) | (1UL << 21) | (1UL << 22))
+#define TRUST_KEYS                                                                               \
+    (KEY_BIT(1) | KEY_BIT(2) | KEY_BIT(20) | KEY_BIT(21) | KEY_BIT(22) | KEY_BIT(30) |          \
+     KEY_BIT(31) | KEY_BIT(32))
 
 tml_reason_t tml_manifest_check(const uint8_t *cose, size_t len,
                                 const tml_manifest_policy_t *policy, tml_manifest_t *out)
@@ -416,6 +423,7 @@ tml_reason_t tml_manifest_check(const uint8_t *cose, size_t len,
     sign1_t msg;
     fields_t f;
     tml_cbor_item_t hw = {0};
+    memset(out, 0, sizeof(*out)); /* nothing unauthenticated is left for a report to name */
     tml_reason_t why = parse_sign1(cose, len, &msg);
     if (why == TML_REASON_OK) {
         why = check_algorithm(&msg);
@@ -423,11 +431,11 @@ tml_reason_t tml_manifest_check(const uint8_t *cose, size_t len,
     if (why != TML_REASON_OK) {
         return why;
     }
-    const tml_key_t *key = find_key(policy->keyring, msg.kid, msg.kid_len);
-    if (!key) {
+    int key = find_key(policy->keyring, msg.kid, msg.kid_len);
+    if (key < 0) {
         return TML_REASON_MANIFEST_UNKNOWN_KEY;
     }
-    why = verify_signature(&msg, key);
+    why = verify_signature(&msg, policy->keyring->keys[key]);
     if (why == TML_REASON_OK) {
         why = decode_map(msg.payload, msg.payload_len, MANIFEST_KEYS, &f);
     }
@@ -439,6 +447,11 @@ tml_reason_t tml_manifest_check(const uint8_t *cose, size_t len,
     }
     if (out->sequence <= policy->current_sequence) {
         return TML_REASON_MANIFEST_SEQUENCE_REPLAY;
+    }
+    for (size_t i = 0; i < policy->revoked_count; i++) {
+        if (out->package_id == policy->revoked[i]) {
+            return TML_REASON_ABORTED; /* revoked by a policy record (key 32) */
+        }
     }
     if (policy->now >= out->expires_at) {
         return TML_REASON_MANIFEST_EXPIRED;
@@ -460,37 +473,6 @@ tml_reason_t tml_manifest_check(const uint8_t *cose, size_t len,
     return TML_REASON_OK;
 }
 
-uint32_t tml_manifest_peek_package(const uint8_t *cose, size_t len)
-{
-    sign1_t msg;
-    tml_cbor_reader_t r;
-    tml_cbor_item_t map, k, v;
-    if (parse_sign1(cose, len, &msg) != TML_REASON_OK) {
-        return 0;
-    }
-    tml_cbor_reader_init(&r, msg.payload, msg.payload_len);
-    tml_cbor_reader_t check = r;
-    if (tml_cbor_skip(&check, DEPTH) != TML_OK || tml_cbor_read(&r, &map) != TML_OK ||
-        map.major != TML_CBOR_MAP) {
-        return 0;
-    }
-    for (uint64_t i = 0; i < map.arg; i++) {
-        if (tml_cbor_read(&r, &k) != TML_OK) {
-            return 0;
-        }
-        tml_cbor_reader_t val = r;
-        if (k.major == TML_CBOR_UINT && k.arg == TML_K_PACKAGE_ID &&
-            tml_cbor_read(&val, &v) == TML_OK && v.major == TML_CBOR_UINT &&
-            v.arg <= TML_MAX_PACKAGE_ID) {
-            return (uint32_t)v.arg;
-        }
-        if (tml_cbor_skip(&r, DEPTH) != TML_OK) {
-            return 0;
-        }
-    }
-    return 0;
-}
-
 void tml_key_id(const uint8_t public_key[32], uint8_t kid[TML_KEY_ID_BYTES])
 {
     uint8_t digest[32];
@@ -498,12 +480,94 @@ void tml_key_id(const uint8_t public_key[32], uint8_t kid[TML_KEY_ID_BYTES])
     memcpy(kid, digest, TML_KEY_ID_BYTES);
 }
 
-tml_reason_t tml_rotation_check(const uint8_t *cose, size_t len, const tml_keyring_t *keyring,
-                                uint64_t current_sequence, tml_rotation_t *out)
+/* Read a key-30 or key-32 array head: shortest, 1..max items; r is left at the first item. */
+static bool list_field(const fields_t *f, int key, uint64_t max, tml_cbor_reader_t *r,
+                       uint8_t *count)
+{
+    tml_cbor_item_t it;
+    tml_cbor_reader_init(r, f->val[key], (size_t)(f->end - f->val[key]));
+    if (tml_cbor_expect(r, TML_CBOR_ARRAY, &it) != TML_OK || !it.shortest || it.arg < 1 ||
+        it.arg > max) {
+        return false;
+    }
+    *count = (uint8_t)it.arg;
+    return true;
+}
+
+/* TrustPolicy.decode: keys 30 (kids), 31 (uint), 32 (uints), at least one of them. */
+static bool decode_policy(const fields_t *f, tml_trust_record_t *out)
+{
+    tml_cbor_reader_t r;
+    tml_cbor_item_t it;
+    uint64_t v;
+    if (f->val[TML_K_NEW_PUBLIC_KEY] || f->val[TML_K_RETIRE_KID] ||
+        !(f->val[TML_K_RETIRE_KIDS] || f->val[TML_K_MIN_SEQUENCE] ||
+          f->val[TML_K_REVOKE_PACKAGES])) {
+        return false;
+    }
+    if (f->val[TML_K_RETIRE_KIDS]) {
+        if (!list_field(f, TML_K_RETIRE_KIDS, TML_MAX_RETIRE_KIDS, &r, &out->retire_count)) {
+            return false;
+        }
+        out->retire = r.p + 1;
+        out->retire_sized = true;
+        for (uint8_t i = 0; i < out->retire_count; i++) {
+            if (tml_cbor_expect(&r, TML_CBOR_BYTES, &it) != TML_OK || !it.shortest ||
+                it.arg != TML_KEY_ID_BYTES) {
+                return false;
+            }
+        }
+    }
+    if (f->val[TML_K_MIN_SEQUENCE] &&
+        !uint_field(f, TML_K_MIN_SEQUENCE, UINT64_MAX, &out->min_sequence)) {
+        return false;
+    }
+    if (f->val[TML_K_REVOKE_PACKAGES]) {
+        if (!list_field(f, TML_K_REVOKE_PACKAGES, TML_MAX_REVOKE_PER_RECORD, &r,
+                        &out->revoke_count)) {
+            return false;
+        }
+        out->revoke = r.p;
+        for (uint8_t i = 0; i < out->revoke_count; i++) {
+            if (!next_uint(&r, UINT64_MAX, &v)) {
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+/* KeyRotation.decode: keys 20 and 21 (the kid must be the key's), optional 22. */
+static tml_reason_t decode_rotation(const fields_t *f, tml_trust_record_t *out)
+{
+    tml_cbor_item_t it;
+    uint8_t kid[TML_KEY_ID_BYTES];
+    if (f->val[TML_K_RETIRE_KIDS] || f->val[TML_K_MIN_SEQUENCE] ||
+        f->val[TML_K_REVOKE_PACKAGES] ||
+        !bytes_field(f, TML_K_NEW_KID, TML_KEY_ID_BYTES, out->new_kid) ||
+        !bytes_field(f, TML_K_NEW_PUBLIC_KEY, 32, out->new_public_key)) {
+        return TML_REASON_MANIFEST_MALFORMED;
+    }
+    if (f->val[TML_K_RETIRE_KID]) {
+        if (!field(f, TML_K_RETIRE_KID, TML_CBOR_BYTES, &it) || it.arg < 1 ||
+            it.arg > TML_MAX_KID_BYTES) {
+            return TML_REASON_MANIFEST_MALFORMED;
+        }
+        out->retire_count = 1;
+        out->retire_sized = it.arg == TML_KEY_ID_BYTES;
+        out->retire = it.data;
+    }
+    tml_key_id(out->new_public_key, kid);
+    return memcmp(kid, out->new_kid, TML_KEY_ID_BYTES) ? TML_REASON_MANIFEST_BAD_ROTATION
+                                                       : TML_REASON_OK;
+}
+
+tml_reason_t tml_trust_check(const uint8_t *cose, size_t len, const tml_keyring_t *keyring,
+                             uint64_t record_sequence, tml_trust_record_t *out)
 {
     sign1_t msg;
     fields_t f;
-    tml_cbor_item_t it;
+    memset(out, 0, sizeof(*out));
     tml_reason_t why = parse_sign1(cose, len, &msg);
     if (why == TML_REASON_OK) {
         why = check_algorithm(&msg);
@@ -511,46 +575,29 @@ tml_reason_t tml_rotation_check(const uint8_t *cose, size_t len, const tml_keyri
     if (why != TML_REASON_OK) {
         return why;
     }
-    const tml_key_t *signer = find_key(keyring, msg.kid, msg.kid_len);
-    if (!signer) {
+    int signer = find_key(keyring, msg.kid, msg.kid_len);
+    if (signer < 0) {
         return TML_REASON_MANIFEST_BAD_ROTATION; /* a new or unknown key cannot vouch for itself */
     }
-    why = verify_signature(&msg, signer);
+    out->signer = (uint8_t)signer;
+    why = verify_signature(&msg, keyring->keys[signer]);
     if (why == TML_REASON_OK) {
-        why = decode_map(msg.payload, msg.payload_len, ROTATION_KEYS, &f);
+        why = decode_map(msg.payload, msg.payload_len, TRUST_KEYS, &f);
     }
     if (why != TML_REASON_OK) {
         return why;
     }
-    memset(out, 0, sizeof(*out));
-    if (!f.val[TML_K_SEQUENCE] || !f.val[TML_K_NEW_KID] || !f.val[TML_K_NEW_PUBLIC_KEY] ||
-        !uint_field(&f, TML_K_SEQUENCE, UINT64_MAX, &out->sequence) ||
-        !bytes_field(&f, TML_K_NEW_KID, TML_KEY_ID_BYTES, out->new_kid) ||
-        !bytes_field(&f, TML_K_NEW_PUBLIC_KEY, 32, out->new_public_key)) {
+    if (!uint_field(&f, TML_K_SEQUENCE, UINT64_MAX, &out->sequence)) {
         return TML_REASON_MANIFEST_MALFORMED;
     }
-    if (f.val[TML_K_RETIRE_KID]) {
-        if (!field(&f, TML_K_RETIRE_KID, TML_CBOR_BYTES, &it) || it.arg < 1 ||
-            it.arg > TML_MAX_KID_BYTES) {
-            return TML_REASON_MANIFEST_MALFORMED;
-        }
-        out->has_retire = true;
-        out->retire_kid_len = (uint8_t)it.arg;
-        memcpy(out->retire_kid, it.data, (size_t)it.arg);
+    out->is_rotation = f.val[TML_K_NEW_KID] != NULL; /* decode_trust_record tells them apart so */
+    if (out->is_rotation) {
+        why = decode_rotation(&f, out);
+    } else if (!decode_policy(&f, out)) {
+        why = TML_REASON_MANIFEST_MALFORMED;
     }
-    uint8_t kid[TML_KEY_ID_BYTES];
-    tml_key_id(out->new_public_key, kid);
-    if (memcmp(kid, out->new_kid, TML_KEY_ID_BYTES) != 0) {
-        return TML_REASON_MANIFEST_BAD_ROTATION;
+    if (why == TML_REASON_OK && out->sequence <= record_sequence) {
+        why = TML_REASON_MANIFEST_SEQUENCE_REPLAY;
     }
-    if (out->sequence <= current_sequence) {
-        return TML_REASON_MANIFEST_SEQUENCE_REPLAY;
-    }
-    if (find_key(keyring, out->new_kid, TML_KEY_ID_BYTES)) {
-        return TML_REASON_MANIFEST_BAD_ROTATION; /* already trusted */
-    }
-    if (out->has_retire && !find_key(keyring, out->retire_kid, out->retire_kid_len)) {
-        return TML_REASON_MANIFEST_BAD_ROTATION; /* retiring a key that is not trusted */
-    }
-    return TML_REASON_OK;
+    return why;
 }

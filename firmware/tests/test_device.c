@@ -100,8 +100,7 @@ void suite_device(void)
 
     tml_case("device", "events_flow_after_time_sync");
     {
-        uint8_t t[9] = {0x1b, 0, 0, 0x01, 0x8f, 0xc5, 0x2c, 0xd2, 0}; /* 1717000000000 ms */
-        sim_send(TML_LINK_TIME, t, sizeof(t));
+        sim_send_time(SIM_TIME_MS + 1000);
         for (int i = 0; i < 400; i++) {
             sim_run(NULL, 1);
             tml_posix_clock_advance(100);

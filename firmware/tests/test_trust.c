@@ -1,0 +1,182 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The trust chain shared with the SDK (tests/vectors/trust.vec, manifest.py TrustState):
+ * rotation and policy records applied in order to one device state, offers against that
+ * state, the whole fleet/v1/keys bundle, the withdrawal message and the status's "keys".
+ */
+#define _GNU_SOURCE /* memmem */
+#include <string.h>
+
+#include "tml/cbor.h"
+#include "tml/messages.h"
+#include "tml/trust.h"
+#include "tml_test.h"
+
+size_t load_keys(tml_key_t *keys, size_t cap); /* test_manifest.c: trusted_public.hex */
+
+static tml_key_t builtin[4];
+static size_t builtin_count;
+static tml_meta_t meta;
+static const tml_key_t *ring_keys[TML_MAX_BUILTIN_KEYS + TML_MAX_ROTATED_KEYS];
+static tml_keyring_t ring;
+
+static void fresh_state(void)
+{
+    memset(&meta, 0, sizeof(meta));
+    tml_trust_keyring(&meta, builtin, builtin_count, ring_keys, &ring);
+}
+
+static tml_reason_t apply(const uint8_t *cose, size_t len)
+{
+    tml_reason_t why = tml_trust_apply(&meta, &ring, builtin, builtin_count, cose, len);
+    tml_trust_keyring(&meta, builtin, builtin_count, ring_keys, &ring);
+    return why;
+}
+
+/* Parse "a,b,c" of 16-hex-digit key ids; returns the count. */
+static size_t kids(const vec_record_t *r, const char *key, uint8_t out[][8], size_t cap)
+{
+    const char *p = vec_get(r, key);
+    size_t n = 0;
+    while (p && *p && *p != '-' && n < cap) {
+        char one[17] = {0};
+        memcpy(one, p, 16);
+        if (vec_parse_hex(one, out[n], 8) != 8) {
+            break;
+        }
+        n++;
+        p += p[16] == ',' ? 17 : 16;
+    }
+    return n;
+}
+
+static bool is_retired(const uint8_t kid[8])
+{
+    for (size_t i = 0; i < builtin_count; i++) {
+        if ((meta.retired_builtin & (1U << i)) && !memcmp(builtin[i].kid, kid, 8)) {
+            return true;
+        }
+    }
+    for (size_t i = 0; i < meta.retired_count; i++) {
+        if (!memcmp(meta.retired[i], kid, 8)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The state after a step: keys in trust order, retired ids, sequences, revoked packages. */
+static void expect_state(const vec_record_t *r)
+{
+    uint8_t want[8][8];
+    uint64_t revoked[TML_MAX_REVOKED_PACKAGES + 1];
+    size_t n = kids(r, "trusted", want, 8);
+    CHECK_EQ(ring.count, n);
+    for (size_t i = 0; i < n && i < ring.count; i++) {
+        CHECK(memcmp(ring.keys[i]->kid, want[i], 8) == 0);
+    }
+    n = kids(r, "retired", want, 8);
+    CHECK_EQ(meta.retired_count + (size_t)__builtin_popcount(meta.retired_builtin), n);
+    for (size_t i = 0; i < n; i++) {
+        CHECK(is_retired(want[i]));
+    }
+    CHECK_EQ(meta.rotation_sequence, vec_u64(r, "record_sequence"));
+    CHECK_EQ(meta.min_sequence, vec_u64(r, "min_sequence"));
+    n = strcmp(vec_get(r, "revoked"), "-") ? vec_list(r, "revoked", revoked, 9) : 0;
+    CHECK_EQ(meta.revoked_count, n);
+    for (size_t i = 0; i < n && i < meta.revoked_count; i++) {
+        CHECK_EQ(meta.revoked[i], revoked[i]);
+    }
+}
+
+static void offer(const vec_record_t *r, const uint8_t *cose, size_t len)
+{
+    tml_manifest_t m;
+    uint64_t floor = vec_u64(r, "current_sequence");
+    tml_manifest_policy_t p = {
+        .keyring = &ring,
+        .current_sequence = meta.min_sequence > floor ? meta.min_sequence : floor,
+        .hardware_profile = vec_get(r, "hardware_profile"),
+        .now = vec_u64(r, "now"),
+        .revoked = meta.revoked,
+        .revoked_count = meta.revoked_count,
+    };
+    CHECK_EQ(tml_manifest_check(cose, len, &p, &m), vec_u64(r, "reason"));
+}
+
+/* Apply every record of a bundle (TrustState.apply_bundle): count the refusals other than
+ * replays, which are records the device already has. */
+static void bundle(const vec_record_t *r, const uint8_t *payload, size_t len)
+{
+    tml_cbor_reader_t rd;
+    tml_cbor_item_t arr, rec;
+    size_t refused = 0;
+    fresh_state();
+    tml_cbor_reader_init(&rd, payload, len);
+    CHECK(tml_cbor_expect(&rd, TML_CBOR_ARRAY, &arr) == TML_OK);
+    CHECK_EQ(arr.arg, vec_u64(r, "records"));
+    for (uint64_t i = 0; i < arr.arg; i++) {
+        CHECK(tml_cbor_expect(&rd, TML_CBOR_BYTES, &rec) == TML_OK);
+        tml_reason_t why = apply(rec.data, (size_t)rec.arg);
+        refused += why != TML_REASON_OK && why != TML_REASON_MANIFEST_SEQUENCE_REPLAY;
+    }
+    CHECK_EQ(refused, vec_u64(r, "refused"));
+    expect_state(r);
+}
+
+void suite_trust(void)
+{
+    static uint8_t bytes[8192];
+    vec_file_t f;
+    vec_record_t r;
+    builtin_count = load_keys(builtin, 4);
+    fresh_state();
+    tml_case("trust", "vectors_open");
+    CHECK(vec_open(&f, "trust.vec"));
+    int steps = 0;
+    while (vec_next(&f, &r)) {
+        const char *step = vec_get(&r, "step");
+        size_t n = vec_hex(&r, strcmp(step, "record") && strcmp(step, "offer") ? "payload" : "cose",
+                           bytes, sizeof(bytes));
+        tml_case("trust", vec_get(&r, "name"));
+        if (!strcmp(step, "record")) {
+            CHECK_EQ(apply(bytes, n), vec_u64(&r, "reason"));
+            expect_state(&r);
+        } else if (!strcmp(step, "offer")) {
+            offer(&r, bytes, n);
+        } else if (!strcmp(step, "bundle")) {
+            bundle(&r, bytes, n);
+        } else if (!strcmp(step, "withdraw")) {
+            uint32_t pkg = 0;
+            uint16_t reason = 0;
+            CHECK(tml_withdraw_decode(bytes, n, &pkg, &reason) == TML_OK);
+            CHECK_EQ(pkg, vec_u64(&r, "pkg"));
+            CHECK_EQ(reason, vec_u64(&r, "reason"));
+        } else if (!strcmp(step, "status")) {
+            /* The C status carries the capabilities too: its "keys" entry is the SDK's. */
+            uint8_t want[8][8], out[512];
+            size_t count = kids(&r, "keys", want, 8), len = 0;
+            tml_key_t ks[8];
+            const tml_key_t *refs[8];
+            for (size_t i = 0; i < count; i++) {
+                memcpy(ks[i].kid, want[i], 8);
+                refs[i] = &ks[i];
+            }
+            tml_keyring_t kr = {refs, count};
+            tml_status_msg_t s = {.firmware_version = "x", .tflm_version = "y",
+                                  .pointer_bits = 32, .keys = &kr};
+            CHECK(tml_status_encode(&s, out, sizeof(out), &len) == TML_OK);
+            const uint8_t *entry = memmem(bytes, n, "\x64keys", 5);
+            CHECK(entry != NULL);
+            size_t entry_len = 5 + 1 + 9 * count;
+            CHECK(entry && memmem(out, len, entry, entry_len) != NULL);
+            /* canonical place: after "seq" and its value, before "slot" */
+            const uint8_t *k = memmem(out, len, "\x64keys", 5), *slot = memmem(out, len, "\x64slot", 5);
+            CHECK(k && slot && k < slot && k > (const uint8_t *)memmem(out, len, "\x63seq", 4));
+        }
+        steps++;
+    }
+    vec_close(&f);
+    tml_case("trust", "every_step_ran");
+    CHECK(steps >= 20);
+}
