@@ -10,6 +10,7 @@
 #include "tml/cbor.h"
 #include "tml/messages.h"
 #include "tml/trust.h"
+#include "sim.h"
 #include "tml_test.h"
 
 size_t load_keys(tml_key_t *keys, size_t cap); /* test_manifest.c: trusted_public.hex */
@@ -179,4 +180,139 @@ void suite_trust(void)
     vec_close(&f);
     tml_case("trust", "every_step_ran");
     CHECK(steps >= 20);
+}
+
+/* Load the cose of the named record of a vector file into out; returns its length (0: none). */
+static size_t vector_cose(const char *file, const char *name, uint8_t *out, size_t cap)
+{
+    vec_file_t f;
+    vec_record_t r;
+    size_t n = 0;
+    if (!vec_open(&f, file)) {
+        return 0;
+    }
+    while (!n && vec_next(&f, &r)) {
+        if (!strcmp(vec_get(&r, "name"), name)) {
+            n = vec_hex(&r, "cose", out, cap);
+        }
+    }
+    vec_close(&f);
+    return n;
+}
+
+/* The device end to end over the link: trust records as ROTATION frames stop a download the
+ * policy forbids, change the keys in the status and refuse what they revoke; WITHDRAW stops a
+ * download; TIME never goes back; a refused offer names only an authenticated package. */
+void suite_trust_device(void)
+{
+    static uint8_t cose[4096];
+    vec_file_t f;
+    vec_record_t r;
+    size_t n;
+    sim_flash_fresh();
+    CHECK(sim_boot() == TML_OK);
+
+    tml_case("trust_device", "offer_before_time_is_refused_as_not_provably_unexpired");
+    n = vector_cose("manifests.vec", "valid_raw", cose, sizeof(cose)); /* pkg 77, seq 10 */
+    sim_send(TML_LINK_OFFER, cose, n); /* before the device's HELLO brought the gateway's TIME */
+    sim_run(NULL, 40);
+    CHECK_EQ(sim_seen.last_pkg, 77); /* signature verified: the id is authenticated */
+    CHECK_EQ(sim_seen.last_state, TML_STATE_FAILED);
+    CHECK_EQ(sim_seen.last_detail, TML_REASON_MANIFEST_EXPIRED);
+
+    tml_case("trust_device", "time_going_backwards_is_refused");
+    CHECK(sim_device.time_synced); /* the sim gateway answered HELLO with SIM_TIME_MS */
+    sim_send_time(SIM_TIME_MS - 86400000ULL);
+    sim_run(NULL, 10);
+    CHECK(tml_device_unix_ms(&sim_device) >= SIM_TIME_MS);
+    sim_send_time(1800000000000ULL); /* the manifest vectors' "now": forwards is fine */
+    sim_run(NULL, 10);
+    CHECK(tml_device_unix_ms(&sim_device) >= 1800000000000ULL);
+
+    tml_case("trust_device", "tampered_offer_is_reported_under_no_package");
+    cose[n - 70] ^= 1; /* a payload byte: the signature fails */
+    sim_send(TML_LINK_OFFER, cose, n);
+    sim_run(NULL, 40);
+    CHECK_EQ(sim_seen.last_detail, TML_REASON_MANIFEST_BAD_SIGNATURE);
+    CHECK_EQ(sim_seen.last_pkg, 0);
+    cose[n - 70] ^= 1;
+
+    tml_case("trust_device", "policy_record_stops_a_download_below_the_new_minimum");
+    sim_send(TML_LINK_OFFER, cose, n);
+    sim_run(NULL, 40); /* no chunk comes: the download waits */
+    CHECK_EQ(sim_seen.last_state, TML_STATE_DOWNLOADING);
+    CHECK_EQ(sim_device.ota.state, TML_OTA_DOWNLOADING);
+    CHECK(vec_open(&f, "trust.vec"));
+    while (vec_next(&f, &r)) { /* every record, in order, as the bridge forwards the bundle */
+        if (!strcmp(vec_get(&r, "step"), "record")) {
+            size_t len = vec_hex(&r, "cose", cose, sizeof(cose));
+            sim_send(TML_LINK_ROTATION, cose, len);
+            sim_run(NULL, 40);
+        }
+    }
+    vec_close(&f);
+    CHECK_EQ(sim_device.ota.state, TML_OTA_IDLE);
+    CHECK_EQ(sim_seen.last_pkg, 77); /* revoke_and_raise_floor: min 12, revoked 77 and 78 */
+    CHECK_EQ(sim_seen.last_state, TML_STATE_FAILED);
+    CHECK_EQ(sim_seen.last_detail, TML_REASON_ABORTED);
+
+    tml_case("trust_device", "status_names_the_keys_trusted_now");
+    sim_send(TML_LINK_STATUS_REQUEST, NULL, 0);
+    sim_run(NULL, 20);
+    {
+        static const uint8_t keys[] = {0x64, 'k', 'e', 'y', 's', 0x81, 0x48, 0x75, 0xfe,
+                                       0x18, 0x72, 0x20, 0x04, 0x73, 0x7a};
+        CHECK(memmem(sim_seen.last_status, sim_seen.last_status_len, keys, sizeof(keys)));
+    }
+
+    tml_case("trust_device", "package_signed_by_a_retired_key_is_refused");
+    n = vector_cose("manifests.vec", "valid_raw", cose, sizeof(cose));
+    sim_send(TML_LINK_OFFER, cose, n);
+    sim_run(NULL, 40);
+    CHECK_EQ(sim_seen.last_detail, TML_REASON_MANIFEST_UNKNOWN_KEY);
+    CHECK_EQ(sim_seen.last_pkg, 0);
+
+    tml_case("trust_device", "revoked_package_is_refused_aborted");
+    n = vector_cose("trust.vec", "offer_revoked_package", cose, sizeof(cose));
+    sim_send(TML_LINK_OFFER, cose, n);
+    sim_run(NULL, 40);
+    CHECK_EQ(sim_seen.last_state, TML_STATE_FAILED);
+    CHECK_EQ(sim_seen.last_detail, TML_REASON_ABORTED);
+
+    tml_case("trust_device", "offer_at_the_minimum_is_a_replay");
+    n = vector_cose("trust.vec", "offer_at_the_floor", cose, sizeof(cose));
+    sim_send(TML_LINK_OFFER, cose, n);
+    sim_run(NULL, 40);
+    CHECK_EQ(sim_seen.last_detail, TML_REASON_MANIFEST_SEQUENCE_REPLAY);
+
+    tml_case("trust_device", "withdraw_stops_the_download_of_its_package");
+    n = vector_cose("trust.vec", "offer_above_the_floor", cose, sizeof(cose));
+    sim_send(TML_LINK_OFFER, cose, n);
+    sim_run(NULL, 40);
+    CHECK_EQ(sim_seen.last_state, TML_STATE_DOWNLOADING);
+    uint32_t pkg = sim_seen.last_pkg;
+    {
+        uint8_t other[4] = {0x82, 0x01, 0x18, 0x23}; /* [1, 35]: another package, ignored */
+        sim_send(TML_LINK_WITHDRAW, other, sizeof(other));
+        sim_run(NULL, 20);
+        CHECK_EQ(sim_device.ota.state, TML_OTA_DOWNLOADING);
+        uint8_t w[6] = {0x82, 0x18, (uint8_t)pkg, 0x18, 0x23}; /* [pkg, 35] */
+        sim_send(TML_LINK_WITHDRAW, w, 5);
+        sim_run(NULL, 20);
+    }
+    CHECK(pkg >= 24 && pkg < 256);
+    CHECK_EQ(sim_device.ota.state, TML_OTA_IDLE);
+    CHECK_EQ(sim_seen.last_pkg, pkg);
+    CHECK_EQ(sim_seen.last_state, TML_STATE_FAILED);
+    CHECK_EQ(sim_seen.last_detail, TML_REASON_ABORTED);
+
+    tml_case("trust_device", "trust_state_and_clock_floor_survive_a_reboot");
+    sim_flash_reopen();
+    CHECK(sim_boot() == TML_OK);
+    CHECK_EQ(sim_device.keyring.count, 1);
+    CHECK_EQ(sim_device.slots.meta.min_sequence, 12);
+    CHECK_EQ(sim_device.slots.meta.revoked_count, 2);
+    CHECK(sim_device.slots.meta.time_floor >= 1800000000UL); /* a day past the build: saved */
+    sim_run(NULL, 20); /* the sim gateway's HELLO answer, SIM_TIME_MS, is below the floor */
+    CHECK(!sim_device.time_synced);
 }

@@ -27,10 +27,10 @@ typedef enum {
 
 /** @brief The receiver. */
 typedef struct {
-    tml_slots_t *slots;
     tml_manifest_t manifest;
     tml_transfer_t transfer;
     uint8_t stage[TML_OTA_WRITE_BUF];
+    tml_slots_t *slots;
     uint32_t stage_len;
     uint32_t written; /**< model bytes programmed into the slot */
     uint8_t slot;
