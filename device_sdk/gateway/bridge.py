@@ -9,6 +9,7 @@ trust: every manifest is signed and every transferred byte digested, and the MCU
     fleet/v1/{child}/ota/offer    -> OFFER
     fleet/v1/{child}/ota/chunk    -> CHUNK (the answer to the pending request)
     fleet/v1/{child}/ota/key      -> the key of a package's fan-out (kept; decrypts it)
+    fleet/v1/{child}/ota/withdraw -> WITHDRAW, unchanged (the MCU stops that download)
     fleet/v1/pkg/{pkg}/chunk      -> decrypted, cached; answers pending requests, clipped
     fleet/v1/keys (retained)      -> ROTATION, one frame per record of the trust bundle, to
                                      every child (again to one that attaches or restarts);
@@ -51,6 +52,7 @@ from device_sdk.protocol.ota_messages import (
     decode_chunk_request,
     decode_fanout_key,
     decode_report,
+    decode_withdrawal,
     encode_chunk,
     encode_chunk_request,
 )
@@ -76,6 +78,7 @@ log = logging.getLogger(__name__)
 # CBOR around a chunk's data ([pkg, offset, bstr]): what an MTU must leave room for (LINK.md).
 CHUNK_OVERHEAD: Final = 16
 HELD_MAX: Final = 64
+_CHILD_CHANNELS: Final = (Channel.OTA_OFFER, Channel.OTA_CHUNK, Channel.OTA_KEY, Channel.OTA_WITHDRAW)
 # Reports after which a child no longer downloads the package.
 _DOWNLOAD_OVER: Final = frozenset(DeploymentState) - {DeploymentState.PENDING,
                                                       DeploymentState.OFFERED,
@@ -197,9 +200,8 @@ class Bridge:
             return  # the MCU came back on another port meanwhile
         self.mark_offline(child)
         if child.admitted:
-            self.uplink.unsubscribe(device_topic(child.uid, Channel.OTA_OFFER))
-            self.uplink.unsubscribe(device_topic(child.uid, Channel.OTA_CHUNK))
-            self.uplink.unsubscribe(device_topic(child.uid, Channel.OTA_KEY))
+            for channel in _CHILD_CHANNELS:
+                self.uplink.unsubscribe(device_topic(child.uid, channel))
         for pkg in list(child.downloading):
             self._download_over(child, pkg)
 
@@ -389,6 +391,12 @@ class Bridge:
                     self._offer(parsed.uid, payload)
                 elif parsed.channel is Channel.OTA_CHUNK:
                     self._chunk(decode_chunk(payload), parsed.uid)
+                elif parsed.channel is Channel.OTA_WITHDRAW:  # unchanged; the MCU stops it
+                    decode_withdrawal(payload)  # refuses what the MCU would drop anyway
+                    with self._lock:
+                        child = self._children.get(parsed.uid)
+                    if child is not None:
+                        child.outbox.put((link.Kind.WITHDRAW, payload))
                 elif parsed.channel is Channel.OTA_KEY:
                     message = decode_fanout_key(payload)
                     with self._lock:
@@ -476,9 +484,8 @@ class Bridge:
     # -- uplink --------------------------------------------------------------------------------
 
     def _subscribe(self, uid: str) -> None:
-        self.uplink.subscribe(device_topic(uid, Channel.OTA_OFFER))
-        self.uplink.subscribe(device_topic(uid, Channel.OTA_CHUNK))
-        self.uplink.subscribe(device_topic(uid, Channel.OTA_KEY))
+        for channel in _CHILD_CHANNELS:
+            self.uplink.subscribe(device_topic(uid, channel))
         if not self._trust_subscribed:
             # Every child's role may read it; one subscription serves them all.
             self._trust_subscribed = True

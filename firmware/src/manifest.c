@@ -15,6 +15,8 @@
 
 #define MAX_KEY 32 /* every payload key of v1 is a one-byte uint: 1..15, 20..22, 30..32 */
 #define DEPTH 8    /* cbor2's max_depth in cose.loads_strict */
+#define RETIRE_MAX 8  /* manifest.py MAX_RETIRE_KIDS: kids one policy record retires */
+#define REVOKE_MAX 16 /* manifest.py MAX_REVOKED_PACKAGES: packages one record revokes */
 
 typedef struct {
     const uint8_t *protected_hdr, *kid, *payload, *sig;
@@ -506,7 +508,7 @@ static bool decode_policy(const fields_t *f, tml_trust_record_t *out)
         return false;
     }
     if (f->val[TML_K_RETIRE_KIDS]) {
-        if (!list_field(f, TML_K_RETIRE_KIDS, TML_MAX_RETIRE_KIDS, &r, &out->retire_count)) {
+        if (!list_field(f, TML_K_RETIRE_KIDS, RETIRE_MAX, &r, &out->retire_count)) {
             return false;
         }
         out->retire = r.p + 1;
@@ -523,7 +525,7 @@ static bool decode_policy(const fields_t *f, tml_trust_record_t *out)
         return false;
     }
     if (f->val[TML_K_REVOKE_PACKAGES]) {
-        if (!list_field(f, TML_K_REVOKE_PACKAGES, TML_MAX_REVOKE_PER_RECORD, &r,
+        if (!list_field(f, TML_K_REVOKE_PACKAGES, REVOKE_MAX, &r,
                         &out->revoke_count)) {
             return false;
         }

@@ -57,9 +57,9 @@ def test_protocol_enums_are_identical(prefix: str, enum: type[IntEnum]) -> None:
 
 
 def test_manifest_keys_are_identical() -> None:
-    """Manifest and rotation payload keys match manifest.py's K_* constants."""
-    python = {name[2:]: value for name, value in vars(manifest).items()
-              if name.startswith("K_") and isinstance(value, int)}
+    """Manifest, rotation and policy payload keys match manifest.py's K_* and KP_* constants."""
+    python = {name.split("_", 1)[1]: value for name, value in vars(manifest).items()
+              if name.startswith(("K_", "KP_")) and isinstance(value, int)}
     assert with_prefix(c_constants("protocol.h"), "TML_K_") == python
 
 

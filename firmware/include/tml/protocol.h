@@ -32,8 +32,6 @@
 #define TML_K_RETIRE_KIDS 30
 #define TML_K_MIN_SEQUENCE 31
 #define TML_K_REVOKE_PACKAGES 32
-#define TML_MAX_RETIRE_KIDS 8        /* MAX_RETIRE_KIDS: per policy record */
-#define TML_MAX_REVOKE_PER_RECORD 16 /* MAX_REVOKED_PACKAGES: per policy record */
 
 /* manifest.py */
 #define TML_MANIFEST_FORMAT_VERSION 1 /* FORMAT_VERSION */
