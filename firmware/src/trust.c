@@ -10,22 +10,6 @@
 
 #include "tml/cbor.h"
 
-void tml_trust_keyring(const tml_meta_t *m, const tml_key_t *builtin, size_t builtin_count,
-                       const tml_key_t **keys, tml_keyring_t *ring)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < builtin_count && i < TML_MAX_BUILTIN_KEYS; i++) {
-        if (!(m->retired_builtin & (1U << i))) {
-            keys[n++] = &builtin[i];
-        }
-    }
-    for (size_t i = 0; i < m->rotated_count; i++) {
-        keys[n++] = &m->rotated[i];
-    }
-    ring->keys = keys;
-    ring->count = n;
-}
-
 /* Index of kid in the keyring (the order the device came to trust its keys), or -1. */
 static int ring_index(const tml_keyring_t *ring, const uint8_t *kid)
 {
@@ -37,65 +21,63 @@ static int ring_index(const tml_keyring_t *ring, const uint8_t *kid)
     return -1;
 }
 
-/* Drop element i of an array of n elements of size bytes, keeping the others' order. */
-static void drop(void *array, size_t i, size_t n, size_t size)
+/* Index of the item starting with kid in an array of n items of size bytes, or -1. One search
+ * for the built-in keys, the rotated keys and the retired ids (smaller code than three). */
+static int find(const void *array, size_t n, size_t size, const uint8_t *kid)
 {
-    uint8_t *a = array;
-    memmove(a + i * size, a + (i + 1) * size, (n - i - 1) * size);
-}
-
-static bool was_retired(const tml_meta_t *m, const tml_key_t *builtin, size_t builtin_count,
-                        const uint8_t *kid)
-{
-    for (size_t i = 0; i < builtin_count && i < TML_MAX_BUILTIN_KEYS; i++) {
-        if ((m->retired_builtin & (1U << i)) && !memcmp(builtin[i].kid, kid, TML_KEY_ID_BYTES)) {
-            return true;
+    for (size_t i = 0; i < n; i++) {
+        if (!memcmp((const uint8_t *)array + i * size, kid, TML_KEY_ID_BYTES)) {
+            return (int)i;
         }
     }
-    for (size_t i = 0; i < m->retired_count; i++) {
-        if (!memcmp(m->retired[i], kid, TML_KEY_ID_BYTES)) {
+    return -1;
+}
+
+/* Drop item i of an array of *n items, keeping the others' order. */
+static void drop(void *array, uint8_t *n, size_t i, size_t size)
+{
+    uint8_t *a = array;
+    memmove(a + i * size, a + (i + 1) * size, (--*n - i) * size);
+}
+
+/* Append an item to an array of *n items holding max: the oldest goes when it is full. */
+static void push(void *array, uint8_t *n, size_t max, size_t size, const void *item)
+{
+    if (*n == max) {
+        drop(array, n, 0, size);
+    }
+    memcpy((uint8_t *)array + (*n)++ * size, item, size);
+}
+
+static bool revoked(const tml_meta_t *m, uint64_t pkg)
+{
+    for (size_t i = 0; i < m->revoked_count; i++) {
+        if (m->revoked[i] == pkg) {
             return true;
         }
     }
     return false;
 }
 
-/* Stop trusting kid (trusted now): a built-in key's bit, or a rotated key moved to retired[]. */
-static void retire(tml_meta_t *m, const tml_key_t *builtin, size_t builtin_count,
-                   const uint8_t *kid)
+static size_t builtins(size_t count)
 {
-    for (size_t i = 0; i < builtin_count && i < TML_MAX_BUILTIN_KEYS; i++) {
-        if (!memcmp(builtin[i].kid, kid, TML_KEY_ID_BYTES)) {
-            m->retired_builtin |= (uint8_t)(1U << i);
-            return;
+    return count < TML_MAX_BUILTIN_KEYS ? count : TML_MAX_BUILTIN_KEYS;
+}
+
+void tml_trust_keyring(const tml_meta_t *m, const tml_key_t *builtin, size_t builtin_count,
+                       const tml_key_t **keys, tml_keyring_t *ring)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < builtins(builtin_count); i++) {
+        if (!(m->retired_builtin & (1U << i))) {
+            keys[n++] = &builtin[i];
         }
     }
     for (size_t i = 0; i < m->rotated_count; i++) {
-        if (!memcmp(m->rotated[i].kid, kid, TML_KEY_ID_BYTES)) {
-            drop(m->rotated, i, m->rotated_count--, sizeof(m->rotated[0]));
-            if (m->retired_count == TML_MAX_RETIRED_KIDS) { /* forget the oldest */
-                drop(m->retired, 0, m->retired_count--, TML_KEY_ID_BYTES);
-            }
-            memcpy(m->retired[m->retired_count++], kid, TML_KEY_ID_BYTES);
-            return;
-        }
+        keys[n++] = &m->rotated[i];
     }
-}
-
-static void revoke(tml_meta_t *m, uint64_t pkg)
-{
-    for (size_t i = 0; i < m->revoked_count; i++) {
-        if (m->revoked[i] == pkg) {
-            return; /* already revoked: it keeps its place */
-        }
-    }
-    if (pkg > UINT32_MAX) {
-        return; /* no manifest this device accepts has such an id */
-    }
-    if (m->revoked_count == TML_MAX_REVOKED_PACKAGES) { /* keep the newest */
-        drop(m->revoked, 0, m->revoked_count--, sizeof(m->revoked[0]));
-    }
-    m->revoked[m->revoked_count++] = (uint32_t)pkg;
+    ring->keys = keys;
+    ring->count = n;
 }
 
 tml_reason_t tml_trust_apply(tml_meta_t *m, const tml_keyring_t *ring, const tml_key_t *builtin,
@@ -115,27 +97,36 @@ tml_reason_t tml_trust_apply(tml_meta_t *m, const tml_keyring_t *ring, const tml
         }
         gone |= 1UL << k;
     }
-    if (rec.is_rotation ? ring_index(ring, rec.new_kid) >= 0 ||
-                              was_retired(m, builtin, builtin_count, rec.new_kid)
+    int b = find(builtin, builtins(builtin_count), sizeof(*builtin), rec.new_kid);
+    if (rec.is_rotation ? ring_index(ring, rec.new_kid) >= 0 || b >= 0 ||
+                              find(m->retired, m->retired_count, TML_KEY_ID_BYTES, rec.new_kid) >= 0
                         : gone == (1UL << ring->count) - 1) {
         return TML_REASON_MANIFEST_BAD_ROTATION; /* known or returning key; no key left */
     }
     for (size_t i = 0; i < rec.retire_count; i++) {
-        retire(m, builtin, builtin_count, rec.retire + 9 * i);
+        const uint8_t *kid = rec.retire + 9 * i;
+        int k = find(builtin, builtins(builtin_count), sizeof(*builtin), kid);
+        if (k >= 0) {
+            m->retired_builtin |= (uint8_t)(1U << k);
+        } else if ((k = find(m->rotated, m->rotated_count, sizeof(m->rotated[0]), kid)) >= 0) {
+            drop(m->rotated, &m->rotated_count, (size_t)k, sizeof(m->rotated[0]));
+            push(m->retired, &m->retired_count, TML_MAX_RETIRED_KIDS, TML_KEY_ID_BYTES, kid);
+        }
     }
     if (rec.is_rotation) {
-        if (m->rotated_count == TML_MAX_ROTATED_KEYS) { /* keep the newest keys */
-            drop(m->rotated, 0, m->rotated_count--, sizeof(m->rotated[0]));
-        }
-        tml_key_t *k = &m->rotated[m->rotated_count++];
-        memcpy(k->kid, rec.new_kid, TML_KEY_ID_BYTES);
-        memcpy(k->public_key, rec.new_public_key, 32);
+        tml_key_t key;
+        memcpy(key.kid, rec.new_kid, TML_KEY_ID_BYTES);
+        memcpy(key.public_key, rec.new_public_key, 32);
+        push(m->rotated, &m->rotated_count, TML_MAX_ROTATED_KEYS, sizeof(key), &key);
     } else {
         tml_cbor_reader_t r;
         tml_cbor_item_t it;
         tml_cbor_reader_init(&r, rec.revoke, rec.revoke ? (size_t)(cose + len - rec.revoke) : 0);
         for (size_t i = 0; i < rec.revoke_count && tml_cbor_read(&r, &it) == TML_OK; i++) {
-            revoke(m, it.arg);
+            uint32_t pkg = (uint32_t)it.arg;
+            if (it.arg <= UINT32_MAX && !revoked(m, pkg)) { /* a known one keeps its place */
+                push(m->revoked, &m->revoked_count, TML_MAX_REVOKED_PACKAGES, sizeof(pkg), &pkg);
+            }
         }
         if (rec.min_sequence > m->min_sequence) {
             m->min_sequence = rec.min_sequence;
@@ -147,10 +138,5 @@ tml_reason_t tml_trust_apply(tml_meta_t *m, const tml_keyring_t *ring, const tml
 
 bool tml_trust_stops(const tml_meta_t *m, uint64_t package_id, uint64_t sequence)
 {
-    for (size_t i = 0; i < m->revoked_count; i++) {
-        if (m->revoked[i] == package_id) {
-            return true;
-        }
-    }
-    return sequence <= m->min_sequence;
+    return revoked(m, package_id) || sequence <= m->min_sequence;
 }
