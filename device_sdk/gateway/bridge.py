@@ -11,18 +11,16 @@ trust: every manifest is signed and every transferred byte digested, and the MCU
     fleet/v1/{child}/ota/key      -> the key of a package's fan-out (kept; decrypts it)
     fleet/v1/{child}/ota/withdraw -> WITHDRAW, unchanged (the MCU stops that download)
     fleet/v1/pkg/{pkg}/chunk      -> decrypted, cached; answers pending requests, clipped
-    fleet/v1/keys (retained)      -> ROTATION, one frame per record of the trust bundle, to
-                                     every child (again to one that attaches or restarts);
-                                     the MCU verifies each and skips those it applied
+    fleet/v1/keys (retained)      -> ROTATION per record, to every child (again at its HELLO)
 
-Until a child is admitted (enrolled and added to the gateway's children) what it sends is
-held, the newest status and up to ``HELD_MAX`` other messages, and sent once it is. An MCU whose
-HELLO announces its own Ed25519 key proves it at enrollment: the admission sends it an
-ENROLL_CHALLENGE through :meth:`Bridge.challenge` and gets its ENROLL_PROOF back
-(``Admission.proof``); the MCU signs, the gateway relays.
+Until a child is admitted (enrolled and added to the gateway's children) what it sends is held, the
+newest status and up to ``HELD_MAX`` other messages, and sent once it is. An MCU whose HELLO
+announces its own Ed25519 key proves it at enrollment: the admission sends it an ENROLL_CHALLENGE
+through :meth:`Bridge.challenge` and gets its ENROLL_PROOF back (``Admission.proof``); the MCU
+signs, the gateway relays.
 
-Threading: serial threads call :meth:`Bridge.attach`, :meth:`Bridge.on_frame` and friends for
-their own child; the MQTT thread calls :meth:`Bridge.on_message`; the enrollment thread calls
+Threading: serial threads call :meth:`Bridge.attach`, :meth:`Bridge.on_frame` and friends for their
+own child; the MQTT thread calls :meth:`Bridge.on_message`; the enrollment thread calls
 :meth:`Bridge.admitted`. Frames to a child go into its ``outbox``, which only its serial thread
 drains. Uplink calls are made outside the lock, so the MQTT thread never waits on a serial one.
 """
@@ -80,9 +78,8 @@ CHUNK_OVERHEAD: Final = 16
 HELD_MAX: Final = 64
 _CHILD_CHANNELS: Final = (Channel.OTA_OFFER, Channel.OTA_CHUNK, Channel.OTA_KEY, Channel.OTA_WITHDRAW)
 # Reports after which a child no longer downloads the package.
-_DOWNLOAD_OVER: Final = frozenset(DeploymentState) - {DeploymentState.PENDING,
-                                                      DeploymentState.OFFERED,
-                                                      DeploymentState.DOWNLOADING}
+_DOWNLOAD_OVER: Final = frozenset(DeploymentState) - {
+    DeploymentState.PENDING, DeploymentState.OFFERED, DeploymentState.DOWNLOADING}
 
 Outbox = queue.SimpleQueue[tuple[link.Kind, bytes]]
 
@@ -91,9 +88,7 @@ class UplinkLike(Protocol):
     """What the bridge needs from the MQTT side (:class:`~device_sdk.gateway.uplink.Uplink`)."""
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None: ...
-
     def subscribe(self, topic_filter: str) -> None: ...
-
     def unsubscribe(self, topic_filter: str) -> None: ...
 
 
@@ -492,8 +487,7 @@ class Bridge:
             self.uplink.subscribe(fleet_topic(FleetChannel.KEYS))
 
     def _publish(self, uid: str, channel: Channel, payload: bytes) -> None:
-        self.uplink.publish(device_topic(uid, channel), payload,
-                            retain=channel is Channel.STATUS)
+        self.uplink.publish(device_topic(uid, channel), payload, retain=channel is Channel.STATUS)
         self.counters[f"published_{channel.value.replace('/', '_')}"] += 1
 
 

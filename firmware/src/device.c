@@ -111,42 +111,6 @@ uint64_t tml_device_unix_ms(const tml_device_t *d)
     return d->time_base_ms + (uint32_t)(tml_platform_millis() - d->time_base_tick);
 }
 
-/*
- * Manifest key 15: run golden inputs 0..n-1 and compare labels and the outputs digest with the
- * manifest's. The transfer decoder's 4 KB is idle once the download is installed, so it holds
- * the input (input tensor 0's size) and, after it, the output; a model whose input tensor
- * leaves no room there cannot be judged and fails its trial.
- */
-static tml_reason_t golden_trial(tml_device_t *d, const tml_manifest_t *m)
-{
-    tml_model_runner_t *r = d->cfg.runner;
-    uint8_t *in = (uint8_t *)&d->ota.transfer, digest[32];
-    size_t in_len = r->input_bytes(r), out_len = 0;
-    unsigned mismatches = 0;
-    tml_sha256_t h;
-    if (in_len == 0 || in_len >= sizeof(d->ota.transfer)) {
-        return TML_REASON_TRIAL_FAILED;
-    }
-    tml_sha256_init(&h);
-    for (uint8_t i = 0; i < m->trial_n; i++) {
-        uint8_t *out = in + in_len;
-        tml_golden_input(m->model_sha256, i, in, in_len);
-        if (r->invoke_raw(r, in, in_len, out, sizeof(d->ota.transfer) - in_len, &out_len) !=
-                TML_OK ||
-            out_len == 0) {
-            return TML_REASON_TRIAL_FAILED;
-        }
-        tml_sha256_update(&h, out, out_len);
-        mismatches += tml_golden_label(out, out_len, m->trial_output_type) != m->trial_labels[i];
-    }
-    tml_sha256_final(&h, digest);
-    if (mismatches > m->trial_max_mismatches ||
-        (m->trial_has_digest && memcmp(digest, m->trial_outputs_sha256, 32) != 0)) {
-        return TML_REASON_TRIAL_OUTPUT_MISMATCH;
-    }
-    return TML_REASON_OK;
-}
-
 /* Run the new model's trial; confirm it, or revert to the previous model. */
 static void trial(tml_device_t *d)
 {
@@ -160,7 +124,8 @@ static void trial(tml_device_t *d)
     /* A runner without raw tensors (the test source in the Cortex-M image runs no model)
      * cannot judge key 15: it gets the legacy trial below, as before key 15. */
     if (why == TML_REASON_OK && d->ota.manifest.trial_n && d->cfg.runner->invoke_raw) {
-        why = golden_trial(d, &d->ota.manifest);
+        why = tml_golden_trial(d->cfg.runner, &d->ota.manifest, (uint8_t *)&d->ota.transfer,
+                               sizeof(d->ota.transfer));
     }
     for (int i = 0; i < TML_TRIAL_INFERENCES && why == TML_REASON_OK; i++) {
         tml_inference_t out;
