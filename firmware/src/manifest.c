@@ -475,6 +475,37 @@ tml_reason_t tml_manifest_check(const uint8_t *cose, size_t len,
     return TML_REASON_OK;
 }
 
+uint32_t tml_manifest_peek_package(const uint8_t *cose, size_t len)
+{
+    sign1_t msg;
+    tml_cbor_reader_t r;
+    tml_cbor_item_t map, k, v;
+    if (parse_sign1(cose, len, &msg) != TML_REASON_OK) {
+        return 0;
+    }
+    tml_cbor_reader_init(&r, msg.payload, msg.payload_len);
+    tml_cbor_reader_t check = r;
+    if (tml_cbor_skip(&check, DEPTH) != TML_OK || tml_cbor_read(&r, &map) != TML_OK ||
+        map.major != TML_CBOR_MAP) {
+        return 0;
+    }
+    for (uint64_t i = 0; i < map.arg; i++) {
+        if (tml_cbor_read(&r, &k) != TML_OK) {
+            return 0;
+        }
+        tml_cbor_reader_t val = r;
+        if (k.major == TML_CBOR_UINT && k.arg == TML_K_PACKAGE_ID &&
+            tml_cbor_read(&val, &v) == TML_OK && v.major == TML_CBOR_UINT &&
+            v.arg <= TML_MAX_PACKAGE_ID) {
+            return (uint32_t)v.arg;
+        }
+        if (tml_cbor_skip(&r, DEPTH) != TML_OK) {
+            return 0;
+        }
+    }
+    return 0;
+}
+
 void tml_key_id(const uint8_t public_key[32], uint8_t kid[TML_KEY_ID_BYTES])
 {
     uint8_t digest[32];

@@ -140,3 +140,30 @@ bool tml_trust_stops(const tml_meta_t *m, uint64_t package_id, uint64_t sequence
 {
     return revoked(m, package_id) || sequence <= m->min_sequence;
 }
+
+tml_reason_t tml_rotation_check(const uint8_t *cose, size_t len, const tml_keyring_t *keyring,
+                                uint64_t current_sequence, tml_rotation_t *out)
+{
+    tml_trust_record_t rec;
+    tml_reason_t why = tml_trust_check(cose, len, keyring, current_sequence, &rec);
+    memset(out, 0, sizeof(*out));
+    if (why != TML_REASON_OK) {
+        return why;
+    }
+    if (!rec.is_rotation) {
+        return TML_REASON_MANIFEST_MALFORMED; /* a policy record has no key 20 */
+    }
+    out->sequence = rec.sequence;
+    memcpy(out->new_kid, rec.new_kid, TML_KEY_ID_BYTES);
+    memcpy(out->new_public_key, rec.new_public_key, 32);
+    if (rec.retire_count) {
+        out->has_retire = true;
+        out->retire_kid_len = rec.retire_sized ? TML_KEY_ID_BYTES : 0;
+        memcpy(out->retire_kid, rec.retire, out->retire_kid_len);
+    }
+    if (ring_index(keyring, rec.new_kid) >= 0 ||
+        (rec.retire_count && (!rec.retire_sized || ring_index(keyring, rec.retire) < 0))) {
+        return TML_REASON_MANIFEST_BAD_ROTATION; /* already trusted; retiring an untrusted key */
+    }
+    return TML_REASON_OK;
+}

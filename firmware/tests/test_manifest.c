@@ -94,6 +94,7 @@ void suite_manifest(void)
             CHECK(memcmp(digest, m.model_sha256, 32) == 0);
             vec_hex(&r, "transfer_sha256", digest, 32);
             CHECK(memcmp(digest, m.transfer_sha256, 32) == 0);
+            CHECK_EQ(tml_manifest_peek_package(cose, n), m.package_id);
             /* key 15: present exactly when the vector has a trial, with its fields */
             uint64_t labels[TML_MAX_TRIAL_INPUTS + 1];
             size_t count = (size_t)vec_u64(&r, "trial_n");
@@ -125,6 +126,8 @@ void suite_manifest(void)
         tml_trust_keyring(&meta, keys, ring.count, slots, &state);
         size_t n = vec_hex(&r, "cose", cose, sizeof(cose));
         tml_case("rotation", vec_get(&r, "name"));
+        tml_rotation_t rot; /* the keyring-only check agrees with the device's */
+        expect_reason(tml_rotation_check(cose, n, &state, meta.rotation_sequence, &rot), &r);
         tml_reason_t why = tml_trust_apply(&meta, &state, keys, ring.count, cose, n);
         expect_reason(why, &r);
         if (why == TML_REASON_OK) {

@@ -118,6 +118,40 @@ tml_reason_t tml_trust_check(const uint8_t *cose, size_t len, const tml_keyring_
                              uint64_t record_sequence, tml_trust_record_t *out);
 
 /**
+ * @brief Read the package id (key 14) from a manifest without verifying it: for tools and the
+ *        fuzz harness. The device never reports it (it names only authenticated ids).
+ * @param cose the COSE_Sign1 bytes
+ * @param len their length
+ * @return the package id if one can be read and is < 2^31, else 0
+ */
+uint32_t tml_manifest_peek_package(const uint8_t *cose, size_t len);
+
+/** @brief A verified key rotation record (the rotation-only view of tml_trust_record_t). */
+typedef struct {
+    uint64_t sequence;
+    uint8_t new_kid[TML_KEY_ID_BYTES];
+    uint8_t new_public_key[32];
+    bool has_retire;
+    uint8_t retire_kid_len;
+    uint8_t retire_kid[TML_MAX_KID_BYTES];
+} tml_rotation_t;
+
+/**
+ * @brief Verify a key rotation record against a keyring alone (manifest.py verify_rotation):
+ *        tml_trust_check(), a policy record refused (MANIFEST_MALFORMED), the new key not
+ *        trusted yet and the retired one trusted (else MANIFEST_BAD_ROTATION). The device
+ *        applies records with tml_trust_apply() (trust.h), which also knows retired keys.
+ * @param cose the COSE_Sign1 bytes
+ * @param len their length
+ * @param keyring the keys trusted now
+ * @param current_sequence the last record sequence applied
+ * @param out receives the record when accepted
+ * @return TML_REASON_OK or the reason of the first failed check
+ */
+tml_reason_t tml_rotation_check(const uint8_t *cose, size_t len, const tml_keyring_t *keyring,
+                                uint64_t current_sequence, tml_rotation_t *out);
+
+/**
  * @brief Compute a key id: SHA-256 of the raw 32-byte public key, first 8 bytes.
  * @param public_key 32 bytes
  * @param kid receives 8 bytes
