@@ -8,7 +8,9 @@
 #include <string.h>
 
 #include "tml/cbor.h"
+#include "tml/link.h"
 #include "tml/messages.h"
+#include "tml/runner.h"
 #include "tml/trust.h"
 #include "posix_port.h"
 #include "sim.h"
@@ -179,6 +181,27 @@ void suite_trust(void)
         steps++;
     }
     vec_close(&f);
+    tml_case("trust", "the_largest_status_with_every_key_fits_the_link");
+    {
+        static uint8_t out[TML_LINK_TX_MAX_PAYLOAD];
+        tml_key_t ks[TML_MAX_BUILTIN_KEYS + TML_MAX_ROTATED_KEYS];
+        const tml_key_t *refs[TML_MAX_BUILTIN_KEYS + TML_MAX_ROTATED_KEYS];
+        for (size_t i = 0; i < TML_MAX_BUILTIN_KEYS + TML_MAX_ROTATED_KEYS; i++) {
+            memset(ks[i].kid, 0xA0 + (int)i, 8);
+            refs[i] = &ks[i];
+        }
+        tml_keyring_t kr = {refs, TML_MAX_BUILTIN_KEYS + TML_MAX_ROTATED_KEYS};
+        size_t len = 0;
+        tml_status_msg_t s = {.has_model = true, .model = TML_MAX_MODEL_ID, .slot = 1,
+                              .uptime_s = INT64_MAX, .free_ram = INT64_MAX, .seq = INT64_MAX,
+                              .firmware_version = TML_FIRMWARE_VERSION,
+                              .tflm_version = "tflite-micro@90b983c2b3f1",
+                              .ops = tml_registered_ops, .op_count = tml_registered_op_count,
+                              .arena_bytes = UINT32_MAX, .slot_bytes = UINT32_MAX,
+                              .pointer_bits = 64, .keys = &kr};
+        CHECK(tml_status_encode(&s, out, sizeof(out), &len) == TML_OK);
+        printf("largest status: %zu of %d bytes\n", len, TML_LINK_TX_MAX_PAYLOAD);
+    }
     tml_case("trust", "every_step_ran");
     CHECK(steps >= 20);
 }
