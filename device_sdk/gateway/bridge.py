@@ -9,19 +9,18 @@ trust: every manifest is signed and every transferred byte digested, and the MCU
     fleet/v1/{child}/ota/offer    -> OFFER
     fleet/v1/{child}/ota/chunk    -> CHUNK (the answer to the pending request)
     fleet/v1/{child}/ota/key      -> the key of a package's fan-out (kept; decrypts it)
+    fleet/v1/{child}/ota/withdraw -> WITHDRAW, unchanged (the MCU stops that download)
     fleet/v1/pkg/{pkg}/chunk      -> decrypted, cached; answers pending requests, clipped
-    fleet/v1/keys (retained)      -> ROTATION, one frame per record of the trust bundle, to
-                                     every child (again to one that attaches or restarts);
-                                     the MCU verifies each and skips those it applied
+    fleet/v1/keys (retained)      -> ROTATION per record, to every child (again at its HELLO)
 
-Until a child is admitted (enrolled and added to the gateway's children) what it sends is
-held, the newest status and up to ``HELD_MAX`` other messages, and sent once it is. An MCU whose
-HELLO announces its own Ed25519 key proves it at enrollment: the admission sends it an
-ENROLL_CHALLENGE through :meth:`Bridge.challenge` and gets its ENROLL_PROOF back
-(``Admission.proof``); the MCU signs, the gateway relays.
+Until a child is admitted (enrolled and added to the gateway's children) what it sends is held, the
+newest status and up to ``HELD_MAX`` other messages, and sent once it is. An MCU whose HELLO
+announces its own Ed25519 key proves it at enrollment: the admission sends it an ENROLL_CHALLENGE
+through :meth:`Bridge.challenge` and gets its ENROLL_PROOF back (``Admission.proof``); the MCU
+signs, the gateway relays.
 
-Threading: serial threads call :meth:`Bridge.attach`, :meth:`Bridge.on_frame` and friends for
-their own child; the MQTT thread calls :meth:`Bridge.on_message`; the enrollment thread calls
+Threading: serial threads call :meth:`Bridge.attach`, :meth:`Bridge.on_frame` and friends for their
+own child; the MQTT thread calls :meth:`Bridge.on_message`; the enrollment thread calls
 :meth:`Bridge.admitted`. Frames to a child go into its ``outbox``, which only its serial thread
 drains. Uplink calls are made outside the lock, so the MQTT thread never waits on a serial one.
 """
@@ -51,6 +50,7 @@ from device_sdk.protocol.ota_messages import (
     decode_chunk_request,
     decode_fanout_key,
     decode_report,
+    decode_withdrawal,
     encode_chunk,
     encode_chunk_request,
 )
@@ -77,10 +77,10 @@ log = logging.getLogger(__name__)
 # CBOR around a chunk's data ([pkg, offset, bstr]): what an MTU must leave room for (LINK.md).
 CHUNK_OVERHEAD: Final = 16
 HELD_MAX: Final = 64
+_CHILD_CHANNELS: Final = (Channel.OTA_OFFER, Channel.OTA_CHUNK, Channel.OTA_KEY, Channel.OTA_WITHDRAW)
 # Reports after which a child no longer downloads the package.
-_DOWNLOAD_OVER: Final = frozenset(DeploymentState) - {DeploymentState.PENDING,
-                                                      DeploymentState.OFFERED,
-                                                      DeploymentState.DOWNLOADING}
+_DOWNLOAD_OVER: Final = frozenset(DeploymentState) - {
+    DeploymentState.PENDING, DeploymentState.OFFERED, DeploymentState.DOWNLOADING}
 
 Outbox = queue.SimpleQueue[tuple[link.Kind, bytes]]
 
@@ -89,9 +89,7 @@ class UplinkLike(Protocol):
     """What the bridge needs from the MQTT side (:class:`~device_sdk.gateway.uplink.Uplink`)."""
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None: ...
-
     def subscribe(self, topic_filter: str) -> None: ...
-
     def unsubscribe(self, topic_filter: str) -> None: ...
 
 
@@ -198,9 +196,8 @@ class Bridge:
             return  # the MCU came back on another port meanwhile
         self.mark_offline(child)
         if child.admitted:
-            self.uplink.unsubscribe(device_topic(child.uid, Channel.OTA_OFFER))
-            self.uplink.unsubscribe(device_topic(child.uid, Channel.OTA_CHUNK))
-            self.uplink.unsubscribe(device_topic(child.uid, Channel.OTA_KEY))
+            for channel in _CHILD_CHANNELS:
+                self.uplink.unsubscribe(device_topic(child.uid, channel))
         for pkg in list(child.downloading):
             self._download_over(child, pkg)
 
@@ -390,6 +387,12 @@ class Bridge:
                     self._offer(parsed.uid, payload)
                 elif parsed.channel is Channel.OTA_CHUNK:
                     self._chunk(decode_chunk(payload), parsed.uid)
+                elif parsed.channel is Channel.OTA_WITHDRAW:  # unchanged; the MCU stops it
+                    decode_withdrawal(payload)  # refuses what the MCU would drop anyway
+                    with self._lock:
+                        child = self._children.get(parsed.uid)
+                    if child is not None:
+                        child.outbox.put((link.Kind.WITHDRAW, payload))
                 elif parsed.channel is Channel.OTA_KEY:
                     message = decode_fanout_key(payload)
                     with self._lock:
@@ -477,17 +480,15 @@ class Bridge:
     # -- uplink --------------------------------------------------------------------------------
 
     def _subscribe(self, uid: str) -> None:
-        self.uplink.subscribe(device_topic(uid, Channel.OTA_OFFER))
-        self.uplink.subscribe(device_topic(uid, Channel.OTA_CHUNK))
-        self.uplink.subscribe(device_topic(uid, Channel.OTA_KEY))
+        for channel in _CHILD_CHANNELS:
+            self.uplink.subscribe(device_topic(uid, channel))
         if not self._trust_subscribed:
             # Every child's role may read it; one subscription serves them all.
             self._trust_subscribed = True
             self.uplink.subscribe(fleet_topic(FleetChannel.KEYS))
 
     def _publish(self, uid: str, channel: Channel, payload: bytes) -> None:
-        self.uplink.publish(device_topic(uid, channel), payload,
-                            retain=channel is Channel.STATUS)
+        self.uplink.publish(device_topic(uid, channel), payload, retain=channel is Channel.STATUS)
         self.counters[f"published_{channel.value.replace('/', '_')}"] += 1
 
 

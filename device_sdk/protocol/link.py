@@ -77,9 +77,10 @@ class Kind(IntEnum):
     REPORT = 7  # dev -> gw: [pkg, state, detail] -> fleet/v1/{uid}/ota/report
     TIME = 8  # gw -> dev: uint, unix milliseconds
     STATUS_REQUEST = 9  # gw -> dev: empty; the device answers STATUS
-    ROTATION = 10  # gw -> dev: COSE_Sign1 key rotation record
+    ROTATION = 10  # gw -> dev: COSE_Sign1 trust record (rotation or policy)
     ENROLL_CHALLENGE = 11  # gw -> dev: [nonce, token_sha256, capabilities_sha256, via]
     ENROLL_PROOF = 12  # dev -> gw: bstr .size 64, the MCU's signature of its enroll-message
+    WITHDRAW = 13  # gw -> dev: [pkg, reason] <- fleet/v1/{uid}/ota/withdraw, unchanged
 
 
 # What a gateway does with each kind: the MQTT channel of the device's topic it maps to.
@@ -90,6 +91,7 @@ CHANNEL_OF_KIND: Final[dict[Kind, Channel]] = {
     Kind.CHUNK_REQUEST: Channel.OTA_GET,
     Kind.CHUNK: Channel.OTA_CHUNK,
     Kind.REPORT: Channel.OTA_REPORT,
+    Kind.WITHDRAW: Channel.OTA_WITHDRAW,
 }
 
 

@@ -13,6 +13,7 @@
 #include "tml/golden.h"
 #include "tml/messages.h"
 #include "tml/platform.h"
+#include "tml/trust.h"
 
 /* x / 1000 in 16-bit steps: no 64-bit division routine gets linked in (700 bytes on an M3). */
 static uint64_t div1000(uint64_t x)
@@ -34,18 +35,8 @@ static uint32_t running_pkg(const tml_device_t *d)
 
 static void rebuild_keyring(tml_device_t *d)
 {
-    size_t n = 0;
-    const tml_meta_t *m = &d->slots.meta;
-    for (size_t i = 0; i < d->cfg.builtin_count && i < TML_MAX_BUILTIN_KEYS; i++) {
-        if (!(m->retired_builtin & (1U << i))) {
-            d->keys[n++] = &d->cfg.builtin_keys[i];
-        }
-    }
-    for (size_t i = 0; i < m->rotated_count; i++) {
-        d->keys[n++] = &m->rotated[i];
-    }
-    d->keyring.keys = d->keys;
-    d->keyring.count = n;
+    tml_trust_keyring(&d->slots.meta, d->cfg.builtin_keys, d->cfg.builtin_count, d->keys,
+                      &d->keyring);
 }
 
 static void queue_report(tml_device_t *d, uint32_t pkg, uint8_t state, tml_reason_t detail)
@@ -120,46 +111,10 @@ uint64_t tml_device_unix_ms(const tml_device_t *d)
     return d->time_base_ms + (uint32_t)(tml_platform_millis() - d->time_base_tick);
 }
 
-/*
- * Manifest key 15: run golden inputs 0..n-1 and compare labels and the outputs digest with the
- * manifest's. The transfer decoder's 4 KB is idle once the download is installed, so it holds
- * the input (input tensor 0's size) and, after it, the output; a model whose input tensor
- * leaves no room there cannot be judged and fails its trial.
- */
-static tml_reason_t golden_trial(tml_device_t *d, const tml_manifest_t *m)
-{
-    tml_model_runner_t *r = d->cfg.runner;
-    uint8_t *in = (uint8_t *)&d->ota.transfer, digest[32];
-    size_t in_len = r->input_bytes(r), out_len = 0;
-    unsigned mismatches = 0;
-    tml_sha256_t h;
-    if (in_len == 0 || in_len >= sizeof(d->ota.transfer)) {
-        return TML_REASON_TRIAL_FAILED;
-    }
-    tml_sha256_init(&h);
-    for (uint8_t i = 0; i < m->trial_n; i++) {
-        uint8_t *out = in + in_len;
-        tml_golden_input(m->model_sha256, i, in, in_len);
-        if (r->invoke_raw(r, in, in_len, out, sizeof(d->ota.transfer) - in_len, &out_len) !=
-                TML_OK ||
-            out_len == 0) {
-            return TML_REASON_TRIAL_FAILED;
-        }
-        tml_sha256_update(&h, out, out_len);
-        mismatches += tml_golden_label(out, out_len, m->trial_output_type) != m->trial_labels[i];
-    }
-    tml_sha256_final(&h, digest);
-    if (mismatches > m->trial_max_mismatches ||
-        (m->trial_has_digest && memcmp(digest, m->trial_outputs_sha256, 32) != 0)) {
-        return TML_REASON_TRIAL_OUTPUT_MISMATCH;
-    }
-    return TML_REASON_OK;
-}
-
 /* Run the new model's trial; confirm it, or revert to the previous model. */
 static void trial(tml_device_t *d)
 {
-    uint8_t slot = d->ota.slot, previous = d->running;
+    uint8_t slot = d->ota.slot;
     uint32_t pkg = d->slots.meta.slot[slot].package_id;
     tml_reason_t why = TML_REASON_OK;
     queue_report(d, pkg, TML_STATE_TRIAL, TML_REASON_OK);
@@ -169,7 +124,8 @@ static void trial(tml_device_t *d)
     /* A runner without raw tensors (the test source in the Cortex-M image runs no model)
      * cannot judge key 15: it gets the legacy trial below, as before key 15. */
     if (why == TML_REASON_OK && d->ota.manifest.trial_n && d->cfg.runner->invoke_raw) {
-        why = golden_trial(d, &d->ota.manifest);
+        why = tml_golden_trial(d->cfg.runner, &d->ota.manifest, (uint8_t *)&d->ota.transfer,
+                               sizeof(d->ota.transfer));
     }
     for (int i = 0; i < TML_TRIAL_INFERENCES && why == TML_REASON_OK; i++) {
         tml_inference_t out;
@@ -182,7 +138,7 @@ static void trial(tml_device_t *d)
     } else {
         why = why == TML_REASON_OK ? TML_REASON_FLASH_ERROR : why;
         (void)tml_slots_revert(&d->slots);
-        (void)load_slot(d, previous);
+        (void)load_slot(d, d->slots.meta.active); /* the confirmed model, valid by definition */
         queue_report(d, pkg, TML_STATE_ROLLED_BACK, why);
     }
     d->status_due = true;
@@ -204,17 +160,19 @@ static void finish_download(tml_device_t *d)
 
 static void handle_offer(tml_device_t *d, const uint8_t *cose, size_t len)
 {
-    uint64_t unix_s = div1000(tml_device_unix_ms(d));
+    uint32_t pkg;
     d->proof_due = false; /* its signature sits in the transfer decoder's memory */
     tml_manifest_policy_t policy = {
         .keyring = &d->keyring,
         .hardware_profile = d->cfg.hardware_profile,
-        .now = unix_s > TML_BUILD_UNIX_TIME ? unix_s : TML_BUILD_UNIX_TIME,
+        /* Before the gateway's TIME the device cannot tell that a manifest is unexpired: its
+         * expiry check fails (MANIFEST_EXPIRED) rather than trusting the build time. */
+        .now = d->time_synced ? div1000(tml_device_unix_ms(d)) : UINT64_MAX,
         .arena_bytes = d->cfg.runner->arena_bytes,
     };
-    tml_reason_t why = tml_ota_offer(&d->ota, cose, len, &policy);
+    tml_reason_t why = tml_ota_offer(&d->ota, cose, len, &policy, &pkg);
     if (why != TML_REASON_OK) {
-        queue_report(d, tml_manifest_peek_package(cose, len), TML_STATE_FAILED, why);
+        queue_report(d, pkg, TML_STATE_FAILED, why); /* pkg: authenticated, or 0 */
         return;
     }
     if (d->ota.transfer.received == 0) {
@@ -254,50 +212,69 @@ static void handle_chunk(tml_device_t *d, const uint8_t *msg, size_t len)
     }
 }
 
-static void handle_rotation(tml_device_t *d, const uint8_t *cose, size_t len)
+/* Stop the download (a withdrawal, a revocation) and report it as the SDK's agent does. */
+static void stop_download(tml_device_t *d, uint16_t reason)
 {
-    tml_rotation_t rot;
+    tml_ota_abort(&d->ota);
+    d->request_due = false;
+    queue_report(d, (uint32_t)d->ota.manifest.package_id, TML_STATE_FAILED, reason);
+}
+
+/* A rotation or policy record (each record of fleet/v1/keys): apply, persist, and stop a
+ * download the new state forbids. Replays and refusals change nothing. */
+static void handle_trust(tml_device_t *d, const uint8_t *cose, size_t len)
+{
     tml_meta_t *m = &d->slots.meta;
-    if (tml_rotation_check(cose, len, &d->keyring, m->rotation_sequence, &rot) != TML_REASON_OK) {
+    if (tml_trust_apply(m, &d->keyring, d->cfg.builtin_keys, d->cfg.builtin_count, cose, len) !=
+        TML_REASON_OK) {
         return;
     }
-    if (rot.has_retire) {
-        for (size_t i = 0; i < d->cfg.builtin_count && i < TML_MAX_BUILTIN_KEYS; i++) {
-            if (rot.retire_kid_len == TML_KEY_ID_BYTES &&
-                memcmp(d->cfg.builtin_keys[i].kid, rot.retire_kid, TML_KEY_ID_BYTES) == 0) {
-                m->retired_builtin |= (uint8_t)(1U << i);
-            }
-        }
-        for (size_t i = 0; i < m->rotated_count; i++) {
-            if (rot.retire_kid_len == TML_KEY_ID_BYTES &&
-                memcmp(m->rotated[i].kid, rot.retire_kid, TML_KEY_ID_BYTES) == 0) {
-                m->rotated[i] = m->rotated[--m->rotated_count];
-                break;
-            }
-        }
-    }
-    if (m->rotated_count == TML_MAX_ROTATED_KEYS) { /* keep the newest keys */
-        memmove(m->rotated, m->rotated + 1, sizeof(m->rotated[0]) * (TML_MAX_ROTATED_KEYS - 1));
-        m->rotated_count--;
-    }
-    memcpy(m->rotated[m->rotated_count].kid, rot.new_kid, TML_KEY_ID_BYTES);
-    memcpy(m->rotated[m->rotated_count].public_key, rot.new_public_key, 32);
-    m->rotated_count++;
-    m->rotation_sequence = rot.sequence;
     if (tml_slots_save(&d->slots) != TML_OK) {
         (void)tml_slots_load(&d->slots); /* back to what flash says */
     }
     rebuild_keyring(d);
-    d->status_due = true;
+    d->status_due = true; /* the keys it trusts changed: the server counts them */
+    if (d->ota.state == TML_OTA_DOWNLOADING &&
+        tml_trust_stops(m, d->ota.manifest.package_id, d->ota.manifest.sequence)) {
+        stop_download(d, TML_REASON_ABORTED);
+    }
+}
+
+/* TIME: never below the persisted floor (the build time, the last TIME accepted). The floor
+ * is saved when it moves by a day or more (bounded flash wear), else with the next save. */
+static void handle_time(tml_device_t *d, const uint8_t *msg, size_t len)
+{
+    uint64_t unix_ms;
+    tml_meta_t *m = &d->slots.meta;
+    uint32_t floor = m->time_floor > TML_BUILD_UNIX_TIME ? m->time_floor
+                                                         : (uint32_t)TML_BUILD_UNIX_TIME;
+    if (tml_time_decode(msg, len, &unix_ms) != TML_OK || unix_ms > TML_MAX_T0_MS ||
+        div1000(unix_ms) < floor) {
+        return; /* a clock going backwards could revive an expired manifest */
+    }
+    d->time_base_ms = unix_ms;
+    d->time_base_tick = tml_platform_millis();
+    d->time_synced = true;
+    m->time_floor = (uint32_t)div1000(unix_ms);
+    if (m->time_floor - floor >= TML_TIME_FLOOR_SAVE_S) {
+        (void)tml_slots_save(&d->slots);
+    }
 }
 
 static void handle_frame(tml_device_t *d, const tml_link_frame_t *f)
 {
-    uint64_t unix_ms;
+    uint32_t pkg;
+    uint16_t reason;
     switch (f->kind) {
     case TML_LINK_OFFER: handle_offer(d, f->payload, f->len); break;
     case TML_LINK_CHUNK: handle_chunk(d, f->payload, f->len); break;
-    case TML_LINK_ROTATION: handle_rotation(d, f->payload, f->len); break;
+    case TML_LINK_ROTATION: handle_trust(d, f->payload, f->len); break;
+    case TML_LINK_WITHDRAW:
+        if (tml_withdraw_decode(f->payload, f->len, &pkg, &reason) == TML_OK &&
+            d->ota.state == TML_OTA_DOWNLOADING && pkg == d->ota.manifest.package_id) {
+            stop_download(d, reason);
+        }
+        break;
     case TML_LINK_STATUS_REQUEST: d->status_due = true; break;
     case TML_LINK_ENROLL_CHALLENGE:
         /* The signature waits for the link in the transfer decoder's memory, idle unless a
@@ -307,14 +284,7 @@ static void handle_frame(tml_device_t *d, const tml_link_frame_t *f)
                        tml_enroll_prove(f->payload, f->len, d->cfg.uid, d->cfg.hardware_profile,
                                         (uint8_t *)&d->ota.transfer) == TML_OK;
         break;
-    case TML_LINK_TIME:
-        if (tml_time_decode(f->payload, f->len, &unix_ms) == TML_OK &&
-            unix_ms >= TML_MIN_T0_MS && unix_ms <= TML_MAX_T0_MS) {
-            d->time_base_ms = unix_ms;
-            d->time_base_tick = tml_platform_millis();
-            d->time_synced = true;
-        }
-        break;
+    case TML_LINK_TIME: handle_time(d, f->payload, f->len); break;
     default: break; /* kinds a device sends, or newer ones: ignored */
     }
 }
@@ -392,6 +362,7 @@ static void send_status(tml_device_t *d, uint32_t now)
         .arena_bytes = r->arena_bytes,
         .slot_bytes = tml_platform_flash_size(TML_AREA_SLOT0),
         .pointer_bits = d->cfg.pointer_bits,
+        .keys = &d->keyring,
     };
     tml_status_t st = tml_status_encode(&s, tml_link_payload(&d->link), TML_LINK_TX_MAX_PAYLOAD,
                                         &len);

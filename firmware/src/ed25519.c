@@ -42,7 +42,7 @@ bool tml_ed25519_verify_finish(tml_ed25519_verify_t *v)
 {
     uint8_t h_ram[32];
     final_reduce(&v->sha, h_ram);
-    return crypto_eddsa_check_equation(v->signature, v->public_key, h_ram) == 0;
+    return tml_eddsa_check_small(v->signature, v->public_key, h_ram) == 0;
 }
 
 bool tml_ed25519_verify(const uint8_t signature[64], const uint8_t public_key[32],

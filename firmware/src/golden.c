@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Golden inputs and the top-1 label rule of a model trial, as device_sdk/protocol/golden.py. */
+/* Golden inputs, the top-1 label rule and the key-15 trial, as device_sdk/protocol/golden.py. */
 #include "tml/golden.h"
 
 #include <string.h>
@@ -42,4 +42,32 @@ uint32_t tml_golden_label(const uint8_t *output, size_t len, uint8_t output_type
         }
     }
     return best;
+}
+
+tml_reason_t tml_golden_trial(tml_model_runner_t *r, const tml_manifest_t *m, uint8_t *scratch,
+                              size_t cap)
+{
+    uint8_t *in = scratch, digest[32];
+    size_t in_len = r->input_bytes(r), out_len = 0;
+    unsigned mismatches = 0;
+    tml_sha256_t h;
+    if (in_len == 0 || in_len >= cap) {
+        return TML_REASON_TRIAL_FAILED;
+    }
+    tml_sha256_init(&h);
+    for (uint8_t i = 0; i < m->trial_n; i++) {
+        uint8_t *out = in + in_len;
+        tml_golden_input(m->model_sha256, i, in, in_len);
+        if (r->invoke_raw(r, in, in_len, out, cap - in_len, &out_len) != TML_OK || out_len == 0) {
+            return TML_REASON_TRIAL_FAILED;
+        }
+        tml_sha256_update(&h, out, out_len);
+        mismatches += tml_golden_label(out, out_len, m->trial_output_type) != m->trial_labels[i];
+    }
+    tml_sha256_final(&h, digest);
+    if (mismatches > m->trial_max_mismatches ||
+        (m->trial_has_digest && memcmp(digest, m->trial_outputs_sha256, 32) != 0)) {
+        return TML_REASON_TRIAL_OUTPUT_MISMATCH;
+    }
+    return TML_REASON_OK;
 }

@@ -27,13 +27,20 @@ tml_status_t tml_status_encode(const tml_status_msg_t *s, uint8_t *out, size_t c
                                s->uptime_s, s->slot_bytes, s->arena_bytes, s->pointer_bits};
     tml_cbor_writer_t w;
     tml_cbor_writer_init(&w, out, cap);
-    tml_cbor_put_head(&w, TML_CBOR_MAP, s->has_model ? 12 : 11);
+    tml_cbor_put_head(&w, TML_CBOR_MAP, 11 + s->has_model + (s->keys != NULL));
     tml_cbor_put_text(&w, "ops");
     tml_cbor_put_head(&w, TML_CBOR_ARRAY, s->op_count);
     for (size_t i = 0; i < s->op_count; i++) {
         tml_cbor_put_text(&w, s->ops[i]);
     }
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        if (i == 1 && s->keys) { /* "keys" sorts between "seq" and "slot" */
+            tml_cbor_put_text(&w, "keys");
+            tml_cbor_put_head(&w, TML_CBOR_ARRAY, s->keys->count);
+            for (size_t k = 0; k < s->keys->count; k++) {
+                tml_cbor_put_bytes(&w, s->keys->keys[k]->kid, TML_KEY_ID_BYTES);
+            }
+        }
         if (i != MODEL || s->has_model) {
             tml_cbor_put_text(&w, keys[i]);
             tml_cbor_put_uint(&w, values[i]);
@@ -122,6 +129,24 @@ tml_status_t tml_chunk_decode(const uint8_t *msg, size_t len, uint32_t *pkg, uin
     *offset = (uint32_t)o.arg;
     *data = d.data;
     *data_len = (size_t)d.arg;
+    return TML_OK;
+}
+
+tml_status_t tml_withdraw_decode(const uint8_t *msg, size_t len, uint32_t *pkg, uint16_t *reason)
+{
+    tml_cbor_reader_t r;
+    tml_cbor_item_t a, p, why;
+    tml_cbor_reader_init(&r, msg, len);
+    if (tml_cbor_expect(&r, TML_CBOR_ARRAY, &a) != TML_OK || a.arg != 2 ||
+        tml_cbor_expect(&r, TML_CBOR_UINT, &p) != TML_OK ||
+        tml_cbor_expect(&r, TML_CBOR_UINT, &why) != TML_OK || r.p != r.end) {
+        return TML_ERR_MALFORMED;
+    }
+    if (p.arg > TML_MAX_PACKAGE_ID || why.arg > TML_MAX_REASON_CODE) {
+        return TML_ERR_RANGE;
+    }
+    *pkg = (uint32_t)p.arg;
+    *reason = (uint16_t)why.arg;
     return TML_OK;
 }
 

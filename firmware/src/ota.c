@@ -69,7 +69,7 @@ void tml_ota_init(tml_ota_t *o, tml_slots_t *slots)
 }
 
 tml_reason_t tml_ota_offer(tml_ota_t *o, const uint8_t *cose, size_t len,
-                           const tml_manifest_policy_t *policy)
+                           const tml_manifest_policy_t *policy, uint32_t *pkg)
 {
     tml_manifest_t m;
     tml_manifest_policy_t p = *policy;
@@ -77,9 +77,15 @@ tml_reason_t tml_ota_offer(tml_ota_t *o, const uint8_t *cose, size_t len,
     uint8_t slot = tml_slots_inactive(o->slots);
     bool running = meta->active != TML_SLOT_NONE && meta->slot[meta->active].valid;
     p.current_sequence = tml_slots_floor(o->slots);
+    if (meta->min_sequence > p.current_sequence) { /* policy key 31 */
+        p.current_sequence = meta->min_sequence;
+    }
+    p.revoked = meta->revoked;
+    p.revoked_count = meta->revoked_count;
     p.slot_bytes = tml_platform_flash_size(TML_AREA_SLOT0 + slot);
     p.running_model_sha256 = running ? meta->slot[meta->active].sha256 : NULL;
     tml_reason_t why = tml_manifest_check(cose, len, &p, &m);
+    *pkg = m.package_id <= TML_MAX_PACKAGE_ID ? (uint32_t)m.package_id : 0; /* 0: unsigned */
     if (why != TML_REASON_OK) {
         return why;
     }

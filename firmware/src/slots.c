@@ -26,7 +26,8 @@ static bool read_copy(tml_slots_t *s, uint8_t copy)
     return tml_platform_flash_read(TML_AREA_META, copy * sector, m, sizeof(*m)) == TML_OK &&
            m->magic == TML_META_MAGIC && m->crc == meta_crc(m) &&
            (m->active <= 1 || m->active == TML_SLOT_NONE) &&
-           (m->trial <= 1 || m->trial == TML_SLOT_NONE) && m->rotated_count <= TML_MAX_ROTATED_KEYS;
+           (m->trial <= 1 || m->trial == TML_SLOT_NONE) && m->rotated_count <= TML_MAX_ROTATED_KEYS &&
+           m->retired_count <= TML_MAX_RETIRED_KIDS && m->revoked_count <= TML_MAX_REVOKED_PACKAGES;
 }
 
 tml_status_t tml_slots_load(tml_slots_t *s)
@@ -121,7 +122,13 @@ tml_status_t tml_slots_boot(tml_slots_t *s, uint8_t *run)
     if (m->active != TML_SLOT_NONE && tml_slots_verify(s, m->active) == TML_OK) {
         *run = m->active;
     } else if (m->active != TML_SLOT_NONE && tml_slots_verify(s, m->active ^ 1) == TML_OK) {
-        *run = (uint8_t)(m->active ^ 1); /* the active copy is damaged: the previous one runs */
+        /* The active copy is damaged: the previous one runs and becomes the active slot, so the
+         * next update writes the damaged slot, never the running model (persisted when the
+         * flash allows; in RAM for this boot either way). */
+        m->slot[m->active].valid = 0;
+        m->active ^= 1;
+        *run = m->active;
+        (void)tml_slots_save(s);
     }
     return TML_OK;
 }

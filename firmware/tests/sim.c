@@ -115,6 +115,15 @@ void sim_send(uint8_t kind, const uint8_t *payload, size_t len)
     }
 }
 
+void sim_send_time(uint64_t unix_ms)
+{
+    uint8_t t[9] = {0x1b};
+    for (int i = 0; i < 8; i++) {
+        t[1 + i] = (uint8_t)(unix_ms >> (56 - 8 * i));
+    }
+    sim_send(TML_LINK_TIME, t, sizeof(t));
+}
+
 static void answer_request(const sim_update_t *u, const uint8_t *msg, size_t len)
 {
     /* [pkg, offset, length]: small uints, decoded with the firmware's own reader */
@@ -158,7 +167,10 @@ static void gateway(const sim_update_t *u)
             sim_seen.frames++;
             if (getenv("SIM_DEBUG")) printf("gw got kind %d seq %d len %zu\n", f.kind, f.seq, f.len);
             switch (f.kind) {
-            case TML_LINK_HELLO: sim_seen.hellos++; break;
+            case TML_LINK_HELLO: /* as the bridge does: the time, at every HELLO */
+                sim_seen.hellos++;
+                sim_send_time(SIM_TIME_MS);
+                break;
             case TML_LINK_EVENTS: sim_seen.events++; break;
             case TML_LINK_STATUS:
                 sim_seen.statuses++;

@@ -47,6 +47,10 @@ void sim_flash_fresh(void);
 void sim_flash_reopen(void);
 /** @brief Boot the device (tml_device_init) and reset the gateway. */
 tml_status_t sim_boot(void);
+/** @brief The gateway's clock (unix ms, 2026-09-21, after the build time): TIME at HELLO. */
+#define SIM_TIME_MS 1790000000000ULL
+/** @brief Send TIME (unix ms) from the gateway to the device. */
+void sim_send_time(uint64_t unix_ms);
 /** @brief Send a frame from the gateway to the device. */
 void sim_send(uint8_t kind, const uint8_t *payload, size_t len);
 /** @brief Exchange traffic until quiet (or steps run out); serves chunk requests from u. */

@@ -115,9 +115,50 @@ static void scalarbase_matches_monocypher(void)
     }
 }
 
+/* The small equation check against Monocypher's own on valid, mutated and edge inputs: the
+ * same verdict every time (s >= L, R or A off the curve, any flipped bit). */
+static void check_matches_monocypher(void)
+{
+    uint8_t seed[32], pub[32], sig[64], msg[3] = {'a', 'b', 'c'}, h[32], hash[64];
+    for (int i = 0; i < 48; i++) {
+        tml_case("crypto", "ed25519_small_check_matches_monocypher");
+        memset(seed, i, sizeof(seed));
+        tml_ed25519_public_key(pub, seed);
+        tml_ed25519_sign(sig, seed, msg, sizeof(msg));
+        tml_sha512_t c;
+        tml_sha512_init(&c);
+        tml_sha512_update(&c, sig, 32);
+        tml_sha512_update(&c, pub, 32);
+        tml_sha512_update(&c, msg, sizeof(msg));
+        tml_sha512_final(&c, hash);
+        crypto_eddsa_reduce(h, hash);
+        if (i >= 8 && i < 40) { /* one flipped bit: in R, s, A or h */
+            uint8_t *where[] = {sig, sig + 32, pub, h};
+            where[i % 4][(i * 7) % 32] ^= (uint8_t)(1U << (i % 8));
+        } else if (i >= 40 && i < 44) { /* s + L: above the group order */
+            static const uint8_t l[32] = {0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58,
+                                          0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde, 0x14,
+                                          [31] = 0x10};
+            unsigned carry = 0;
+            for (int k = 0; k < 32; k++) {
+                carry += sig[32 + k] + l[k];
+                sig[32 + k] = (uint8_t)carry;
+                carry >>= 8;
+            }
+        } else if (i >= 44) { /* R not on the curve (y = 2 has no x) */
+            memset(sig, 0, 32);
+            sig[0] = 2;
+        }
+        int want = crypto_eddsa_check_equation(sig, pub, h);
+        CHECK_EQ(tml_eddsa_check_small(sig, pub, h), want);
+        CHECK_EQ(want == 0, i < 8);
+    }
+}
+
 void suite_crypto(void)
 {
     scalarbase_matches_monocypher();
+    check_matches_monocypher();
     static uint8_t million[1000000];
     uint8_t d[64];
     memset(million, 'a', sizeof(million));

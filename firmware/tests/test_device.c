@@ -100,14 +100,37 @@ void suite_device(void)
 
     tml_case("device", "events_flow_after_time_sync");
     {
-        uint8_t t[9] = {0x1b, 0, 0, 0x01, 0x8f, 0xc5, 0x2c, 0xd2, 0}; /* 1717000000000 ms */
-        sim_send(TML_LINK_TIME, t, sizeof(t));
+        sim_send_time(SIM_TIME_MS + 1000);
         for (int i = 0; i < 400; i++) {
             sim_run(NULL, 1);
             tml_posix_clock_advance(100);
         }
         CHECK(sim_seen.events >= 1);
         CHECK(sim_device.time_synced);
+    }
+    tml_case("device", "fallback_boot_never_erases_the_running_model");
+    {
+        /* b runs in one slot, a (the previous) in the other; damage b's slot */
+        sim_flash_fresh();
+        sim_boot();
+        sim_update(&updates[0]);
+        sim_update(&updates[1]);
+        uint8_t damaged = sim_device.slots.meta.active, zero = 0;
+        CHECK(running_is(updates[1].model_sha256));
+        CHECK(tml_platform_flash_write(TML_AREA_SLOT0 + damaged, 0, &zero, 1) == TML_OK);
+        sim_flash_reopen();
+        CHECK(sim_boot() == TML_OK);
+        CHECK(running_is(updates[0].model_sha256)); /* the other slot runs */
+        CHECK_EQ(sim_device.slots.meta.active, sim_device.running);
+        CHECK(tml_slots_inactive(&sim_device.slots) != sim_device.running);
+        /* a failing trial afterwards: the offer writes the damaged slot, the revert keeps a */
+        sim_update(&updates[3]);
+        CHECK_EQ(sim_seen.last_state, TML_STATE_ROLLED_BACK);
+        CHECK(running_is(updates[0].model_sha256));
+        CHECK(sim_device.slots.meta.slot[sim_device.running].valid);
+        sim_flash_reopen();
+        CHECK(sim_boot() == TML_OK);
+        CHECK(running_is(updates[0].model_sha256));
     }
     tml_case("device", "status_request_is_answered");
     {

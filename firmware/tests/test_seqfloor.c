@@ -16,8 +16,7 @@ static sim_update_t first[1];
  * reset, or a device that ran ahead), then 40 s of inferences pass. */
 static void run_synced(void)
 {
-    uint8_t t[9] = {0x1b, 0, 0, 0x01, 0x8f, 0xc5, 0x2c, 0xd2, 0}; /* 1717000000000 ms */
-    sim_send(TML_LINK_TIME, t, sizeof(t));
+    sim_send_time(SIM_TIME_MS);
     for (int i = 0; i < 400; i++) {
         sim_run(NULL, 1);
         tml_posix_clock_advance(100);

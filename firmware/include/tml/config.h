@@ -87,6 +87,17 @@
 #define TML_MAX_BUILTIN_KEYS 4
 #endif
 
+/** Retired key ids of rotated keys the device remembers (a retired key never returns; built-in
+ * keys have a bit each). The oldest is forgotten first. */
+#ifndef TML_MAX_RETIRED_KIDS
+#define TML_MAX_RETIRED_KIDS 4
+#endif
+
+/** Revoked package ids (policy key 32) the device keeps, the newest (the SDK keeps 16). */
+#ifndef TML_MAX_REVOKED_PACKAGES
+#define TML_MAX_REVOKED_PACKAGES 8
+#endif
+
 /** Events held in RAM before a batch is sent. */
 #ifndef TML_EVENTS_PER_BATCH
 #define TML_EVENTS_PER_BATCH 32
@@ -125,6 +136,12 @@
 /** Unix seconds never earlier than the build: the device's clock before the gateway's TIME. */
 #ifndef TML_BUILD_UNIX_TIME
 #define TML_BUILD_UNIX_TIME 1767225600ULL /* 2026-01-01 */
+#endif
+
+/** A TIME that raises the clock floor by this many seconds is saved at once (else with the
+ * next metadata save): at most one flash erase a day for the clock. */
+#ifndef TML_TIME_FLOOR_SAVE_S
+#define TML_TIME_FLOOR_SAVE_S 86400UL
 #endif
 
 /* C11's _Static_assert (a GCC/Clang extension in C99 mode); static_assert for the C++ adapter. */

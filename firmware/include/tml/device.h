@@ -48,24 +48,25 @@ typedef struct {
     tml_ota_t ota;
     const tml_key_t *keys[TML_MAX_BUILTIN_KEYS + TML_MAX_ROTATED_KEYS]; /**< the keyring's */
     tml_keyring_t keyring; /**< built-in keys not retired, then rotated ones (in slots.meta) */
+    /* Widest fields first: no padding holes (static RAM is a goal). */
+    uint64_t time_base_ms; /**< unix ms at tick time_base_tick */
+    uint64_t uptime_ms;
+    uint64_t last_seq; /**< events message sequence (unix ms based, strictly increasing) */
+    tml_event_t events[TML_EVENTS_PER_BATCH];
+    tml_report_t reports[TML_DEVICE_REPORTS];
+    uint32_t time_base_tick;
+    uint32_t uptime_tick;
+    uint32_t batch_model; /**< package id the held events came from */
+    uint32_t last_infer, request_at, batch_started;
+    uint32_t events_dropped;
+    uint32_t inferences;
+    uint16_t event_count;
     uint8_t running; /**< slot whose model is loaded, or TML_SLOT_NONE */
     bool hello_due, status_due, request_due;
     bool proof_due; /**< an ENROLL_PROOF is due: its signature is in ota.transfer's memory */
     bool time_synced;
-    uint64_t time_base_ms; /**< unix ms at tick time_base_tick */
-    uint32_t time_base_tick;
-    uint64_t uptime_ms;
-    uint32_t uptime_tick;
-    uint32_t batch_model; /**< package id the held events came from */
-    uint32_t last_infer, request_at, batch_started;
     uint8_t request_retries;
-    uint64_t last_seq; /**< events message sequence (unix ms based, strictly increasing) */
-    tml_report_t reports[TML_DEVICE_REPORTS];
     uint8_t report_count;
-    tml_event_t events[TML_EVENTS_PER_BATCH];
-    uint16_t event_count;
-    uint32_t events_dropped;
-    uint32_t inferences;
 } tml_device_t;
 
 /**

@@ -4,7 +4,7 @@
  * @brief Ed25519 (RFC 8032, SHA-512): verification, and signing with the device's own key.
  *
  * SHA-512 is this firmware's; the curve arithmetic is Monocypher 4's low-level
- * crypto_eddsa_reduce() and crypto_eddsa_check_equation() to verify, and
+ * crypto_eddsa_reduce() and (over its point arithmetic) tml_eddsa_check_small() to verify, and
  * crypto_eddsa_trim_scalar(), crypto_eddsa_mul_add() and (over Monocypher's point arithmetic)
  * tml_eddsa_scalarbase_small() to sign
  * (fetched at build time). Keys are RFC 8032 32-byte seeds; signing is deterministic. The message
@@ -87,5 +87,16 @@ void tml_ed25519_sign(uint8_t signature[64], const uint8_t seed[32], const uint8
  * @param scalar 32 bytes, little-endian, any value below 2^256
  */
 void tml_eddsa_scalarbase_small(uint8_t point[32], const uint8_t scalar[32]);
+
+/**
+ * @brief Check Ed25519's equation [8]([s]B - [h]A - R) == 0 as crypto_eddsa_check_equation()
+ *        does (same refusals), without its table of 8 multiples of B (src/monocypher_base.c).
+ * @param signature R || s
+ * @param public_key A, 32 bytes
+ * @param h SHA-512(R || A || message) mod L
+ * @return 0 when the signature holds, -1 otherwise
+ */
+int tml_eddsa_check_small(const uint8_t signature[64], const uint8_t public_key[32],
+                          const uint8_t h[32]);
 
 #endif /* TML_ED25519_H */

@@ -14,6 +14,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tml/manifest.h"
+#include "tml/runner.h"
+
 /** @brief How output bytes compare (manifest key 15 output_type). Wire values: never renumber. */
 typedef enum {
     TML_GOLDEN_OUTPUT_INT8 = 0, /**< signed */
@@ -38,5 +41,19 @@ void tml_golden_input(const uint8_t model_sha256[32], uint32_t index, uint8_t *o
  * @return the top-1 label
  */
 uint32_t tml_golden_label(const uint8_t *output, size_t len, uint8_t output_type);
+
+/**
+ * @brief Run the trial of manifest key 15: golden inputs 0..n-1 through the runner's
+ *        invoke_raw, labels and the outputs digest against the manifest's. The device lends
+ *        the idle transfer decoder's 4 KB as scratch: the input (input tensor 0's size) and,
+ *        after it, the output; a model whose input leaves no room there fails its trial.
+ * @param r the runner, with the installed model loaded (input_bytes and invoke_raw set)
+ * @param m the manifest (trial_n > 0)
+ * @param scratch memory for one input and one output (owned by the caller)
+ * @param cap its size
+ * @return TML_REASON_OK, TRIAL_FAILED (cannot run) or TRIAL_OUTPUT_MISMATCH
+ */
+tml_reason_t tml_golden_trial(tml_model_runner_t *r, const tml_manifest_t *m, uint8_t *scratch,
+                              size_t cap);
 
 #endif /* TML_GOLDEN_H */

@@ -34,9 +34,10 @@ typedef enum {
     TML_LINK_REPORT = 7,         /**< dev->gw: [pkg, state, detail] -> .../ota/report */
     TML_LINK_TIME = 8,           /**< gw->dev: uint, unix milliseconds */
     TML_LINK_STATUS_REQUEST = 9, /**< gw->dev: empty; the device answers STATUS */
-    TML_LINK_ROTATION = 10,      /**< gw->dev: COSE_Sign1 key rotation record */
+    TML_LINK_ROTATION = 10,      /**< gw->dev: COSE_Sign1 trust record (rotation or policy) */
     TML_LINK_ENROLL_CHALLENGE = 11, /**< gw->dev: [nonce, token_sha256, caps_sha256, via] */
-    TML_LINK_ENROLL_PROOF = 12      /**< dev->gw: bstr .size 64, signed enroll-message */
+    TML_LINK_ENROLL_PROOF = 12,     /**< dev->gw: bstr .size 64, signed enroll-message */
+    TML_LINK_WITHDRAW = 13          /**< gw->dev: [pkg, reason] <- .../ota/withdraw */
 } tml_link_kind_t;
 
 #define TML_LINK_FLAG_RST 0x01 /**< first frame of the sender's session (it restarted) */

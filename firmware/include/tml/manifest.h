@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /**
  * @file manifest.h
- * @brief Check a COSE_Sign1 OTA manifest or key rotation record as manifest.py does.
+ * @brief Check a COSE_Sign1 OTA manifest or trust record (rotation, policy) as manifest.py and
+ *        trust.py do.
  *
  * Checks run in manifest.py's order and refuse with its reason codes: envelope
  * (MANIFEST_MALFORMED), algorithm, key id, Ed25519 signature over the RFC 9052 Sig_structure,
- * format version, payload fields, sequence, expiry, hardware profile, sizes, delta base.
+ * format version, payload fields, sequence, revoked package (ABORTED), expiry, hardware
+ * profile, sizes, delta base.
  * Nothing of the payload is interpreted before the signature verified. Not for interrupts
  * (Ed25519 needs 2-3 KB of stack).
  */
@@ -43,6 +45,8 @@ typedef struct {
     uint32_t slot_bytes;               /**< 0: not checked */
     uint32_t arena_bytes;              /**< 0: not checked */
     const uint8_t *running_model_sha256; /**< 32 bytes, NULL: not checked */
+    const uint32_t *revoked;           /**< revoked package ids (policy key 32): ABORTED */
+    size_t revoked_count;
 } tml_manifest_policy_t;
 
 /** @brief The fields of a verified manifest that the device acts on (texts are not kept). */
@@ -73,22 +77,57 @@ typedef struct {
  * @param cose the COSE_Sign1 bytes (owned by the caller)
  * @param len their length
  * @param policy the device's keys, sequence, profile, clock and limits
- * @param out receives the manifest when accepted; unspecified otherwise
+ * @param out receives the manifest when accepted; when refused after the signature verified,
+ *        its fields are authenticated (a report may name out->package_id), else it is zeroed
  * @return TML_REASON_OK or the reason of the first check that failed
  */
 tml_reason_t tml_manifest_check(const uint8_t *cose, size_t len,
                                 const tml_manifest_policy_t *policy, tml_manifest_t *out);
 
 /**
- * @brief Read the package id (key 14) from a manifest without verifying it, for a failure
- *        report only. Never act on it otherwise.
+ * @brief A verified trust record (trust.py): a key rotation (keys 20/21/22) or a policy
+ *        (keys 30/31/32). Lists point into the checked COSE bytes, which must outlive it.
+ */
+typedef struct {
+    uint64_t sequence;     /**< record sequence (one counter for both kinds) */
+    uint64_t min_sequence; /**< policy key 31; 0: absent */
+    bool is_rotation;
+    uint8_t signer;        /**< index of the signing key in the keyring */
+    uint8_t retire_count;  /**< rotation: 0 or 1 (key 22); policy: key 30's count */
+    bool retire_sized;     /**< every kid to retire is 8 bytes (else none can be trusted) */
+    uint8_t revoke_count;  /**< policy key 32's count */
+    uint8_t new_kid[TML_KEY_ID_BYTES];
+    uint8_t new_public_key[32];
+    const uint8_t *retire; /**< kid i at retire + 9 * i (a policy's bstr heads are 1 byte) */
+    const uint8_t *revoke; /**< key 32's revoke_count CBOR uints (shortest heads) */
+} tml_trust_record_t;
+
+/**
+ * @brief Verify a trust record signed by a trusted key, in trust.py's order: envelope,
+ *        algorithm, signer trusted (else MANIFEST_BAD_ROTATION: a new key never vouches for
+ *        itself), signature, payload (a rotation's kid must be its key's), sequence above
+ *        record_sequence (else MANIFEST_SEQUENCE_REPLAY). The state rules (which keys may be
+ *        retired, a retired key never returns) are trust.h's.
+ * @param cose the COSE_Sign1 bytes
+ * @param len their length
+ * @param keyring the keys trusted now, in the order the device came to trust them
+ * @param record_sequence the last record sequence applied
+ * @param out receives the record when accepted
+ * @return TML_REASON_OK or the reason of the first failed check
+ */
+tml_reason_t tml_trust_check(const uint8_t *cose, size_t len, const tml_keyring_t *keyring,
+                             uint64_t record_sequence, tml_trust_record_t *out);
+
+/**
+ * @brief Read the package id (key 14) from a manifest without verifying it: for tools and the
+ *        fuzz harness. The device never reports it (it names only authenticated ids).
  * @param cose the COSE_Sign1 bytes
  * @param len their length
  * @return the package id if one can be read and is < 2^31, else 0
  */
 uint32_t tml_manifest_peek_package(const uint8_t *cose, size_t len);
 
-/** @brief A verified key rotation record. */
+/** @brief A verified key rotation record (the rotation-only view of tml_trust_record_t). */
 typedef struct {
     uint64_t sequence;
     uint8_t new_kid[TML_KEY_ID_BYTES];
@@ -99,11 +138,14 @@ typedef struct {
 } tml_rotation_t;
 
 /**
- * @brief Verify a key rotation record signed by a trusted key (manifest.py verify_rotation).
+ * @brief Verify a key rotation record against a keyring alone (trust.py verify_rotation):
+ *        tml_trust_check(), a policy record refused (MANIFEST_MALFORMED), the new key not
+ *        trusted yet and the retired one trusted (else MANIFEST_BAD_ROTATION). The device
+ *        applies records with tml_trust_apply() (trust.h), which also knows retired keys.
  * @param cose the COSE_Sign1 bytes
  * @param len their length
  * @param keyring the keys trusted now
- * @param current_sequence the last rotation sequence applied
+ * @param current_sequence the last record sequence applied
  * @param out receives the record when accepted
  * @return TML_REASON_OK or the reason of the first failed check
  */

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tml/manifest.h"
 #include "tml/status.h"
 
 /** @brief The device's status (status.py Status, online, with capabilities). */
@@ -28,6 +29,7 @@ typedef struct {
     uint32_t arena_bytes;
     uint32_t slot_bytes;
     uint8_t pointer_bits;
+    const tml_keyring_t *keys; /**< "keys": ids of the keys trusted; NULL: left out */
 } tml_status_msg_t;
 
 /**
@@ -94,6 +96,16 @@ tml_status_t tml_report_encode(uint32_t pkg, uint8_t state, uint16_t detail, uin
  */
 tml_status_t tml_chunk_decode(const uint8_t *msg, size_t len, uint32_t *pkg, uint32_t *offset,
                               const uint8_t **data, size_t *data_len);
+
+/**
+ * @brief Decode a withdrawal [pkg, reason] (ota_messages.py decode_withdrawal; link kind 13).
+ * @param msg the payload
+ * @param len its length
+ * @param pkg receives the package to stop
+ * @param reason receives the reason to report (ABORTED from the server)
+ * @return TML_OK, TML_ERR_MALFORMED, TML_ERR_RANGE
+ */
+tml_status_t tml_withdraw_decode(const uint8_t *msg, size_t len, uint32_t *pkg, uint16_t *reason);
 
 /**
  * @brief Decode the TIME payload: one uint, unix milliseconds.

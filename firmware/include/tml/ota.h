@@ -27,10 +27,10 @@ typedef enum {
 
 /** @brief The receiver. */
 typedef struct {
-    tml_slots_t *slots;
     tml_manifest_t manifest;
     tml_transfer_t transfer;
     uint8_t stage[TML_OTA_WRITE_BUF];
+    tml_slots_t *slots;
     uint32_t stage_len;
     uint32_t written; /**< model bytes programmed into the slot */
     uint8_t slot;
@@ -52,11 +52,14 @@ void tml_ota_init(tml_ota_t *o, tml_slots_t *slots);
  * @param o the receiver
  * @param cose the COSE_Sign1 manifest
  * @param len its length
- * @param policy keys, hardware profile, clock, arena bytes
+ * @param policy keys, hardware profile, clock, arena bytes (the minimum sequence and revoked
+ *        packages come from the slots' trust state)
+ * @param pkg receives the offer's package id once its signature verified, else 0: a refusal
+ *        is never reported under an id nobody signed
  * @return TML_REASON_OK or why the offer is refused (FLASH_ERROR if the slot cannot be erased)
  */
 tml_reason_t tml_ota_offer(tml_ota_t *o, const uint8_t *cose, size_t len,
-                           const tml_manifest_policy_t *policy);
+                           const tml_manifest_policy_t *policy, uint32_t *pkg);
 
 /**
  * @brief Feed the next chunk of the transfer stream.

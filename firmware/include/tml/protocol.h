@@ -28,6 +28,7 @@
 #define TML_K_NEW_KID 20
 #define TML_K_NEW_PUBLIC_KEY 21
 #define TML_K_RETIRE_KID 22
+/* Policy records (trust.py). */
 #define TML_K_RETIRE_KIDS 30
 #define TML_K_MIN_SEQUENCE 31
 #define TML_K_REVOKE_PACKAGES 32

@@ -19,7 +19,7 @@
 #include "tml/status.h"
 
 #define TML_SLOT_NONE 0xFF   /**< no slot */
-#define TML_META_MAGIC 0x544D4C31UL /* "TML1" */
+#define TML_META_MAGIC 0x544D4C32UL /* "TML2": the trust state joined the record */
 
 /** @brief A slot's contents as the metadata records them. */
 typedef struct {
@@ -45,15 +45,21 @@ typedef struct {
     uint32_t generation;
     tml_slot_info_t slot[2];
     uint64_t floor_sequence;    /**< anti-rollback: highest confirmed manifest sequence */
-    uint64_t rotation_sequence; /**< last key rotation applied */
+    uint64_t rotation_sequence; /**< last trust record applied (rotations and policies) */
     uint64_t seq_reserved;      /**< events seqs below this may have been sent: the floor */
+    uint64_t min_sequence;      /**< policy key 31: offers at or below it are refused */
     uint8_t active;             /**< confirmed slot, or TML_SLOT_NONE */
     uint8_t trial;              /**< slot on trial, or TML_SLOT_NONE */
     uint8_t trial_started;      /**< 1: the trial began; a restart now reverts it */
-    uint8_t retired_builtin;    /**< bit i: built-in key i no longer trusted */
+    uint8_t retired_builtin;    /**< bit i: built-in key i retired (it never returns) */
     uint8_t rotated_count;
-    uint8_t pad[3];
-    tml_key_t rotated[TML_MAX_ROTATED_KEYS];
+    uint8_t retired_count;      /**< entries of retired[] */
+    uint8_t revoked_count;      /**< entries of revoked[] */
+    uint8_t pad;
+    uint32_t time_floor;        /**< unix s: the device's clock never goes below it */
+    uint32_t revoked[TML_MAX_REVOKED_PACKAGES]; /**< policy key 32, oldest first */
+    tml_key_t rotated[TML_MAX_ROTATED_KEYS];    /**< in the order they were trusted */
+    uint8_t retired[TML_MAX_RETIRED_KIDS][TML_KEY_ID_BYTES]; /**< retired rotated keys */
     tml_owed_report_t owed;
     uint32_t crc; /**< CRC-32 of everything before it */
 } tml_meta_t;
@@ -97,7 +103,8 @@ tml_status_t tml_slots_boot(tml_slots_t *s, uint8_t *run);
 tml_status_t tml_slots_verify(const tml_slots_t *s, uint8_t slot);
 
 /**
- * @brief Return the slot an update writes: the one not active.
+ * @brief Return the slot an update writes: the one not active (after a fallback boot the
+ *        slot that runs is the active one, so this is never the running model's).
  * @param s the state
  * @return 0 or 1
  */

@@ -113,7 +113,8 @@ def test_hello_subscribes_the_childs_downlink_and_sends_the_time(
     """Attaching a child subscribes its offer and chunk topics (and, once, the fleet's trust
     records); the MCU gets the clock."""
     assert uplink.filters == {"fleet/v1/mcu-1/ota/offer", "fleet/v1/mcu-1/ota/chunk",
-                              "fleet/v1/mcu-1/ota/key", "fleet/v1/keys"}
+                              "fleet/v1/mcu-1/ota/key", "fleet/v1/mcu-1/ota/withdraw",
+                              "fleet/v1/keys"}
     assert drain(child.outbox) == [(link.Kind.TIME, cbor2.dumps(T0))]
 
 
@@ -328,3 +329,19 @@ def test_an_encrypted_fanout_is_decrypted_with_the_childs_key_before_caching(
     bridge.on_message("fleet/v1/mcu-1/ota/key", encode_fanout_key(FanoutKey(3, key)))
     bridge.on_message(package_topic(3), encode_fanout_chunk(Chunk(3, 16, crypt(key, 3, 16, data))))
     assert bridge.cache.get(3, 16, len(data)) == data
+
+
+def test_a_withdrawal_reaches_its_child_unchanged_as_a_withdraw_frame(
+        bridge: Bridge, uplink: RecordingUplink, child: Child) -> None:
+    """fleet/v1/{child}/ota/withdraw is followed per child and forwarded as link kind 13,
+    byte for byte; a malformed one never reaches the MCU."""
+    from device_sdk.protocol.ota_messages import Withdrawal, encode_withdrawal
+
+    assert f"fleet/v1/{child.uid}/ota/withdraw" in uplink.filters
+    drain(child.outbox)
+    payload = encode_withdrawal(Withdrawal(77, 35))
+    bridge.on_message(f"fleet/v1/{child.uid}/ota/withdraw", payload)
+    assert drain(child.outbox) == [(link.Kind.WITHDRAW, payload)]
+    bridge.on_message(f"fleet/v1/{child.uid}/ota/withdraw", b"\x82\x18")
+    assert drain(child.outbox) == []
+    assert bridge.counters["messages_refused"] >= 1

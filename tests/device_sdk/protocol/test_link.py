@@ -143,4 +143,5 @@ def test_retransmission_is_acknowledged_but_not_delivered_twice() -> None:
 def test_kinds_map_to_the_device_topics() -> None:
     """Every kind the gateway bridges has a topic channel; link-local kinds have none."""
     assert set(link.CHANNEL_OF_KIND) == {Kind.STATUS, Kind.EVENTS, Kind.OFFER,
-                                         Kind.CHUNK_REQUEST, Kind.CHUNK, Kind.REPORT}
+                                         Kind.CHUNK_REQUEST, Kind.CHUNK, Kind.REPORT,
+                                         Kind.WITHDRAW}
