@@ -192,7 +192,8 @@ class OtaAgent:
             manifest = self.updater.offer(cose)
         except ProtocolError as exc:
             log.warning("%s: offer refused: %s", self.client.uid, exc)
-            self._report(_unverified_package_id(cose), DeploymentState.FAILED, exc.reason)
+            self._report(_refused_package_id(cose, exc.reason), DeploymentState.FAILED,
+                         exc.reason)
             return
         pkg = manifest.package_id
         self._follow_fanout(pkg)
@@ -363,9 +364,19 @@ class OtaAgent:
         self.client.publish(Channel.OTA_REPORT, encode_report(Report(pkg, state, int(reason))))
 
 
-def _unverified_package_id(cose: bytes) -> int:
-    """Best-effort package id of a refused offer, so the report can name it (0 if unreadable)."""
+# Refusals raised before the signature verified (or on a payload it did not make readable):
+# the package id in such an offer is anyone's to choose, so it is not reported.
+_UNAUTHENTICATED = frozenset({Reason.MANIFEST_MALFORMED, Reason.MANIFEST_UNSUPPORTED_VERSION,
+                              Reason.MANIFEST_BAD_ALGORITHM, Reason.MANIFEST_UNKNOWN_KEY,
+                              Reason.MANIFEST_BAD_SIGNATURE})
+
+
+def _refused_package_id(cose: bytes, reason: Reason) -> int:
+    """The package id to report a refused offer under: its own once the signature verified,
+    else 0, which the server takes as "the offer it sent last" (CDDL.md, report)."""
+    if reason in _UNAUTHENTICATED:
+        return 0
     try:
         return Manifest.decode(parse_sign1(cose).payload).package_id
-    except Exception:
+    except (ProtocolError, ValueError):  # verified, so not expected
         return 0

@@ -222,6 +222,26 @@ def apply_report(device_id: int, package_id: int, state: DeploymentState, detail
     return apply_reports([(device_id, package_id, state, detail)])[0]
 
 
+def _name_refused_offers(reports: list[ReportRow]) -> list[ReportRow]:
+    """Give a FAILED report under package 0 the package of its device's newest open offer.
+
+    A device refuses an offer it could not authenticate (bad envelope, unknown key, bad
+    signature) without naming the package: the id inside is anyone's to choose (CDDL.md,
+    report). The refusal answers the offer the server sent it last, the newest deployment of
+    that device still OFFERED; with none, package 0 matches nothing and is dead-lettered.
+    """
+    unnamed = {d for d, p, state, _ in reports if p == 0 and state == DeploymentState.FAILED}
+    if not unnamed:
+        return reports
+    offered: dict[int, int] = {}
+    for device_id, package_id in (Deployment.objects
+                                  .filter(device_id__in=unnamed, state=DeploymentState.OFFERED)
+                                  .order_by("id").values_list("device_id", "package_id")):
+        offered[device_id] = package_id  # ascending ids: the newest offer wins
+    return [(d, offered.get(d, 0) if p == 0 and state == DeploymentState.FAILED else p, state,
+             detail) for d, p, state, detail in reports]
+
+
 @transaction.atomic
 def apply_reports(reports: list[ReportRow]) -> list[bool]:
     """Apply reports in order, each to the newest deployment of its device and package; for
@@ -233,6 +253,7 @@ def apply_reports(reports: list[ReportRow]) -> list[bool]:
     """
     if not reports:
         return []
+    reports = _name_refused_offers(reports)
     pairs = {(device_id, package_id) for device_id, package_id, _, _ in reports}
     newest: dict[tuple[int, int], Deployment] = {}
     rows = (Deployment.objects.select_for_update()

@@ -7,15 +7,17 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device_sdk.ota import updater as updater_module
+from device_sdk.ota.agent import OtaAgent
 from device_sdk.ota.updater import OtaUpdater
 from device_sdk.protocol.cose import key_id
 from device_sdk.protocol.manifest import Encoding, Manifest
-from device_sdk.protocol.ota_messages import DeploymentState
+from device_sdk.protocol.ota_messages import DeploymentState, decode_report
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.transfer import TransferDecoder, compress
 from device_sdk.protocol.transfer.decoder import max_instruction_bytes
@@ -201,3 +203,35 @@ def test_boot_refuses_an_active_slot_whose_digest_differs(tmp_path: Path) -> Non
     path.write_bytes(bytes(data))  # a flipped bit in the running model
     assert store.check_active() is False
     assert store.verify_active() and store.read_active() == model_bytes(1)
+
+
+class ReportingClient:
+    """What OtaAgent._offer touches of a DeviceClient when it refuses: reports collected."""
+
+    uid = "dev-1"
+    on_message: Any = None
+    on_connect: Any = None
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[int, int, int]] = []
+
+    def publish(self, channel: object, payload: bytes) -> None:
+        r = decode_report(payload)
+        self.reports.append((r.pkg, int(r.state), int(r.detail)))
+
+
+def test_a_refused_offer_names_its_package_only_once_the_signature_verified(
+        tmp_path: Path) -> None:
+    """An unknown key's (or a forger's) offer may carry any package id: the refusal is
+    reported under 0; a verified offer refused later names its own package."""
+    updater = device(tmp_path, model_bytes(1))
+    client = ReportingClient()
+    agent = OtaAgent(client, updater, lambda m, spec: None)  # type: ignore[arg-type]
+    forged, _ = package(model_bytes(2), 77, key=Ed25519PrivateKey.generate())
+    agent._offer(forged)
+    expired, _ = package(model_bytes(3), 78, expires=int(time.time()) - 10)
+    agent._offer(expired)
+    assert client.reports == [
+        (0, int(DeploymentState.FAILED), int(Reason.MANIFEST_UNKNOWN_KEY)),
+        (78, int(DeploymentState.FAILED), int(Reason.MANIFEST_EXPIRED)),
+    ]

@@ -26,10 +26,10 @@ from device_sdk.protocol.ota_messages import (
 )
 from device_sdk.protocol.reasons import Reason
 from device_sdk.protocol.topics import package_topic
+from fleet.devices.models import Device, HardwareProfile
 from fleet.intake.deployments import DeploymentConsumers
 from fleet.intake.directory import DeviceDirectory
 from fleet.intake.worker import Received
-from fleet.devices.models import Device, HardwareProfile
 from fleet.telemetry.models import Rollup
 from ota.models import ModelVersion, Package
 from ota.rollouts import actions
@@ -350,3 +350,26 @@ def test_a_batch_of_reports_applies_like_one_report_at_a_time(
     assert Device.objects.get(pk=a.device_id).running_package_id == a.package_id
     assert Device.objects.get(pk=b.device_id).running_package_id != b.package_id
     assert apply_reports([]) == []
+
+
+def test_a_refusal_under_package_zero_fails_the_devices_open_offer(
+    versions: Any, fleet_on_v1: list[Device],
+) -> None:
+    """A device that could not authenticate an offer reports package 0 (the id inside is
+    anyone's to choose): the refusal fails the deployment the server offered it; a device with
+    no open offer, or a package-0 report that is not a refusal, matches nothing."""
+    from ota.rollouts.delivery import apply_reports
+
+    rollout = new_rollout(versions, fleet_on_v1, waves=[100])
+    step(rollout.pk, RecordingPublisher())
+    a, b = list(Deployment.objects.filter(rollout=rollout).order_by("id"))[:2]
+    S = DeploymentState
+    apply_reports([(b.device_id, b.package_id, S.DOWNLOADING, 0)])  # b's offer is taken
+    reports = [(a.device_id, 0, S.FAILED, int(Reason.MANIFEST_UNKNOWN_KEY)),
+               (b.device_id, 0, S.FAILED, int(Reason.MANIFEST_BAD_SIGNATURE)),
+               (a.device_id, 0, S.CONFIRMED, 0)]
+    assert apply_reports(reports) == [True, False, False]
+    a.refresh_from_db()
+    b.refresh_from_db()
+    assert (a.state, a.reason) == (S.FAILED, Reason.MANIFEST_UNKNOWN_KEY)
+    assert b.state == S.DOWNLOADING
