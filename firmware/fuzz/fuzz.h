@@ -46,9 +46,9 @@ const tml_keyring_t *fuzz_keyring(void);
  */
 size_t fuzz_sign1(const uint8_t *payload, size_t len, uint8_t *out, size_t cap);
 
-/** @brief Fill buf with the fixed synthetic delta base (FUZZ_BASE_BYTES). */
+/** @brief Size of the delta base the harnesses read from. */
 #define FUZZ_BASE_BYTES 9000
-/** @brief The delta base the harnesses read from: tests/vectors/transfers/delta.base.bin. */
+/** @brief That base: tests/vectors/transfers/delta.base.bin, compiled in (build/fuzz/gen). */
 extern const uint8_t fuzz_delta_base[FUZZ_BASE_BYTES];
 
 /** @brief A bounded output, as a model slot: refuses bytes past cap (TRANSFER_OVERFLOW). */
