@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tml/device.h"
 #include "tml/manifest.h"
 
 /** @brief Abort with the failed condition when a decoder breaks its documented contract. */
@@ -75,5 +76,29 @@ void fuzz_split_init(fuzz_split_t *s, uint8_t seed);
 
 /** @brief Return the next call's size (0..left; 0 only as an empty call before the end). */
 size_t fuzz_split_next(fuzz_split_t *s, size_t left);
+
+/*
+ * A device on the posix port with the test-source runner and the built-in test keys, and the
+ * gateway's end of its link (device_session.c). Flash: 64 KB slots, 1 KB sectors, an image file
+ * in /dev/shm (else $TMPDIR).
+ */
+
+/** @brief The device under test. */
+extern tml_device_t fuzz_dev;
+
+/** @brief Erase the flash, reset the clock to 0 and the gateway, boot, exchange. */
+void fuzz_device_fresh(void);
+
+/** @brief A power cycle: RAM lost, flash kept (and working again), boot. */
+void fuzz_device_power_cycle(void);
+
+/** @brief Send the device one well-formed frame (right CRC, the gateway's next seq). */
+void fuzz_device_frame(uint8_t kind, const uint8_t *payload, size_t len);
+
+/** @brief The gateway's turn: the device polls, its frames are acknowledged, then checked. */
+void fuzz_device_exchange(void);
+
+/** @brief Check the device's invariants (bounded queues, keyring, slots, download). */
+void fuzz_device_check(void);
 
 #endif /* TML_FUZZ_H */

@@ -18,7 +18,8 @@ FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_INC := $(COMMON_INC) -Iports/posix -Ifuzz
 FUZZ_CFLAGS := $(WARN) -O1 -g -fno-omit-frame-pointer $(FUZZ_INC) $(FUZZ_SAN)
 FUZZ_LIB_SRC := $(CORE:%=src/%.c) src/$(RUNNER).c ports/posix/platform_posix.c \
-                ports/posix/seed_posix.c ports/common/trusted_keys.c fuzz/fuzz_common.c
+                ports/posix/seed_posix.c ports/common/trusted_keys.c fuzz/fuzz_common.c \
+                fuzz/device_session.c
 # The regression replay: the same harnesses with $(CC) and a plain main.
 FUZZ_REGRESS_SAN ?= -fsanitize=address,undefined -fno-sanitize-recover=all
 FUZZ_REGRESS_CFLAGS := $(WARN) -O1 -g -fno-omit-frame-pointer $(FUZZ_INC) $(FUZZ_REGRESS_SAN)

@@ -41,10 +41,7 @@ def run(name: str, build: Path, seconds: int, dicts: Path | None) -> tuple[bool,
            f"-artifact_prefix={crashes}/"]
     if dicts and (dicts / f"{name}.dict").exists():
         cmd.append(f"-dict={dicts / f'{name}.dict'}")
-    scratch = build / "tmp" / name  # the device harness's flash image lives here
-    scratch.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1",
-               TMPDIR=str(scratch))
+    env = dict(os.environ, UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
     started = time.monotonic()
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env,
                           errors="replace")
