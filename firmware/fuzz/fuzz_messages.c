@@ -3,9 +3,10 @@
  * The OTA messages the gateway sends (src/messages.c, src/enroll.c): CHUNK [pkg, offset, data],
  * TIME (unix ms) and ENROLL_CHALLENGE [nonce, token_sha256, caps_sha256, via]. Every input
  * goes through all three, and is also read as the fields of a chunk (pkg u32 le, offset u64 le,
- * data) that the CBOR writer encodes: values anywhere in their ranges, wire-valid. A decoded value must be the one on the wire (no truncation, no
- * wrap-around) and within messages.h's bounds; the enroll-message built from a challenge must
- * be one well-formed CBOR array of 7 that fits its buffer.
+ * data) that the CBOR writer encodes: values anywhere in their ranges, wire-valid. A decoded
+ * value must be the one on the wire (no truncation, no wrap-around) and within messages.h's
+ * bounds; the enroll-message built from a challenge must be one well-formed CBOR array of 7
+ * that fits its buffer.
  */
 #include <string.h>
 
