@@ -4,6 +4,9 @@
  * its link, for the harnesses that go through the device (fuzz_device, fuzz_rotation).
  */
 #define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +50,25 @@ static void remove_flash(void)
     unlink(flash_path);
 }
 
+/* libFuzzer ends its runs with _Exit (no atexit): remove the images of processes now gone. */
+static void remove_stale_images(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        long pid;
+        char path[512];
+        if (sscanf(e->d_name, "tml-fuzz-device-%ld.bin", &pid) == 1 && pid > 0 &&
+            kill((pid_t)pid, 0) != 0 && errno == ESRCH) {
+            snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+            unlink(path);
+        }
+    }
+    if (d) {
+        closedir(d);
+    }
+}
+
 static void boot(void)
 {
     size_t n;
@@ -74,6 +96,7 @@ void fuzz_device_fresh(void)
         const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : tmp && *tmp ? tmp : "/tmp";
         snprintf(flash_path, sizeof(flash_path), "%s/tml-fuzz-device-%ld.bin", dir,
                  (long)getpid());
+        remove_stale_images(dir);
         atexit(remove_flash);
         tml_posix_seed_set(seed);
         tml_posix_clock_manual(true);
