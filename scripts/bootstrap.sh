@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(curl mosquitto mosquitto-clients postgresql chromium gcc make gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm nginx systemd)
+APT_PACKAGES=(curl mosquitto mosquitto-clients postgresql chromium gcc make gcc-arm-none-eabi libnewlib-arm-none-eabi libstdc++-arm-none-eabi-newlib qemu-system-arm nginx systemd clang libclang-rt-14-dev)
 # FLEET_PROFILE=server: what the service itself runs on (deploy/Dockerfile); the rest is for
 # tests, firmware builds and the demo. PostgreSQL and nginx are their own hosts/containers there.
 SERVER_PACKAGES=(ca-certificates mosquitto)

@@ -25,6 +25,11 @@ echo "== import contracts (docs/ARCHITECTURE.md)"
 echo "== firmware: probe images and instruction counter for admission"
 make -C firmware probes insn-plugin >/dev/null
 
+# libFuzzer harnesses (ASan, UBSan) of every C decoder of untrusted input, FUZZ_SECONDS each,
+# two at a time; a crash fails the run and names its input (firmware/fuzz/README.md).
+echo "== fuzzing C decoders"
+make -s -C firmware fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-12}" FUZZ_JOBS=2
+
 # The shared throttle cache table (fleet_throttle_cache) is made with each test database:
 # Django's test setup runs createcachetable, and migrate does too (fleet.core.apps).
 echo "== tests on SQLite"

@@ -121,8 +121,9 @@ tml_status_t tml_chunk_decode(const uint8_t *msg, size_t len, uint32_t *pkg, uin
         tml_cbor_expect(&r, TML_CBOR_BYTES, &d) != TML_OK || r.p != r.end) {
         return TML_ERR_MALFORMED;
     }
+    /* offset + length <= the limit, written so it cannot wrap: d.arg <= the limit here */
     if (p.arg > TML_MAX_PACKAGE_ID || d.arg > TML_MAX_CHUNK_BYTES ||
-        o.arg + d.arg > TML_MAX_TRANSFER_BYTES) {
+        o.arg > TML_MAX_TRANSFER_BYTES - d.arg) {
         return TML_ERR_RANGE;
     }
     *pkg = (uint32_t)p.arg;

@@ -6,6 +6,49 @@
 #include "tml/messages.h"
 #include "tml_test.h"
 
+/* A chunk whose offset + length passes 2^64 must be refused, not wrapped into range (the
+ * fuzz harness found it: fuzz/regressions/messages/). Offsets at the transfer limit too. */
+static void chunk_bounds(void)
+{
+    static const struct {
+        const char *name;
+        uint8_t wire[16];
+        size_t len;
+        tml_status_t want;
+    } cases[] = {
+        /* [1, 2^64 - 1, h'00'] */
+        {"chunk_offset_wraps_u64",
+         {0x83, 0x01, 0x1B, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x41, 0x00}, 13,
+         TML_ERR_RANGE},
+        /* [1, 2^64 - 2, h'0000'] */
+        {"chunk_offset_wraps_u64_by_two",
+         {0x83, 0x01, 0x1B, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE, 0x42, 0x00, 0x00}, 14,
+         TML_ERR_RANGE},
+        /* [1, 2^26 - 1, h'00']: the last byte of the largest transfer */
+        {"chunk_offset_last_byte", {0x83, 0x01, 0x1A, 0x03, 0xFF, 0xFF, 0xFF, 0x41, 0x00}, 9,
+         TML_OK},
+        /* [1, 2^26, h'00']: one past it */
+        {"chunk_offset_past_limit", {0x83, 0x01, 0x1A, 0x04, 0x00, 0x00, 0x00, 0x41, 0x00}, 9,
+         TML_ERR_RANGE},
+        /* [1, 2^32, h'']: would truncate to offset 0 */
+        {"chunk_offset_above_u32",
+         {0x83, 0x01, 0x1B, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x40}, 12,
+         TML_ERR_RANGE},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        uint32_t pkg = 0, offset = 0;
+        const uint8_t *p = NULL;
+        size_t n = 0;
+        tml_case("messages", cases[i].name);
+        CHECK_EQ(tml_chunk_decode(cases[i].wire, cases[i].len, &pkg, &offset, &p, &n),
+                 cases[i].want);
+        if (cases[i].want == TML_OK) {
+            CHECK_EQ(offset, 0x3FFFFFF);
+            CHECK_EQ(n, 1);
+        }
+    }
+}
+
 void suite_messages(void)
 {
     static uint8_t want[2048], got[2048], data[2048];
@@ -75,4 +118,5 @@ void suite_messages(void)
         CHECK(memcmp(got, want, wn) == 0);
     }
     vec_close(&f);
+    chunk_bounds();
 }
