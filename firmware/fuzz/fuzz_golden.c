@@ -71,7 +71,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!clen) {
         return 0;
     }
-    tml_manifest_policy_t policy = {fuzz_keyring(), 0, "mps2-an385", 1800000000ULL, 0, 0, NULL};
+    tml_manifest_policy_t policy = {.keyring = fuzz_keyring(), .hardware_profile = "mps2-an385",
+                                    .now = 1800000000ULL};
     tml_manifest_t m;
     if (tml_manifest_check(cose, clen, &policy, &m) != TML_REASON_OK) {
         return 0;

@@ -35,6 +35,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint32_t pkg = tml_manifest_peek_package(msg, len);
     FUZZ_CHECK(pkg <= TML_MAX_PACKAGE_ID);
 
+    static const uint32_t revoked[2] = {1, 5};
     tml_manifest_policy_t policy = {
         .keyring = fuzz_keyring(),
         .current_sequence = (mode >> 2) & 3,
@@ -43,6 +44,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .slot_bytes = (mode & 16) ? 0 : 131072,
         .arena_bytes = (mode & 32) ? 0 : 16384,
         .running_model_sha256 = (mode & 2) ? running : NULL,
+        .revoked = revoked, /* policy key 32: packages 1 and 5 revoked in half the runs */
+        .revoked_count = (mode & 64) ? 2 : 0,
     };
     tml_manifest_t m;
     tml_reason_t why = tml_manifest_check(msg, len, &policy, &m);
@@ -54,6 +57,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     FUZZ_CHECK(m.expires_at > policy.now);
     FUZZ_CHECK(!policy.slot_bytes || m.model_size <= policy.slot_bytes);
     FUZZ_CHECK(!policy.arena_bytes || m.arena_bytes <= policy.arena_bytes);
+    for (size_t i = 0; i < policy.revoked_count; i++) {
+        FUZZ_CHECK(m.package_id != policy.revoked[i]);
+    }
     FUZZ_CHECK(m.encoding <= TML_ENCODING_DELTA);
     FUZZ_CHECK(m.has_base == (m.encoding == TML_ENCODING_DELTA));
     FUZZ_CHECK(!m.has_base || !policy.running_model_sha256 ||

@@ -121,8 +121,11 @@ tml_reason_t tml_trust_apply(tml_meta_t *m, const tml_keyring_t *ring, const tml
     } else {
         tml_cbor_reader_t r;
         tml_cbor_item_t it;
-        tml_cbor_reader_init(&r, rec.revoke, rec.revoke ? (size_t)(cose + len - rec.revoke) : 0);
-        for (size_t i = 0; i < rec.revoke_count && tml_cbor_read(&r, &it) == TML_OK; i++) {
+        if (rec.revoke) { /* never NULL + 0: pointer arithmetic on NULL is undefined (fuzzing) */
+            tml_cbor_reader_init(&r, rec.revoke, (size_t)(cose + len - rec.revoke));
+        }
+        for (size_t i = 0; rec.revoke && i < rec.revoke_count && tml_cbor_read(&r, &it) == TML_OK;
+             i++) {
             uint32_t pkg = (uint32_t)it.arg;
             if (it.arg <= UINT32_MAX && !revoked(m, pkg)) { /* a known one keeps its place */
                 push(m->revoked, &m->revoked_count, TML_MAX_REVOKED_PACKAGES, sizeof(pkg), &pkg);
