@@ -47,6 +47,18 @@ const tml_keyring_t *fuzz_keyring(void);
  */
 size_t fuzz_sign1(const uint8_t *payload, size_t len, uint8_t *out, size_t cap);
 
+/**
+ * @brief Read a signed-message harness's input: a mode byte, then a whole COSE_Sign1 (mode
+ *        bit 0 clear) or a payload that fuzz_sign1 signs into @p cose (bit 0 set).
+ * @param data, size the fuzzer's input
+ * @param cose scratch for the signed message, TML_MAX_OFFER_BYTES + 256 bytes
+ * @param mode out: the mode byte
+ * @param msg out: the message to check
+ * @return its length, 0 when the input is to be skipped
+ */
+size_t fuzz_signed_input(const uint8_t *data, size_t size, uint8_t *cose, uint8_t *mode,
+                         const uint8_t **msg);
+
 /** @brief Size of the delta base the harnesses read from. */
 #define FUZZ_BASE_BYTES 9000
 /** @brief That base: tests/vectors/transfers/delta.base.bin, compiled in (build/fuzz/gen). */

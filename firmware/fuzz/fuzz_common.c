@@ -155,3 +155,18 @@ size_t fuzz_split_next(fuzz_split_t *s, size_t left)
     size_t n = s->state % (s->max + 1u); /* 0: an empty call, as an empty chunk makes */
     return n < left ? n : left;
 }
+
+size_t fuzz_signed_input(const uint8_t *data, size_t size, uint8_t *cose, uint8_t *mode,
+                         const uint8_t **msg)
+{
+    if (size < 1 || size > TML_MAX_OFFER_BYTES + 1) {
+        return 0;
+    }
+    *mode = data[0];
+    if (!(*mode & 1)) {
+        *msg = data + 1;
+        return size - 1;
+    }
+    *msg = cose;
+    return fuzz_sign1(data + 1, size - 1, cose, TML_MAX_OFFER_BYTES + 256);
+}

@@ -19,18 +19,11 @@ static uint8_t cose[TML_MAX_OFFER_BYTES + 256];
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const uint8_t running[32] = {1, 2, 3};
-    if (size < 1 || size > TML_MAX_OFFER_BYTES + 1) {
+    uint8_t mode;
+    const uint8_t *msg;
+    size_t len = fuzz_signed_input(data, size, cose, &mode, &msg);
+    if (!len) {
         return 0;
-    }
-    uint8_t mode = data[0];
-    const uint8_t *msg = data + 1;
-    size_t len = size - 1;
-    if (mode & 1) {
-        len = fuzz_sign1(data + 1, size - 1, cose, sizeof(cose));
-        msg = cose;
-        if (!len) {
-            return 0;
-        }
     }
     uint32_t pkg = tml_manifest_peek_package(msg, len);
     FUZZ_CHECK(pkg <= TML_MAX_PACKAGE_ID);

@@ -47,18 +47,11 @@ static void device(const uint8_t *msg, size_t len, int forged)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (size < 1 || size > TML_MAX_OFFER_BYTES + 1) {
+    uint8_t mode;
+    const uint8_t *msg;
+    size_t len = fuzz_signed_input(data, size, cose, &mode, &msg);
+    if (!len) {
         return 0;
-    }
-    uint8_t mode = data[0];
-    const uint8_t *msg = data + 1;
-    size_t len = size - 1;
-    if (mode & 1) {
-        len = fuzz_sign1(data + 1, size - 1, cose, sizeof(cose));
-        msg = cose;
-        if (!len) {
-            return 0;
-        }
     }
     const tml_keyring_t *ring = fuzz_keyring();
     uint64_t current = (mode >> 1) & 7;
