@@ -222,24 +222,19 @@ def apply_report(device_id: int, package_id: int, state: DeploymentState, detail
     return apply_reports([(device_id, package_id, state, detail)])[0]
 
 
-def _name_refused_offers(reports: list[ReportRow]) -> list[ReportRow]:
-    """Give a FAILED report under package 0 the package of its device's newest open offer.
-
-    A device refuses an offer it could not authenticate (bad envelope, unknown key, bad
-    signature) without naming the package: the id inside is anyone's to choose (CDDL.md,
-    report). The refusal answers the offer the server sent it last, the newest deployment of
-    that device still OFFERED; with none, package 0 matches nothing and is dead-lettered.
-    """
+def _open_offers(reports: list[ReportRow]) -> dict[int, int]:
+    """Device -> package of its newest deployment still OFFERED, for the devices that report a
+    refusal under package 0 (a device names no package it could not authenticate: CDDL.md,
+    report)."""
     unnamed = {d for d, p, state, _ in reports if p == 0 and state == DeploymentState.FAILED}
-    if not unnamed:
-        return reports
     offered: dict[int, int] = {}
-    for device_id, package_id in (Deployment.objects
-                                  .filter(device_id__in=unnamed, state=DeploymentState.OFFERED)
-                                  .order_by("id").values_list("device_id", "package_id")):
-        offered[device_id] = package_id  # ascending ids: the newest offer wins
-    return [(d, offered.get(d, 0) if p == 0 and state == DeploymentState.FAILED else p, state,
-             detail) for d, p, state, detail in reports]
+    if unnamed:
+        for device_id, package_id in (Deployment.objects
+                                      .filter(device_id__in=unnamed,
+                                              state=DeploymentState.OFFERED)
+                                      .order_by("id").values_list("device_id", "package_id")):
+            offered[device_id] = package_id  # ascending ids: the newest offer wins
+    return offered
 
 
 @transaction.atomic
@@ -253,8 +248,9 @@ def apply_reports(reports: list[ReportRow]) -> list[bool]:
     """
     if not reports:
         return []
-    reports = _name_refused_offers(reports)
+    open_offers = _open_offers(reports)
     pairs = {(device_id, package_id) for device_id, package_id, _, _ in reports}
+    pairs |= set(open_offers.items())
     newest: dict[tuple[int, int], Deployment] = {}
     rows = (Deployment.objects.select_for_update()
             .filter(device_id__in={d for d, _ in pairs}, package_id__in={p for _, p in pairs})
@@ -270,7 +266,15 @@ def apply_reports(reports: list[ReportRow]) -> list[bool]:
     running: dict[int, int] = {}  # device id -> package it now runs
     out: list[bool] = []
     for device_id, package_id, state, detail in reports:
-        dep = newest.get((device_id, package_id))
+        if package_id == 0 and state == DeploymentState.FAILED:
+            # A refusal of the offer the server sent last: still OFFERED after the reports
+            # before it in this batch (one that moved on is not what the device refused).
+            package_id = open_offers.get(device_id, 0)
+            dep = newest.get((device_id, package_id))
+            if dep is not None and dep.state != DeploymentState.OFFERED:
+                dep = None
+        else:
+            dep = newest.get((device_id, package_id))
         if dep is None:
             out.append(False)
             continue

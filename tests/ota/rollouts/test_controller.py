@@ -362,14 +362,17 @@ def test_a_refusal_under_package_zero_fails_the_devices_open_offer(
 
     rollout = new_rollout(versions, fleet_on_v1, waves=[100])
     step(rollout.pk, RecordingPublisher())
-    a, b = list(Deployment.objects.filter(rollout=rollout).order_by("id"))[:2]
+    a, b, c = list(Deployment.objects.filter(rollout=rollout).order_by("id"))[:3]
     S = DeploymentState
     apply_reports([(b.device_id, b.package_id, S.DOWNLOADING, 0)])  # b's offer is taken
     reports = [(a.device_id, 0, S.FAILED, int(Reason.MANIFEST_UNKNOWN_KEY)),
                (b.device_id, 0, S.FAILED, int(Reason.MANIFEST_BAD_SIGNATURE)),
-               (a.device_id, 0, S.CONFIRMED, 0)]
-    assert apply_reports(reports) == [True, False, False]
-    a.refresh_from_db()
-    b.refresh_from_db()
+               (a.device_id, 0, S.CONFIRMED, 0),
+               (c.device_id, c.package_id, S.DOWNLOADING, 0),  # c takes its offer, then a
+               (c.device_id, 0, S.FAILED, int(Reason.MANIFEST_BAD_SIGNATURE))]  # forged one
+    assert apply_reports(reports) == [True, False, False, True, False]
+    for dep in (a, b, c):
+        dep.refresh_from_db()
     assert (a.state, a.reason) == (S.FAILED, Reason.MANIFEST_UNKNOWN_KEY)
     assert b.state == S.DOWNLOADING
+    assert c.state == S.DOWNLOADING  # the refusal in the same batch was not of c's offer
