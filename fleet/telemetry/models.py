@@ -138,6 +138,38 @@ class FleetRollup(RollupCells):
         indexes = [TimeIndex(fields=["bucket"], name="telemetry_fleetrollup_time")]
 
 
+# Width of a segment rollup's bucket: every series bucket of 15 min or more is a whole number
+# of them (date_bin from the epoch), so those series read segments and nothing finer.
+SEGMENT_BUCKET_S = 900
+
+
+class SegmentRollup(RollupCells):
+    """Rollups summed over the devices now in one group or of one hardware profile, per
+    (segment, 15 minutes, model version, label): what a query for a group or profile reads on
+    PostgreSQL instead of one row per device and minute.
+
+    Membership is the device's current one, as the per-device queries have it: triggers
+    (migration 0009) add every change of ``Rollup`` to the segments of its device, and move a
+    device's rollups when its group or profile changes or the device goes, in the same
+    transaction. ``shard`` as in ``FleetRollup``. SQLite does not maintain it.
+    """
+
+    GROUP = 1
+    PROFILE = 2
+
+    kind = models.SmallIntegerField(help_text="1 device group, 2 hardware profile")
+    segment_id = models.BigIntegerField(help_text="the group's or profile's id")
+    bucket = models.DateTimeField(help_text="start of the 15 minutes")
+    shard = models.SmallIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "segment_id", "bucket", "model_version_id", "label", "shard"],
+                name="unique_segment_rollup_key")
+        ]
+
+
 class DeadLetter(models.Model):
     """A device message refused at ingest, kept (truncated) with the reason, for diagnosis."""
 

@@ -66,14 +66,15 @@ def test_triggers_follow_inserts_upserts_updates_and_deletes() -> None:
 def test_fleet_wide_queries_answer_as_the_per_device_rollups(monkeypatch) -> None:  # noqa: ANN001
     _fill(4)
     flt = queries.TelemetryFilter(since=START, until=START + timedelta(hours=2))
-    assert flt.cells().model is FleetRollup
+    assert [qs.model for qs in flt.cell_sets()] == [FleetRollup]
     fleet = (queries.series(flt, 300), queries.series(flt, 3600), queries.label_distribution(flt),
              queries.summary(flt), queries.compare_versions(flt, 1, 2))
-    monkeypatch.setattr(queries.TelemetryFilter, "cells", queries.TelemetryFilter.rollups)
+    monkeypatch.setattr(queries.TelemetryFilter, "cell_sets",
+                        lambda self, bucket_s=None: [self.rollups()])
     per_device = (queries.series(flt, 300), queries.series(flt, 3600),
                   queries.label_distribution(flt), queries.summary(flt),
                   queries.compare_versions(flt, 1, 2))
     assert fleet == per_device
     narrowed = queries.TelemetryFilter(since=START, until=START + timedelta(hours=2),
                                        device_uid="nobody")
-    assert narrowed.cells().model is Rollup
+    assert [qs.model for qs in narrowed.cell_sets()] == [Rollup]
