@@ -170,6 +170,31 @@ class SegmentRollup(RollupCells):
         ]
 
 
+class ReportingSpan(models.Model):
+    """The first and last minute with rollups of one (device, model version): how a count of
+    the devices reporting in a range skips the devices that cannot have (PostgreSQL).
+
+    A device reported with the version in [since, until) when its first or last minute falls
+    in the range; not when it ends before or starts after; only a span covering the whole range
+    needs a look at its rollups. Kept exactly equal to min/max of ``Rollup.bucket`` by
+    statement triggers (migration 0010): inserts widen spans, deletes and key-changing updates
+    recompute theirs. SQLite does not maintain it.
+    """
+
+    device_id = models.BigIntegerField()
+    model_version_id = models.IntegerField()
+    first_bucket = models.DateTimeField()
+    last_bucket = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["device_id", "model_version_id"],
+                                    name="unique_reporting_span")
+        ]
+        indexes = [models.Index(fields=["model_version_id", "last_bucket"],
+                                name="telemetry_span_version_last")]
+
+
 class DeadLetter(models.Model):
     """A device message refused at ingest, kept (truncated) with the reason, for diagnosis."""
 

@@ -137,25 +137,30 @@ def devices_reporting(flt: TelemetryFilter, versions: list[int], *,
     """Return how many devices the filter selects reported in its range with one of
     ``versions``: per version, or in all (key None).
 
-    For selected devices on PostgreSQL, one probe per device and version into the rollups'
-    unique key (device, version, minute): the cost follows the devices selected, not their
-    rollups (a group's week: 500 devices, ~116,000 rollups). For the whole fleet, distinct
-    (version, device) pairs are hashed from the range's rollups (count(DISTINCT) per version
-    sorts every row, ~40 % slower measured).
+    On PostgreSQL from the reporting spans (first and last rollup minute per device and
+    version): a span that starts or ends in the range counts, one that ends before or starts
+    after does not, and only one covering the whole range is probed in the rollups' unique key
+    (device, version, minute). Elsewhere, distinct (version, device) pairs of the range's
+    rollups are hashed (count(DISTINCT) per version sorts every row, ~40 % slower measured).
     """
     if not versions:
         return {}
     lo, hi = flt.since, flt.until
-    if connection.vendor == "postgresql" and flt.narrowed:
-        ids_sql, params = flt.devices().values("id").order_by().query.sql_with_params()
-        probe = ("EXISTS (SELECT 1 FROM telemetry_rollup r WHERE r.device_id = d.id AND"
-                 " r.model_version_id = {} AND r.bucket >= %s AND r.bucket < %s)")
+    if connection.vendor == "postgresql":
+        key, counted = ("s.model_version_id", "*") if per_version else ("NULL", "DISTINCT s.device_id")
+        sql = (f"SELECT {key}, count({counted}) FROM telemetry_reportingspan s"
+               " WHERE s.model_version_id = ANY(%s) AND s.last_bucket >= %s"
+               " AND s.first_bucket < %s AND (s.last_bucket < %s OR s.first_bucket >= %s"
+               " OR EXISTS (SELECT 1 FROM telemetry_rollup r WHERE r.device_id = s.device_id"
+               " AND r.model_version_id = s.model_version_id AND r.bucket >= %s"
+               " AND r.bucket < %s))")
+        params: tuple = (versions, lo, hi, hi, lo, lo, hi)
+        if flt.narrowed:
+            ids_sql, ids_params = flt.devices().values("id").order_by().query.sql_with_params()
+            sql += f" AND s.device_id IN ({ids_sql})"
+            params = (*params, *ids_params)
         if per_version:
-            sql = (f"SELECT v.mv, count(*) FROM ({ids_sql}) AS d CROSS JOIN unnest(%s::int[])"
-                   f" AS v(mv) WHERE {probe.format('v.mv')} GROUP BY v.mv")
-        else:
-            sql = f"SELECT NULL, count(*) FROM ({ids_sql}) AS d WHERE {probe.format('ANY(%s)')}"
-        params = (*params, versions, lo, hi)
+            sql += " GROUP BY s.model_version_id"
     else:
         rollups = replace(flt, model_version_ids=versions).rollups()
         fields = ("model_version_id", "device_id") if per_version else ("device_id",)

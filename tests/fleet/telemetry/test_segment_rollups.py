@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 from django.db import connection
-from django.db.models import Sum
+from django.db.models import Max, Min, Sum
 
 from device_sdk.protocol.events import Event, EventBatch
 from fleet.devices.models import Device, DeviceGroup, HardwareProfile, Tag
 from fleet.telemetry import queries
 from fleet.telemetry.ingest import Accepted, store_batches
-from fleet.telemetry.models import Rollup, SegmentRollup
+from fleet.telemetry.models import ReportingSpan, Rollup, SegmentRollup
 from fleet.telemetry.models import Event as EventRow
 
 pytestmark = pytest.mark.django_db
@@ -199,16 +199,33 @@ def _segments() -> dict[tuple, tuple]:
             tuple(r[f] for f in SUMS) for r in rows if r["count"]}
 
 
-def test_triggers_keep_segments_equal_to_the_devices_rollups(fleet: dict[str, Any]) -> None:
+def _spans() -> dict[tuple, tuple]:
+    return {(s.device_id, s.model_version_id): (s.first_bucket, s.last_bucket)
+            for s in ReportingSpan.objects.all()}
+
+
+def _spans_from_rollups() -> dict[tuple, tuple]:
+    rows = Rollup.objects.values("device_id", "model_version_id").annotate(
+        lo=Min("bucket"), hi=Max("bucket"))
+    return {(r["device_id"], r["model_version_id"]): (r["lo"], r["hi"]) for r in rows}
+
+
+def test_triggers_keep_segments_and_spans_equal_to_the_rollups(fleet: dict[str, Any]) -> None:
     if connection.vendor != "postgresql":
         pytest.skip("the segment rollups are maintained by PostgreSQL triggers")
     _history(fleet)  # ingest upserts, moves, a profile change, a delete, a bulk move
     assert _segments() == _segments_from_rollups() != {}
+    assert _spans() == _spans_from_rollups() != {}
     devices, (g0, g1) = fleet["devices"], fleet["groups"]
     Rollup.objects.filter(device_id=devices[5].id, model_version_id=2).update(
-        model_version_id=7, count=1)
+        model_version_id=7, count=1)  # a key-changing update: spans recomputed
+    first = Rollup.objects.filter(device_id=devices[7].id).order_by("bucket").first()
+    Rollup.objects.filter(device_id=devices[7].id, bucket=first.bucket).delete()  # span shrinks
+    Rollup.objects.filter(device_id=devices[9].id, model_version_id=2).delete()  # span goes
     Rollup.objects.filter(label=3).delete()
     assert _segments() == _segments_from_rollups()
+    assert _spans() == _spans_from_rollups()
+    assert (devices[9].id, 2) not in _spans()
     g0.delete()  # its devices' group becomes NULL: their rollups leave it
     assert _segments() == _segments_from_rollups()
     assert not SegmentRollup.objects.filter(kind=1, segment_id=g0.id, count__gt=0).exists()
@@ -220,4 +237,4 @@ def test_triggers_keep_segments_equal_to_the_devices_rollups(fleet: dict[str, An
                           key_algorithm="ed25519")
     assert _segments() == _segments_from_rollups()
     Rollup.objects.all().delete()
-    assert _segments() == {}
+    assert _segments() == {} and _spans() == {}
