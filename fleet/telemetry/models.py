@@ -146,7 +146,9 @@ SEGMENT_BUCKET_S = 900
 class SegmentRollup(RollupCells):
     """Rollups summed over the devices now in one group or of one hardware profile, per
     (segment, 15 minutes, model version, label): what a query for a group or profile reads on
-    PostgreSQL instead of one row per device and minute.
+    PostgreSQL instead of one row per device and minute. The whole fleet is a segment too
+    (kind 0, every rollup): 15-minute rows for ranges of days, where ``FleetRollup`` has one
+    per minute.
 
     Membership is the device's current one, as the per-device queries have it: triggers
     (migration 0009) add every change of ``Rollup`` to the segments of its device, and move a
@@ -154,10 +156,12 @@ class SegmentRollup(RollupCells):
     transaction. ``shard`` as in ``FleetRollup``. SQLite does not maintain it.
     """
 
+    FLEET = 0
     GROUP = 1
     PROFILE = 2
 
-    kind = models.SmallIntegerField(help_text="1 device group, 2 hardware profile")
+    kind = models.SmallIntegerField(help_text="0 the whole fleet, 1 device group, 2 hardware "
+                                              "profile")
     segment_id = models.BigIntegerField(help_text="the group's or profile's id")
     bucket = models.DateTimeField(help_text="start of the 15 minutes")
     shard = models.SmallIntegerField(default=0)

@@ -1,10 +1,12 @@
-"""Telemetry queries over the per-minute rollups (never the raw events).
+"""Telemetry queries over rollups (never the raw events).
 
 Filters select devices (one device, a group, a hardware profile, a tag) and model versions;
-every query takes a time range. Sums over the whole fleet read the fleet-wide rollups on
-PostgreSQL (``FleetRollup``: one row per version, minute and label, kept in step with the
-per-device rollups by triggers); what needs devices (a device filter, the number of devices
-reporting) reads the per-device rollups. On PostgreSQL buckets are folded in SQL (date_bin).
+every query takes a time range. On PostgreSQL, triggers keep sums that spare reading one row
+per device and minute: the whole fleet per minute (``FleetRollup``), the whole fleet, each
+group and each profile per 15 minutes (``SegmentRollup``), and each device's first and last
+minute per version (``ReportingSpan``, for counting devices); ``TelemetryFilter.cell_sets``
+picks the rows to sum. Anything else (a device, a tag, a group and a profile together) and
+SQLite read the per-device rollups. Buckets are folded in SQL on PostgreSQL (date_bin).
 """
 
 from __future__ import annotations
@@ -57,31 +59,34 @@ class TelemetryFilter:
         """Return the querysets whose rows, summed together, are the filter's cells (count,
         sums, histogram by bucket, label, version); ``bucket_s``: the series' points.
 
-        On PostgreSQL: the fleet-wide rollups when no device is selected; for one group or
-        profile, its segment rollups over the whole 15 minutes inside the range and the
-        per-device rollups of the minutes at its ragged ends (none when the points are finer
-        than the segments'); otherwise, and on SQLite, the per-device rollups.
+        On PostgreSQL, for the whole fleet, one group or one profile: its segment rollups
+        over the whole 15 minutes inside the range, and at the range's ragged ends the
+        fleet-wide rollups (whole fleet) or the per-device rollups (group, profile); only
+        those when the points are finer than 15 minutes. Anything else, and everything on
+        SQLite, reads the per-device rollups.
         """
         if connection.vendor != "postgresql":
             return [self.rollups()]
-        if not self.narrowed:
-            qs = FleetRollup.objects.filter(bucket__gte=self.since, bucket__lt=self.until)
-            if self.model_version_ids:
-                qs = qs.filter(model_version_id__in=self.model_version_ids)
-            return [qs]
-        segment = self.segment()
         step = timedelta(seconds=SEGMENT_BUCKET_S)
         lo = _EPOCH + -((_EPOCH - self.since) // step) * step  # first whole 15 minutes
         hi = _EPOCH + ((self.until - _EPOCH) // step) * step  # end of the last whole one
-        if segment is None or (bucket_s or 0) % SEGMENT_BUCKET_S or lo >= hi:
+        whole = lo < hi and not (bucket_s or 0) % SEGMENT_BUCKET_S
+        ends = [replace(self, until=lo), replace(self, since=hi)] if whole else [self]
+        segment = (SegmentRollup.FLEET, [0]) if not self.narrowed else self.segment()
+        if segment is None:
             return [self.rollups()]
-        kind, ids = segment
-        qs = SegmentRollup.objects.filter(kind=kind, segment_id__in=ids, bucket__gte=lo,
-                                          bucket__lt=hi)
+        parts: list[QuerySet] = []
+        if whole:
+            kind, ids = segment
+            parts.append(SegmentRollup.objects.filter(kind=kind, segment_id__in=ids,
+                                                      bucket__gte=lo, bucket__lt=hi))
+        for end in ends:
+            if end.since < end.until:
+                parts.append(end.rollups() if self.narrowed else FleetRollup.objects.filter(
+                    bucket__gte=end.since, bucket__lt=end.until))
         if self.model_version_ids:
-            qs = qs.filter(model_version_id__in=self.model_version_ids)
-        edges = [replace(self, until=lo), replace(self, since=hi)]
-        return [qs] + [e.rollups() for e in edges if e.since < e.until]
+            parts = [qs.filter(model_version_id__in=self.model_version_ids) for qs in parts]
+        return parts
 
     def devices(self) -> QuerySet[Device]:
         """Return the devices the filter selects (all of them when it selects none)."""

@@ -2,8 +2,10 @@
 per 15 minutes, kept in step by triggers on PostgreSQL.
 
 A query for one group (500 devices, 7 days) read ~116,000 per-device rollup rows scattered
-over a week of the table (615–871 ms); its segment has ~16 rows per 15 minutes. Membership is
-the device's current group and profile (what the per-device queries select), so:
+over a week of the table (615–871 ms); its segment has ~16 rows per 15 minutes. One more
+segment is the whole fleet (kind 0: every rollup, as ``FleetRollup`` per minute), for ranges
+of days. Membership is the device's current group and profile (what the per-device queries
+select), so:
 
 - statement triggers on ``telemetry_rollup`` add the difference of every insert, upsert,
   update or delete to the segments of the rows' devices, in the same transaction (as
@@ -52,8 +54,8 @@ def _delta(parts: str) -> str:
         f"WITH p AS MATERIALIZED ({parts}), d AS MATERIALIZED (SELECT id, group_id,"
         " hardware_profile_id FROM devices_device WHERE id IN (SELECT device_id FROM p)"
         " ORDER BY id FOR NO KEY UPDATE) "
-        + _upsert("FROM p JOIN d ON d.id = p.device_id CROSS JOIN LATERAL (VALUES"
-                  " (1::smallint, d.group_id::bigint, p.sign),"
+        + _upsert("FROM p LEFT JOIN d ON d.id = p.device_id CROSS JOIN LATERAL (VALUES"
+                  " (0::smallint, 0::bigint, p.sign), (1::smallint, d.group_id::bigint, p.sign),"
                   " (2::smallint, d.hardware_profile_id::bigint, p.sign))"
                   " AS k(kind, segment_id, sign) WHERE k.segment_id IS NOT NULL"))
 
@@ -111,9 +113,9 @@ def _install(apps, schema_editor) -> None:  # noqa: ANN001
             " EXECUTE FUNCTION telemetry_segment_device_move()")
     # No TRUNCATE trigger (as for the fleet rollups): truncate them together.
     schema_editor.execute(_upsert(
-        "FROM (SELECT r.*, 1 AS sign FROM telemetry_rollup r) p JOIN devices_device d"
-        " ON d.id = p.device_id CROSS JOIN LATERAL (VALUES (1::smallint, d.group_id::bigint,"
-        " 1), (2::smallint, d.hardware_profile_id::bigint, 1)) AS k(kind, segment_id, sign)"
+        "FROM (SELECT r.*, 1 AS sign FROM telemetry_rollup r) p LEFT JOIN devices_device d"
+        " ON d.id = p.device_id CROSS JOIN LATERAL (VALUES (0::smallint, 0::bigint, 1),"
+        " (1::smallint, d.group_id::bigint, 1), (2::smallint, d.hardware_profile_id::bigint, 1)) AS k(kind, segment_id, sign)"
         " WHERE k.segment_id IS NOT NULL", shard="0::smallint"))
 
 
@@ -152,7 +154,7 @@ class Migration(migrations.Migration):
                 ('lat_le_20ms', models.BigIntegerField(default=0)),
                 ('lat_le_100ms', models.BigIntegerField(default=0)),
                 ('lat_gt_100ms', models.BigIntegerField(default=0)),
-                ('kind', models.SmallIntegerField(help_text='1 device group, 2 hardware profile')),
+                ('kind', models.SmallIntegerField(help_text='0 the whole fleet, 1 device group, 2 hardware profile')),
                 ('segment_id', models.BigIntegerField(help_text="the group's or profile's id")),
                 ('bucket', models.DateTimeField(help_text='start of the 15 minutes')),
                 ('shard', models.SmallIntegerField(default=0)),

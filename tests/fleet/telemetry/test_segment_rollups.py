@@ -26,7 +26,7 @@ from device_sdk.protocol.events import Event, EventBatch
 from fleet.devices.models import Device, DeviceGroup, HardwareProfile, Tag
 from fleet.telemetry import queries
 from fleet.telemetry.ingest import Accepted, store_batches
-from fleet.telemetry.models import ReportingSpan, Rollup, SegmentRollup
+from fleet.telemetry.models import FleetRollup, ReportingSpan, Rollup, SegmentRollup
 from fleet.telemetry.models import Event as EventRow
 
 pytestmark = pytest.mark.django_db
@@ -172,18 +172,21 @@ def test_group_and_profile_queries_read_segments_on_postgresql(fleet: dict[str, 
         aligned = queries.TelemetryFilter(since=START, until=START + timedelta(hours=3),
                                           hardware_profile=fleet["profiles"][0].name)
         assert [qs.model for qs in aligned.cell_sets(3600)] == [SegmentRollup]
+        fleet_wide = queries.TelemetryFilter(since=flt.since, until=flt.until)
+        assert [qs.model for qs in fleet_wide.cell_sets(3600)] == [
+            SegmentRollup, FleetRollup, FleetRollup]
     else:
         assert models == [Rollup]  # SQLite maintains no segments
 
 
 def _segments_from_rollups() -> dict[tuple, tuple]:
-    """Per-device rollups summed into (kind, segment, 15 minutes, version, label) by the
-    devices' current group and profile."""
+    """Per-device rollups summed into (kind, segment, 15 minutes, version, label): the whole
+    fleet, and the devices' current group and profile."""
     members = {d.id: ((1, d.group_id), (2, d.hardware_profile_id)) for d in Device.objects.all()}
     out: dict[tuple, list[int]] = {}
     for r in Rollup.objects.all():
         quarter = r.bucket.replace(minute=r.bucket.minute // 15 * 15)
-        for kind, seg in members.get(r.device_id, ()):
+        for kind, seg in ((0, 0), *members.get(r.device_id, ())):  # the fleet: every rollup
             if seg is None:
                 continue
             acc = out.setdefault((kind, seg, quarter, r.model_version_id, r.label), [0] * 8)
