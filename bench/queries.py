@@ -5,8 +5,9 @@ states, last_seen over 30 days, 1 % revoked); ``--events`` raw events (10 millio
 days from the first ``--telemetry-devices`` devices (10,000), binary COPY into the day
 partitions, model version 1 everywhere and version 2 on half the devices over the last 10
 days; the per-minute rollups the worker would have written, aggregated from those events by
-SQL (one INSERT ... SELECT per day; the triggers of migration 0008 sum them into the
-fleet-wide rollups as at ingest); then VACUUM ANALYZE (the state autovacuum keeps).
+SQL (one INSERT ... SELECT per day; the triggers of migrations 0008–0010 sum them into the
+fleet-wide rollups, the 15-minute fleet, group and profile segments and the devices'
+reporting spans as at ingest); then VACUUM ANALYZE (the state autovacuum keeps).
 
 Then times each query through the API in process (Django test client, a logged-in viewer,
 DEBUG off): the telemetry series, labels and version comparison for the whole fleet (24 h),

@@ -152,7 +152,8 @@ def devices_reporting(flt: TelemetryFilter, versions: list[int], *,
         return {}
     lo, hi = flt.since, flt.until
     if connection.vendor == "postgresql":
-        key, counted = ("s.model_version_id", "*") if per_version else ("NULL", "DISTINCT s.device_id")
+        key, counted = (("s.model_version_id", "*") if per_version
+                        else ("NULL", "DISTINCT s.device_id"))
         sql = (f"SELECT {key}, count({counted}) FROM telemetry_reportingspan s"
                " WHERE s.model_version_id = ANY(%s) AND s.last_bucket >= %s"
                " AND s.first_bucket < %s AND (s.last_bucket < %s OR s.first_bucket >= %s"

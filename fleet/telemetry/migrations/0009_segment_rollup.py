@@ -115,7 +115,8 @@ def _install(apps, schema_editor) -> None:  # noqa: ANN001
     schema_editor.execute(_upsert(
         "FROM (SELECT r.*, 1 AS sign FROM telemetry_rollup r) p LEFT JOIN devices_device d"
         " ON d.id = p.device_id CROSS JOIN LATERAL (VALUES (0::smallint, 0::bigint, 1),"
-        " (1::smallint, d.group_id::bigint, 1), (2::smallint, d.hardware_profile_id::bigint, 1)) AS k(kind, segment_id, sign)"
+        " (1::smallint, d.group_id::bigint, 1), (2::smallint, d.hardware_profile_id::bigint,"
+        " 1)) AS k(kind, segment_id, sign)"
         " WHERE k.segment_id IS NOT NULL", shard="0::smallint"))
 
 

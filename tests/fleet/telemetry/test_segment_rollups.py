@@ -26,8 +26,8 @@ from device_sdk.protocol.events import Event, EventBatch
 from fleet.devices.models import Device, DeviceGroup, HardwareProfile, Tag
 from fleet.telemetry import queries
 from fleet.telemetry.ingest import Accepted, store_batches
-from fleet.telemetry.models import FleetRollup, ReportingSpan, Rollup, SegmentRollup
 from fleet.telemetry.models import Event as EventRow
+from fleet.telemetry.models import FleetRollup, ReportingSpan, Rollup, SegmentRollup
 
 pytestmark = pytest.mark.django_db
 
@@ -73,7 +73,7 @@ def _history(fleet: dict[str, Any]) -> None:
     rng = random.Random(11)
     devices, (g0, g1), (p0, p1) = fleet["devices"], fleet["groups"], fleet["profiles"]
     version = {d.id: 1 for d in devices}
-    _ingest(devices, rng, range(0, 70), 1, version)
+    _ingest(devices, rng, range(70), 1, version)
     devices[1].group = g0  # g1 -> g0 mid-range
     devices[1].save()
     for d in devices[::2]:
