@@ -8,8 +8,8 @@ devices whose span covers the whole range are looked up in the rollups (one prob
 - inserts widen the spans of their (device, version) pairs (ingest: one row per device and
   version of the batch, written only when the span grows);
 - deletes, and updates that change a rollup's device, version or minute (ingest's upsert only
-  adds to sums: nothing to do), recompute their pairs' spans from the rollups' unique index
-  and drop the spans left without rollups.
+  adds to sums: nothing to do), lock their pairs' spans, then recompute them from the rollups'
+  unique index and drop the spans left without rollups.
 
 Existing rollups are summed into spans here. SQLite: table only.
 """
@@ -27,8 +27,16 @@ _WIDEN = (
 
 
 def _recompute(pairs: str) -> str:
-    """Recompute the spans of the (device, version) ``pairs`` from the rollups."""
+    """Recompute the spans of the (device, version) ``pairs`` from the rollups.
+
+    Two statements: lock the spans first (in key order), then read the rollups with a new
+    snapshot. An ingest that widened one of them before commits first and is seen; one that
+    widens it after waits for this transaction and widens the recomputed span.
+    """
     return (
+        "PERFORM 1 FROM telemetry_reportingspan s WHERE (s.device_id, s.model_version_id) IN"
+        f" (SELECT device_id, model_version_id FROM ({pairs}) AS p) ORDER BY s.device_id,"
+        " s.model_version_id FOR UPDATE; "
         f"WITH c AS MATERIALIZED (SELECT DISTINCT device_id, model_version_id FROM ({pairs})"
         " AS p), gone AS (DELETE FROM telemetry_reportingspan s USING c WHERE s.device_id ="
         " c.device_id AND s.model_version_id = c.model_version_id AND NOT EXISTS (SELECT 1"

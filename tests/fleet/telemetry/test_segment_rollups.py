@@ -241,3 +241,49 @@ def test_triggers_keep_segments_and_spans_equal_to_the_rollups(fleet: dict[str, 
     assert _segments() == _segments_from_rollups()
     Rollup.objects.all().delete()
     assert _segments() == {} and _spans() == {}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_span_recomputed_by_a_delete_keeps_a_concurrent_writers_minute() -> None:
+    """A writer widens a span (uncommitted) while another transaction deletes one of the pair's
+    rollups: the delete's recompute waits and sees the new minute, not an older snapshot.
+
+    No device row: for a known device the segment triggers' device lock already orders the
+    two; here only the span lock does."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the reporting spans are maintained by PostgreSQL triggers")
+    import threading
+    from types import SimpleNamespace
+
+    import psycopg
+
+    device = SimpleNamespace(id=987_654)
+    Rollup.objects.bulk_create([Rollup(device_id=device.id, model_version_id=1, label=0,
+                                       bucket=START + timedelta(minutes=m), count=1)
+                                for m in (0, 10)])
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    ingest, deleter = psycopg.connect(**params), psycopg.connect(**params)
+    try:
+        ingest.execute("INSERT INTO telemetry_rollup (device_id, model_version_id, bucket, label,"
+                       " count, score_sum, latency_sum, lat_le_1ms, lat_le_5ms, lat_le_20ms,"
+                       " lat_le_100ms, lat_gt_100ms) VALUES (%s, 1, %s, 0, 1, 0, 0, 0, 0, 0, 0,"
+                       " 0)", [device.id, START + timedelta(minutes=20)])  # widened, not committed
+
+        def delete() -> None:
+            deleter.execute("DELETE FROM telemetry_rollup WHERE device_id = %s AND bucket = %s",
+                            [device.id, START])
+            deleter.commit()
+
+        worker = threading.Thread(target=delete)
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive()  # waits for the writer's lock on the span
+        ingest.commit()
+        worker.join(10)
+        assert not worker.is_alive()
+    finally:
+        ingest.close()
+        deleter.close()
+    assert _spans() == _spans_from_rollups() == {
+        (device.id, 1): (START + timedelta(minutes=10), START + timedelta(minutes=20))}
