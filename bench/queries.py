@@ -5,14 +5,17 @@ states, last_seen over 30 days, 1 % revoked); ``--events`` raw events (10 millio
 days from the first ``--telemetry-devices`` devices (10,000), binary COPY into the day
 partitions, model version 1 everywhere and version 2 on half the devices over the last 10
 days; the per-minute rollups the worker would have written, aggregated from those events by
-SQL (one INSERT ... SELECT per day; the triggers of migration 0008 sum them into the
-fleet-wide rollups as at ingest); then VACUUM ANALYZE (the state autovacuum keeps).
+SQL (one INSERT ... SELECT per day; the triggers of migrations 0008–0010 sum them into the
+fleet-wide rollups, the 15-minute fleet, group and profile segments and the devices'
+reporting spans as at ingest); then VACUUM ANALYZE (the state autovacuum keeps).
 
 Then times each query through the API in process (Django test client, a logged-in viewer,
 DEBUG off): the telemetry series, labels and version comparison for the whole fleet (24 h),
 a group (7 days), a hardware profile (24 h) and one device (30 days); the device list with
 filters (profile, group, tag, state, revoked, last seen, ordering, search). Every query runs
-``--repeat`` times after a warm-up; figures are p50/p95 in ms, with the load average.
+``--repeat`` times after a warm-up; figures are p50/p95 in ms, with the load average, and the
+mean CPU per request of the bench process and of its PostgreSQL backend (on a loaded box the
+wall clock waits for cores; CPU does not).
 
 Run: ``.venv/bin/python bench/queries.py [--quick]`` (quick: 1M events from 1,000 devices,
 20,000 devices).
@@ -139,21 +142,39 @@ def make_events(device_ids: list[int], events: int, now: datetime) -> None:
             log(f"  {d + 1} of {DAYS} days of events and rollups")
 
 
+def backend_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of the PostgreSQL backend ``pid`` so far (same host)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def time_queries(client: Any, queries: dict[str, str], repeat: int) -> dict[str, dict[str, float]]:
+    """Time each URL ``repeat`` times: wall p50/p95, and the mean CPU per request of this
+    process (API, ORM) and of its PostgreSQL backend, which the box's load does not inflate."""
+    from django.db import connection
+
     out = {}
     for name, url in queries.items():
         response = client.get(url)
         assert response.status_code == 200, (url, response.status_code, response.content[:300])
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = cursor.fetchone()[0]
         times = []
+        cpu0, db0 = time.process_time(), backend_cpu_s(backend)
         for _ in range(repeat):
             t = time.perf_counter()
             response = client.get(url)
             times.append((time.perf_counter() - t) * 1000)
             assert response.status_code == 200
+        cpu = (time.process_time() - cpu0) / repeat * 1000
+        db = (backend_cpu_s(backend) - db0) / repeat * 1000
         times.sort()
         out[name] = {"p50": round(times[len(times) // 2], 1),
-                     "p95": round(times[min(len(times) - 1, int(0.95 * len(times)))], 1)}
-        log(f"  {name}: p50 {out[name]['p50']} ms, p95 {out[name]['p95']} ms  {url}")
+                     "p95": round(times[min(len(times) - 1, int(0.95 * len(times)))], 1),
+                     "cpu_ms_app": round(cpu, 1), "cpu_ms_db": round(db, 1)}
+        log(f"  {name}: p50 {out[name]['p50']} ms, p95 {out[name]['p95']} ms, CPU per request"
+            f" {out[name]['cpu_ms_app']} ms app + {out[name]['cpu_ms_db']} ms db  {url}")
     return out
 
 

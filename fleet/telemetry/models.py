@@ -138,6 +138,67 @@ class FleetRollup(RollupCells):
         indexes = [TimeIndex(fields=["bucket"], name="telemetry_fleetrollup_time")]
 
 
+# Width of a segment rollup's bucket: every series bucket of 15 min or more is a whole number
+# of them (date_bin from the epoch), so those series read segments and nothing finer.
+SEGMENT_BUCKET_S = 900
+
+
+class SegmentRollup(RollupCells):
+    """Rollups summed over the devices now in one group or of one hardware profile, per
+    (segment, 15 minutes, model version, label): what a query for a group or profile reads on
+    PostgreSQL instead of one row per device and minute. The whole fleet is a segment too
+    (kind 0, every rollup): 15-minute rows for ranges of days, where ``FleetRollup`` has one
+    per minute.
+
+    Membership is the device's current one, as the per-device queries have it: triggers
+    (migration 0009) add every change of ``Rollup`` to the segments of its device, and move a
+    device's rollups when its group or profile changes or the device goes, in the same
+    transaction. ``shard`` as in ``FleetRollup``. SQLite does not maintain it.
+    """
+
+    FLEET = 0
+    GROUP = 1
+    PROFILE = 2
+
+    kind = models.SmallIntegerField(help_text="0 the whole fleet, 1 device group, 2 hardware "
+                                              "profile")
+    segment_id = models.BigIntegerField(help_text="the group's or profile's id")
+    bucket = models.DateTimeField(help_text="start of the 15 minutes")
+    shard = models.SmallIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "segment_id", "bucket", "model_version_id", "label", "shard"],
+                name="unique_segment_rollup_key")
+        ]
+
+
+class ReportingSpan(models.Model):
+    """The first and last minute with rollups of one (device, model version): how a count of
+    the devices reporting in a range skips the devices that cannot have (PostgreSQL).
+
+    A device reported with the version in [since, until) when its first or last minute falls
+    in the range; not when it ends before or starts after; only a span covering the whole range
+    needs a look at its rollups. Kept exactly equal to min/max of ``Rollup.bucket`` by
+    statement triggers (migration 0010): inserts widen spans, deletes and key-changing updates
+    recompute theirs. SQLite does not maintain it.
+    """
+
+    device_id = models.BigIntegerField()
+    model_version_id = models.IntegerField()
+    first_bucket = models.DateTimeField()
+    last_bucket = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["device_id", "model_version_id"],
+                                    name="unique_reporting_span")
+        ]
+        indexes = [models.Index(fields=["model_version_id", "last_bucket"],
+                                name="telemetry_span_version_last")]
+
+
 class DeadLetter(models.Model):
     """A device message refused at ingest, kept (truncated) with the reason, for diagnosis."""
 

@@ -1,5 +1,6 @@
 """Fleet-wide rollups on PostgreSQL: triggers keep them equal to the per-device rollups summed
-over devices, whatever writes those; fleet-wide queries read them and answer the same."""
+over devices, whatever writes those; fleet-wide queries read them (and the fleet's 15-minute
+segment rollups) and answer the same."""
 
 import random
 from datetime import UTC, datetime, timedelta
@@ -9,7 +10,7 @@ from django.db import connection
 from django.db.models import Sum
 
 from fleet.telemetry import queries
-from fleet.telemetry.models import FleetRollup, Rollup
+from fleet.telemetry.models import FleetRollup, Rollup, SegmentRollup
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 SUMS = ("count", "score_sum", "latency_sum", "lat_le_1ms", "lat_le_5ms", "lat_le_20ms",
@@ -66,14 +67,16 @@ def test_triggers_follow_inserts_upserts_updates_and_deletes() -> None:
 def test_fleet_wide_queries_answer_as_the_per_device_rollups(monkeypatch) -> None:  # noqa: ANN001
     _fill(4)
     flt = queries.TelemetryFilter(since=START, until=START + timedelta(hours=2))
-    assert flt.cells().model is FleetRollup
+    assert [qs.model for qs in flt.cell_sets(300)] == [FleetRollup]  # finer than 15 min
+    assert [qs.model for qs in flt.cell_sets(900)] == [SegmentRollup]  # whole quarters
     fleet = (queries.series(flt, 300), queries.series(flt, 3600), queries.label_distribution(flt),
              queries.summary(flt), queries.compare_versions(flt, 1, 2))
-    monkeypatch.setattr(queries.TelemetryFilter, "cells", queries.TelemetryFilter.rollups)
+    monkeypatch.setattr(queries.TelemetryFilter, "cell_sets",
+                        lambda self, bucket_s=None: [self.rollups()])
     per_device = (queries.series(flt, 300), queries.series(flt, 3600),
                   queries.label_distribution(flt), queries.summary(flt),
                   queries.compare_versions(flt, 1, 2))
     assert fleet == per_device
     narrowed = queries.TelemetryFilter(since=START, until=START + timedelta(hours=2),
                                        device_uid="nobody")
-    assert narrowed.cells().model is Rollup
+    assert [qs.model for qs in narrowed.cell_sets()] == [Rollup]

@@ -6,6 +6,10 @@ On PostgreSQL with partitioned raw events (migration 0007) whole day partitions 
 partition is dropped once all of its day is older than the cutoff, so up to a day more is kept);
 only the legacy and default partitions are pruned row by row. It also makes the partitions of
 the coming days, like the worker does.
+
+What queries read is derived from rollups, which stay: the fleet-wide, segment (fleet, group,
+profile) rollups and reporting spans their triggers keep (migrations 0008–0010). Deleting
+rollups, should a rollup retention come, updates those in the same statement.
 """
 
 from __future__ import annotations
