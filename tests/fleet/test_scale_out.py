@@ -117,6 +117,7 @@ class Web:
 @pytest.fixture
 def web(broker: MosquittoInstance, tmp_path: Path) -> Iterator[Web]:
     """Start gunicorn -c deploy/gunicorn.conf.py with two web processes on the test database."""
+    require_postgresql()  # before starting anything
     port = free_port()
     var_dir = tmp_path / "web-var"
     var_dir.mkdir()
@@ -169,7 +170,6 @@ def test_two_web_processes_and_three_workers_survive_a_killed_lease_holder(
     broker: MosquittoInstance, web: Web, worker_factory: WorkerFactory,
     hardware_profile: HardwareProfile, operator_client: APIClient, tmp_path: Path,
 ) -> None:
-    require_postgresql()
     reset_broker_access()
     t0 = time.monotonic()
     timeline: list[tuple[str, float]] = []
