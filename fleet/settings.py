@@ -283,6 +283,9 @@ PACKAGE_VALIDITY_DAYS = int(os.environ.get("PACKAGE_VALIDITY_DAYS", "30"))
 # Packages a rollout builds expire sooner: a pulled manifest is installable until it expires
 # (by a device that missed both the withdrawal and the signed revocation).
 ROLLOUT_PACKAGE_VALIDITY_DAYS = int(os.environ.get("ROLLOUT_PACKAGE_VALIDITY_DAYS", "7"))
+# Seconds a worker holds a rollout's lease (ota/rollouts/controller.py): the longest a rollout
+# goes undriven after its worker dies. Renewed each controller tick (1 s), so keep it >= 2.
+ROLLOUT_LEASE_S = _env_int("ROLLOUT_LEASE_S", 15, minimum=2)
 # How only offered devices read a package's fan-out (fleet/broker/access.py): "encrypt"
 # (a key per package, sent to offered devices) or "grant" (broker ACL per deployment).
 FANOUT_ACCESS = os.environ.get("FANOUT_ACCESS", "encrypt")

@@ -63,13 +63,16 @@ class WorkerProcess:
 
     ``kill`` sends SIGKILL (no clean disconnect, no ack of what it was handling); ``start``
     again with the same name resumes the broker session, as a restarted service would.
-    ``jobs=True`` runs its conversion-job loop too (as the deployed worker does).
+    ``jobs=True`` runs its conversion-job loop too (as the deployed worker does);
+    ``rollouts=True`` its rollout controller and carousel.
     """
 
     def __init__(self, name: str, env: dict[str, str], log_path: Path,
-                 broker: MosquittoInstance, *, jobs: bool = False) -> None:
+                 broker: MosquittoInstance, *, jobs: bool = False,
+                 rollouts: bool = False) -> None:
         self.name = name
         self.jobs = jobs
+        self.rollouts = rollouts
         self.broker = broker
         self.env = env
         self.log_path = log_path
@@ -92,7 +95,8 @@ class WorkerProcess:
             log.flush()
             self.process = subprocess.Popen(
                 [sys.executable, "manage.py", "fleet_worker", "--name", self.name,
-                 *(() if self.jobs else ("--no-jobs",)), "--no-rollouts"],
+                 *(() if self.jobs else ("--no-jobs",)),
+                 *(() if self.rollouts else ("--no-rollouts",))],
                 cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
@@ -181,7 +185,7 @@ def worker_factory(request: pytest.FixtureRequest,
                    tmp_path: Path) -> Iterator[WorkerFactory]:
     """Return a maker of real worker subprocesses; every one is stopped at teardown.
 
-    ``make(broker, name=..., jobs=...)`` provisions the worker identity on ``broker`` (the
+    ``make(broker, name=..., jobs=..., rollouts=...)`` provisions the worker identity on ``broker`` (the
     session broker or a ``fresh_broker``), then starts the worker and waits until it consumes.
     Workers of one test share one identity and, by default, one shared-subscription group.
     """
@@ -192,7 +196,8 @@ def worker_factory(request: pytest.FixtureRequest,
     provisioned: set[int] = set()
 
     def make(broker: MosquittoInstance, name: str | None = None, *,
-             start: bool = True, jobs: bool = False) -> WorkerProcess:
+             start: bool = True, jobs: bool = False, rollouts: bool = False,
+             extra_env: dict[str, str] | None = None) -> WorkerProcess:
         if broker.port not in provisioned:
             with DynsecAccess(broker.host, broker.port, broker.admin_username,
                               broker.admin_password) as access:
@@ -201,8 +206,10 @@ def worker_factory(request: pytest.FixtureRequest,
         name = name or f"w{len(made)}-{secrets.token_hex(3)}"
         var_dir = tmp_path / f"worker-{name}"
         var_dir.mkdir(exist_ok=True)
-        env = worker_env(broker, identity[0], identity[1], group, var_dir)
-        worker = WorkerProcess(name, env, tmp_path / f"worker-{name}.log", broker, jobs=jobs)
+        env = {**worker_env(broker, identity[0], identity[1], group, var_dir),
+               **(extra_env or {})}
+        worker = WorkerProcess(name, env, tmp_path / f"worker-{name}.log", broker, jobs=jobs,
+                               rollouts=rollouts)
         made.append(worker)
         if start:
             worker.start()

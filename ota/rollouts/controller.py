@@ -35,7 +35,14 @@ from ota.rollouts.health import BEFORE_WINDOW, cohort, cohort_before, tripped_ga
 from ota.rollouts.models import ACTIVE_STATES, Deployment, Rollout, RolloutState
 
 log = logging.getLogger(__name__)
-LEASE = timedelta(seconds=15)
+
+
+def lease() -> timedelta:
+    """How long a rollout stays with the worker that last stepped it (``ROLLOUT_LEASE_S``):
+    also how long a rollout waits for a new driver after its worker died."""
+    from django.conf import settings
+
+    return timedelta(seconds=settings.ROLLOUT_LEASE_S)
 
 
 class Publisher(Protocol):
@@ -144,7 +151,7 @@ def claim(rollout_id: int, owner: str, now: datetime) -> bool:
     return bool(Rollout.objects.filter(
         Q(lease_owner=owner) | Q(lease_until__isnull=True) | Q(lease_until__lt=now),
         pk=rollout_id,
-    ).update(lease_owner=owner, lease_until=now + LEASE))
+    ).update(lease_owner=owner, lease_until=now + lease()))
 
 
 def tick(owner: str, publisher: Publisher) -> list[int]:

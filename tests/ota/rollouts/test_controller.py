@@ -376,3 +376,23 @@ def test_a_refusal_under_package_zero_fails_the_devices_open_offer(
     assert (a.state, a.reason) == (S.FAILED, Reason.MANIFEST_UNKNOWN_KEY)
     assert b.state == S.DOWNLOADING
     assert c.state == S.DOWNLOADING  # the refusal in the same batch was not of c's offer
+
+
+def test_the_lease_lasts_rollout_lease_s_and_only_then_passes_to_another_worker(
+    versions: Any, fleet_on_v1: list[Device], settings: Any,
+) -> None:
+    """ROLLOUT_LEASE_S sets how long a worker holds a rollout: another worker's tick steps
+    nothing until it ran out, then takes the lease."""
+    from ota.rollouts.controller import claim
+
+    settings.ROLLOUT_LEASE_S = 7
+    rollout = new_rollout(versions, fleet_on_v1)
+    now = timezone.now()
+    assert claim(rollout.pk, "a", now)
+    rollout.refresh_from_db()
+    assert (rollout.lease_owner, rollout.lease_until) == ("a", now + timedelta(seconds=7))
+    assert not claim(rollout.pk, "b", now + timedelta(seconds=6.9))
+    assert claim(rollout.pk, "a", now + timedelta(seconds=1))  # the holder renews
+    assert not claim(rollout.pk, "b", now + timedelta(seconds=7.9))
+    assert claim(rollout.pk, "b", now + timedelta(seconds=8.1))
+    assert Rollout.objects.get(pk=rollout.pk).lease_owner == "b"
