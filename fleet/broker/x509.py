@@ -25,7 +25,8 @@ makes the broker drop the device's connection at once; its reconnection fails th
 Measured in ``tests/fleet/broker/test_x509_access.py`` and ``bench/enroll.py``.
 
 Services (worker, web, monitor) log in with passwords from a ``password_file`` on the
-loopback listener; their grants, and gateways' children, are ``user`` blocks of the ACL file.
+loopback listener; serial gateways with theirs on the TLS password listener, where the
+username (the gateway's uid) is the client id, so a gateway cannot take a device's session; their grants, and gateways' children, are ``user`` blocks of the ACL file.
 Changing those rewrites the two small files and reloads: their size follows services and
 gateway children, not devices.
 
@@ -213,8 +214,9 @@ class X509Access:
         time.sleep(self.reload_wait_s)
 
     def provision_gateway(self, uid: str, password: str, children: list[str]) -> None:
-        """Let gateway ``uid`` log in with ``password`` (on the listeners that take passwords:
-        the device listener takes certificates only) and use exactly ``children``'s topics."""
+        """Let gateway ``uid`` log in with ``password`` (on the gateways' TLS password
+        listener, client id = ``uid``: the device listener takes certificates only) and use
+        exactly ``children``'s topics."""
         check_uid(uid)
         kids = sorted({check_uid(c) for c in children})
         if uid in kids:

@@ -293,8 +293,9 @@ def test_gateway_logs_in_with_its_password_over_tls_until_revoked(x509_broker: B
 
 
 def connect_password_tls(broker: Broker, username: str, password: str,
-                         reconnect: bool = True) -> Client:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5)
+                         reconnect: bool = True, client_id: str | None = None) -> Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or username,
+                    protocol=mqtt.MQTTv5)
     rec = Client(c)
     c.on_connect = lambda cl, u, f, rc, p: (rec.connects.append(rc), rc.value == 0 and rec.ready.set())
     c.on_disconnect = lambda cl, u, f, rc, p: rec.disconnects.append(time.monotonic())
@@ -308,6 +309,25 @@ def connect_password_tls(broker: Broker, username: str, password: str,
         c.loop_stop()
         raise AssertionError(rec.connects)
     return rec
+
+
+@pytest.mark.integration
+def test_a_gateway_cannot_take_a_devices_client_id(x509_broker: Broker) -> None:
+    """The gateways' password listener makes the username the client id too: a gateway that
+    asks for a device's uid as its client id neither drops the device nor takes its session."""
+    gw, victim_uid = f"gwc-{secrets.token_hex(3)}", f"victim-{secrets.token_hex(3)}"
+    password = secrets.token_urlsafe(12)
+    x509_broker.access.provision_gateway(gw, password, [])
+    victim = connect(x509_broker, uid=victim_uid, files=enroll(x509_broker, victim_uid))
+    gateway = connect_password_tls(x509_broker, gw, password, client_id=victim_uid)
+    try:
+        time.sleep(0.5)
+        assert victim.disconnects == []
+        assert victim.publish(f"fleet/v1/{victim_uid}/events") < 128
+        assert gateway.publish(f"fleet/v1/{gw}/status") < 128  # it runs as itself
+    finally:
+        victim.close()
+        gateway.close()
 
 
 @pytest.mark.integration
