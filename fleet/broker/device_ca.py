@@ -42,6 +42,10 @@ CA_VALIDITY = datetime.timedelta(days=3650)
 CRL_VALIDITY = datetime.timedelta(days=3650)
 _SERIAL_LABEL = b"fleet.broker.device_ca serial v1\x00"
 _SERIAL_BYTES = 15  # 120 bits: positive, well inside RFC 5280's 20 octets
+# revoked.txt marks a probe's line (see `DeviceCA.revoke`) with this before its uid: no
+# device uid starts with it, so pruning probes never takes a device off the CRL.
+PROBE_MARK = "~probe:"
+PROBES_KEPT = 16
 
 CAKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
@@ -184,16 +188,32 @@ class DeviceCA:
                 out[int(serial, 16)] = (uid, datetime.datetime.fromisoformat(when))
         return out
 
-    def revoke(self, uid: str) -> list[int]:
-        """Put every certificate of ``uid`` on the CRL (rewritten); return the new serials."""
+    def revoke(self, uid: str, probe: str | None = None) -> list[int]:
+        """Put every certificate of ``uid`` on the CRL (rewritten); return the new serials.
+
+        ``probe``: the uid of a throw-away certificate to revoke in the same CRL update, so
+        that a handshake refused with it proves the broker loaded this CRL. The CRL is
+        rewritten even when ``uid`` was revoked already. Only the newest `PROBES_KEPT` probes
+        stay on it, so probes do not grow the CRL with every revocation.
+        """
         with self._lock, open(self.dir / "crl.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # web processes revoking at once
             done = self.revoked()
             new = [s for s in self.serials(uid) if s not in done]
-            if new:
+            if new or probe is not None:
                 now = _now().isoformat()
-                with open(self.revoked_path, "a") as fh:
-                    fh.writelines(f"{s:x} {uid} {now}\n" for s in new)
+                lines = (self.revoked_path.read_text().splitlines(keepends=True)
+                         if self.revoked_path.exists() else [])
+                lines += [f"{s:x} {uid} {now}\n" for s in new]
+                if probe is not None:
+                    lines.append(f"{self.serial_for(probe):x} {PROBE_MARK}{probe} {now}\n")
+                    probes = [i for i, line in enumerate(lines)
+                              if line.split()[1].startswith(PROBE_MARK)]
+                    drop = set(probes[:-PROBES_KEPT])
+                    lines = [line for i, line in enumerate(lines) if i not in drop]
+                tmp = self.revoked_path.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_text("".join(lines))
+                os.replace(tmp, self.revoked_path)
                 self.write_crl()
             return new
 

@@ -17,11 +17,14 @@ of (uid, key, CA). Nothing the broker holds grows with the fleet, so the cost is
 the 100,000th device as for the first (dynamic security rewrites its whole JSON on every
 change: 537 ms per device with 10,000 in it).
 
-Revocation (`revoke_device`): the device's serial goes on the CRL, the broker reloads (SIGHUP:
-Mosquitto reads ``crlfile`` again when it sets its listeners up on a reload), which refuses
-every new TLS handshake with that certificate; a reload does not touch a live connection, so
-the server then takes over the device's client id on its admin listener (clean start), which
-makes the broker drop the device's connection at once; its reconnection fails the handshake.
+Revocation (`revoke_device`): the device's serial goes on the CRL, with a throw-away probe
+certificate's (``fleet.broker.crl_probe``), the broker reloads (SIGHUP: Mosquitto reads
+``crlfile`` again when it sets its listeners up on a reload), which refuses every new TLS
+handshake with that certificate; the server handshakes with the probe until the device listener
+refuses it (the new CRL is in force; else BrokerUnavailable). A reload does not touch a live
+connection, so the server then takes over the device's client id on its admin listener (clean
+start), which makes the broker drop the device's connection at once; its reconnection fails
+the handshake. Every call reloads, so retrying a revocation whose reload failed still works.
 Measured in ``tests/fleet/broker/test_x509_access.py`` and ``bench/enroll.py``.
 
 Services (worker, web, monitor) log in with passwords from a ``password_file`` on the
@@ -56,6 +59,7 @@ from fleet.broker.access import (
     ServiceRole,
     check_uid,
 )
+from fleet.broker.crl_probe import CrlProbe
 from fleet.broker.device_ca import DeviceCA
 from fleet.broker.x509_config import (
     device_patterns,
@@ -137,15 +141,20 @@ class X509Access:
     ``reload``: makes the broker re-read its ACL, password and CRL files (default: SIGHUP to
     the pid in ``pid_file``). ``admin``: (host, port, username, password) of the loopback
     listener, used to cut a revoked device's live connection by taking over its client id.
+    ``device_listener``: (host, port) of the certificate listener, where a revocation checks
+    that the broker loaded the new CRL before it cuts the device.
     """
 
     def __init__(self, directory: Path | str, *, admin: tuple[str, int, str, str],
+                 device_listener: tuple[str, int],
                  pid_file: Path | str | None = None,
                  reload: Callable[[], None] | None = None,
-                 passwd_bin: str = "mosquitto_passwd", reload_wait_s: float = 0.3) -> None:
+                 passwd_bin: str = "mosquitto_passwd", reload_wait_s: float = 0.3,
+                 crl_timeout_s: float = 4.0) -> None:
         self.dir = Path(directory)
         self.ca = DeviceCA(self.dir).ensure()
         self.admin = admin
+        self.device_listener = device_listener
         if reload is None:
             if pid_file is None:
                 raise ValueError("X509Access needs pid_file or reload")
@@ -153,6 +162,7 @@ class X509Access:
         self._reload = reload
         self.passwd_bin = passwd_bin
         self.reload_wait_s = reload_wait_s
+        self.crl_timeout_s = crl_timeout_s
         self.acl_path = self.dir / "acl"
         self.passwd_path = self.dir / "passwd"
         self.state_path = self.dir / "access.json"
@@ -193,11 +203,18 @@ class X509Access:
                 self._write_acl(state)
             if was_gateway:
                 self._delete_password(uid)  # its own login
-        new = self.ca.revoke(uid)
-        if new or changed:
-            self._reload()
-            time.sleep(self.reload_wait_s)  # the broker handles the signal in its loop
-        self.kick(uid)
+        # A probe certificate revoked in the same CRL update: once the broker refuses it, it
+        # refuses ``uid`` too. Always rewrite and reload: an earlier attempt may have written
+        # the CRL and then failed to reload (a retry finds nothing new to revoke).
+        probe = CrlProbe(self.ca)
+        new = self.ca.revoke(uid, probe=probe.uid)
+        self._reload()
+        in_force = probe.wait_refused(self.device_listener, self.crl_timeout_s)
+        self.kick(uid)  # even if unconfirmed: the caller retries, the device is cut meanwhile
+        if not in_force:
+            raise BrokerUnavailable(
+                f"the broker did not refuse a certificate revoked with {uid} within "
+                f"{self.crl_timeout_s} s: is the reload reaching it?")
         log.info("broker: %s revoked (%d certificates on the CRL, connection cut)", uid, len(new))
 
     def provision_service(self, username: str, password: str, role: ServiceRole | str) -> None:
