@@ -50,6 +50,10 @@ PROBES_KEPT = 16
 CAKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
 
+class DeviceCAIncomplete(RuntimeError):
+    """The device CA's files do not belong together (one of the pair, another CA's CRL)."""
+
+
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -80,14 +84,40 @@ class DeviceCA:
 
     def ensure(self, key_type: str = "ed25519") -> Self:
         """Create the CA (``key_type`` ed25519 or p256) and an empty CRL unless they exist;
-        load the CA key once (every issuance uses the loaded key object)."""
+        load the CA key once (every issuance uses the loaded key object).
+
+        Raises `DeviceCAIncomplete` if only one of the certificate and the key exists (a lost
+        key, a partial restore) or the CRL is not signed by this CA: a new CA would lock out
+        every enrolled device, an old CRL every client. Creation is under the CRL's ``flock``,
+        so processes starting at once agree on one CA.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
-        if not (self.cert_path.exists() and self.key_path.exists()):
-            self._create(key_type)
-        self._load()
-        if not self.crl_path.exists():
-            self.write_crl()
+        with self._lock, open(self.dir / "crl.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            have_cert, have_key = self.cert_path.exists(), self.key_path.exists()
+            if have_cert != have_key:
+                present, missing = ((self.cert_path, self.key_path) if have_cert
+                                    else (self.key_path, self.cert_path))
+                raise DeviceCAIncomplete(
+                    f"{present} exists but {missing} does not: restore the pair from the backup "
+                    "(a new device CA would lock out every enrolled device), or remove both "
+                    "to start a new CA deliberately")
+            created = not have_cert
+            if created:
+                self._create(key_type)
+            self._load()
+            if created or not self.crl_path.exists():
+                self.write_crl()  # never keep a CRL of another CA: OpenSSL refuses everyone
+            self._check_crl()
         return self
+
+    def _check_crl(self) -> None:
+        assert self._cert is not None
+        crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
+        if not crl.is_signature_valid(self._cert.public_key()):  # type: ignore[arg-type]
+            raise DeviceCAIncomplete(
+                f"{self.crl_path} is not signed by {self.cert_path}: the broker would refuse "
+                "every device; restore the CA's own CRL and revoked.txt")
 
     def _create(self, key_type: str) -> None:
         if key_type not in ("ed25519", "p256"):
@@ -109,13 +139,16 @@ class DeviceCA:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                            critical=False)
             .sign(key, _hash_for(key)))
-        fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # O_EXCL: never overwrite a CA key, even one another host's process just wrote.
+        fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(key.private_bytes(serialization.Encoding.PEM,
                                        serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
-        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        self.revoked_path.unlink(missing_ok=True)
+        tmp = self.cert_path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        os.replace(tmp, self.cert_path)
+        self.revoked_path.unlink(missing_ok=True)  # serials of another CA
         log.info("created the device CA (%s) in %s", key_type, self.dir)
 
     def _load(self) -> None:
