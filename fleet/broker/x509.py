@@ -35,11 +35,14 @@ gateway children, not devices.
 
 State (in ``directory``, the broker's work folder on a single node): the device CA's files,
 ``acl``, ``passwd``, ``access.json`` (services and gateways, from which ``acl`` and ``passwd``
-are written). Back the CA key up with the broker CA.
+are written; each change is made under an exclusive ``flock`` of ``access.lock``, so web
+processes changing them at once lose nothing). Back the CA key up with the broker CA.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -47,7 +50,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -167,7 +170,9 @@ class X509Access:
         self.passwd_path = self.dir / "passwd"
         self.state_path = self.dir / "access.json"
         self._lock = threading.Lock()
-        self._write_acl(self._state())  # this code's patterns, whatever an older one wrote
+        self._lock_path = self.dir / "access.lock"
+        with self._locked():
+            self._write_acl(self._state())  # this code's patterns, whatever an older one wrote
 
     # BrokerAccess ------------------------------------------------------------------------
 
@@ -188,9 +193,9 @@ class X509Access:
     def revoke_device(self, uid: str) -> None:
         """Revoke every certificate of ``uid`` (CRL, reload) and cut its live connection."""
         check_uid(uid)
-        state = self._state()
         changed = was_gateway = False
-        with self._lock:
+        with self._locked():
+            state = self._state()
             if uid in state["gateways"]:  # a gateway's own identity
                 del state["gateways"][uid]
                 changed = was_gateway = True
@@ -221,7 +226,7 @@ class X509Access:
         role = ServiceRole(role)
         if not username or username == self.admin[2]:
             raise ValueError(f"invalid service username {username!r}")
-        with self._lock:
+        with self._locked():
             state = self._state()
             state["services"][username] = role.value
             self._save_state(state)
@@ -238,7 +243,7 @@ class X509Access:
         kids = sorted({check_uid(c) for c in children})
         if uid in kids:
             raise ValueError(f"gateway {uid} cannot be its own child")
-        with self._lock:
+        with self._locked():
             state = self._state()
             state["gateways"][uid] = kids
             self._save_state(state)
@@ -249,7 +254,7 @@ class X509Access:
 
     def add_gateway_children(self, uid: str, children: list[str]) -> None:
         check_uid(uid)
-        with self._lock:
+        with self._locked():
             state = self._state()
             if uid not in state["gateways"]:
                 raise BrokerCommandError(f"no gateway {uid!r} at the broker: provision it first")
@@ -306,8 +311,17 @@ class X509Access:
 
     def ensure_admin(self) -> None:
         """Give the admin identity (``admin``'s username and password) a login, no grants."""
-        with self._lock:
+        with self._locked():
             self._set_password(self.admin[2], self.admin[3])
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold this process's lock and an exclusive ``flock`` on ``access.lock``: web
+        processes (gunicorn workers) read-modify-write access.json, the ACL and the password
+        file one at a time, so none loses another's change."""
+        with self._lock, open(self._lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def _state(self) -> dict[str, Any]:
         if self.state_path.exists():
@@ -315,7 +329,7 @@ class X509Access:
         return {"services": {}, "gateways": {}}
 
     def _save_state(self, state: dict[str, Any]) -> None:
-        tmp = self.state_path.with_suffix(".tmp")
+        tmp = self.state_path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
         os.replace(tmp, self.state_path)
 
@@ -336,7 +350,7 @@ class X509Access:
 
     def _write_acl(self, state: dict[str, Any]) -> None:
         """Write the ACL file (``render_acl``) atomically."""
-        tmp = self.acl_path.with_suffix(".tmp")
+        tmp = self.acl_path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(render_acl(state))
         os.chmod(tmp, 0o644)
         os.replace(tmp, self.acl_path)

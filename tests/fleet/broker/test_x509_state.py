@@ -85,3 +85,38 @@ def test_a_new_ca_gets_its_own_crl_and_the_broker_takes_its_devices(tmp_path: Pa
         assert CrlProbe(access.ca).accepted(broker.host, device_port)
     finally:
         broker.stop()
+
+
+def _no_reload() -> None:
+    """The broker is not the subject here: access.json and the ACL file are."""
+
+
+def _add_children(folder: str, prefix: str, count: int, start: object) -> None:
+    access = X509Access(folder, admin=("127.0.0.1", 1, "admin", "pw"), reload=_no_reload,
+                        device_listener=("127.0.0.1", 1))
+    start.wait()  # type: ignore[attr-defined]
+    for i in range(count):
+        access.add_gateway_children("gw-1", [f"{prefix}-{i}"])
+
+
+def test_processes_adding_gateway_children_at_once_lose_none(tmp_path: Path) -> None:
+    """Web processes (gunicorn workers) change access.json at once: every grant must survive,
+    in access.json and in the ACL file the broker reads."""
+    require_mosquitto()  # mosquitto_passwd
+    access = X509Access(tmp_path, admin=("127.0.0.1", 1, "admin", "pw"), reload=_no_reload,
+                        device_listener=("127.0.0.1", 1))
+    access.provision_gateway("gw-1", "pw", [])
+    ctx = multiprocessing.get_context("spawn")
+    start, count = ctx.Barrier(2), 40
+    procs = [ctx.Process(target=_add_children, args=(str(tmp_path), p, count, start))
+             for p in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    want = sorted(f"{p}-{i}" for p in ("a", "b") for i in range(count))
+    assert access._state()["gateways"]["gw-1"] == want
+    acl = (tmp_path / "acl").read_text()
+    assert all(f"topic write fleet/v1/{kid}/events" in acl for kid in want)
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
