@@ -30,11 +30,9 @@ class CrlProbe:
         self._key = ec.generate_private_key(ec.SECP256R1())
         public = self._key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        self._cert_pem = ca.issue(self.uid, public).certificate_pem
+        self._context = self._client_context(ca.issue(self.uid, public).certificate_pem)
 
-    def accepted(self, host: str, port: int, timeout: float = 2.0) -> bool:
-        """Return True if the listener at (host, port) completes a TLS handshake with this
-        certificate, False if it refuses it. Raises OSError if it cannot be reached."""
+    def _client_context(self, cert_pem: str) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE  # only the broker's verdict on us matters
@@ -43,20 +41,23 @@ class CrlProbe:
         context.maximum_version = ssl.TLSVersion.TLSv1_2
         with tempfile.TemporaryDirectory(prefix="crl-probe-") as folder:
             cert, key = Path(folder) / "probe.crt", Path(folder) / "probe.key"
-            cert.write_text(self._cert_pem)
+            cert.write_text(cert_pem)
             key.touch(mode=0o600)
             key.write_bytes(self._key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption()))
             context.load_cert_chain(cert, key)
+        return context
+
+    def accepted(self, host: str, port: int, timeout: float = 2.0) -> bool:
+        """Return True if the listener at (host, port) completes a TLS handshake with this
+        certificate, False if it refuses it. Raises OSError if it cannot be reached."""
         with socket.create_connection((host, port), timeout=timeout) as raw:
             try:
-                with context.wrap_socket(raw):
+                with self._context.wrap_socket(raw):
                     return True
-            except ssl.SSLError:
-                return False
-            except ConnectionResetError:
-                return False
+            except (ssl.SSLError, ConnectionResetError):
+                return False  # the alert, or the broker closing at once
 
     def wait_refused(self, listener: tuple[str, int], timeout: float) -> bool:
         """Handshake with ``listener`` until it refuses this certificate (True) or ``timeout``
