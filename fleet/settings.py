@@ -8,7 +8,8 @@ Environment:
   MQTT_URL           broker for the server and worker, e.g. mqtt://127.0.0.1:1883.
   MQTT_DEVICE_URL    broker URL handed to devices at enrollment (TLS listener).
   MQTT_GATEWAY_URL   broker URL handed to serial gateways (default MQTT_DEVICE_URL; with
-                     BROKER_ACCESS=x509, the TLS listener that takes passwords).
+                     BROKER_ACCESS=x509, the gateways' TLS password listener, where the
+                     client id is the gateway's uid).
   FLEET_VAR_DIR      where run-time files live (artifacts, keys, broker state); default ./var.
   ENROLL_RATE        enrollment attempts per client address, DRF rate syntax; default 30/min.
   ENROLL_CHALLENGE_RATE  proof-of-possession nonces per client address; default 60/min.

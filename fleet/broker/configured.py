@@ -45,10 +45,12 @@ def broker_access() -> BrokerAccess | None:
             from fleet.broker.x509 import X509Access
 
             endpoint = BrokerEndpoint.parse(settings.MQTT_URL)
+            devices = BrokerEndpoint.parse(settings.MQTT_DEVICE_URL)  # checks revocations
             _instance = X509Access(
                 settings.BROKER_X509_DIR, pid_file=settings.BROKER_PID_FILE,
                 admin=(endpoint.host, endpoint.port, settings.MQTT_ADMIN_USERNAME,
-                       settings.MQTT_ADMIN_PASSWORD))
+                       settings.MQTT_ADMIN_PASSWORD),
+                device_listener=(devices.host, devices.port))
         if _instance is None:
             from fleet.broker.dynsec import DynsecAccess
 

@@ -42,8 +42,16 @@ CA_VALIDITY = datetime.timedelta(days=3650)
 CRL_VALIDITY = datetime.timedelta(days=3650)
 _SERIAL_LABEL = b"fleet.broker.device_ca serial v1\x00"
 _SERIAL_BYTES = 15  # 120 bits: positive, well inside RFC 5280's 20 octets
+# revoked.txt marks a probe's line (see `DeviceCA.revoke`) with this before its uid: no
+# device uid starts with it, so pruning probes never takes a device off the CRL.
+PROBE_MARK = "~probe:"
+PROBES_KEPT = 16
 
 CAKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+
+
+class DeviceCAIncomplete(RuntimeError):
+    """The device CA's files do not belong together (one of the pair, another CA's CRL)."""
 
 
 def _now() -> datetime.datetime:
@@ -76,14 +84,40 @@ class DeviceCA:
 
     def ensure(self, key_type: str = "ed25519") -> Self:
         """Create the CA (``key_type`` ed25519 or p256) and an empty CRL unless they exist;
-        load the CA key once (every issuance uses the loaded key object)."""
+        load the CA key once (every issuance uses the loaded key object).
+
+        Raises `DeviceCAIncomplete` if only one of the certificate and the key exists (a lost
+        key, a partial restore) or the CRL is not signed by this CA: a new CA would lock out
+        every enrolled device, an old CRL every client. Creation is under the CRL's ``flock``,
+        so processes starting at once agree on one CA.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
-        if not (self.cert_path.exists() and self.key_path.exists()):
-            self._create(key_type)
-        self._load()
-        if not self.crl_path.exists():
-            self.write_crl()
+        with self._lock, open(self.dir / "crl.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            have_cert, have_key = self.cert_path.exists(), self.key_path.exists()
+            if have_cert != have_key:
+                present, missing = ((self.cert_path, self.key_path) if have_cert
+                                    else (self.key_path, self.cert_path))
+                raise DeviceCAIncomplete(
+                    f"{present} exists but {missing} does not: restore the pair from the backup "
+                    "(a new device CA would lock out every enrolled device), or remove both "
+                    "to start a new CA deliberately")
+            created = not have_cert
+            if created:
+                self._create(key_type)
+            self._load()
+            if created or not self.crl_path.exists():
+                self.write_crl()  # never keep a CRL of another CA: OpenSSL refuses everyone
+            self._check_crl()
         return self
+
+    def _check_crl(self) -> None:
+        assert self._cert is not None
+        crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
+        if not crl.is_signature_valid(self._cert.public_key()):  # type: ignore[arg-type]
+            raise DeviceCAIncomplete(
+                f"{self.crl_path} is not signed by {self.cert_path}: the broker would refuse "
+                "every device; restore the CA's own CRL and revoked.txt")
 
     def _create(self, key_type: str) -> None:
         if key_type not in ("ed25519", "p256"):
@@ -105,13 +139,16 @@ class DeviceCA:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                            critical=False)
             .sign(key, _hash_for(key)))
-        fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # O_EXCL: never overwrite a CA key, even one another host's process just wrote.
+        fd = os.open(self.key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(key.private_bytes(serialization.Encoding.PEM,
                                        serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
-        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        self.revoked_path.unlink(missing_ok=True)
+        tmp = self.cert_path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        os.replace(tmp, self.cert_path)
+        self.revoked_path.unlink(missing_ok=True)  # serials of another CA
         log.info("created the device CA (%s) in %s", key_type, self.dir)
 
     def _load(self) -> None:
@@ -184,16 +221,32 @@ class DeviceCA:
                 out[int(serial, 16)] = (uid, datetime.datetime.fromisoformat(when))
         return out
 
-    def revoke(self, uid: str) -> list[int]:
-        """Put every certificate of ``uid`` on the CRL (rewritten); return the new serials."""
+    def revoke(self, uid: str, probe: str | None = None) -> list[int]:
+        """Put every certificate of ``uid`` on the CRL (rewritten); return the new serials.
+
+        ``probe``: the uid of a throw-away certificate to revoke in the same CRL update, so
+        that a handshake refused with it proves the broker loaded this CRL. The CRL is
+        rewritten even when ``uid`` was revoked already. Only the newest `PROBES_KEPT` probes
+        stay on it, so probes do not grow the CRL with every revocation.
+        """
         with self._lock, open(self.dir / "crl.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # web processes revoking at once
             done = self.revoked()
             new = [s for s in self.serials(uid) if s not in done]
-            if new:
+            if new or probe is not None:
                 now = _now().isoformat()
-                with open(self.revoked_path, "a") as fh:
-                    fh.writelines(f"{s:x} {uid} {now}\n" for s in new)
+                lines = (self.revoked_path.read_text().splitlines(keepends=True)
+                         if self.revoked_path.exists() else [])
+                lines += [f"{s:x} {uid} {now}\n" for s in new]
+                if probe is not None:
+                    lines.append(f"{self.serial_for(probe):x} {PROBE_MARK}{probe} {now}\n")
+                    probes = [i for i, line in enumerate(lines)
+                              if line.split()[1].startswith(PROBE_MARK)]
+                    drop = set(probes[:-PROBES_KEPT])
+                    lines = [line for i, line in enumerate(lines) if i not in drop]
+                tmp = self.revoked_path.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_text("".join(lines))
+                os.replace(tmp, self.revoked_path)
                 self.write_crl()
             return new
 

@@ -17,25 +17,32 @@ of (uid, key, CA). Nothing the broker holds grows with the fleet, so the cost is
 the 100,000th device as for the first (dynamic security rewrites its whole JSON on every
 change: 537 ms per device with 10,000 in it).
 
-Revocation (`revoke_device`): the device's serial goes on the CRL, the broker reloads (SIGHUP:
-Mosquitto reads ``crlfile`` again when it sets its listeners up on a reload), which refuses
-every new TLS handshake with that certificate; a reload does not touch a live connection, so
-the server then takes over the device's client id on its admin listener (clean start), which
-makes the broker drop the device's connection at once; its reconnection fails the handshake.
+Revocation (`revoke_device`): the device's serial goes on the CRL, with a throw-away probe
+certificate's (``fleet.broker.crl_probe``), the broker reloads (SIGHUP: Mosquitto reads
+``crlfile`` again when it sets its listeners up on a reload), which refuses every new TLS
+handshake with that certificate; the server handshakes with the probe until the device listener
+refuses it (the new CRL is in force; else BrokerUnavailable). A reload does not touch a live
+connection, so the server then takes over the device's client id on its admin listener (clean
+start), which makes the broker drop the device's connection at once; its reconnection fails
+the handshake. Every call reloads, so retrying a revocation whose reload failed still works.
 Measured in ``tests/fleet/broker/test_x509_access.py`` and ``bench/enroll.py``.
 
 Services (worker, web, monitor) log in with passwords from a ``password_file`` on the
-loopback listener; their grants, and gateways' children, are ``user`` blocks of the ACL file.
+loopback listener; serial gateways with theirs on the TLS password listener, where the
+username (the gateway's uid) is the client id, so a gateway cannot take a device's session; their grants, and gateways' children, are ``user`` blocks of the ACL file.
 Changing those rewrites the two small files and reloads: their size follows services and
 gateway children, not devices.
 
 State (in ``directory``, the broker's work folder on a single node): the device CA's files,
 ``acl``, ``passwd``, ``access.json`` (services and gateways, from which ``acl`` and ``passwd``
-are written). Back the CA key up with the broker CA.
+are written; each change is made under an exclusive ``flock`` of ``access.lock``, so web
+processes changing them at once lose nothing). Back the CA key up with the broker CA.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -43,7 +50,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -55,6 +62,7 @@ from fleet.broker.access import (
     ServiceRole,
     check_uid,
 )
+from fleet.broker.crl_probe import CrlProbe
 from fleet.broker.device_ca import DeviceCA
 from fleet.broker.x509_config import (
     device_patterns,
@@ -136,15 +144,20 @@ class X509Access:
     ``reload``: makes the broker re-read its ACL, password and CRL files (default: SIGHUP to
     the pid in ``pid_file``). ``admin``: (host, port, username, password) of the loopback
     listener, used to cut a revoked device's live connection by taking over its client id.
+    ``device_listener``: (host, port) of the certificate listener, where a revocation checks
+    that the broker loaded the new CRL before it cuts the device.
     """
 
     def __init__(self, directory: Path | str, *, admin: tuple[str, int, str, str],
+                 device_listener: tuple[str, int],
                  pid_file: Path | str | None = None,
                  reload: Callable[[], None] | None = None,
-                 passwd_bin: str = "mosquitto_passwd", reload_wait_s: float = 0.3) -> None:
+                 passwd_bin: str = "mosquitto_passwd", reload_wait_s: float = 0.3,
+                 crl_timeout_s: float = 4.0) -> None:
         self.dir = Path(directory)
         self.ca = DeviceCA(self.dir).ensure()
         self.admin = admin
+        self.device_listener = device_listener
         if reload is None:
             if pid_file is None:
                 raise ValueError("X509Access needs pid_file or reload")
@@ -152,11 +165,14 @@ class X509Access:
         self._reload = reload
         self.passwd_bin = passwd_bin
         self.reload_wait_s = reload_wait_s
+        self.crl_timeout_s = crl_timeout_s
         self.acl_path = self.dir / "acl"
         self.passwd_path = self.dir / "passwd"
         self.state_path = self.dir / "access.json"
         self._lock = threading.Lock()
-        self._write_acl(self._state())  # this code's patterns, whatever an older one wrote
+        self._lock_path = self.dir / "access.lock"
+        with self._locked():
+            self._write_acl(self._state())  # this code's patterns, whatever an older one wrote
 
     # BrokerAccess ------------------------------------------------------------------------
 
@@ -177,9 +193,9 @@ class X509Access:
     def revoke_device(self, uid: str) -> None:
         """Revoke every certificate of ``uid`` (CRL, reload) and cut its live connection."""
         check_uid(uid)
-        state = self._state()
         changed = was_gateway = False
-        with self._lock:
+        with self._locked():
+            state = self._state()
             if uid in state["gateways"]:  # a gateway's own identity
                 del state["gateways"][uid]
                 changed = was_gateway = True
@@ -192,18 +208,25 @@ class X509Access:
                 self._write_acl(state)
             if was_gateway:
                 self._delete_password(uid)  # its own login
-        new = self.ca.revoke(uid)
-        if new or changed:
-            self._reload()
-            time.sleep(self.reload_wait_s)  # the broker handles the signal in its loop
-        self.kick(uid)
+        # A probe certificate revoked in the same CRL update: once the broker refuses it, it
+        # refuses ``uid`` too. Always rewrite and reload: an earlier attempt may have written
+        # the CRL and then failed to reload (a retry finds nothing new to revoke).
+        probe = CrlProbe(self.ca)
+        new = self.ca.revoke(uid, probe=probe.uid)
+        self._reload()
+        in_force = probe.wait_refused(self.device_listener, self.crl_timeout_s)
+        self.kick(uid)  # even if unconfirmed: the caller retries, the device is cut meanwhile
+        if not in_force:
+            raise BrokerUnavailable(
+                f"the broker did not refuse a certificate revoked with {uid} within "
+                f"{self.crl_timeout_s} s: is the reload reaching it?")
         log.info("broker: %s revoked (%d certificates on the CRL, connection cut)", uid, len(new))
 
     def provision_service(self, username: str, password: str, role: ServiceRole | str) -> None:
         role = ServiceRole(role)
         if not username or username == self.admin[2]:
             raise ValueError(f"invalid service username {username!r}")
-        with self._lock:
+        with self._locked():
             state = self._state()
             state["services"][username] = role.value
             self._save_state(state)
@@ -213,13 +236,14 @@ class X509Access:
         time.sleep(self.reload_wait_s)
 
     def provision_gateway(self, uid: str, password: str, children: list[str]) -> None:
-        """Let gateway ``uid`` log in with ``password`` (on the listeners that take passwords:
-        the device listener takes certificates only) and use exactly ``children``'s topics."""
+        """Let gateway ``uid`` log in with ``password`` (on the gateways' TLS password
+        listener, client id = ``uid``: the device listener takes certificates only) and use
+        exactly ``children``'s topics."""
         check_uid(uid)
         kids = sorted({check_uid(c) for c in children})
         if uid in kids:
             raise ValueError(f"gateway {uid} cannot be its own child")
-        with self._lock:
+        with self._locked():
             state = self._state()
             state["gateways"][uid] = kids
             self._save_state(state)
@@ -230,7 +254,7 @@ class X509Access:
 
     def add_gateway_children(self, uid: str, children: list[str]) -> None:
         check_uid(uid)
-        with self._lock:
+        with self._locked():
             state = self._state()
             if uid not in state["gateways"]:
                 raise BrokerCommandError(f"no gateway {uid!r} at the broker: provision it first")
@@ -287,8 +311,17 @@ class X509Access:
 
     def ensure_admin(self) -> None:
         """Give the admin identity (``admin``'s username and password) a login, no grants."""
-        with self._lock:
+        with self._locked():
             self._set_password(self.admin[2], self.admin[3])
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold this process's lock and an exclusive ``flock`` on ``access.lock``: web
+        processes (gunicorn workers) read-modify-write access.json, the ACL and the password
+        file one at a time, so none loses another's change."""
+        with self._lock, open(self._lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def _state(self) -> dict[str, Any]:
         if self.state_path.exists():
@@ -296,7 +329,7 @@ class X509Access:
         return {"services": {}, "gateways": {}}
 
     def _save_state(self, state: dict[str, Any]) -> None:
-        tmp = self.state_path.with_suffix(".tmp")
+        tmp = self.state_path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
         os.replace(tmp, self.state_path)
 
@@ -317,7 +350,7 @@ class X509Access:
 
     def _write_acl(self, state: dict[str, Any]) -> None:
         """Write the ACL file (``render_acl``) atomically."""
-        tmp = self.acl_path.with_suffix(".tmp")
+        tmp = self.acl_path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(render_acl(state))
         os.chmod(tmp, 0o644)
         os.replace(tmp, self.acl_path)

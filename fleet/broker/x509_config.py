@@ -77,17 +77,21 @@ per_listener_settings false
 allow_anonymous false
 user $${user}
 
-# Loopback, plain: the web server, the workers and the admin (passwords in password_file).
+# Loopback (or a firewalled private network), plain: the web server, the workers and the
+# admin (passwords in password_file). Services log in here only.
 listener $${port} $${host}
 protocol mqtt
 max_connections $${max_connections}
 
-# TLS with a password (services from another host); the fleet broker CA signs the server.
+# Serial gateways: TLS with their provisioned password (MQTT_GATEWAY_URL); the fleet broker CA
+# signs the server. The username (the gateway's uid, unique in the fleet) becomes the client
+# id, so a gateway cannot take over a device's or another gateway's session by its client id.
 listener $${tls_port} $${host}
 protocol mqtt
 max_connections $${max_connections}
 certfile $${server_cert}
 keyfile $${server_key}
+use_username_as_clientid true
 tls_version tlsv1.2
 
 # Devices: a client certificate from the device CA is the only way in. Its CN (the device

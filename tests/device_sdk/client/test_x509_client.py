@@ -57,7 +57,8 @@ def x509_fleet(tmp_path: Path, live_server: Any, hardware_profile: Any) -> Itera
                                secrets.token_urlsafe(16),
                                template=write_broker_template(pki, device_port))
     access = X509Access(pki, admin=(broker.host, broker.port, broker.admin_username,
-                                    broker.admin_password), pid_file=broker.pid_file)
+                                    broker.admin_password), pid_file=broker.pid_file,
+                        device_listener=(broker.host, device_port))
     access.ensure_admin()
     broker.start()
     worker_user, worker_password = "x509-worker", secrets.token_urlsafe(16)

@@ -117,7 +117,8 @@ def x509_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     instance = MosquittoInstance(work, free_port(), free_port(), admin_password,
                                  template=template)
     access = X509Access(pki, admin=(instance.host, instance.port, instance.admin_username,
-                                    admin_password), pid_file=instance.pid_file)
+                                    admin_password), pid_file=instance.pid_file,
+                        device_listener=(instance.host, device_port))
     access.ensure_admin()
     instance.start()
     try:
@@ -293,8 +294,9 @@ def test_gateway_logs_in_with_its_password_over_tls_until_revoked(x509_broker: B
 
 
 def connect_password_tls(broker: Broker, username: str, password: str,
-                         reconnect: bool = True) -> Client:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5)
+                         reconnect: bool = True, client_id: str | None = None) -> Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or username,
+                    protocol=mqtt.MQTTv5)
     rec = Client(c)
     c.on_connect = lambda cl, u, f, rc, p: (rec.connects.append(rc), rc.value == 0 and rec.ready.set())
     c.on_disconnect = lambda cl, u, f, rc, p: rec.disconnects.append(time.monotonic())
@@ -308,6 +310,25 @@ def connect_password_tls(broker: Broker, username: str, password: str,
         c.loop_stop()
         raise AssertionError(rec.connects)
     return rec
+
+
+@pytest.mark.integration
+def test_a_gateway_cannot_take_a_devices_client_id(x509_broker: Broker) -> None:
+    """The gateways' password listener makes the username the client id too: a gateway that
+    asks for a device's uid as its client id neither drops the device nor takes its session."""
+    gw, victim_uid = f"gwc-{secrets.token_hex(3)}", f"victim-{secrets.token_hex(3)}"
+    password = secrets.token_urlsafe(12)
+    x509_broker.access.provision_gateway(gw, password, [])
+    victim = connect(x509_broker, uid=victim_uid, files=enroll(x509_broker, victim_uid))
+    gateway = connect_password_tls(x509_broker, gw, password, client_id=victim_uid)
+    try:
+        time.sleep(0.5)
+        assert victim.disconnects == []
+        assert victim.publish(f"fleet/v1/{victim_uid}/events") < 128
+        assert gateway.publish(f"fleet/v1/{gw}/status") < 128  # it runs as itself
+    finally:
+        victim.close()
+        gateway.close()
 
 
 @pytest.mark.integration
@@ -335,6 +356,71 @@ def test_revocation_cuts_the_live_connection_and_refuses_the_certificate(
     finally:
         device.close()
         bystander.close()
+
+
+@pytest.mark.integration
+def test_a_retried_revocation_reloads_even_if_the_crl_was_written(x509_broker: Broker) -> None:
+    """The first attempt writes the CRL and then cannot reach the broker (the reload fails);
+    the retry finds nothing new to revoke, yet must reload and lock the device out."""
+    from fleet.broker.access import BrokerUnavailable
+    from fleet.broker.x509 import _pid_reloader
+
+    uid = f"retry-{secrets.token_hex(3)}"
+    files = enroll(x509_broker, uid)
+    device = connect(x509_broker, uid=uid, files=files)
+    real = _pid_reloader(x509_broker.instance.pid_file)
+    failures = [BrokerUnavailable("the pid file is unreachable")]
+
+    def flaky_reload() -> None:
+        if failures:
+            raise failures.pop()
+        real()
+
+    access = X509Access(x509_broker.pki, admin=x509_broker.access.admin, reload=flaky_reload,
+                        device_listener=(x509_broker.instance.host, x509_broker.device_port))
+    try:
+        with pytest.raises(BrokerUnavailable):
+            access.revoke_device(uid)
+        started = time.monotonic()
+        access.revoke_device(uid)
+        while not device.disconnects and time.monotonic() - started < TIMEOUT:
+            time.sleep(0.01)
+        assert device.disconnects and device.disconnects[0] - started < 5.0
+        time.sleep(1.5)  # paho keeps reconnecting: every handshake must fail
+        assert len(device.connects) == 1, device.connects
+        with pytest.raises(Exception):  # noqa: B017  # ssl.SSLError or a reset, by timing
+            connect(x509_broker, uid=uid, files=files, reconnect=False)
+    finally:
+        device.close()
+
+
+@pytest.mark.integration
+def test_a_revocation_the_broker_never_loads_is_an_error(x509_broker: Broker) -> None:
+    """A reload that does not reach the broker (a stale pid file) is reported, not assumed."""
+    from fleet.broker.access import BrokerUnavailable
+
+    access = X509Access(x509_broker.pki, admin=x509_broker.access.admin,
+                        reload=lambda: None, crl_timeout_s=1.0,
+                        device_listener=(x509_broker.instance.host, x509_broker.device_port))
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="did not refuse"):
+        access.revoke_device(f"lost-{secrets.token_hex(3)}")
+    assert time.monotonic() - started < 3.0
+
+
+def test_probes_do_not_grow_the_crl(tmp_path: Path) -> None:
+    """Each revocation's probe goes on the CRL with it; only the newest probes stay."""
+    from fleet.broker.device_ca import PROBES_KEPT
+
+    ca = DeviceCA(tmp_path).ensure()
+    for i in range(PROBES_KEPT + 5):
+        ca.revoke(f"dev-{i}", probe=f"crl-probe-{i}")
+    crl = cx509.load_pem_x509_crl(ca.crl_path.read_bytes())
+    serials = {entry.serial_number for entry in crl}
+    assert {ca.serial_for(f"dev-{i}") for i in range(PROBES_KEPT + 5)} <= serials
+    assert len(serials) == 2 * PROBES_KEPT + 5
+    assert ca.serial_for(f"crl-probe-{PROBES_KEPT + 4}") in serials
+    assert ca.serial_for("crl-probe-0") not in serials
 
 
 def test_settings_select_the_x509_backend(tmp_path: Path) -> None:
