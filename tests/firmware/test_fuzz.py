@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from tests.firmware.test_firmware_build import FIRMWARE, make, make_variable, require
+from tests.firmware.firmware_kit import FIRMWARE, make, make_variable, require
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ import serial
 from device_sdk.protocol import link
 from device_sdk.protocol.events import decode_batch
 from device_sdk.protocol.status import decode_status
-from tests.firmware.test_firmware_build import FIRMWARE, Gateway, free_port, make, require
-from tests.firmware.test_qemu_e2e import HostOutputs
+from tests.firmware.firmware_kit import FIRMWARE, Gateway, free_port, make, require
+from tests.firmware.host_tflm import HostOutputs
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,7 @@ import pytest
 
 from ota.validation import qemu_probe
 from ota.validation.qemu_probe import ProbeCode
-from tests.firmware.test_firmware_build import FIRMWARE, make, require
+from tests.firmware.firmware_kit import FIRMWARE, make, require
 
 pytestmark = pytest.mark.slow
 
