@@ -26,10 +26,10 @@ from device_sdk.protocol.ota_messages import (
 )
 from device_sdk.protocol.reasons import Reason
 from device_sdk.protocol.topics import package_topic
+from fleet.devices.models import Device, HardwareProfile
 from fleet.intake.deployments import DeploymentConsumers
 from fleet.intake.directory import DeviceDirectory
 from fleet.intake.worker import Received
-from fleet.devices.models import Device, HardwareProfile
 from fleet.telemetry.models import Rollup
 from ota.models import ModelVersion, Package
 from ota.rollouts import actions
@@ -319,6 +319,38 @@ def test_carousel_turns_once_for_a_rate_limited_wave_of_joiners(
     assert delivery.carousel_tick() == 0  # all served: quiet
     assert b"".join(c.data for c in sorted(chunks(), key=lambda c: c.offset)) == \
         artifact_storage().get(package.transfer_sha256)
+
+
+def test_carousel_waits_while_a_waves_joins_keep_coming_past_the_offer_grace(
+    versions: Any, fleet_on_v1: list[Device],
+) -> None:
+    """On a busy server a big wave's reports are applied long after its offers went out: the
+    offered devices still count as coming while joins keep arriving (one within
+    ``join_gap``), so one turn serves the whole wave; once joins stop, the devices that never
+    joined are not waited for (the turn serves those who did)."""
+    from ota.registry.storage import artifact_storage
+
+    rollout = new_rollout(versions, fleet_on_v1, waves=[100])
+    publisher = RecordingPublisher()
+    step(rollout.pk, publisher)  # all 40 offered at once
+    package = Package.objects.get(rollouts=rollout)
+    size = len(artifact_storage().get(package.transfer_sha256))
+    fanout = package_topic(package.pk)
+    # Offers count as fresh for no time at all: only the flow of joins holds the turn back.
+    delivery = OtaDelivery(publisher, max_wait_s=60, offer_grace_s=0, join_gap_s=0.5,
+                           carousel_bytes_per_s=10**9)
+
+    def fanned_out() -> int:
+        return sum(len(decode_chunk(p).data) for t, p in publisher.sent if t == fanout)
+
+    assert report_all(rollout, DeploymentState.DOWNLOADING, share=0.5) == 20
+    assert delivery.carousel_tick() == 0  # joins are coming: wait for the rest
+    assert report_all(rollout, DeploymentState.DOWNLOADING, share=0.5) == 10
+    assert delivery.carousel_tick() == 0  # still coming
+    time.sleep(0.6)  # then nothing for longer than the gap: the 10 left are not waited for
+    delivery.carousel_tick()
+    assert fanned_out() == size  # one turn for the 30 who joined
+    assert delivery.carousel_tick() == 0
 
 
 def test_a_batch_of_reports_applies_like_one_report_at_a_time(
