@@ -50,8 +50,8 @@ Figures (one JSON object per line at the end):
   messages rebuilt from them; ``unattributed`` is the rest of the broker's count (the $SYS
   updates, bytes still in flight when the run ends). The shares add up to ``wire_overhead``.
 - ``rollout_cpu_seconds``: CPU seconds of each process (this one, the worker, the broker,
-  the simulator children) over the rollout, with the load average: wall-clock figures on a
-  shared 2-core box are read against these.
+  the simulator children, PostgreSQL's postmaster and backends) over the rollout, with the
+  load average: wall-clock figures on a shared 2-core box are read against these.
 - ``package_bytes``: the transfer size of the rollout's package (and the model size).
 
 Run: ``.venv/bin/python bench/rollout.py [--quick] [--devices N] [--sim-processes P]
@@ -59,7 +59,8 @@ Run: ``.venv/bin/python bench/rollout.py [--quick] [--devices N] [--sim-processe
 FLEET_BENCH_KEEP=1 keeps the temporary folder (logs, database) for a look afterwards.
 This file is the entry point and the run's phases; the simulated fleet and its enrollment
 are in ``bench/rollout_fleet.py``, the broker byte counters and the wire breakdown in
-``bench/rollout_wire.py``.
+``bench/rollout_wire.py``, the models in ``bench/rollout_models.py``, the database in
+``bench/rollout_db.py``.
 """
 
 from __future__ import annotations
@@ -319,6 +320,15 @@ def main() -> None:
                    f"{devices} devices connected")
         log(f"{devices} devices connected in {time.monotonic() - started:.1f} s "
             f"({processes} simulator process{'es' if processes > 1 else ''})")
+        # A fleet is online before its rollout: wait for the worker to apply every device's
+        # first status, or that backlog (10,000 of them at the end of a 10,000-device connect)
+        # delays the wave's reports behind it and the figures measure the connect instead.
+        from fleet.devices.choices import DeviceState
+
+        started = time.monotonic()
+        wait_until(lambda: Device.objects.filter(state=DeviceState.ONLINE).count() == devices,
+                   60 + devices * 0.05, "the worker to apply every device's status", every=1.0)
+        log(f"the worker applied the devices' statuses {time.monotonic() - started:.1f} s later")
 
         # -- the rollout ------------------------------------------------------------------
         raw = do_build_package(v2, profile, actor=None, encoding=Encoding.RAW) \
