@@ -45,6 +45,7 @@ class PackageCarousel:
     newest_join: datetime | None = None
     last_join_seen: datetime | None = None  # when the newest join was counted (``now``)
     turn_end: int = 0  # ``sent`` at which the running turn has served its joiners
+    served_until: datetime | None = None  # newest join a started turn served (None: no turn)
     _times: list[datetime] = field(default_factory=list)  # time before each publish
     _sent_before: list[int] = field(default_factory=list)  # ``sent`` before that publish
 
@@ -103,6 +104,7 @@ class PackageCarousel:
         self.running = True
         self.waiting_since = None
         self.turn_end = self.stop_at
+        self.served_until = self.newest_join
         return True
 
     def next_chunk(self, chunk_bytes: int, now: datetime) -> tuple[int, int]:

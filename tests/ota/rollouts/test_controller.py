@@ -353,6 +353,40 @@ def test_carousel_waits_while_a_waves_joins_keep_coming_past_the_offer_grace(
     assert delivery.carousel_tick() == 0
 
 
+def test_late_joiners_turn_waits_for_the_devices_the_first_turn_served(
+    versions: Any, fleet_on_v1: list[Device],
+) -> None:
+    """The broker copies a turn to every subscribed device: the late joiners' turn waits
+    while devices the first turn served are still downloading (they would get the package a
+    second time), and goes as soon as they are done, or after ``max_wait``."""
+    from ota.registry.storage import artifact_storage
+
+    rollout = new_rollout(versions, fleet_on_v1, waves=[100])
+    publisher = RecordingPublisher()
+    step(rollout.pk, publisher)
+    package = Package.objects.get(rollouts=rollout)
+    size = len(artifact_storage().get(package.transfer_sha256))
+    fanout = package_topic(package.pk)
+    delivery = OtaDelivery(publisher, max_wait_s=60, offer_grace_s=0, join_gap_s=0,
+                           carousel_bytes_per_s=10**9)
+
+    def fanned_out() -> int:
+        return sum(len(decode_chunk(p).data) for t, p in publisher.sent if t == fanout)
+
+    first = [d.pk for d in Deployment.objects.filter(rollout=rollout).order_by("id")[:30]]
+    report_all(rollout, DeploymentState.DOWNLOADING, share=0.75)  # 30 join
+    delivery.carousel_tick()
+    assert fanned_out() == size  # one turn for them
+    time.sleep(0.01)
+    report_all(rollout, DeploymentState.DOWNLOADING)  # the 10 others join late
+    assert delivery.carousel_tick() == 0  # the 30 are still taking their turn in
+    for dep in Deployment.objects.filter(pk__in=first):
+        assert apply_report(dep.device_id, dep.package_id, DeploymentState.VERIFIED, 0)
+    delivery.carousel_tick()
+    assert fanned_out() == 2 * size  # now the late joiners' turn
+    assert delivery.carousel_tick() == 0
+
+
 def test_a_batch_of_reports_applies_like_one_report_at_a_time(
     versions: Any, fleet_on_v1: list[Device],
 ) -> None:
