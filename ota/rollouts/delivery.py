@@ -81,8 +81,8 @@ class OtaDelivery:
     def __init__(self, publisher: Publisher, counters: Counter[str] | None = None, *,
                  owner: str | None = None,
                  carousel_bytes_per_s: int = 2_000_000, carousel_chunk: int | None = None,
-                 max_wait_s: float = 20.0, quiet_s: float | None = None,
-                 offer_grace_s: float = 15.0, join_gap_s: float = 3.0) -> None:
+                 max_wait_s: float = 30.0, quiet_s: float | None = None,
+                 offer_grace_s: float = 15.0, join_gap_s: float = 10.0) -> None:
         self.publisher = publisher
         self.cache = TransferCache()
         self.counters = counters if counters is not None else Counter()
@@ -90,14 +90,16 @@ class OtaDelivery:
         self.carousel_bytes_per_s = carousel_bytes_per_s
         self.carousel_chunk = carousel_chunk  # None: the package's profile suggests it
         # A turn waits for joiners at most ``max_wait`` (and, if set, until none came for
-        # ``quiet``): under the 30 s a device waits for the fan-out before it repairs by
+        # ``quiet``): under the 45 s a device waits for the fan-out before it repairs by
         # request (device_sdk.ota.agent). (A 1 s ``quiet`` started the first turn of a
         # 10,000-device wave with 15 % of it joined: joins arrive in bursts, as the worker
         # commits batches of reports.) Offered devices count as still coming for
         # ``offer_grace`` after their offer, and after that for as long as joins keep coming
         # (one within ``join_gap``): on a busy server the reports of a big wave are applied
         # well after the offers went out (17-27 s for 3,000 devices on a loaded 2-core box),
-        # and a turn started at the grace's end served a few dozen of them.
+        # and a turn started at the grace's end served a few dozen of them. They are applied
+        # in bursts, as the worker commits batches: 3 s between two bursts was not unusual
+        # at 10,000 devices on that box, hence the 10 s gap.
         self.max_wait = timedelta(seconds=max_wait_s)
         self.quiet = None if quiet_s is None else timedelta(seconds=quiet_s)
         self.offer_grace = timedelta(seconds=offer_grace_s)
