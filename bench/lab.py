@@ -38,9 +38,10 @@ def bench_broker(workdir: Path, bench: str) -> Any:
                              secrets.token_urlsafe(16), template=template)
 
 
-def setup_django(workdir: Path, broker: Any) -> dict[str, str]:
-    """Point Django at a new SQLite file in ``workdir`` and at ``broker`` (dynamic security),
-    migrate, and return the environment set (a worker subprocess starts from it)."""
+def setup_django(workdir: Path, broker: Any, database_url: str | None = None) -> dict[str, str]:
+    """Point Django at ``database_url`` (default: a new SQLite file in ``workdir``) and at
+    ``broker`` (dynamic security), migrate, and return the environment set (a worker
+    subprocess starts from it)."""
     var_dir = workdir / "var"
     var_dir.mkdir(exist_ok=True)
     # DEBUG off, as in production: with it on, Django formats and keeps every query it runs
@@ -48,7 +49,7 @@ def setup_django(workdir: Path, broker: Any) -> dict[str, str]:
     env = {
         "DJANGO_SETTINGS_MODULE": "fleet.settings", "FLEET_DEBUG": "0",
         "SECRET_KEY": "bench-" + secrets.token_hex(24),
-        "FLEET_VAR_DIR": str(var_dir), "DATABASE_URL": f"sqlite:///{workdir / 'fleet.sqlite3'}",
+        "FLEET_VAR_DIR": str(var_dir), "DATABASE_URL": database_url or f"sqlite:///{workdir / 'fleet.sqlite3'}",
         "ARTIFACT_ROOT": str(var_dir / "artifacts"),
         "FLEET_KEK": "bench-kek-" + secrets.token_hex(16),
         "MQTT_URL": broker.url, "MQTT_DEVICE_URL": broker.tls_url,

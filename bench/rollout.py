@@ -6,7 +6,8 @@ What runs (all started here, all stopped at the end, even on error):
 - Mosquitto (fleet.broker.mosquitto.MosquittoInstance, dynamic security, free loopback ports)
   rendered from the project's template plus ``sys_interval 1`` so the $SYS byte counters are
   published every second instead of every ten;
-- a SQLite file database in a temporary FLEET_VAR_DIR, migrated in this process;
+- the database: a throwaway PostgreSQL (scripts/postgres.sh, fsync on; ``--database sqlite``:
+  a SQLite file) in the temporary folder, migrated in this process (``rollout_db``);
 - two versions of a Dense 16-H-4 int8 MLP (H = 4200: ~100 KB), trained with TensorFlow in a
   subprocess (TF never loads in this process) and cached in the temp folder by build
   parameters, uploaded through ota.registry.actions (the real admission check runs);
@@ -20,10 +21,13 @@ What runs (all started here, all stopped at the end, even on error):
   ``rollout_fleet.sim_state_dir``). Django runs with DEBUG off, as in production.
 
 The rollout offers v2 to every device in one wave of 100 % (offers_per_minute = 1,000,000,
-max_concurrent >= devices). Its package is built with encoding RAW just before the rollout is
-created, so the rollout reuses it (ota.rollouts.actions._package_for): the Python transfer
-decoder needs ~0.3 s per 100 KB compressed, too slow for 1,000 devices simulated on 2 cores.
-The ``package_encoding`` line says so.
+max_concurrent >= devices). Its package is the one the rollout builds itself, as for a user
+(``do_build_package`` picks the smallest encoding: compressed for these models), and each
+simulated device decodes its own copy with the firmware's C transfer decoder
+(``make -C firmware libtransfer``, built here; device_sdk/simulator/c_transfer.py). Without a C
+compiler, or with ``--package-encoding raw``, the package is built RAW first and reused (the
+Python decoder needs ~0.2 s per 100 KB compressed: too slow for thousands of simulated
+devices on 2 cores). The ``database`` and ``package_encoding`` lines say which.
 
 Figures (one JSON object per line at the end):
 
@@ -46,16 +50,17 @@ Figures (one JSON object per line at the end):
   messages rebuilt from them; ``unattributed`` is the rest of the broker's count (the $SYS
   updates, bytes still in flight when the run ends). The shares add up to ``wire_overhead``.
 - ``rollout_cpu_seconds``: CPU seconds of each process (this one, the worker, the broker,
-  the simulator children) over the rollout, with the load average: wall-clock figures on a
-  shared 2-core box are read against these.
+  the simulator children, PostgreSQL's postmaster and backends) over the rollout, with the
+  load average: wall-clock figures on a shared 2-core box are read against these.
 - ``package_bytes``: the transfer size of the rollout's package (and the model size).
 
-Run: ``.venv/bin/python bench/rollout.py [--quick] [--devices N] [--sim-processes P]``
-(quick: 100 devices).
+Run: ``.venv/bin/python bench/rollout.py [--quick] [--devices N] [--sim-processes P]
+[--database postgresql|sqlite] [--package-encoding auto|raw]`` (quick: 100 devices).
 FLEET_BENCH_KEEP=1 keeps the temporary folder (logs, database) for a look afterwards.
 This file is the entry point and the run's phases; the simulated fleet and its enrollment
 are in ``bench/rollout_fleet.py``, the broker byte counters and the wire breakdown in
-``bench/rollout_wire.py``.
+``bench/rollout_wire.py``, the models in ``bench/rollout_models.py``, the database in
+``bench/rollout_db.py``.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 from lab import CpuMeter, bench_broker, finish, setup_django  # bench/ is this script's folder
+from rollout_db import BenchDatabase
 from rollout_fleet import (
     BULK_ENROLL_OVER,
     LocalFleet,
@@ -85,12 +91,11 @@ from rollout_fleet import (
     sim_config,
     sim_state_dir,
 )
+from rollout_models import models, run_build_models
 from rollout_wire import SysMonitor, fanout_server_bytes, wire_breakdown
 
-HIDDEN = 2100  # Dense 16-2100-4 int8 (per-channel scales and zero points included): ~100 KB
 HARDWARE = "stm32f746"  # default class; --hardware picks another (the fan-out chunk follows it)
 READY_LINE = "subscriptions granted"
-MODEL_CACHE = Path(tempfile.gettempdir()) / f"fleet-bench-rollout-models-h{HIDDEN}-v2"
 
 
 def log(msg: str) -> None:
@@ -98,54 +103,13 @@ def log(msg: str) -> None:
     print(f"[rollout] {msg}", file=sys.stderr, flush=True)
 
 
-# -- models (subprocess: TensorFlow stays out of the bench process) ---------------------------
-
-
-def run_build_models(out: str) -> None:
-    """Train v1 and a retrained v2 of the same MLP; write v1.tflite and v2.tflite to ``out``."""
-    from testkit import model_factory
-
-    tf = model_factory._tf()
-    x, y = model_factory.make_blobs()
-    target = Path(out)
-    target.mkdir(parents=True, exist_ok=True)
-    def save(name: str, model: Any) -> None:
-        data = model_factory.to_int8(model, x[:200])
-        (target / f"{name}.tflite.tmp").write_bytes(data)
-        (target / f"{name}.tflite.tmp").rename(target / f"{name}.tflite")
-
-    for name, seed, epochs in (("v1", 0, 3), ("v2", 1, 5)):
-        tf.keras.utils.set_random_seed(seed)
-        model = tf.keras.Sequential([
-            tf.keras.Input((16,)),
-            tf.keras.layers.Dense(HIDDEN, activation="relu"),
-            tf.keras.layers.Dense(4, activation="softmax"),
-        ])  # fmt: skip
-        model.compile(optimizer=tf.keras.optimizers.Adam(0.01),
-                      loss="sparse_categorical_crossentropy")
-        model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
-        save(name, model)
-    # v3: v2 with only its head fine-tuned (the hidden layer frozen), the common small update.
-    model.layers[0].trainable = False
-    model.compile(optimizer=tf.keras.optimizers.Adam(0.001),
-                  loss="sparse_categorical_crossentropy")
-    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
-    save("v3", model)
-
-
-def models() -> tuple[bytes, bytes, bytes]:
-    """Return (v1, v2, v3) .tflite bytes, building them once (cached in the temp folder)."""
-    paths = [MODEL_CACHE / "v1.tflite", MODEL_CACHE / "v2.tflite", MODEL_CACHE / "v3.tflite"]
-    if not all(p.exists() for p in paths):
-        started = time.monotonic()
-        subprocess.run([sys.executable, __file__, "--role", "build-models", str(MODEL_CACHE)],
-                       cwd=ROOT, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-                       stdout=subprocess.DEVNULL)
-        log(f"trained and converted the models in {time.monotonic() - started:.1f} s")
-    else:
-        log(f"models from cache {MODEL_CACHE}")
-    v1, v2, v3 = (p.read_bytes() for p in paths)
-    return v1, v2, v3
+def build_c_decoder() -> bool:
+    """Build the firmware's transfer decoder for the simulator (make -C firmware libtransfer)."""
+    done = subprocess.run(["make", "-C", str(ROOT / "firmware"), "libtransfer"],
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+        log(f"make libtransfer failed: {done.stderr[-500:]}")
+    return done.returncode == 0
 
 
 def start_worker(workdir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -246,6 +210,9 @@ def main() -> None:
                         help="seconds to wait for the rollout (default: 30 + 0.3 per device)")
     parser.add_argument("--sim-processes", type=int, default=None,
                         help="simulator processes (default: 1 up to 2,000 devices, else 2)")
+    parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
+    parser.add_argument("--package-encoding", choices=["auto", "raw"], default="auto",
+                        help="auto: the package the rollout builds (needs the C decoder)")
     parser.add_argument("--role", choices=["build-models", "sim"], help=argparse.SUPPRESS)
     parser.add_argument("out", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -261,6 +228,15 @@ def main() -> None:
     v1_bytes, v2_bytes, v3_bytes = models()
     workdir = Path(tempfile.mkdtemp(prefix="fleet-bench-rollout-"))
     broker = bench_broker(workdir, "bench/rollout.py")
+    db = BenchDatabase(args.database, workdir)
+    encoding_note = "built by the rollout (smallest encoding); each device decodes its own " \
+                    "copy with the firmware's C transfer decoder"
+    if args.package_encoding == "auto" and not build_c_decoder():
+        args.package_encoding = "raw"
+        encoding_note = "raw: the C transfer decoder could not be built, and the Python one " \
+                        "is too slow for thousands of simulated devices on 2 cores"
+    elif args.package_encoding == "raw":
+        encoding_note = "raw, as asked (--package-encoding raw)"
     worker: subprocess.Popen[bytes] | None = None
     sim: Any = None
     fleet: Any = None
@@ -269,7 +245,9 @@ def main() -> None:
     results: list[dict[str, Any]] = []
     try:
         broker.start()
-        setup_django(workdir, broker)
+        db.start()
+        setup_django(workdir, broker, db.url)
+        log(f"database: {args.database}")
 
         from device_sdk.mqtt.link import WireTally
         from device_sdk.protocol.ota_messages import DeploymentState
@@ -342,25 +320,38 @@ def main() -> None:
                    f"{devices} devices connected")
         log(f"{devices} devices connected in {time.monotonic() - started:.1f} s "
             f"({processes} simulator process{'es' if processes > 1 else ''})")
+        # A fleet is online before its rollout: wait for the worker to apply every device's
+        # first status, or that backlog (10,000 of them at the end of a 10,000-device connect)
+        # delays the wave's reports behind it and the figures measure the connect instead.
+        from fleet.devices.choices import DeviceState
+
+        started = time.monotonic()
+        wait_until(lambda: Device.objects.filter(state=DeviceState.ONLINE).count() == devices,
+                   60 + devices * 0.05, "the worker to apply every device's status", every=1.0)
+        log(f"the worker applied the devices' statuses {time.monotonic() - started:.1f} s later")
 
         # -- the rollout ------------------------------------------------------------------
-        package = do_build_package(v2, profile, actor=None, encoding=Encoding.RAW)
+        raw = do_build_package(v2, profile, actor=None, encoding=Encoding.RAW) \
+            if args.package_encoding == "raw" else None
         rollout = actions.do_create_rollout(
             actor=None, name="bench", model_version=v2,
             devices=list(Device.objects.filter(hardware_profile=profile)), waves=[100],
             offers_per_minute=1_000_000, max_concurrent=max(devices, 1000),
         )
-        if list(rollout.packages.values_list("id", flat=True)) != [package.pk]:
+        package = rollout.packages.get()
+        if raw is not None and package.pk != raw.pk:
             raise RuntimeError("the rollout did not take the raw package")
         before = monitor.fresh()
         tally_before = fleet.tally_snapshot()
         meter = CpuMeter({"bench_process": os.getpid(), "worker": worker.pid,
                           "broker": broker.pid, **fleet.pids()})
         meter.start()
+        db_cpu = db.cpu_seconds()
         rollout = actions.do_start_rollout(rollout, actor=None)
         t_start = time.monotonic()
         log(f"rollout {rollout.pk} started: package {package.pk}, "
-            f"{package.transfer_size} bytes raw, {devices} devices")
+            f"{package.transfer_size} bytes {Encoding(package.encoding).name.lower()} for a "
+            f"{package.installed_size}-byte model, {devices} devices")
         done_states = (DeploymentState.CONFIRMED, DeploymentState.FAILED,
                        DeploymentState.ROLLED_BACK)
         deployments = Deployment.objects.filter(rollout=rollout)
@@ -383,6 +374,8 @@ def main() -> None:
         waited = time.monotonic() - t_start
         done_wall = time.time()
         cpu = meter.stop()
+        if args.database == "postgresql":
+            cpu["postgres"] = round(db.cpu_seconds() - db_cpu, 2)
         log(f"CPU seconds during the rollout ({waited:.1f} s wall, load average "
             f"{cpu['loadavg']}): " + ", ".join(f"{k} {v}" for k, v in cpu.items()
                                                 if k not in ("loadavg", "threads"))
@@ -457,8 +450,9 @@ def main() -> None:
              "ratio": round(size / package.installed_size, 4)},
             {"metric": "package_encoding", "value": Encoding(package.encoding).name.lower(),
              "unit": None, "baseline": None, "ratio": None,
-             "note": "raw on purpose: the Python transfer decoder is too slow for 1,000 "
-                     "simulated devices on 2 cores"},
+             "note": encoding_note},
+            {"metric": "database", "value": args.database, "unit": None, "baseline": None,
+             "ratio": None},
             {"metric": "devices", "value": devices, "unit": "devices", "baseline": None,
              "ratio": None},
         ]
@@ -480,6 +474,7 @@ def main() -> None:
                 log(f"simulator stop failed: {exc!r}")
         stop_worker(worker)
         broker.stop()
+        db.stop()
         if sim_dir is not None and sim_dir.parent != workdir and \
                 not os.environ.get("FLEET_BENCH_KEEP"):
             shutil.rmtree(sim_dir.parent, ignore_errors=True)

@@ -33,7 +33,11 @@ def sim_config(state_dir: Path, model: Path, hardware: str, package_id: int, dev
         token="-", devices=devices, first_index=first, model_path=model, hardware=hardware,
         state_dir=state_dir, rate_hz=1e-4,  # telemetry nearly off: OTA traffic only
         batch=16, batch_age_s=60.0, threads=2, package_id=package_id,
-        report_every_s=3600, repair_after_s=2.0,
+        # Repairs after 10 s without a new byte: one process simulates thousands of devices
+        # on a shared core, so a device's chunks can wait in its socket for seconds, a wait a
+        # real device's link does not have; with 2 s, starved devices asked the server for
+        # bytes already in their buffers (10,000 devices: a storm of unicast repairs).
+        report_every_s=3600, repair_after_s=10.0,
     )
 
 
@@ -215,9 +219,9 @@ def _enroll(indexes: range, devices: int, sim: Any, server: str, v1_package_id: 
         load_or_create_key,
     )
     from fleet.devices.actions import do_create_enrollment_token
-    from testkit.enrollment import enroll_in_process
     from fleet.devices.models import Device
     from fleet.devices.trust import broker_ca_pem, published_signing_keys
+    from testkit.enrollment import enroll_in_process
 
     if not _token:
         _token.append(do_create_enrollment_token(

@@ -65,7 +65,7 @@ class OtaAgent:
 
     def __init__(self, client: DeviceClient, updater: OtaUpdater, trial: Trial, *,
                  chunk_bytes: int = 4096, repair_after_s: float = 2.0,
-                 fanout_wait_s: float = 10.0,
+                 fanout_wait_s: float = 45.0,
                  on_installed: Callable[[int, bytes], None] | None = None) -> None:
         self.client = client
         self.updater = updater
@@ -277,8 +277,10 @@ class OtaAgent:
     def _watchdog(self, pkg: int) -> None:
         """Ask for missing bytes when nothing has come for a while.
 
-        Before the first fan-out chunk the device waits longer (``fanout_wait_s``): the server
-        holds a turn of the carousel back a few seconds so that a whole wave shares it. While
+        Before the first fan-out chunk the device waits longer (``fanout_wait_s``, 45 s): the
+        server holds a turn of the carousel back while the wave's devices are still joining
+        (up to 30 s, ota.rollouts.delivery) so that one turn serves the whole wave; a device
+        that asked for the package by request meanwhile would cost the server a unicast copy. While
         repairs bring nothing (a busy or unreachable server) the wait doubles, up to 30 s, so
         a fleet does not pile requests onto a server that is already behind.
         """

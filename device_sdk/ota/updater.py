@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -90,13 +90,33 @@ class Download:
         return sum(e - s for s, e in self.ranges)
 
 
+class Decoder(Protocol):
+    """What :meth:`OtaUpdater._decode` needs of a transfer decoder (``TransferDecoder``'s
+    ``feed`` and ``finish``, raising ``ProtocolError``)."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+
+# Makes the decoder of one transfer from its verified manifest and the running model (deltas).
+DecoderFactory = Callable[[Manifest, bytes | None], Decoder]
+
+
 class OtaUpdater:
-    """Check offers against the device's keys, profile and sequence; stream, verify, install."""
+    """Check offers against the device's keys, profile and sequence; stream, verify, install.
+
+    ``decoder`` makes each transfer's decoder: the pure-Python ``TransferDecoder`` unless the
+    caller has another implementation of the same format (the fleet simulator passes the
+    firmware's C decoder when it is built).
+    """
 
     def __init__(self, store: SlotStore, *, hardware: str, slot_bytes: int | None = None,
                  arena_bytes: int | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 decoder: DecoderFactory = TransferDecoder) -> None:
         self.store = store
+        self.decoder = decoder
         self.hardware = hardware
         self.slot_bytes = slot_bytes
         self.arena_bytes = arena_bytes
@@ -386,7 +406,7 @@ class OtaUpdater:
             self._forget_download()
             raise ProtocolError(Reason.TRANSFER_DIGEST_MISMATCH, "transferred bytes differ")
         base = self.store.read_active() if d.manifest.encoding == Encoding.DELTA else None
-        decoder = TransferDecoder(d.manifest, base)
+        decoder = self.decoder(d.manifest, base)
         writer = self.store.open_inactive()
         try:
             with open(d.part, "rb") as f:

@@ -19,7 +19,7 @@ from device_sdk.client.identity import DeviceIdentity
 from device_sdk.inference import SensorStream, TflmModel
 from device_sdk.ota.slots import SlotStore
 from device_sdk.ota.trial import TrialResult, run_trial
-from device_sdk.ota.updater import OtaUpdater
+from device_sdk.ota.updater import DecoderFactory, OtaUpdater
 from device_sdk.protocol.manifest import TrialSpec
 from device_sdk.protocol.status import Capabilities
 from device_sdk.simulator.config import SimulationConfig
@@ -41,6 +41,7 @@ class SimulatorOta:
     _trials: dict[str, TrialResult]
     _models_lock: threading.Lock
     _reenroll_pool: ThreadPoolExecutor
+    transfer_decoder: DecoderFactory  # the firmware's C decoder when built (c_transfer.py)
 
     if TYPE_CHECKING:  # device_sdk.simulator.fleet.FleetBuilder
         def _make_device(self, n: int, index: int, identity: DeviceIdentity,
@@ -50,7 +51,8 @@ class SimulatorOta:
                     store: SlotStore, rng: random.Random) -> None:
         cfg = self.config
         updater = OtaUpdater(store, hardware=cfg.hardware, slot_bytes=cfg.slot_bytes,
-                             arena_bytes=self.capabilities.arena_bytes)
+                             arena_bytes=self.capabilities.arena_bytes,
+                             decoder=self.transfer_decoder)
         if not store.meta.trusted_keys:
             updater.trust({k.kid: k.public_key for k in identity.signing_keys})
 

@@ -62,6 +62,8 @@ from device_sdk.mqtt.link import WireTally
 from device_sdk.mqtt.reactor import Reactor
 from device_sdk.ota.trial import TrialResult
 from device_sdk.protocol.status import Capabilities
+from device_sdk.protocol.transfer import TransferDecoder
+from device_sdk.simulator.c_transfer import decoder_factory
 from device_sdk.simulator.config import SimulationConfig
 from device_sdk.simulator.descriptors import (
     _FD_RESERVE,  # noqa: F401 (re-exported: tests size limits by it)
@@ -115,6 +117,9 @@ class Simulator(FleetBuilder, SimulatorOta):
         self._stop = stop or threading.Event()
         self._models: dict[str, TflmModel] = {}
         self._trials: dict[str, TrialResult] = {}
+        # Each device decodes its own packages: with the firmware's C decoder when it is built.
+        self.transfer_decoder = decoder_factory()
+        self.c_decoder = self.transfer_decoder is not TransferDecoder
         self._models_lock = threading.Lock()
         self.crashes = 0
         self._drifted = False
@@ -156,8 +161,9 @@ class Simulator(FleetBuilder, SimulatorOta):
             # Spread the first inferences over one period so the fleet does not tick in step.
             device.start(phase=rng.uniform(0, device.period))
         self._started_at = time.monotonic()
-        log.info("%d devices (%d reporting) started on %d network threads", len(self.devices),
-                 sum(d.reporting for d in self.devices), len(self.reactors))
+        log.info("%d devices (%d reporting) started on %d network threads; transfer decoder: %s",
+                 len(self.devices), sum(d.reporting for d in self.devices), len(self.reactors),
+                 "the firmware's (C)" if self.c_decoder else "Python")
 
     def run(self) -> ClientStats:
         """Start, run for the configured duration (or until :meth:`request_stop`), stop."""

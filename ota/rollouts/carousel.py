@@ -11,7 +11,9 @@ So a wave costs about one turn however many devices it has: the carousel waits a
 the devices still checking their offer, or still due one, to join (until joins stop coming
 for ``quiet``, ``max_wait_s`` at most) and then serves them all with the same bytes; a late
 joiner is served by the next turn, which goes on from where this one ended: it costs the part
-the late joiner missed, not a new package length. A rate-limited rollout thus costs one turn per ``max_wait_s`` of
+the late joiner missed, not a new package length. That turn also waits (``max_wait_s`` at
+most) while devices an earlier turn served are still downloading: the broker copies a turn to
+every subscribed device, and they would receive the package again (``served_until``). A rate-limited rollout thus costs one turn per ``max_wait_s`` of
 offering at most, whatever the fleet size. Lost chunks are repaired by the device's own
 requests.
 
@@ -45,6 +47,7 @@ class PackageCarousel:
     newest_join: datetime | None = None
     last_join_seen: datetime | None = None  # when the newest join was counted (``now``)
     turn_end: int = 0  # ``sent`` at which the running turn has served its joiners
+    served_until: datetime | None = None  # newest join a started turn served (None: no turn)
     _times: list[datetime] = field(default_factory=list)  # time before each publish
     _sent_before: list[int] = field(default_factory=list)  # ``sent`` before that publish
 
@@ -103,6 +106,7 @@ class PackageCarousel:
         self.running = True
         self.waiting_since = None
         self.turn_end = self.stop_at
+        self.served_until = self.newest_join
         return True
 
     def next_chunk(self, chunk_bytes: int, now: datetime) -> tuple[int, int]:

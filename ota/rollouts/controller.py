@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from device_sdk.protocol.ota_messages import (
@@ -360,10 +360,12 @@ def _offer(rollout: Rollout, publisher: Publisher, now: datetime) -> None:
     for d in due:
         grants.setdefault(d.package_id, []).extend(readers[d.device_id])
     with transaction.atomic():
-        for dep in due:
-            Deployment.objects.filter(id=dep.id, state=DeploymentState.PENDING).update(
+        ids = [dep.id for dep in due]
+        for start in range(0, len(ids), 5000):  # one statement per 5,000 offers, not one each
+            Deployment.objects.filter(id__in=ids[start:start + 5000],
+                                      state=DeploymentState.PENDING).update(
                 state=DeploymentState.OFFERED, offered_at=now, state_changed_at=now,
-                attempts=dep.attempts + 1, fanout_granted=True)
+                attempts=F("attempts") + 1, fanout_granted=True)
         offers = [(device_topic(d.device.uid, Channel.OTA_OFFER), bytes(d.package.manifest))
                   for d in due]
         keys = {pkg: fanout_key(pkg) for pkg in grants}

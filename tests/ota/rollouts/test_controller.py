@@ -321,6 +321,72 @@ def test_carousel_turns_once_for_a_rate_limited_wave_of_joiners(
         artifact_storage().get(package.transfer_sha256)
 
 
+def test_carousel_waits_while_a_waves_joins_keep_coming_past_the_offer_grace(
+    versions: Any, fleet_on_v1: list[Device],
+) -> None:
+    """On a busy server a big wave's reports are applied long after its offers went out: the
+    offered devices still count as coming while joins keep arriving (one within
+    ``join_gap``), so one turn serves the whole wave; once joins stop, the devices that never
+    joined are not waited for (the turn serves those who did)."""
+    from ota.registry.storage import artifact_storage
+
+    rollout = new_rollout(versions, fleet_on_v1, waves=[100])
+    publisher = RecordingPublisher()
+    step(rollout.pk, publisher)  # all 40 offered at once
+    package = Package.objects.get(rollouts=rollout)
+    size = len(artifact_storage().get(package.transfer_sha256))
+    fanout = package_topic(package.pk)
+    # Offers count as fresh for no time at all: only the flow of joins holds the turn back.
+    delivery = OtaDelivery(publisher, max_wait_s=60, offer_grace_s=0, join_gap_s=0.5,
+                           carousel_bytes_per_s=10**9)
+
+    def fanned_out() -> int:
+        return sum(len(decode_chunk(p).data) for t, p in publisher.sent if t == fanout)
+
+    assert report_all(rollout, DeploymentState.DOWNLOADING, share=0.5) == 20
+    assert delivery.carousel_tick() == 0  # joins are coming: wait for the rest
+    assert report_all(rollout, DeploymentState.DOWNLOADING, share=0.5) == 10
+    assert delivery.carousel_tick() == 0  # still coming
+    time.sleep(0.6)  # then nothing for longer than the gap: the 10 left are not waited for
+    delivery.carousel_tick()
+    assert fanned_out() == size  # one turn for the 30 who joined
+    assert delivery.carousel_tick() == 0
+
+
+def test_late_joiners_turn_waits_for_the_devices_the_first_turn_served(
+    versions: Any, fleet_on_v1: list[Device],
+) -> None:
+    """The broker copies a turn to every subscribed device: the late joiners' turn waits
+    while devices the first turn served are still downloading (they would get the package a
+    second time), and goes as soon as they are done, or after ``max_wait``."""
+    from ota.registry.storage import artifact_storage
+
+    rollout = new_rollout(versions, fleet_on_v1, waves=[100])
+    publisher = RecordingPublisher()
+    step(rollout.pk, publisher)
+    package = Package.objects.get(rollouts=rollout)
+    size = len(artifact_storage().get(package.transfer_sha256))
+    fanout = package_topic(package.pk)
+    delivery = OtaDelivery(publisher, max_wait_s=60, offer_grace_s=0, join_gap_s=0,
+                           carousel_bytes_per_s=10**9)
+
+    def fanned_out() -> int:
+        return sum(len(decode_chunk(p).data) for t, p in publisher.sent if t == fanout)
+
+    first = [d.pk for d in Deployment.objects.filter(rollout=rollout).order_by("id")[:30]]
+    report_all(rollout, DeploymentState.DOWNLOADING, share=0.75)  # 30 join
+    delivery.carousel_tick()
+    assert fanned_out() == size  # one turn for them
+    time.sleep(0.01)
+    report_all(rollout, DeploymentState.DOWNLOADING)  # the 10 others join late
+    assert delivery.carousel_tick() == 0  # the 30 are still taking their turn in
+    for dep in Deployment.objects.filter(pk__in=first):
+        assert apply_report(dep.device_id, dep.package_id, DeploymentState.VERIFIED, 0)
+    delivery.carousel_tick()
+    assert fanned_out() == 2 * size  # now the late joiners' turn
+    assert delivery.carousel_tick() == 0
+
+
 def test_a_batch_of_reports_applies_like_one_report_at_a_time(
     versions: Any, fleet_on_v1: list[Device],
 ) -> None:
