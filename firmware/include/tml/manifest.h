@@ -107,7 +107,7 @@ typedef struct {
  *        algorithm, signer trusted (else MANIFEST_BAD_ROTATION: a new key never vouches for
  *        itself), signature, payload (a rotation's kid must be its key's), sequence above
  *        record_sequence (else MANIFEST_SEQUENCE_REPLAY). The state rules (which keys may be
- *        retired, a retired key never returns) are trust.h's.
+ *        retired, which retired keys are refused as new ones) are trust.h's.
  *
  *        One exception to "nothing before the signature": a payload that is a well-formed map
  *        whose key 2 is at or below record_sequence is refused MANIFEST_SEQUENCE_REPLAY before
