@@ -166,6 +166,7 @@ tml_reason_t tml_manifest_check(const uint8_t *cose, size_t len,
         why = decode_manifest(&f, out, &hw);
     }
     if (why != TML_REASON_OK) {
+        memset(out, 0, sizeof(*out)); /* a payload decoded in part is no manifest: package 0 */
         return why;
     }
     if (out->sequence <= policy->current_sequence) {
@@ -322,6 +323,13 @@ tml_reason_t tml_trust_check(const uint8_t *cose, size_t len, const tml_keyring_
     if (why != TML_REASON_OK) {
         return why;
     }
+    /* A replay is skipped before the signature (manifest.h): it changes nothing either way. */
+    tml_reason_t shape = tml_cose_decode_map(msg.payload, msg.payload_len, TRUST_KEYS, &f);
+    bool sequenced = shape == TML_REASON_OK &&
+                     tml_cose_uint(&f, TML_K_SEQUENCE, UINT64_MAX, &out->sequence);
+    if (sequenced && out->sequence <= record_sequence) {
+        return TML_REASON_MANIFEST_SEQUENCE_REPLAY;
+    }
     int signer = tml_cose_find_key(keyring, msg.kid, msg.kid_len);
     if (signer < 0) {
         return TML_REASON_MANIFEST_BAD_ROTATION; /* a new or unknown key cannot vouch for itself */
@@ -329,12 +337,12 @@ tml_reason_t tml_trust_check(const uint8_t *cose, size_t len, const tml_keyring_
     out->signer = (uint8_t)signer;
     why = tml_cose_verify(&msg, keyring->keys[signer]);
     if (why == TML_REASON_OK) {
-        why = tml_cose_decode_map(msg.payload, msg.payload_len, TRUST_KEYS, &f);
+        why = shape;
     }
     if (why != TML_REASON_OK) {
         return why;
     }
-    if (!tml_cose_uint(&f, TML_K_SEQUENCE, UINT64_MAX, &out->sequence)) {
+    if (!sequenced) {
         return TML_REASON_MANIFEST_MALFORMED;
     }
     out->is_rotation = f.val[TML_K_NEW_KID] != NULL; /* decode_trust_record tells them apart so */
@@ -343,8 +351,5 @@ tml_reason_t tml_trust_check(const uint8_t *cose, size_t len, const tml_keyring_
     } else if (!decode_policy(&f, out)) {
         why = TML_REASON_MANIFEST_MALFORMED;
     }
-    if (why == TML_REASON_OK && out->sequence <= record_sequence) {
-        why = TML_REASON_MANIFEST_SEQUENCE_REPLAY;
-    }
-    return why;
+    return why; /* the sequence is above record_sequence (checked first) */
 }

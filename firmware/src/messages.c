@@ -7,6 +7,10 @@
 #include "tml/cbor.h"
 #include "tml/protocol.h"
 
+/* The widest status (every key trusted, every field at its widest) fits one transmit frame. */
+TML_STATIC_ASSERT(TML_STATUS_MAX_BYTES <= TML_LINK_TX_MAX_PAYLOAD,
+                  "status with TML_MAX_BUILTIN_KEYS + TML_MAX_ROTATED_KEYS keys > link frame");
+
 tml_status_t tml_status_encode(const tml_status_msg_t *s, uint8_t *out, size_t cap,
                                size_t *out_len)
 {

@@ -20,6 +20,7 @@
 
 extern "C" {
 #include "tml/config.h"
+#include "tml/messages.h"
 #include "tml/ops.h"
 #include "tml/platform.h"
 #include "tml/runner.h"
@@ -28,6 +29,8 @@ extern "C" {
 #ifndef TML_TFLM_VERSION
 #define TML_TFLM_VERSION "tflite-micro"
 #endif
+TML_STATIC_ASSERT(sizeof(TML_TFLM_VERSION) - 1 <= TML_TFLM_VERSION_MAX_BYTES,
+                  "the status bound (messages.h) assumes a shorter tflm_version");
 
 namespace {
 

@@ -40,7 +40,8 @@ static void drop(void *array, uint8_t *n, size_t i, size_t size)
     memmove(a + i * size, a + (i + 1) * size, (--*n - i) * size);
 }
 
-/* Append an item to an array of *n items holding max: the oldest goes when it is full. */
+/* Append an item to an array of *n items holding max: the oldest goes when it is full (retired
+ * ids, revoked packages; never a rotated key: tml_trust_apply refuses a rotation then). */
 static void push(void *array, uint8_t *n, size_t max, size_t size, const void *item)
 {
     if (*n == max) {
@@ -98,10 +99,14 @@ tml_reason_t tml_trust_apply(tml_meta_t *m, const tml_keyring_t *ring, const tml
         gone |= 1UL << k;
     }
     int b = find(builtin, builtins(builtin_count), sizeof(*builtin), rec.new_kid);
-    if (rec.is_rotation ? ring_index(ring, rec.new_kid) >= 0 || b >= 0 ||
+    /* A full rotated list takes a new key only if the record retires one of them (the rotated
+     * keys end the ring): never by evicting one, which could be newer than the signer. */
+    bool full = m->rotated_count == TML_MAX_ROTATED_KEYS &&
+                !(gone >> (ring->count - m->rotated_count));
+    if (rec.is_rotation ? ring_index(ring, rec.new_kid) >= 0 || b >= 0 || full ||
                               find(m->retired, m->retired_count, TML_KEY_ID_BYTES, rec.new_kid) >= 0
                         : gone == (1UL << ring->count) - 1) {
-        return TML_REASON_MANIFEST_BAD_ROTATION; /* known or returning key; no key left */
+        return TML_REASON_MANIFEST_BAD_ROTATION; /* known or returning key; full; no key left */
     }
     for (size_t i = 0; i < rec.retire_count; i++) {
         const uint8_t *kid = rec.retire + 9 * i;
@@ -142,31 +147,4 @@ tml_reason_t tml_trust_apply(tml_meta_t *m, const tml_keyring_t *ring, const tml
 bool tml_trust_stops(const tml_meta_t *m, uint64_t package_id, uint64_t sequence)
 {
     return revoked(m, package_id) || sequence <= m->min_sequence;
-}
-
-tml_reason_t tml_rotation_check(const uint8_t *cose, size_t len, const tml_keyring_t *keyring,
-                                uint64_t current_sequence, tml_rotation_t *out)
-{
-    tml_trust_record_t rec;
-    tml_reason_t why = tml_trust_check(cose, len, keyring, current_sequence, &rec);
-    memset(out, 0, sizeof(*out));
-    if (why != TML_REASON_OK) {
-        return why;
-    }
-    if (!rec.is_rotation) {
-        return TML_REASON_MANIFEST_MALFORMED; /* a policy record has no key 20 */
-    }
-    out->sequence = rec.sequence;
-    memcpy(out->new_kid, rec.new_kid, TML_KEY_ID_BYTES);
-    memcpy(out->new_public_key, rec.new_public_key, 32);
-    if (rec.retire_count) {
-        out->has_retire = true;
-        out->retire_kid_len = rec.retire_sized ? TML_KEY_ID_BYTES : 0;
-        memcpy(out->retire_kid, rec.retire, out->retire_kid_len);
-    }
-    if (ring_index(keyring, rec.new_kid) >= 0 ||
-        (rec.retire_count && (!rec.retire_sized || ring_index(keyring, rec.retire) < 0))) {
-        return TML_REASON_MANIFEST_BAD_ROTATION; /* already trusted; retiring an untrusted key */
-    }
-    return TML_REASON_OK;
 }

@@ -191,7 +191,8 @@ size_t vec_file(const char *rel, uint8_t *out, size_t cap)
 #else
 #define SUITES(X)                                                                              \
     X(crypto) X(cbor) X(events) X(messages) X(manifest) X(transfer) X(link) X(slots) X(runner) \
-    X(device) X(powercut) X(golden) X(enroll) X(rollback) X(seqfloor) X(trust) X(trust_device) X(trust_powercut)
+    X(device) X(powercut) X(golden) X(enroll) X(rollback) X(seqfloor) X(trust) X(trust_device) X(trust_powercut) \
+    X(trust_limits)
 #endif
 #define DECLARE(s) void suite_##s(void);
 SUITES(DECLARE)

@@ -87,8 +87,9 @@
 #define TML_MAX_BUILTIN_KEYS 4
 #endif
 
-/** Retired key ids of rotated keys the device remembers (a retired key never returns; built-in
- * keys have a bit each). The oldest is forgotten first. */
+/** Retired key ids of rotated keys the device remembers and refuses as new keys (built-in keys
+ * have a bit each, never forgotten). The oldest is forgotten first: then only a new record
+ * signed by a key trusted now can bring it back (trust.h). */
 #ifndef TML_MAX_RETIRED_KIDS
 #define TML_MAX_RETIRED_KIDS 4
 #endif

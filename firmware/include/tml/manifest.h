@@ -107,7 +107,13 @@ typedef struct {
  *        algorithm, signer trusted (else MANIFEST_BAD_ROTATION: a new key never vouches for
  *        itself), signature, payload (a rotation's kid must be its key's), sequence above
  *        record_sequence (else MANIFEST_SEQUENCE_REPLAY). The state rules (which keys may be
- *        retired, a retired key never returns) are trust.h's.
+ *        retired, which retired keys are refused as new ones) are trust.h's.
+ *
+ *        One exception to "nothing before the signature": a payload that is a well-formed map
+ *        whose key 2 is at or below record_sequence is refused MANIFEST_SEQUENCE_REPLAY before
+ *        the signer is looked up or the signature checked (trust.py apply_bundle skips them so).
+ *        A replay changes nothing, and the gateway resends the whole bundle (up to 64 records)
+ *        at each HELLO: this spares an Ed25519 verification per record already applied.
  * @param cose the COSE_Sign1 bytes
  * @param len their length
  * @param keyring the keys trusted now, in the order the device came to trust them
@@ -126,31 +132,6 @@ tml_reason_t tml_trust_check(const uint8_t *cose, size_t len, const tml_keyring_
  * @return the package id if one can be read and is < 2^31, else 0
  */
 uint32_t tml_manifest_peek_package(const uint8_t *cose, size_t len);
-
-/** @brief A verified key rotation record (the rotation-only view of tml_trust_record_t). */
-typedef struct {
-    uint64_t sequence;
-    uint8_t new_kid[TML_KEY_ID_BYTES];
-    uint8_t new_public_key[32];
-    bool has_retire;
-    uint8_t retire_kid_len;
-    uint8_t retire_kid[TML_MAX_KID_BYTES];
-} tml_rotation_t;
-
-/**
- * @brief Verify a key rotation record against a keyring alone (trust.py verify_rotation):
- *        tml_trust_check(), a policy record refused (MANIFEST_MALFORMED), the new key not
- *        trusted yet and the retired one trusted (else MANIFEST_BAD_ROTATION). The device
- *        applies records with tml_trust_apply() (trust.h), which also knows retired keys.
- * @param cose the COSE_Sign1 bytes
- * @param len their length
- * @param keyring the keys trusted now
- * @param current_sequence the last record sequence applied
- * @param out receives the record when accepted
- * @return TML_REASON_OK or the reason of the first failed check
- */
-tml_reason_t tml_rotation_check(const uint8_t *cose, size_t len, const tml_keyring_t *keyring,
-                                uint64_t current_sequence, tml_rotation_t *out);
 
 /**
  * @brief Compute a key id: SHA-256 of the raw 32-byte public key, first 8 bytes.

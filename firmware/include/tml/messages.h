@@ -11,8 +11,38 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tml/config.h"
 #include "tml/manifest.h"
+#include "tml/ops.h"
 #include "tml/status.h"
+
+/** Longest runner tflm_version the status bound allows ("tflite-micro@" + 12 hex digits). */
+#ifndef TML_TFLM_VERSION_MAX_BYTES
+#define TML_TFLM_VERSION_MAX_BYTES 25
+#endif
+
+/** Bytes of a CBOR head for argument n, and of a text of n bytes (RFC 8949 shortest form). */
+#define TML_CBOR_HEAD_BYTES(n)                                                                 \
+    ((n) < 24 ? 1 : (n) <= 0xFFULL ? 2 : (n) <= 0xFFFFULL ? 3 : (n) <= 0xFFFFFFFFULL ? 5 : 9)
+#define TML_CBOR_TEXT_BYTES(n) (TML_CBOR_HEAD_BYTES(n) + (n))
+
+#define TML_STATUS_OP_(name, method) +TML_CBOR_TEXT_BYTES(sizeof(#name) - 1)
+#define TML_STATUS_OP_COUNT_(name, method) +1
+
+/** The widest status tml_status_encode() writes for this build: every key trusted
+ *  (TML_MAX_BUILTIN_KEYS + TML_MAX_ROTATED_KEYS), the registered ops (ops.h), the longest
+ *  tflm_version and every number at its widest (messages.c asserts it fits the link frame). */
+#define TML_STATUS_MAX_BYTES                                                                   \
+    (1 + TML_CBOR_TEXT_BYTES(3) + TML_CBOR_HEAD_BYTES(0 TML_OPS(TML_STATUS_OP_COUNT_)) +      \
+     (0 TML_OPS(TML_STATUS_OP_)) + TML_CBOR_TEXT_BYTES(3) + 9 + TML_CBOR_TEXT_BYTES(4) +      \
+     TML_CBOR_HEAD_BYTES(TML_MAX_BUILTIN_KEYS + TML_MAX_ROTATED_KEYS) +                        \
+     (TML_MAX_BUILTIN_KEYS + TML_MAX_ROTATED_KEYS) * (1 + TML_KEY_ID_BYTES) +                  \
+     TML_CBOR_TEXT_BYTES(4) + 1 + TML_CBOR_TEXT_BYTES(5) + TML_CBOR_HEAD_BYTES(TML_MAX_MODEL_ID) + \
+     TML_CBOR_TEXT_BYTES(5) + TML_CBOR_HEAD_BYTES(TML_LINK_STATE_ONLINE) +                     \
+     2 * (TML_CBOR_TEXT_BYTES(8) + 9) + TML_CBOR_TEXT_BYTES(10) + 5 +                          \
+     TML_CBOR_TEXT_BYTES(11) + 5 + TML_CBOR_TEXT_BYTES(12) + 2 + TML_CBOR_TEXT_BYTES(12) +     \
+     TML_CBOR_TEXT_BYTES(TML_TFLM_VERSION_MAX_BYTES) + TML_CBOR_TEXT_BYTES(16) +               \
+     TML_CBOR_TEXT_BYTES(sizeof(TML_FIRMWARE_VERSION) - 1))
 
 /** @brief The device's status (status.py Status, online, with capabilities). */
 typedef struct {

@@ -59,7 +59,7 @@ typedef struct {
     uint32_t time_floor;        /**< unix s: the device's clock never goes below it */
     uint32_t revoked[TML_MAX_REVOKED_PACKAGES]; /**< policy key 32, oldest first */
     tml_key_t rotated[TML_MAX_ROTATED_KEYS];    /**< in the order they were trusted */
-    uint8_t retired[TML_MAX_RETIRED_KIDS][TML_KEY_ID_BYTES]; /**< retired rotated keys */
+    uint8_t retired[TML_MAX_RETIRED_KIDS][TML_KEY_ID_BYTES]; /**< newest retired rotated keys */
     tml_owed_report_t owed;
     uint32_t crc; /**< CRC-32 of everything before it */
 } tml_meta_t;

@@ -7,8 +7,17 @@
  *
  * Rules (trust.py, "Trust rules"): a record is signed by a key trusted now; a record may
  * retire its signer or keys older than it, never a newer one, and never the last trusted key;
- * a retired key never returns; key 31 only raises the minimum; key 32 adds to the revoked
- * packages (the newest TML_MAX_REVOKED_PACKAGES are kept). Not for interrupts.
+ * key 31 only raises the minimum; key 32 adds to the revoked packages (the newest
+ * TML_MAX_REVOKED_PACKAGES are kept). A rotation when TML_MAX_ROTATED_KEYS keys were rotated
+ * in is refused (MANIFEST_BAD_ROTATION) unless it retires one of them: a key is never evicted.
+ *
+ * Retired keys, bounded memory: a retired built-in key never returns (a bit each). A retired
+ * rotated key is refused as a new key while its id is among the TML_MAX_RETIRED_KIDS most
+ * recently retired ones; once later retirements push it out, a NEW record (a sequence above
+ * the device's, signed by a key trusted now) may bring it back. No record already applied can
+ * (the record sequence refuses replays), and a retired key signs nothing the device accepts
+ * (records: MANIFEST_BAD_ROTATION, manifests: MANIFEST_UNKNOWN_KEY) unless so brought back.
+ * Not for interrupts.
  */
 #ifndef TML_TRUST_H
 #define TML_TRUST_H
