@@ -8,6 +8,8 @@ completing, is shown end to end by tests/fleet/test_scale_out.py (PostgreSQL).
 
 from __future__ import annotations
 
+import io
+import re
 import secrets
 import threading
 import time
@@ -17,6 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.test import override_settings
 from django.utils import timezone
 
@@ -151,3 +154,20 @@ def test_a_worker_back_under_its_name_during_the_drain_stops_the_drainer(
     finally:
         returning.stop()
         end_session(broker, dead, *worker_settings)  # or it queues a share for later tests
+
+
+def test_retire_by_hand_ends_a_dead_session(
+    broker: MosquittoInstance, worker_settings: tuple[str, str],
+) -> None:
+    """``fleet_worker --name NAME --retire``: what the drain does, run by an operator."""
+    dead = "manual-" + secrets.token_hex(3)
+    leave_a_dead_session(dead)
+    out = io.StringIO()
+    call_command("fleet_worker", "--name", dead, "--retire", "--no-paho-speedup", stdout=out)
+    assert re.fullmatch(rf"worker {dead} retired \(\d+ queued messages stored\)\n",
+                        out.getvalue()), out.getvalue()
+    assert not session_present(broker, dead, worker_settings)
+    # The check tells a kept session from an ended one: a dead session nobody retired.
+    kept = "kept-" + secrets.token_hex(3)
+    leave_a_dead_session(kept)
+    assert session_present(broker, kept, worker_settings)  # (and ends it)

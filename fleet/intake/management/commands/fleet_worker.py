@@ -49,13 +49,13 @@ class Command(BaseCommand):
             # paho's per-message decoding was most of the receive thread (paho_speedup.py).
             paho_speedup.install()
         worker, consumers, delivery = build_worker(name)
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        if opts["retire"]:
+        if opts["retire"]:  # by hand; live workers do it on their own (fleet/intake/drain.py)
             handled = worker.retire()
             self.stdout.write(f"worker {name} retired ({handled} queued messages stored)\n")
             return
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
         if not opts["no_jobs"]:
             threading.Thread(target=_jobs_loop, args=(name, stop), daemon=True,
                              name="jobs").start()
