@@ -9,9 +9,12 @@ the database at scrape time, so every web process answers the same and keeps no 
 | ``fleet_devices`` | gauge | ``profile``, ``state`` |
 | ``fleet_rollouts`` | gauge | ``state`` |
 | ``fleet_dead_letters_total`` | counter | ``reason`` |
-| ``fleet_worker_up`` | gauge (1: reported within 30 s) | ``worker`` |
+| ``fleet_worker_up`` | gauge (1: reported within 30 s; retired workers left out) | ``worker`` |
+| ``fleet_workers_retired`` | gauge (dead workers whose session a peer drained) | |
 | ``fleet_worker_counter`` | untyped (each worker's counters since it started) | ``counter``, ``worker`` |
 
+A worker's drains of dead peers show in its counters (``worker_sessions_drained``,
+``worker_drained_messages``, ``worker_drains_interrupted``, ``worker_drains_failed``).
 ``fleet_worker_counter`` keeps its name from before prometheus_client, so it is exposed untyped:
 as a counter the client library would rename its samples ``fleet_worker_counter_total``.
 
@@ -75,12 +78,22 @@ class FleetCollector(Collector):
         counters = UnknownMetricFamily("fleet_worker_counter",
                                        "Counters of each worker since it started.",
                                        labels=["counter", "worker"])
+        retired = GaugeMetricFamily(
+            "fleet_workers_retired",
+            "Dead workers whose broker session a live peer drained (fleet/intake/drain.py).")
         now = timezone.now()
+        gone = 0
         for stats in WorkerStats.objects.order_by("worker"):
-            up.add_metric([stats.worker], 1 if now - stats.heartbeat_at < WORKER_ALIVE else 0)
+            if stats.retired_at is not None:
+                gone += 1  # not expected up: no fleet_worker_up to alert on forever
+            else:
+                up.add_metric([stats.worker],
+                              1 if now - stats.heartbeat_at < WORKER_ALIVE else 0)
             for name, value in sorted(stats.counters.items()):
                 counters.add_metric([name, stats.worker], value)
+        retired.add_metric([], gone)
         yield up
+        yield retired
         yield counters
 
 

@@ -287,6 +287,10 @@ ROLLOUT_PACKAGE_VALIDITY_DAYS = int(os.environ.get("ROLLOUT_PACKAGE_VALIDITY_DAY
 # Seconds a worker holds a rollout's lease (ota/rollouts/controller.py): the longest a rollout
 # goes undriven after its worker dies. Renewed each controller tick (1 s), so keep it >= 2.
 ROLLOUT_LEASE_S = _env_int("ROLLOUT_LEASE_S", 15, minimum=2)
+# Seconds without a heartbeat after which a worker counts as dead: a live peer then drains its
+# broker session (stores what it held, ends it; fleet/intake/drain.py). Workers report every
+# min(5 s, a quarter of this), so keep it well above a stall of the busiest worker.
+WORKER_DEAD_AFTER_S = _env_int("WORKER_DEAD_AFTER_S", 60, minimum=4)
 # How only offered devices read a package's fan-out (fleet/broker/access.py): "encrypt"
 # (a key per package, sent to offered devices) or "grant" (broker ACL per deployment).
 FANOUT_ACCESS = os.environ.get("FANOUT_ACCESS", "encrypt")

@@ -11,9 +11,14 @@ from fleet.telemetry.models import WorkerStats
 
 
 def save_worker_stats(worker: str, started_at: datetime, counters: Counter[str]) -> None:
-    """Write this worker's counters (totals since it started) and a heartbeat."""
+    """Write this worker's counters (totals since it started) and a heartbeat.
+
+    A worker that reports is alive: any drain claim or retirement of its name is cleared (a
+    drain under way then fails to mark it retired; fleet/intake/drain.py).
+    """
     WorkerStats.objects.update_or_create(
         worker=worker,
         defaults={"started_at": started_at, "heartbeat_at": timezone.now(),
-                  "counters": dict(counters)},
+                  "counters": dict(counters), "drained_by": "", "drain_until": None,
+                  "retired_at": None},
     )

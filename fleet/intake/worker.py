@@ -20,9 +20,9 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import paho.mqtt.client as mqtt
@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 SESSION_EXPIRY_S = 24 * 3600
 T = TypeVar("T")
+
+
+class RetireInterrupted(RuntimeError):
+    """The connection of a retiring worker dropped (taken over by a worker of that name)."""
 
 
 @dataclass
@@ -79,7 +83,8 @@ class Handler(Protocol):
 class MqttWorker:
     """Consume device messages from shared subscriptions and ack them after ``handle`` returns."""
 
-    def __init__(self, config: WorkerConfig, handle: Handler) -> None:
+    def __init__(self, config: WorkerConfig, handle: Handler, *, reconnect: bool = True) -> None:
+        """``reconnect=False``: after a lost connection, stay away (a drainer, see retire)."""
         self.config = config
         self.handle = handle
         self.inbox: queue.Queue[Received] = queue.Queue()
@@ -91,6 +96,7 @@ class MqttWorker:
         self.retiring = False  # see retire(): unsubscribe on connect instead of subscribing
         self.unsubscribed = threading.Event()
         self.stopping = threading.Event()
+        self.lost = threading.Event()  # the connection dropped (e.g. taken over) after connecting
         self.endpoint = BrokerEndpoint.parse(config.mqtt_url)
         self.host, self.port = self.endpoint.host, self.endpoint.port
         # Many messages in flight (max_inflight): the consumer batches, and acks arrive after
@@ -98,7 +104,7 @@ class MqttWorker:
         self.client = new_client(
             self.endpoint, client_id=config.name, username=config.username,
             password=config.password, ca_certs=config.ca_certs, manual_ack=True,
-            max_inflight=1000, reconnect_delay=(1, 30),
+            max_inflight=1000, reconnect_delay=(1, 30), reconnect_on_failure=reconnect,
         )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -152,6 +158,7 @@ class MqttWorker:
                        reason: object, properties: object) -> None:
         self.connected.clear()
         if not self.stopping.is_set():
+            self.lost.set()
             log.warning("worker %s lost the broker (%s); reconnecting", self.config.name, reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
@@ -257,14 +264,23 @@ class MqttWorker:
         queueing a share of the stream for it. Retiring resumes the session, unsubscribes (no
         new share), stores what the session still held until nothing came for ``quiet_s``,
         then disconnects with a session expiry of 0 so the broker forgets the session.
+
+        Raises RetireInterrupted if the connection drops meanwhile: with ``reconnect=False``
+        (the automatic drain) that is how a worker coming back under the name ends the retire
+        (its connection takes the session over); what was stored stays stored, what was not
+        acknowledged the broker hands to the returning worker (the dedupe keys absorb copies).
         """
         self.retiring = True
         self.start()
-        if not self.unsubscribed.wait(timeout_s):
-            raise TimeoutError(f"worker {self.config.name}: no UNSUBACK from the broker")
+        deadline = time.monotonic() + timeout_s
+        while not self.unsubscribed.wait(0.2):
+            self._check_retire(deadline)
         handled, last = 0, time.monotonic()
-        deadline = last + timeout_s
         while time.monotonic() - last < quiet_s and time.monotonic() < deadline:
+            if self.lost.is_set():
+                self._abandon()
+                raise RetireInterrupted(f"worker {self.config.name}: connection lost while "
+                                        f"retiring ({handled} messages stored)")
             got = self.run_once(timeout_s=min(quiet_s, 0.5))
             if got:
                 handled, last = handled + got, time.monotonic()
@@ -278,6 +294,23 @@ class MqttWorker:
         log.info("worker %s retired: %d queued messages stored, session ended",
                  self.config.name, handled)
         return handled
+
+    def _check_retire(self, deadline: float) -> None:
+        """Give up retiring once the connection was lost or the time ran out."""
+        if self.lost.is_set():
+            self._abandon()
+            raise RetireInterrupted(f"worker {self.config.name}: connection lost while retiring")
+        if time.monotonic() > deadline:
+            self._abandon()
+            raise TimeoutError(f"worker {self.config.name}: no UNSUBACK from the broker")
+
+    def _abandon(self) -> None:
+        """Stop without ending the session: store what was prepared, drop the connection."""
+        self.flush(15.0)
+        self.stopping.set()
+        self._stop_store_thread()
+        self.client.disconnect()
+        self.client.loop_stop()
 
     def stop(self, flush_timeout_s: float = 30.0) -> None:
         """Store what was prepared, then disconnect (unacked messages stay with the broker)."""

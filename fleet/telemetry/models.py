@@ -221,3 +221,9 @@ class WorkerStats(models.Model):
     started_at = models.DateTimeField()
     heartbeat_at = models.DateTimeField()
     counters = models.JSONField(default=dict)
+    # A live peer that found this worker's heartbeat stale drains its broker session
+    # (fleet/intake/drain.py): it claims the row (drained_by, drain_until: the claim lapses
+    # unless renewed), then marks it retired. A worker that reports again clears all three.
+    drained_by = models.CharField(max_length=100, blank=True, default="")
+    drain_until = models.DateTimeField(null=True, blank=True)
+    retired_at = models.DateTimeField(null=True, blank=True)

@@ -5,8 +5,10 @@ processes (ingest, rollout controller, carousel) share the real Mosquitto. Simul
 enroll through gunicorn over HTTP (signed proof of possession, as the SDK does), send events
 all along, and take a rollout across three waves. Mid-rollout the worker holding the rollout's
 lease is killed with SIGKILL and a fourth joins. Checked: both web processes served, the lease
-moved to a live worker only after it expired, every device confirmed the new model, every
-deployment was offered once, and every event the devices sent is stored exactly once.
+moved to a live worker only after it expired, one live worker drained the dead worker's broker
+session on its own (WORKER_DEAD_AFTER_S without a heartbeat; fleet/intake/drain.py), every
+device confirmed the new model, every deployment was offered once, and every event the devices
+sent is stored exactly once.
 
 PostgreSQL only: several processes writing one SQLite file is not the deployment shown here.
 """
@@ -18,7 +20,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -43,7 +44,7 @@ from device_sdk.simulator import SimulationConfig, Simulator
 from fleet.broker.configured import reset_broker_access
 from fleet.broker.mosquitto import MosquittoInstance
 from fleet.devices.models import Device, HardwareProfile
-from fleet.telemetry.models import DeadLetter, Event, IngestedBatch
+from fleet.telemetry.models import DeadLetter, Event, IngestedBatch, WorkerStats
 from ota.models import ModelVersion
 from ota.packaging.actions import do_build_package
 from ota.rollouts import actions
@@ -57,6 +58,7 @@ HARDWARE = "stm32f746"
 FLEET = 36
 WEB_PROCESSES = 2
 LEASE_S = 3  # ROLLOUT_LEASE_S of the workers: the deployed default (15 s) would only add waiting
+DEAD_AFTER_S = 6  # WORKER_DEAD_AFTER_S of the workers (deployed default 60 s), likewise
 GUNICORN = str(ROOT / ".venv" / "bin" / "gunicorn")
 # The deploy config's access log, with the serving process's pid first (gunicorn's %(p)s).
 PID_LOG_FORMAT = '%(p)s "%(r)s" %(s)s'
@@ -200,7 +202,7 @@ def test_two_web_processes_and_three_workers_survive_a_killed_lease_holder(
         v1_path = tmp_path / "v1.tflite"
         v1_path.write_bytes(v1_bytes)
 
-        lease_env = {"ROLLOUT_LEASE_S": str(LEASE_S)}
+        lease_env = {"ROLLOUT_LEASE_S": str(LEASE_S), "WORKER_DEAD_AFTER_S": str(DEAD_AFTER_S)}
         workers: list[WorkerProcess] = [
             worker_factory(broker, name=f"scale-w{i}", rollouts=True, extra_env=lease_env)
             for i in range(3)]
@@ -289,20 +291,35 @@ def test_two_web_processes_and_three_workers_survive_a_killed_lease_holder(
                 "batches stored after the takeover")
             mark("live workers store events after the takeover")
             # The dead worker's broker session outlives it and Mosquitto goes on queueing a
-            # share of the devices' messages (events, OTA reports) for it: its unit restarts it
-            # under its name, or, as here where the fourth worker replaces it, it is retired.
-            retired = subprocess.run(
-                [sys.executable, "manage.py", "fleet_worker", "--name", victim.name,
-                 "--retire", "--no-jobs", "--no-rollouts"],
-                cwd=ROOT, env=victim.env, capture_output=True, text=True, timeout=180,
-                check=False)
-            assert retired.returncode == 0, retired.stdout + retired.stderr
-            held_back = int(re.search(r"\((\d+) queued messages stored\)",
-                                      retired.stdout).group(1))
+            # share of the devices' messages (events, OTA reports) for it. No heartbeat for
+            # WORKER_DEAD_AFTER_S: one live worker claims its row and drains the session
+            # (stores what it held, ends it), then marks the row retired.
+            drained = wait_until(lambda: WorkerStats.objects.filter(
+                worker=victim.name, retired_at__isnull=False).first(), 90,
+                f"{victim.name}'s session drained by a live worker")
+            drainer = next(w for w in workers if w.name == drained.drained_by)
+            assert drainer.running and drainer is not victim
+            line = re.search(rf"drained dead worker {re.escape(victim.name)}: (\d+) queued "
+                             r"messages stored", drainer.log())
+            assert line, drainer.log()[-3000:]
+            held_back = int(line.group(1))
+            # One drain, by one worker; no live worker was taken for dead.
+            claims = {w.name: re.findall(r"peer (\S+) sent no heartbeat", w.log())
+                      for w in workers if w is not victim}
+            assert claims == {w: [victim.name] if w == drainer.name else [] for w in claims}, (
+                claims)
+            live_rows = WorkerStats.objects.exclude(worker=victim.name)
+            assert set(live_rows.values_list("drained_by", flat=True)) == {""}
+            assert not live_rows.filter(retired_at__isnull=False).exists()
+            # The drainer's counters (its WorkerStats row, /metrics' fleet_worker_counter).
+            wait_until(lambda: WorkerStats.objects.get(worker=drainer.name).counters.get(
+                "worker_sessions_drained") == 1, 30, f"{drainer.name}'s drain counters")
+            counted = WorkerStats.objects.get(worker=drainer.name).counters
+            assert counted.get("worker_drained_messages") == held_back, counted
             confirmed_now = Deployment.objects.filter(
                 rollout=rollout, state=DeploymentState.CONFIRMED).count()
-            mark(f"{victim.name}'s broker session retired: {held_back} queued messages stored "
-                 f"({confirmed_now}/{FLEET} confirmed)")
+            mark(f"{victim.name}'s broker session drained by {drainer.name}: {held_back} "
+                 f"queued messages stored ({confirmed_now}/{FLEET} confirmed)")
 
             def finished() -> bool:
                 return Rollout.objects.get(pk=rollout.pk).state == RolloutState.COMPLETED

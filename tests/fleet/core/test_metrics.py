@@ -44,13 +44,31 @@ def test_metrics_parse_as_prometheus_text_with_their_types(enroll_body: dict[str
     families = {f.name: f for f in text_string_to_metric_families(response.content.decode())}
     assert {n: f.type for n, f in families.items()} == {
         "fleet_devices": "gauge", "fleet_rollouts": "gauge", "fleet_dead_letters": "counter",
-        "fleet_worker_up": "gauge", "fleet_worker_counter": "unknown"}
+        "fleet_worker_up": "gauge", "fleet_workers_retired": "gauge",
+        "fleet_worker_counter": "unknown"}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in families.values() for s in f.samples}
     assert samples[("fleet_devices", (("profile", "stm32f746"), ("state", "enrolled")))] == 1
     assert samples[("fleet_dead_letters_total", (("reason", 'odd"reason'),))] == 1
     assert samples[("fleet_worker_up", (("worker", "w1"),))] == 0  # no report for 5 minutes
     assert samples[("fleet_worker_counter", (("counter", "batches"), ("worker", "w1")))] == 2
+
+
+def test_metrics_leave_retired_workers_out_of_up_and_count_them() -> None:
+    """A dead worker drained by a peer is not expected back: no fleet_worker_up 0 forever."""
+    now = timezone.now()
+    WorkerStats.objects.create(worker="dead", started_at=now, heartbeat_at=now
+                               - timezone.timedelta(hours=1), retired_at=now,
+                               drained_by="live", counters={"events_stored": 3})
+    WorkerStats.objects.create(worker="live", started_at=now, heartbeat_at=now,
+                               counters={"worker_sessions_drained": 1})
+    with override_settings(METRICS_PUBLIC=True):
+        body = Client().get("/metrics").content.decode()
+    assert 'fleet_worker_up{worker="live"} 1.0' in body
+    assert 'fleet_worker_up{worker="dead"}' not in body
+    assert "fleet_workers_retired 1.0" in body
+    assert 'fleet_worker_counter{counter="worker_sessions_drained",worker="live"} 1.0' in body
+    assert 'fleet_worker_counter{counter="events_stored",worker="dead"} 3.0' in body
 
 
 def test_metrics_refuse_remote_callers_without_the_token() -> None:

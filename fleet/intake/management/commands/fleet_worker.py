@@ -15,11 +15,10 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from device_sdk.mqtt import paho_speedup
-from device_sdk.protocol.topics import Channel
-from fleet.intake.consumers import Consumers
-from fleet.intake.deployments import DeploymentConsumers
+from fleet.intake.assemble import build_worker
+from fleet.intake.drain import Drainer
 from fleet.intake.stats import save_worker_stats
-from fleet.intake.worker import MqttWorker, WorkerConfig
+from fleet.intake.worker import MqttWorker
 from ota.rollouts.delivery import OtaDelivery
 
 log = logging.getLogger("fleet.worker")
@@ -49,28 +48,14 @@ class Command(BaseCommand):
         if not opts["no_paho_speedup"]:
             # paho's per-message decoding was most of the receive thread (paho_speedup.py).
             paho_speedup.install()
-        consumers = Consumers()
-        worker = MqttWorker(
-            WorkerConfig(
-                mqtt_url=settings.MQTT_URL, username=settings.MQTT_WORKER_USERNAME,
-                password=settings.MQTT_WORKER_PASSWORD, name=name,
-                group=settings.MQTT_WORKER_GROUP,
-                ca_certs=settings.MQTT_CA_FILE or None,
-            ),
-            consumers,
-        )
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
-        # The carousel serves the rollouts whose lease this worker holds: one sender per package.
-        delivery = OtaDelivery(worker, consumers.counters, owner=name)
-        deployments = DeploymentConsumers(delivery, consumers.directory)
-        consumers.register(Channel.OTA_GET, deployments.consume_chunk_requests)
-        consumers.register(Channel.OTA_REPORT, deployments.consume_reports)
-        if opts["retire"]:
+        worker, consumers, delivery = build_worker(name)
+        if opts["retire"]:  # by hand; live workers do it on their own (fleet/intake/drain.py)
             handled = worker.retire()
             self.stdout.write(f"worker {name} retired ({handled} queued messages stored)\n")
             return
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
         if not opts["no_jobs"]:
             threading.Thread(target=_jobs_loop, args=(name, stop), daemon=True,
                              name="jobs").start()
@@ -83,16 +68,21 @@ class Command(BaseCommand):
         worker.start()
         log.info("worker %s started (ingest, OTA%s%s)", name,
                  "" if opts["no_jobs"] else ", jobs", "" if opts["no_rollouts"] else ", rollouts")
+        # Heartbeats well inside WORKER_DEAD_AFTER_S, so that peers never take this one for dead.
+        stats_every_s = min(STATS_EVERY_S, settings.WORKER_DEAD_AFTER_S / 4)
+        drainer = Drainer(name, consumers.counters)
         last_stats = 0.0
         while not stop.is_set():
             worker.run_once(timeout_s=0.5)
-            if time.monotonic() - last_stats > STATS_EVERY_S:
+            if time.monotonic() - last_stats > stats_every_s:
                 last_stats = time.monotonic()
                 try:
                     save_worker_stats(name, started, consumers.counters)
+                    drainer.tick()  # a dead peer's broker session, drained in a thread
                 except Exception:
-                    log.exception("could not save worker stats")
+                    log.exception("could not save worker stats or look for dead peers")
         worker.stop()
+        drainer.join(timeout_s=30.0)
         log.info("worker %s stopped", name)
 
 
