@@ -30,9 +30,10 @@ _loaded: dict[str, ctypes.CDLL | None] = {}
 
 def load_library(path: Path | str | None = None) -> ctypes.CDLL | None:
     """Load the decoder library (``path``, else ``TML_TRANSFER_LIB``, else the default build);
-    return None when it is not built or is turned off. Loaded once per path."""
+    return None when it is not built or is turned off. Loaded once per path; a library not
+    built yet is looked for again next time (a test may build it after a simulator ran)."""
     chosen = str(path or os.environ.get("TML_TRANSFER_LIB") or DEFAULT_LIBRARY)
-    if chosen in _loaded:
+    if _loaded.get(chosen) is not None:
         return _loaded[chosen]
     lib: ctypes.CDLL | None = None
     if chosen != "none" and Path(chosen).is_file():
