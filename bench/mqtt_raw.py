@@ -11,28 +11,9 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
+from device_sdk.mqtt.wire import mqtt_str, packet
+
 PUBACK = 4  # packet type (first byte >> 4)
-
-
-def varint(value: int) -> bytes:
-    """Encode an MQTT variable byte integer."""
-    out = bytearray()
-    while True:
-        value, digit = value >> 7, value & 0x7F
-        out.append(digit | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def mqtt_str(text: str | bytes) -> bytes:
-    """Encode an MQTT UTF-8 string (two-byte length, then the bytes)."""
-    data = text.encode() if isinstance(text, str) else text
-    return len(data).to_bytes(2, "big") + data
-
-
-def mqtt_packet(first_byte: int, body: bytes) -> bytes:
-    """Frame a packet: its first byte, the remaining length, the body."""
-    return bytes([first_byte]) + varint(len(body)) + body
 
 
 def mqtt_packets(buffer: bytearray) -> list[tuple[int, bytes]]:
@@ -57,7 +38,7 @@ def mqtt_packets(buffer: bytearray) -> list[tuple[int, bytes]]:
 
 def publish_packet(topic: bytes, packet_id: int, payload: bytes) -> bytes:
     """A QoS 1 PUBLISH of ``payload`` on an encoded ``topic`` (no properties)."""
-    return mqtt_packet(0x32, topic + packet_id.to_bytes(2, "big") + b"\x00" + payload)
+    return packet(0x32, topic + packet_id.to_bytes(2, "big") + b"\x00" + payload)
 
 
 @dataclass(eq=False)  # one object per connection: hashed by identity
@@ -103,7 +84,7 @@ def connect_device(host: str, port: int, uid: str, password: str) -> RawDevice:
     sock = socket.create_connection((host, port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     variable = mqtt_str("MQTT") + bytes([5, 0xC2]) + (60).to_bytes(2, "big") + b"\x00"
-    sock.sendall(mqtt_packet(0x10, variable + mqtt_str(uid) + mqtt_str(uid) + mqtt_str(password)))
+    sock.sendall(packet(0x10, variable + mqtt_str(uid) + mqtt_str(uid) + mqtt_str(password)))
     buffer = bytearray()
     while not (packets := mqtt_packets(buffer)):
         chunk = sock.recv(4096)

@@ -55,6 +55,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from device_sdk.mqtt.wire import mqtt_str, packet
 from fleet.broker.access import (
     BrokerCommandError,
     BrokerUnavailable,
@@ -75,20 +76,6 @@ __all__ = ["DeviceCA", "X509Access", "device_patterns", "merge_grants", "write_b
 
 log = logging.getLogger(__name__)
 
-def _mqtt_str(text: str) -> bytes:
-    data = text.encode()
-    return len(data).to_bytes(2, "big") + data
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        value, digit = value >> 7, value & 0x7F
-        out.append(digit | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 class _OneShot:
     """One MQTT 5 connection that only logs in (clean start) and leaves: enough to take a
     client id over, with none of a full client's threads."""
@@ -98,9 +85,9 @@ class _OneShot:
         import socket
 
         self.sock = socket.create_connection((host, port), timeout=timeout)
-        body = (_mqtt_str("MQTT") + bytes([5, 0xC2]) + (10).to_bytes(2, "big") + b"\x00"
-                + _mqtt_str(client_id) + _mqtt_str(username) + _mqtt_str(password))
-        self.sock.sendall(b"\x10" + _varint(len(body)) + body)
+        body = (mqtt_str("MQTT") + bytes([5, 0xC2]) + (10).to_bytes(2, "big") + b"\x00"
+                + mqtt_str(client_id) + mqtt_str(username) + mqtt_str(password))
+        self.sock.sendall(packet(0x10, body))
         head = self._read(2)
         if head[0] != 0x20:
             self.sock.close()
