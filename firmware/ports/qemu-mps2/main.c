@@ -25,10 +25,12 @@ int main(void)
 #ifdef TML_FACTORY_MODEL
     tml_mps2_factory_adopt();
 #endif
-#ifdef TML_RUNNER_TFLM
+#if defined(TML_RUNNER_TFLM)
     tml_model_runner_t *runner = tml_runner_tflm();
+#elif defined(TML_RUNNER_TEST_SOURCE)
+    tml_model_runner_t *runner = tml_runner_test_source(); /* the OTA-vector image only */
 #else
-    tml_model_runner_t *runner = tml_runner_test_source();
+#error "pick the model runner: TML_RUNNER_TFLM (shipped images) or TML_RUNNER_TEST_SOURCE"
 #endif
     tml_device_config_t cfg = {TML_DEVICE_UID, TML_HARDWARE_PROFILE, runner, keys, nkeys, 32};
     if (tml_device_init(&device, &cfg, uart_write, NULL) != TML_OK) {
