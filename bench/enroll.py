@@ -28,12 +28,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import json
 import os
 import secrets
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,8 +41,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ingest import postgres_cpu_seconds, start_postgres
-from lab import cpu_seconds, write_dynsec_devices
+from ingest import postgres_cpu_seconds, start_postgres, stop_postgres
+from lab import cpu_seconds, print_figures, remove_workdir, write_dynsec_devices
 
 HARDWARE = "stm32f746"
 
@@ -360,13 +357,9 @@ def main() -> None:
                 state["client"].loop_stop()
         for b in brokers:
             b.stop()
-        if pg is not None:
-            subprocess.run(["bash", "scripts/postgres.sh", "stop", str(pg[1]), str(pg[2])],
-                           cwd=ROOT, check=False)
-        if not os.environ.get("FLEET_BENCH_KEEP"):
-            shutil.rmtree(workdir, ignore_errors=True)
-    for item in results:
-        print(json.dumps(item))
+        stop_postgres(pg)
+        remove_workdir(workdir)
+    print_figures(results)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ import json
 import os
 import random
 import secrets
-import shutil
 import sqlite3
 import struct
 import subprocess
@@ -49,7 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 from ingest_publisher import START_MS
-from lab import cpu_seconds
+from lab import cpu_seconds, print_figures, remove_workdir
 
 READY_LINE = "subscriptions granted"
 
@@ -367,6 +366,13 @@ def start_postgres(workdir: Path) -> tuple[str, Path, int]:
     return url, folder, port
 
 
+def stop_postgres(pg: tuple[str, Path, int] | None) -> None:
+    """Stop what :func:`start_postgres` started (None: nothing was)."""
+    if pg is not None:
+        subprocess.run(["bash", "scripts/postgres.sh", "stop", str(pg[1]), str(pg[2])],
+                       cwd=ROOT, check=False)
+
+
 def main() -> None:
     """Run the benchmark and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -443,15 +449,9 @@ def main() -> None:
                         "baseline": 0, "ratio": None})
     finally:
         broker.stop()
-        if pg is not None:
-            subprocess.run(["bash", "scripts/postgres.sh", "stop", str(pg[1]), str(pg[2])],
-                           cwd=ROOT, check=False)
-        if not os.environ.get("FLEET_BENCH_KEEP"):
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            log(f"kept {workdir}")
-    for item in results:
-        print(json.dumps(item))
+        stop_postgres(pg)
+        remove_workdir(workdir)
+    print_figures(results)
 
 
 if __name__ == "__main__":

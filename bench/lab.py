@@ -195,9 +195,8 @@ class CpuMeter:
         return self.figures
 
 
-def finish(workdir: Path, started: float, results: list[dict[str, Any]]) -> None:
-    """Remove ``workdir`` (kept with FLEET_BENCH_KEEP=1), then print the figures as JSON lines
-    on stdout (progress went to stderr)."""
+def remove_workdir(workdir: Path) -> None:
+    """Remove a bench's temporary folder, unless FLEET_BENCH_KEEP=1 asks to keep it."""
     import shutil
     import sys
 
@@ -205,6 +204,18 @@ def finish(workdir: Path, started: float, results: list[dict[str, Any]]) -> None
         print(f"kept {workdir}", file=sys.stderr, flush=True)
     else:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"total {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+
+
+def print_figures(results: list[dict[str, Any]]) -> None:
+    """Print the figures as JSON lines on stdout (progress went to stderr)."""
     for item in results:
         print(json.dumps(item))
+
+
+def finish(workdir: Path, started: float, results: list[dict[str, Any]]) -> None:
+    """Remove ``workdir`` (kept with FLEET_BENCH_KEEP=1), then print the figures."""
+    import sys
+
+    remove_workdir(workdir)
+    print(f"total {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+    print_figures(results)

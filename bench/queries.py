@@ -24,11 +24,8 @@ Run: ``.venv/bin/python bench/queries.py [--quick]`` (quick: 1M events from 1,00
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,9 +36,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-
-from ingest import start_postgres  # noqa: E402
+import numpy as np
+from ingest import start_postgres, stop_postgres
+from lab import print_figures, remove_workdir
 
 DAYS = 30
 
@@ -282,13 +279,9 @@ def main() -> None:
              "ratio": round(worst_dev / 50, 3), "worst_of": dev, **common},
         ]
     finally:
-        if pg is not None:
-            subprocess.run(["bash", "scripts/postgres.sh", "stop", str(pg[1]), str(pg[2])],
-                           cwd=ROOT, check=False)
-        if not os.environ.get("FLEET_BENCH_KEEP"):
-            shutil.rmtree(workdir, ignore_errors=True)
-    for item in results:
-        print(json.dumps(item))
+        stop_postgres(pg)
+        remove_workdir(workdir)
+    print_figures(results)
 
 
 if __name__ == "__main__":

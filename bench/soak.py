@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -58,8 +57,9 @@ from ingest import (
     django_env,
     postgres_cpu_seconds,
     start_postgres,
+    stop_postgres,
 )
-from lab import cpu_seconds
+from lab import cpu_seconds, print_figures, remove_workdir
 from soak_publisher import PER_BATCH, run_publisher
 
 READY_LINE = "subscriptions granted"
@@ -431,15 +431,9 @@ def main() -> None:
             if p.poll() is None:
                 p.kill()
         broker.stop()
-        if pg is not None:
-            subprocess.run(["bash", "scripts/postgres.sh", "stop", str(pg[1]), str(pg[2])],
-                           cwd=ROOT, check=False)
-        if not os.environ.get("FLEET_BENCH_KEEP"):
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            log(f"kept {workdir}")
-    for item in results:
-        print(json.dumps(item))
+        stop_postgres(pg)
+        remove_workdir(workdir)
+    print_figures(results)
 
 
 if __name__ == "__main__":
