@@ -41,6 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from enroll_http import RATE, enroll_over_http, http_statements, start_web
 from ingest import postgres_cpu_seconds, start_postgres, stop_postgres
 from lab import cpu_seconds, print_figures, remove_workdir, write_dynsec_devices
 
@@ -106,28 +107,46 @@ class Timer:
 
     def __init__(self, token: str, pg_folder: Path) -> None:
         self.token, self.pg_folder = token, pg_folder
-        self.caps = {"firmware_version": "bench-1", "tflm_version": "bench", "ops": [],
-                     "arena_bytes": 100_000, "slot_bytes": 500_000, "pointer_bits": 32}
+        from fleet.devices.models import HardwareProfile
+
+        # What a conforming device of the profile reports (a contradiction would be logged).
+        profile = HardwareProfile.objects.get(name=HARDWARE)
+        self.caps = {"firmware_version": "bench-1", "tflm_version": "bench",
+                     "ops": profile.supported_ops, "arena_bytes": profile.arena_ram_bytes,
+                     "slot_bytes": profile.model_slot_bytes, "pointer_bits": 32}
         self.cpu_ms: dict[str, float] = {}
 
     def run(self, count: int) -> tuple[list[float], list[tuple[Any, Any, str]]]:
         from cryptography.hazmat.primitives.asymmetric import ed25519
 
-        from testkit.enrollment import enroll_in_process
+        from device_sdk.client.identity import public_key_pem, sign_enrollment
+        from fleet.devices.actions import EnrollmentProof, do_enroll_device
+        from fleet.devices.proof import issue_nonce
 
-        keys = [ed25519.Ed25519PrivateKey.generate() for _ in range(count)]
+        # The devices' side first (key, the server's nonce, the device's signature, as
+        # testkit.enrollment does it), so that the timed part and its CPU are the server's.
+        requests = []
+        for _ in range(count):
+            key = ed25519.Ed25519PrivateKey.generate()
+            nonce = issue_nonce()
+            requests.append((key, public_key_pem(key), EnrollmentProof(
+                nonce, sign_enrollment(key, nonce=nonce, token=self.token, uid="",
+                                       hardware=HARDWARE, capabilities=self.caps),
+                dict(self.caps))))
         times, out = [], []
-        cpu0 = time.process_time(), own_postgres_cpu_seconds(self.pg_folder)
-        for key in keys:
+        pg0 = own_postgres_cpu_seconds(self.pg_folder)
+        cpu0 = time.process_time()
+        for key, pem, proof in requests:
             started = time.perf_counter()
-            result = enroll_in_process(token=self.token, key=key, hardware=HARDWARE,
-                                       capabilities=self.caps)
+            result = do_enroll_device(token=self.token, public_key_pem=pem, hardware=HARDWARE,
+                                      capabilities=dict(self.caps), proof=proof)
             times.append((time.perf_counter() - started) * 1000)
             assert result.certificate is not None, "BROKER_ACCESS=x509 issues a certificate"
             out.append((result.device, key, result.certificate.certificate_pem))
         # CPU per enrollment holds up better than wall time on a shared machine.
-        self.cpu_ms = {"server": (time.process_time() - cpu0[0]) / count * 1000,
-                       "postgres": (own_postgres_cpu_seconds(self.pg_folder) - cpu0[1])
+        server = time.process_time() - cpu0
+        self.cpu_ms = {"server": server / count * 1000,
+                       "postgres": (own_postgres_cpu_seconds(self.pg_folder) - pg0)
                        / count * 1000}
         return times, out
 
@@ -150,7 +169,9 @@ class Timer:
         profiler = cProfile.Profile(time.process_time)
         profiler.runcall(self.run, count)
         out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(30)
+        stats = pstats.Stats(profiler, stream=out)
+        stats.sort_stats("cumulative").print_stats(40)
+        stats.sort_stats("tottime").print_stats(25)
         log(f"CPU profile of {count} enrollments:\n{out.getvalue()}")
 
 
@@ -204,6 +225,8 @@ def main() -> None:
     parser.add_argument("--fleet", type=int, help="devices already enrolled (100k; quick 5k)")
     parser.add_argument("--measure", type=int, help="timed enrollments per point (300; quick 60)")
     parser.add_argument("--dynsec", type=int, default=3, help="timed dynsec enrollments")
+    parser.add_argument("--http", type=int,
+                        help="timed enrollments over HTTP, through gunicorn (100; quick 20)")
     parser.add_argument("--connect", type=int, default=20)
     parser.add_argument("--revoke", type=int, default=5)
     parser.add_argument("--profile", action="store_true",
@@ -212,6 +235,7 @@ def main() -> None:
     args = parser.parse_args()
     args.fleet = args.fleet or (5_000 if args.quick else 100_000)
     args.measure = args.measure or (30 if args.quick else 300)
+    args.http = args.http or (20 if args.quick else 100)
     if args.quick:
         args.dynsec = min(args.dynsec, 2)
 
@@ -225,6 +249,7 @@ def main() -> None:
     brokers: list[Any] = []
     results: list[dict[str, Any]] = []
     clients: list[Any] = []
+    web = None
     try:
         pg = start_postgres(workdir)
         admin_password = secrets.token_urlsafe(16)
@@ -241,6 +266,10 @@ def main() -> None:
             "MQTT_ADMIN_USERNAME": broker.admin_username, "MQTT_ADMIN_PASSWORD": admin_password,
             "BROKER_ACCESS": "x509", "BROKER_X509_DIR": str(pki),
             "BROKER_PID_FILE": str(broker.pid_file), "FLEET_LOG_LEVEL": "WARNING",
+            "MQTT_CA_FILE": str(broker.ca_cert),
+            # HTTP on loopback (nginx terminates TLS in a deployment); rate limits that never
+            # throttle this one client address (enroll_http.RATE).
+            "SECURE_SSL_REDIRECT": "0", "ENROLL_RATE": RATE, "ENROLL_CHALLENGE_RATE": RATE,
             "PYTHONPATH": str(ROOT)})
         import django
 
@@ -257,7 +286,7 @@ def main() -> None:
         broker.start()
         _, token = do_create_enrollment_token(
             actor=None, expires_at=timezone.now() + timezone.timedelta(days=1),
-            max_uses=2 * args.measure + 120)  # warm-up, statements, profile
+            max_uses=2 * args.measure + args.http + 120)  # warm-up, statements, profile
         timer = Timer(token, pg[1])
         timer.run(5)  # warm-up: imports, connections, caches
         empty_times, _ = timer.run(args.measure)
@@ -277,6 +306,26 @@ def main() -> None:
         statements = timer.statements()
         if args.profile:
             timer.profile(100)
+        # Over HTTP, as a device enrolls: gunicorn (deploy config), the SDK's enroll.
+        http_statement_count = http_statements(token, HARDWARE, timer.caps)
+        web = start_web(workdir, free_port())
+        http_folder = workdir / "http-devices"
+        enroll_over_http(web, token, HARDWARE, timer.caps, http_folder / "warm-up", 3)
+        pg0, web0 = own_postgres_cpu_seconds(pg[1]), web.cpu_seconds()
+        device0 = time.process_time()
+        http_load_before = load_average()
+        http_times, _ = enroll_over_http(web, token, HARDWARE, timer.caps, http_folder,
+                                         args.http)
+        http_load_after = load_average()
+        http_cpu = {"web": (web.cpu_seconds() - web0) / args.http * 1000,
+                    "postgres": (own_postgres_cpu_seconds(pg[1]) - pg0) / args.http * 1000,
+                    "device": (time.process_time() - device0) / args.http * 1000}
+        http_cpu = {k: round(v, 2) for k, v in http_cpu.items()}
+        web.stop()
+        web = None
+        http = summary(http_times)
+        log(f"x509 over HTTP, {args.fleet:,} devices: {http}; per enrollment (ms): {http_cpu}; "
+            f"{http_statement_count} statements")
         # Enrolled devices use their certificates at the broker.
         folder = workdir / "devices"
         folder.mkdir()
@@ -341,6 +390,16 @@ def main() -> None:
              "baseline_is": f"dynsec provision_device alone at the same fleet size (n="
                             f"{dynsec['n']}, {refused_5s} over the 5 s admin timeout)",
              "cpu_ms": cpu, "statements_per_enrollment": statements, **common},
+            {"metric": "enroll_http_ms_per_device", "value": http["mean"], "unit": "ms",
+             "baseline": full["mean"], "ratio": round(http["mean"] / full["mean"], 4),
+             "baseline_is": "enroll_ms_per_device: the action alone, in process",
+             "backend": "x509", "p50": http["p50"], "p95": http["p95"], "n": http["n"],
+             "cpu_ms": http_cpu, "statements_per_enrollment": http_statement_count,
+             "path": "device_sdk enroll: POST challenge + POST enroll, gunicorn "
+                     "deploy/gunicorn.conf.py, 1 web process, loopback HTTP",
+             "throttle": f"ENROLL_RATE=ENROLL_CHALLENGE_RATE={RATE}: counted, never throttles",
+             "fleet_devices": args.fleet, "load_avg_before": http_load_before,
+             "load_avg_after": http_load_after},
             {"metric": "enroll_ms_per_device_empty_fleet", "value": empty["mean"], "unit": "ms",
              "baseline": None, "ratio": None, "backend": "x509", "p50": empty["p50"],
              "p95": empty["p95"], "n": empty["n"], "fleet_devices": 0},
@@ -352,6 +411,8 @@ def main() -> None:
              "reconnect_refused": refused, **common},
         ]
     finally:
+        if web is not None:
+            web.stop()
         for state in clients:
             with contextlib.suppress(RuntimeError, OSError):  # already stopped
                 state["client"].loop_stop()

@@ -9,7 +9,6 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from device_sdk.protocol.enrollment import enrollment_message
@@ -17,8 +16,10 @@ from fleet.audit.actions import record_audit
 from fleet.broker.access import DeviceCertificate, IssuesDeviceCertificates
 from fleet.broker.configured import broker_access, require_broker_access
 from fleet.core.errors import Refused
+from fleet.core.rows import insert_row
 from fleet.devices.capabilities import capability_issues
 from fleet.devices.choices import DeviceState, TokenState
+from fleet.devices.claims import claim_context, give_back_claim, take_claim
 from fleet.devices.credentials import (
     InvalidPublicKey,
     default_uid,
@@ -161,15 +162,15 @@ def do_enroll_device(
     message = enrollment_message(nonce=proof.nonce, token=token, uid=uid or "", hardware=hardware,
                                  capabilities=proof.capabilities, via=via.uid if via else "")
     check_proof(key.pem, message, proof.nonce, proof.signature)
-
-    claim = _one(EnrollmentToken.objects.select_for_update()
-                 .filter(token_hash=hash_secret(token)))
+    derived = default_uid(key.fingerprint)
+    claim = take_claim(hash_secret(token))  # locks the token row until the commit
     if claim is None:
         raise EnrollmentError("token_unknown", "No such enrollment token.", 403)
     if claim.revoked_at is not None:
         raise EnrollmentError(*_TOKEN_REFUSALS[TokenState.REVOKED], 403)
-
-    profile = _one(HardwareProfile.objects.filter(name=hardware))
+    context = claim_context(claim, hardware=hardware, fingerprint=key.fingerprint,
+                            uid=uid or derived)
+    profile = context.profile
     if profile is None:
         raise EnrollmentError("unknown_hardware", f"No hardware profile named {hardware!r}.", 400)
     if claim.hardware_profile_id is not None and claim.hardware_profile_id != profile.id:
@@ -179,41 +180,38 @@ def do_enroll_device(
             403,
         )
 
-    derived = default_uid(key.fingerprint)
-    # One query for both questions: is this key enrolled, and is the uid asked for taken?
-    found = list(Device.objects.select_for_update().order_by().filter(
-        Q(public_key_fingerprint=key.fingerprint) | Q(uid=uid or derived)))
-    existing = next((d for d in found if d.public_key_fingerprint == key.fingerprint), None)
-    if existing is not None:
+    if context.key_device_id is not None:  # this key is enrolled: the same device again
+        give_back_claim(claim)
+        existing = Device.objects.select_for_update().get(pk=context.key_device_id)
         return _re_enroll(existing, claim, uid, profile, capabilities, via, remote_addr)
 
     uid = uid or derived
-    if not claim.admits_uid(uid, derived) or found:  # found: the uid has another key
+    # The uid taken (by another key) or not admitted: refused alike.
+    if not claim.admits_uid(uid, derived) or context.uid_device_id is not None:
         raise EnrollmentError(*_UID_REFUSAL, 403)
     state = claim.state
     if state != TokenState.ACTIVE:
         raise EnrollmentError(*_TOKEN_REFUSALS[state], 403)
 
-    device = Device.objects.create(
+    device = insert_row(Device(
         uid=uid,
         name=name,
         hardware_profile=profile,
-        group=claim.group,
+        group_id=claim.group_id,
         public_key_pem=key.pem,
         public_key_fingerprint=key.fingerprint,
         key_algorithm=key.algorithm,
         enrolled_with=claim,
         enrolled_via=via,
         **_capability_fields(capabilities, profile),
-    )
-    claim.uses += 1
-    claim.save(update_fields=["uses"])
+    ))
+    claim.uses += 1  # take_claim counted it in the row
     password, certificate = _provision(device)
     if via is not None:
         _attach_to_gateway(via, device)
     record_audit(
         actor=None, actor_label=f"device:{uid}", action="device.enroll", obj=device,
-        after={"hardware": profile.name, "group": claim.group and claim.group.name,
+        after={"hardware": profile.name, "group": context.group_name,
                "token": claim.prefix, "key": key.fingerprint[:16],
                "via": via.uid if via else None},
         remote_addr=remote_addr,
@@ -221,13 +219,6 @@ def do_enroll_device(
     log.info("device %s enrolled (%s, token %s…%s)", uid, profile.name, claim.prefix,
              f", via gateway {via.uid}" if via else "")
     return EnrollmentResult(device, uid, password, created=True, certificate=certificate)
-
-
-def _one(rows: QuerySet[Any]) -> Any:
-    """Return the row a lookup on a unique column finds, or None, without the ORDER BY that
-    ``first()`` adds (CPU in the ORM, on the path of every enrollment)."""
-    found = list(rows.order_by()[:1])
-    return found[0] if found else None
 
 
 def _re_enroll(
