@@ -9,26 +9,18 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from cryptography import x509
-from django.test import override_settings
 
 from device_sdk.client import DeviceClient
 from device_sdk.client.identity import DeviceIdentity, EnrollmentError, enroll
 from device_sdk.protocol.events import Event
 from device_sdk.protocol.status import Capabilities
-from fleet.broker.access import ServiceRole
-from fleet.broker.configured import reset_broker_access
-from fleet.broker.mosquitto import MosquittoInstance
-from fleet.broker.x509 import X509Access, write_broker_template
-from testkit.broker import free_port, require_mosquitto
-from testkit.worker import WorkerProcess, worker_env
+from tests.device_sdk.conftest import X509Fleet
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -36,52 +28,6 @@ CAPS = Capabilities(firmware_version="x509 1.0", tflm_version="tflite-micro test
                     ops=["FULLY_CONNECTED"], arena_bytes=65_536, slot_bytes=262_144,
                     pointer_bits=64)
 NOT_AUTHORIZED = 135
-
-
-@dataclass
-class X509Fleet:
-    server: str
-    broker: MosquittoInstance
-    access: X509Access
-    device_port: int
-
-
-@pytest.fixture
-def x509_fleet(tmp_path: Path, live_server: Any, hardware_profile: Any) -> Iterator[X509Fleet]:
-    """A Mosquitto with certificate-only device access, the live server issuing the devices'
-    certificates (BROKER_ACCESS=x509) and a real worker storing what devices send."""
-    require_mosquitto()
-    pki, device_port = tmp_path / "pki", free_port()
-    tmp_path.chmod(0o755)  # the broker's user reads the CA, CRL and ACL files
-    broker = MosquittoInstance(tmp_path / "broker", free_port(), free_port(),
-                               secrets.token_urlsafe(16),
-                               template=write_broker_template(pki, device_port))
-    access = X509Access(pki, admin=(broker.host, broker.port, broker.admin_username,
-                                    broker.admin_password), pid_file=broker.pid_file,
-                        device_listener=(broker.host, device_port))
-    access.ensure_admin()
-    broker.start()
-    worker_user, worker_password = "x509-worker", secrets.token_urlsafe(16)
-    access.provision_service(worker_user, worker_password, ServiceRole.WORKER)
-    env = worker_env(broker, worker_user, worker_password, "x509-ingest", tmp_path / "wvar")
-    env.update({"BROKER_ACCESS": "x509", "BROKER_X509_DIR": str(pki),
-                "BROKER_PID_FILE": str(broker.pid_file)})
-    (tmp_path / "wvar").mkdir()
-    worker = WorkerProcess("x509-w", env, tmp_path / "worker.log", broker)
-    settings = {"BROKER_ACCESS": "x509", "BROKER_X509_DIR": pki,
-                "BROKER_PID_FILE": broker.pid_file, "MQTT_URL": broker.url,
-                "MQTT_DEVICE_URL": f"mqtts://127.0.0.1:{device_port}",
-                "MQTT_ADMIN_USERNAME": broker.admin_username,
-                "MQTT_ADMIN_PASSWORD": broker.admin_password, "MQTT_CA_FILE": str(broker.ca_cert)}
-    reset_broker_access()
-    try:
-        with override_settings(**settings):
-            worker.start()
-            yield X509Fleet(str(live_server.url), broker, access, device_port)
-    finally:
-        worker.stop()
-        reset_broker_access()
-        broker.stop()
 
 
 def enroll_device(fleet: X509Fleet, state: Path, token: str, uid: str) -> DeviceIdentity:

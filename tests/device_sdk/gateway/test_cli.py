@@ -15,8 +15,7 @@ import os
 import signal
 import stat
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,6 @@ from fleet.core.roles import Role
 from fleet.devices.models import Device, Gateway
 from tests.device_sdk.gateway.fake_mcu import CAPS, FakeMcu
 
-ROOT = Path(__file__).resolve().parents[3]
 T0 = 1_767_225_600_000
 
 
@@ -46,25 +44,6 @@ def test_an_incomplete_config_is_refused_with_status_1(tmp_path: Path) -> None:
                                   "mqtt": {"url": "mqtt://127.0.0.1:1", "credential": "x"}}))
     assert main(["--port", "loop://", "--config", str(config)]) == 1
     assert main(["--port", "loop://", "--config", str(tmp_path / "missing.json")]) == 1
-
-
-@pytest.fixture
-def gateway_process(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Start ``python -m device_sdk.gateway`` subprocesses; stop them at teardown."""
-    made: list[subprocess.Popen[str]] = []
-
-    def start(*args: str) -> subprocess.Popen[str]:
-        log = (tmp_path / f"gateway-{len(made)}.log").open("w")
-        made.append(subprocess.Popen(
-            [sys.executable, "-m", "device_sdk.gateway", *args], cwd=ROOT, text=True,
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
-        return made[-1]
-
-    yield start
-    for process in made:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
 
 
 @pytest.mark.integration
