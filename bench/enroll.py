@@ -1,20 +1,27 @@
 """Enrollment into a big fleet on the real broker: per-device X.509 access against dynsec.
 
-Everything real but HTTP: PostgreSQL (throwaway, fsync on), ``do_enroll_device`` with the
-device's signed proof of possession (``testkit.enrollment``), and Mosquitto 2 with the X.509
-broker-access backend (``BROKER_ACCESS=x509``, ``fleet/broker/x509.py``): each timed
-enrollment is the whole ``do_enroll_device`` transaction, which signs the device's certificate
-(what the answer carries). Then:
+Everything real: PostgreSQL (throwaway, fsync on), ``do_enroll_device`` with the device's
+signed proof of possession, and Mosquitto 2 with the X.509 broker-access backend
+(``BROKER_ACCESS=x509``, ``fleet/broker/x509.py``): each timed enrollment is the whole
+``do_enroll_device`` transaction, which signs the device's certificate (what the answer
+carries). The devices' own side (key, signature over the server's nonce) is done before the
+timed loop, so the time and CPU are the server's. Then:
 
 1. ``enroll_ms_per_device`` with an empty fleet, then with ``--fleet`` devices already
    enrolled (rows in the database; 1 % of them revoked on the broker's CRL; certificates are a
    function of uid, key and CA, so there is nothing else per device to prefill), with the CPU
-   per enrollment of this process and of this run's own PostgreSQL;
-2. a sample of the devices enrolled last connect to the broker's device listener with their
+   per enrollment of this process (``server``), of this run's PostgreSQL (``postgres``: every
+   process of it) and of the backend serving the enrollments (``postgres_backend``), and the
+   statements one enrollment sends;
+2. ``enroll_http_ms_per_device``: the same fleet, enrolled as a device does it, over HTTP
+   through gunicorn with ``deploy/gunicorn.conf.py`` (``bench/enroll_http.py``; rate limits
+   raised so that the bench's one address is never throttled), with the CPU of the web
+   process, PostgreSQL and the device side, and the statements of both requests;
+3. a sample of the devices enrolled last connect to the broker's device listener with their
    certificates and publish on their own topic (``enrolled_devices_connected``);
-3. some of them are revoked with ``do_revoke_device`` while connected: the time until the
+4. some of them are revoked with ``do_revoke_device`` while connected: the time until the
    broker drops them (``revocation_seconds``, the worst) and whether their reconnection fails;
-4. baseline: dynamic security holding ``--fleet`` devices (written into its JSON while the
+5. baseline: dynamic security holding ``--fleet`` devices (written into its JSON while the
    broker is stopped, as ``bench/lab.py`` does): the broker step of a few enrollments alone
    (``DynsecAccess.provision_device`` with a long timeout: at 100,000 devices one takes longer
    than the server's 5 s admin timeout, so a real enrollment would be refused with 503).
