@@ -13,8 +13,6 @@ from rest_framework import exceptions, status
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
-from rest_framework.views import exception_handler as drf_exception_handler
-from rest_framework.views import set_rollback
 
 from fleet.core.errors import Refused
 
@@ -63,6 +61,12 @@ def refused_response(exc: Refused) -> Response:
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Render every API error as ``{"reason", "detail"[, "fields"]}``; a ``Refused`` from an
     action also carries its ``extra`` fields, so views never translate refusals by hand."""
+    # rest_framework.views is imported here, not at the top: its APIView reads
+    # DEFAULT_CONTENT_NEGOTIATION_CLASS (this module's QueryFormatNegotiation) when it is
+    # defined, so importing it first made this module unimportable on its own.
+    from rest_framework.views import exception_handler as drf_exception_handler
+    from rest_framework.views import set_rollback
+
     if isinstance(exc, Refused):
         set_rollback()  # as DRF does for its own errors: nothing of a refused request stays
         return refused_response(exc)
