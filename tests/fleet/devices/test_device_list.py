@@ -1,0 +1,173 @@
+"""The device list's lean path (fleet/devices/api/listing.py): the same rows as
+``DeviceSerializer``, the same devices for every filter the bench times, a fixed handful of
+queries that read only what the page shows, and (PostgreSQL) counts served by the indexes of
+migration devices 0012."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from fleet.devices.api.serializers import DeviceSerializer
+from fleet.devices.models import Device, DeviceGroup, HardwareProfile, Tag
+
+pytestmark = pytest.mark.django_db
+
+NOW = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+def fleet() -> list[Device]:
+    """40 devices over 2 profiles, 3 groups (and none), 4 tags, states, revocations, seen
+    times (some never), capabilities and issues: every column a row shows, varied."""
+    profiles = list(HardwareProfile.objects.order_by("name")[:2])
+    groups = [DeviceGroup.objects.create(name=f"site-{i}") for i in range(3)]
+    tags = [Tag.objects.create(name=name) for name in ("zeta", "alpha", "mid", "batch-7")]
+    devices = []
+    for i in range(40):
+        revoked = i % 7 == 6
+        devices.append(Device(
+            uid=f"unit-{(i * 17) % 40:03d}", name=f"sensor {i}",
+            hardware_profile=profiles[i % 2], group=groups[i % 3] if i % 4 else None,
+            public_key_pem="-", public_key_fingerprint=f"{i:064x}", key_algorithm="ed25519",
+            state="revoked" if revoked else ["online", "offline", "enrolled"][i % 3],
+            revoked_at=NOW if revoked else None,
+            first_seen=None if i % 5 == 0 else NOW - timedelta(days=40),
+            last_seen=None if i % 5 == 0 else NOW - timedelta(hours=i * 3, microseconds=i),
+            firmware_version=f"1.{i % 3}.0", tflm_version="2.16" if i % 2 else "",
+            capabilities={"ops": ["CONV_2D"], "arena_bytes": 1000 + i} if i % 3 else {},
+            capability_issues=[{"code": "arena", "message": "small"}] if i % 9 == 0 else []))
+    Device.objects.bulk_create(devices)
+    devices = list(Device.objects.order_by("uid"))
+    for i, device in enumerate(devices):
+        device.tags.set([tags[j] for j in range(4) if (i >> j) & 1])
+    return devices
+
+
+def _all(client: Any, params: dict[str, Any]) -> dict[str, Any]:
+    response = client.get("/api/v1/devices/", {"limit": 500, **params})
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def test_rows_are_the_serializers(api_client_for: Callable, fleet: list[Device]) -> None:  # type: ignore[type-arg]
+    body = _all(api_client_for("viewer"), {})
+    expected = DeviceSerializer(Device.objects.order_by("uid"), many=True).data
+    assert body["count"] == 40
+    # Key order too: clients that print columns in answer order see no change.
+    assert [list(row) for row in body["results"]] == [list(row) for row in expected]
+    assert body["results"] == json.loads(json.dumps(expected, default=str))
+    assert any(row["tags"] == ["alpha", "batch-7", "mid", "zeta"] for row in body["results"])
+    assert any(row["group"] is None and row["last_seen"] is None for row in body["results"])
+
+
+def test_unpaged_list_has_the_same_rows(api_client_for: Callable, fleet: list[Device],  # type: ignore[type-arg]
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fleet.devices.api.views import DeviceViewSet
+
+    paged = _all(api_client_for("viewer"), {})["results"]
+    monkeypatch.setattr(DeviceViewSet, "pagination_class", None)
+    assert api_client_for("viewer").get("/api/v1/devices/").json() == paged
+
+
+def _uids(devices: list[Device], keep: Callable[[Device], bool]) -> list[str]:
+    return sorted(d.uid for d in devices if keep(d))
+
+
+def test_filters_select_exactly_their_devices(api_client_for: Callable,  # type: ignore[type-arg]
+                                              fleet: list[Device]) -> None:
+    client = api_client_for("viewer")
+    profile = fleet[0].hardware_profile.name
+    tag = Tag.objects.get(name="mid")
+    seen = NOW - timedelta(hours=40)
+    cases = [
+        ({"hardware_profile": profile, "state": "online"},
+         _uids(fleet, lambda d: d.hardware_profile.name == profile and d.state == "online")),
+        ({"group": "site-1", "revoked": "false"},
+         _uids(fleet, lambda d: d.group is not None and d.group.name == "site-1"
+               and d.revoked_at is None)),
+        ({"group": "site-1", "revoked": "true"},
+         _uids(fleet, lambda d: d.group is not None and d.group.name == "site-1"
+               and d.revoked_at is not None)),
+        ({"tag": "mid"}, _uids(fleet, lambda d: tag in d.tags.all())),
+        ({"state": "offline"}, _uids(fleet, lambda d: d.state == "offline")),
+        ({"search": "unit-01"}, _uids(fleet, lambda d: "unit-01" in d.uid)),
+    ]
+    for params, expected in cases:
+        body = _all(client, params)
+        assert [row["uid"] for row in body["results"]] == expected, params
+        assert body["count"] == len(expected), params
+    recent = _all(client, {"last_seen_after": seen.isoformat(), "ordering": "-last_seen"})
+    expected = sorted((d for d in fleet if d.last_seen and d.last_seen >= seen),
+                      key=lambda d: d.last_seen, reverse=True)  # type: ignore[arg-type, return-value]
+    assert [row["uid"] for row in recent["results"]] == [d.uid for d in expected]
+    assert recent["count"] == len(expected) > 0
+    # The bench's deep page: the window of the uid-ordered offline devices.
+    offline = _uids(fleet, lambda d: d.state == "offline")
+    page = _all(client, {"state": "offline", "offset": 3, "limit": 4})
+    assert [row["uid"] for row in page["results"]] == offline[3:7]
+    assert page["count"] == len(offline)
+    assert _all(client, {"state": "offline", "offset": 500})["results"] == []
+
+
+def _device_queries(client: Any, params: dict[str, Any]) -> list[str]:
+    with CaptureQueriesContext(connection) as ctx:
+        assert client.get("/api/v1/devices/", params).status_code == 200
+    return [q["sql"] for q in ctx.captured_queries if "devices_" in q["sql"]]
+
+
+def test_fixed_queries_reading_only_the_page(api_client_for: Callable,  # type: ignore[type-arg]
+                                              fleet: list[Device]) -> None:
+    client = api_client_for("viewer")
+    small, large = _device_queries(client, {"limit": 2}), _device_queries(client, {"limit": 40})
+    # A count, the page, the page's tag names: whatever the page size.
+    assert len(small) == len(large) == 3, large
+    count, page, tags = large
+    # The count joins nothing the filters did not ask for (a count over the page's column
+    # query joined every device to its profile and group).
+    assert count.startswith("SELECT COUNT(*)") and "JOIN" not in count, count
+    # The page reads the profile's and group's names, not their rows (the profile's
+    # supported_ops JSON was decoded once per device).
+    assert "supported_ops" not in page and "devices_devicegroup\".\"description" not in page
+    assert "devices_tag\".\"name" in tags and "IN (" in tags
+    assert "JOIN" not in _device_queries(client, {"state": "offline"})[0]
+
+
+def _plan(sql: str, params: list[Any]) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("SET LOCAL enable_bitmapscan = off")
+        cursor.execute("EXPLAIN " + sql, params)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)  # VACUUM runs outside a transaction only
+def test_counts_are_index_only_scans_on_postgres(fleet: list[Device]) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("the plans are PostgreSQL's")
+    profile = fleet[0].hardware_profile_id
+    group = DeviceGroup.objects.get(name="site-1").id
+    tag = Tag.objects.get(name="mid").id
+    with connection.cursor() as cursor:  # the visibility map autovacuum keeps
+        cursor.execute("VACUUM ANALYZE devices_device")
+        cursor.execute("VACUUM ANALYZE devices_device_tags")
+    with transaction.atomic():
+        plans = {
+            "devices_profile_state_idx": _plan(
+                "SELECT count(*) FROM devices_device WHERE hardware_profile_id = %s"
+                " AND state = 'online'", [profile]),
+            "devices_group_revoked_idx": _plan(
+                "SELECT count(*) FROM devices_device WHERE group_id = %s"
+                " AND NOT (revoked_at IS NOT NULL)", [group]),
+            "devices_device_tags_tag_device_idx": _plan(
+                "SELECT device_id FROM devices_device_tags WHERE tag_id = %s", [tag]),
+        }
+    for index, plan in plans.items():
+        assert f"Index Only Scan using {index}" in plan, plan
