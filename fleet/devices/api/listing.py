@@ -11,13 +11,18 @@ test_device_list_at_scale.py compares the two on the same devices.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
+from django.conf import settings
+from django.db import connection
 from django.db.models import QuerySet
-from rest_framework import serializers
+from django.utils import timezone
+from rest_framework import ISO_8601, serializers
+from rest_framework.settings import api_settings
 
-from fleet.devices.models import Device
+from fleet.devices.models import Device, Tag
 
 # Keys of one list row, in the serializer's order (DeviceSerializer.Meta.fields).
 ROW_KEYS = (
@@ -47,27 +52,64 @@ class ColumnPages:
         self.queryset = queryset
 
     def count(self) -> int:
-        """Return how many devices the filters select."""
+        """Return how many devices the filters select (all: the trigger-kept tally)."""
+        query = self.queryset.query
+        if connection.vendor == "postgresql" and not query.where and len(query.alias_map) <= 1:
+            return device_total()
         return self.queryset.count()
 
     def __getitem__(self, window: slice) -> list[tuple[Any, ...]]:
         return list(page_columns(self.queryset)[window])
 
 
-def tag_names(device_ids: Iterable[int]) -> dict[int, list[str]]:
-    """Tag names of each device, sorted by name as ``Tag.Meta.ordering`` sorts them."""
+def device_total() -> int:
+    """Return the number of devices, exact, from the tally the triggers of migration devices
+    0013 keep (PostgreSQL only): a sum over at most 64 rows instead of a count of every
+    device."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT coalesce(sum(devices), 0) FROM devices_device_tally")
+        return int(cursor.fetchone()[0])
+
+
+def tag_names(device_ids: Sequence[int]) -> dict[int, list[str]]:
+    """Tag names of each device, sorted by name as ``Tag.Meta.ordering`` sorts them. One
+    plain statement: the ORM spent more CPU building this join than the database running it."""
+    if not device_ids:
+        return {}
+    quote = connection.ops.quote_name
+    sql = (f"SELECT dt.device_id, t.name FROM {quote(Device.tags.through._meta.db_table)} dt"
+           f" JOIN {quote(Tag._meta.db_table)} t ON t.id = dt.tag_id"
+           f" WHERE dt.device_id IN ({', '.join(['%s'] * len(device_ids))}) ORDER BY t.name")
     names: dict[int, list[str]] = {}
-    through = Device.tags.through.objects.filter(device_id__in=list(device_ids))
-    for device_id, name in through.order_by("tag__name").values_list("device_id", "tag__name"):
-        names.setdefault(device_id, []).append(name)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, list(device_ids))
+        for device_id, name in cursor.fetchall():
+            names.setdefault(device_id, []).append(name)
     return names
+
+
+def datetime_text() -> Callable[[datetime | None], str | None]:
+    """DRF's ``DateTimeField().to_representation`` with the time zone looked up once per page
+    instead of once per value (that lookup was a tenth of a page's CPU): ISO 8601 in the
+    current time zone, 'Z' for UTC. Another ``DATETIME_FORMAT`` gets DRF's field itself."""
+    fmt = api_settings.DATETIME_FORMAT
+    if not settings.USE_TZ or not isinstance(fmt, str) or fmt.lower() != ISO_8601:
+        return serializers.DateTimeField().to_representation
+    zone = timezone.get_current_timezone()
+
+    def text(value: datetime | None) -> str | None:
+        if not value:
+            return None
+        iso = value.astimezone(zone).isoformat()
+        return iso[:-6] + "Z" if iso.endswith("+00:00") else iso
+
+    return text
 
 
 def rows(page: Sequence[tuple[Any, ...]]) -> list[dict[str, Any]]:
     """Serialize a page of :func:`page_columns` tuples as ``DeviceSerializer`` would."""
-    # The serializer's own date-time field: same time zone and ISO 8601 text ('Z' for UTC).
-    when = serializers.DateTimeField().to_representation
-    tags = tag_names(r[0] for r in page)
+    when = datetime_text()
+    tags = tag_names([r[0] for r in page])
     out = []
     for (pk, uid, name, profile, group, state, created_at, first_seen, last_seen, firmware,
          tflm, capabilities, issues, fingerprint, algorithm, revoked_at) in page:

@@ -135,7 +135,7 @@ def test_fixed_queries_reading_only_the_page(api_client_for: Callable,  # type: 
     # The page reads the profile's and group's names, not their rows (the profile's
     # supported_ops JSON was decoded once per device).
     assert "supported_ops" not in page and "devices_devicegroup\".\"description" not in page
-    assert "devices_tag\".\"name" in tags and "IN (" in tags
+    assert "devices_tag\"" in tags and "IN (" in tags
     assert "JOIN" not in _device_queries(client, {"state": "offline"})[0]
 
 
