@@ -18,6 +18,10 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 from django.db.models import QuerySet
+from django.db.models.expressions import Col
+from django.db.models.lookups import Exact
+from django.db.models.sql import Query
+from django.db.models.sql.where import AND
 from django.utils import timezone
 from rest_framework import ISO_8601, serializers
 from rest_framework.settings import api_settings
@@ -52,14 +56,33 @@ class ColumnPages:
         self.queryset = queryset
 
     def count(self) -> int:
-        """Return how many devices the filters select (all: the trigger-kept tally)."""
+        """Return how many devices the filters select: all of them from the trigger-kept
+        tally; those of one tag from its memberships alone; else by the filtered queryset."""
         query = self.queryset.query
         if connection.vendor == "postgresql" and not query.where and len(query.alias_map) <= 1:
             return device_total()
+        tag = only_tag(query)
+        if tag is not None:
+            # A device holds a tag once (the unique device-tag pair) and every membership
+            # has its device (foreign key): the same number, without visiting 1 device
+            # index entry per member (3,333 lookups for a tag of 100,000 devices).
+            return Device.tags.through.objects.filter(tag__name=tag).count()
         return self.queryset.count()
 
     def __getitem__(self, window: slice) -> list[tuple[Any, ...]]:
         return list(page_columns(self.queryset)[window])
+
+
+def only_tag(query: Query) -> str | None:
+    """The tag name when the list's one filter is ``?tag=``, else None."""
+    where = query.where
+    if where.connector != AND or where.negated or len(where.children) != 1:
+        return None
+    lookup = where.children[0]
+    if (isinstance(lookup, Exact) and isinstance(lookup.lhs, Col)
+            and lookup.lhs.target == Tag._meta.get_field("name") and isinstance(lookup.rhs, str)):
+        return lookup.rhs
+    return None
 
 
 def device_total() -> int:

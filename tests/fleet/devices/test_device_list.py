@@ -125,7 +125,9 @@ def _device_queries(client: Any, params: dict[str, Any]) -> list[str]:
 def test_fixed_queries_reading_only_the_page(api_client_for: Callable,  # type: ignore[type-arg]
                                               fleet: list[Device]) -> None:
     client = api_client_for("viewer")
-    small, large = _device_queries(client, {"limit": 2}), _device_queries(client, {"limit": 40})
+    states = {"state": ["online", "offline", "enrolled", "revoked"]}  # all, by a filter
+    small = _device_queries(client, {**states, "limit": 2})
+    large = _device_queries(client, {**states, "limit": 40})
     # A count, the page, the page's tag names: whatever the page size.
     assert len(small) == len(large) == 3, large
     count, page, tags = large
@@ -171,3 +173,101 @@ def test_counts_are_index_only_scans_on_postgres(fleet: list[Device]) -> None:
         }
     for index, plan in plans.items():
         assert f"Index Only Scan using {index}" in plan, plan
+
+
+def test_one_tag_counted_from_its_memberships(api_client_for: Callable,  # type: ignore[type-arg]
+                                              fleet: list[Device]) -> None:
+    client = api_client_for("viewer")
+    for name in ("mid", "zeta", "batch-7"):
+        tagged = sorted(d.uid for d in Device.objects.filter(tags__name=name))
+        with CaptureQueriesContext(connection) as ctx:
+            body = _all(client, {"tag": f" {name} ", "ordering": "-uid"})
+        assert body["count"] == len(tagged) > 0, name
+        assert [row["uid"] for row in body["results"]] == tagged[::-1]
+        count = next(q["sql"] for q in ctx.captured_queries if "COUNT(*)" in q["sql"])
+        assert "devices_device\"" not in count and "devices_device_tags" in count, count
+    Tag.objects.create(name="unused")
+    assert _all(client, {"tag": "unused"})["count"] == 0
+    assert _all(client, {"tag": "no-such-tag"})["count"] == 0
+    # With another filter, the count is the filtered queryset's again.
+    both = _all(client, {"tag": "mid", "state": "online"})
+    assert both["count"] == len(both["results"]) == Device.objects.filter(
+        tags__name="mid", state="online").count()
+
+
+def _tally() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT coalesce(sum(devices), 0) FROM devices_device_tally")
+        return int(cursor.fetchone()[0])
+
+
+@pytest.mark.postgres
+def test_tally_follows_every_insert_and_delete_on_postgres(api_client_for: Callable,  # type: ignore[type-arg]
+                                                           fleet: list[Device]) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("the tally's triggers are PostgreSQL's")
+    client = api_client_for("viewer")
+    assert _tally() == Device.objects.count() == 40
+    with CaptureQueriesContext(connection) as ctx:
+        assert _all(client, {})["count"] == 40
+    assert not any("COUNT(*)" in q["sql"] and "devices_device" in q["sql"]
+                   for q in ctx.captured_queries)
+    profile = fleet[0].hardware_profile
+    Device.objects.create(uid="one-more", hardware_profile=profile, public_key_pem="-",
+                          public_key_fingerprint="f" * 64, key_algorithm="ed25519")
+    assert _tally() == 41
+    Device.objects.filter(uid__startswith="unit-00").delete()  # unit-000 .. unit-009
+    assert _tally() == Device.objects.count() == 31
+    assert _all(client, {})["count"] == 31
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM devices_device WHERE uid = 'nobody'")  # no row: no delta
+        cursor.execute("SELECT count(*) FROM devices_device_tally")
+        assert cursor.fetchone()[0] <= 2  # the fixture's and this test's backend slots
+    Device.objects.all().delete()
+    assert _tally() == 0
+    assert _all(client, {})["count"] == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_tally_exact_under_concurrent_enrollments_on_postgres(hardware_profile: Any) -> None:
+    """Backends that insert and delete at once, some rolling back: the tally is the count;
+    a TRUNCATE (Django's flush) empties it."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the tally's triggers are PostgreSQL's")
+    import threading
+
+    from django.db import connections
+
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(15):
+                try:
+                    with transaction.atomic():
+                        Device.objects.create(
+                            uid=f"w{n}-{i}", hardware_profile=hardware_profile,
+                            public_key_pem="-", public_key_fingerprint=f"{n:032x}{i:032x}",
+                            key_algorithm="ed25519")
+                        if i % 4 == 3:
+                            Device.objects.filter(uid=f"w{n}-{i - 1}").delete()
+                        if i % 5 == 4:
+                            raise RuntimeError("roll back")
+                except RuntimeError:
+                    pass
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert _tally() == Device.objects.count() > 0
+    with connection.cursor() as cursor:  # as Django's flush empties tables between tests
+        cursor.execute("TRUNCATE devices_device CASCADE")
+    assert _tally() == 0
