@@ -19,7 +19,13 @@ class _FiltersCopiedShallow(dict):  # type: ignore[type-arg]
     on its own copies and reads the shared ones (``extra``, choices) without changing them."""
 
     def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
-        return {name: copy.copy(filter_) for name, filter_ in self.items()}
+        copies = {}
+        for name, filter_ in self.items():
+            clone = copy.copy(filter_)
+            if filter_.method is not None:  # its FilterMethod is bound to the filter: rebind
+                clone.method = filter_.method
+            copies[name] = clone
+        return copies
 
 
 class LeanFilterSet(django_filters.FilterSet):

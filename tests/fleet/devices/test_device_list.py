@@ -271,3 +271,24 @@ def test_tally_exact_under_concurrent_enrollments_on_postgres(hardware_profile: 
     with connection.cursor() as cursor:  # as Django's flush empties tables between tests
         cursor.execute("TRUNCATE devices_device CASCADE")
     assert _tally() == 0
+
+
+def test_filterset_copies_are_each_requests_own() -> None:
+    """DeviceFilterSet copies its filters shallow and its form class once (filtersets.py):
+    two requests still share no filter, bound method or form field."""
+    from django.http import QueryDict
+
+    from fleet.devices.filtersets import DeviceFilterSet
+
+    one = DeviceFilterSet(QueryDict("capability_issues=true&state=online"), Device.objects.all())
+    two = DeviceFilterSet(QueryDict("state=offline"), Device.objects.all())
+    assert one.is_valid() and two.is_valid()
+    for name, filter_ in one.filters.items():
+        assert filter_ is not two.filters[name] is not DeviceFilterSet.base_filters[name]
+        assert filter_.parent is one and two.filters[name].parent is two
+    method = one.filters["capability_issues"]
+    assert method.filter.f is method  # the method filter finds its own filterset's method
+    assert type(one.form) is type(two.form)
+    assert one.form.fields["state"] is not two.form.fields["state"]
+    assert one.form.cleaned_data["state"] == ["online"]
+    assert two.form.cleaned_data["state"] == ["offline"]
