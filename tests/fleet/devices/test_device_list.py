@@ -128,9 +128,9 @@ def test_fixed_queries_reading_only_the_page(api_client_for: Callable,  # type: 
     states = {"state": ["online", "offline", "enrolled", "revoked"]}  # all, by a filter
     small = _device_queries(client, {**states, "limit": 2})
     large = _device_queries(client, {**states, "limit": 40})
-    # A count, the page, the page's tag names: whatever the page size.
+    # The page, a count (the page is full), the page's tag names: whatever the page size.
     assert len(small) == len(large) == 3, large
-    count, page, tags = large
+    page, count, tags = large
     # The count joins nothing the filters did not ask for (a count over the page's column
     # query joined every device to its profile and group).
     assert count.startswith("SELECT COUNT(*)") and "JOIN" not in count, count
@@ -138,7 +138,7 @@ def test_fixed_queries_reading_only_the_page(api_client_for: Callable,  # type: 
     # supported_ops JSON was decoded once per device).
     assert "supported_ops" not in page and "devices_devicegroup\".\"description" not in page
     assert "devices_tag\"" in tags and "IN (" in tags
-    assert "JOIN" not in _device_queries(client, {"state": "offline"})[0]
+    assert "JOIN" not in _device_queries(client, {"state": "offline", "limit": 1})[1]
 
 
 def _plan(sql: str, params: list[Any]) -> str:
@@ -180,19 +180,19 @@ def test_one_tag_counted_from_its_memberships(api_client_for: Callable,  # type:
     client = api_client_for("viewer")
     for name in ("mid", "zeta", "batch-7"):
         tagged = sorted(d.uid for d in Device.objects.filter(tags__name=name))
-        with CaptureQueriesContext(connection) as ctx:
-            body = _all(client, {"tag": f" {name} ", "ordering": "-uid"})
-        assert body["count"] == len(tagged) > 0, name
-        assert [row["uid"] for row in body["results"]] == tagged[::-1]
+        assert [row["uid"] for row in _all(client, {"tag": name, "ordering": "-uid"})["results"]
+                ] == tagged[::-1]
+        with CaptureQueriesContext(connection) as ctx:  # a full page: the count is queried
+            body = _all(client, {"tag": f" {name} ", "limit": 1})
+        assert body["count"] == len(tagged) > 1, name
         count = next(q["sql"] for q in ctx.captured_queries if "COUNT(*)" in q["sql"])
         assert "devices_device\"" not in count and "devices_device_tags" in count, count
     Tag.objects.create(name="unused")
-    assert _all(client, {"tag": "unused"})["count"] == 0
-    assert _all(client, {"tag": "no-such-tag"})["count"] == 0
+    assert _all(client, {"tag": "unused", "offset": 1})["count"] == 0
+    assert _all(client, {"tag": "no-such-tag", "offset": 1})["count"] == 0
     # With another filter, the count is the filtered queryset's again.
-    both = _all(client, {"tag": "mid", "state": "online"})
-    assert both["count"] == len(both["results"]) == Device.objects.filter(
-        tags__name="mid", state="online").count()
+    both = _all(client, {"tag": "mid", "state": "online", "limit": 1})
+    assert both["count"] == Device.objects.filter(tags__name="mid", state="online").count() > 1
 
 
 def _tally() -> int:
@@ -209,7 +209,8 @@ def test_tally_follows_every_insert_and_delete_on_postgres(api_client_for: Calla
     client = api_client_for("viewer")
     assert _tally() == Device.objects.count() == 40
     with CaptureQueriesContext(connection) as ctx:
-        assert _all(client, {})["count"] == 40
+        assert _all(client, {"limit": 5})["count"] == 40
+    assert any("devices_device_tally" in q["sql"] for q in ctx.captured_queries)
     assert not any("COUNT(*)" in q["sql"] and "devices_device" in q["sql"]
                    for q in ctx.captured_queries)
     profile = fleet[0].hardware_profile
@@ -218,14 +219,14 @@ def test_tally_follows_every_insert_and_delete_on_postgres(api_client_for: Calla
     assert _tally() == 41
     Device.objects.filter(uid__startswith="unit-00").delete()  # unit-000 .. unit-009
     assert _tally() == Device.objects.count() == 31
-    assert _all(client, {})["count"] == 31
+    assert _all(client, {"limit": 5})["count"] == 31
     with connection.cursor() as cursor:
         cursor.execute("DELETE FROM devices_device WHERE uid = 'nobody'")  # no row: no delta
         cursor.execute("SELECT count(*) FROM devices_device_tally")
         assert cursor.fetchone()[0] <= 2  # the fixture's and this test's backend slots
     Device.objects.all().delete()
     assert _tally() == 0
-    assert _all(client, {})["count"] == 0
+    assert _all(client, {"offset": 3})["count"] == 0
 
 
 @pytest.mark.postgres
@@ -292,3 +293,38 @@ def test_filterset_copies_are_each_requests_own() -> None:
     assert one.form.fields["state"] is not two.form.fields["state"]
     assert one.form.cleaned_data["state"] == ["online"]
     assert two.form.cleaned_data["state"] == ["offline"]
+
+
+def _count_queries(client: Any, params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    with CaptureQueriesContext(connection) as ctx:
+        body = _all(client, params)
+    counts = [q for q in ctx.captured_queries
+              if "COUNT(*)" in q["sql"] or "devices_device_tally" in q["sql"]]
+    return body, len(counts)
+
+
+def test_a_page_that_reaches_the_end_is_its_own_count(api_client_for: Callable,  # type: ignore[type-arg]
+                                                       fleet: list[Device]) -> None:
+    """fleet/core/pagination.py: the count query runs only when the page cannot tell."""
+    client = api_client_for("viewer")
+    offline = _uids(fleet, lambda d: d.state == "offline")
+    cases = [  # params, expected uids, expected count, count queried
+        ({"search": "unit-01"}, _uids(fleet, lambda d: "unit-01" in d.uid), None, False),
+        ({"state": "offline", "offset": 5, "limit": 100}, offline[5:], len(offline), False),
+        ({"state": "offline", "limit": 3}, offline[:3], len(offline), True),
+        ({"state": "offline", "offset": len(offline) - 3, "limit": 3}, offline[-3:],
+         len(offline), True),  # a full last page: more may follow for all the page knows
+        ({"state": "offline", "offset": 99}, [], len(offline), True),
+        ({"search": "nothing-like-it"}, [], 0, False),
+    ]
+    for params, uids, count, queried in cases:
+        body, count_queries = _count_queries(client, params)
+        assert [row["uid"] for row in body["results"]] == uids, params
+        assert body["count"] == (len(uids) if count is None else count), params
+        assert count_queries == int(queried), params
+    # Another list (its own queryset, the same pagination): the same counts.
+    names = sorted(HardwareProfile.objects.values_list("name", flat=True))
+    full = client.get("/api/v1/hardware-profiles/", {"limit": 2, "offset": 1}).json()
+    short = client.get("/api/v1/hardware-profiles/", {"offset": 1}).json()
+    assert full["count"] == short["count"] == len(names) > 3
+    assert [p["name"] for p in short["results"]] == names[1:]
