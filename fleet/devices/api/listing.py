@@ -6,7 +6,12 @@ instance per row, Tag instances through the prefetch, then DRF's per-field attri
 Here the page is one ``values_list`` query (profile and group names by join) and one query for
 the tag names of the page's devices, and each row is a dict built in one pass. The output is
 exactly the serializer's (same keys, order and formats): tests/fleet/devices/
-test_device_list_at_scale.py compares the two on the same devices.
+test_device_list.py compares the two on the same devices.
+
+The count stays exact and gets cheap: over the filtered queryset without the page's joins;
+all devices from the tally that migration devices 0013's triggers keep (PostgreSQL); one tag
+from its memberships; and none at all when the page ends short of the limit
+(fleet/core/pagination.py).
 """
 
 from __future__ import annotations
