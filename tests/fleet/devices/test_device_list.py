@@ -322,6 +322,11 @@ def test_a_page_that_reaches_the_end_is_its_own_count(api_client_for: Callable, 
         assert [row["uid"] for row in body["results"]] == uids, params
         assert body["count"] == (len(uids) if count is None else count), params
         assert count_queries == int(queried), params
+    # fleetctl follows "next" to the end: the links are the count's.
+    first = _all(client, {"state": "offline", "limit": 3})
+    assert "offset=3" in first["next"] and first["previous"] is None
+    last = _all(client, {"state": "offline", "offset": len(offline) - 3, "limit": 3})
+    assert last["next"] is None and last["previous"]
     # Another list (its own queryset, the same pagination): the same counts.
     names = sorted(HardwareProfile.objects.values_list("name", flat=True))
     full = client.get("/api/v1/hardware-profiles/", {"limit": 2, "offset": 1}).json()
