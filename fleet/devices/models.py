@@ -107,12 +107,10 @@ class Device(models.Model):
     class Meta:
         ordering = ["uid"]
         # The device list's filters at fleet scale (bench/queries.py): each count is an
-        # index-only scan and each page walks its filter's rows in uid order, where a
-        # one-column index left a heap visit per matching device.
+        # index-only scan, where a one-column index left a heap visit per matching device.
         indexes = [
             models.Index(fields=["hardware_profile", "state"], name="devices_profile_state_idx"),
             models.Index(fields=["group", "revoked_at"], name="devices_group_revoked_idx"),
-            models.Index(fields=["state", "uid"], name="devices_state_uid_idx"),
         ]
 
     def __str__(self) -> str:

@@ -2,9 +2,10 @@
 
 Each filter's exact count becomes an index-only scan (after VACUUM, the state autovacuum
 keeps), where one-column indexes left a heap visit per matching device: profile and state,
-group and revoked, and a tag (``devices_device_tags`` by tag, then device). ``(state, uid)``
-lets a state-filtered page walk its devices in the list's uid order instead of filtering the
-uid index. Plain B-tree indexes: SQLite gets them too.
+group and revoked, and a tag (``devices_device_tags`` by tag, then device). A state-filtered
+page needs none: walking the uid index and skipping other states took 0.7 ms at offset 1,000
+(the planner preferred it to a ``(state, uid)`` index, which would only have slowed every
+presence update). Plain B-tree indexes: SQLite gets them too.
 """
 
 from django.db import migrations, models
@@ -24,10 +25,6 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name="device",
             index=models.Index(fields=["group", "revoked_at"], name="devices_group_revoked_idx"),
-        ),
-        migrations.AddIndex(
-            model_name="device",
-            index=models.Index(fields=["state", "uid"], name="devices_state_uid_idx"),
         ),
         # The auto-created tags table has no model to declare indexes on.
         migrations.RunSQL(
