@@ -17,6 +17,7 @@ from fleet.core.api import ApiError, client_address
 from fleet.core.roles import Role
 from fleet.core.throttling import ClientRateThrottle
 from fleet.devices import actions
+from fleet.devices.api import listing
 from fleet.devices.api import serializers as s
 from fleet.devices.api.authentication import GatewayTokenAuthentication, gateway_of
 from fleet.devices.filtersets import (
@@ -68,6 +69,19 @@ class DeviceViewSet(
     read_role = Role.VIEWER
     write_role = Role.OPERATOR
     broker_errors = ("revoke",)  # 503 in the schema: the broker must learn of it
+
+    def get_queryset(self) -> QuerySet[Device]:
+        # The list joins only what it filters on and reads columns (listing.py); the
+        # instance-based actions keep the related rows the serializer walks.
+        return Device.objects.all() if self.action == "list" else super().get_queryset()
+
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Devices, filtered and paged; each as ``DeviceSerializer`` shows it."""
+        queryset = self.filter_queryset(self.get_queryset())
+        page = self.paginate_queryset(listing.ColumnPages(queryset))
+        if page is None:  # pagination switched off: the whole list
+            return Response(listing.rows(list(listing.page_columns(queryset))))
+        return self.get_paginated_response(listing.rows(page))
 
     def perform_update(self, serializer: s.DeviceSerializer) -> None:
         data = serializer.validated_data
