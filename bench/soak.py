@@ -24,8 +24,9 @@ Figures (JSON lines): ``soak_events_per_s`` (committed events over the time from
 publish to the last commit; baseline: the offered rate), ``soak_min_10s_events_per_s`` (the
 slowest 10-second window), ``soak_latency_p50_ms`` / ``p99``, ``soak_lost_events``,
 ``soak_duplicated_events``, ``soak_partition_drop_seconds``, ``soak_query_p95_ms``; each with
-the load average, the duration and the publishers' deficit. Stderr carries CPU per event of
-each process.
+the load average, the duration and the publishers' deficit; ``soak_events_per_s`` carries the
+CPU seconds of each process over the run (worker, broker, this run's PostgreSQL cluster, the
+publishers, the query process) and per event (µs): whether the rate fits on idle cores.
 
 Run: ``.venv/bin/python bench/soak.py [--quick]`` (quick: 40 s in all, 30k events/s offered
 for 15 s). The full run: 3 minutes at 150k events/s offered.
@@ -54,8 +55,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(  # and in every subprocess (bench/in
 from ingest import (
     Database,
     broker_admin_settings,
+    cluster_cpu_seconds,
     django_env,
-    postgres_cpu_seconds,
     start_postgres,
     stop_postgres,
 )
@@ -95,7 +96,11 @@ def run_queries() -> None:
     timings: dict[str, list[float]] = {}
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-    print("ready", flush=True)
+    with connection.cursor() as cursor:  # its server process, for the CPU figures
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+    print(f"ready {backend}", flush=True)
+    cpu0 = time.process_time()
     while not stop.is_set():
         since, until = queries.default_range(1)
         flt = queries.TelemetryFilter(since=since, until=until)
@@ -109,6 +114,7 @@ def run_queries() -> None:
             call()
             timings.setdefault(name, []).append((time.perf_counter() - t) * 1000)
         stop.wait(0.2)
+    timings["cpu_s"] = time.process_time() - cpu0  # type: ignore[assignment]
     print(json.dumps(timings), flush=True)
 
 
@@ -132,11 +138,15 @@ class Poller(threading.Thread):
         self.timeline: list[tuple[float, int]] = []  # (monotonic, batches so far)
         self.batches = 0
 
+    backend = 0  # its connection's server process
+
     def run(self) -> None:
         conn = None
         while not self.stop.is_set():
             try:  # a dead poller would freeze the figures: reconnect and go on
-                conn = conn or self.db.connect()
+                if conn is None:
+                    conn = self.db.connect()
+                    self.backend = conn.info.backend_pid
                 rows = conn.execute(
                     "SELECT id, (extract(epoch FROM t0) * 1000)::bigint FROM"
                     " telemetry_ingestedbatch WHERE id > %s ORDER BY id",
@@ -155,6 +165,18 @@ class Poller(threading.Thread):
             time.sleep(0.01)
         if conn is not None:
             conn.close()
+
+
+def client_backend_cpu(db: Database) -> dict[int, float]:
+    """CPU seconds so far of each client connection's server process, by pid."""
+    conn = db.connect()
+    try:
+        pids = [pid for pid, in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            " AND pid <> pg_backend_pid()").fetchall()]
+    finally:
+        conn.close()
+    return {pid: cpu_seconds(pid) for pid in pids}
 
 
 def feed_allowance(publishers: list[subprocess.Popen[Any]], poller: Poller, warm: int,
@@ -291,14 +313,17 @@ def main() -> None:
                                  env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  text=True)
         procs.append(query)
-        assert query.stdout is not None and query.stdout.readline().strip() == "ready"
+        assert query.stdout is not None
+        ready, query_backend = query.stdout.readline().split()
+        assert ready == "ready"
         poller = Poller(db)
         poller.batches = db.scalar("SELECT count(*) FROM telemetry_ingestedbatch")
         poller.last_id = db.scalar("SELECT max(id) FROM telemetry_ingestedbatch")
         warm = poller.batches
         poller.start()
+        backends0 = client_backend_cpu(db)
         cpu0 = {"worker": cpu_seconds(worker.pid), "broker": cpu_seconds(broker.pid),
-                "postgres": postgres_cpu_seconds()}
+                "postgres": cluster_cpu_seconds(pg[1])}
         started = time.monotonic()
         for p in publishers:
             assert p.stdin is not None
@@ -355,8 +380,18 @@ def main() -> None:
         poller.join()
         cpu = {"worker": cpu_seconds(worker.pid) - cpu0["worker"],
                "broker": cpu_seconds(broker.pid) - cpu0["broker"],
-               "postgres": postgres_cpu_seconds() - cpu0["postgres"]}
+               "postgres": cluster_cpu_seconds(pg[1]) - cpu0["postgres"],
+               "publishers": sum(p["cpu_s"] for p in published)}
+        backends = client_backend_cpu(db)
+        cpu["postgres_query_backend"] = (backends.get(int(query_backend), 0.0)
+                                         - backends0.get(int(query_backend), 0.0))
+        # The worker's connections: those alive through the run, but the query process's and
+        # the poller's (the poller's costs little: an index probe every 10 ms).
+        cpu["postgres_worker_backends"] = sum(
+            v - backends0[pid] for pid, v in backends.items()
+            if pid in backends0 and pid not in (int(query_backend), poller.backend))
         timings = json.loads(query.communicate(input="", timeout=120)[0].strip().splitlines()[-1])
+        cpu["queries"] = timings.pop("cpu_s")
         load_after = load_average()
         time.sleep(0.5)
         worker.terminate()
@@ -404,7 +439,9 @@ def main() -> None:
                  "backlog_s": args.backlog_s}
         results += [
             {"metric": "soak_events_per_s", "value": round(rate), "unit": "events/s",
-             "baseline": args.rate, "ratio": round(rate / args.rate, 3), **extra},
+             "baseline": args.rate, "ratio": round(rate / args.rate, 3),
+             "cpu_us_per_event": {k: round(v, 2) for k, v in per_event.items()},
+             "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()}, **extra},
             {"metric": "soak_min_10s_events_per_s", "value": round(min(windows or [0])),
              "unit": "events/s", "baseline": args.rate,
              "ratio": round(min(windows or [0]) / args.rate, 3), **extra},

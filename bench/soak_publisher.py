@@ -79,7 +79,8 @@ class Allowance:
 def run_publisher(spec_path: str) -> None:
     """Connect the devices, send a warm-up batch each, say ready; on 'go' publish on the
     schedule within the allowance and WINDOW per device, then wait for every PUBACK and print
-    ``{"messages", "acked", "refused", "deficit", "held_s"}``."""
+    ``{"messages", "acked", "refused", "deficit", "held_s", "cpu_s"}`` (cpu_s: this process's
+    CPU seconds from 'go' on)."""
     import cbor2
 
     spec = json.loads(Path(spec_path).read_text())
@@ -127,6 +128,7 @@ def run_publisher(spec_path: str) -> None:
     while not allowance.go:
         read(1.0)
     rate = spec["messages_per_s"]
+    cpu0 = time.process_time()
     started = time.monotonic()
     sent = turn = 0
     held_s = 0.0
@@ -155,4 +157,5 @@ def run_publisher(spec_path: str) -> None:
         device.close()
     print(json.dumps({"messages": sent, "acked": counts["acked"] - len(devices),
                       "refused": counts["refused"], "deficit": deficit,
-                      "held_s": round(held_s, 2)}), flush=True)
+                      "held_s": round(held_s, 2), "cpu_s": time.process_time() - cpu0}),
+          flush=True)
