@@ -61,7 +61,7 @@ from ingest import (
     stop_postgres,
 )
 from lab import cpu_seconds, print_figures, remove_workdir
-from soak_publisher import PER_BATCH, run_publisher
+from soak_publisher import BURST, PER_BATCH, run_publisher
 
 READY_LINE = "subscriptions granted"
 OLD_DAYS = (45, 44, 43)  # days ago of the partitions dropped during the run
@@ -228,6 +228,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="publishing time (default 180; quick 15)")
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--publishers", type=int, default=2)
+    parser.add_argument("--burst", type=int, default=BURST,
+                        help="messages a device sends back to back when that many are due")
     parser.add_argument("--backlog-s", type=float, default=2.0,
                         help="seconds of the offered rate that may be published, not committed")
     parser.add_argument("--broker-queue", type=int,
@@ -300,7 +302,7 @@ def main() -> None:
             spec = workdir / f"publisher-{i}.json"
             spec.write_text(json.dumps({
                 "host": broker.host, "port": broker.port, "seconds": args.seconds,
-                "messages_per_s": args.rate / PER_BATCH / args.publishers,
+                "messages_per_s": args.rate / PER_BATCH / args.publishers, "burst": args.burst,
                 "devices": [(u, passwords[u]) for u in uids[i::args.publishers]]}))
             publishers.append(subprocess.Popen(
                 [sys.executable, __file__, "--role", "publisher", "--spec", str(spec)],
