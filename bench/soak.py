@@ -1,9 +1,11 @@
 """Soak telemetry ingest into the day-partitioned raw event table on PostgreSQL.
 
 Devices publish event batches on a fixed schedule (``--rate`` events/s offered, batches of 32,
-QoS 1 with at most 50 in flight per device, raw MQTT 5 sockets shared with ``bench/ingest.py``:
+QoS 1 with at most 50 in flight per device, up to ``--burst`` written back to back, raw MQTT 5
+sockets shared with ``bench/ingest.py``:
 ``bench/mqtt_raw.py``) for ``--seconds``, through Mosquitto and the real worker
-(``manage.py fleet_worker``) into PostgreSQL (fsync on). The publishers are flow-controlled end
+(``manage.py fleet_worker``; ``--workers N`` of them share the subscriptions) into PostgreSQL
+(fsync on). The publishers are flow-controlled end
 to end (``bench/soak_publisher.py``): at most ``--backlog-s`` seconds of the offered rate are
 published and not yet committed, because Mosquitto never pushes back on a QoS 1 publisher and
 drops what overflows a lagging worker's queue after acknowledging it. A rate the pipeline does
@@ -228,6 +230,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="publishing time (default 180; quick 15)")
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--publishers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes sharing the subscriptions")
     parser.add_argument("--burst", type=int, default=BURST,
                         help="messages a device sends back to back when that many are due")
     parser.add_argument("--backlog-s", type=float, default=2.0,
@@ -284,18 +288,23 @@ def main() -> None:
                          MQTT_WORKER_PASSWORD=identity[1], MQTT_WORKER_GROUP="soak",
                          FLEET_VAR_DIR=str(workdir / "var"), FLEET_LOG_LEVEL="INFO",
                          PYTHONPATH=str(ROOT))
-        worker_log = workdir / "worker.log"
-        with worker_log.open("ab") as worker_out:
-            worker = subprocess.Popen(
-                [sys.executable, "manage.py", "fleet_worker", "--name", "soak", "--no-jobs",
-                 "--no-rollouts"], cwd=ROOT, env=env, stdout=worker_out,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        procs.append(worker)
+        # Several workers share the subscriptions ($share/soak/...), each under its own name.
+        names = [f"soak-{i}" for i in range(args.workers)]
+        workers = []
+        for name in names:
+            with (workdir / f"{name}.log").open("ab") as worker_out:
+                workers.append(subprocess.Popen(
+                    [sys.executable, "manage.py", "fleet_worker", "--name", name, "--no-jobs",
+                     "--no-rollouts"], cwd=ROOT, env=env, stdout=worker_out,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        procs += workers
         deadline = time.monotonic() + 60
-        while READY_LINE not in worker_log.read_text(errors="replace"):
-            if worker.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(worker_log.read_text()[-2000:])
-            time.sleep(0.05)
+        for name, worker in zip(names, workers, strict=True):
+            worker_log = workdir / f"{name}.log"
+            while READY_LINE not in worker_log.read_text(errors="replace"):
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(worker_log.read_text()[-2000:])
+                time.sleep(0.05)
         uids = sorted(passwords)
         publishers = []
         for i in range(args.publishers):
@@ -324,7 +333,7 @@ def main() -> None:
         warm = poller.batches
         poller.start()
         backends0 = client_backend_cpu(db)
-        cpu0 = {"worker": cpu_seconds(worker.pid), "broker": cpu_seconds(broker.pid),
+        cpu0 = {"worker": sum(cpu_seconds(w.pid) for w in workers), "broker": cpu_seconds(broker.pid),
                 "postgres": cluster_cpu_seconds(pg[1])}
         started = time.monotonic()
         for p in publishers:
@@ -380,7 +389,7 @@ def main() -> None:
         elapsed = (poller.timeline[-1][0] if poller.timeline else time.monotonic()) - started
         poller.stop.set()
         poller.join()
-        cpu = {"worker": cpu_seconds(worker.pid) - cpu0["worker"],
+        cpu = {"worker": sum(cpu_seconds(w.pid) for w in workers) - cpu0["worker"],
                "broker": cpu_seconds(broker.pid) - cpu0["broker"],
                "postgres": cluster_cpu_seconds(pg[1]) - cpu0["postgres"],
                "publishers": sum(p["cpu_s"] for p in published)}
@@ -396,9 +405,10 @@ def main() -> None:
         cpu["queries"] = timings.pop("cpu_s")
         load_after = load_average()
         time.sleep(0.5)
-        worker.terminate()
-        worker.wait(timeout=60)
-        end_session(broker, "soak", *identity)
+        for name, worker in zip(names, workers, strict=True):
+            worker.terminate()
+            worker.wait(timeout=60)
+            end_session(broker, name, *identity)
         check = db.connect()  # one pass over every stored row, hashed in memory
         check.execute("SET work_mem = '512MB'")
         rows, batches = check.execute(
@@ -437,6 +447,7 @@ def main() -> None:
             for k, v in timings.items()))
         extra = {"load_avg_before": load_before, "load_avg_after": load_after,
                  "seconds": round(elapsed, 1), "offered_events_per_s": args.rate,
+                 "workers": args.workers, "publishers": args.publishers,
                  "publisher_deficit_events": deficit, "publisher_held_s": held,
                  "backlog_s": args.backlog_s}
         results += [
