@@ -28,7 +28,8 @@ slowest 10-second window), ``soak_latency_p50_ms`` / ``p99``, ``soak_lost_events
 ``soak_duplicated_events``, ``soak_partition_drop_seconds``, ``soak_query_p95_ms``; each with
 the load average, the duration and the publishers' deficit; ``soak_events_per_s`` carries the
 CPU seconds of each process over the run (worker, broker, this run's PostgreSQL cluster, the
-publishers, the query process) and per event (µs): whether the rate fits on idle cores.
+publishers, the query process; the cluster's also by role: ``bench/soak_cpu.py``) and per event
+(µs): whether the rate fits on idle cores.
 
 Run: ``.venv/bin/python bench/soak.py [--quick]`` (quick: 40 s in all, 30k events/s offered
 for 15 s). The full run: 3 minutes at 150k events/s offered.
@@ -63,6 +64,7 @@ from ingest import (
     stop_postgres,
 )
 from lab import cpu_seconds, print_figures, remove_workdir
+from soak_cpu import PgCpuSampler
 from soak_publisher import BURST, PER_BATCH, run_publisher
 
 READY_LINE = "subscriptions granted"
@@ -167,18 +169,6 @@ class Poller(threading.Thread):
             time.sleep(0.01)
         if conn is not None:
             conn.close()
-
-
-def client_backend_cpu(db: Database) -> dict[int, float]:
-    """CPU seconds so far of each client connection's server process, by pid."""
-    conn = db.connect()
-    try:
-        pids = [pid for pid, in conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend'"
-            " AND pid <> pg_backend_pid()").fetchall()]
-    finally:
-        conn.close()
-    return {pid: cpu_seconds(pid) for pid in pids}
 
 
 def feed_allowance(publishers: list[subprocess.Popen[Any]], poller: Poller, warm: int,
@@ -332,7 +322,8 @@ def main() -> None:
         poller.last_id = db.scalar("SELECT max(id) FROM telemetry_ingestedbatch")
         warm = poller.batches
         poller.start()
-        backends0 = client_backend_cpu(db)
+        sampler = PgCpuSampler(pg[1])
+        sampler.start()
         cpu0 = {"worker": sum(cpu_seconds(w.pid) for w in workers), "broker": cpu_seconds(broker.pid),
                 "postgres": cluster_cpu_seconds(pg[1])}
         started = time.monotonic()
@@ -393,14 +384,11 @@ def main() -> None:
                "broker": cpu_seconds(broker.pid) - cpu0["broker"],
                "postgres": cluster_cpu_seconds(pg[1]) - cpu0["postgres"],
                "publishers": sum(p["cpu_s"] for p in published)}
-        backends = client_backend_cpu(db)
-        cpu["postgres_query_backend"] = (backends.get(int(query_backend), 0.0)
-                                         - backends0.get(int(query_backend), 0.0))
-        # The worker's connections: those alive through the run, but the query process's and
-        # the poller's (the poller's costs little: an index probe every 10 ms).
-        cpu["postgres_worker_backends"] = sum(
-            v - backends0[pid] for pid, v in backends.items()
-            if pid in backends0 and pid not in (int(query_backend), poller.backend))
+        sampler.stop.set()
+        sampler.join()
+        roles = sampler.by_role(int(query_backend), poller.backend)
+        cpu |= {f"postgres_{role}": v for role, v in roles.items()}
+        cpu["postgres_unattributed"] = cpu["postgres"] - sum(roles.values())
         timings = json.loads(query.communicate(input="", timeout=120)[0].strip().splitlines()[-1])
         cpu["queries"] = timings.pop("cpu_s")
         load_after = load_average()
