@@ -3,9 +3,10 @@
 A soak's server time goes to the worker's connections (ingest), the query process's connection
 and the parallel workers it starts, autovacuum, and the background writers (WAL, checkpoints).
 Processes come and go (Django replaces a connection older than ``CONN_MAX_AGE``, parallel
-workers live for one query), so a thread samples every child of the postmaster five times a second
-and keeps each one's first and last CPU time; what exited between two samples is in the
-cluster's total (``cluster_cpu_seconds``), not in a role: it shows as ``unattributed``.
+workers live for one query), so a thread samples every child of the postmaster five times a
+second and keeps each one's first and last CPU time; what a process used between its last
+sample and its exit is in the cluster's total (``cluster_cpu_seconds``), not in a role: it
+shows as ``unattributed`` (mostly the query's parallel workers).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _children(master: int) -> dict[int, tuple[str, float]]:
-    """Return pid -> (command line, CPU seconds) of the postmaster's live children."""
+def _children(master: int) -> dict[tuple[int, int], tuple[str, float]]:
+    """Return (pid, start time) -> (command line, CPU seconds) of the postmaster's live
+    children (pids are reused: a busy machine starts thousands of processes a minute)."""
     out = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -30,7 +32,7 @@ def _children(master: int) -> dict[int, tuple[str, float]]:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, ValueError, IndexError):
             continue  # gone meanwhile
-        out[int(proc.name)] = (cmd, (int(fields[11]) + int(fields[12])) / _TICK)
+        out[int(proc.name), int(fields[19])] = (cmd, (int(fields[11]) + int(fields[12])) / _TICK)
     return out
 
 
@@ -41,14 +43,14 @@ class PgCpuSampler(threading.Thread):
         super().__init__(daemon=True)
         self.master = int((folder / "data" / "postmaster.pid").read_text().split()[0])
         self.stop = threading.Event()
-        self.seen: dict[int, list] = {}  # pid -> [command line, first CPU, last CPU]
+        self.seen: dict[tuple[int, int], list] = {}  # (pid, start) -> [command, first, last]
 
     def run(self) -> None:
         first_sweep = True
         while True:
-            for pid, (cmd, cpu) in _children(self.master).items():
+            for key, (cmd, cpu) in _children(self.master).items():
                 # Started meanwhile: all its time counts (a parallel worker may live 0.1 s).
-                entry = self.seen.setdefault(pid, [cmd, cpu if first_sweep else 0.0, cpu])
+                entry = self.seen.setdefault(key, [cmd, cpu if first_sweep else 0.0, cpu])
                 entry[2] = cpu
                 if " idle" not in cmd:  # "postgres: user db host(port) idle" says no role
                     entry[0] = cmd
@@ -62,7 +64,7 @@ class PgCpuSampler(threading.Thread):
         parallel workers), ``poller``, ``autovacuum``, ``background`` (WAL writer,
         checkpointer, background writer, launchers)."""
         roles: dict[str, float] = {}
-        for pid, (cmd, first, last) in self.seen.items():
+        for (pid, _), (cmd, first, last) in self.seen.items():
             if pid in (query_backend, poller_backend):
                 role = "queries" if pid == query_backend else "poller"
             elif "parallel worker for PID" in cmd:
