@@ -230,7 +230,7 @@ class Run:
         worker_cpu = -sum(cpu_seconds(w.pid) for w in workers)
         worker_main_cpu = -sum(cpu_seconds(w.pid, w.pid) for w in workers)
         broker_cpu = -cpu_seconds(self.broker.pid)
-        db_cpu = -postgres_cpu_seconds()
+        db_cpu = -cluster_cpu_seconds(self.workdir / "pg")
         publisher_cpu = -sum(cpu_seconds(p.pid) for p in publishers)
         started = time.monotonic()
         for p in publishers:
@@ -246,7 +246,7 @@ class Run:
         worker_cpu += sum(cpu_seconds(w.pid) for w in workers)
         worker_main_cpu += sum(cpu_seconds(w.pid, w.pid) for w in workers)
         broker_cpu += cpu_seconds(self.broker.pid)
-        db_cpu += postgres_cpu_seconds()
+        db_cpu += cluster_cpu_seconds(self.workdir / "pg")
         for worker, name in zip(workers, names, strict=True):
             worker.terminate()
             worker.wait(timeout=30)
@@ -349,6 +349,27 @@ def postgres_cpu_seconds() -> float:
             if proc.name.isdigit() and proc.stat().st_uid == uid:
                 total += cpu_seconds(int(proc.name))
         except OSError:
+            continue  # gone meanwhile
+    return total
+
+
+def cluster_cpu_seconds(folder: Path) -> float:
+    """CPU seconds of one PostgreSQL cluster (``start_postgres``'s folder): its postmaster,
+    the children it has reaped (backends that exited) and those alive. Other clusters on a
+    shared machine run as the same user: ``postgres_cpu_seconds`` would count them too."""
+    try:
+        master = int((folder / "data" / "postmaster.pid").read_text().split()[0])
+        fields = Path(f"/proc/{master}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return postgres_cpu_seconds()
+    total = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == master:
+                total += cpu_seconds(int(proc.name))
+        except (OSError, ValueError, IndexError):
             continue  # gone meanwhile
     return total
 

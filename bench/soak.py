@@ -1,9 +1,11 @@
 """Soak telemetry ingest into the day-partitioned raw event table on PostgreSQL.
 
 Devices publish event batches on a fixed schedule (``--rate`` events/s offered, batches of 32,
-QoS 1 with at most 50 in flight per device, raw MQTT 5 sockets shared with ``bench/ingest.py``:
+QoS 1 with at most 50 in flight per device, up to ``--burst`` written back to back, raw MQTT 5
+sockets shared with ``bench/ingest.py``:
 ``bench/mqtt_raw.py``) for ``--seconds``, through Mosquitto and the real worker
-(``manage.py fleet_worker``) into PostgreSQL (fsync on). The publishers are flow-controlled end
+(``manage.py fleet_worker``; ``--workers N`` of them share the subscriptions) into PostgreSQL
+(fsync on). The publishers are flow-controlled end
 to end (``bench/soak_publisher.py``): at most ``--backlog-s`` seconds of the offered rate are
 published and not yet committed, because Mosquitto never pushes back on a QoS 1 publisher and
 drops what overflows a lagging worker's queue after acknowledging it. A rate the pipeline does
@@ -24,8 +26,10 @@ Figures (JSON lines): ``soak_events_per_s`` (committed events over the time from
 publish to the last commit; baseline: the offered rate), ``soak_min_10s_events_per_s`` (the
 slowest 10-second window), ``soak_latency_p50_ms`` / ``p99``, ``soak_lost_events``,
 ``soak_duplicated_events``, ``soak_partition_drop_seconds``, ``soak_query_p95_ms``; each with
-the load average, the duration and the publishers' deficit. Stderr carries CPU per event of
-each process.
+the load average, the duration and the publishers' deficit; ``soak_events_per_s`` carries the
+CPU seconds of each process over the run (worker, broker, this run's PostgreSQL cluster, the
+publishers, the query process; the cluster's also by role: ``bench/soak_cpu.py``) and per event
+(µs): whether the rate fits on idle cores.
 
 Run: ``.venv/bin/python bench/soak.py [--quick]`` (quick: 40 s in all, 30k events/s offered
 for 15 s). The full run: 3 minutes at 150k events/s offered.
@@ -54,13 +58,14 @@ os.environ["PYTHONPATH"] = os.pathsep.join(  # and in every subprocess (bench/in
 from ingest import (
     Database,
     broker_admin_settings,
+    cluster_cpu_seconds,
     django_env,
-    postgres_cpu_seconds,
     start_postgres,
     stop_postgres,
 )
 from lab import cpu_seconds, print_figures, remove_workdir
-from soak_publisher import PER_BATCH, run_publisher
+from soak_cpu import PgCpuSampler
+from soak_publisher import BURST, PER_BATCH, run_publisher
 
 READY_LINE = "subscriptions granted"
 OLD_DAYS = (45, 44, 43)  # days ago of the partitions dropped during the run
@@ -95,7 +100,11 @@ def run_queries() -> None:
     timings: dict[str, list[float]] = {}
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-    print("ready", flush=True)
+    with connection.cursor() as cursor:  # its server process, for the CPU figures
+        cursor.execute("SELECT pg_backend_pid()")
+        backend = cursor.fetchone()[0]
+    print(f"ready {backend}", flush=True)
+    cpu0 = time.process_time()
     while not stop.is_set():
         since, until = queries.default_range(1)
         flt = queries.TelemetryFilter(since=since, until=until)
@@ -109,6 +118,7 @@ def run_queries() -> None:
             call()
             timings.setdefault(name, []).append((time.perf_counter() - t) * 1000)
         stop.wait(0.2)
+    timings["cpu_s"] = time.process_time() - cpu0  # type: ignore[assignment]
     print(json.dumps(timings), flush=True)
 
 
@@ -132,11 +142,15 @@ class Poller(threading.Thread):
         self.timeline: list[tuple[float, int]] = []  # (monotonic, batches so far)
         self.batches = 0
 
+    backend = 0  # its connection's server process
+
     def run(self) -> None:
         conn = None
         while not self.stop.is_set():
             try:  # a dead poller would freeze the figures: reconnect and go on
-                conn = conn or self.db.connect()
+                if conn is None:
+                    conn = self.db.connect()
+                    self.backend = conn.info.backend_pid
                 rows = conn.execute(
                     "SELECT id, (extract(epoch FROM t0) * 1000)::bigint FROM"
                     " telemetry_ingestedbatch WHERE id > %s ORDER BY id",
@@ -206,6 +220,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, help="publishing time (default 180; quick 15)")
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--publishers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes sharing the subscriptions")
+    parser.add_argument("--burst", type=int, default=BURST,
+                        help="messages a device sends back to back when that many are due")
     parser.add_argument("--backlog-s", type=float, default=2.0,
                         help="seconds of the offered rate that may be published, not committed")
     parser.add_argument("--broker-queue", type=int,
@@ -260,25 +278,30 @@ def main() -> None:
                          MQTT_WORKER_PASSWORD=identity[1], MQTT_WORKER_GROUP="soak",
                          FLEET_VAR_DIR=str(workdir / "var"), FLEET_LOG_LEVEL="INFO",
                          PYTHONPATH=str(ROOT))
-        worker_log = workdir / "worker.log"
-        with worker_log.open("ab") as worker_out:
-            worker = subprocess.Popen(
-                [sys.executable, "manage.py", "fleet_worker", "--name", "soak", "--no-jobs",
-                 "--no-rollouts"], cwd=ROOT, env=env, stdout=worker_out,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        procs.append(worker)
+        # Several workers share the subscriptions ($share/soak/...), each under its own name.
+        names = [f"soak-{i}" for i in range(args.workers)]
+        workers = []
+        for name in names:
+            with (workdir / f"{name}.log").open("ab") as worker_out:
+                workers.append(subprocess.Popen(
+                    [sys.executable, "manage.py", "fleet_worker", "--name", name, "--no-jobs",
+                     "--no-rollouts"], cwd=ROOT, env=env, stdout=worker_out,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        procs += workers
         deadline = time.monotonic() + 60
-        while READY_LINE not in worker_log.read_text(errors="replace"):
-            if worker.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(worker_log.read_text()[-2000:])
-            time.sleep(0.05)
+        for name, worker in zip(names, workers, strict=True):
+            worker_log = workdir / f"{name}.log"
+            while READY_LINE not in worker_log.read_text(errors="replace"):
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(worker_log.read_text()[-2000:])
+                time.sleep(0.05)
         uids = sorted(passwords)
         publishers = []
         for i in range(args.publishers):
             spec = workdir / f"publisher-{i}.json"
             spec.write_text(json.dumps({
                 "host": broker.host, "port": broker.port, "seconds": args.seconds,
-                "messages_per_s": args.rate / PER_BATCH / args.publishers,
+                "messages_per_s": args.rate / PER_BATCH / args.publishers, "burst": args.burst,
                 "devices": [(u, passwords[u]) for u in uids[i::args.publishers]]}))
             publishers.append(subprocess.Popen(
                 [sys.executable, __file__, "--role", "publisher", "--spec", str(spec)],
@@ -291,14 +314,18 @@ def main() -> None:
                                  env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  text=True)
         procs.append(query)
-        assert query.stdout is not None and query.stdout.readline().strip() == "ready"
+        assert query.stdout is not None
+        ready, query_backend = query.stdout.readline().split()
+        assert ready == "ready"
         poller = Poller(db)
         poller.batches = db.scalar("SELECT count(*) FROM telemetry_ingestedbatch")
         poller.last_id = db.scalar("SELECT max(id) FROM telemetry_ingestedbatch")
         warm = poller.batches
         poller.start()
-        cpu0 = {"worker": cpu_seconds(worker.pid), "broker": cpu_seconds(broker.pid),
-                "postgres": postgres_cpu_seconds()}
+        sampler = PgCpuSampler(pg[1])
+        sampler.start()
+        cpu0 = {"worker": sum(cpu_seconds(w.pid) for w in workers), "broker": cpu_seconds(broker.pid),
+                "postgres": cluster_cpu_seconds(pg[1])}
         started = time.monotonic()
         for p in publishers:
             assert p.stdin is not None
@@ -353,15 +380,23 @@ def main() -> None:
         elapsed = (poller.timeline[-1][0] if poller.timeline else time.monotonic()) - started
         poller.stop.set()
         poller.join()
-        cpu = {"worker": cpu_seconds(worker.pid) - cpu0["worker"],
+        cpu = {"worker": sum(cpu_seconds(w.pid) for w in workers) - cpu0["worker"],
                "broker": cpu_seconds(broker.pid) - cpu0["broker"],
-               "postgres": postgres_cpu_seconds() - cpu0["postgres"]}
+               "postgres": cluster_cpu_seconds(pg[1]) - cpu0["postgres"],
+               "publishers": sum(p["cpu_s"] for p in published)}
+        sampler.stop.set()
+        sampler.join()
+        roles = sampler.by_role(int(query_backend), poller.backend)
+        cpu |= {f"postgres_{role}": v for role, v in roles.items()}
+        cpu["postgres_unattributed"] = cpu["postgres"] - sum(roles.values())
         timings = json.loads(query.communicate(input="", timeout=120)[0].strip().splitlines()[-1])
+        cpu["queries"] = timings.pop("cpu_s")
         load_after = load_average()
         time.sleep(0.5)
-        worker.terminate()
-        worker.wait(timeout=60)
-        end_session(broker, "soak", *identity)
+        for name, worker in zip(names, workers, strict=True):
+            worker.terminate()
+            worker.wait(timeout=60)
+            end_session(broker, name, *identity)
         check = db.connect()  # one pass over every stored row, hashed in memory
         check.execute("SET work_mem = '512MB'")
         rows, batches = check.execute(
@@ -400,11 +435,14 @@ def main() -> None:
             for k, v in timings.items()))
         extra = {"load_avg_before": load_before, "load_avg_after": load_after,
                  "seconds": round(elapsed, 1), "offered_events_per_s": args.rate,
+                 "workers": args.workers, "publishers": args.publishers,
                  "publisher_deficit_events": deficit, "publisher_held_s": held,
                  "backlog_s": args.backlog_s}
         results += [
             {"metric": "soak_events_per_s", "value": round(rate), "unit": "events/s",
-             "baseline": args.rate, "ratio": round(rate / args.rate, 3), **extra},
+             "baseline": args.rate, "ratio": round(rate / args.rate, 3),
+             "cpu_us_per_event": {k: round(v, 2) for k, v in per_event.items()},
+             "cpu_seconds": {k: round(v, 1) for k, v in cpu.items()}, **extra},
             {"metric": "soak_min_10s_events_per_s", "value": round(min(windows or [0])),
              "unit": "events/s", "baseline": args.rate,
              "ratio": round(min(windows or [0]) / args.rate, 3), **extra},

@@ -131,6 +131,7 @@ def new_client(
     max_inflight: int | None = None,
     max_queued: int | None = None,
     will: Will | None = None,
+    client_class: type[mqtt.Client] = mqtt.Client,
 ) -> mqtt.Client:
     """Return a paho MQTT 5 client for ``endpoint``, configured but not yet connected.
 
@@ -151,13 +152,14 @@ def new_client(
         max_inflight: QoS 1 publishes in flight at once; None: paho's 20.
         max_queued: publishes paho queues while offline (0: unlimited); None: paho's default.
         will: what the broker publishes if the connection dies without a DISCONNECT.
+        client_class: paho's ``Client`` or a subclass of it (the worker's receive path).
 
     Raises:
         ValueError: more than one of ``ca_certs``, ``ca_pem`` and ``ssl_context``.
     """
     if sum(x is not None and x != "" for x in (ca_certs, ca_pem, ssl_context)) > 1:
         raise ValueError("give at most one of ca_certs, ca_pem and ssl_context")
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+    client = client_class(CallbackAPIVersion.VERSION2, client_id=client_id,
                          protocol=mqtt.MQTTv5, manual_ack=manual_ack,
                          reconnect_on_failure=reconnect_on_failure)
     if username is not None:

@@ -149,13 +149,14 @@ class LeanClient(mqtt.Client):
         sock = self._sock
         return sock is not None and getattr(sock, "pending", lambda: 0)() > 0
 
-    def _handle_publish(self) -> MQTTErrorCode:
+    def _plain_publish(self) -> tuple[str, bytes, int, int] | None:
+        """Return (topic, payload, mid, qos) of the PUBLISH just read if it is plain (QoS 0
+        or 1, no properties, a UTF-8 topic); None: paho's own path decides."""
         header: int = self._in_packet["command"]
         packet: bytearray = self._in_packet["packet"]
         qos = (header & 0x06) >> 1
-        deliver = self.on_plain_message
-        if deliver is None or qos == 2 or len(packet) < 3:
-            return super()._handle_publish()
+        if qos == 2 or len(packet) < 3:
+            return None
         at = 2 + int.from_bytes(packet[:2], "big")
         topic_bytes = packet[2:at]
         mid = 0
@@ -163,14 +164,21 @@ class LeanClient(mqtt.Client):
             mid = int.from_bytes(packet[at:at + 2], "big")
             at += 2
         if packet[at:at + 1] != b"\x00" or not topic_bytes:
-            return super()._handle_publish()  # properties, an alias, or malformed: paho decides
+            return None  # properties, an alias, or malformed
         try:
-            topic = topic_bytes.decode("utf-8")
+            return topic_bytes.decode("utf-8"), bytes(packet[at + 1:]), mid, qos
         except UnicodeDecodeError:
+            return None
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        deliver = self.on_plain_message
+        plain = None if deliver is None else self._plain_publish()
+        if deliver is None or plain is None:
             return super()._handle_publish()
+        topic, payload, mid, qos = plain
         with self._in_callback_mutex:
             try:
-                deliver(self, topic, bytes(packet[at + 1:]))
+                deliver(self, topic, payload)
             except Exception as err:
                 self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
                 if not self.suppress_exceptions:

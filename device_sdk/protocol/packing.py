@@ -104,7 +104,8 @@ def check_column(
         raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"{field}: padding bits are not zero")
     # Only a width that could reach past ``maximum`` needs the values looked at.
     if (count and base + (1 << width) - 1 > maximum
-            and max(unpack_column(packed, count)) > maximum):
+            and (base + max(packed.data) if width == 8  # a byte a value: no list needed
+                 else max(unpack_column(packed, count))) > maximum):
         raise ProtocolError(Reason.VALUE_OUT_OF_RANGE, f"{field}: value > {maximum}")
     return packed, end
 

@@ -19,7 +19,6 @@ from django.db import close_old_connections
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.status import decode_status
 from device_sdk.protocol.topics import Channel, parse_device_topic
-from fleet.intake.worker import Received
 from fleet.devices.presence import apply_gateway_status, apply_status
 from fleet.intake.directory import DeviceDirectory
 from fleet.intake.messages import (
@@ -28,6 +27,7 @@ from fleet.intake.messages import (
     decode_from_device,
     record_rejections,
 )
+from fleet.intake.worker import Received
 from fleet.telemetry.ingest import Accepted, StagedBatches, stage_batches, store_staged
 
 log = logging.getLogger(__name__)

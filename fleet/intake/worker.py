@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -31,6 +31,7 @@ from paho.mqtt.properties import Properties
 
 from device_sdk.mqtt import BrokerEndpoint, connect, new_client
 from device_sdk.protocol.topics import Channel, shared_filter
+from fleet.intake.receive import WorkerClient
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +102,13 @@ class MqttWorker:
         self.host, self.port = self.endpoint.host, self.endpoint.port
         # Many messages in flight (max_inflight): the consumer batches, and acks arrive after
         # the commit (manual_ack).
-        self.client = new_client(
+        self.client = cast(WorkerClient, new_client(
             self.endpoint, client_id=config.name, username=config.username,
             password=config.password, ca_certs=config.ca_certs, manual_ack=True,
             max_inflight=1000, reconnect_delay=(1, 30), reconnect_on_failure=reconnect,
-        )
+            client_class=WorkerClient,
+        ))
+        self.client.on_plain_publish = self._on_plain_publish
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -162,11 +165,18 @@ class MqttWorker:
             log.warning("worker %s lost the broker (%s); reconnecting", self.config.name, reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        try:
+        try:  # a PUBLISH with properties (WorkerClient hands plain ones to the method below)
             self.inbox.put(Received(msg.topic, bytes(msg.payload), msg.mid, msg.qos,
                                     datetime.now(UTC), self.connection))
         except Exception:
             log.exception("could not queue a message on %s", getattr(msg, "topic", "?"))
+
+    def _on_plain_publish(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+        try:
+            self.inbox.put(Received(topic, payload, mid, qos, datetime.now(UTC),
+                                    self.connection))
+        except Exception:
+            log.exception("could not queue a message on %s", topic)
 
     # main thread ---------------------------------------------------------------------------
 
@@ -229,9 +239,12 @@ class MqttWorker:
             while (item := self.prepared.get()) is not None:
                 batch, prepared = item
                 try:
-                    self._until_done(lambda: self.handle.commit(prepared), len(batch))
-                    for msg in batch:
-                        if msg.qos > 0 and msg.connection == self.connection:
+                    self._until_done(lambda p=prepared: self.handle.commit(p), len(batch))
+                    current = self.connection
+                    self.client.ack_many(msg.mid for msg in batch
+                                         if msg.qos == 1 and msg.connection == current)
+                    for msg in batch:  # QoS 2 (no device sends it): paho's own
+                        if msg.qos == 2 and msg.connection == current:
                             self.client.ack(msg.mid, msg.qos)
                 finally:
                     self.prepared.task_done()

@@ -439,7 +439,6 @@ def _upsert_rollups(cells: _RollupCells, data: bytes | None, *, nested: bool) ->
         return
     updates = ", ".join(f"{c} = telemetry_rollup.{c} + excluded.{c}" for c in _ROLLUP_SUMS)
     conflict = " ON CONFLICT (device_id, model_version_id, bucket, label) DO UPDATE SET "
-    device, mv, bucket, label = cells.keys
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(_ROLLUP_STAGE_DDL)
@@ -465,10 +464,25 @@ def _upsert_rollups(cells: _RollupCells, data: bytes | None, *, nested: bool) ->
 
 
 def _touch_devices(last_seen: dict[int, int]) -> None:
+    """Move the devices' last seen (and a first one) forward to their latest event."""
+    ordered = sorted(last_seen.items())
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # One statement for all (one per device took ~200 µs each: a round trip, a plan).
+            # Rows are locked in id order first, as concurrent workers must take them.
+            ids = _pg_array(d for d, _ in ordered)
+            cursor.execute("SELECT 1 FROM devices_device WHERE id = ANY(%s::bigint[]) ORDER BY id"
+                           " FOR NO KEY UPDATE", [ids])
+            cursor.execute(
+                "UPDATE devices_device d SET last_seen = v.t, first_seen = COALESCE(d.first_seen,"
+                " v.t) FROM (SELECT id, 'epoch'::timestamptz + ms * interval '1 millisecond' AS t"
+                " FROM unnest(%s::bigint[], %s::bigint[]) AS u(id, ms)) AS v WHERE d.id = v.id"
+                " AND (d.last_seen IS NULL OR d.last_seen < v.t)",
+                [ids, _pg_array(t for _, t in ordered)])
+            return
         cursor.executemany(
             "UPDATE devices_device SET last_seen = %s, first_seen = COALESCE(first_seen, %s)"
             " WHERE id = %s AND (last_seen IS NULL OR last_seen < %s)",
             [(_db_dt(t / 1000), _db_dt(t / 1000), d, _db_dt(t / 1000))
-             for d, t in sorted(last_seen.items())],
+             for d, t in ordered],
         )

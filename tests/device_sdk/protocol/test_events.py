@@ -721,3 +721,16 @@ def test_bytes_per_event_on_the_wire() -> None:
         if size == 32:
             assert (worst + MQTT_FRAMING) / size <= 6.0
             assert ratio >= 20
+
+
+@pytest.mark.parametrize("values", [[10, 265], [100, 300, 120], [256, 1]])
+def test_a_byte_wide_column_past_its_maximum_is_refused(values: list[int]) -> None:
+    """Values a byte each above a base: the largest one decides, as for any width."""
+    from device_sdk.protocol.packing import check_column, pack_column
+
+    data = pack_column(values)
+    column, end = check_column(data, 0, len(values), "scores", max(values), whole=True)
+    assert (column.width, end) == (8, len(data))  # at its own maximum: accepted
+    with pytest.raises(ProtocolError) as refused:
+        check_column(data, 0, len(values), "scores", 255, whole=True)
+    assert refused.value.reason is Reason.VALUE_OUT_OF_RANGE

@@ -20,11 +20,11 @@ from django.db import connection
 from device_sdk.protocol.events import Event, EventBatch, encode_batch, encode_summary, summarize
 from device_sdk.protocol.limits import MAX_EVENTS_BYTES
 from device_sdk.protocol.reasons import Reason
-from fleet.intake.consumers import Consumers
-from fleet.intake.worker import Received
 from fleet.devices.models import Device, HardwareProfile
+from fleet.intake.consumers import Consumers
 from fleet.intake.directory import DeviceDirectory
 from fleet.intake.messages import Rejected, decode_event_message, record_rejections
+from fleet.intake.worker import Received
 from fleet.telemetry.ingest import Accepted, store_batches
 from fleet.telemetry.models import DeadLetter, IngestedBatch, Rollup
 from fleet.telemetry.models import Event as EventRow
@@ -139,6 +139,23 @@ def test_last_seen_never_moves_back(device: Device) -> None:
     store_batches([accept(device, batch(1, (0, 0, 1, 1)))], NOW)
     device.refresh_from_db()
     assert device.last_seen == datetime.fromtimestamp(T0 / 1000 + 60, tz=UTC)
+
+
+def test_last_seen_of_several_devices_in_one_call(hardware_profile: HardwareProfile) -> None:
+    """One call with many devices (one statement on PostgreSQL): each gets its own newest
+    event, first_seen is set once, and a device seen later before keeps its last_seen."""
+    devices = [Device.objects.create(uid=f"many-{i}-{secrets.token_hex(3)}",
+                                     hardware_profile=hardware_profile, public_key_pem="-",
+                                     public_key_fingerprint=f"many-{i}-{secrets.token_hex(3)}",
+                                     key_algorithm="ed25519") for i in range(5)]
+    ahead = datetime.fromtimestamp(T0 / 1000 + 3600, tz=UTC)
+    Device.objects.filter(id=devices[4].id).update(last_seen=ahead, first_seen=ahead)
+    store_batches([accept(d, batch(seq, (i * 1000 + seq * 10, 0, 1, 1)))
+                   for seq in (1, 2) for i, d in enumerate(devices)], NOW)
+    for i, d in enumerate(devices):
+        d.refresh_from_db()
+        want = ahead if i == 4 else datetime.fromtimestamp((T0 + i * 1000 + 20) / 1000, tz=UTC)
+        assert (d.last_seen, d.first_seen) == (want, want)
 
 
 def test_an_unknown_package_maps_to_model_version_0(device: Device) -> None:
@@ -371,3 +388,12 @@ def test_reuse_inside_one_worker_batch_is_caught_too(device: Device) -> None:
                Received(topic, encode_batch(batch(7, (0, 3, 3, 3))), 2, 1, NOW)])
     assert list(EventRow.objects.values_list("label", flat=True)) == [1]
     assert list(DeadLetter.objects.values_list("reason", flat=True)) == ["SEQUENCE_REUSED"]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a PostgreSQL storage parameter")
+def test_rollup_pages_leave_room_for_heap_only_updates() -> None:
+    """Ingest adds to the same rollup rows at every commit: half of each new page stays free
+    for their new versions (migration 0012)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reloptions FROM pg_class WHERE relname = 'telemetry_rollup'")
+        assert "fillfactor=50" in (cursor.fetchone()[0] or [])
