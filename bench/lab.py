@@ -91,7 +91,7 @@ class RecordingAccess:
         self.devices[uid] = password
 
     def __getattr__(self, name: str) -> Any:
-        raise NotImplementedError(f"the bulk enrollment path records devices only, not {name}")
+        raise AttributeError(f"the bulk enrollment path records devices only, not {name}")
 
 
 @contextmanager

@@ -201,6 +201,7 @@ class DeviceClient:
         self._up = threading.Event()
         self._drained = threading.Condition()
         self._tick: Timer | None = None
+        self._ticking = False  # an age check is scheduled (none while no batch is open)
         self._channels: dict[str, Channel | PackageChannel] = {}  # topics heard, parsed
 
     # -- lifecycle (application thread) ---------------------------------------------------
@@ -209,6 +210,7 @@ class DeviceClient:
         """Start connecting (and the network thread, if this client owns its reactor)."""
         if self._owns_reactor:
             self.reactor.start()
+        self._ticking = True
         self.reactor.call_soon(self._schedule_tick)
         self.link.start()
 
@@ -251,6 +253,10 @@ class DeviceClient:
         """Add one inference event; it is sent once its batch closes. Raises ProtocolError
         for an event the wire format cannot carry (a clock before 2020, a label >= 1024)."""
         self.batcher.add(event)
+        if not self._ticking:
+            # A batch is open now: wake the age check, which sleeps while there is none.
+            self._ticking = True
+            self.reactor.call_soon(self._schedule_tick)
 
     def flush(self) -> None:
         """Close the open batch (or summary window) now, so it is queued for sending."""
@@ -341,8 +347,17 @@ class DeviceClient:
     def _on_tick(self) -> None:
         if self.link.stopped.is_set():
             return
-        self._schedule_tick()
-        self.batcher.poll()
+        try:
+            self.batcher.poll()
+        finally:  # a sink that raised must not end the checks
+            if not self.batcher.pending_events:
+                # Nothing to age: stop ticking (a fleet of idle devices would otherwise wake
+                # each one every second) until record() opens a batch. Checked again after
+                # clearing the flag: an event recorded in between saw it set and scheduled none.
+                self._ticking = False
+            if self.batcher.pending_events:
+                self._ticking = True
+                self._schedule_tick()
 
     def _pump(self) -> None:
         """Send outbox entries in order while the in-flight window has room."""

@@ -27,7 +27,7 @@ from device_sdk.client import DeviceClient
 from device_sdk.ota.trial import TrialResult
 from device_sdk.ota.updater import OtaUpdater
 from device_sdk.protocol.cose import parse_sign1
-from device_sdk.protocol.fanout import crypt
+from device_sdk.protocol.fanout import FanoutCipher
 from device_sdk.protocol.manifest import Manifest, TrialSpec
 from device_sdk.protocol.ota_messages import (
     ChunkRequest,
@@ -79,6 +79,7 @@ class OtaAgent:
         self._quiet_limit = repair_after_s  # grows while repairs bring nothing
         self._fanout: str | None = None  # the filter subscribed to
         self._fanout_topic: str | None = None  # the topic its chunks come on
+        self._cipher: FanoutCipher | None = None  # decrypts the fan-out's chunks in order
         self._pending: list[tuple[int, DeploymentState, int]] = []
         self._last_report: tuple[int, DeploymentState, int] | None = None
         self._watching: int | None = None
@@ -248,7 +249,10 @@ class OtaAgent:
         if not unicast:
             key = self.updater.fanout_key(chunk.pkg)
             if key is not None:  # encrypted fan-out (only offered devices hold the key)
-                data = crypt(key, chunk.pkg, chunk.offset, data)
+                cipher = self._cipher
+                if cipher is None or cipher.pkg != chunk.pkg or cipher.key != key:
+                    cipher = self._cipher = FanoutCipher(key, chunk.pkg)
+                data = cipher.crypt(chunk.offset, data)
         data = self.chunk_received(chunk.offset, data)
         try:
             fresh = self.updater.on_chunk(chunk.pkg, chunk.offset, data)

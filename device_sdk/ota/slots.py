@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 # A hook called before every write that changes the disk: the power-cut simulation raises
@@ -85,8 +85,11 @@ class SlotStore:
         """Replace the metadata atomically."""
         self.hook("meta")
         tmp = self.dir / "meta.json.tmp"
-        with open(tmp, "w") as f:
-            json.dump(asdict(meta), f)
+        # One write of the encoded text; the fields are plain values, dicts and lists that
+        # json encodes as they are (no deep copy through dataclasses.asdict).
+        data = json.dumps({f.name: getattr(meta, f.name) for f in fields(meta)}).encode()
+        with open(tmp, "wb") as f:
+            f.write(data)
             if self.durable:
                 f.flush()
                 os.fsync(f.fileno())

@@ -54,34 +54,53 @@ static void models(tml_lz_t *d, models_t *m)
     m->literal = p;
 }
 
-/* The range decoder over the lookahead buffer; `eof` is set when a token runs off its end. */
+/*
+ * The range decoder over the lookahead buffer; `eof` is set when a token runs off its end. Its
+ * range and code live here, not in the decoder, while tokens are decoded: the window's byte
+ * stores may alias anything, so fields read through `d` would be reloaded for every bit.
+ */
 typedef struct {
-    tml_lz_t *d;
-    uint32_t ip;
+    const uint8_t *in;
+    uint32_t ip, len, range, code;
     bool eof;
 } rc_t;
 
-static unsigned bit(rc_t *rc, uint16_t *p)
+/*
+ * One bit. Its data-dependent branch is cheap on a Cortex-M (a short pipeline) and the fewest
+ * instructions there; a host CPU mispredicts about every second literal bit instead, so the
+ * simulator's build (TML_LZ_BRANCHLESS, make libtransfer) selects with masks: the same
+ * arithmetic, the same results.
+ */
+static inline unsigned bit(rc_t *rc, uint16_t *p)
 {
-    tml_lz_t *d = rc->d;
-    if (d->range < TOP) {
-        if (rc->ip >= d->in_len) {
+    if (rc->range < TOP) {
+        if (rc->ip >= rc->len) {
             rc->eof = true;
             return 0;
         }
-        d->range <<= 8;
-        d->code = (d->code << 8) | d->in[rc->ip++];
+        rc->range <<= 8;
+        rc->code = (rc->code << 8) | rc->in[rc->ip++];
     }
-    uint32_t bound = (d->range >> PROB_BITS) * *p;
-    if (d->code < bound) {
-        d->range = bound;
-        *p = (uint16_t)(*p + ((PROB_ONE - *p) >> MOVE_BITS));
+    unsigned prob = *p;
+    uint32_t bound = (rc->range >> PROB_BITS) * prob;
+#ifdef TML_LZ_BRANCHLESS
+    uint32_t one = rc->code >= bound, mask = 0U - one;
+    rc->code -= bound & mask;
+    rc->range = (bound & ~mask) | ((rc->range - bound) & mask);
+    *p = (uint16_t)(((prob + ((PROB_ONE - prob) >> MOVE_BITS)) & ~mask) |
+                    ((prob - (prob >> MOVE_BITS)) & mask));
+    return one;
+#else
+    if (rc->code < bound) {
+        rc->range = bound;
+        *p = (uint16_t)(prob + ((PROB_ONE - prob) >> MOVE_BITS));
         return 0;
     }
-    d->range -= bound;
-    d->code -= bound;
-    *p = (uint16_t)(*p - (*p >> MOVE_BITS));
+    rc->range -= bound;
+    rc->code -= bound;
+    *p = (uint16_t)(prob - (prob >> MOVE_BITS));
     return 1;
+#endif
 }
 
 static uint32_t tree(rc_t *rc, uint16_t *probs, unsigned nbits)
@@ -233,7 +252,7 @@ tml_reason_t tml_lz_feed(tml_lz_t *d, const uint8_t *data, size_t len, bool fina
         d->in_len = (uint8_t)(d->in_len + take);
         i += take;
         bool all_in = i == len, fin = final && all_in;
-        rc_t rc = {d, 0, false};
+        rc_t rc = {d->in, 0, d->in_len, d->range, d->code, false};
         if (d->stage == STAGE_HEADER) {
             if (d->in_len < HEADER_BYTES) {
                 return fin ? TML_REASON_DECODE_ERROR : TML_REASON_OK;
@@ -253,11 +272,11 @@ tml_reason_t tml_lz_feed(tml_lz_t *d, const uint8_t *data, size_t len, bool fina
                 /* Too few bytes yet: they are kept below, and the next call goes on. */
             } else {
                 const uint8_t *s = d->in + rc.ip;
-                d->code = (uint32_t)s[1] << 24 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 8 | s[4];
-                if (s[0] != 0 || d->code == 0xFFFFFFFFUL) {
+                rc.code = (uint32_t)s[1] << 24 | (uint32_t)s[2] << 16 | (uint32_t)s[3] << 8 | s[4];
+                if (s[0] != 0 || rc.code == 0xFFFFFFFFUL) {
                     return TML_REASON_DECODE_ERROR;
                 }
-                d->range = 0xFFFFFFFFUL;
+                rc.range = 0xFFFFFFFFUL;
                 rc.ip += 5;
                 d->stage = STAGE_TOKENS;
             }
@@ -273,19 +292,19 @@ tml_reason_t tml_lz_feed(tml_lz_t *d, const uint8_t *data, size_t len, bool fina
         if (d->stage == STAGE_TOKENS && d->pos == d->size) {
             /* The encoder's flush leaves exactly the bytes that make the final code zero. */
             bool wait = false;
-            if (d->range < TOP) {
+            if (rc.range < TOP) {
                 if (rc.ip >= d->in_len) {
                     if (fin) {
                         return TML_REASON_DECODE_ERROR; /* ends before its flush */
                     }
                     wait = true;
                 } else {
-                    d->code = (d->code << 8) | d->in[rc.ip++];
-                    d->range <<= 8;
+                    rc.code = (rc.code << 8) | d->in[rc.ip++];
+                    rc.range <<= 8;
                 }
             }
             if (!wait) {
-                if (d->code != 0) {
+                if (rc.code != 0) {
                     return TML_REASON_DECODE_ERROR;
                 }
                 d->stage = STAGE_DONE;
@@ -294,6 +313,8 @@ tml_reason_t tml_lz_feed(tml_lz_t *d, const uint8_t *data, size_t len, bool fina
         if (d->stage == STAGE_DONE && (rc.ip < d->in_len || !all_in)) {
             return TML_REASON_DECODE_ERROR; /* bytes after the end of the stream */
         }
+        d->range = rc.range;
+        d->code = rc.code;
         memmove(d->in, d->in + rc.ip, d->in_len - rc.ip);
         d->in_len = (uint8_t)(d->in_len - rc.ip);
         if (all_in) {

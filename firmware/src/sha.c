@@ -43,37 +43,47 @@ static const uint64_t IV[8] = {0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL,
 /* One block into the chaining state h (uint32_t[8] or uint64_t[8]). */
 typedef void (*compress_fn)(void *h, const uint8_t *block);
 
+/*
+ * The working variables a..h rotate by renaming, not by moving an array (a memmove call per
+ * round); the schedule w is a 16-word ring.
+ */
 static void compress256(void *state, const uint8_t *p)
 {
     uint32_t *h = state;
     uint32_t w[16];
-    uint32_t s[8];
-    memcpy(s, h, sizeof(s));
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
     for (int i = 0; i < 64; i++) {
         uint32_t wi;
         if (i < 16) {
             wi = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
                  (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
         } else {
-            uint32_t a = w[(i - 15) & 15], b = w[(i - 2) & 15];
-            uint32_t s0 = ROR32(a, 7) ^ ROR32(a, 18) ^ (a >> 3);
-            uint32_t s1 = ROR32(b, 17) ^ ROR32(b, 19) ^ (b >> 10);
+            uint32_t x = w[(i - 15) & 15], y = w[(i - 2) & 15];
+            uint32_t s0 = ROR32(x, 7) ^ ROR32(x, 18) ^ (x >> 3);
+            uint32_t s1 = ROR32(y, 17) ^ ROR32(y, 19) ^ (y >> 10);
             wi = w[i & 15] + s0 + w[(i - 7) & 15] + s1;
         }
         w[i & 15] = wi;
-        uint32_t e = s[4];
-        uint32_t t1 = s[7] + (ROR32(e, 6) ^ ROR32(e, 11) ^ ROR32(e, 25)) +
-                      ((e & s[5]) ^ (~e & s[6])) + (uint32_t)(K[i] >> 32) + wi;
-        uint32_t a = s[0];
-        uint32_t t2 = (ROR32(a, 2) ^ ROR32(a, 13) ^ ROR32(a, 22)) +
-                      ((a & s[1]) ^ (a & s[2]) ^ (s[1] & s[2]));
-        memmove(s + 1, s, 7 * sizeof(uint32_t));
-        s[4] += t1;
-        s[0] = t1 + t2;
+        uint32_t t1 = k + (ROR32(e, 6) ^ ROR32(e, 11) ^ ROR32(e, 25)) + ((e & f) ^ (~e & g)) +
+                      (uint32_t)(K[i] >> 32) + wi;
+        uint32_t t2 = (ROR32(a, 2) ^ ROR32(a, 13) ^ ROR32(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        k = g;
+        g = f;
+        f = e;
+        e = d + t1;
+        d = c;
+        c = b;
+        b = a;
+        a = t1 + t2;
     }
-    for (int i = 0; i < 8; i++) {
-        h[i] += s[i];
-    }
+    h[0] += a;
+    h[1] += b;
+    h[2] += c;
+    h[3] += d;
+    h[4] += e;
+    h[5] += f;
+    h[6] += g;
+    h[7] += k;
 }
 
 static void compress512(void *state, const uint8_t *p)

@@ -219,6 +219,34 @@ def test_device_connects_over_tls_publishes_status_and_batches_then_goes_offline
     watcher.collect(is_status(LinkState.OFFLINE, status_topic))
 
 
+def test_an_idle_client_stops_its_age_checks_and_a_new_batch_still_closes_by_age(
+    fleet_server: str, token: str, tmp_path: Path, monitor: Any, uid: Callable[[str], str],
+    make_client: Callable[..., DeviceClient],
+) -> None:
+    identity = enroll(fleet_server, token, state_dir=tmp_path, hardware="stm32f746",
+                      capabilities=CAPS, uid=uid("tick"))
+    events_topic = f"fleet/v1/{identity.device_id}/events"
+    watcher = monitor(events_topic)
+    client = make_client(identity, tmp_path, model=0, batch_age_s=1.5)
+    client.start()
+    assert client.wait_connected(10), client.link.last_error
+    deadline = time.monotonic() + 5
+    while client._ticking and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not client._ticking  # no open batch: no timer wakes this device every second
+
+    recorded = time.monotonic()
+    client.record(events(0, 1)[0])  # one event of a batch of 4: only its age closes it
+    watcher.collect(lambda ms: len(watcher.on(events_topic)) >= 1)
+    assert time.monotonic() - recorded >= 1.4
+    assert [decode_batch(p).events for p in watcher.on(events_topic)] == [events(0, 1)]
+    assert client.wait_drained(10)
+    deadline = time.monotonic() + 5
+    while client._ticking and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not client._ticking  # and it stops again once the batch is gone
+
+
 def test_outage_keeps_batches_across_a_restart_and_drains_them_in_order(
     fleet_server: str, broker: MosquittoInstance, token: str, tmp_path: Path, monitor: Any,
     uid: Callable[[str], str], make_client: Callable[..., DeviceClient],
