@@ -184,6 +184,10 @@ def _fresh_cache(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     request.getfixturevalue("transactional_db")
+    from fleet.core.models import RateBucket
+
     caches[settings.THROTTLE_CACHE].clear()
+    RateBucket.objects.all().delete()
     yield
     caches[settings.THROTTLE_CACHE].clear()
+    RateBucket.objects.all().delete()
