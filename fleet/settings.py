@@ -102,7 +102,7 @@ SECURE_PROXY_SSL_HEADER = (
 )
 
 INSTALLED_APPS = [
-    "fleet.core",  # creates the shared throttle cache table after migrate
+    "fleet.core",  # rate buckets (a model); creates the login throttle cache table after migrate
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
