@@ -4,8 +4,8 @@ Used by ``bench/enroll.py``: a gunicorn started with ``deploy/gunicorn.conf.py``
 port (one web process, so its CPU is the server's alone), with the bench's environment
 (PostgreSQL, X.509 broker access). Each timed enrollment is ``device_sdk.client.identity.
 enroll``: ``POST /api/v1/enroll/challenge/``, the device's signature, ``POST /api/v1/enroll/``
-(two HTTP connections, Django's whole stack: middleware, DRF, the throttle's shared database
-cache, the serializer), then the device checks and stores what it was given.
+(two HTTP connections, Django's whole stack: middleware, DRF, the throttle's shared rate
+buckets in the database, the serializer), then the device checks and stores what it was given.
 
 The rate limits are raised for this run (``ENROLL_RATE``, ``ENROLL_CHALLENGE_RATE``: `RATE`)
 so the bench, one client address, is never throttled; the throttle still counts every request.

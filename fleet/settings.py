@@ -102,7 +102,7 @@ SECURE_PROXY_SSL_HEADER = (
 )
 
 INSTALLED_APPS = [
-    "fleet.core",  # creates the shared throttle cache table after migrate
+    "fleet.core",  # rate buckets (a model); creates the login throttle cache table after migrate
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -185,8 +185,9 @@ STATIC_ROOT = VAR_DIR / "static"
 
 LOGIN_URL = "/console/login/"
 
-# Throttle counters are shared by every web process (and host): a table in the database,
-# created by `migrate` (fleet.core.apps) or `manage.py createcachetable`.
+# Login attempt counters (fleet.core.login_throttle) are shared by every web process (and host):
+# a table in the database, created by `migrate` (fleet.core.apps) or `manage.py
+# createcachetable`. The API's rate limits below have their own table (fleet.core.buckets).
 THROTTLE_CACHE = "throttle"
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},

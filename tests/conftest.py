@@ -169,9 +169,9 @@ def enroll_body(enrollment_token_factory: Callable[..., str], device_public_key_
 def _fresh_cache(request: pytest.FixtureRequest) -> Iterator[None]:
     """Start every test with empty throttle counters.
 
-    They live in a database table (shared by every web process): a test in a transaction
-    leaves nothing behind; one that commits (transactional_db, live_server) empties the table
-    before and after itself.
+    They live in database tables (the API's rate buckets, the login throttle's cache; shared by
+    every web process): a test in a transaction leaves nothing behind; one that commits
+    (transactional_db, live_server) empties them before and after itself.
     """
     from django.conf import settings
     from django.core.cache import caches
@@ -184,6 +184,10 @@ def _fresh_cache(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     request.getfixturevalue("transactional_db")
+    from fleet.core.models import RateBucket
+
     caches[settings.THROTTLE_CACHE].clear()
+    RateBucket.objects.all().delete()
     yield
     caches[settings.THROTTLE_CACHE].clear()
+    RateBucket.objects.all().delete()

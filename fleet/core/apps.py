@@ -1,4 +1,4 @@
-"""The core app: no models; it makes sure the shared throttle cache table exists after migrate."""
+"""The core app: the API's rate buckets (a model) and, after migrate, the login throttle's cache table."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from django.db.models.signals import post_migrate
 
 
 def create_cache_tables(using: str = "default", **_: Any) -> None:
-    """Create the database cache tables (the throttle counters) if missing; idempotent."""
+    """Create the database cache tables (the login attempt counters) if missing; idempotent."""
     from django.core.management import call_command
 
     call_command("createcachetable", database=using, verbosity=0)

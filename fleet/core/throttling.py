@@ -1,7 +1,9 @@
 """Who the client is behind trusted proxies, and rate limits shared by every web process.
 
-The counters live in the ``THROTTLE_CACHE`` cache (a database table), so two gunicorn workers,
-two ``runserver`` processes or two hosts on one database share one bucket per client; a
+The API's rate limits (``ClientRateThrottle``) are buckets in a database table
+(fleet.core.buckets: one upsert a request); the login limits (``AttemptLimiter``) are counters
+in the ``THROTTLE_CACHE`` cache, a database table too. Either way two gunicorn workers, two
+``runserver`` processes or two hosts on one database share one bucket per client; a
 per-process memory cache would give each process its own.
 """
 
@@ -16,6 +18,8 @@ from django.conf import settings
 from django.core.cache import BaseCache, caches
 from rest_framework.request import Request
 from rest_framework.throttling import ScopedRateThrottle
+
+from fleet.core.buckets import bucket_key, take
 
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -57,26 +61,37 @@ def parse_rate(rate: str) -> tuple[int, int]:
 
 
 class ClientRateThrottle(ScopedRateThrottle):
-    """DRF's scoped throttle keyed on :func:`client_ip` and kept in the shared cache.
+    """A scoped throttle keyed on :func:`client_ip`, its buckets shared by every web process.
 
-    Views name their ``throttle_scope`` (a rate in ``DEFAULT_THROTTLE_RATES``). Callers logged
-    in as a user are not limited (their token is the accountable credential); anonymous callers
-    and gateway tokens are.
+    Views name their ``throttle_scope`` (a rate in ``DEFAULT_THROTTLE_RATES``, DRF's syntax).
+    Each client gets ``N`` requests at once, then one every ``period / N`` (a token bucket,
+    fleet.core.buckets), for one database statement a request. Callers logged in as a user are
+    not limited (their token is the accountable credential); anonymous callers and gateway
+    tokens are.
     """
 
-    @property
-    def cache(self) -> BaseCache:  # type: ignore[override]
-        return throttle_cache()
+    _wait = 0.0
 
     def allow_request(self, request: Request, view: Any) -> bool:
-        """Apply the view's scope to callers with no user behind them."""
+        """Count the request against its client's bucket in the view's scope."""
         user = getattr(request, "user", None)
         if user is not None and user.is_authenticated:
             return True
-        return super().allow_request(request, view)
+        self.scope = getattr(view, self.scope_attr, None)
+        if not self.scope:
+            return True
+        self.rate = self.get_rate()
+        if self.rate is None:  # DRF's meaning of a None rate: no limit
+            return True
+        self.num_requests, self.duration = self.parse_rate(self.rate)
+        verdict = take(bucket_key(self.scope, client_ip(request)), self.num_requests,
+                       self.duration)
+        self._wait = verdict.wait
+        return verdict.allowed
 
-    def get_cache_key(self, request: Request, view: Any) -> str:
-        return self.cache_format % {"scope": self.scope, "ident": client_ip(request)}
+    def wait(self) -> float:
+        """Seconds until this client's next request in the scope would be let through."""
+        return self._wait
 
 
 class AttemptLimiter:

@@ -7,12 +7,15 @@ a copy of the database alone cannot sign. The KEK never touches the database or 
 
 from __future__ import annotations
 
-from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
-from django.db.models import QuerySet
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connections, router
+from django.db.models import QuerySet
+
 from device_sdk.protocol.cose import key_id, raw_public_key
 from ota.choices import KeyState
 from ota.models import SigningKey
@@ -66,9 +69,25 @@ def active_public_keys() -> QuerySet[SigningKey]:
         "created_at", "id")
 
 
+# The SQL of published_public_keys per database alias, compiled on first use.
+_published_sql: dict[str, tuple[str, tuple[Any, ...]]] = {}
+
+
 def published_public_keys() -> list[dict[str, str]]:
-    """Return the trusted keys as devices receive them at enrollment: ``[{kid, public_key}]``."""
-    return [{"kid": k.kid_hex, "public_key": k.public_key_hex} for k in active_public_keys()]
+    """Return the trusted keys as devices receive them at enrollment: ``[{kid, public_key}]``.
+
+    Every enrollment asks, so the query's SQL is compiled once per process (Django's compiler
+    cost more CPU than the query); the query itself still runs every time, so a key another
+    process rotates, activates or retires shows in the next answer.
+    """
+    alias = router.db_for_read(SigningKey)
+    compiled = _published_sql.get(alias)
+    if compiled is None:
+        query = active_public_keys().values_list("kid", "public_key").query
+        compiled = _published_sql[alias] = query.get_compiler(using=alias).as_sql()
+    with connections[alias].cursor() as cursor:
+        cursor.execute(*compiled)
+        return [{"kid": kid, "public_key": public} for kid, public in cursor.fetchall()]
 
 
 def current_signing_key() -> SigningKey | None:

@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from django.test import override_settings
@@ -140,3 +141,26 @@ def test_the_enrollment_limit_holds_across_two_web_processes(
     first, second = two_web_processes
     codes = [_enroll_status(url) for url in (first, second, first, second, first)]
     assert codes == [400, 400, 400, 429, 429]
+
+
+@pytest.mark.django_db
+def test_a_refused_client_is_told_when_to_come_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """3/min: a token every 20 s, so the fourth request at once waits 20 s (Retry-After)."""
+    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"enroll_challenge": "3/min"})
+    client = APIClient(REMOTE_ADDR="203.0.113.9")
+    codes = [client.post("/api/v1/enroll/challenge/").status_code for _ in range(3)]
+    refused = client.post("/api/v1/enroll/challenge/")
+    assert codes == [200, 200, 200]
+    assert refused.status_code == 429 and refused.json()["reason"] == "throttled"
+    assert refused["Retry-After"] == "20"
+
+
+@pytest.mark.django_db
+def test_the_throttle_costs_one_statement_a_request(
+    django_assert_num_queries: Any,
+) -> None:
+    """A challenge writes nothing: its one statement is the throttle's upsert."""
+    client = APIClient(REMOTE_ADDR="203.0.113.9")
+    with django_assert_num_queries(1) as captured:
+        assert client.post("/api/v1/enroll/challenge/").status_code == 200
+    assert "fleet_rate_bucket" in captured.captured_queries[0]["sql"]
