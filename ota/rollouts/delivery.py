@@ -41,7 +41,7 @@ from ota.registry.storage import artifact_storage
 from ota.rollouts.carousel import PackageCarousel
 from ota.rollouts.controller import Publisher
 from ota.rollouts.delivery_keys import fanout_key
-from ota.rollouts.models import ACTIVE_STATES, Deployment, RolloutState
+from ota.rollouts.models import ACTIVE_STATES, Deployment, Rollout, RolloutState
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ class OtaDelivery:
                  owner: str | None = None,
                  carousel_bytes_per_s: int = 2_000_000, carousel_chunk: int | None = None,
                  max_wait_s: float = 30.0, quiet_s: float | None = None,
-                 offer_grace_s: float = 15.0, join_gap_s: float = 10.0) -> None:
+                 offer_grace_s: float = 15.0, join_gap_s: float = 10.0,
+                 join_poll_s: float = 1.0) -> None:
         self.publisher = publisher
         self.cache = TransferCache()
         self.counters = counters if counters is not None else Counter()
@@ -104,8 +105,13 @@ class OtaDelivery:
         self.quiet = None if quiet_s is None else timedelta(seconds=quiet_s)
         self.offer_grace = timedelta(seconds=offer_grace_s)
         self.join_gap = timedelta(seconds=join_gap_s)
+        # The database is read every ``join_poll_s``, not at every tick: a join is counted
+        # up to that much later, well inside the seconds a turn waits for its joiners.
+        self.join_poll_s = join_poll_s
         self._carousels: dict[int, PackageCarousel] = {}
+        self._coming: dict[int, tuple[float, bool]] = {}  # package -> (asked at, more may join)
         self._last_tick = time.monotonic()
+        self._last_poll = float("-inf")
 
     # -- chunk requests ----------------------------------------------------------------------
 
@@ -136,7 +142,9 @@ class OtaDelivery:
         """Publish the next chunks of every package a joined device still lacks; return bytes.
 
         Joins come from the database (DOWNLOADING reports, applied by whichever worker took
-        them); the schedule is :class:`~ota.rollouts.carousel.PackageCarousel`'s.
+        them), read every ``join_poll_s`` (the worker ticks several times a second: reading
+        the joins at each tick cost a read of every deployment of a wave still downloading,
+        five times a second); the schedule is :class:`~ota.rollouts.carousel.PackageCarousel`'s.
         """
         now_s = time.monotonic()
         budget = int(self.carousel_bytes_per_s * min(now_s - self._last_tick, 1.0))
@@ -145,38 +153,18 @@ class OtaDelivery:
         live = Deployment.objects.filter(rollout__state=RolloutState.RUNNING)
         if self.owner is not None:
             live = live.filter(rollout__lease_owner=self.owner)
-        downloading = live.filter(state=DeploymentState.DOWNLOADING)
-        wanted = set(live.filter(state__in=(DeploymentState.OFFERED, DeploymentState.DOWNLOADING))
-                     .values_list("package_id", flat=True).distinct())
-        for gone in set(self._carousels) - wanted:
-            del self._carousels[gone]
+        if now_s - self._last_poll >= self.join_poll_s:
+            self._last_poll = now_s
+            self._poll_joins(live, now)
         running: list[tuple[PackageCarousel, int, bytes]] = []
-        for package_id in sorted(wanted):
+        for package_id in sorted(self._carousels):
+            carousel = self._carousels[package_id]
             data = self.cache.get(package_id)
             if not data:
                 continue
-            carousel = self._carousels.get(package_id)
-            if carousel is None or carousel.size != len(data):
-                carousel = self._carousels[package_id] = PackageCarousel(
-                    len(data), chunk=self._chunk_bytes(package_id))
-            joins = downloading.filter(package_id=package_id)
-            if carousel.newest_join is not None:
-                # A little before the newest join seen: another worker may commit reports late.
-                joins = joins.filter(state_changed_at__gte=carousel.newest_join - JOIN_SLACK)
-            # Ids first, times only for the new ones: the slack window holds every join of a
-            # big wave's last seconds, and reading all their times at every tick made this
-            # query the worker's largest cost at 10,000 devices.
-            new = sorted(set(joins.values_list("id", flat=True)) - carousel.joined)
-            for start in range(0, len(new), 5000):  # bounded statement parameters
-                for key, at in (Deployment.objects.filter(id__in=new[start:start + 5000])
-                                .values_list("id", "state_changed_at")):
-                    carousel.join(key, at or now, now)
             between_turns = not carousel.running or carousel.sent >= carousel.turn_end
-            more_coming = carousel.pending > 0 and between_turns and (
-                self._more_coming(live.filter(package_id=package_id), now,
-                                  carousel.last_join_seen)
-                or self._served_still_downloading(downloading.filter(package_id=package_id),
-                                                  carousel.served_until))
+            more_coming = carousel.pending > 0 and between_turns and \
+                self._still_coming(live, package_id, carousel, now, now_s)
             was_running = carousel.running
             if carousel.should_run(now, more_coming, self.max_wait, self.quiet):
                 if not was_running:
@@ -205,6 +193,57 @@ class OtaDelivery:
             sent += spent
         self.counters["ota_fanout_bytes"] += sent
         return sent
+
+    def _poll_joins(self, live: QuerySet[Deployment], now: datetime) -> None:
+        """Follow the database: a carousel per package some device is offered or downloading,
+        and the joins (DOWNLOADING deployments) each has not counted yet."""
+        rollouts = Rollout.objects.filter(state=RolloutState.RUNNING)
+        if self.owner is not None:
+            rollouts = rollouts.filter(lease_owner=self.owner)
+        packages = set(Rollout.packages.through.objects.filter(rollout__in=rollouts)
+                       .values_list("package_id", flat=True))
+        # EXISTS per package, not a DISTINCT over every offered or downloading deployment.
+        wanted = {package_id for package_id in packages
+                  if live.filter(package_id=package_id, state__in=(
+                      DeploymentState.OFFERED, DeploymentState.DOWNLOADING)).exists()}
+        for gone in set(self._carousels) - wanted:
+            del self._carousels[gone]
+            self._coming.pop(gone, None)
+        downloading = live.filter(state=DeploymentState.DOWNLOADING)
+        for package_id in sorted(wanted):
+            data = self.cache.get(package_id)
+            if not data:
+                continue
+            carousel = self._carousels.get(package_id)
+            if carousel is None or carousel.size != len(data):
+                carousel = self._carousels[package_id] = PackageCarousel(
+                    len(data), chunk=self._chunk_bytes(package_id))
+            joins = downloading.filter(package_id=package_id)
+            if carousel.newest_join is not None:
+                # A little before the newest join seen: another worker may commit reports late.
+                joins = joins.filter(state_changed_at__gte=carousel.newest_join - JOIN_SLACK)
+            # Ids first, times only for the new ones: the slack window holds every join of a
+            # big wave's last seconds, and reading all their times at every tick made this
+            # query the worker's largest cost at 10,000 devices.
+            new = sorted(set(joins.values_list("id", flat=True)) - carousel.joined)
+            for start in range(0, len(new), 5000):  # bounded statement parameters
+                for key, at in (Deployment.objects.filter(id__in=new[start:start + 5000])
+                                .values_list("id", "state_changed_at")):
+                    carousel.join(key, at or now, now)
+
+    def _still_coming(self, live: QuerySet[Deployment], package_id: int,
+                      carousel: PackageCarousel, now: datetime, now_s: float) -> bool:
+        """Whether more devices may still join ``package_id``'s next turn (``_more_coming``,
+        ``_served_still_downloading``), asked of the database at most every ``join_poll_s``."""
+        asked_s, coming = self._coming.get(package_id, (float("-inf"), False))
+        if now_s - asked_s >= self.join_poll_s:
+            coming = (self._more_coming(live.filter(package_id=package_id), now,
+                                        carousel.last_join_seen)
+                      or self._served_still_downloading(
+                          live.filter(package_id=package_id, state=DeploymentState.DOWNLOADING),
+                          carousel.served_until))
+            self._coming[package_id] = (now_s, coming)
+        return coming
 
     def _more_coming(self, deployments: QuerySet[Deployment], now: datetime,
                      last_join: datetime | None = None) -> bool:
