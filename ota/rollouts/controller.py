@@ -188,6 +188,8 @@ def _expire(rollout_id: int, now: datetime) -> None:
         rollout_id=rollout_id, state__in=ACTIVE_STATES,
         state_changed_at__lt=now - timedelta(seconds=rollout.step_timeout_s),
     )
+    if not stuck.exists():  # the usual case: one read of the active ones, not two writes
+        return
     stuck.filter(attempts__lt=rollout.max_attempts).update(
         state=DeploymentState.PENDING, offer_after=None, state_changed_at=now)
     stuck.filter(attempts__gte=rollout.max_attempts).update(
@@ -341,11 +343,13 @@ def offer_allowance(rollout: Rollout, now: datetime) -> int:
 def _offer(rollout: Rollout, publisher: Publisher, now: datetime) -> None:
     if not _in_window(rollout, now):
         return
+    pending = Deployment.objects.filter(rollout=rollout, wave__lte=rollout.current_wave,
+                                        state=DeploymentState.PENDING)
+    if not pending.exists():  # every offer of the wave is out: no counts to make each second
+        return
     allowance = offer_allowance(rollout, now)
     if allowance <= 0:
         return
-    pending = Deployment.objects.filter(rollout=rollout, wave__lte=rollout.current_wave,
-                                        state=DeploymentState.PENDING)
     if rollout.jitter_s > 0:
         unscheduled = list(pending.filter(offer_after=None).values_list("id", flat=True)[:5000])
         for dep_id in unscheduled:  # spread offers: no thundering herd on the broker

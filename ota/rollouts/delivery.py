@@ -121,20 +121,42 @@ class OtaDelivery:
         Return False (nothing sent) when no live deployment of ``request.pkg`` holds the
         device. A served request moves an OFFERED deployment to DOWNLOADING.
         """
-        deployment = (Deployment.objects.filter(device_id=device_id, package_id=request.pkg,
-                                                state__in=ACTIVE_STATES, rollout__state__in=_LIVE)
-                      .only("id", "state").first())
-        if deployment is None:
-            return False
-        data = self.cache.get(request.pkg) or b""
-        piece = data[request.offset:request.offset + min(request.length, MAX_CHUNK_BYTES)]
-        self.publisher.publish(device_topic(uid, Channel.OTA_CHUNK),
-                               encode_chunk(Chunk(request.pkg, request.offset, piece)), 1)
-        self.counters["ota_unicast_bytes"] += len(piece)
-        self.counters["ota_chunks_served"] += 1
-        Deployment.objects.filter(id=deployment.id, state=DeploymentState.OFFERED).update(
-            state=DeploymentState.DOWNLOADING, state_changed_at=timezone.now())
-        return True
+        return self.serve_chunks([(uid, device_id, request)])[0]
+
+    def serve_chunks(self, requests: list[tuple[str, int, ChunkRequest]]) -> list[bool]:
+        """:meth:`serve_chunk` for a batch of ``(uid, device id, request)``: one read of the
+        deployments concerned, one write for those still OFFERED (repairs come in bursts,
+        thousands when a big wave's devices lag behind the fan-out)."""
+        if not requests:
+            return []
+        pairs = {(device_id, request.pkg) for _, device_id, request in requests}
+        live: dict[tuple[int, int], tuple[int, int]] = {}  # (device, package) -> (id, state)
+        for dep_id, device_id, package_id, state in (
+                Deployment.objects.filter(device_id__in={d for d, _ in pairs},
+                                          package_id__in={p for _, p in pairs},
+                                          state__in=ACTIVE_STATES, rollout__state__in=_LIVE)
+                .order_by("id").values_list("id", "device_id", "package_id", "state")):
+            if (device_id, package_id) in pairs:
+                live[(device_id, package_id)] = (dep_id, state)  # ascending: the newest kept
+        out: list[bool] = []
+        for uid, device_id, request in requests:
+            if (device_id, request.pkg) not in live:
+                out.append(False)
+                continue
+            data = self.cache.get(request.pkg) or b""
+            piece = data[request.offset:request.offset + min(request.length, MAX_CHUNK_BYTES)]
+            self.publisher.publish(device_topic(uid, Channel.OTA_CHUNK),
+                                   encode_chunk(Chunk(request.pkg, request.offset, piece)), 1)
+            self.counters["ota_unicast_bytes"] += len(piece)
+            self.counters["ota_chunks_served"] += 1
+            out.append(True)
+        offered = sorted({dep_id for dep_id, state in live.values()
+                          if state == DeploymentState.OFFERED})
+        for start in range(0, len(offered), 5000):  # bounded statement parameters
+            Deployment.objects.filter(id__in=offered[start:start + 5000],
+                                      state=DeploymentState.OFFERED).update(
+                state=DeploymentState.DOWNLOADING, state_changed_at=timezone.now())
+        return out
 
     # -- carousel ------------------------------------------------------------------------------
 
@@ -150,12 +172,9 @@ class OtaDelivery:
         budget = int(self.carousel_bytes_per_s * min(now_s - self._last_tick, 1.0))
         self._last_tick = now_s
         now = timezone.now()
-        live = Deployment.objects.filter(rollout__state=RolloutState.RUNNING)
-        if self.owner is not None:
-            live = live.filter(rollout__lease_owner=self.owner)
         if now_s - self._last_poll >= self.join_poll_s:
             self._last_poll = now_s
-            self._poll_joins(live, now)
+            self._poll_joins(self._live(), now)
         running: list[tuple[PackageCarousel, int, bytes]] = []
         for package_id in sorted(self._carousels):
             carousel = self._carousels[package_id]
@@ -164,7 +183,7 @@ class OtaDelivery:
                 continue
             between_turns = not carousel.running or carousel.sent >= carousel.turn_end
             more_coming = carousel.pending > 0 and between_turns and \
-                self._still_coming(live, package_id, carousel, now, now_s)
+                self._still_coming(package_id, carousel, now, now_s)
             was_running = carousel.running
             if carousel.should_run(now, more_coming, self.max_wait, self.quiet):
                 if not was_running:
@@ -193,6 +212,13 @@ class OtaDelivery:
             sent += spent
         self.counters["ota_fanout_bytes"] += sent
         return sent
+
+    def _live(self) -> QuerySet[Deployment]:
+        """The deployments of the running rollouts this worker holds (built, not run)."""
+        live = Deployment.objects.filter(rollout__state=RolloutState.RUNNING)
+        if self.owner is not None:
+            live = live.filter(rollout__lease_owner=self.owner)
+        return live
 
     def _poll_joins(self, live: QuerySet[Deployment], now: datetime) -> None:
         """Follow the database: a carousel per package some device is offered or downloading,
@@ -231,12 +257,13 @@ class OtaDelivery:
                                 .values_list("id", "state_changed_at")):
                     carousel.join(key, at or now, now)
 
-    def _still_coming(self, live: QuerySet[Deployment], package_id: int,
-                      carousel: PackageCarousel, now: datetime, now_s: float) -> bool:
+    def _still_coming(self, package_id: int, carousel: PackageCarousel, now: datetime,
+                      now_s: float) -> bool:
         """Whether more devices may still join ``package_id``'s next turn (``_more_coming``,
         ``_served_still_downloading``), asked of the database at most every ``join_poll_s``."""
         asked_s, coming = self._coming.get(package_id, (float("-inf"), False))
         if now_s - asked_s >= self.join_poll_s:
+            live = self._live()
             coming = (self._more_coming(live.filter(package_id=package_id), now,
                                         carousel.last_join_seen)
                       or self._served_still_downloading(

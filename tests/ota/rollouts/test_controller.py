@@ -354,36 +354,6 @@ def test_carousel_waits_while_a_waves_joins_keep_coming_past_the_offer_grace(
     assert delivery.carousel_tick() == 0
 
 
-def test_carousel_reads_joins_once_per_poll_not_at_every_tick(
-    versions: Any, fleet_on_v1: list[Device],
-) -> None:
-    """The worker ticks the carousel five times a second; the database is asked about joins
-    every ``join_poll_s``: ticks in between run on what the last poll read (a join is counted
-    at the next poll), and cost no query over the deployments."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
-    from ota.registry.storage import artifact_storage
-
-    rollout = new_rollout(versions, fleet_on_v1, waves=[100])
-    publisher = RecordingPublisher()
-    step(rollout.pk, publisher)
-    package = Package.objects.get(rollouts=rollout)
-    size = len(artifact_storage().get(package.transfer_sha256))
-    fanout = package_topic(package.pk)
-    delivery = OtaDelivery(publisher, max_wait_s=0, join_poll_s=0.5,
-                           carousel_bytes_per_s=10**9)
-    assert delivery.carousel_tick() == 0  # the first tick polls: nobody joined yet
-    report_all(rollout, DeploymentState.DOWNLOADING)
-    with CaptureQueriesContext(connection) as queries:
-        assert delivery.carousel_tick() == 0  # between polls: the joins are not seen yet
-    assert not [q for q in queries.captured_queries if "ota_deployment" in q["sql"]]
-    time.sleep(0.55)
-    assert delivery.carousel_tick() == size  # the next poll counts them: one turn
-    assert sum(1 for t, _ in publisher.sent if t == fanout) > 0
-    assert delivery.carousel_tick() == 0
-
-
 def test_late_joiners_turn_waits_for_the_devices_the_first_turn_served(
     versions: Any, fleet_on_v1: list[Device],
 ) -> None:
