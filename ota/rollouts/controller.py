@@ -28,7 +28,7 @@ from device_sdk.protocol.reasons import Reason
 from device_sdk.protocol.topics import Channel, FleetChannel, device_topic, fleet_topic
 from fleet.audit.actions import record_audit
 from fleet.devices.models import Gateway
-from ota.models import TrustRecord
+from ota.models import Package, TrustRecord
 from ota.rollouts.actions import do_pause_rollout
 from ota.rollouts.delivery_keys import fanout_key
 from ota.rollouts.health import BEFORE_WINDOW, cohort, cohort_before, tripped_gates
@@ -256,7 +256,6 @@ def _gates_configured(rollout: Rollout) -> bool:
 def _cohorts(rollout: Rollout, now: datetime):
     confirmed = Deployment.objects.filter(rollout=rollout, state=DeploymentState.CONFIRMED)
     device_ids = list(confirmed.values_list("device_id", flat=True))
-    from ota.models import Package
 
     old_versions = list(Package.objects.filter(
         pk__in=confirmed.exclude(previous_package_id=None).values("previous_package_id"),
@@ -355,27 +354,31 @@ def _offer(rollout: Rollout, publisher: Publisher, now: datetime) -> None:
         for dep_id in unscheduled:  # spread offers: no thundering herd on the broker
             Deployment.objects.filter(id=dep_id).update(
                 offer_after=now + timedelta(seconds=random.uniform(0, rollout.jitter_s)))
-    due = list(pending.filter(Q(offer_after=None) | Q(offer_after__lte=now))
-               .select_related("device", "package").order_by("id")[:allowance])
+    # Plain rows, not models: a wave offers thousands at once, and a Device or Package model
+    # each (keys, capabilities, manifest) made this read the step's largest cost.
+    due = list(pending.filter(Q(offer_after=None) | Q(offer_after__lte=now)).order_by("id")
+               .values_list("id", "device_id", "device__uid", "package_id")[:allowance])
     if not due:
         return
-    readers = _with_gateways({d.device_id: d.device.uid for d in due})
+    readers = _with_gateways({device_id: uid for _, device_id, uid, _ in due})
     grants: dict[int, list[str]] = {}
-    for d in due:
-        grants.setdefault(d.package_id, []).extend(readers[d.device_id])
+    for _, device_id, _, package_id in due:
+        grants.setdefault(package_id, []).extend(readers[device_id])
     with transaction.atomic():
-        ids = [dep.id for dep in due]
+        ids = [dep_id for dep_id, _, _, _ in due]
         for start in range(0, len(ids), 5000):  # one statement per 5,000 offers, not one each
             Deployment.objects.filter(id__in=ids[start:start + 5000],
                                       state=DeploymentState.PENDING).update(
                 state=DeploymentState.OFFERED, offered_at=now, state_changed_at=now,
                 attempts=F("attempts") + 1, fanout_granted=True)
-        offers = [(device_topic(d.device.uid, Channel.OTA_OFFER), bytes(d.package.manifest))
-                  for d in due]
-        keys = {pkg: fanout_key(pkg) for pkg in grants}
-        key_messages = [(device_topic(d.device.uid, Channel.OTA_KEY),
-                         encode_fanout_key(FanoutKey(d.package_id, keys[d.package_id])))
-                        for d in due if keys[d.package_id] is not None]
+        manifests = {pkg: bytes(manifest) for pkg, manifest in
+                     Package.objects.filter(pk__in=grants).values_list("id", "manifest")}
+        offers = [(device_topic(uid, Channel.OTA_OFFER), manifests[package_id])
+                  for _, _, uid, package_id in due]
+        keys = {pkg: encode_fanout_key(FanoutKey(pkg, key)) for pkg in grants
+                if (key := fanout_key(pkg)) is not None}  # one message per package
+        key_messages = [(device_topic(uid, Channel.OTA_KEY), keys[package_id])
+                        for _, _, uid, package_id in due if package_id in keys]
 
         def send() -> None:
             # First what lets the device read this package's fan-out: its key (encrypt), or
