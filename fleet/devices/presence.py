@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 _STATUS_FIELDS = ("uid", "revoked_at", "state", "last_seen", "first_seen", "capabilities",
                   "firmware_version", "tflm_version", "capability_issues", "running_package_id",
                   "trusted_kids", "hardware_profile")
+# Read when no status of the batch carries capabilities: the rest of what a status sets is
+# written without being read.
+_PRESENCE_FIELDS = ("uid", "revoked_at", "state", "last_seen", "first_seen")
 _WRITE_ROWS = 1000  # devices per UPDATE statement
 
 
@@ -58,9 +61,13 @@ def apply_statuses(statuses: Sequence[tuple[int, Status, datetime]]) -> None:
     if not statuses:
         return
     # Locked in one order (by pk), so two workers applying overlapping batches cannot deadlock.
-    devices = {d.pk: d for d in Device.objects.select_for_update(of=("self",))
-               .select_related("hardware_profile").only(*_STATUS_FIELDS)
-               .filter(pk__in={device_id for device_id, _, _ in statuses}).order_by("pk")}
+    rows = Device.objects.select_for_update(of=("self",))
+    if any(status.capabilities is not None for _, status, _ in statuses):
+        rows = rows.select_related("hardware_profile").only(*_STATUS_FIELDS)
+    else:  # presence only (a wave's statuses after activation): its fields are only written
+        rows = rows.only(*_PRESENCE_FIELDS)
+    devices = {d.pk: d for d in rows.filter(pk__in={device_id for device_id, _, _ in statuses})
+               .order_by("pk")}
     changed: dict[int, set[str]] = {}
     for device_id, status, received_at in statuses:
         device = devices.get(device_id)

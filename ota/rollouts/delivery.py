@@ -20,8 +20,8 @@ import time
 from collections import Counter, OrderedDict
 from datetime import datetime, timedelta
 
-from django.db import transaction
-from django.db.models import F, Q, QuerySet
+from django.db import connection, transaction
+from django.db.models import F, Model, Q, QuerySet
 from django.utils import timezone
 
 from device_sdk.protocol.fanout import crypt
@@ -398,14 +398,31 @@ def apply_reports(reports: list[ReportRow]) -> list[bool]:
         values = tuple(getattr(dep, f) for f in _REPORT_FIELDS)
         groups.setdefault(values, []).append(dep.pk)
     for values, ids in groups.items():
-        for start in range(0, len(ids), 500):  # keep each statement's parameters bounded
-            Deployment.objects.filter(pk__in=ids[start:start + 500]).update(
-                **dict(zip(_REPORT_FIELDS, values, strict=True)))
+        set_by_ids(Deployment, ids, dict(zip(_REPORT_FIELDS, values, strict=True)))
     by_package: dict[int, list[int]] = {}
     for device_id, package_id in running.items():
         by_package.setdefault(package_id, []).append(device_id)
     for package_id, device_ids in by_package.items():
-        for start in range(0, len(device_ids), 500):
-            Device.objects.filter(pk__in=device_ids[start:start + 500]).update(
-                running_package_id=package_id)
+        set_by_ids(Device, device_ids, {"running_package_id": package_id})
     return out
+
+
+def set_by_ids(model: type[Model], ids: list[int], values: dict[str, object]) -> None:
+    """``UPDATE model SET values WHERE pk IN ids``: on PostgreSQL one statement with the ids
+    as one array parameter (``= ANY(%s)``: Django's ``pk__in`` prepares every id, a cost a
+    wave's report batches paid for thousands of them); elsewhere 500 ids per statement."""
+    if not ids:
+        return
+    if connection.vendor != "postgresql":
+        for start in range(0, len(ids), 500):  # keep each statement's parameters bounded
+            model._default_manager.filter(pk__in=ids[start:start + 500]).update(**values)
+        return
+    meta = model._meta
+    qn = connection.ops.quote_name
+    fields = [meta.get_field(name) for name in values]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {qn(meta.db_table)} SET "
+            + ", ".join(f"{qn(f.column)} = %s" for f in fields)
+            + f" WHERE {qn(meta.pk.column)} = ANY(%s)",
+            [f.get_db_prep_save(values[f.name], connection) for f in fields] + [list(ids)])
