@@ -9,7 +9,7 @@ per poll, not per message or per tick, and still answer exactly as before.
 
 from __future__ import annotations
 
-import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -91,25 +91,31 @@ def test_a_batch_of_chunk_requests_is_served_like_one_at_a_time(
 
 
 def test_carousel_reads_joins_once_per_poll_not_at_every_tick(
-    versions: Any, fleet_on_v1: list[Device],
+    versions: Any, fleet_on_v1: list[Device], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The worker ticks the carousel five times a second; the database is asked about joins
     every ``join_poll_s``: ticks in between run on what the last poll read (a join is counted
     at the next poll), and cost no query over the deployments."""
+    from ota.rollouts import delivery as delivery_module
+
+    clock = [1000.0]  # the carousel's monotonic clock, moved by hand (a loaded box is slow)
+    monkeypatch.setattr(delivery_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     rollout = new_rollout(versions, fleet_on_v1, waves=[100])
     publisher = RecordingPublisher()
     controller.step(rollout.pk, publisher)
     package = Package.objects.get(rollouts=rollout)
     size = len(artifact_storage().get(package.transfer_sha256))
     fanout = package_topic(package.pk)
-    delivery = OtaDelivery(publisher, max_wait_s=0, join_poll_s=0.5,
+    delivery = OtaDelivery(publisher, max_wait_s=0, join_poll_s=1.0,
                            carousel_bytes_per_s=10**9)
     assert delivery.carousel_tick() == 0  # the first tick polls: nobody joined yet
     report_all(rollout, DeploymentState.DOWNLOADING)
+    clock[0] += 0.2
     with CaptureQueriesContext(connection) as queries:
         assert delivery.carousel_tick() == 0  # between polls: the joins are not seen yet
     assert not [q for q in queries.captured_queries if "ota_deployment" in q["sql"]]
-    time.sleep(0.55)
+    clock[0] += 0.9
     assert delivery.carousel_tick() == size  # the next poll counts them: one turn
     assert any(topic == fanout for topic, _ in publisher.sent)
+    clock[0] += 0.2
     assert delivery.carousel_tick() == 0
