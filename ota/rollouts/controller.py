@@ -119,11 +119,15 @@ def release(publisher: Publisher, limit: int = 5000) -> int:
     (reason ABORTED) also gets a withdrawal on ``ota/withdraw``: a device downloading the
     package drops it, one on trial reverts. Idempotent, so any worker may run it.
     """
-    rows = list(Deployment.objects.filter(fanout_granted=True).filter(
-        Q(state__in=FINAL_STATES) | ~Q(rollout__state__in=_LIVE_ROLLOUTS))
-        .values_list("id", "device_id", "device__uid", "package_id", "reason")[:limit])
-    if not rows:
+    over = (Deployment.objects.filter(fanout_granted=True)
+            .filter(Q(state__in=FINAL_STATES) | ~Q(rollout__state__in=_LIVE_ROLLOUTS)))
+    # Ids first, without the device join: at 10,000 devices the joined read, run every
+    # second and nearly always empty, was the database's largest cost in a rollout.
+    ids = list(over.values_list("id", flat=True)[:limit])
+    if not ids:
         return 0
+    rows = list(Deployment.objects.filter(id__in=ids)
+                .values_list("id", "device_id", "device__uid", "package_id", "reason"))
     readers = _with_gateways({device_id: uid for _, device_id, uid, _, _ in rows})
     revoke: dict[int, list[str]] = {}
     withdraw: list[tuple[str, int]] = []

@@ -112,6 +112,7 @@ class OtaDelivery:
         self._coming: dict[int, tuple[float, bool]] = {}  # package -> (asked at, more may join)
         self._last_tick = time.monotonic()
         self._last_poll = float("-inf")
+        self._polled_at: dict[int, datetime] = {}  # package -> ``now`` of its last join read
 
     # -- chunk requests ----------------------------------------------------------------------
 
@@ -235,6 +236,7 @@ class OtaDelivery:
         for gone in set(self._carousels) - wanted:
             del self._carousels[gone]
             self._coming.pop(gone, None)
+            self._polled_at.pop(gone, None)
         downloading = live.filter(state=DeploymentState.DOWNLOADING)
         for package_id in sorted(wanted):
             data = self.cache.get(package_id)
@@ -246,8 +248,16 @@ class OtaDelivery:
                     len(data), chunk=self._chunk_bytes(package_id))
             joins = downloading.filter(package_id=package_id)
             if carousel.newest_join is not None:
-                # A little before the newest join seen: another worker may commit reports late.
-                joins = joins.filter(state_changed_at__gte=carousel.newest_join - JOIN_SLACK)
+                # A little before the newest join seen, or before this package's last poll
+                # (whichever is later): another worker may commit reports late, by JOIN_SLACK
+                # at most, so a join older than that was visible to the last poll, whose
+                # window reached back as far. (The newest join alone left every join of a
+                # wave's last burst in the window at each poll once joins stopped coming.)
+                since = carousel.newest_join
+                if (polled := self._polled_at.get(package_id)) is not None:
+                    since = max(since, polled)
+                joins = joins.filter(state_changed_at__gte=since - JOIN_SLACK)
+            self._polled_at[package_id] = now
             # Ids first, times only for the new ones: the slack window holds every join of a
             # big wave's last seconds, and reading all their times at every tick made this
             # query the worker's largest cost at 10,000 devices.

@@ -119,3 +119,41 @@ def test_carousel_reads_joins_once_per_poll_not_at_every_tick(
     assert any(topic == fanout for topic, _ in publisher.sent)
     clock[0] += 0.2
     assert delivery.carousel_tick() == 0
+
+
+def test_a_join_committed_late_within_the_slack_is_still_counted(
+    versions: Any, fleet_on_v1: list[Device], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Polls read joins from a little before the previous poll (JOIN_SLACK), not from the
+    newest join: a join another worker applied before that poll but committed after it is
+    counted at the next poll (and, subscribed before the turn began, costs no new turn)."""
+    from datetime import timedelta
+
+    from ota.rollouts import delivery as delivery_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(delivery_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    rollout = new_rollout(versions, fleet_on_v1, waves=[100])
+    publisher = RecordingPublisher()
+    controller.step(rollout.pk, publisher)
+    package = Package.objects.get(rollouts=rollout)
+    size = len(artifact_storage().get(package.transfer_sha256))
+    delivery = OtaDelivery(publisher, max_wait_s=0, join_poll_s=1.0,
+                           carousel_bytes_per_s=10**9)
+    offered = list(Deployment.objects.filter(rollout=rollout, state=DeploymentState.OFFERED)
+                   .order_by("id").values_list("id", flat=True))
+    first, late = offered[:-1], offered[-1]
+    Deployment.objects.filter(id__in=first).update(state=DeploymentState.DOWNLOADING,
+                                                   state_changed_at=timezone.now())
+    clock[0] += 1.0
+    assert delivery.carousel_tick() == size  # first poll: they join, one turn
+    # Applied 5 s before that poll by another worker, committed only now (within the slack).
+    Deployment.objects.filter(id=late).update(
+        state=DeploymentState.DOWNLOADING,
+        state_changed_at=timezone.now() - delivery_module.JOIN_SLACK + timedelta(seconds=5))
+    clock[0] += 1.0
+    carousel = delivery._carousels[package.pk]
+    assert late not in carousel.joined
+    # Counted; subscribed since before the first turn began, it needs no byte more.
+    assert delivery.carousel_tick() == 0
+    assert late in carousel.joined and carousel.pending == 0
