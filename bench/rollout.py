@@ -266,7 +266,7 @@ def main() -> None:
         from ota.packaging.actions import do_build_package
         from ota.registry.actions import do_create_model, do_upload_version
         from ota.rollouts import actions
-        from ota.rollouts.models import Deployment
+        from ota.rollouts.models import Deployment, Rollout, RolloutState
 
         # -- seed: the model, two versions, v1's package ----------------------------------
         started = time.monotonic()
@@ -369,7 +369,15 @@ def main() -> None:
             if time.monotonic() - last_note[0] > 5:
                 last_note[0] = time.monotonic()
                 log(f"  {time.monotonic() - t_start:5.1f} s: {count} of {devices} done")
-            return count == devices
+            if count == devices:
+                return True
+            # A rollout completes at its success threshold: its stragglers then stay where
+            # they are for good (their reports are refused), so waiting longer measures nothing.
+            over = Rollout.objects.filter(pk=rollout.pk, state__in=(
+                RolloutState.COMPLETED, RolloutState.ABORTED)).exists()
+            if over:
+                log(f"  rollout {rollout.pk} is over with {count} of {devices} done")
+            return over
 
         timed_out = False
         try:
