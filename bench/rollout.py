@@ -213,12 +213,9 @@ def main() -> None:
     parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--package-encoding", choices=["auto", "raw"], default="auto",
                         help="auto: the package the rollout builds (needs the C decoder)")
-    parser.add_argument("--bulk-enroll", action="store_true",
-                        help=f"enroll in bulk at any size (default: above {BULK_ENROLL_OVER} "
-                             "devices); the rollout's figures do not depend on it")
+    parser.add_argument("--bulk-enroll", action="store_true", help="enroll in bulk at any size")
     parser.add_argument("--pg-statements", action="store_true",
-                        help="count the statements PostgreSQL ran during the rollout "
-                             "(pg_stat_statements; costs the database a little CPU)")
+                        help="count the statements run during the rollout (pg_stat_statements)")
     parser.add_argument("--role", choices=["build-models", "sim"], help=argparse.SUPPRESS)
     parser.add_argument("out", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -373,11 +370,8 @@ def main() -> None:
                 return True
             # A rollout completes at its success threshold: its stragglers then stay where
             # they are for good (their reports are refused), so waiting longer measures nothing.
-            over = Rollout.objects.filter(pk=rollout.pk, state__in=(
+            return Rollout.objects.filter(pk=rollout.pk, state__in=(
                 RolloutState.COMPLETED, RolloutState.ABORTED)).exists()
-            if over:
-                log(f"  rollout {rollout.pk} is over with {count} of {devices} done")
-            return over
 
         timed_out = False
         try:
@@ -457,11 +451,9 @@ def main() -> None:
              "baseline": round(waited, 2), "ratio": None, **cpu,
              "note": "CPU used from the rollout's start until all were done; baseline = wall "
                      "seconds of that span (2 cores: at most twice that)"},
-            *([{"metric": "db_statements_per_device",
-                "value": round(statements["calls"] / devices, 2), "unit": "statements",
-                "baseline": None, "ratio": None, **statements,
-                "note": "pg_stat_statements over the rollout (--pg-statements)"}]
-              if statements else []),
+            *([{"metric": "db_statements_per_device", "value": round(
+                statements["calls"] / devices, 2), "unit": "statements", "baseline": None,
+                "ratio": None, **statements}] if statements else []),
             {"metric": "broker_bytes_received", "value": after[0] - before[0], "unit": "bytes",
              "baseline": None, "ratio": None},
             {"metric": "broker_bytes_sent", "value": after[1] - before[1], "unit": "bytes",
