@@ -91,6 +91,8 @@ class RecordingAccess:
         self.devices[uid] = password
 
     def __getattr__(self, name: str) -> Any:
+        # AttributeError, not NotImplementedError: enrollment asks whether the backend issues
+        # certificates (a runtime Protocol check, i.e. hasattr), and this one does not.
         raise AttributeError(f"the bulk enrollment path records devices only, not {name}")
 
 

@@ -17,9 +17,9 @@ from datetime import datetime
 from django.db import close_old_connections
 
 from device_sdk.protocol.reasons import ProtocolError, Reason
-from device_sdk.protocol.status import decode_status
+from device_sdk.protocol.status import Status, decode_status
 from device_sdk.protocol.topics import Channel, parse_device_topic
-from fleet.devices.presence import apply_gateway_status, apply_status
+from fleet.devices.presence import apply_gateway_status, apply_statuses
 from fleet.intake.directory import DeviceDirectory
 from fleet.intake.messages import (
     Rejected,
@@ -120,16 +120,21 @@ class Consumers:
                         rejected[0].reason.name, rejected[0].uid, rejected[0].detail)
 
     def consume_status(self, items: list[tuple[str, Received]]) -> list[Rejected]:
-        """Apply presence and capabilities, one status at a time (they are rare).
+        """Apply presence and capabilities, in arrival order.
 
-        A serial gateway's own status (its uid is a gateway's, not a device's) sets its
-        presence; offline, its children's too (``apply_gateway_status``).
+        Devices' statuses are applied together (``apply_statuses``: a fleet connecting or a
+        wave activating its model sends thousands at once). A serial gateway's own status
+        (its uid is a gateway's, not a device's) sets its presence; offline, its children's
+        too (``apply_gateway_status``): the device statuses before it are applied first, so
+        the order of a child's status and its gateway's will stays as it arrived.
         """
         rejected: list[Rejected] = []
+        pending: list[tuple[int, Status, datetime]] = []
         for uid, msg in items:
             outcome = decode_from_device(msg.topic, uid, msg.payload, decode_status,
                                          self.directory)
             if isinstance(outcome, Rejected) and outcome.reason is Reason.UNKNOWN_DEVICE:
+                self._apply_devices(pending)
                 try:  # the status decoded: is it a gateway's?
                     gateway = apply_gateway_status(uid, decode_status(msg.payload),
                                                    msg.received_at)
@@ -143,6 +148,13 @@ class Consumers:
                 rejected.append(outcome)
                 continue
             status, device = outcome
-            apply_status(device.id, status, msg.received_at)
-            self.counters["status_applied"] += 1
+            pending.append((device.id, status, msg.received_at))
+        self._apply_devices(pending)
         return rejected
+
+    def _apply_devices(self, pending: list[tuple[int, Status, datetime]]) -> None:
+        """Apply and count the device statuses collected so far; empty ``pending``."""
+        if pending:
+            apply_statuses(pending)
+            self.counters["status_applied"] += len(pending)
+            pending.clear()

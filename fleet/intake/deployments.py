@@ -6,7 +6,12 @@ Each is decoded and checked here (``messages.decode_from_device``); the OTA doma
 
 from __future__ import annotations
 
-from device_sdk.protocol.ota_messages import DeploymentState, decode_chunk_request, decode_report
+from device_sdk.protocol.ota_messages import (
+    ChunkRequest,
+    DeploymentState,
+    decode_chunk_request,
+    decode_report,
+)
 from device_sdk.protocol.reasons import Reason
 from fleet.intake.directory import DeviceDirectory
 from fleet.intake.messages import Rejected, decode_from_device
@@ -23,8 +28,12 @@ class DeploymentConsumers:
         self.counters = delivery.counters
 
     def consume_chunk_requests(self, items: list[tuple[str, Received]]) -> list[Rejected]:
-        """Answer ``[pkg, offset, length]`` from a device that was offered ``pkg``."""
+        """Answer ``[pkg, offset, length]`` from a device that was offered ``pkg``.
+
+        A batch is served with one read of its deployments (``OtaDelivery.serve_chunks``).
+        """
         rejected: list[Rejected] = []
+        accepted: list[tuple[Received, tuple[str, int, ChunkRequest]]] = []
         for uid, msg in items:
             outcome = decode_from_device(msg.topic, uid, msg.payload, decode_chunk_request,
                                          self.directory)
@@ -32,7 +41,10 @@ class DeploymentConsumers:
                 rejected.append(outcome)
                 continue
             request, device = outcome
-            if not self.delivery.serve_chunk(uid, device.id, request):
+            accepted.append((msg, (uid, device.id, request)))
+        served = self.delivery.serve_chunks([row for _, row in accepted])
+        for (msg, (uid, _, request)), ok in zip(accepted, served, strict=True):
+            if not ok:
                 rejected.append(Rejected(msg.topic, uid, Reason.PACKAGE_NOT_OFFERED,
                                          f"package {request.pkg} not offered to {uid}",
                                          msg.payload))

@@ -20,8 +20,8 @@ import time
 from collections import Counter, OrderedDict
 from datetime import datetime, timedelta
 
-from django.db import transaction
-from django.db.models import F, Q, QuerySet
+from django.db import connection, transaction
+from django.db.models import F, Model, Q, QuerySet
 from django.utils import timezone
 
 from device_sdk.protocol.fanout import crypt
@@ -41,7 +41,7 @@ from ota.registry.storage import artifact_storage
 from ota.rollouts.carousel import PackageCarousel
 from ota.rollouts.controller import Publisher
 from ota.rollouts.delivery_keys import fanout_key
-from ota.rollouts.models import ACTIVE_STATES, Deployment, RolloutState
+from ota.rollouts.models import ACTIVE_STATES, Deployment, Rollout, RolloutState
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ class OtaDelivery:
                  owner: str | None = None,
                  carousel_bytes_per_s: int = 2_000_000, carousel_chunk: int | None = None,
                  max_wait_s: float = 30.0, quiet_s: float | None = None,
-                 offer_grace_s: float = 15.0, join_gap_s: float = 10.0) -> None:
+                 offer_grace_s: float = 15.0, join_gap_s: float = 10.0,
+                 join_poll_s: float = 1.0) -> None:
         self.publisher = publisher
         self.cache = TransferCache()
         self.counters = counters if counters is not None else Counter()
@@ -104,8 +105,14 @@ class OtaDelivery:
         self.quiet = None if quiet_s is None else timedelta(seconds=quiet_s)
         self.offer_grace = timedelta(seconds=offer_grace_s)
         self.join_gap = timedelta(seconds=join_gap_s)
+        # The database is read every ``join_poll_s``, not at every tick: a join is counted
+        # up to that much later, well inside the seconds a turn waits for its joiners.
+        self.join_poll_s = join_poll_s
         self._carousels: dict[int, PackageCarousel] = {}
+        self._coming: dict[int, tuple[float, bool]] = {}  # package -> (asked at, more may join)
         self._last_tick = time.monotonic()
+        self._last_poll = float("-inf")
+        self._polled_at: dict[int, datetime] = {}  # package -> ``now`` of its last join read
 
     # -- chunk requests ----------------------------------------------------------------------
 
@@ -115,20 +122,42 @@ class OtaDelivery:
         Return False (nothing sent) when no live deployment of ``request.pkg`` holds the
         device. A served request moves an OFFERED deployment to DOWNLOADING.
         """
-        deployment = (Deployment.objects.filter(device_id=device_id, package_id=request.pkg,
-                                                state__in=ACTIVE_STATES, rollout__state__in=_LIVE)
-                      .only("id", "state").first())
-        if deployment is None:
-            return False
-        data = self.cache.get(request.pkg) or b""
-        piece = data[request.offset:request.offset + min(request.length, MAX_CHUNK_BYTES)]
-        self.publisher.publish(device_topic(uid, Channel.OTA_CHUNK),
-                               encode_chunk(Chunk(request.pkg, request.offset, piece)), 1)
-        self.counters["ota_unicast_bytes"] += len(piece)
-        self.counters["ota_chunks_served"] += 1
-        Deployment.objects.filter(id=deployment.id, state=DeploymentState.OFFERED).update(
-            state=DeploymentState.DOWNLOADING, state_changed_at=timezone.now())
-        return True
+        return self.serve_chunks([(uid, device_id, request)])[0]
+
+    def serve_chunks(self, requests: list[tuple[str, int, ChunkRequest]]) -> list[bool]:
+        """:meth:`serve_chunk` for a batch of ``(uid, device id, request)``: one read of the
+        deployments concerned, one write for those still OFFERED (repairs come in bursts,
+        thousands when a big wave's devices lag behind the fan-out)."""
+        if not requests:
+            return []
+        pairs = {(device_id, request.pkg) for _, device_id, request in requests}
+        live: dict[tuple[int, int], tuple[int, int]] = {}  # (device, package) -> (id, state)
+        for dep_id, device_id, package_id, state in (
+                Deployment.objects.filter(device_id__in={d for d, _ in pairs},
+                                          package_id__in={p for _, p in pairs},
+                                          state__in=ACTIVE_STATES, rollout__state__in=_LIVE)
+                .order_by("id").values_list("id", "device_id", "package_id", "state")):
+            if (device_id, package_id) in pairs:
+                live[(device_id, package_id)] = (dep_id, state)  # ascending: the newest kept
+        out: list[bool] = []
+        for uid, device_id, request in requests:
+            if (device_id, request.pkg) not in live:
+                out.append(False)
+                continue
+            data = self.cache.get(request.pkg) or b""
+            piece = data[request.offset:request.offset + min(request.length, MAX_CHUNK_BYTES)]
+            self.publisher.publish(device_topic(uid, Channel.OTA_CHUNK),
+                                   encode_chunk(Chunk(request.pkg, request.offset, piece)), 1)
+            self.counters["ota_unicast_bytes"] += len(piece)
+            self.counters["ota_chunks_served"] += 1
+            out.append(True)
+        offered = sorted({dep_id for dep_id, state in live.values()
+                          if state == DeploymentState.OFFERED})
+        for start in range(0, len(offered), 5000):  # bounded statement parameters
+            Deployment.objects.filter(id__in=offered[start:start + 5000],
+                                      state=DeploymentState.OFFERED).update(
+                state=DeploymentState.DOWNLOADING, state_changed_at=timezone.now())
+        return out
 
     # -- carousel ------------------------------------------------------------------------------
 
@@ -136,47 +165,26 @@ class OtaDelivery:
         """Publish the next chunks of every package a joined device still lacks; return bytes.
 
         Joins come from the database (DOWNLOADING reports, applied by whichever worker took
-        them); the schedule is :class:`~ota.rollouts.carousel.PackageCarousel`'s.
+        them), read every ``join_poll_s`` (the worker ticks several times a second: reading
+        the joins at each tick cost a read of every deployment of a wave still downloading,
+        five times a second); the schedule is :class:`~ota.rollouts.carousel.PackageCarousel`'s.
         """
         now_s = time.monotonic()
         budget = int(self.carousel_bytes_per_s * min(now_s - self._last_tick, 1.0))
         self._last_tick = now_s
         now = timezone.now()
-        live = Deployment.objects.filter(rollout__state=RolloutState.RUNNING)
-        if self.owner is not None:
-            live = live.filter(rollout__lease_owner=self.owner)
-        downloading = live.filter(state=DeploymentState.DOWNLOADING)
-        wanted = set(live.filter(state__in=(DeploymentState.OFFERED, DeploymentState.DOWNLOADING))
-                     .values_list("package_id", flat=True).distinct())
-        for gone in set(self._carousels) - wanted:
-            del self._carousels[gone]
+        if now_s - self._last_poll >= self.join_poll_s:
+            self._last_poll = now_s
+            self._poll_joins(self._live(), now)
         running: list[tuple[PackageCarousel, int, bytes]] = []
-        for package_id in sorted(wanted):
+        for package_id in sorted(self._carousels):
+            carousel = self._carousels[package_id]
             data = self.cache.get(package_id)
             if not data:
                 continue
-            carousel = self._carousels.get(package_id)
-            if carousel is None or carousel.size != len(data):
-                carousel = self._carousels[package_id] = PackageCarousel(
-                    len(data), chunk=self._chunk_bytes(package_id))
-            joins = downloading.filter(package_id=package_id)
-            if carousel.newest_join is not None:
-                # A little before the newest join seen: another worker may commit reports late.
-                joins = joins.filter(state_changed_at__gte=carousel.newest_join - JOIN_SLACK)
-            # Ids first, times only for the new ones: the slack window holds every join of a
-            # big wave's last seconds, and reading all their times at every tick made this
-            # query the worker's largest cost at 10,000 devices.
-            new = sorted(set(joins.values_list("id", flat=True)) - carousel.joined)
-            for start in range(0, len(new), 5000):  # bounded statement parameters
-                for key, at in (Deployment.objects.filter(id__in=new[start:start + 5000])
-                                .values_list("id", "state_changed_at")):
-                    carousel.join(key, at or now, now)
             between_turns = not carousel.running or carousel.sent >= carousel.turn_end
-            more_coming = carousel.pending > 0 and between_turns and (
-                self._more_coming(live.filter(package_id=package_id), now,
-                                  carousel.last_join_seen)
-                or self._served_still_downloading(downloading.filter(package_id=package_id),
-                                                  carousel.served_until))
+            more_coming = carousel.pending > 0 and between_turns and \
+                self._still_coming(package_id, carousel, now, now_s)
             was_running = carousel.running
             if carousel.should_run(now, more_coming, self.max_wait, self.quiet):
                 if not was_running:
@@ -205,6 +213,74 @@ class OtaDelivery:
             sent += spent
         self.counters["ota_fanout_bytes"] += sent
         return sent
+
+    def _live(self) -> QuerySet[Deployment]:
+        """The deployments of the running rollouts this worker holds (built, not run)."""
+        live = Deployment.objects.filter(rollout__state=RolloutState.RUNNING)
+        if self.owner is not None:
+            live = live.filter(rollout__lease_owner=self.owner)
+        return live
+
+    def _poll_joins(self, live: QuerySet[Deployment], now: datetime) -> None:
+        """Follow the database: a carousel per package some device is offered or downloading,
+        and the joins (DOWNLOADING deployments) each has not counted yet."""
+        rollouts = Rollout.objects.filter(state=RolloutState.RUNNING)
+        if self.owner is not None:
+            rollouts = rollouts.filter(lease_owner=self.owner)
+        packages = set(Rollout.packages.through.objects.filter(rollout__in=rollouts)
+                       .values_list("package_id", flat=True))
+        # EXISTS per package, not a DISTINCT over every offered or downloading deployment.
+        wanted = {package_id for package_id in packages
+                  if live.filter(package_id=package_id, state__in=(
+                      DeploymentState.OFFERED, DeploymentState.DOWNLOADING)).exists()}
+        for gone in set(self._carousels) - wanted:
+            del self._carousels[gone]
+            self._coming.pop(gone, None)
+            self._polled_at.pop(gone, None)
+        downloading = live.filter(state=DeploymentState.DOWNLOADING)
+        for package_id in sorted(wanted):
+            data = self.cache.get(package_id)
+            if not data:
+                continue
+            carousel = self._carousels.get(package_id)
+            if carousel is None or carousel.size != len(data):
+                carousel = self._carousels[package_id] = PackageCarousel(
+                    len(data), chunk=self._chunk_bytes(package_id))
+            joins = downloading.filter(package_id=package_id)
+            if carousel.newest_join is not None:
+                # A little before the newest join seen, or before this package's last poll
+                # (whichever is later): another worker may commit reports late, by JOIN_SLACK
+                # at most, so a join older than that was visible to the last poll, whose
+                # window reached back as far. (The newest join alone left every join of a
+                # wave's last burst in the window at each poll once joins stopped coming.)
+                since = carousel.newest_join
+                if (polled := self._polled_at.get(package_id)) is not None:
+                    since = max(since, polled)
+                joins = joins.filter(state_changed_at__gte=since - JOIN_SLACK)
+            self._polled_at[package_id] = now
+            # Ids first, times only for the new ones: the slack window holds every join of a
+            # big wave's last seconds, and reading all their times at every tick made this
+            # query the worker's largest cost at 10,000 devices.
+            new = sorted(set(joins.values_list("id", flat=True)) - carousel.joined)
+            for start in range(0, len(new), 5000):  # bounded statement parameters
+                for key, at in (Deployment.objects.filter(id__in=new[start:start + 5000])
+                                .values_list("id", "state_changed_at")):
+                    carousel.join(key, at or now, now)
+
+    def _still_coming(self, package_id: int, carousel: PackageCarousel, now: datetime,
+                      now_s: float) -> bool:
+        """Whether more devices may still join ``package_id``'s next turn (``_more_coming``,
+        ``_served_still_downloading``), asked of the database at most every ``join_poll_s``."""
+        asked_s, coming = self._coming.get(package_id, (float("-inf"), False))
+        if now_s - asked_s >= self.join_poll_s:
+            live = self._live()
+            coming = (self._more_coming(live.filter(package_id=package_id), now,
+                                        carousel.last_join_seen)
+                      or self._served_still_downloading(
+                          live.filter(package_id=package_id, state=DeploymentState.DOWNLOADING),
+                          carousel.served_until))
+            self._coming[package_id] = (now_s, coming)
+        return coming
 
     def _more_coming(self, deployments: QuerySet[Deployment], now: datetime,
                      last_join: datetime | None = None) -> bool:
@@ -332,14 +408,31 @@ def apply_reports(reports: list[ReportRow]) -> list[bool]:
         values = tuple(getattr(dep, f) for f in _REPORT_FIELDS)
         groups.setdefault(values, []).append(dep.pk)
     for values, ids in groups.items():
-        for start in range(0, len(ids), 500):  # keep each statement's parameters bounded
-            Deployment.objects.filter(pk__in=ids[start:start + 500]).update(
-                **dict(zip(_REPORT_FIELDS, values, strict=True)))
+        set_by_ids(Deployment, ids, dict(zip(_REPORT_FIELDS, values, strict=True)))
     by_package: dict[int, list[int]] = {}
     for device_id, package_id in running.items():
         by_package.setdefault(package_id, []).append(device_id)
     for package_id, device_ids in by_package.items():
-        for start in range(0, len(device_ids), 500):
-            Device.objects.filter(pk__in=device_ids[start:start + 500]).update(
-                running_package_id=package_id)
+        set_by_ids(Device, device_ids, {"running_package_id": package_id})
     return out
+
+
+def set_by_ids(model: type[Model], ids: list[int], values: dict[str, object]) -> None:
+    """``UPDATE model SET values WHERE pk IN ids``: on PostgreSQL one statement with the ids
+    as one array parameter (``= ANY(%s)``: Django's ``pk__in`` prepares every id, a cost a
+    wave's report batches paid for thousands of them); elsewhere 500 ids per statement."""
+    if not ids:
+        return
+    if connection.vendor != "postgresql":
+        for start in range(0, len(ids), 500):  # keep each statement's parameters bounded
+            model._default_manager.filter(pk__in=ids[start:start + 500]).update(**values)
+        return
+    meta = model._meta
+    qn = connection.ops.quote_name
+    fields = [meta.get_field(name) for name in values]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {qn(meta.db_table)} SET "
+            + ", ".join(f"{qn(f.column)} = %s" for f in fields)
+            + f" WHERE {qn(meta.pk.column)} = ANY(%s)",
+            [f.get_db_prep_save(values[f.name], connection) for f in fields] + [list(ids)])

@@ -297,7 +297,8 @@ def test_carousel_turns_once_for_a_rate_limited_wave_of_joiners(
     step(rollout.pk, publisher)  # 20 offered, 20 still due
     package = Package.objects.get(rollouts=rollout)
     size = len(artifact_storage().get(package.transfer_sha256))
-    delivery = OtaDelivery(publisher, max_wait_s=0.3, carousel_bytes_per_s=10**9)
+    delivery = OtaDelivery(publisher, max_wait_s=0.3, carousel_bytes_per_s=10**9,
+                           join_poll_s=0)
     fanout = package_topic(package.pk)
 
     from device_sdk.protocol.fanout import crypt
@@ -338,7 +339,7 @@ def test_carousel_waits_while_a_waves_joins_keep_coming_past_the_offer_grace(
     fanout = package_topic(package.pk)
     # Offers count as fresh for no time at all: only the flow of joins holds the turn back.
     delivery = OtaDelivery(publisher, max_wait_s=60, offer_grace_s=0, join_gap_s=0.5,
-                           carousel_bytes_per_s=10**9)
+                           join_poll_s=0, carousel_bytes_per_s=10**9)
 
     def fanned_out() -> int:
         return sum(len(decode_chunk(p).data) for t, p in publisher.sent if t == fanout)
@@ -368,7 +369,7 @@ def test_late_joiners_turn_waits_for_the_devices_the_first_turn_served(
     size = len(artifact_storage().get(package.transfer_sha256))
     fanout = package_topic(package.pk)
     delivery = OtaDelivery(publisher, max_wait_s=60, offer_grace_s=0, join_gap_s=0,
-                           carousel_bytes_per_s=10**9)
+                           join_poll_s=0, carousel_bytes_per_s=10**9)
 
     def fanned_out() -> int:
         return sum(len(decode_chunk(p).data) for t, p in publisher.sent if t == fanout)

@@ -136,7 +136,7 @@ def test_offers_send_the_fanout_key_first_and_the_carousel_encrypts_with_it(
     assert access.calls == []
     Deployment.objects.filter(rollout=rollout).update(state=DeploymentState.DOWNLOADING)
     carousel = RecordingPublisher()
-    delivery = OtaDelivery(carousel, max_wait_s=0)
+    delivery = OtaDelivery(carousel, max_wait_s=0, join_poll_s=0)
     for _ in range(5):
         delivery.carousel_tick()
     chunk = decode_chunk(carousel.sent[0][1])
