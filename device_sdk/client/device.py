@@ -342,6 +342,10 @@ class DeviceClient:
             self.reactor.call_soon(self._pump)
 
     def _schedule_tick(self) -> None:
+        # One chain of age checks only: record() before start(), or a record() racing
+        # _on_tick's two checks, may ask for a second one; stop() cancels just self._tick.
+        if self._tick is not None:
+            self._tick.cancel()
         self._tick = self.reactor.call_later(_TICK_S, self._on_tick)
 
     def _on_tick(self) -> None:

@@ -73,7 +73,7 @@ def take(key: str, limit: int, period: float, now_us: int | None = None) -> Verd
         return Verdict(False, float(period))
     now = time.time_ns() // 1000 if now_us is None else now_us
     period_us = int(period * 1_000_000)
-    interval = period_us // limit
+    interval = max(1, period_us // limit)  # 0 would never move the bucket: no limit at all
     last_room = now + period_us - interval
     with connection.cursor() as cursor:
         cursor.execute(_TAKE, [key, now + interval, last_room, last_room, now, interval])

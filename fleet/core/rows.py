@@ -7,7 +7,8 @@ them (``pre_save``: ``auto_now_add``, defaults; then ``get_db_prep_save``), with
 built the first time the model is written to that database. It sends no signals: use it for
 models nothing listens to, and only on fields with no database-side default or expression.
 `load_row` makes a model instance of a row that hand-written SQL returned (an ``UPDATE ...
-RETURNING``, a join), with the values converted as the ORM converts them.
+RETURNING``, a join), with the values converted as the ORM converts them. `lock_in_order`
+takes row locks in primary-key order, the one order every batch writer uses.
 """
 
 from __future__ import annotations
@@ -85,3 +86,29 @@ def load_row(model: type[M], columns: Sequence[str], row: Sequence[Any],
     # from_db takes the values in the model's field order.
     names = [f.attname for f in meta.concrete_fields if f.attname in loaded]
     return model.from_db(using, names, [loaded[n] for n in names])
+
+
+def lock_in_order(model: type[Model], ids: Sequence[int] | set[int],
+                  using: str = DEFAULT_DB_ALIAS) -> None:
+    """Lock the rows ``ids`` of ``model`` (``FOR NO KEY UPDATE``) in primary-key order, inside
+    the caller's transaction; nothing on databases without row locks (SQLite).
+
+    Batch writers (statuses, OTA reports, ingest's last seen) each touch thousands of device
+    rows in one transaction; UPDATEs lock in whatever order their plan visits rows, so two such
+    transactions could each hold a row the other wants. Taking every lock first, in one order,
+    makes that impossible; NO KEY UPDATE leaves foreign-key checks (a rollout inserting
+    deployments for these devices) unblocked.
+    """
+    connection = connections[using]
+    if not ids or not connection.features.has_select_for_update:
+        return
+    meta = model._meta
+    qn = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"SELECT 1 FROM {qn(meta.db_table)} WHERE {qn(meta.pk.column)} ="
+                           f" ANY(%s) ORDER BY {qn(meta.pk.column)} FOR NO KEY UPDATE",
+                           [sorted(ids)])
+        else:
+            list(model._default_manager.using(using).select_for_update()
+                 .filter(pk__in=sorted(ids)).order_by("pk").values_list("pk", flat=True))

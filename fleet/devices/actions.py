@@ -182,7 +182,9 @@ def do_enroll_device(
 
     if context.key_device_id is not None:  # this key is enrolled: the same device again
         give_back_claim(claim)
-        existing = Device.objects.select_for_update().get(pk=context.key_device_id)
+        existing = Device.objects.select_for_update().filter(pk=context.key_device_id).first()
+        if existing is None:  # deleted since claim_context read it: a clean refusal, not a 500
+            raise EnrollmentError("conflict", "This device changed meanwhile; try again.", 409)
         return _re_enroll(existing, claim, uid, profile, capabilities, via, remote_addr)
 
     uid = uid or derived

@@ -61,7 +61,9 @@ def apply_statuses(statuses: Sequence[tuple[int, Status, datetime]]) -> None:
     if not statuses:
         return
     # Locked in one order (by pk), so two workers applying overlapping batches cannot deadlock.
-    rows = Device.objects.select_for_update(of=("self",))
+    # NO KEY UPDATE: a status changes no key, and a rollout inserting deployments for these
+    # devices (a foreign-key KEY SHARE lock, taken in uid order) must not wait on it.
+    rows = Device.objects.select_for_update(no_key=True, of=("self",))
     if any(status.capabilities is not None for _, status, _ in statuses):
         rows = rows.select_related("hardware_profile").only(*_STATUS_FIELDS)
     else:  # presence only (a wave's statuses after activation): its fields are only written
@@ -217,7 +219,7 @@ def take_gateway_children_offline(gateway: Gateway, at: datetime) -> tuple[str, 
     )
     # Locked in one order (by pk), so two gateways going offline together cannot deadlock.
     children = list(
-        Device.objects.select_for_update()
+        Device.objects.select_for_update(no_key=True)
         .filter(pk__in=candidates, state=DeviceState.ONLINE)
         .filter(Q(last_seen__isnull=True) | Q(last_seen__lte=at))
         .order_by("pk")

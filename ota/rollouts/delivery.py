@@ -35,6 +35,7 @@ from device_sdk.protocol.ota_messages import (
 )
 from device_sdk.protocol.reasons import Reason
 from device_sdk.protocol.topics import Channel, PackageChannel, device_topic, package_topic
+from fleet.core.rows import lock_in_order
 from fleet.devices.models import Device
 from ota.models import Package
 from ota.registry.storage import artifact_storage
@@ -50,6 +51,10 @@ _PROGRESS = [DeploymentState.OFFERED, DeploymentState.DOWNLOADING, DeploymentSta
              DeploymentState.INSTALLED, DeploymentState.TRIAL, DeploymentState.CONFIRMED]
 _LIVE = (RolloutState.RUNNING, RolloutState.PAUSED)
 JOIN_SLACK = timedelta(seconds=10)
+# Every this often a package's joins are read whole, not from the slack window: a report
+# committed later than JOIN_SLACK after its stamp (a worker stalled on locks, another host's
+# clock behind this one's) is then still served by the carousel, at most this late.
+JOIN_FULL_READ = timedelta(seconds=30)
 
 
 class TransferCache:
@@ -113,6 +118,7 @@ class OtaDelivery:
         self._last_tick = time.monotonic()
         self._last_poll = float("-inf")
         self._polled_at: dict[int, datetime] = {}  # package -> ``now`` of its last join read
+        self._read_whole_at: dict[int, datetime] = {}  # package -> last read of all its joins
 
     # -- chunk requests ----------------------------------------------------------------------
 
@@ -237,6 +243,7 @@ class OtaDelivery:
             del self._carousels[gone]
             self._coming.pop(gone, None)
             self._polled_at.pop(gone, None)
+            self._read_whole_at.pop(gone, None)
         downloading = live.filter(state=DeploymentState.DOWNLOADING)
         for package_id in sorted(wanted):
             data = self.cache.get(package_id)
@@ -247,7 +254,10 @@ class OtaDelivery:
                 carousel = self._carousels[package_id] = PackageCarousel(
                     len(data), chunk=self._chunk_bytes(package_id))
             joins = downloading.filter(package_id=package_id)
-            if carousel.newest_join is not None:
+            whole_at = self._read_whole_at.get(package_id)
+            if whole_at is None or now - whole_at >= JOIN_FULL_READ:
+                self._read_whole_at[package_id] = now
+            elif carousel.newest_join is not None:
                 # A little before the newest join seen, or before this package's last poll
                 # (whichever is later): another worker may commit reports late, by JOIN_SLACK
                 # at most, so a join older than that was visible to the last poll, whose
@@ -412,6 +422,9 @@ def apply_reports(reports: list[ReportRow]) -> list[bool]:
     by_package: dict[int, list[int]] = {}
     for device_id, package_id in running.items():
         by_package.setdefault(package_id, []).append(device_id)
+    # One UPDATE per package locks its devices in the plan's order: take them all first, in
+    # id order, as status batches and ingest do, so those writers cannot deadlock with this.
+    lock_in_order(Device, set(running))
     for package_id, device_ids in by_package.items():
         set_by_ids(Device, device_ids, {"running_package_id": package_id})
     return out

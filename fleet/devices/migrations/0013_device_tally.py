@@ -15,6 +15,10 @@ from django.db import migrations
 SLOTS = 64
 
 CREATE = [
+    # Held until the migration commits: a device inserted or deleted between the initial count
+    # and the triggers' creation (a live fleet enrolling during the deploy) would never be
+    # counted. The lock waits for writers in flight, so the count sees all that committed.
+    "LOCK TABLE devices_device IN SHARE ROW EXCLUSIVE MODE",
     "CREATE TABLE devices_device_tally (slot smallint PRIMARY KEY, devices bigint NOT NULL)",
     "INSERT INTO devices_device_tally SELECT 0, count(*) FROM devices_device",
     f"""

@@ -16,6 +16,7 @@ from django.test.utils import CaptureQueriesContext
 
 from fleet.devices.api.serializers import DeviceSerializer
 from fleet.devices.models import Device, DeviceGroup, HardwareProfile, Tag
+from fleet.devices.stock_profiles import STOCK_PROFILES
 
 pytestmark = pytest.mark.django_db
 
@@ -26,7 +27,10 @@ NOW = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 def fleet() -> list[Device]:
     """40 devices over 2 profiles, 3 groups (and none), 4 tags, states, revocations, seen
     times (some never), capabilities and issues: every column a row shows, varied."""
-    profiles = list(HardwareProfile.objects.order_by("name")[:2])
+    # The stock profiles come from a data migration; a transactional test that ran before
+    # may have flushed them, so put back the two this fleet needs.
+    profiles = [HardwareProfile.objects.update_or_create(name=spec["name"], defaults=spec)[0]
+                for spec in sorted(STOCK_PROFILES, key=lambda spec: spec["name"])[:2]]
     groups = [DeviceGroup.objects.create(name=f"site-{i}") for i in range(3)]
     tags = [Tag.objects.create(name=name) for name in ("zeta", "alpha", "mid", "batch-7")]
     devices = []

@@ -157,3 +157,41 @@ def test_a_join_committed_late_within_the_slack_is_still_counted(
     # Counted; subscribed since before the first turn began, it needs no byte more.
     assert delivery.carousel_tick() == 0
     assert late in carousel.joined and carousel.pending == 0
+
+
+def test_a_join_committed_later_than_the_slack_is_counted_at_the_next_whole_read(
+    versions: Any, fleet_on_v1: list[Device], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A report stamped long before it commits (a worker stalled on locks, another host's
+    clock behind) falls outside the slack window, but the poll reads every join whole each
+    JOIN_FULL_READ: the device is served by the carousel, not left to unicast repairs."""
+    from datetime import timedelta
+
+    from ota.rollouts import delivery as delivery_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(delivery_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    rollout = new_rollout(versions, fleet_on_v1, waves=[100])
+    publisher = RecordingPublisher()
+    controller.step(rollout.pk, publisher)
+    package = Package.objects.get(rollouts=rollout)
+    delivery = OtaDelivery(publisher, max_wait_s=0, join_poll_s=1.0,
+                           carousel_bytes_per_s=10**9)
+    offered = list(Deployment.objects.filter(rollout=rollout, state=DeploymentState.OFFERED)
+                   .order_by("id").values_list("id", flat=True))
+    first, late = offered[:-1], offered[-1]
+    Deployment.objects.filter(id__in=first).update(state=DeploymentState.DOWNLOADING,
+                                                   state_changed_at=timezone.now())
+    clock[0] += 1.0
+    delivery.carousel_tick()
+    carousel = delivery._carousels[package.pk]
+    Deployment.objects.filter(id=late).update(
+        state=DeploymentState.DOWNLOADING,
+        state_changed_at=timezone.now() - delivery_module.JOIN_SLACK - timedelta(seconds=50))
+    clock[0] += 1.0
+    delivery.carousel_tick()
+    assert late not in carousel.joined  # outside the window of a windowed poll
+    delivery._read_whole_at[package.pk] -= delivery_module.JOIN_FULL_READ  # 30 s went by
+    clock[0] += 1.0
+    delivery.carousel_tick()
+    assert late in carousel.joined
