@@ -21,6 +21,20 @@ __all__ = ["LeanClient", "WireTally", "publish_size"]
 # which the process's entry point installs (opt-in, never at import).
 
 
+def _no_completion(packet: dict[str, Any]) -> bool:
+    """Whether paho does nothing once ``packet`` is written: not a QoS 0 PUBLISH (its
+    ``on_publish`` fires then) nor a DISCONNECT (the socket closes then)."""
+    kind = packet["command"] & 0xF0
+    return not ((kind == _PUBLISH and packet["qos"] == 0) or kind == _DISCONNECT)
+
+
+def _joined(run: list[bytes | bytearray]) -> dict[str, Any]:
+    """One ``_out_packet`` entry for packets with no completion work (see _no_completion)."""
+    data = run[0] if len(run) == 1 else b"".join(run)
+    return {"command": _PUBACK, "mid": 0, "qos": 1, "pos": 0, "to_process": len(data),
+            "packet": data, "info": None}
+
+
 class LeanClient(mqtt.Client):
     """paho's client with a shorter receive path, for fleets of thousands on one core.
 
@@ -37,9 +51,14 @@ class LeanClient(mqtt.Client):
       ``on_plain_message(client, topic, payload)``, without the ``Properties`` and
       ``MQTTMessage`` objects paho builds for each (two thirds of its time per message).
       Anything else (properties, QoS 2, a topic that is not UTF-8) takes paho's own path.
+    * Writes: paho sends each queued packet with its own TLS record and system call.
+      :meth:`_packet_write` joins a run of queued packets whose sending has no completion
+      work (QoS 1 publishes, whose completion is their PUBACK; acknowledgements; subscribes)
+      into one send: a device's acknowledgements and reports of one callback go out together.
     """
 
     _READ_BYTES = 65536
+    _WRITE_JOIN_BYTES = 16384  # one TLS record at most
     on_plain_message: Callable[[mqtt.Client, str, bytes], None] | None = None
 
     def __init__(self, *args: Any, tally: WireTally | None = None, **kwargs: Any) -> None:
@@ -65,6 +84,33 @@ class LeanClient(mqtt.Client):
             else:
                 tally.add(_kind(command, None), "up", len(packet))
         return super()._packet_queue(command, packet, mid, qos, info)
+
+    def _packet_write(self) -> MQTTErrorCode:
+        out = self._out_packet
+        if len(out) > 1:
+            joined: list[dict[str, Any]] = []
+            run: list[bytes | bytearray] = []
+            size = 0
+            for packet in out:
+                data = packet["packet"]
+                if packet["pos"] == 0 and _no_completion(packet) \
+                        and size + len(data) <= self._WRITE_JOIN_BYTES:
+                    run.append(data)
+                    size += len(data)
+                    continue
+                if run:
+                    joined.append(_joined(run))
+                if packet["pos"] == 0 and _no_completion(packet):  # a new run: the bound
+                    run, size = [data], len(data)
+                else:  # as paho queued it (a QoS 0 publish, a DISCONNECT, a partial write)
+                    joined.append(packet)
+                    run, size = [], 0
+            if run:
+                joined.append(_joined(run))
+            if len(joined) < len(out):
+                out.clear()
+                out.extend(joined)
+        return super()._packet_write()
 
     def _sent_publish(self, packet: bytes | bytearray) -> tuple[str | None, int]:
         """Return (topic, payload bytes) of an outgoing PUBLISH; the topic also when the packet
@@ -189,6 +235,8 @@ class LeanClient(mqtt.Client):
 
 
 _PUBLISH = 0x30
+_PUBACK = 0x40
+_DISCONNECT = 0xE0
 _CONTROL_KINDS = {0x10: "connect", 0x20: "connect", 0x40: "acks", 0x50: "acks", 0x60: "acks",
                   0x70: "acks", 0x80: "subscribe", 0x90: "subscribe", 0xA0: "subscribe",
                   0xB0: "subscribe", 0xC0: "pings", 0xD0: "pings", 0xE0: "connect",
