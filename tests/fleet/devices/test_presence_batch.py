@@ -206,3 +206,46 @@ def test_the_consumer_applies_a_mixed_batch(hardware_profile: HardwareProfile) -
     assert consumers.counters["status_applied"] == 6  # as one by one: revoked counted too
     assert consumers.counters["gateway_status_applied"] == 1
     assert consumers.counters["rejected_unknown_device"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_status_batch_does_not_block_rows_that_refer_to_its_devices(
+    hardware_profile: HardwareProfile,
+) -> None:
+    """A status batch holds its devices' row locks until it commits; a rollout start inserting
+    deployments for those devices (a foreign-key check: KEY SHARE) must not wait on it, or the
+    two, taking devices in different orders, can deadlock. The batch locks NO KEY UPDATE."""
+    import threading
+
+    from django.db import connections, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks are PostgreSQL's")
+    from fleet.devices.models import Tag
+
+    device = make_device(hardware_profile)
+    tag = Tag.objects.create(name="lock-probe")
+    locked, release = threading.Event(), threading.Event()
+
+    def batch() -> None:
+        try:
+            with transaction.atomic():
+                apply_statuses([(device.pk, online(3), T0)])
+                locked.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=batch)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '2s'")
+            # The membership row refers to the device: its insert checks the key (KEY SHARE).
+            Device.tags.through.objects.create(device_id=device.pk, tag_id=tag.pk)
+    finally:
+        release.set()
+        holder.join(10)
+    assert Device.objects.get(pk=device.pk).state == DeviceState.ONLINE
