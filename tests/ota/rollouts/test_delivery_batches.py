@@ -121,6 +121,23 @@ def test_carousel_reads_joins_once_per_poll_not_at_every_tick(
     assert delivery.carousel_tick() == 0
 
 
+def polled_rollout(versions: Any, fleet_on_v1: list[Device], monkeypatch: pytest.MonkeyPatch,
+                   ) -> tuple[list[float], Any, RecordingPublisher, OtaDelivery]:
+    """A one-wave rollout offered to the fleet, and a delivery polling joins every second on a
+    monotonic clock moved by hand (a loaded box is slow); return (clock, rollout, publisher,
+    delivery)."""
+    from ota.rollouts import delivery as delivery_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(delivery_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    rollout = new_rollout(versions, fleet_on_v1, waves=[100])
+    publisher = RecordingPublisher()
+    controller.step(rollout.pk, publisher)
+    delivery = OtaDelivery(publisher, max_wait_s=0, join_poll_s=1.0,
+                           carousel_bytes_per_s=10**9)
+    return clock, rollout, publisher, delivery
+
+
 def test_a_join_committed_late_within_the_slack_is_still_counted(
     versions: Any, fleet_on_v1: list[Device], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -131,15 +148,9 @@ def test_a_join_committed_late_within_the_slack_is_still_counted(
 
     from ota.rollouts import delivery as delivery_module
 
-    clock = [1000.0]
-    monkeypatch.setattr(delivery_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    rollout = new_rollout(versions, fleet_on_v1, waves=[100])
-    publisher = RecordingPublisher()
-    controller.step(rollout.pk, publisher)
+    clock, rollout, _, delivery = polled_rollout(versions, fleet_on_v1, monkeypatch)
     package = Package.objects.get(rollouts=rollout)
     size = len(artifact_storage().get(package.transfer_sha256))
-    delivery = OtaDelivery(publisher, max_wait_s=0, join_poll_s=1.0,
-                           carousel_bytes_per_s=10**9)
     offered = list(Deployment.objects.filter(rollout=rollout, state=DeploymentState.OFFERED)
                    .order_by("id").values_list("id", flat=True))
     first, late = offered[:-1], offered[-1]
@@ -169,14 +180,8 @@ def test_a_join_committed_later_than_the_slack_is_counted_at_the_next_whole_read
 
     from ota.rollouts import delivery as delivery_module
 
-    clock = [1000.0]
-    monkeypatch.setattr(delivery_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    rollout = new_rollout(versions, fleet_on_v1, waves=[100])
-    publisher = RecordingPublisher()
-    controller.step(rollout.pk, publisher)
+    clock, rollout, _, delivery = polled_rollout(versions, fleet_on_v1, monkeypatch)
     package = Package.objects.get(rollouts=rollout)
-    delivery = OtaDelivery(publisher, max_wait_s=0, join_poll_s=1.0,
-                           carousel_bytes_per_s=10**9)
     offered = list(Deployment.objects.filter(rollout=rollout, state=DeploymentState.OFFERED)
                    .order_by("id").values_list("id", flat=True))
     first, late = offered[:-1], offered[-1]
