@@ -43,6 +43,38 @@ static const uint64_t IV[8] = {0x6a09e667f3bcc908ULL, 0xbb67ae8584caa73bULL,
 /* One block into the chaining state h (uint32_t[8] or uint64_t[8]). */
 typedef void (*compress_fn)(void *h, const uint8_t *block);
 
+static void compress256(void *state, const uint8_t *p);
+
+#ifdef TML_SHA256_X86
+/*
+ * The host transfer library's build (make libtransfer): whole SHA-256 blocks on the CPU's SHA
+ * instructions when it has them (tools/sha256_x86.c), chosen once as the library loads,
+ * before any thread hashes. The firmware and its tests always take compress256.
+ */
+#include "sha256_x86.h"
+
+static compress_fn compress256_block = compress256;
+
+static void compress256_x86(void *state, const uint8_t *p)
+{
+    tml_sha256_x86_block(state, p);
+}
+
+__attribute__((constructor)) static void pick_compress256(void)
+{
+    if (tml_sha256_x86_available(K)) {
+        compress256_block = compress256_x86;
+    }
+}
+
+bool tml_sha256_accelerated(void)
+{
+    return compress256_block != compress256;
+}
+#else
+#define compress256_block compress256
+#endif
+
 /*
  * The working variables a..h rotate by renaming, not by moving an array (a memmove call per
  * round); the schedule w is a 16-word ring.
@@ -173,12 +205,12 @@ void tml_sha256_init(tml_sha256_t *c)
 
 void tml_sha256_update(tml_sha256_t *c, const void *data, size_t len)
 {
-    md_update(c->h, c->block, &c->total, sizeof(c->block), compress256, data, len);
+    md_update(c->h, c->block, &c->total, sizeof(c->block), compress256_block, data, len);
 }
 
 void tml_sha256_final(tml_sha256_t *c, uint8_t out[32])
 {
-    md_final(c->h, c->block, c->total, sizeof(c->block), compress256);
+    md_final(c->h, c->block, c->total, sizeof(c->block), compress256_block);
     for (int i = 0; i < 32; i++) {
         out[i] = (uint8_t)(c->h[i / 4] >> (24 - 8 * (i % 4)));
     }

@@ -17,6 +17,10 @@
 
 #include "tml/transfer.h"
 
+#ifdef TML_SHA256_X86
+#include "sha256_x86.h"
+#endif
+
 typedef struct {
     tml_manifest_t manifest;
     tml_transfer_t transfer;
@@ -114,4 +118,24 @@ int tml_lib_transfer_feed(tml_lib_transfer_t *x, const uint8_t *data, size_t len
 int tml_lib_transfer_finish(tml_lib_transfer_t *x)
 {
     return tml_transfer_finish(&x->transfer);
+}
+
+/**
+ * @brief SHA-256 of a buffer, as the decoder hashes (the tests compare it with hashlib's).
+ * @param data, len the bytes
+ * @param out the digest (32 bytes)
+ */
+void tml_lib_sha256(const uint8_t *data, size_t len, uint8_t *out)
+{
+    tml_sha256(data, len, out);
+}
+
+/** @brief Whether the decoder's SHA-256 runs on the CPU's SHA instructions. @return 0 or 1 */
+int tml_lib_sha256_accelerated(void)
+{
+#ifdef TML_SHA256_X86
+    return tml_sha256_accelerated();
+#else
+    return 0;
+#endif
 }

@@ -144,6 +144,25 @@ def test_output_beyond_the_signed_model_size_is_refused(lib: Any, models: tuple[
     assert refusal(lib, manifest, model + b"\x00") == (Reason.TRANSFER_OVERFLOW,) * 2
 
 
+def test_sha256_matches_hashlib_on_the_cpus_instructions(lib: Any) -> None:
+    """The library's SHA-256 (on the CPU's SHA instructions where it has them: the build's
+    TML_SHA256_X86) gives hashlib's digests at every padding boundary and past a few blocks."""
+    import ctypes
+    import hashlib
+    import platform
+
+    lib.tml_lib_sha256_accelerated.restype = ctypes.c_int
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if platform.machine() == "x86_64" and " sha_ni" in flags:
+        assert lib.tml_lib_sha256_accelerated() == 1  # the fast path is what ran below
+    rng = random.Random(5)
+    out = ctypes.create_string_buffer(32)
+    for size in [*range(200), 1000, 4095, 4096, 65537]:
+        data = rng.randbytes(size)
+        lib.tml_lib_sha256(data, ctypes.c_size_t(size), out)
+        assert out.raw == hashlib.sha256(data).digest(), size
+
+
 def test_bad_digests_are_refused(lib: Any, models: tuple[bytes, bytes]) -> None:
     base, model = models
     for encoding in Encoding:
