@@ -55,11 +55,17 @@ class LeanClient(mqtt.Client):
       :meth:`_packet_write` joins a run of queued packets whose sending has no completion
       work (QoS 1 publishes, whose completion is their PUBACK; acknowledgements; subscribes)
       into one send: a device's acknowledgements and reports of one callback go out together.
+      With ``write_later`` set, packets queued outside paho's callbacks wait too, for the
+      owner to call :meth:`loop_write` (see :attr:`write_later`).
     """
 
     _READ_BYTES = 65536
     _WRITE_JOIN_BYTES = 16384  # one TLS record at most
     on_plain_message: Callable[[mqtt.Client, str, bytes], None] | None = None
+    # Asked before each packet is queued: True when the owner will call loop_write() soon
+    # (Link: after the reactor's callbacks of this turn), so the packet waits and goes out
+    # with the others queued meanwhile; False (or unset): paho writes it at once, as usual.
+    write_later: Callable[[], bool] | None = None
 
     def __init__(self, *args: Any, tally: WireTally | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -83,7 +89,17 @@ class LeanClient(mqtt.Client):
                     tally.add("acks", "server", 4)
             else:
                 tally.add(_kind(command, None), "up", len(packet))
-        return super()._packet_queue(command, packet, mid, qos, info)
+        later = self.write_later
+        if later is None or not later():
+            return super()._packet_queue(command, packet, mid, qos, info)
+        # paho writes at once unless a callback holds this mutex; held, it only queues. (Not
+        # acquired: this thread is in one of this client's callbacks, so it queues anyway.)
+        held = self._in_callback_mutex.acquire(False)
+        try:
+            return super()._packet_queue(command, packet, mid, qos, info)
+        finally:
+            if held:
+                self._in_callback_mutex.release()
 
     def _packet_write(self) -> MQTTErrorCode:
         out = self._out_packet

@@ -31,6 +31,7 @@ thread; :meth:`Link.publish` must be called on the reactor thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import ssl
@@ -103,6 +104,7 @@ class Link:
         self.stopped = threading.Event()
         self._client: mqtt.Client | None = None
         self._sock: Any = None  # the socket the reactor watches, None when detached
+        self._flush_pending = False  # a _flush is queued on the reactor (see _write_later)
         self._connected_at = 0.0
         self._attempt_timer: Timer | None = None
         self._misc_timer: Timer | None = None
@@ -193,10 +195,7 @@ class Link:
             number, known = self._aliases.lookup(topic)
             if known:
                 wire_topic = ""
-        properties = None
-        if number:
-            properties = Properties(PacketTypes.PUBLISH)
-            properties.TopicAlias = number
+        properties = _alias_properties(number) if number else None
         info = client.publish(wire_topic, payload, qos=qos, retain=retain, properties=properties)
         self._sync_write_interest()
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -228,6 +227,7 @@ class Link:
             tally=self.tally,
         )
         client.suppress_exceptions = True  # our callbacks catch everything; this is a backstop
+        client.write_later = self._write_later
         client.enable_logger(_paho_log)
         client.max_inflight_messages_set(cfg.max_inflight)
         client.connect_timeout = cfg.connect_timeout
@@ -331,7 +331,26 @@ class Link:
             client.loop_misc()  # keepalive PINGREQ, and a drop when PINGRESP is overdue
             self._sync_write_interest()
 
+    def _write_later(self) -> bool:
+        """Asked by the client before it queues a packet: on this link's reactor thread, once
+        connected, every packet of one reactor turn waits for :meth:`_flush`, queued after
+        that turn's callbacks, and they go out in one write (a device's reports, its
+        subscribe and its acknowledgements of one moment: one TLS record, one TCP segment,
+        one wake-up of the broker, instead of one each)."""
+        if self._sock is None or not self.reactor.in_reactor_thread():
+            return False  # connecting (paho writes CONNECT from the connector pool) or stopping
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.reactor.call_soon(self._flush)
+        return True
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        self._writable()
+
     def _sync_write_interest(self) -> None:
+        if self._flush_pending:
+            return  # the flush writes, then asks for what is left
         client, sock = self._client, self._sock
         if client is not None and sock is not None:
             self.reactor.set_writable(sock, client.want_write())
@@ -497,3 +516,13 @@ class Link:
             getattr(self.listener, method)(*args)
         except Exception:
             log.exception("%s: error in listener.%s", self.config.client_id, method)
+
+
+@functools.lru_cache(maxsize=64)
+def _alias_properties(number: int) -> Properties:
+    """The PUBLISH properties naming topic alias ``number``, built once and shared by every
+    link (paho only packs them; nothing changes them): building paho's ``Properties`` took 4 %
+    of a simulated device's CPU in a 10,000-device rollout (bench/rollout.py)."""
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.TopicAlias = number
+    return properties
