@@ -48,7 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from enroll_http import RATE, enroll_over_http, http_statements, start_web
+from enroll_http import RATE, enroll_over_http, http_statements, start_web, web_cpu_seconds
 from ingest import postgres_cpu_seconds, start_postgres, stop_postgres
 from lab import cpu_seconds, print_figures, remove_workdir, write_dynsec_devices
 
@@ -333,13 +333,13 @@ def main() -> None:
         web = start_web(workdir, free_port())
         http_folder = workdir / "http-devices"
         enroll_over_http(web, token, HARDWARE, timer.caps, http_folder / "warm-up", 3)
-        pg0, web0 = own_postgres_cpu_seconds(pg[1]), web.cpu_seconds()
+        pg0, web0 = own_postgres_cpu_seconds(pg[1]), web_cpu_seconds(web)
         device0 = time.process_time()
         http_load_before = load_average()
         http_times, _ = enroll_over_http(web, token, HARDWARE, timer.caps, http_folder,
                                          args.http)
         http_load_after = load_average()
-        http_cpu = {"web": (web.cpu_seconds() - web0) / args.http * 1000,
+        http_cpu = {"web": (web_cpu_seconds(web) - web0) / args.http * 1000,
                     "postgres": (own_postgres_cpu_seconds(pg[1]) - pg0) / args.http * 1000,
                     "device": (time.process_time() - device0) / args.http * 1000}
         http_cpu = {k: round(v, 2) for k, v in http_cpu.items()}

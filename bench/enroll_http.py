@@ -14,72 +14,31 @@ so the bench, one client address, is never throttled; the throttle still counts 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lab import cpu_seconds
 
-ROOT = Path(__file__).resolve().parents[1]
+from testkit.web import Gunicorn, start_gunicorn
+
 RATE = "1000000/min"
 
 
-@dataclass
-class Web:
-    """A gunicorn master and its one web process."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def pids(self) -> list[int]:
-        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        try:
-            return [self.process.pid, *(int(p) for p in path.read_text().split())]
-        except OSError:
-            return [self.process.pid]
-
-    def cpu_seconds(self) -> float:
-        """CPU seconds of the master and its web process so far."""
-        return sum(cpu_seconds(pid) for pid in self.pids())
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+def start_web(workdir: Path, port: int) -> Gunicorn:
+    """Start gunicorn (deploy config, one web process) on 127.0.0.1:``port`` with this
+    process's environment (the bench's settings) and the raised rate limits; return once its
+    web process answers (``testkit.web``)."""
+    env = {**os.environ, "ENROLL_RATE": RATE, "ENROLL_CHALLENGE_RATE": RATE}
+    return start_gunicorn(env, workdir / "gunicorn.log", workers=1, port=port)
 
 
-def start_web(workdir: Path, port: int) -> Web:
-    """Start gunicorn -c deploy/gunicorn.conf.py on 127.0.0.1:``port`` with this process's
-    environment (the bench's settings) and wait until its web process answers."""
-    env = {**os.environ, "FLEET_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1",
-           "ENROLL_RATE": RATE, "ENROLL_CHALLENGE_RATE": RATE, "PYTHONPATH": str(ROOT)}
-    log = workdir / "gunicorn.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(ROOT / ".venv" / "bin" / "gunicorn"), "--config",
-             str(ROOT / "deploy" / "gunicorn.conf.py")],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    web = Web(process, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited: {log.read_text()[-2000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0 and len(web.pids()) == 2:
-                return web
-        if time.monotonic() > deadline:
-            web.stop()
-            raise RuntimeError(f"gunicorn did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.2)
+def web_cpu_seconds(web: Gunicorn) -> float:
+    """CPU seconds of the master and its web process so far."""
+    return sum(cpu_seconds(pid) for pid in web.pids())
 
 
-def enroll_over_http(web: Web, token: str, hardware: str, caps: dict[str, Any], folder: Path,
+def enroll_over_http(web: Gunicorn, token: str, hardware: str, caps: dict[str, Any], folder: Path,
                      count: int) -> tuple[list[float], list[Any]]:
     """Enroll ``count`` new devices (state directories under ``folder``) through ``web`` with
     the device SDK; return each one's wall time (ms) and identity."""

@@ -1,5 +1,6 @@
-"""Integration fixtures: a real Mosquitto with dynamic security on free loopback ports, and
-MQTT probes. Loaded for the whole suite by tests/conftest.py."""
+"""Integration fixtures: a real Mosquitto with dynamic security on free loopback ports, one
+with certificate-only device access (:func:`running_x509_broker`), and MQTT probes. Loaded for the
+whole suite by tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import secrets
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from device_sdk.mqtt import BrokerEndpoint, connect, new_client
 from fleet.broker.dynsec import DynsecAccess
 from fleet.broker.mosquitto import DYNSEC_PLUGIN, BrokerError, MosquittoInstance, find_executable
+from fleet.broker.x509 import X509Access, write_broker_template
 
 TIMEOUT = 5.0
 
@@ -47,6 +51,37 @@ def make_broker(workdir: Path) -> MosquittoInstance:
     """Return a broker (not yet started) on free loopback ports with a random admin password."""
     require_mosquitto()
     return MosquittoInstance(workdir, free_port(), free_port(), secrets.token_urlsafe(16))
+
+
+@dataclass
+class X509Broker:
+    """A running Mosquitto with certificate-only device access (the X.509 backend)."""
+
+    instance: MosquittoInstance
+    access: X509Access  # the backend, its admin client ensured on the broker
+    device_port: int  # the listener that takes device certificates of ``access.ca``
+    pki: Path
+
+
+@contextmanager
+def running_x509_broker(workdir: Path, pki: Path) -> Iterator[X509Broker]:
+    """Run a Mosquitto in ``workdir`` whose device listener (a free port) takes certificates
+    of the device CA in ``pki`` (made there unless it exists), for a ``with`` block; stopped on
+    the way out. Skips (fails in CI) without Mosquitto. The broker's user must be able to read
+    ``pki`` (callers running as root open their folder: ``chmod 0o755``)."""
+    require_mosquitto()
+    device_port = free_port()
+    instance = MosquittoInstance(workdir, free_port(), free_port(), secrets.token_urlsafe(16),
+                                 template=write_broker_template(pki, device_port))
+    access = X509Access(pki, admin=(instance.host, instance.port, instance.admin_username,
+                                    instance.admin_password), pid_file=instance.pid_file,
+                        device_listener=(instance.host, device_port))
+    access.ensure_admin()
+    instance.start()
+    try:
+        yield X509Broker(instance, access, device_port, pki)
+    finally:
+        instance.stop()
 
 
 @pytest.fixture

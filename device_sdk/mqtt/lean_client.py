@@ -48,8 +48,10 @@ class LeanClient(mqtt.Client):
       :meth:`read_available` then handles every whole packet buffered.
     * PUBLISH without properties (all that Mosquitto sends this SDK: it assigns no topic
       aliases, and the SDK asks for no subscription identifiers) goes straight to
-      ``on_plain_message(client, topic, payload)``, without the ``Properties`` and
-      ``MQTTMessage`` objects paho builds for each (two thirds of its time per message).
+      ``on_plain_message(client, topic, payload, mid, qos)``, without the ``Properties`` and
+      ``MQTTMessage`` objects paho builds for each (two thirds of its time per message); the
+      packet id is for a client that acknowledges by hand (``manual_ack``: the fleet worker,
+      ``fleet.intake.receive``), otherwise a QoS 1 message is acknowledged after the callback.
       Anything else (properties, QoS 2, a topic that is not UTF-8) takes paho's own path.
     * Writes: paho sends each queued packet with its own TLS record and system call.
       :meth:`_packet_write` joins a run of queued packets whose sending has no completion
@@ -61,7 +63,7 @@ class LeanClient(mqtt.Client):
 
     _READ_BYTES = 65536
     _WRITE_JOIN_BYTES = 16384  # one TLS record at most
-    on_plain_message: Callable[[mqtt.Client, str, bytes], None] | None = None
+    on_plain_message: Callable[[mqtt.Client, str, bytes, int, int], None] | None = None
     # Asked before each packet is queued: True when the owner will call loop_write() soon
     # (Link: after the reactor's callbacks of this turn), so the packet waits and goes out
     # with the others queued meanwhile; False (or unset): paho writes it at once, as usual.
@@ -240,7 +242,7 @@ class LeanClient(mqtt.Client):
         topic, payload, mid, qos = plain
         with self._in_callback_mutex:
             try:
-                deliver(self, topic, payload)
+                deliver(self, topic, payload, mid, qos)
             except Exception as err:
                 self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
                 if not self.suppress_exceptions:

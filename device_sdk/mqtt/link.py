@@ -422,7 +422,8 @@ class Link:
         except Exception:
             log.exception("%s: error handling a message on %s", self.config.client_id, message.topic)
 
-    def _on_plain_message(self, client: mqtt.Client, topic: str, payload: bytes) -> None:
+    def _on_plain_message(self, client: mqtt.Client, topic: str, payload: bytes, mid: int,
+                          qos: int) -> None:
         try:
             if client is self._client:
                 self.listener.link_message(topic, payload)

@@ -14,17 +14,17 @@ and plain-PUBLISH parsing it reuses):
 * a readable socket is read in 64 KB pieces and every whole packet in them is handled before
   the next ``select``;
 * a plain QoS 0/1 PUBLISH (no properties: what Mosquitto sends a subscriber that asked for no
-  subscription identifiers) goes to ``on_plain_publish(topic, payload, mid, qos)``; anything
-  else takes paho's own path to ``on_message``;
+  subscription identifiers) goes to ``on_plain_message(client, topic, payload, mid, qos)``
+  (``LeanClient``'s delivery; the worker acknowledges the packet id after its commit);
+  anything else takes paho's own path to ``on_message``;
 * ``ack_many`` queues the PUBACKs of a whole committed batch as one write: the same packets
   on the wire, back to back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
-import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
 from device_sdk.mqtt.lean_client import LeanClient
@@ -35,30 +35,11 @@ _PUBACK = 0x40
 class WorkerClient(LeanClient):
     """paho's client for the fleet worker; see the module's docstring."""
 
-    on_plain_publish: Callable[[str, bytes, int, int], None] | None = None
-
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         """Handle every whole packet one socket read brings (paho: one packet per call)."""
         if self._sock is None:
             return MQTTErrorCode.MQTT_ERR_NO_CONN
         return self.read_available(reads=1)
-
-    def _handle_publish(self) -> MQTTErrorCode:
-        deliver = self.on_plain_publish
-        plain = None if deliver is None else self._plain_publish()
-        if deliver is None or plain is None:
-            return mqtt.Client._handle_publish(self)  # paho's own path, to on_message
-        topic, payload, mid, qos = plain
-        with self._in_callback_mutex:
-            try:
-                deliver(topic, payload, mid, qos)
-            except Exception as err:
-                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
-                if not self.suppress_exceptions:
-                    raise
-        if qos == 1 and not self._manual_ack:
-            return self._send_puback(mid)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def ack_many(self, mids: Iterable[int]) -> MQTTErrorCode:
         """Acknowledge QoS 1 messages (``manual_ack``): their PUBACKs as one queued write."""

@@ -108,7 +108,7 @@ class MqttWorker:
             max_inflight=1000, reconnect_delay=(1, 30), reconnect_on_failure=reconnect,
             client_class=WorkerClient,
         ))
-        self.client.on_plain_publish = self._on_plain_publish
+        self.client.on_plain_message = self._on_plain_publish
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -171,7 +171,8 @@ class MqttWorker:
         except Exception:
             log.exception("could not queue a message on %s", getattr(msg, "topic", "?"))
 
-    def _on_plain_publish(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
+    def _on_plain_publish(self, client: mqtt.Client, topic: str, payload: bytes, mid: int,
+                          qos: int) -> None:
         try:
             self.inbox.put(Received(topic, payload, mid, qos, datetime.now(UTC),
                                     self.connection))

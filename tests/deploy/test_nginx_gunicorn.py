@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import DEPLOY, REPO, free_port, need_tool, nginx_test_config, self_signed
+from testkit.web import running_gunicorn
+from tests.deploy.conftest import REPO, free_port, need_tool, nginx_test_config, self_signed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -83,15 +84,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     deploy config (production settings: no FLEET_DEBUG) and nginx with the deploy site."""
     nginx = need_tool("nginx", "nginx")
     folder = tmp_path_factory.mktemp("web")
-    web_port, https_port, http_port = free_port(), free_port(), free_port()
+    https_port, http_port = free_port(), free_port()
     database = folder / "fleet.sqlite3"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(folder),
         "SECRET_KEY": secrets.token_urlsafe(48), "ALLOWED_HOSTS": "localhost,127.0.0.1",
         "DATABASE_URL": f"sqlite:///{database}", "FLEET_VAR_DIR": str(folder / "var"),
         "FLEET_KEK": secrets.token_urlsafe(32), "MQTT_ADMIN_PASSWORD": "not-contacted",
-        "TRUSTED_PROXY_COUNT": "1", "FLEET_BIND": f"127.0.0.1:{web_port}",
-        "WEB_CONCURRENCY": "1", "WEB_THREADS": "2", "PYTHONPATH": str(REPO),
+        "TRUSTED_PROXY_COUNT": "1", "WEB_THREADS": "2", "PYTHONPATH": str(REPO),
     }
     for args in (["migrate", "--noinput"],
                  ["create_user", "ci", "--role", "operator", "--api-token",
@@ -102,31 +102,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     token = next(line.split("=", 1)[1] for line in done.stdout.splitlines()
                  if line.startswith("api_token="))
 
-    web_log = folder / "gunicorn.log"
-    with web_log.open("wb") as log:
-        web = subprocess.Popen([str(REPO / ".venv" / "bin" / "gunicorn"), "--config",
-                                str(DEPLOY / "gunicorn.conf.py")], cwd=REPO, env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
-    cert, key = self_signed(folder)
-    conf = nginx_test_config(folder, http_port=http_port, https_port=https_port,
-                             upstream_port=web_port, cert=cert, key=key)
-    checked = subprocess.run([nginx, "-t", "-c", str(conf), "-p", str(folder)],
-                             capture_output=True, text=True, check=False)
-    assert checked.returncode == 0, checked.stderr
-    proxy = subprocess.Popen([nginx, "-c", str(conf), "-p", str(folder), "-g", "daemon off;"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_port(web_port, web, web_log)
-        _wait_port(https_port, proxy, folder / "error.log")
-        yield Stack(https_port, http_port, token, database, web_log)
-    finally:
-        for process in (proxy, web):
-            process.terminate()
-        for process in (proxy, web):
+    with running_gunicorn(env, folder / "gunicorn.log", workers=1) as web:
+        cert, key = self_signed(folder)
+        conf = nginx_test_config(folder, http_port=http_port, https_port=https_port,
+                                 upstream_port=web.port, cert=cert, key=key)
+        checked = subprocess.run([nginx, "-t", "-c", str(conf), "-p", str(folder)],
+                                 capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, checked.stderr
+        proxy = subprocess.Popen([nginx, "-c", str(conf), "-p", str(folder), "-g", "daemon off;"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_port(https_port, proxy, folder / "error.log")
+            yield Stack(https_port, http_port, token, database, web.log)
+        finally:
+            proxy.terminate()
             try:
-                process.wait(timeout=20)
+                proxy.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                process.kill()
+                proxy.kill()
 
 
 def test_nginx_accepts_the_site(stack: Stack) -> None:

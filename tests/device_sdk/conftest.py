@@ -16,9 +16,9 @@ from fleet.broker.access import ServiceRole
 from fleet.broker.configured import reset_broker_access
 from fleet.broker.dynsec import DynsecAccess
 from fleet.broker.mosquitto import MosquittoInstance
-from fleet.broker.x509 import X509Access, write_broker_template
+from fleet.broker.x509 import X509Access
 from testkit import model_factory
-from testkit.broker import Probe, ProbeFactory, free_port, require_mosquitto
+from testkit.broker import Probe, ProbeFactory, running_x509_broker
 from testkit.worker import WorkerProcess, worker_env
 
 
@@ -122,36 +122,29 @@ def x509_fleet(tmp_path: Path, live_server: Any, hardware_profile: Any) -> Itera
     """A Mosquitto with certificate-only device access, the live server issuing the devices'
     certificates (BROKER_ACCESS=x509) and a real worker storing what devices send. Serial
     gateways are handed the broker's TLS password listener (MQTT_GATEWAY_URL)."""
-    require_mosquitto()
-    pki, device_port = tmp_path / "pki", free_port()
     tmp_path.chmod(0o755)  # the broker's user reads the CA, CRL and ACL files
-    broker = MosquittoInstance(tmp_path / "broker", free_port(), free_port(),
-                               secrets.token_urlsafe(16),
-                               template=write_broker_template(pki, device_port))
-    access = X509Access(pki, admin=(broker.host, broker.port, broker.admin_username,
-                                    broker.admin_password), pid_file=broker.pid_file,
-                        device_listener=(broker.host, device_port))
-    access.ensure_admin()
-    broker.start()
-    worker_user, worker_password = "x509-worker", secrets.token_urlsafe(16)
-    access.provision_service(worker_user, worker_password, ServiceRole.WORKER)
-    env = worker_env(broker, worker_user, worker_password, "x509-ingest", tmp_path / "wvar")
-    env.update({"BROKER_ACCESS": "x509", "BROKER_X509_DIR": str(pki),
-                "BROKER_PID_FILE": str(broker.pid_file)})
-    (tmp_path / "wvar").mkdir()
-    worker = WorkerProcess("x509-w", env, tmp_path / "worker.log", broker)
-    settings = {"BROKER_ACCESS": "x509", "BROKER_X509_DIR": pki,
-                "BROKER_PID_FILE": broker.pid_file, "MQTT_URL": broker.url,
-                "MQTT_DEVICE_URL": f"mqtts://127.0.0.1:{device_port}",
-                "MQTT_GATEWAY_URL": broker.tls_url,
-                "MQTT_ADMIN_USERNAME": broker.admin_username,
-                "MQTT_ADMIN_PASSWORD": broker.admin_password, "MQTT_CA_FILE": str(broker.ca_cert)}
-    reset_broker_access()
-    try:
-        with override_settings(**settings):
-            worker.start()
-            yield X509Fleet(str(live_server.url), broker, access, device_port)
-    finally:
-        worker.stop()
+    pki = tmp_path / "pki"
+    with running_x509_broker(tmp_path / "broker", pki) as running:
+        broker, access, device_port = running.instance, running.access, running.device_port
+        worker_user, worker_password = "x509-worker", secrets.token_urlsafe(16)
+        access.provision_service(worker_user, worker_password, ServiceRole.WORKER)
+        env = worker_env(broker, worker_user, worker_password, "x509-ingest", tmp_path / "wvar")
+        env.update({"BROKER_ACCESS": "x509", "BROKER_X509_DIR": str(pki),
+                    "BROKER_PID_FILE": str(broker.pid_file)})
+        (tmp_path / "wvar").mkdir()
+        worker = WorkerProcess("x509-w", env, tmp_path / "worker.log", broker)
+        settings = {"BROKER_ACCESS": "x509", "BROKER_X509_DIR": pki,
+                    "BROKER_PID_FILE": broker.pid_file, "MQTT_URL": broker.url,
+                    "MQTT_DEVICE_URL": f"mqtts://127.0.0.1:{device_port}",
+                    "MQTT_GATEWAY_URL": broker.tls_url,
+                    "MQTT_ADMIN_USERNAME": broker.admin_username,
+                    "MQTT_ADMIN_PASSWORD": broker.admin_password,
+                    "MQTT_CA_FILE": str(broker.ca_cert)}
         reset_broker_access()
-        broker.stop()
+        try:
+            with override_settings(**settings):
+                worker.start()
+                yield X509Fleet(str(live_server.url), broker, access, device_port)
+        finally:
+            worker.stop()
+            reset_broker_access()

@@ -18,13 +18,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import socket
-import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -50,7 +47,8 @@ from ota.packaging.actions import do_build_package
 from ota.rollouts import actions
 from ota.rollouts.models import Deployment, Rollout, RolloutState
 from testkit import model_factory
-from testkit.worker import ROOT, WorkerFactory, WorkerProcess, worker_env
+from testkit.web import Gunicorn, running_gunicorn
+from testkit.worker import WorkerFactory, WorkerProcess, worker_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -59,7 +57,6 @@ FLEET = 36
 WEB_PROCESSES = 2
 LEASE_S = 3  # ROLLOUT_LEASE_S of the workers: the deployed default (15 s) would only add waiting
 DEAD_AFTER_S = 6  # WORKER_DEAD_AFTER_S of the workers (deployed default 60 s), likewise
-GUNICORN = str(ROOT / ".venv" / "bin" / "gunicorn")
 # The deploy config's access log, with the serving process's pid first (gunicorn's %(p)s).
 PID_LOG_FORMAT = '%(p)s "%(r)s" %(s)s'
 
@@ -89,67 +86,28 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str | Callable[[]
         time.sleep(every)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Web:
-    """gunicorn (deploy config) with its web processes."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def children(self) -> set[int]:
-        """Return the pids of the master's web processes."""
-        path = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return {int(p) for p in path.read_text().split()}
-
-    def served(self, request: str, status: int) -> Counter[int]:
-        """Count the requests starting ``request`` (e.g. ``"POST /api/v1/enroll/ "``) each web
-        process answered with ``status`` (from the access log)."""
-        pattern = re.compile(r'^<(\d+)> "' + re.escape(request) + r'.*" ' + str(status) + "$")
-        return Counter(int(m.group(1)) for line in self.log.read_text().splitlines()
-                       if (m := pattern.match(line)))
+def served(web: Gunicorn, request: str, status: int) -> Counter[int]:
+    """Count the requests starting ``request`` (e.g. ``"POST /api/v1/enroll/ "``) each web
+    process answered with ``status`` (from the access log)."""
+    pattern = re.compile(r'^<(\d+)> "' + re.escape(request) + r'.*" ' + str(status) + "$")
+    return Counter(int(m.group(1)) for line in web.log.read_text().splitlines()
+                   if (m := pattern.match(line)))
 
 
 @pytest.fixture
-def web(broker: MosquittoInstance, tmp_path: Path) -> Iterator[Web]:
+def web(broker: MosquittoInstance, tmp_path: Path) -> Iterator[Gunicorn]:
     """Start gunicorn -c deploy/gunicorn.conf.py with two web processes on the test database."""
     require_postgresql()  # before starting anything
-    port = free_port()
     var_dir = tmp_path / "web-var"
     var_dir.mkdir()
     env = worker_env(broker, "unused", "unused", "unused", var_dir)
     env.update({
-        "FLEET_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(WEB_PROCESSES),
         "WEB_THREADS": "4", "ENROLL_RATE": "100000/min", "ENROLL_CHALLENGE_RATE": "100000/min",
         "MQTT_DEVICE_URL": broker.tls_url, "MQTT_CA_FILE": str(broker.ca_cert),
-        "PYTHONPATH": str(ROOT),
     })
-    log = tmp_path / "gunicorn.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [GUNICORN, "--config", str(ROOT / "deploy" / "gunicorn.conf.py"),
-             "--access-logformat", PID_LOG_FORMAT],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    made = Web(process, f"http://127.0.0.1:{port}", log)
-    try:
-        def up() -> bool:
-            assert process.poll() is None, log.read_text()[-3000:]
-            with socket.socket() as s:
-                return s.connect_ex(("127.0.0.1", port)) == 0 and len(made.children()) == 2
-        wait_until(up, 60, lambda: f"gunicorn on {port}: {log.read_text()[-2000:]}")
+    with running_gunicorn(env, tmp_path / "gunicorn.log", workers=WEB_PROCESSES,
+                          args=["--access-logformat", PID_LOG_FORMAT]) as made:
         yield made
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def count_offers(sim: Simulator) -> Counter[str]:
@@ -169,7 +127,7 @@ def count_offers(sim: Simulator) -> Counter[str]:
 
 
 def test_two_web_processes_and_three_workers_survive_a_killed_lease_holder(
-    broker: MosquittoInstance, web: Web, worker_factory: WorkerFactory,
+    broker: MosquittoInstance, web: Gunicorn, worker_factory: WorkerFactory,
     hardware_profile: HardwareProfile, operator_client: APIClient, tmp_path: Path,
 ) -> None:
     reset_broker_access()
@@ -224,11 +182,11 @@ def test_two_web_processes_and_three_workers_survive_a_killed_lease_holder(
             mark(f"{FLEET} devices enrolled through gunicorn and connected")
             offers = count_offers(sim)
             assert not sim.failed_enrollments, sim.failed_enrollments[:3]
-            served = web.served("POST /api/v1/enroll/ ", 201)
-            pids = web.children()
-            print(f"[scale-out] enrollments per web process: {dict(served)}; pids {pids}")
-            assert set(served) == pids, (served, pids)  # both web processes enrolled devices
-            assert sum(served.values()) == FLEET  # each device enrolled over HTTP, once
+            served_by = served(web, "POST /api/v1/enroll/ ", 201)
+            pids = set(web.children())
+            print(f"[scale-out] enrollments per web process: {dict(served_by)}; pids {pids}")
+            assert set(served_by) == pids, (served_by, pids)  # both web processes enrolled devices
+            assert sum(served_by.values()) == FLEET  # each device enrolled over HTTP, once
             uids = [d.client.uid for d in sim.devices]
             ids = dict(Device.objects.filter(uid__in=uids).values_list("uid", "id"))
             assert len(ids) == FLEET

@@ -13,9 +13,8 @@ import secrets
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,6 @@ from testkit.broker import ProbeFactory
 from testkit.worker import WorkerFactory
 from tests.device_sdk.gateway.fake_mcu import FakeMcu, online_status
 
-ROOT = Path(__file__).resolve().parents[3]
 NOT_AUTHORIZED = 135
 Uid = Callable[[str], str]
 
@@ -170,26 +168,6 @@ def test_a_dropped_connection_sends_the_will_and_the_reconnect_the_online_status
 # -- the fleet: real worker, gateway program, SIGKILL -------------------------------------------
 
 
-@pytest.fixture
-def gateway_program(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Start ``python -m device_sdk.gateway`` subprocesses; kill them at teardown."""
-    made: list[subprocess.Popen[str]] = []
-
-    def start(config: Path, *mcus: FakeMcu) -> subprocess.Popen[str]:
-        ports = [arg for mcu in mcus for arg in ("--port", mcu.url)]
-        log = (tmp_path / f"gateway-{len(made)}.log").open("w")
-        made.append(subprocess.Popen(
-            [sys.executable, "-m", "device_sdk.gateway", *ports, "--config", str(config)],
-            cwd=ROOT, text=True, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
-        return made[-1]
-
-    yield start
-    for process in made:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
-
-
 def presence_of(*uids: str) -> list[tuple[str, datetime | None]]:
     rows = {u: (s, t) for u, s, t in Device.objects.filter(uid__in=uids).values_list(
         "uid", "state", "last_seen")}
@@ -207,7 +185,7 @@ def states_of(*uids: str) -> list[str]:
 @pytest.mark.django_db(transaction=True)
 def test_a_killed_gateway_takes_its_children_offline_and_comes_back_online(
     broker: MosquittoInstance, broker_access: DynsecAccess, worker_factory: WorkerFactory,
-    gateway_program: Callable[..., subprocess.Popen[str]], hardware_profile: HardwareProfile,
+    gateway_process: Callable[..., subprocess.Popen[str]], hardware_profile: HardwareProfile,
     uid: Uid, tmp_path: Path,
 ) -> None:
     """SIGKILL: both children offline in the database within seconds (the gateway's will);
@@ -227,8 +205,9 @@ def test_a_killed_gateway_takes_its_children_offline_and_comes_back_online(
     config.chmod(0o600)
     mcus = [FakeMcu(reconnects=True), FakeMcu(reconnects=True)]
     everyone = (gw, c1, c2)
+    args = [*(arg for mcu in mcus for arg in ("--port", mcu.url)), "--config", str(config)]
 
-    process = gateway_program(config, *mcus)
+    process = gateway_process(*args)
     for mcu, child in zip(mcus, (c1, c2)):
         mcu.wait_connected()
         mcu.boot(child)
@@ -246,7 +225,7 @@ def test_a_killed_gateway_takes_its_children_offline_and_comes_back_online(
 
     for mcu in mcus:
         mcu.disconnected()
-    process = gateway_program(config, *mcus)
+    process = gateway_process(*args)
     eventually(lambda: states_of(gw) == [DeviceState.ONLINE], 15, "gateway online again")
     assert states_of(c1, c2) == [DeviceState.OFFLINE] * 2  # until their MCUs talk again
     for mcu in mcus:  # the gateway remembers each port's MCU and asks it for its status

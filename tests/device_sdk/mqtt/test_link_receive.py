@@ -52,7 +52,8 @@ def client_reading(data: bytes, tally: WireTally | None = None) -> tuple[LeanCli
     client = LeanClient(CallbackAPIVersion.VERSION2, client_id="d", protocol=mqtt.MQTTv5,
                          tally=tally)
     got: list[Any] = []
-    client.on_plain_message = lambda c, topic, payload: got.append(("plain", topic, payload))
+    client.on_plain_message = lambda c, topic, payload, mid, qos: got.append(
+        ("plain", topic, payload))
     client.on_message = lambda c, u, m: got.append(("paho", m.topic, m.payload, m.properties))
     client._sock = FakeSocket(data)  # type: ignore[assignment]
     client._send_puback = lambda mid: got.append(("puback", mid)) or 0  # type: ignore[method-assign]

@@ -22,15 +22,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from fleet.broker.access import BrokerAccess, ServiceRole, device_grants
-from fleet.broker.mosquitto import MosquittoInstance
 from fleet.broker.x509 import (
     DeviceCA,
     X509Access,
     device_patterns,
     merge_grants,
-    write_broker_template,
 )
-from testkit.broker import free_port, require_mosquitto
+from testkit.broker import X509Broker, running_x509_broker
 
 NOT_AUTHORIZED = 135
 TIMEOUT = 5.0
@@ -98,33 +96,11 @@ def test_serials_recorded_by_older_releases_are_revoked_too(tmp_path: Path) -> N
     assert sorted(ca.revoke("dev-old")) == sorted([ca.serial_for("dev-old"), 0xabc123])
 
 
-@dataclass
-class Broker:
-    instance: MosquittoInstance
-    access: X509Access
-    device_port: int
-    pki: Path
-
-
 @pytest.fixture(scope="module")
-def x509_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    require_mosquitto()
+def x509_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[X509Broker]:
     work = tmp_path_factory.mktemp("x509-broker")
-    pki = work / "pki"
-    device_port = free_port()
-    template = write_broker_template(pki, device_port)
-    admin_password = secrets.token_urlsafe(16)
-    instance = MosquittoInstance(work, free_port(), free_port(), admin_password,
-                                 template=template)
-    access = X509Access(pki, admin=(instance.host, instance.port, instance.admin_username,
-                                    admin_password), pid_file=instance.pid_file,
-                        device_listener=(instance.host, device_port))
-    access.ensure_admin()
-    instance.start()
-    try:
-        yield Broker(instance, access, device_port, pki)
-    finally:
-        instance.stop()
+    with running_x509_broker(work, work / "pki") as broker:
+        yield broker
 
 
 @dataclass
@@ -150,7 +126,7 @@ class Client:
         self.client.disconnect()
 
 
-def connect(broker: Broker, *, uid: str | None = None, files: tuple[Path, Path] | None = None,
+def connect(broker: X509Broker, *, uid: str | None = None, files: tuple[Path, Path] | None = None,
             client_id: str | None = None, password: str | None = None,
             reconnect: bool = True) -> Client:
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or uid or "",
@@ -174,7 +150,7 @@ def connect(broker: Broker, *, uid: str | None = None, files: tuple[Path, Path] 
     return rec
 
 
-def enroll(broker: Broker, uid: str, algorithm: str = "ed25519") -> tuple[Path, Path]:
+def enroll(broker: X509Broker, uid: str, algorithm: str = "ed25519") -> tuple[Path, Path]:
     """Make a device key, have the backend certify it; return (cert, key) files."""
     key = (ed25519.Ed25519PrivateKey.generate() if algorithm == "ed25519"
            else ec.generate_private_key(ec.SECP256R1()))
@@ -192,14 +168,14 @@ def enroll(broker: Broker, uid: str, algorithm: str = "ed25519") -> tuple[Path, 
 
 
 @pytest.mark.integration
-def test_backend_implements_broker_access(x509_broker: Broker) -> None:
+def test_backend_implements_broker_access(x509_broker: X509Broker) -> None:
     assert isinstance(x509_broker.access, BrokerAccess)
     assert x509_broker.access.ping() < TIMEOUT
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("algorithm", ["ed25519", "p256"])
-def test_device_uses_its_own_topics_only(x509_broker: Broker, algorithm: str) -> None:
+def test_device_uses_its_own_topics_only(x509_broker: X509Broker, algorithm: str) -> None:
     uid = f"dev-{algorithm}-{secrets.token_hex(3)}"
     device = connect(x509_broker, uid=uid, files=enroll(x509_broker, uid, algorithm))
     try:
@@ -213,7 +189,7 @@ def test_device_uses_its_own_topics_only(x509_broker: Broker, algorithm: str) ->
 
 
 @pytest.mark.integration
-def test_a_device_cannot_take_another_ones_client_id(x509_broker: Broker) -> None:
+def test_a_device_cannot_take_another_ones_client_id(x509_broker: X509Broker) -> None:
     victim_uid, other_uid = f"victim-{secrets.token_hex(3)}", f"other-{secrets.token_hex(3)}"
     victim = connect(x509_broker, uid=victim_uid, files=enroll(x509_broker, victim_uid))
     other = connect(x509_broker, uid=other_uid, files=enroll(x509_broker, other_uid),
@@ -229,7 +205,7 @@ def test_a_device_cannot_take_another_ones_client_id(x509_broker: Broker) -> Non
 
 
 @pytest.mark.integration
-def test_worker_reads_every_device_and_cannot_forge_one(x509_broker: Broker) -> None:
+def test_worker_reads_every_device_and_cannot_forge_one(x509_broker: X509Broker) -> None:
     password = secrets.token_urlsafe(12)
     x509_broker.access.provision_service("x509-worker", password, ServiceRole.WORKER)
     worker = connect(x509_broker, uid="x509-worker", password=password,
@@ -252,7 +228,7 @@ def test_worker_reads_every_device_and_cannot_forge_one(x509_broker: Broker) -> 
 
 
 @pytest.mark.integration
-def test_gateway_speaks_for_its_children_only(x509_broker: Broker) -> None:
+def test_gateway_speaks_for_its_children_only(x509_broker: X509Broker) -> None:
     gw, child, stranger = (f"{n}-{secrets.token_hex(3)}" for n in ("gw", "child", "stranger"))
     files = enroll(x509_broker, gw)
     x509_broker.access.provision_gateway(gw, "unused", [])
@@ -268,7 +244,7 @@ def test_gateway_speaks_for_its_children_only(x509_broker: Broker) -> None:
 
 
 @pytest.mark.integration
-def test_gateway_logs_in_with_its_password_over_tls_until_revoked(x509_broker: Broker) -> None:
+def test_gateway_logs_in_with_its_password_over_tls_until_revoked(x509_broker: X509Broker) -> None:
     """A serial gateway has no device certificate: its provisioned password opens the TLS
     listener that takes passwords (the device listener takes certificates only), with its
     children's topics; revoking it cuts it and its password stops working."""
@@ -293,7 +269,7 @@ def test_gateway_logs_in_with_its_password_over_tls_until_revoked(x509_broker: B
         gateway.close()
 
 
-def connect_password_tls(broker: Broker, username: str, password: str,
+def connect_password_tls(broker: X509Broker, username: str, password: str,
                          reconnect: bool = True, client_id: str | None = None) -> Client:
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or username,
                     protocol=mqtt.MQTTv5)
@@ -313,7 +289,7 @@ def connect_password_tls(broker: Broker, username: str, password: str,
 
 
 @pytest.mark.integration
-def test_a_gateway_cannot_take_a_devices_client_id(x509_broker: Broker) -> None:
+def test_a_gateway_cannot_take_a_devices_client_id(x509_broker: X509Broker) -> None:
     """The gateways' password listener makes the username the client id too: a gateway that
     asks for a device's uid as its client id neither drops the device nor takes its session."""
     gw, victim_uid = f"gwc-{secrets.token_hex(3)}", f"victim-{secrets.token_hex(3)}"
@@ -333,7 +309,7 @@ def test_a_gateway_cannot_take_a_devices_client_id(x509_broker: Broker) -> None:
 
 @pytest.mark.integration
 def test_revocation_cuts_the_live_connection_and_refuses_the_certificate(
-        x509_broker: Broker) -> None:
+        x509_broker: X509Broker) -> None:
     uid, bystander_uid = f"rev-{secrets.token_hex(3)}", f"stay-{secrets.token_hex(3)}"
     files = enroll(x509_broker, uid)
     device = connect(x509_broker, uid=uid, files=files)
@@ -359,7 +335,7 @@ def test_revocation_cuts_the_live_connection_and_refuses_the_certificate(
 
 
 @pytest.mark.integration
-def test_a_retried_revocation_reloads_even_if_the_crl_was_written(x509_broker: Broker) -> None:
+def test_a_retried_revocation_reloads_even_if_the_crl_was_written(x509_broker: X509Broker) -> None:
     """The first attempt writes the CRL and then cannot reach the broker (the reload fails);
     the retry finds nothing new to revoke, yet must reload and lock the device out."""
     from fleet.broker.access import BrokerUnavailable
@@ -395,7 +371,7 @@ def test_a_retried_revocation_reloads_even_if_the_crl_was_written(x509_broker: B
 
 
 @pytest.mark.integration
-def test_a_revocation_the_broker_never_loads_is_an_error(x509_broker: Broker) -> None:
+def test_a_revocation_the_broker_never_loads_is_an_error(x509_broker: X509Broker) -> None:
     """A reload that does not reach the broker (a stale pid file) is reported, not assumed."""
     from fleet.broker.access import BrokerUnavailable
 

@@ -4,16 +4,14 @@ creating the CA at once, and web processes changing access.json at once."""
 from __future__ import annotations
 
 import multiprocessing
-import secrets
 from pathlib import Path
 
 import pytest
 
 from fleet.broker.crl_probe import CrlProbe
 from fleet.broker.device_ca import DeviceCA, DeviceCAIncomplete
-from fleet.broker.mosquitto import MosquittoInstance
-from fleet.broker.x509 import X509Access, write_broker_template
-from testkit.broker import free_port, require_mosquitto
+from fleet.broker.x509 import X509Access
+from testkit.broker import require_mosquitto, running_x509_broker
 
 
 @pytest.mark.parametrize("lost", ["device-ca.key", "device-ca.pem"])
@@ -64,27 +62,15 @@ def test_processes_creating_the_ca_at_once_agree_on_one(tmp_path: Path) -> None:
 def test_a_new_ca_gets_its_own_crl_and_the_broker_takes_its_devices(tmp_path: Path) -> None:
     """Both CA files gone (a deliberate new CA) while the old crl.pem stays: the new CA must
     write its own CRL, or OpenSSL refuses every client of the fleet."""
-    require_mosquitto()
     tmp_path.chmod(0o755)
     pki = tmp_path / "pki"
     old = DeviceCA(pki).ensure()
     old.revoke("dev-gone")
     (pki / "device-ca.pem").unlink()
     (pki / "device-ca.key").unlink()
-    device_port = free_port()
-    broker = MosquittoInstance(tmp_path / "broker", free_port(), free_port(),
-                               secrets.token_urlsafe(16),
-                               template=write_broker_template(pki, device_port))
-    access = X509Access(pki, admin=(broker.host, broker.port, broker.admin_username,
-                                    broker.admin_password), pid_file=broker.pid_file,
-                        device_listener=(broker.host, device_port))
-    access.ensure_admin()
-    broker.start()
-    try:
+    with running_x509_broker(tmp_path / "broker", pki) as broker:
         # A certificate of the new CA for a device never revoked: the handshake must pass.
-        assert CrlProbe(access.ca).accepted(broker.host, device_port)
-    finally:
-        broker.stop()
+        assert CrlProbe(broker.access.ca).accepted(broker.instance.host, broker.device_port)
 
 
 def _no_reload() -> None:

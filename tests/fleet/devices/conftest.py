@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -9,7 +10,22 @@ import pytest
 from rest_framework.test import APIClient
 
 from device_sdk.protocol.enrollment import attach_message
+from fleet.devices.choices import DeviceState
+from fleet.devices.models import Device, HardwareProfile
 from tests.conftest import CAPABILITIES, make_public_key_pem, post_enroll, private_key_of
+
+
+def make_device(profile: HardwareProfile, name: str = "dev", **fields: object) -> Device:
+    """Create a device as enrollment leaves it (state ENROLLED, never seen, the test
+    capabilities stored), uid ``<name>-<random>``; ``fields`` set or override model fields
+    (``state``, ``last_seen``, ``revoked_at`` ...). For the presence tests, which write the
+    database rows directly rather than enrolling over the API."""
+    uid = f"{name}-{secrets.token_hex(3)}"
+    return Device.objects.create(
+        uid=uid, hardware_profile=profile, public_key_pem="-", public_key_fingerprint=uid,
+        key_algorithm="ed25519", capabilities=dict(CAPABILITIES),
+        firmware_version=CAPABILITIES["firmware_version"],
+        tflm_version=CAPABILITIES["tflm_version"], **{"state": DeviceState.ENROLLED, **fields})
 
 
 @pytest.fixture

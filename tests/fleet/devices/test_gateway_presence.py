@@ -15,12 +15,13 @@ import pytest
 from device_sdk.gateway.presence import GatewayPresence
 from device_sdk.protocol.reasons import ProtocolError, Reason
 from device_sdk.protocol.status import OFFLINE_PAYLOAD, LinkState, Status, decode_status
-from fleet.intake.consumers import Consumers
-from fleet.intake.worker import Received
 from fleet.devices.choices import DeviceState
 from fleet.devices.models import Device, Gateway, HardwareProfile
 from fleet.devices.presence import GatewayStatusApplied, apply_gateway_status
+from fleet.intake.consumers import Consumers
+from fleet.intake.worker import Received
 from fleet.telemetry.models import DeadLetter
+from tests.fleet.devices.conftest import make_device
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)  # in the past: the actions use now()
 ONLINE = Status(LinkState.ONLINE)  # apply_gateway_status reads the state only
@@ -35,11 +36,7 @@ def device_factory(hardware_profile: HardwareProfile) -> DeviceFactory:
 
     def make(name: str, state: DeviceState = DeviceState.ONLINE,
              last_seen: datetime | None = T0, **fields: object) -> Device:
-        uid = f"{name}-{secrets.token_hex(3)}"
-        return Device.objects.create(uid=uid, hardware_profile=hardware_profile,
-                                     public_key_pem="-", public_key_fingerprint=uid,
-                                     key_algorithm="ed25519", state=state, last_seen=last_seen,
-                                     **fields)
+        return make_device(hardware_profile, name, state=state, last_seen=last_seen, **fields)
 
     return make
 

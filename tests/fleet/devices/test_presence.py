@@ -6,7 +6,6 @@ which means "unchanged". ``apply_status`` directly, then through the worker's st
 
 from __future__ import annotations
 
-import secrets
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,12 +19,13 @@ from device_sdk.protocol.status import (
     parse_capabilities,
 )
 from fleet.audit.models import AuditLog
-from fleet.intake.consumers import Consumers
-from fleet.intake.worker import Received
 from fleet.devices.choices import DeviceState
 from fleet.devices.models import Device, HardwareProfile
 from fleet.devices.presence import apply_status
+from fleet.intake.consumers import Consumers
+from fleet.intake.worker import Received
 from tests.conftest import CAPABILITIES
+from tests.fleet.devices.conftest import make_device
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 NEW_FIRMWARE = parse_capabilities({**CAPABILITIES, "firmware_version": "1.5.0",
@@ -40,13 +40,7 @@ def online(model: int | None, capabilities: Capabilities | None = None) -> Statu
 @pytest.fixture
 def device(hardware_profile: HardwareProfile) -> Device:
     """Return a device as enrollment leaves it: capabilities stored, never seen."""
-    uid = f"dev-{secrets.token_hex(3)}"
-    return Device.objects.create(
-        uid=uid, hardware_profile=hardware_profile, public_key_pem="-",
-        public_key_fingerprint=uid, key_algorithm="ed25519", state=DeviceState.ENROLLED,
-        capabilities=dict(CAPABILITIES), firmware_version=CAPABILITIES["firmware_version"],
-        tflm_version=CAPABILITIES["tflm_version"],
-    )
+    return make_device(hardware_profile)
 
 
 def stored(device: Device) -> tuple[object, ...]:

@@ -36,6 +36,7 @@ from fleet.intake.consumers import Consumers
 from fleet.intake.worker import Received
 from fleet.telemetry.models import DeadLetter
 from tests.conftest import CAPABILITIES
+from tests.fleet.devices.conftest import make_device
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -58,15 +59,6 @@ def online(model: int | None, caps: Capabilities | None = None,
 
 
 OFFLINE = Status(LinkState.OFFLINE)
-
-
-def make_device(profile: HardwareProfile, name: str = "dev", **fields: object) -> Device:
-    uid = f"{name}-{secrets.token_hex(3)}"
-    return Device.objects.create(
-        uid=uid, hardware_profile=profile, public_key_pem="-", public_key_fingerprint=uid,
-        key_algorithm="ed25519", capabilities=dict(CAPABILITIES),
-        firmware_version=CAPABILITIES["firmware_version"],
-        tflm_version=CAPABILITIES["tflm_version"], **{"state": DeviceState.ENROLLED, **fields})
 
 
 def rows(devices: list[Device]) -> list[tuple[object, ...]]:

@@ -49,7 +49,7 @@ def test_one_read_handles_every_packet_with_ids_and_no_automatic_ack(
     ours, broker = pair
     client = worker_client(ours)
     got: list[Any] = []
-    client.on_plain_publish = lambda *args: got.append(("plain", *args))
+    client.on_plain_message = lambda c, *args: got.append(("plain", *args))
     client.on_message = lambda c, u, m: got.append(("paho", m.topic, m.payload, m.mid))
     payloads = [bytes([i]) * (50 + i) for i in range(200)]
     # One with a property (Message Expiry Interval): paho decodes it, on_message gets it.
