@@ -54,6 +54,9 @@ class SlotMeta:
     # The trust chain (manifest.py, trust rules): retired kids never return; the fleet's
     # minimum manifest sequence and the packages revoked by signed policy records.
     retired_keys: list[str] = field(default_factory=list)
+    # The kids of trusted_keys as enrollment set them (the firmware's built-in keys); the others
+    # came by rotation (at most 2). None: written before this was kept (trust.TrustState).
+    enrolled_keys: list[str] | None = None
     min_sequence: int = 0
     revoked_packages: list[int] = field(default_factory=list)
 

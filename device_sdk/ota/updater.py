@@ -135,14 +135,17 @@ class OtaUpdater:
         """Set the trusted keys ({kid hex: raw public key hex}), as enrollment returns them."""
         from dataclasses import replace
 
-        self.store.save(replace(self.store.meta, trusted_keys=dict(keys)))
+        self.store.save(replace(self.store.meta, trusted_keys=dict(keys),
+                                enrolled_keys=list(keys)))
 
     def trust_state(self) -> TrustState:
         """Return the persisted trust chain state (keys in the order they came to be trusted)."""
         meta = self.store.meta
+        enrolled = None if meta.enrolled_keys is None else \
+            tuple(bytes.fromhex(k) for k in meta.enrolled_keys)
         return TrustState(self.trusted_keys(), meta.rotation_sequence,
                           tuple(bytes.fromhex(k) for k in meta.retired_keys),
-                          meta.min_sequence, tuple(meta.revoked_packages))
+                          meta.min_sequence, tuple(meta.revoked_packages), enrolled)
 
     def _save_trust(self, state: TrustState) -> None:
         from dataclasses import replace
@@ -151,7 +154,8 @@ class OtaUpdater:
             self.store.meta, rotation_sequence=state.sequence,
             trusted_keys={kid.hex(): raw_public_key(key).hex() for kid, key in state.keys.items()},
             retired_keys=[k.hex() for k in state.retired], min_sequence=state.min_sequence,
-            revoked_packages=list(state.revoked)))
+            revoked_packages=list(state.revoked),
+            enrolled_keys=[k.hex() for k in state.enrolled or ()]))
 
     def apply_rotation(self, record: bytes) -> None:
         """Apply one signed rotation or policy record (raises ProtocolError if refused)."""

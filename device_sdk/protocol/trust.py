@@ -33,6 +33,13 @@ Trust rules (a device applies rotation and policy records in sequence order, one
 - A retired key never returns: the device remembers retired key ids and refuses a rotation
   that introduces one (MANIFEST_BAD_ROTATION), and a manifest signed by one is
   MANIFEST_UNKNOWN_KEY.
+- Bounded memory, as the C firmware's (firmware/LINK.md): besides the keys it enrolled with
+  (the firmware's built-in keys, whose retirement is never forgotten), a device trusts at most
+  MAX_ROTATED_KEYS (2) keys learnt by rotation. A rotation that would need a third is refused
+  (MANIFEST_BAD_ROTATION) unless the same record retires one of them: no key is evicted, so an
+  old key cannot push out its replacement. Of retired rotated keys the device remembers the ids
+  of the MAX_RETIRED_KIDS (4) most recently retired; an older one is forgotten, and then only a
+  new record signed by a key trusted now can bring it back (replays stay refused by sequence).
 - Key 31 only ever raises the device's sequence floor (an offer at or below it is
   MANIFEST_SEQUENCE_REPLAY); key 32 adds to the revoked packages the device keeps (the newest
   16): an offer of one is refused with ABORTED, and a download or trial of one in progress
@@ -76,6 +83,9 @@ K_NEW_KID, K_NEW_PUBLIC_KEY, K_RETIRE_KID = 20, 21, 22
 K_RETIRE_KIDS, K_MIN_SEQUENCE, K_REVOKE_PACKAGES = 30, 31, 32
 MAX_RETIRE_KIDS = 8
 MAX_REVOKED_PACKAGES = 16
+# The firmware's TML_MAX_ROTATED_KEYS and TML_MAX_RETIRED_KIDS (firmware/include/tml/config.h).
+MAX_ROTATED_KEYS = 2
+MAX_RETIRED_KIDS = 4
 
 
 _ROTATION_FIELDS = {K_SEQUENCE, K_NEW_KID, K_NEW_PUBLIC_KEY, K_RETIRE_KID}
@@ -327,7 +337,11 @@ class TrustState:
     """What a device persists of the trust chain; the result of applying records in order.
 
     ``keys`` is ordered by when the device came to trust each key (the retirement rule needs
-    it); ``retired`` only grows; ``revoked`` keeps the newest MAX_REVOKED_PACKAGES package ids.
+    it); ``enrolled`` are the ids of the keys it was given at enrollment (None: the keys and
+    retired ids it starts with, for a state persisted before they were kept); the other keys
+    were learnt by rotation, at most MAX_ROTATED_KEYS. ``retired`` is in the order of
+    retirement: retired enrolled keys, and the newest MAX_RETIRED_KIDS retired rotated keys.
+    ``revoked`` keeps the newest MAX_REVOKED_PACKAGES package ids.
     """
 
     keys: Mapping[bytes, Ed25519PublicKey]
@@ -335,6 +349,26 @@ class TrustState:
     retired: tuple[bytes, ...] = ()
     min_sequence: int = 0
     revoked: tuple[int, ...] = ()
+    enrolled: tuple[bytes, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.enrolled is None:
+            object.__setattr__(self, "enrolled", tuple(self.keys) + tuple(self.retired))
+        else:
+            object.__setattr__(self, "enrolled", tuple(self.enrolled))
+
+    def rotated(self) -> list[bytes]:
+        """Return the ids of the trusted keys learnt by rotation, oldest first."""
+        return [kid for kid in self.keys if kid not in (self.enrolled or ())]
+
+    def _retire(self, kids: Collection[bytes]) -> tuple[bytes, ...]:
+        """Return ``retired`` with ``kids`` added, forgetting the oldest retired rotated ids
+        past MAX_RETIRED_KIDS (a retired enrolled key is never forgotten)."""
+        retired = tuple(dict.fromkeys(self.retired + tuple(kids)))
+        enrolled = set(self.enrolled or ())
+        rotated = [kid for kid in retired if kid not in enrolled]
+        forget = set(rotated[:max(0, len(rotated) - MAX_RETIRED_KIDS)])
+        return tuple(kid for kid in retired if kid not in forget)
 
     def apply(self, cose_bytes: bytes) -> TrustState:
         """Verify one rotation or policy record against this state; return the state after it.
@@ -352,15 +386,18 @@ class TrustState:
             )
         if isinstance(record, KeyRotation):
             keys = record.apply(self.keys, signer=kid, retired=self.retired)
+            rotated = self.rotated()
+            if len(rotated) >= MAX_ROTATED_KEYS and record.retire_kid not in rotated:
+                raise ProtocolError(
+                    Reason.MANIFEST_BAD_ROTATION,
+                    f"already {len(rotated)} rotated keys and the record retires none of them")
             gone = () if record.retire_kid is None else (record.retire_kid,)
-            return replace(self, keys=keys, sequence=record.sequence,
-                           retired=self.retired + gone)
+            return replace(self, keys=keys, sequence=record.sequence, retired=self._retire(gone))
         check_retirement(kid, record.retire_kids, self.keys)
         keys = {k: v for k, v in self.keys.items() if k not in record.retire_kids}
         revoked = tuple(dict.fromkeys(self.revoked + record.revoke_packages))
         return replace(
-            self, keys=keys, sequence=record.sequence,
-            retired=self.retired + tuple(k for k in record.retire_kids if k not in self.retired),
+            self, keys=keys, sequence=record.sequence, retired=self._retire(record.retire_kids),
             min_sequence=max(self.min_sequence, record.min_sequence or 0),
             revoked=revoked[-MAX_REVOKED_PACKAGES:],
         )

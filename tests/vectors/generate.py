@@ -507,6 +507,7 @@ def trust_vectors() -> list[dict[str, Any]]:
     """
     third = private_key("tml test signing key 3")
     fourth = private_key("tml test signing key 4")
+    r = {n: private_key(f"tml test signing key {n}") for n in range(5, 11)}
     kid = lambda k: key_id(k.public_key())
     steps: list[tuple[str, bytes]] = [
         ("rotate_in_key3", sign_rotation(rotation_for(third.public_key(), sequence=1), SIGNER)),
@@ -527,6 +528,22 @@ def trust_vectors() -> list[dict[str, Any]]:
         ("malformed_empty_policy", sign1(canonical({1: 1, 2: 5}), third, kid(third))),
         ("policy_unknown_key", sign1(canonical({1: 1, 2: 5, 33: 1}), third, kid(third))),
         ("self_retirement", sign_policy(TrustPolicy(5, retire_kids=(kid(OTHER),)), OTHER)),
+        # Bounded memory (MCU and SDK): 2 rotated keys, the 4 newest retired rotated ids.
+        ("rotate_in_key5", sign_rotation(rotation_for(r[5].public_key(), sequence=6), third)),
+        ("full_rotated_list_refuses_key6", sign_rotation(
+            rotation_for(r[6].public_key(), sequence=7), third)),
+        ("key6_replaces_key3", sign_rotation(
+            rotation_for(r[6].public_key(), sequence=7, retire_kid=kid(third)), third)),
+        *((f"key{n}_replaces_key{n - 2}", sign_rotation(
+            rotation_for(r[n].public_key(), sequence=n + 1, retire_kid=kid(r[n - 2])),
+            r[n - 2])) for n in (7, 8, 9, 10)),  # the 5th retired rotated id pushes out key3's
+        ("remembered_key5_never_returns", sign_rotation(
+            rotation_for(r[5].public_key(), sequence=12, retire_kid=kid(r[9])), r[9])),
+        ("forgotten_key3_returns_by_a_new_record", sign_rotation(
+            rotation_for(third.public_key(), sequence=12, retire_kid=kid(r[9])), r[9])),
+        # Back, key3 is the newest key: it may retire key10 (the chain ends trusting key3 only).
+        ("returned_key3_retires_the_older_key10", sign_policy(
+            TrustPolicy(13, retire_kids=(kid(r[10]),)), third)),
     ]
     initial = TrustState(trusted_key_set(SIGNER.public_key(), OTHER.public_key()))
     state = initial

@@ -5,6 +5,7 @@ fsync before acting, and the active slot's digest at boot."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,35 @@ def test_a_record_from_an_unknown_key_changes_nothing(tmp_path: Path) -> None:
     [refusal] = updater.apply_trust_bundle(encode_trust_bundle([forged]))
     assert refusal.reason == Reason.MANIFEST_BAD_ROTATION
     assert updater.trusted_kids() == [KID]
+
+
+def test_the_bound_on_rotated_keys_survives_a_restart(tmp_path: Path) -> None:
+    """The keys enrollment gave are persisted as such: after a restart the device still knows
+    two rotated keys fill its list (protocol/test_trust_limits.py has the rules)."""
+    updater = device(tmp_path, model_bytes(1))
+    assert updater.store.meta.enrolled_keys == [KID.hex()]
+    keys = [Ed25519PrivateKey.generate() for _ in range(3)]
+    records = [sign_rotation(rotation_for(k.public_key(), sequence=n), KEY)
+               for n, k in enumerate(keys, start=1)]
+    assert updater.apply_trust_bundle(encode_trust_bundle(records[:2])) == []
+    again = device(tmp_path, model_bytes(1))  # the process restarts
+    [refusal] = again.apply_trust_bundle(encode_trust_bundle(records))
+    assert refusal.reason == Reason.MANIFEST_BAD_ROTATION
+    assert again.trusted_kids() == [KID, *(key_id(k.public_key()) for k in keys[:2])]
+
+
+def test_metadata_written_before_enrolled_keys_were_kept_counts_its_keys_as_enrolled(
+        tmp_path: Path) -> None:
+    rotated(tmp_path)  # KEY enrolled, NEW rotated
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    del meta["enrolled_keys"]
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    upgraded = device(tmp_path, model_bytes(1))
+    assert upgraded.store.meta.enrolled_keys is None
+    record = sign_rotation(rotation_for(THIRD.public_key(), sequence=2), NEW)
+    assert upgraded.apply_trust_bundle(encode_trust_bundle([record])) == []
+    assert upgraded.store.meta.enrolled_keys == [KID.hex(), NEW_KID.hex()]
+    assert upgraded.trust_state().rotated() == [key_id(THIRD.public_key())]
 
 
 def test_revocation_refuses_an_unexpired_pulled_package_and_stops_its_download(
