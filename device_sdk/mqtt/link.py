@@ -183,6 +183,9 @@ class Link:
     ) -> int | None:
         """Publish on the reactor thread; return the message id, or None when not connected.
 
+        The packet goes out with the others of this reactor turn (see :meth:`_write_later`); a
+        write that fails then drops the connection, as any broken write does.
+
         With ``alias``, use a topic alias when the broker allows one (see the module doc): the
         first such publish on a connection carries the topic and the alias, later ones an
         empty topic and the alias. Subscribers always receive the full topic.
@@ -464,7 +467,7 @@ class Link:
         if client is not None and self.state is LinkState.CONNECTED:
             code = _DISCONNECT_WITH_WILL if self.config.will else 0
             client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=code))
-            self._sync_write_interest()
+            self._flush()  # now, not after this turn: a caller may stop the reactor next
         elif self._sock is not None:  # still waiting for the CONNACK: nothing to say goodbye to
             self._finish_stop()
             return

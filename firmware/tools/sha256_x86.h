@@ -12,7 +12,7 @@
 /**
  * @brief Whether this CPU runs tml_sha256_x86_block (SHA, SSSE3, SSE4.1); also takes its
  *        constants. Call once before the first block.
- * @param k512 SHA-512's 80 round constants (SHA-256's are the high halves of the first 64)
+ * @param k512 the first 64 of SHA-512's round constants (SHA-256's are their high halves)
  * @return true when the block function may be used
  */
 bool tml_sha256_x86_available(const uint64_t k512[64]);

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from device_sdk.protocol.limits import MAX_TRUST_RECORDS
 from device_sdk.protocol.trust import (
+    MAX_ROTATED_KEYS,
     TrustPolicy,
     encode_trust_bundle,
     rotation_for,
@@ -80,6 +81,17 @@ def do_rotate_signing_key(*, actor: AbstractBaseUser | None) -> SigningKey:
     if SigningKey.objects.filter(state=KeyState.PENDING).exists():
         raise OtaError("key_pending", "A rotated key awaits activation; activate or retire it "
                        "first.", 409)
+    # A device keeps at most MAX_ROTATED_KEYS keys learnt by rotation (the MCU's flash layout;
+    # the SDK keeps the same bound) and refuses a record that would need one more. A device
+    # enrolled before the fleet's first rotation learnt every rotated key that way, so count
+    # them all: those not retired still hold a slot on it.
+    rotated = SigningKey.objects.filter(rotation_record__isnull=False).exclude(
+        state=KeyState.RETIRED)
+    if rotated.count() >= MAX_ROTATED_KEYS:
+        kids = ", ".join(rotated.order_by("created_at").values_list("kid", flat=True))
+        raise OtaError("too_many_rotated_keys",
+                       f"Devices keep at most {MAX_ROTATED_KEYS} keys introduced by rotation "
+                       f"and would refuse another: retire one of {kids} first.", 409)
     private = Ed25519PrivateKey.generate()
     key = new_signing_key_row(private)
     key.state = KeyState.PENDING

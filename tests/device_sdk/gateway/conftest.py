@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -16,12 +17,13 @@ ROOT = Path(__file__).resolve().parents[3]
 def gateway_process(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
     """Start ``python -m device_sdk.gateway`` subprocesses; stop them at teardown."""
     made: list[subprocess.Popen[str]] = []
+    logs: list[IO[str]] = []
 
     def start(*args: str) -> subprocess.Popen[str]:
-        log = (tmp_path / f"gateway-{len(made)}.log").open("w")
+        logs.append((tmp_path / f"gateway-{len(made)}.log").open("w"))
         made.append(subprocess.Popen(
             [sys.executable, "-m", "device_sdk.gateway", *args], cwd=ROOT, text=True,
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+            stdout=logs[-1], stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         return made[-1]
 
     yield start
@@ -29,3 +31,5 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[s
         if process.poll() is None:
             process.kill()
             process.wait(5)
+    for log in logs:
+        log.close()

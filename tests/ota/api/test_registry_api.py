@@ -198,6 +198,36 @@ def test_rotation_is_published_and_verifiable(admin_client: APIClient, operator_
     assert (last.status_code, last.json()["reason"]) == (409, "last_key")
 
 
+def test_rotation_stops_where_devices_would_refuse_it(admin_client: APIClient) -> None:
+    """Devices keep at most two keys learnt by rotation: a third rotation with both still
+    trusted is refused (409) until the operator retires one, and every record the server did
+    publish is accepted by a device enrolled before the first rotation."""
+    from device_sdk.protocol.trust import TrustState
+    from ota.signing.actions import ensure_signing_key, trust_bundle
+
+    first = ensure_signing_key()
+    device = TrustState(trusted(admin_client))  # enrolled before any rotation
+    kids = []
+    for _ in range(2):  # rotate and activate, retiring nothing
+        rotated = admin_client.post("/api/v1/signing-keys/rotate/")
+        assert rotated.status_code == 201
+        kids.append(rotated.json()["kid"])
+        assert admin_client.post(f"/api/v1/signing-keys/{kids[-1]}/activate/",
+                                 {"force": True}, format="json").status_code == 200
+    refused = admin_client.post("/api/v1/signing-keys/rotate/")
+    assert (refused.status_code, refused.json()["reason"]) == (409, "too_many_rotated_keys")
+    assert kids[0] in refused.json()["detail"]
+    # Retiring the enrolled key frees no slot on the device: still refused.
+    assert admin_client.post(f"/api/v1/signing-keys/{first.kid}/retire/").status_code == 200
+    assert admin_client.post("/api/v1/signing-keys/rotate/").status_code == 409
+    assert admin_client.post(f"/api/v1/signing-keys/{kids[0]}/retire/").status_code == 200
+    third = admin_client.post("/api/v1/signing-keys/rotate/")
+    assert third.status_code == 201
+    device, errors = device.apply_bundle(trust_bundle())
+    assert errors == []
+    assert set(device.keys) == {bytes.fromhex(kids[1]), bytes.fromhex(third.json()["kid"])}
+
+
 def test_enrollment_publishes_the_active_signing_keys(operator_client: APIClient,
                                                       enroll_body: dict[str, Any],
                                                       dense_tflite: bytes) -> None:
