@@ -34,6 +34,7 @@ def test_insert_row_writes_what_create_would() -> None:
 
 def test_insert_row_refuses_a_model_it_cannot_write_faithfully() -> None:
     """A field the database fills (db_default) would be written as the Python default."""
+    from django.apps import apps
     from django.db import models
 
     class WithDbDefault(models.Model):
@@ -43,8 +44,14 @@ def test_insert_row_refuses_a_model_it_cannot_write_faithfully() -> None:
             app_label = "audit"
             managed = False
 
-    with pytest.raises(TypeError, match="WithDbDefault.n"):
-        insert_row(WithDbDefault())
+    try:
+        with pytest.raises(TypeError, match="WithDbDefault.n"):
+            insert_row(WithDbDefault())
+    finally:
+        # Out of the app registry again: later tests (makemigrations --check) see the models
+        # the project has, not this one.
+        del apps.all_models["audit"]["withdbdefault"]
+        apps.clear_cache()
 
 
 def test_load_row_converts_values_and_defers_the_rest(hardware_profile: HardwareProfile) -> None:
