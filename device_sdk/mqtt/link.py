@@ -10,18 +10,9 @@ resend them itself on reconnect; the device's outbox already does that, durably,
 client leaves exactly one owner of retransmission (and one code path, the same after a
 process restart as after a network drop).
 
-Topic aliases (MQTT 5.0 section 3.3.2.3.4): a publish made with ``alias=True`` names its topic
-once per connection, with a Topic Alias property, and from then on sends an empty topic plus
-the alias, which saves the whole topic string (~36 bytes of ``fleet/v1/{uid}/events``) in every
-later packet. An alias is a property of one network connection, not of the session, so the map
-starts empty at every CONNACK and is only used up to the Topic Alias Maximum that CONNACK
-announced (absent or 0: no aliases, full topics). A fresh paho client per attempt is what makes
-this safe: a reused client would resend its unacknowledged publishes after a reconnect exactly
-as they were (empty topic, an alias the new connection never heard of), and the broker would
-close the connection for a protocol error, again at every reconnect (see paho's
-``Client.drop_out_messages``). Here those publishes die with their client; the owner's outbox
-sends them again through :meth:`Link.publish`, which names the topic afresh on the new
-connection. Retained messages and the last will are not aliased by the client (it never asks).
+Topic aliases: a publish made with ``alias=True`` names its topic once per connection and then
+sends only the alias (``device_sdk.mqtt.topic_aliases`` says why the map lives and dies with
+one connection, and why that needs a fresh paho client per attempt).
 
 Threading: the connect (TCP and TLS handshake, blocking) runs in the reactor's connector pool;
 everything else, including every paho call and every :class:`LinkListener` method, runs on the
@@ -31,7 +22,6 @@ thread; :meth:`Link.publish` must be called on the reactor thread.
 
 from __future__ import annotations
 
-import functools
 import logging
 import socket
 import ssl
@@ -41,7 +31,7 @@ from dataclasses import replace
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -56,9 +46,10 @@ from device_sdk.mqtt.config import (
     LinkState,
     Will,
 )
+from device_sdk.mqtt.endpoint import new_client
 from device_sdk.mqtt.lean_client import LeanClient, WireTally
 from device_sdk.mqtt.reactor import Reactor, Timer
-from device_sdk.mqtt.topic_aliases import TopicAliases, topic_alias_maximum
+from device_sdk.mqtt.topic_aliases import TopicAliases, alias_properties, topic_alias_maximum
 
 __all__ = [
     "CREDENTIAL_REFUSED", "BrokerEndpoint", "Link", "LinkConfig", "LinkListener", "LinkState",
@@ -198,7 +189,7 @@ class Link:
             number, known = self._aliases.lookup(topic)
             if known:
                 wire_topic = ""
-        properties = _alias_properties(number) if number else None
+        properties = alias_properties(number) if number else None
         info = client.publish(wire_topic, payload, qos=qos, retain=retain, properties=properties)
         self._sync_write_interest()
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -222,26 +213,16 @@ class Link:
 
     def _new_client(self) -> mqtt.Client:
         cfg = self.config
-        client = LeanClient(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id,
-            protocol=mqtt.MQTTv5,
-            reconnect_on_failure=False,
-            tally=self.tally,
-        )
-        client.suppress_exceptions = True  # our callbacks catch everything; this is a backstop
+        assert cfg.ssl_context is not None or not cfg.endpoint.tls
+        client: Any = new_client(
+            cfg.endpoint, client_id=cfg.client_id, username=cfg.username, password=cfg.password,
+            ssl_context=cfg.ssl_context, reconnect_on_failure=False,
+            max_inflight=cfg.max_inflight, will=cfg.will, client_class=LeanClient)
+        client.tally = self.tally
         client.write_later = self._write_later
+        client.suppress_exceptions = True  # our callbacks catch everything; this is a backstop
         client.enable_logger(_paho_log)
-        client.max_inflight_messages_set(cfg.max_inflight)
         client.connect_timeout = cfg.connect_timeout
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
-        if cfg.endpoint.tls:
-            assert cfg.ssl_context is not None
-            client.tls_set_context(cfg.ssl_context)
-        if cfg.will is not None:
-            w = cfg.will
-            client.will_set(w.topic, w.payload, qos=w.qos, retain=w.retain)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -335,11 +316,8 @@ class Link:
             self._sync_write_interest()
 
     def _write_later(self) -> bool:
-        """Asked by the client before it queues a packet: on this link's reactor thread, once
-        connected, every packet of one reactor turn waits for :meth:`_flush`, queued after
-        that turn's callbacks, and they go out in one write (a device's reports, its
-        subscribe and its acknowledgements of one moment: one TLS record, one TCP segment,
-        one wake-up of the broker, instead of one each)."""
+        """``LeanClient.write_later``: once connected, the packets of one reactor turn wait
+        for :meth:`_flush` and go out in one write (one TLS record, one TCP segment)."""
         if self._sock is None or not self.reactor.in_reactor_thread():
             return False  # connecting (paho writes CONNECT from the connector pool) or stopping
         if not self._flush_pending:
@@ -419,11 +397,8 @@ class Link:
             log.exception("%s: error handling a disconnect", self.config.client_id)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
-        try:
-            if client is self._client:
-                self.listener.link_message(message.topic, bytes(message.payload))
-        except Exception:
-            log.exception("%s: error handling a message on %s", self.config.client_id, message.topic)
+        self._on_plain_message(client, message.topic, bytes(message.payload), message.mid,
+                               message.qos)
 
     def _on_plain_message(self, client: mqtt.Client, topic: str, payload: bytes, mid: int,
                           qos: int) -> None:
@@ -521,12 +496,3 @@ class Link:
         except Exception:
             log.exception("%s: error in listener.%s", self.config.client_id, method)
 
-
-@functools.lru_cache(maxsize=64)
-def _alias_properties(number: int) -> Properties:
-    """The PUBLISH properties naming topic alias ``number``, built once and shared by every
-    link (paho only packs them; nothing changes them): building paho's ``Properties`` took 4 %
-    of a simulated device's CPU in a 10,000-device rollout (bench/rollout.py)."""
-    properties = Properties(PacketTypes.PUBLISH)
-    properties.TopicAlias = number
-    return properties
