@@ -138,6 +138,15 @@ def polled_rollout(versions: Any, fleet_on_v1: list[Device], monkeypatch: pytest
     return clock, rollout, publisher, delivery
 
 
+def join_all_but_the_last(rollout: Any) -> int:
+    """Mark every offered deployment but the newest DOWNLOADING (joined) now; return that one."""
+    offered = list(Deployment.objects.filter(rollout=rollout, state=DeploymentState.OFFERED)
+                   .order_by("id").values_list("id", flat=True))
+    Deployment.objects.filter(id__in=offered[:-1]).update(state=DeploymentState.DOWNLOADING,
+                                                          state_changed_at=timezone.now())
+    return offered[-1]
+
+
 def test_a_join_committed_late_within_the_slack_is_still_counted(
     versions: Any, fleet_on_v1: list[Device], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -151,11 +160,7 @@ def test_a_join_committed_late_within_the_slack_is_still_counted(
     clock, rollout, _, delivery = polled_rollout(versions, fleet_on_v1, monkeypatch)
     package = Package.objects.get(rollouts=rollout)
     size = len(artifact_storage().get(package.transfer_sha256))
-    offered = list(Deployment.objects.filter(rollout=rollout, state=DeploymentState.OFFERED)
-                   .order_by("id").values_list("id", flat=True))
-    first, late = offered[:-1], offered[-1]
-    Deployment.objects.filter(id__in=first).update(state=DeploymentState.DOWNLOADING,
-                                                   state_changed_at=timezone.now())
+    late = join_all_but_the_last(rollout)
     clock[0] += 1.0
     assert delivery.carousel_tick() == size  # first poll: they join, one turn
     # Applied 5 s before that poll by another worker, committed only now (within the slack).
@@ -182,11 +187,7 @@ def test_a_join_committed_later_than_the_slack_is_counted_at_the_next_whole_read
 
     clock, rollout, _, delivery = polled_rollout(versions, fleet_on_v1, monkeypatch)
     package = Package.objects.get(rollouts=rollout)
-    offered = list(Deployment.objects.filter(rollout=rollout, state=DeploymentState.OFFERED)
-                   .order_by("id").values_list("id", flat=True))
-    first, late = offered[:-1], offered[-1]
-    Deployment.objects.filter(id__in=first).update(state=DeploymentState.DOWNLOADING,
-                                                   state_changed_at=timezone.now())
+    late = join_all_but_the_last(rollout)
     clock[0] += 1.0
     delivery.carousel_tick()
     carousel = delivery._carousels[package.pk]
